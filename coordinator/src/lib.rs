@@ -1,0 +1,1 @@
+//! The region coordinator and the `budgetctl` CLI.

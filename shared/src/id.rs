@@ -1,0 +1,374 @@
+//! Identifiers: campaigns, regions, edges, leases, spend batches, and the key of a spend event.
+//!
+//! Every id is validated once, where it enters the system; a value of one of these types is
+//! known to be well formed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest name id (campaign, region, edge, exchange), in bytes.
+pub const NAME_ID_MAX_BYTES: usize = 64;
+/// The longest OpenRTB auction or impression id we accept, in bytes.
+pub const OPENRTB_ID_MAX_BYTES: usize = 255;
+
+/// Why a string was refused as an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The id is empty.
+    #[error("{kind} id is empty")]
+    Empty {
+        /// Which id.
+        kind: &'static str,
+    },
+    /// The id is longer than allowed.
+    #[error("{kind} id is {len} bytes long, more than the {max} allowed")]
+    TooLong {
+        /// Which id.
+        kind: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The id holds a character that is not allowed.
+    #[error("{kind} id {value:?} holds {ch:?}; allowed are {allowed}")]
+    BadChar {
+        /// Which id.
+        kind: &'static str,
+        /// The id as given.
+        value: String,
+        /// The first character refused.
+        ch: char,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+    /// A numeric or hexadecimal id did not parse.
+    #[error("{kind} id {value:?} is not {expected}")]
+    Malformed {
+        /// Which id.
+        kind: &'static str,
+        /// The id as given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+const NAME_ALLOWED: &str = "ASCII letters, digits, '.', '_' and '-'";
+
+fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > NAME_ID_MAX_BYTES {
+        return Err(IdError::TooLong { kind, len: value.len(), max: NAME_ID_MAX_BYTES });
+    }
+    if let Some(ch) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(IdError::BadChar { kind, value: value.to_string(), ch, allowed: NAME_ALLOWED });
+    }
+    Ok(())
+}
+
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        ///
+        /// 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps `value`.
+            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                check_name($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_id!(
+    /// A campaign, as named by the advertiser's operator.
+    CampaignId,
+    "campaign"
+);
+name_id!(
+    /// A region: one Raft group of coordinators and the edges it serves.
+    RegionId,
+    "region"
+);
+name_id!(
+    /// An edge bidder process.
+    EdgeId,
+    "edge"
+);
+name_id!(
+    /// An exchange that sends bid requests and notices.
+    ExchangeId,
+    "exchange"
+);
+
+/// A lease, numbered by the region's state machine when it grants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L{}", self.0)
+    }
+}
+
+impl FromStr for LeaseId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        s.strip_prefix('L')
+            .unwrap_or(s)
+            .parse()
+            .map(LeaseId)
+            .map_err(|_| IdError::Malformed {
+                kind: "lease",
+                value: s.to_string(),
+                expected: "a number, optionally prefixed with 'L'",
+            })
+    }
+}
+
+/// A spend batch: 128 random bits chosen by the edge that sends it, so that a retried batch is
+/// recognised after an edge restart. Shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId(pub [u8; 16]);
+
+impl BatchId {
+    /// A fresh id from `rng`.
+    pub fn random(rng: &mut fastrand::Rng) -> BatchId {
+        BatchId(rng.u128(..).to_be_bytes())
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BatchId({self})")
+    }
+}
+
+impl FromStr for BatchId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).map_err(|_| IdError::Malformed {
+            kind: "batch",
+            value: s.to_string(),
+            expected: "32 hexadecimal digits",
+        })?;
+        Ok(BatchId(out))
+    }
+}
+
+impl Serialize for BatchId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An OpenRTB auction (`BidRequest.id`) or impression (`Imp.id`) id: 1 to 255 bytes of UTF-8
+/// without control characters.
+fn check_openrtb_id(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > OPENRTB_ID_MAX_BYTES {
+        return Err(IdError::TooLong { kind, len: value.len(), max: OPENRTB_ID_MAX_BYTES });
+    }
+    if let Some(ch) = value.chars().find(|c| c.is_control()) {
+        return Err(IdError::BadChar {
+            kind,
+            value: value.to_string(),
+            ch,
+            allowed: "any character but control characters",
+        });
+    }
+    Ok(())
+}
+
+/// The key of a spend event: one impression of one auction on one exchange. A notice for the
+/// same key is settled at most once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "EventKeyParts")]
+pub struct EventKey {
+    exchange: ExchangeId,
+    auction_id: String,
+    imp_id: String,
+}
+
+#[derive(Deserialize)]
+struct EventKeyParts {
+    exchange: ExchangeId,
+    auction_id: String,
+    imp_id: String,
+}
+
+impl TryFrom<EventKeyParts> for EventKey {
+    type Error = IdError;
+    fn try_from(p: EventKeyParts) -> Result<Self, IdError> {
+        EventKey::new(p.exchange, p.auction_id, p.imp_id)
+    }
+}
+
+impl EventKey {
+    /// Validates the auction and impression ids.
+    pub fn new(
+        exchange: ExchangeId,
+        auction_id: impl Into<String>,
+        imp_id: impl Into<String>,
+    ) -> Result<EventKey, IdError> {
+        let auction_id = auction_id.into();
+        let imp_id = imp_id.into();
+        check_openrtb_id("auction", &auction_id)?;
+        check_openrtb_id("impression", &imp_id)?;
+        Ok(EventKey { exchange, auction_id, imp_id })
+    }
+
+    /// The exchange.
+    pub fn exchange(&self) -> &ExchangeId {
+        &self.exchange
+    }
+
+    /// The auction id (`BidRequest.id`).
+    pub fn auction_id(&self) -> &str {
+        &self.auction_id
+    }
+
+    /// The impression id (`Imp.id`).
+    pub fn imp_id(&self) -> &str {
+        &self.imp_id
+    }
+}
+
+/// `EXCHANGE/AUCTION/IMP`.
+impl fmt::Display for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.exchange, self.auction_id, self.imp_id)
+    }
+}
+
+/// Reads `EXCHANGE/AUCTION/IMP`. The exchange id cannot hold `/`; the impression id is taken
+/// after the last `/`, so an auction id may hold `/` but an impression id may not (build such a
+/// key with [`EventKey::new`] instead).
+impl FromStr for EventKey {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let malformed = || IdError::Malformed {
+            kind: "event",
+            value: s.to_string(),
+            expected: "EXCHANGE/AUCTION/IMP",
+        };
+        let (exchange, rest) = s.split_once('/').ok_or_else(malformed)?;
+        let (auction, imp) = rest.rsplit_once('/').ok_or_else(malformed)?;
+        EventKey::new(exchange.parse()?, auction, imp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_ids_are_validated() {
+        assert!(CampaignId::new("cmp-2026.spring_1").is_ok());
+        assert_eq!(RegionId::new(""), Err(IdError::Empty { kind: "region" }));
+        assert!(matches!(EdgeId::new("a".repeat(65)), Err(IdError::TooLong { len: 65, .. })));
+        assert!(matches!(CampaignId::new("a/b"), Err(IdError::BadChar { ch: '/', .. })));
+        assert!(matches!(CampaignId::new("naïve"), Err(IdError::BadChar { ch: 'ï', .. })));
+        let json = serde_json::to_string(&RegionId::new("eu-1").unwrap()).unwrap();
+        assert_eq!(json, "\"eu-1\"");
+        assert!(serde_json::from_str::<RegionId>("\"eu 1\"").is_err());
+    }
+
+    #[test]
+    fn event_keys_parse_and_print() {
+        let key: EventKey = "adx/9f1c-aa/1".parse().unwrap();
+        assert_eq!(key.exchange().as_str(), "adx");
+        assert_eq!(key.auction_id(), "9f1c-aa");
+        assert_eq!(key.imp_id(), "1");
+        assert_eq!(key.to_string(), "adx/9f1c-aa/1");
+        let slashed: EventKey = "adx/a/b/c/2".parse().unwrap();
+        assert_eq!(slashed.auction_id(), "a/b/c");
+        assert_eq!(slashed.imp_id(), "2");
+        for bad in ["adx", "adx/1", "/a/1", "adx//1", "adx/a/", "adx/a\n/1"] {
+            assert!(bad.parse::<EventKey>().is_err(), "{bad:?}");
+        }
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<EventKey>(&json).unwrap(), key);
+        assert!(serde_json::from_str::<EventKey>(
+            r#"{"exchange":"adx","auction_id":"","imp_id":"1"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn lease_and_batch_ids_round_trip() {
+        assert_eq!("L42".parse::<LeaseId>(), Ok(LeaseId(42)));
+        assert_eq!("42".parse::<LeaseId>(), Ok(LeaseId(42)));
+        assert!("L-1".parse::<LeaseId>().is_err());
+        let mut rng = fastrand::Rng::with_seed(1);
+        let b = BatchId::random(&mut rng);
+        assert_eq!(b.to_string().parse::<BatchId>(), Ok(b));
+        assert!("abc".parse::<BatchId>().is_err());
+    }
+}
