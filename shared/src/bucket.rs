@@ -8,9 +8,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::id::CampaignId;
@@ -81,7 +81,9 @@ impl Serialize for Bucket {
 
 impl<'de> Deserialize<'de> for Bucket {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -111,7 +113,10 @@ impl CampaignZone {
     /// Looks `name` (for example `America/New_York`) up in the bundled time zone database.
     pub fn new(name: &str) -> Result<CampaignZone, BucketError> {
         let tz = TimeZone::get(name).map_err(|_| BucketError::UnknownZone(name.to_string()))?;
-        Ok(CampaignZone { name: name.to_string(), tz })
+        Ok(CampaignZone {
+            name: name.to_string(),
+            tz,
+        })
     }
 
     /// The zone's IANA name.
@@ -135,7 +140,11 @@ impl CampaignZone {
     pub fn day_span(&self, day: Date) -> Result<(Timestamp, Timestamp), BucketError> {
         let range = |e: jiff::Error| BucketError::OutOfRange(e.to_string());
         let start = day.to_zoned(self.tz.clone()).map_err(range)?;
-        let end = day.tomorrow().map_err(range)?.to_zoned(self.tz.clone()).map_err(range)?;
+        let end = day
+            .tomorrow()
+            .map_err(range)?
+            .to_zoned(self.tz.clone())
+            .map_err(range)?;
         Ok((start.timestamp(), end.timestamp()))
     }
 
@@ -195,10 +204,7 @@ mod tests {
             Bucket::for_spend(&ny, before),
             [Bucket::Lifetime, Bucket::Day(date(2026, 10, 31))]
         );
-        assert_eq!(
-            ny.day_of_unix_micros(start.as_microsecond()).unwrap(),
-            day
-        );
+        assert_eq!(ny.day_of_unix_micros(start.as_microsecond()).unwrap(), day);
         assert!(ny.day_of_unix_micros(i64::MAX).is_err());
     }
 
@@ -211,7 +217,14 @@ mod tests {
             assert_eq!(text.parse::<Bucket>(), Ok(bucket));
             assert_eq!(bucket.to_string(), text);
         }
-        for bad in ["", "day:", "day:2026-3-8", "day:2026-02-30", "Lifetime", "day:20260308"] {
+        for bad in [
+            "",
+            "day:",
+            "day:2026-3-8",
+            "day:2026-02-30",
+            "Lifetime",
+            "day:20260308",
+        ] {
             assert!(bad.parse::<Bucket>().is_err(), "{bad:?}");
         }
         assert_eq!(

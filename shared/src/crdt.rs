@@ -88,7 +88,9 @@ pub enum CounterError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
     /// The remote state shows more for one of our own rows than we hold: we lost data.
-    #[error("remote state shows {row} = {theirs} but we hold {ours}: our own row is ahead elsewhere (data loss here)")]
+    #[error(
+        "remote state shows {row} = {theirs} but we hold {ours}: our own row is ahead elsewhere (data loss here)"
+    )]
     OwnRowsAhead {
         /// The row.
         row: Row,
@@ -99,7 +101,9 @@ pub enum MergeError {
     },
     /// The remote copy of `origin`'s rows is neither ahead of nor behind ours: `origin` lost
     /// state and went on from an older one.
-    #[error("remote copy of region {origin}'s rows diverges from ours ({higher} higher, {lower} lower): data loss in {origin}")]
+    #[error(
+        "remote copy of region {origin}'s rows diverges from ours ({higher} higher, {lower} lower): data loss in {origin}"
+    )]
     Diverged {
         /// The region whose rows disagree.
         origin: RegionId,
@@ -250,7 +254,10 @@ fn bump<A: Ord + Clone + std::fmt::Debug>(
 impl RegionCounter {
     /// An empty counter held by region `me`.
     pub fn new(me: RegionId) -> RegionCounter {
-        RegionCounter { me, state: CounterState::new() }
+        RegionCounter {
+            me,
+            state: CounterState::new(),
+        }
     }
 
     /// Our region.
@@ -293,13 +300,21 @@ impl RegionCounter {
         }
         let n = positive(amount)?;
         self.check_available(amount)?;
-        bump(&mut self.state.transferred, (self.me.clone(), to.clone()), n)
+        bump(
+            &mut self.state.transferred,
+            (self.me.clone(), to.clone()),
+            n,
+        )
     }
 
     fn check_available(&self, wanted: Money) -> Result<(), CounterError> {
         let available = self.available();
         if i128::from(wanted.micros()) > self.state.available_i128(&self.me) {
-            return Err(CounterError::Insufficient { region: self.me.clone(), available, wanted });
+            return Err(CounterError::Insufficient {
+                region: self.me.clone(),
+                available,
+                wanted,
+            });
         }
         Ok(())
     }
@@ -334,7 +349,11 @@ impl RegionCounter {
                 }
             }
             if let (Some(higher), Some(lower)) = (higher, lower) {
-                return Err(MergeError::Diverged { origin, higher, lower });
+                return Err(MergeError::Diverged {
+                    origin,
+                    higher,
+                    lower,
+                });
             }
         }
         self.state.join(remote);
@@ -416,14 +435,30 @@ mod tests {
     /// One step of a simulated multi-region run.
     #[derive(Clone, Debug)]
     enum Op {
-        Create { r: usize, amount: i64 },
-        Settle { r: usize, amount: i64 },
-        Transfer { r: usize, to: usize, amount: i64 },
+        Create {
+            r: usize,
+            amount: i64,
+        },
+        Settle {
+            r: usize,
+            amount: i64,
+        },
+        Transfer {
+            r: usize,
+            to: usize,
+            amount: i64,
+        },
         /// Region `r` snapshots its state into the network for region `to`.
-        Send { r: usize, to: usize },
+        Send {
+            r: usize,
+            to: usize,
+        },
         /// The network delivers in-flight message number `pick` (modulo the count), possibly
         /// again later (`keep`: duplication), in any order.
-        Deliver { pick: usize, keep: bool },
+        Deliver {
+            pick: usize,
+            keep: bool,
+        },
     }
 
     fn arb_op(regions: usize) -> impl Strategy<Value = Op> {
@@ -431,8 +466,11 @@ mod tests {
         prop_oneof![
             (r.clone(), 1..5_000i64).prop_map(|(r, amount)| Op::Create { r, amount }),
             (r.clone(), 1..3_000i64).prop_map(|(r, amount)| Op::Settle { r, amount }),
-            (r.clone(), r.clone(), 1..3_000i64)
-                .prop_map(|(r, to, amount)| Op::Transfer { r, to, amount }),
+            (r.clone(), r.clone(), 1..3_000i64).prop_map(|(r, to, amount)| Op::Transfer {
+                r,
+                to,
+                amount
+            }),
             (r.clone(), r).prop_map(|(r, to)| Op::Send { r, to }),
             (any::<usize>(), any::<bool>()).prop_map(|(pick, keep)| Op::Deliver { pick, keep }),
             (any::<usize>(), any::<bool>()).prop_map(|(pick, keep)| Op::Deliver { pick, keep }),
@@ -518,13 +556,20 @@ mod tests {
         a.create(m(100)).unwrap();
         assert_eq!(
             a.settle(m(101)),
-            Err(CounterError::Insufficient { region: region(0), available: m(100), wanted: m(101) })
+            Err(CounterError::Insufficient {
+                region: region(0),
+                available: m(100),
+                wanted: m(101)
+            })
         );
         a.transfer(&region(1), m(40)).unwrap();
         a.settle(m(60)).unwrap();
         assert_eq!(a.available(), m(0));
         assert!(a.settle(m(1)).is_err());
-        assert_eq!(a.transfer(&region(0), m(1)), Err(CounterError::SelfTransfer(region(0))));
+        assert_eq!(
+            a.transfer(&region(0), m(1)),
+            Err(CounterError::SelfTransfer(region(0)))
+        );
         assert_eq!(a.create(Money::MAX), Err(CounterError::Overflow));
         let mut b = RegionCounter::new(region(1));
         b.merge(&region(0), a.state()).unwrap();
@@ -545,14 +590,27 @@ mod tests {
         let mut restored = RegionCounter::new(region(0));
         let before = restored.clone();
         let err = restored.merge(&region(1), b.state()).unwrap_err();
-        assert!(matches!(err, MergeError::OwnRowsAhead { theirs: 100, ours: 0, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                MergeError::OwnRowsAhead {
+                    theirs: 100,
+                    ours: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(restored, before, "nothing merged");
         // A stale state (lower values for our rows) is ordinary and accepted.
         let stale = b.state().clone();
         a.create(m(5)).unwrap();
         a.merge(&region(1), &stale).unwrap();
         assert_eq!(a.available(), m(75));
-        assert_eq!(a.merge(&region(0), &stale), Err(MergeError::FromSelf(region(0))));
+        assert_eq!(
+            a.merge(&region(0), &stale),
+            Err(MergeError::FromSelf(region(0)))
+        );
     }
 
     #[test]
@@ -574,6 +632,9 @@ mod tests {
         // Relayed through a third region, it is caught the same way.
         let mut b = RegionCounter::new(region(1));
         b.merge(&region(0), a2.state()).unwrap();
-        assert!(matches!(c.merge(&region(1), b.state()), Err(MergeError::Diverged { .. })));
+        assert!(matches!(
+            c.merge(&region(1), b.state()),
+            Err(MergeError::Diverged { .. })
+        ));
     }
 }

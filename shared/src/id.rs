@@ -63,13 +63,22 @@ fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if value.len() > NAME_ID_MAX_BYTES {
-        return Err(IdError::TooLong { kind, len: value.len(), max: NAME_ID_MAX_BYTES });
+        return Err(IdError::TooLong {
+            kind,
+            len: value.len(),
+            max: NAME_ID_MAX_BYTES,
+        });
     }
     if let Some(ch) = value
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(IdError::BadChar { kind, value: value.to_string(), ch, allowed: NAME_ALLOWED });
+        return Err(IdError::BadChar {
+            kind,
+            value: value.to_string(),
+            ch,
+            allowed: NAME_ALLOWED,
+        });
     }
     Ok(())
 }
@@ -222,7 +231,9 @@ impl Serialize for BatchId {
 
 impl<'de> Deserialize<'de> for BatchId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -233,7 +244,11 @@ fn check_openrtb_id(kind: &'static str, value: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if value.len() > OPENRTB_ID_MAX_BYTES {
-        return Err(IdError::TooLong { kind, len: value.len(), max: OPENRTB_ID_MAX_BYTES });
+        return Err(IdError::TooLong {
+            kind,
+            len: value.len(),
+            max: OPENRTB_ID_MAX_BYTES,
+        });
     }
     if let Some(ch) = value.chars().find(|c| c.is_control()) {
         return Err(IdError::BadChar {
@@ -281,7 +296,11 @@ impl EventKey {
         let imp_id = imp_id.into();
         check_openrtb_id("auction", &auction_id)?;
         check_openrtb_id("impression", &imp_id)?;
-        Ok(EventKey { exchange, auction_id, imp_id })
+        Ok(EventKey {
+            exchange,
+            auction_id,
+            imp_id,
+        })
     }
 
     /// The exchange.
@@ -332,9 +351,18 @@ mod tests {
     fn name_ids_are_validated() {
         assert!(CampaignId::new("cmp-2026.spring_1").is_ok());
         assert_eq!(RegionId::new(""), Err(IdError::Empty { kind: "region" }));
-        assert!(matches!(EdgeId::new("a".repeat(65)), Err(IdError::TooLong { len: 65, .. })));
-        assert!(matches!(CampaignId::new("a/b"), Err(IdError::BadChar { ch: '/', .. })));
-        assert!(matches!(CampaignId::new("naïve"), Err(IdError::BadChar { ch: 'ï', .. })));
+        assert!(matches!(
+            EdgeId::new("a".repeat(65)),
+            Err(IdError::TooLong { len: 65, .. })
+        ));
+        assert!(matches!(
+            CampaignId::new("a/b"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
+        assert!(matches!(
+            CampaignId::new("naïve"),
+            Err(IdError::BadChar { ch: 'ï', .. })
+        ));
         let json = serde_json::to_string(&RegionId::new("eu-1").unwrap()).unwrap();
         assert_eq!(json, "\"eu-1\"");
         assert!(serde_json::from_str::<RegionId>("\"eu 1\"").is_err());
@@ -355,10 +383,10 @@ mod tests {
         }
         let json = serde_json::to_string(&key).unwrap();
         assert_eq!(serde_json::from_str::<EventKey>(&json).unwrap(), key);
-        assert!(serde_json::from_str::<EventKey>(
-            r#"{"exchange":"adx","auction_id":"","imp_id":"1"}"#
-        )
-        .is_err());
+        assert!(
+            serde_json::from_str::<EventKey>(r#"{"exchange":"adx","auction_id":"","imp_id":"1"}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod bucket;
 pub mod crdt;
 pub mod id;
+pub mod log;
 pub mod money;
 
 pub use bucket::{Bucket, BucketKey, CampaignZone};

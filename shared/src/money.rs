@@ -14,7 +14,9 @@ pub const MICROS_PER_UNIT: i64 = 1_000_000;
 
 /// An amount of money in micros of the campaign currency. May be negative only where a signed
 /// delta is meant (for example a budget decrease); ledgers check signs where they matter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Money(i64);
 
@@ -209,7 +211,10 @@ mod tests {
     #[test]
     fn bad_prices_are_refused() {
         for p in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -0.001] {
-            assert!(matches!(Money::from_cpm(p), Err(MoneyError::BadPrice(_))), "{p}");
+            assert!(
+                matches!(Money::from_cpm(p), Err(MoneyError::BadPrice(_))),
+                "{p}"
+            );
         }
         assert_eq!(Money::from_cpm(1e300), Err(MoneyError::Overflow));
         for s in ["", ".", "1e3", "+1", "1.2.3", " 1", "0x10"] {
@@ -221,8 +226,14 @@ mod tests {
     fn arithmetic_is_checked() {
         let max = Money::MAX;
         assert_eq!(max.checked_add(Money(1)), Err(MoneyError::Overflow));
-        assert_eq!(Money(i64::MIN).checked_sub(Money(1)), Err(MoneyError::Overflow));
-        assert_eq!(Money(i64::MAX / 2 + 1).checked_mul(2), Err(MoneyError::Overflow));
+        assert_eq!(
+            Money(i64::MIN).checked_sub(Money(1)),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            Money(i64::MAX / 2 + 1).checked_mul(2),
+            Err(MoneyError::Overflow)
+        );
         assert_eq!(Money(5).checked_sub(Money(7)), Ok(Money(-2)));
         assert_eq!(
             Money::checked_sum([Money(1), Money(2), Money(3)]),
@@ -252,9 +263,6 @@ mod tests {
         assert_eq!("100".parse::<Money>(), Ok(Money(100_000_000)));
         assert_eq!("0.5".parse::<Money>(), Ok(Money(500_000)));
         assert!("0.0000001".parse::<Money>().is_err());
-        assert_eq!(
-            "9223372036855".parse::<Money>(),
-            Err(MoneyError::Overflow)
-        );
+        assert_eq!("9223372036855".parse::<Money>(), Err(MoneyError::Overflow));
     }
 }

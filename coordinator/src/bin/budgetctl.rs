@@ -1,1 +1,5 @@
-fn main() {}
+//! `budgetctl`: see `coordinator::budgetctl`.
+
+fn main() -> std::process::ExitCode {
+    coordinator::budgetctl::main()
+}

@@ -1,0 +1,318 @@
+//! `budgetctl audit …`: verification of archives and proofs of single charges.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use shared::EventKey;
+use shared::log::proof::{self, InclusionProof, ProveError};
+use shared::log::verify::{ArchiveError, Failure, Summary, verify_path};
+use shared::log::{Hash, parse_hash};
+
+use super::{EXIT_FAILED, EXIT_USAGE};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify a log archive: every segment, entry, hash link, Merkle root and trailer.
+    ///
+    /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry (seq, file, byte
+    /// offset, reason) if it does not; exit 2 if it cannot be read.
+    Verify {
+        /// A directory of sealed segments (*.seg), or one segment file.
+        path: PathBuf,
+        /// Also require the archive's last entry to have this hash (64 hex digits), for example a
+        /// head published earlier.
+        #[arg(long, value_name = "HASH", value_parser = hash_arg)]
+        expect_head: Option<Hash>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a proof (JSON) that one charge is in the log, leading to the archive's head.
+    ///
+    /// Verifies the whole archive first. The proof reveals the charge, its spend batch's body,
+    /// and one digest per later entry: nothing of any other charge.
+    Prove {
+        /// A directory of sealed segments, or one segment file.
+        path: PathBuf,
+        /// The charge: EXCHANGE/AUCTION_ID/IMP_ID (the auction id may hold '/', the others not).
+        #[arg(long, value_name = "EXCHANGE/AUCTION/IMP")]
+        event: EventKey,
+        /// Prove against the head at this seq instead of the archive's last entry.
+        #[arg(long, value_name = "SEQ")]
+        head_seq: Option<u64>,
+        /// Write the proof to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a proof made by `audit prove` against a head hash you trust. Offline.
+    ///
+    /// Exit 0 if the proof leads from the charge to that head, 1 if it does not.
+    CheckProof {
+        /// The proof file (JSON); `-` reads standard input.
+        proof: PathBuf,
+        /// The head hash you trust (64 hex digits), for example from `audit verify` or a
+        /// published head.
+        #[arg(long, value_name = "HASH", value_parser = hash_arg)]
+        head: Hash,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn hash_arg(s: &str) -> Result<Hash, String> {
+    parse_hash(s)
+}
+
+pub(crate) fn run(cmd: AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Verify {
+            path,
+            expect_head,
+            json,
+        } => verify(&path, expect_head.as_ref(), json),
+        AuditCommand::Prove {
+            path,
+            event,
+            head_seq,
+            output,
+        } => prove(&path, &event, head_seq, output),
+        AuditCommand::CheckProof { proof, head, json } => check_proof(&proof, &head, json),
+    }
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("budgetctl: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn print_json(value: &serde_json::Value) {
+    // Serialising a Value cannot fail.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn verify(path: &std::path::Path, expect_head: Option<&Hash>, json: bool) -> ExitCode {
+    let result = match verify_path(path, expect_head) {
+        Ok(r) => r,
+        Err(e @ ArchiveError::Io { .. }) | Err(e @ ArchiveError::NoSegments(_)) => {
+            return usage_error(e);
+        }
+    };
+    match result {
+        Ok(summary) => {
+            if json {
+                print_json(&serde_json::json!({ "ok": true, "path": path, "summary": summary }));
+            } else {
+                print!("{}", summary_text(path, &summary));
+            }
+            ExitCode::SUCCESS
+        }
+        Err((failure, partial)) => {
+            if json {
+                print_json(&serde_json::json!({
+                    "ok": false, "path": path, "failure": failure, "verified_before": partial,
+                }));
+            } else {
+                print!("{}", failure_text(path, &failure, &partial));
+            }
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `12345678` → `12,345,678`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn summary_text(path: &std::path::Path, s: &Summary) -> String {
+    let mut out = String::new();
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        (s.entries as f64 / secs) as u64
+    } else {
+        0
+    };
+    let _ = writeln!(out, "OK: archive {} verifies", path.display());
+    if let Some(r) = &s.region {
+        let _ = writeln!(out, "  region    {r}");
+    }
+    let _ = writeln!(
+        out,
+        "  segments  {} ({} bytes)",
+        s.segments,
+        grouped(s.bytes)
+    );
+    let range = match (s.first_seq, s.last_seq) {
+        (Some(a), Some(b)) => format!("seq {a}..={b}"),
+        _ => "none".into(),
+    };
+    let origin = if s.from_genesis {
+        "from genesis".to_string()
+    } else {
+        format!(
+            "anchored at seq {}: earlier entries not in this archive",
+            s.first_seq.unwrap_or(0)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "  entries   {} ({range}, {origin})",
+        grouped(s.entries)
+    );
+    let _ = writeln!(
+        out,
+        "  charges   {} spend events, {} settled",
+        grouped(s.events),
+        s.settled
+    );
+    let kinds: Vec<String> = s
+        .kinds
+        .iter()
+        .map(|(k, n)| format!("{} {}", k.name(), grouped(*n)))
+        .collect();
+    let _ = writeln!(out, "  kinds     {}", kinds.join(", "));
+    let _ = writeln!(out, "  head      {}", s.head_hash.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "  took      {} ms ({} entries/s)",
+        s.elapsed.as_millis(),
+        grouped(rate)
+    );
+    out
+}
+
+fn failure_text(path: &std::path::Path, f: &Failure, partial: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "FAILED: archive {} does not verify", path.display());
+    match f.seq {
+        Some(seq) => {
+            let _ = writeln!(out, "  first bad entry  seq {seq}");
+        }
+        None => {
+            let _ = writeln!(out, "  first bad entry  (before any entry of the segment)");
+        }
+    }
+    if !f.segment.is_empty() {
+        let _ = writeln!(out, "  where            {} at byte {}", f.segment, f.offset);
+    }
+    let _ = writeln!(out, "  reason           {}", f.reason);
+    let _ = writeln!(
+        out,
+        "  verified before  {} entries in {} segments",
+        grouped(partial.entries),
+        partial.segments
+    );
+    out
+}
+
+fn prove(
+    path: &std::path::Path,
+    event: &EventKey,
+    head_seq: Option<u64>,
+    output: Option<PathBuf>,
+) -> ExitCode {
+    let proof = match proof::prove(path, event, head_seq) {
+        Ok(p) => p,
+        Err(ProveError::Archive(e)) => return usage_error(e),
+        Err(e) => {
+            eprintln!("budgetctl: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    // Serialising a proof cannot fail: it holds strings, numbers and arrays only.
+    let text = serde_json::to_string_pretty(&proof).unwrap_or_default() + "\n";
+    match output {
+        Some(file) => {
+            if let Err(e) = std::fs::write(&file, text) {
+                return usage_error(format!("{}: {e}", file.display()));
+            }
+            eprintln!(
+                "wrote proof of {} (entry {}, head seq {} {}) to {}",
+                proof.event.key,
+                proof.entry_seq,
+                proof.head_seq,
+                hex::encode(proof.head_hash),
+                file.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            Ok(_) => s,
+            Err(e) => return usage_error(format!("standard input: {e}")),
+        }
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(s) => s,
+            Err(e) => return usage_error(format!("{}: {e}", file.display())),
+        }
+    };
+    let parsed: InclusionProof = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => return usage_error(format!("{}: not a proof: {e}", file.display())),
+    };
+    match proof::check(&parsed, head) {
+        Ok(charge) => {
+            if json {
+                print_json(&serde_json::json!({ "ok": true, "charge": charge }));
+            } else {
+                println!(
+                    "OK: charge {} of {} is in region {}'s log at entry {} (lease {}), under head {} at seq {}",
+                    charge.event.key,
+                    charge.event.amount,
+                    charge.region,
+                    charge.entry_seq,
+                    charge.lease,
+                    hex::encode(charge.head_hash),
+                    charge.head_seq
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
+            } else {
+                println!("FAILED: {e}");
+            }
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(grouped(n), s);
+        }
+    }
+}

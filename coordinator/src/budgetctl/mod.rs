@@ -1,0 +1,40 @@
+//! `budgetctl`: the operator and auditor CLI. Subcommands go noun then verb
+//! (`budgetctl audit verify`). Tables for people, `--json` for machines.
+//!
+//! Exit codes: 0 success; 1 the thing checked does not hold (an archive that does not verify, a
+//! proof that does not check out, a charge that is not there); 2 usage or I/O error.
+
+mod audit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Operate and audit the budget service.
+#[derive(Debug, Parser)]
+#[command(name = "budgetctl", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the financial log: verify archives, prove single charges, check proofs. Needs no
+    /// server.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Exit code: the thing checked does not hold.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: usage or I/O error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Audit(cmd) => audit::run(cmd),
+    }
+}

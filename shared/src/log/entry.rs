@@ -1,0 +1,840 @@
+//! Log entries: the fields every entry has, the payload of each kind, their canonical bytes, and
+//! the hash chain.
+//!
+//! ```text
+//! body        = version seq raft_term raft_index time_us kind payload_len payload
+//! body_digest = SHA-256("BUDGETLOG-V1-BODY"  ‖ body)
+//! entry_hash  = SHA-256("BUDGETLOG-V1-ENTRY" ‖ prev_hash ‖ body_digest)
+//! ```
+//!
+//! A spend batch's events are not in its body: the body holds their count, total and Merkle root
+//! ([`super::merkle`]), and the events travel beside the entry. So one charge can be proved with
+//! its Merkle path, and the chain from its entry to a head with one 32-byte digest per later
+//! entry, revealing nothing else.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bucket::Bucket;
+use crate::id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, RegionId};
+use crate::money::{Money, MoneyError};
+
+use super::Hash;
+use super::codec::{DecodeError, Reader, Writer};
+use super::merkle;
+
+/// The version byte that opens every body.
+pub const ENTRY_VERSION: u8 = 1;
+/// Domain tag of the body digest.
+pub const TAG_BODY: &[u8] = b"BUDGETLOG-V1-BODY";
+/// Domain tag of the entry hash.
+pub const TAG_ENTRY: &[u8] = b"BUDGETLOG-V1-ENTRY";
+/// Domain tag of the genesis value.
+pub const TAG_GENESIS: &[u8] = b"BUDGETLOG-V1-GENESIS";
+/// Bytes of a body before its payload.
+pub const BODY_HEADER_LEN: usize = 1 + 8 + 8 + 8 + 8 + 1 + 4;
+/// The largest payload, in bytes.
+pub const PAYLOAD_MAX_BYTES: usize = 1 << 20;
+/// The most events one spend batch may hold.
+pub const BATCH_EVENTS_MAX: usize = 65_536;
+/// The most buckets one lease or merge may name.
+pub const BUCKETS_MAX: usize = 1024;
+
+/// `prev_hash` of entry 0: `SHA-256("BUDGETLOG-V1-GENESIS")`.
+pub fn genesis() -> Hash {
+    Sha256::digest(TAG_GENESIS).into()
+}
+
+/// `SHA-256("BUDGETLOG-V1-BODY" ‖ body)`.
+pub fn body_digest(body: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(TAG_BODY);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// `SHA-256("BUDGETLOG-V1-ENTRY" ‖ prev_hash ‖ body_digest)`.
+pub fn entry_hash(prev_hash: &Hash, body_digest: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update(TAG_ENTRY);
+    h.update(prev_hash);
+    h.update(body_digest);
+    h.finalize().into()
+}
+
+/// What an entry records. The numbers are the `kind` byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Kind {
+    /// A bucket's budget was set; rights were created (or burned) in this region.
+    BudgetSet = 1,
+    /// Rights were leased to an edge.
+    LeaseGranted = 2,
+    /// Spend events settled under a lease.
+    SpendBatch = 3,
+    /// An edge released a lease; the unspent part returned to the region.
+    LeaseReleased = 4,
+    /// The leader closed a lease its edge never released; the remainder went in doubt.
+    LeaseReclaimed = 5,
+    /// A reclaimed lease's late-acceptance window ended; what was in doubt returned.
+    InDoubtReturned = 6,
+    /// This region gave rights to another region.
+    RightsTransferred = 7,
+    /// A peer region's counter state was merged; its chain head witnessed.
+    RemoteMerged = 8,
+    /// Spend that broke a rule (over a lease, after the late window) — recorded, not hidden.
+    Anomaly = 9,
+}
+
+impl Kind {
+    /// Every kind, in byte order.
+    pub const ALL: [Kind; 9] = [
+        Kind::BudgetSet,
+        Kind::LeaseGranted,
+        Kind::SpendBatch,
+        Kind::LeaseReleased,
+        Kind::LeaseReclaimed,
+        Kind::InDoubtReturned,
+        Kind::RightsTransferred,
+        Kind::RemoteMerged,
+        Kind::Anomaly,
+    ];
+
+    /// The kind with byte `b`.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Kind::ALL.get(usize::from(b).wrapping_sub(1)).copied()
+    }
+
+    /// The snake_case name used in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::BudgetSet => "budget_set",
+            Kind::LeaseGranted => "lease_granted",
+            Kind::SpendBatch => "spend_batch",
+            Kind::LeaseReleased => "lease_released",
+            Kind::LeaseReclaimed => "lease_reclaimed",
+            Kind::InDoubtReturned => "in_doubt_returned",
+            Kind::RightsTransferred => "rights_transferred",
+            Kind::RemoteMerged => "remote_merged",
+            Kind::Anomaly => "anomaly",
+        }
+    }
+}
+
+/// One settled charge: the event key and the amount billed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendEvent {
+    /// Exchange, auction id, impression id.
+    pub key: EventKey,
+    /// The clearing price charged, in micros; never negative.
+    pub amount: Money,
+}
+
+impl SpendEvent {
+    /// Canonical bytes: exchange, auction id, impression id (strings), amount (`i64`).
+    pub fn encode(&self, w: &mut Writer) {
+        w.str(self.key.exchange().as_str());
+        w.str(self.key.auction_id());
+        w.str(self.key.imp_id());
+        w.money(self.amount);
+    }
+
+    /// The canonical bytes alone.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.encode(&mut w);
+        w.into_bytes()
+    }
+
+    /// Decodes exactly `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<SpendEvent, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let exchange: ExchangeId = r.id("event exchange")?;
+        let auction = r.str("event auction id")?;
+        let imp = r.str("event imp id")?;
+        let key = EventKey::new(exchange, auction, imp)?;
+        let amount = r.money_nonneg("event amount")?;
+        r.finish("event")?;
+        Ok(SpendEvent { key, amount })
+    }
+
+    /// Checks that `bytes` are one canonical event and returns its amount, without allocating.
+    /// Equivalent to `decode(bytes).map(|e| e.amount)`, on the verification hot path.
+    pub fn check(bytes: &[u8]) -> Result<Money, DecodeError> {
+        match SpendEvent::check_fast(bytes) {
+            Some(amount) => Ok(amount),
+            // Anything unusual takes the slow path, which gives the precise error.
+            None => SpendEvent::decode(bytes).map(|e| e.amount),
+        }
+    }
+
+    fn check_fast(bytes: &[u8]) -> Option<Money> {
+        let mut r = Reader::new(bytes);
+        let exchange = r.str("").ok()?;
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= crate::id::NAME_ID_MAX_BYTES
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        let openrtb_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= crate::id::OPENRTB_ID_MAX_BYTES
+                && !s.chars().any(char::is_control)
+        };
+        if !name_ok(exchange) || !openrtb_ok(r.str("").ok()?) || !openrtb_ok(r.str("").ok()?) {
+            return None;
+        }
+        let amount = r.money_nonneg("").ok()?;
+        r.finish("").ok()?;
+        Some(amount)
+    }
+}
+
+/// `BudgetSet`: a bucket's budget changed from `before` to `after`; `after − before` of rights
+/// were created in (or, if negative, burned from) this region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetSet {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// Its bucket.
+    pub bucket: Bucket,
+    /// The budget before.
+    pub before: Money,
+    /// The budget after.
+    pub after: Money,
+}
+
+/// `LeaseGranted`: `amount` leased to `edge` against every bucket in `buckets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGranted {
+    /// The new lease.
+    pub lease: LeaseId,
+    /// Who holds it.
+    pub edge: EdgeId,
+    /// For which campaign.
+    pub campaign: CampaignId,
+    /// The buckets debited (lifetime and the day's).
+    pub buckets: Vec<Bucket>,
+    /// How much.
+    pub amount: Money,
+    /// For how long the edge may reserve under it.
+    pub duration_ms: u64,
+}
+
+/// `SpendBatch`: events settled under `lease`, reported by `edge` in batch `batch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendBatch {
+    /// The lease charged.
+    pub lease: LeaseId,
+    /// The edge's batch id (a retried batch is settled once).
+    pub batch: BatchId,
+    /// The edge that reported it (any edge can settle a notice).
+    pub edge: EdgeId,
+    /// The events, in the order of the Merkle tree's leaves. At least one.
+    pub events: Vec<SpendEvent>,
+}
+
+impl SpendBatch {
+    /// The sum of the events' amounts.
+    pub fn total(&self) -> Result<Money, MoneyError> {
+        Money::checked_sum(self.events.iter().map(|e| e.amount))
+    }
+
+    /// The Merkle root over the events' canonical bytes.
+    pub fn merkle_root(&self) -> Hash {
+        let leaves: Vec<Hash> = self
+            .events
+            .iter()
+            .map(|e| merkle::leaf_hash(&e.to_bytes()))
+            .collect();
+        merkle::root(&leaves)
+    }
+}
+
+/// `LeaseReleased`: the edge is done with `lease`; `returned` went back to the region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReleased {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The edge's release batch id.
+    pub batch: BatchId,
+    /// Spend settled under the lease in all.
+    pub spent: Money,
+    /// The unspent amount returned.
+    pub returned: Money,
+}
+
+/// `LeaseReclaimed`: the leader closed `lease`; `in_doubt` is held for late notices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReclaimed {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Spend settled under it so far.
+    pub spent: Money,
+    /// The unreported remainder, now in doubt.
+    pub in_doubt: Money,
+}
+
+/// `InDoubtReturned`: the late-acceptance window of `lease` ended; `returned` is available again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InDoubtReturned {
+    /// The lease.
+    pub lease: LeaseId,
+    /// What returned to the region.
+    pub returned: Money,
+}
+
+/// `RightsTransferred`: this region gave `amount` of a bucket's rights to region `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RightsTransferred {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// Its bucket.
+    pub bucket: Bucket,
+    /// The receiving region.
+    pub to: RegionId,
+    /// How much.
+    pub amount: Money,
+}
+
+/// Rights a merge brought in for one bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// Its bucket.
+    pub bucket: Bucket,
+    /// Rights newly transferred to this region, as the merge revealed.
+    pub amount: Money,
+}
+
+/// `RemoteMerged`: region `from`'s counter state was joined; its log head at `remote_seq` was
+/// `remote_head`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMerged {
+    /// The peer region.
+    pub from: RegionId,
+    /// The seq of the peer's last log entry when it sent its state.
+    pub remote_seq: u64,
+    /// That entry's hash.
+    pub remote_head: Hash,
+    /// Rights that arrived for this region, per bucket (may be empty).
+    pub received: Vec<Received>,
+}
+
+/// Which rule a spend broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum AnomalyKind {
+    /// The event would have taken spend under a lease past the lease amount.
+    OverLease = 1,
+    /// The notice came after the lease's late-acceptance window.
+    LateSpend = 2,
+}
+
+/// `Anomaly`: a charge that broke a rule, recorded so that it is seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Which rule.
+    pub kind: AnomalyKind,
+    /// The lease named by the notice.
+    pub lease: LeaseId,
+    /// The charge.
+    pub event: SpendEvent,
+}
+
+/// The kind-specific part of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// See [`BudgetSet`].
+    BudgetSet(BudgetSet),
+    /// See [`LeaseGranted`].
+    LeaseGranted(LeaseGranted),
+    /// See [`SpendBatch`].
+    SpendBatch(SpendBatch),
+    /// See [`LeaseReleased`].
+    LeaseReleased(LeaseReleased),
+    /// See [`LeaseReclaimed`].
+    LeaseReclaimed(LeaseReclaimed),
+    /// See [`InDoubtReturned`].
+    InDoubtReturned(InDoubtReturned),
+    /// See [`RightsTransferred`].
+    RightsTransferred(RightsTransferred),
+    /// See [`RemoteMerged`].
+    RemoteMerged(RemoteMerged),
+    /// See [`Anomaly`].
+    Anomaly(Anomaly),
+}
+
+/// Why a payload could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A spend batch with no events.
+    #[error("a spend batch must hold at least one event")]
+    EmptyBatch,
+    /// Too many of something.
+    #[error("{what}: {count} is more than the {max} allowed")]
+    TooMany {
+        /// What.
+        what: &'static str,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A negative amount where only non-negative ones are allowed.
+    #[error("{0}: negative amount")]
+    Negative(&'static str),
+    /// The events' total overflows.
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+fn nonneg(what: &'static str, m: Money) -> Result<(), EncodeError> {
+    if m.is_negative() {
+        Err(EncodeError::Negative(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn count_u32(what: &'static str, count: usize, max: usize) -> Result<u32, EncodeError> {
+    if count > max {
+        return Err(EncodeError::TooMany { what, count, max });
+    }
+    // count ≤ max ≤ 65,536 fits in u32.
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+impl Payload {
+    /// The entry kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Payload::BudgetSet(_) => Kind::BudgetSet,
+            Payload::LeaseGranted(_) => Kind::LeaseGranted,
+            Payload::SpendBatch(_) => Kind::SpendBatch,
+            Payload::LeaseReleased(_) => Kind::LeaseReleased,
+            Payload::LeaseReclaimed(_) => Kind::LeaseReclaimed,
+            Payload::InDoubtReturned(_) => Kind::InDoubtReturned,
+            Payload::RightsTransferred(_) => Kind::RightsTransferred,
+            Payload::RemoteMerged(_) => Kind::RemoteMerged,
+            Payload::Anomaly(_) => Kind::Anomaly,
+        }
+    }
+
+    /// The payload's canonical bytes (for a spend batch: count, total and Merkle root, not the
+    /// events).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut w = Writer::new();
+        match self {
+            Payload::BudgetSet(p) => {
+                nonneg("budget before", p.before)?;
+                nonneg("budget after", p.after)?;
+                w.str(p.campaign.as_str());
+                w.bucket(&p.bucket);
+                w.money(p.before);
+                w.money(p.after);
+            }
+            Payload::LeaseGranted(p) => {
+                nonneg("lease amount", p.amount)?;
+                w.u64(p.lease.0);
+                w.str(p.edge.as_str());
+                w.str(p.campaign.as_str());
+                w.u32(count_u32("lease buckets", p.buckets.len(), BUCKETS_MAX)?);
+                for b in &p.buckets {
+                    w.bucket(b);
+                }
+                w.money(p.amount);
+                w.u64(p.duration_ms);
+            }
+            Payload::SpendBatch(p) => {
+                if p.events.is_empty() {
+                    return Err(EncodeError::EmptyBatch);
+                }
+                for e in &p.events {
+                    nonneg("event amount", e.amount)?;
+                }
+                w.u64(p.lease.0);
+                w.batch(&p.batch);
+                w.str(p.edge.as_str());
+                w.u32(count_u32("batch events", p.events.len(), BATCH_EVENTS_MAX)?);
+                w.money(p.total()?);
+                w.hash(&p.merkle_root());
+            }
+            Payload::LeaseReleased(p) => {
+                nonneg("spent", p.spent)?;
+                nonneg("returned", p.returned)?;
+                w.u64(p.lease.0);
+                w.batch(&p.batch);
+                w.money(p.spent);
+                w.money(p.returned);
+            }
+            Payload::LeaseReclaimed(p) => {
+                nonneg("spent", p.spent)?;
+                nonneg("in doubt", p.in_doubt)?;
+                w.u64(p.lease.0);
+                w.money(p.spent);
+                w.money(p.in_doubt);
+            }
+            Payload::InDoubtReturned(p) => {
+                nonneg("returned", p.returned)?;
+                w.u64(p.lease.0);
+                w.money(p.returned);
+            }
+            Payload::RightsTransferred(p) => {
+                nonneg("transfer amount", p.amount)?;
+                w.str(p.campaign.as_str());
+                w.bucket(&p.bucket);
+                w.str(p.to.as_str());
+                w.money(p.amount);
+            }
+            Payload::RemoteMerged(p) => {
+                w.str(p.from.as_str());
+                w.u64(p.remote_seq);
+                w.hash(&p.remote_head);
+                w.u32(count_u32("merge buckets", p.received.len(), BUCKETS_MAX)?);
+                for r in &p.received {
+                    nonneg("received", r.amount)?;
+                    w.str(r.campaign.as_str());
+                    w.bucket(&r.bucket);
+                    w.money(r.amount);
+                }
+            }
+            Payload::Anomaly(p) => {
+                nonneg("event amount", p.event.amount)?;
+                w.u8(p.kind as u8);
+                w.u64(p.lease.0);
+                p.event.encode(&mut w);
+            }
+        }
+        Ok(w.into_bytes())
+    }
+
+    /// Decodes a payload of `kind` from exactly `bytes`. A spend batch comes back with its
+    /// events empty and their summary in the returned [`BatchSummary`]; the caller attaches the
+    /// events and checks them against it.
+    pub fn decode(
+        kind: Kind,
+        bytes: &[u8],
+    ) -> Result<(Payload, Option<BatchSummary>), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let mut summary = None;
+        let payload = match kind {
+            Kind::BudgetSet => Payload::BudgetSet(BudgetSet {
+                campaign: r.id("campaign")?,
+                bucket: r.bucket("bucket")?,
+                before: r.money_nonneg("budget before")?,
+                after: r.money_nonneg("budget after")?,
+            }),
+            Kind::LeaseGranted => {
+                let lease = LeaseId(r.u64("lease")?);
+                let edge = r.id("edge")?;
+                let campaign = r.id("campaign")?;
+                let n = bounded(r.u32("bucket count")?, BUCKETS_MAX, "bucket count")?;
+                let buckets = (0..n)
+                    .map(|_| r.bucket("bucket"))
+                    .collect::<Result<_, _>>()?;
+                Payload::LeaseGranted(LeaseGranted {
+                    lease,
+                    edge,
+                    campaign,
+                    buckets,
+                    amount: r.money_nonneg("lease amount")?,
+                    duration_ms: r.u64("duration")?,
+                })
+            }
+            Kind::SpendBatch => {
+                let lease = LeaseId(r.u64("lease")?);
+                let batch = r.batch("batch id")?;
+                let edge = r.id("edge")?;
+                let count = bounded(r.u32("event count")?, BATCH_EVENTS_MAX, "event count")?;
+                if count == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "event count",
+                        detail: "a spend batch holds at least one event".into(),
+                    });
+                }
+                let total = r.money_nonneg("batch total")?;
+                let merkle_root = r.hash("merkle root")?;
+                summary = Some(BatchSummary {
+                    count,
+                    total,
+                    merkle_root,
+                });
+                Payload::SpendBatch(SpendBatch {
+                    lease,
+                    batch,
+                    edge,
+                    events: Vec::new(),
+                })
+            }
+            Kind::LeaseReleased => Payload::LeaseReleased(LeaseReleased {
+                lease: LeaseId(r.u64("lease")?),
+                batch: r.batch("batch id")?,
+                spent: r.money_nonneg("spent")?,
+                returned: r.money_nonneg("returned")?,
+            }),
+            Kind::LeaseReclaimed => Payload::LeaseReclaimed(LeaseReclaimed {
+                lease: LeaseId(r.u64("lease")?),
+                spent: r.money_nonneg("spent")?,
+                in_doubt: r.money_nonneg("in doubt")?,
+            }),
+            Kind::InDoubtReturned => Payload::InDoubtReturned(InDoubtReturned {
+                lease: LeaseId(r.u64("lease")?),
+                returned: r.money_nonneg("returned")?,
+            }),
+            Kind::RightsTransferred => Payload::RightsTransferred(RightsTransferred {
+                campaign: r.id("campaign")?,
+                bucket: r.bucket("bucket")?,
+                to: r.id("to region")?,
+                amount: r.money_nonneg("transfer amount")?,
+            }),
+            Kind::RemoteMerged => {
+                let from = r.id("from region")?;
+                let remote_seq = r.u64("remote seq")?;
+                let remote_head = r.hash("remote head")?;
+                let n = bounded(r.u32("bucket count")?, BUCKETS_MAX, "bucket count")?;
+                let mut received = Vec::with_capacity(n);
+                for _ in 0..n {
+                    received.push(Received {
+                        campaign: r.id("campaign")?,
+                        bucket: r.bucket("bucket")?,
+                        amount: r.money_nonneg("received")?,
+                    });
+                }
+                Payload::RemoteMerged(RemoteMerged {
+                    from,
+                    remote_seq,
+                    remote_head,
+                    received,
+                })
+            }
+            Kind::Anomaly => {
+                let kind = match r.u8("anomaly kind")? {
+                    1 => AnomalyKind::OverLease,
+                    2 => AnomalyKind::LateSpend,
+                    k => {
+                        return Err(DecodeError::Invalid {
+                            what: "anomaly kind",
+                            detail: format!("unknown anomaly kind {k}"),
+                        });
+                    }
+                };
+                let lease = LeaseId(r.u64("lease")?);
+                let rest = r.take(r.remaining(), "event")?;
+                Payload::Anomaly(Anomaly {
+                    kind,
+                    lease,
+                    event: SpendEvent::decode(rest)?,
+                })
+            }
+        };
+        r.finish("payload")?;
+        Ok((payload, summary))
+    }
+}
+
+fn bounded(n: u32, max: usize, what: &'static str) -> Result<usize, DecodeError> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > max {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: format!("{n} is more than the {max} allowed"),
+        });
+    }
+    Ok(n)
+}
+
+/// What a spend batch's body says about its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// How many events.
+    pub count: usize,
+    /// Their total.
+    pub total: Money,
+    /// Their Merkle root.
+    pub merkle_root: Hash,
+}
+
+/// One entry of the financial log, without its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the region's log: 0, 1, 2, … with no gaps.
+    pub seq: u64,
+    /// Hash of entry `seq − 1`, or [`genesis`] for entry 0.
+    #[serde(with = "hex_hash")]
+    pub prev_hash: Hash,
+    /// Raft term of the command that produced the entry.
+    pub raft_term: u64,
+    /// Raft log index of that command.
+    pub raft_index: u64,
+    /// Wall-clock time the leader stamped into the command, in microseconds since the Unix
+    /// epoch. For reports only: nothing checks it.
+    pub time_us: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub payload: Payload,
+}
+
+impl Entry {
+    /// The entry's canonical body bytes.
+    pub fn body(&self) -> Result<Vec<u8>, EncodeError> {
+        let payload = self.payload.encode()?;
+        // The payload limit is far above anything encode produces for bounded inputs.
+        let len = count_u32("payload bytes", payload.len(), PAYLOAD_MAX_BYTES)?;
+        let mut w = Writer::new();
+        w.u8(ENTRY_VERSION);
+        w.u64(self.seq);
+        w.u64(self.raft_term);
+        w.u64(self.raft_index);
+        w.i64(self.time_us);
+        w.u8(self.payload.kind() as u8);
+        w.u32(len);
+        w.raw(&payload);
+        Ok(w.into_bytes())
+    }
+
+    /// The entry's hash.
+    pub fn hash(&self) -> Result<Hash, EncodeError> {
+        Ok(entry_hash(&self.prev_hash, &body_digest(&self.body()?)))
+    }
+}
+
+/// The fixed fields of a body, borrowed; the payload undecoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyRef<'a> {
+    /// `seq`.
+    pub seq: u64,
+    /// `raft_term`.
+    pub raft_term: u64,
+    /// `raft_index`.
+    pub raft_index: u64,
+    /// `time_us`.
+    pub time_us: i64,
+    /// `kind`.
+    pub kind: Kind,
+    /// The payload bytes.
+    pub payload: &'a [u8],
+}
+
+impl<'a> BodyRef<'a> {
+    /// Parses a whole body: version 1, a known kind, exactly `payload_len` payload bytes.
+    pub fn parse(body: &'a [u8]) -> Result<BodyRef<'a>, DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u8("version")?;
+        if version != ENTRY_VERSION {
+            return Err(DecodeError::Invalid {
+                what: "version",
+                detail: format!("unknown entry version {version}"),
+            });
+        }
+        let seq = r.u64("seq")?;
+        let raft_term = r.u64("raft term")?;
+        let raft_index = r.u64("raft index")?;
+        let time_us = r.i64("time")?;
+        let kind_byte = r.u8("kind")?;
+        let kind = Kind::from_u8(kind_byte).ok_or_else(|| DecodeError::Invalid {
+            what: "kind",
+            detail: format!("unknown entry kind {kind_byte}"),
+        })?;
+        let len = bounded(
+            r.u32("payload length")?,
+            PAYLOAD_MAX_BYTES,
+            "payload length",
+        )?;
+        let payload = r.take(len, "payload")?;
+        r.finish("body")?;
+        Ok(BodyRef {
+            seq,
+            raft_term,
+            raft_index,
+            time_us,
+            kind,
+            payload,
+        })
+    }
+}
+
+/// Hashes as lowercase hex in JSON.
+pub mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Hash;
+
+    /// Writes 64 hex digits.
+    pub fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+
+    /// Reads 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let s = String::deserialize(d)?;
+        super::super::parse_hash(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(auction: &str, amount: i64) -> SpendEvent {
+        SpendEvent {
+            key: EventKey::new("adx".parse().unwrap(), auction, "1").unwrap(),
+            amount: Money::from_micros(amount),
+        }
+    }
+
+    #[test]
+    fn kinds_number_from_one() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(Kind::from_u8(i as u8 + 1), Some(*k));
+            assert_eq!(*k as u8, i as u8 + 1);
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(10), None);
+    }
+
+    #[test]
+    fn event_check_agrees_with_decode() {
+        let good = event("a-1", 1500).to_bytes();
+        assert_eq!(SpendEvent::check(&good), Ok(Money::from_micros(1500)));
+        assert_eq!(SpendEvent::decode(&good).unwrap(), event("a-1", 1500));
+        let mut bad_name = good.clone();
+        bad_name[2] = b'/';
+        assert!(SpendEvent::check(&bad_name).is_err());
+        assert!(SpendEvent::decode(&bad_name).is_err());
+        let mut negative = good.clone();
+        let n = negative.len();
+        negative[n - 8] = 0x80;
+        assert!(SpendEvent::check(&negative).is_err());
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(SpendEvent::check(&longer).is_err());
+    }
+
+    #[test]
+    fn empty_or_negative_payloads_are_not_encoded() {
+        let batch = SpendBatch {
+            lease: LeaseId(1),
+            batch: BatchId([0; 16]),
+            edge: "e1".parse().unwrap(),
+            events: vec![],
+        };
+        assert_eq!(
+            Payload::SpendBatch(batch).encode(),
+            Err(EncodeError::EmptyBatch)
+        );
+        let neg = InDoubtReturned {
+            lease: LeaseId(1),
+            returned: Money::from_micros(-1),
+        };
+        assert_eq!(
+            Payload::InDoubtReturned(neg).encode(),
+            Err(EncodeError::Negative("returned"))
+        );
+    }
+}
