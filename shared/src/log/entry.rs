@@ -338,8 +338,8 @@ pub enum AnomalyKind {
 /// `Anomaly`: a charge that broke a rule, recorded so that it is seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anomaly {
-    /// Which rule.
-    pub kind: AnomalyKind,
+    /// Which rule it broke.
+    pub rule: AnomalyKind,
     /// The lease named by the notice.
     pub lease: LeaseId,
     /// The charge.
@@ -506,7 +506,7 @@ impl Payload {
             }
             Payload::Anomaly(p) => {
                 nonneg("event amount", p.event.amount)?;
-                w.u8(p.kind as u8);
+                w.u8(p.rule as u8);
                 w.u64(p.lease.0);
                 p.event.encode(&mut w);
             }
@@ -614,20 +614,20 @@ impl Payload {
                 })
             }
             Kind::Anomaly => {
-                let kind = match r.u8("anomaly kind")? {
+                let rule = match r.u8("anomaly rule")? {
                     1 => AnomalyKind::OverLease,
                     2 => AnomalyKind::LateSpend,
                     k => {
                         return Err(DecodeError::Invalid {
-                            what: "anomaly kind",
-                            detail: format!("unknown anomaly kind {k}"),
+                            what: "anomaly rule",
+                            detail: format!("unknown anomaly rule {k}"),
                         });
                     }
                 };
                 let lease = LeaseId(r.u64("lease")?);
                 let rest = r.take(r.remaining(), "event")?;
                 Payload::Anomaly(Anomaly {
-                    kind,
+                    rule,
                     lease,
                     event: SpendEvent::decode(rest)?,
                 })

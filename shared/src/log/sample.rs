@@ -310,7 +310,7 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                 received,
             })
         } else {
-            let kind = if rng.bool() {
+            let rule = if rng.bool() {
                 AnomalyKind::LateSpend
             } else {
                 AnomalyKind::OverLease
@@ -322,7 +322,7 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
             )
             .unwrap_or_else(|_| unreachable!("generated ids are valid"));
             Payload::Anomaly(Anomaly {
-                kind,
+                rule,
                 lease: LeaseId(rng.u64(1..next_lease.max(2))),
                 event: SpendEvent {
                     key,

@@ -392,8 +392,17 @@ impl Verifier {
         let mut expected = first;
         let mut pos = header_len;
         loop {
-            let item = read_item(bytes, pos)
-                .map_err(|e| ctx.fail(pos, Some(expected), frame_reason(e)))?;
+            let item = read_item(bytes, pos).map_err(|e| {
+                // A damaged trailer is blamed on the segment's last entry, like any trailer error.
+                let seq = match e {
+                    FrameError::Trailer(_) => expected
+                        .checked_sub(1)
+                        .filter(|l| *l >= first)
+                        .unwrap_or(first),
+                    _ => expected,
+                };
+                ctx.fail(pos, Some(seq), frame_reason(e))
+            })?;
             match item {
                 Item::Record(rec) => {
                     self.record(&rec, expected, observe)
