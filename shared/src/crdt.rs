@@ -542,8 +542,8 @@ mod tests {
                 truth.join(rep.state());
             }
             prop_assert!(truth.total_settled() <= truth.total_created());
-            for i in 0..n {
-                prop_assert_eq!(truth.settled(&region(i)), replicas[i].state().settled(&region(i)));
+            for (i, rep) in replicas.iter().enumerate() {
+                prop_assert_eq!(truth.settled(&region(i)), rep.state().settled(&region(i)));
             }
         }
     }

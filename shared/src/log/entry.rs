@@ -13,7 +13,6 @@
 //! entry, revealing nothing else.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::bucket::Bucket;
 use crate::id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, RegionId};
@@ -22,6 +21,7 @@ use crate::money::{Money, MoneyError};
 use super::Hash;
 use super::codec::{DecodeError, Reader, Writer};
 use super::merkle;
+use super::sha::sha256;
 
 /// The version byte that opens every body.
 pub const ENTRY_VERSION: u8 = 1;
@@ -42,24 +42,17 @@ pub const BUCKETS_MAX: usize = 1024;
 
 /// `prev_hash` of entry 0: `SHA-256("BUDGETLOG-V1-GENESIS")`.
 pub fn genesis() -> Hash {
-    Sha256::digest(TAG_GENESIS).into()
+    sha256(&[TAG_GENESIS])
 }
 
 /// `SHA-256("BUDGETLOG-V1-BODY" ‖ body)`.
 pub fn body_digest(body: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update(TAG_BODY);
-    h.update(body);
-    h.finalize().into()
+    sha256(&[TAG_BODY, body])
 }
 
 /// `SHA-256("BUDGETLOG-V1-ENTRY" ‖ prev_hash ‖ body_digest)`.
 pub fn entry_hash(prev_hash: &Hash, body_digest: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update(TAG_ENTRY);
-    h.update(prev_hash);
-    h.update(body_digest);
-    h.finalize().into()
+    sha256(&[TAG_ENTRY, prev_hash, body_digest])
 }
 
 /// What an entry records. The numbers are the `kind` byte.
@@ -169,23 +162,21 @@ impl SpendEvent {
         }
     }
 
+    /// The common case, on raw bytes: printable-ASCII ids. Anything else (including valid
+    /// non-ASCII ids) returns `None` and takes the slow path.
     fn check_fast(bytes: &[u8]) -> Option<Money> {
         let mut r = Reader::new(bytes);
-        let exchange = r.str("").ok()?;
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= crate::id::NAME_ID_MAX_BYTES
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        let mut field = |max: usize, ok: fn(u8) -> bool| -> Option<()> {
+            let len = usize::from(r.u16("").ok()?);
+            let s = r.take(len, "").ok()?;
+            (len > 0 && len <= max && s.iter().all(|b| ok(*b))).then_some(())
         };
-        let openrtb_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= crate::id::OPENRTB_ID_MAX_BYTES
-                && !s.chars().any(char::is_control)
-        };
-        if !name_ok(exchange) || !openrtb_ok(r.str("").ok()?) || !openrtb_ok(r.str("").ok()?) {
-            return None;
-        }
+        field(crate::id::NAME_ID_MAX_BYTES, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+        })?;
+        let printable = |b: u8| (0x20..0x7f).contains(&b);
+        field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;
+        field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;
         let amount = r.money_nonneg("").ok()?;
         r.finish("").ok()?;
         Some(amount)
@@ -814,6 +805,19 @@ mod tests {
         let mut longer = good.clone();
         longer.push(0);
         assert!(SpendEvent::check(&longer).is_err());
+        // Non-ASCII ids are valid and take the slow path; DEL is a control character.
+        let unicode = SpendEvent {
+            key: EventKey::new("adx".parse().unwrap(), "enchère-1", "1").unwrap(),
+            amount: Money::from_micros(9),
+        };
+        assert_eq!(
+            SpendEvent::check(&unicode.to_bytes()),
+            Ok(Money::from_micros(9))
+        );
+        let mut del = event("a-1", 1).to_bytes();
+        let i = del.iter().position(|b| *b == b'-').unwrap();
+        del[i] = 0x7f;
+        assert!(SpendEvent::check(&del).is_err());
     }
 
     #[test]

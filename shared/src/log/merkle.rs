@@ -10,25 +10,17 @@
 //!
 //! Spend batches are never empty, so the empty tree's hash (`SHA-256("")`) never occurs in the log.
 
-use sha2::{Digest, Sha256};
-
 use super::Hash;
+use super::sha::sha256;
 
 /// `SHA-256(0x00 ‖ data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x00]);
-    h.update(data);
-    h.finalize().into()
+    sha256(&[&[0x00], data])
 }
 
 /// `SHA-256(0x01 ‖ left ‖ right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
+    sha256(&[&[0x01], left, right])
 }
 
 /// The largest power of two strictly below `n` (`n ≥ 2`).
@@ -40,7 +32,7 @@ fn split(n: usize) -> usize {
 /// The tree head over `leaves` (already leaf-hashed). The empty tree is `SHA-256("")`.
 pub fn root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
-        0 => Sha256::digest([]).into(),
+        0 => sha256(&[]),
         1 => leaves[0],
         n => {
             let k = split(n);

@@ -8,6 +8,7 @@
 //! - [`segment`]: sealed segment files (header, records, trailer) and their reader and writer.
 //! - [`verify`]: checks an archive and names the first entry that fails, and why.
 //! - [`proof`]: proofs that one charge is in the log, checked offline against a head hash.
+//! - [`sha`]: one-shot SHA-256 over a few slices (the hot path's hash).
 //! - [`sample`]: a deterministic generator of realistic archives, for tests, demos and benches.
 
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod merkle;
 pub mod proof;
 pub mod sample;
 pub mod segment;
+pub mod sha;
 pub mod verify;
 
 pub use entry::{Entry, Kind, Payload, SpendEvent, genesis};

@@ -182,13 +182,13 @@ pub fn prove(
         Ok(s) => s,
         Err((f, _)) => return Err(ProveError::Failed(f)),
     };
-    if let Some(wanted) = head_seq {
-        if summary.last_seq.is_none_or(|last| last < wanted) {
-            return Err(ProveError::NoSuchHead {
-                wanted,
-                last: summary.last_seq,
-            });
-        }
+    if let Some(wanted) = head_seq
+        && summary.last_seq.is_none_or(|last| last < wanted)
+    {
+        return Err(ProveError::NoSuchHead {
+            wanted,
+            last: summary.last_seq,
+        });
     }
     let (Some(f), Some(region), Some((head_seq, head_hash))) = (found, summary.region, head) else {
         return Err(ProveError::NotFound(key.clone()));

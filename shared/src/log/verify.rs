@@ -343,12 +343,12 @@ impl Verifier {
                 Reason::Header { detail },
             )
         };
-        if let Some(n) = name_seq {
-            if n != first {
-                return Err(header_fail(format!(
-                    "file name says first seq {n}, header says {first}"
-                )));
-            }
+        if let Some(n) = name_seq
+            && n != first
+        {
+            return Err(header_fail(format!(
+                "file name says first seq {n}, header says {first}"
+            )));
         }
         match &self.region {
             Some(r) if *r != header.region => {
@@ -580,18 +580,18 @@ impl Verifier {
     /// Ends verification: the summary, with the head, or a failure if the archive's head is not
     /// `expect_head`.
     pub fn finish(self, expect_head: Option<&Hash>) -> Result<Summary, Failure> {
-        if let Some(expected) = expect_head {
-            if *expected != self.head {
-                return Err(Failure {
-                    segment: String::new(),
-                    offset: 0,
-                    seq: self.summary.last_seq,
-                    reason: Reason::Head {
-                        expected: *expected,
-                        found: self.head,
-                    },
-                });
-            }
+        if let Some(expected) = expect_head
+            && *expected != self.head
+        {
+            return Err(Failure {
+                segment: String::new(),
+                offset: 0,
+                seq: self.summary.last_seq,
+                reason: Reason::Head {
+                    expected: *expected,
+                    found: self.head,
+                },
+            });
         }
         let mut s = self.summary();
         if s.entries > 0 {
