@@ -16,6 +16,8 @@ pub mod crdt;
 pub mod id;
 pub mod log;
 pub mod money;
+#[cfg(feature = "grpc")]
+pub mod proto;
 
 pub use bucket::{Bucket, BucketKey, CampaignZone};
 pub use id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, RegionId};
