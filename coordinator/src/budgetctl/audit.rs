@@ -1,13 +1,14 @@
 //! `budgetctl audit …`: verification of archives and proofs of single charges.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use shared::EventKey;
 use shared::log::proof::{self, InclusionProof, ProveError};
-use shared::log::verify::{ArchiveError, Failure, Summary, verify_path};
+use shared::log::verify::{ArchiveError, Failure, Summary, verify_path_observed};
 use shared::log::{Hash, parse_hash};
 
 use super::{EXIT_FAILED, EXIT_USAGE};
@@ -62,6 +63,9 @@ pub(crate) enum AuditCommand {
     },
 }
 
+/// Entries between two progress lines.
+const PROGRESS_EVERY: u64 = 250_000;
+
 fn hash_arg(s: &str) -> Result<Hash, String> {
     parse_hash(s)
 }
@@ -97,7 +101,20 @@ fn print_json(value: &serde_json::Value) {
 }
 
 fn verify(path: &std::path::Path, expect_head: Option<&Hash>, json: bool) -> ExitCode {
-    let result = match verify_path(path, expect_head) {
+    // Long verifications show progress on a terminal (never in pipes, files or --json runs).
+    let progress = !json && std::io::stderr().is_terminal();
+    let mut seen = 0u64;
+    let mut observe = |_: &shared::log::verify::Verified<'_>| {
+        seen += 1;
+        if progress && seen.is_multiple_of(PROGRESS_EVERY) {
+            eprint!("\rverified {} entries…", grouped(seen));
+        }
+    };
+    let result = verify_path_observed(path, expect_head, &mut observe);
+    if progress && seen >= PROGRESS_EVERY {
+        eprint!("\r\x1b[K");
+    }
+    let result = match result {
         Ok(r) => r,
         Err(e @ ArchiveError::Io { .. }) | Err(e @ ArchiveError::NoSegments(_)) => {
             return usage_error(e);

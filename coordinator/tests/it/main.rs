@@ -1,0 +1,3 @@
+//! `budgetctl` as a user runs it: the real binary, its output and its exit codes.
+
+mod audit;
