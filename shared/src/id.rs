@@ -58,20 +58,31 @@ pub enum IdError {
 
 const NAME_ALLOWED: &str = "ASCII letters, digits, '.', '_' and '-'";
 
-fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+/// Whether `b` may appear in a name id.
+pub(crate) fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+fn check_len(kind: &'static str, value: &str, max: usize) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { kind });
     }
-    if value.len() > NAME_ID_MAX_BYTES {
+    if value.len() > max {
         return Err(IdError::TooLong {
             kind,
             len: value.len(),
-            max: NAME_ID_MAX_BYTES,
+            max,
         });
     }
+    Ok(())
+}
+
+fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+    check_len(kind, value, NAME_ID_MAX_BYTES)?;
+    // Name bytes are ASCII, so the first non-name char starts at the first non-name byte.
     if let Some(ch) = value
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .find(|c| !c.is_ascii() || !is_name_byte(*c as u8))
     {
         return Err(IdError::BadChar {
             kind,
@@ -240,16 +251,7 @@ impl<'de> Deserialize<'de> for BatchId {
 /// An OpenRTB auction (`BidRequest.id`) or impression (`Imp.id`) id: 1 to 255 bytes of UTF-8
 /// without control characters.
 fn check_openrtb_id(kind: &'static str, value: &str) -> Result<(), IdError> {
-    if value.is_empty() {
-        return Err(IdError::Empty { kind });
-    }
-    if value.len() > OPENRTB_ID_MAX_BYTES {
-        return Err(IdError::TooLong {
-            kind,
-            len: value.len(),
-            max: OPENRTB_ID_MAX_BYTES,
-        });
-    }
+    check_len(kind, value, OPENRTB_ID_MAX_BYTES)?;
     if let Some(ch) = value.chars().find(|c| c.is_control()) {
         return Err(IdError::BadChar {
             kind,

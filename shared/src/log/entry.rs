@@ -171,9 +171,7 @@ impl SpendEvent {
             let s = r.take(len, "").ok()?;
             (len > 0 && len <= max && s.iter().all(|b| ok(*b))).then_some(())
         };
-        field(crate::id::NAME_ID_MAX_BYTES, |b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
-        })?;
+        field(crate::id::NAME_ID_MAX_BYTES, crate::id::is_name_byte)?;
         let printable = |b: u8| (0x20..0x7f).contains(&b);
         field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;
         field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;

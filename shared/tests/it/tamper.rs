@@ -148,6 +148,20 @@ fn a_truncated_last_segment_is_reported_as_truncated() {
     }
 }
 
+/// A seq gap: entry `seq` expected, `seq + 1` found, blamed on `seq`.
+#[track_caller]
+fn assert_gap_at(f: &shared::log::Failure, seq: u64) {
+    assert_eq!(
+        f.reason,
+        Reason::Seq {
+            expected: seq,
+            found: seq + 1
+        },
+        "{f}"
+    );
+    assert_eq!(f.seq, Some(seq), "{f}");
+}
+
 fn splice(bytes: &[u8], layout: &Layout, order: &[usize]) -> Vec<u8> {
     let mut out = bytes[..layout.header_len].to_vec();
     for &i in order {
@@ -174,15 +188,7 @@ fn removed_or_reordered_entries_are_caught() {
             // The last entry is gone: the trailer no longer matches.
             assert!(matches!(f.reason, Reason::Trailer { .. }), "{f}");
         } else {
-            assert_eq!(
-                f.reason,
-                Reason::Seq {
-                    expected: seq,
-                    found: seq + 1
-                },
-                "{f}"
-            );
-            assert_eq!(f.seq, Some(seq));
+            assert_gap_at(&f, seq);
         }
         // Swapped with the next.
         if k + 1 < n {
@@ -191,15 +197,7 @@ fn removed_or_reordered_entries_are_caught() {
             let mut damaged = segs.clone();
             damaged[1].1 = splice(&segs[1].1, &layout, &order);
             let f = verify_segments(&damaged).unwrap_err();
-            assert_eq!(
-                f.reason,
-                Reason::Seq {
-                    expected: seq,
-                    found: seq + 1
-                },
-                "{f}"
-            );
-            assert_eq!(f.seq, Some(seq));
+            assert_gap_at(&f, seq);
         }
         // Duplicated.
         let mut order: Vec<usize> = (0..n).collect();
