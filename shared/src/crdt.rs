@@ -8,9 +8,13 @@
 //!
 //! - `created[r]`: rights region `r` created (budget set or raised in `r`),
 //! - `transferred[(r, s)]`: rights `r` gave to `s`,
-//! - `settled[r]`: spend `r` settled.
+//! - `settled[r]`: spend `r` settled,
+//! - `burned[r]`: rights `r` destroyed (a budget lowered in `r`).
 //!
-//! `available(r) = created[r] + Σ transferred[(*, r)] − Σ transferred[(r, *)] − settled[r]`.
+//! `available(r) = created[r] + Σ transferred[(*, r)] − Σ transferred[(r, *)] − settled[r] − burned[r]`.
+//!
+//! (DESIGN §7 has three rows. A budget decrease must destroy rights, and a grow-only counter cannot
+//! go down, so burning is a fourth grow-only row rather than a decrement.)
 //!
 //! Only region `r` increments the rows that name it as the actor, through [`RegionCounter`],
 //! which refuses any increment that would make `available(r)` negative. The join is the
@@ -48,6 +52,8 @@ pub enum Row {
     Transferred(RegionId, RegionId),
     /// `settled[region]`.
     Settled(RegionId),
+    /// `burned[region]`.
+    Burned(RegionId),
 }
 
 impl std::fmt::Display for Row {
@@ -56,6 +62,7 @@ impl std::fmt::Display for Row {
             Row::Created(r) => write!(f, "created[{r}]"),
             Row::Transferred(a, b) => write!(f, "transferred[{a}->{b}]"),
             Row::Settled(r) => write!(f, "settled[{r}]"),
+            Row::Burned(r) => write!(f, "burned[{r}]"),
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct CounterState {
     created: VClock<RegionId>,
     transferred: VClock<(RegionId, RegionId)>,
     settled: VClock<RegionId>,
+    #[serde(default)]
+    burned: VClock<RegionId>,
 }
 
 impl CounterState {
@@ -138,6 +147,7 @@ impl CounterState {
         self.created.merge(other.created.clone());
         self.transferred.merge(other.transferred.clone());
         self.settled.merge(other.settled.clone());
+        self.burned.merge(other.burned.clone());
     }
 
     /// `created[region]`.
@@ -155,10 +165,16 @@ impl CounterState {
         self.settled.get(region)
     }
 
+    /// `burned[region]`.
+    pub fn burned(&self, region: &RegionId) -> u64 {
+        self.burned.get(region)
+    }
+
     /// Every region named in any row.
     pub fn regions(&self) -> BTreeSet<RegionId> {
         let mut out: BTreeSet<RegionId> = self.created.dots.keys().cloned().collect();
         out.extend(self.settled.dots.keys().cloned());
+        out.extend(self.burned.dots.keys().cloned());
         for (a, b) in self.transferred.dots.keys() {
             out.insert(a.clone());
             out.insert(b.clone());
@@ -170,7 +186,9 @@ impl CounterState {
     /// that even a corrupt state cannot overflow the arithmetic; it is never negative in a state
     /// built by [`RegionCounter`]s and joins).
     pub fn available_i128(&self, region: &RegionId) -> i128 {
-        let mut sum = i128::from(self.created(region)) - i128::from(self.settled(region));
+        let mut sum = i128::from(self.created(region))
+            - i128::from(self.settled(region))
+            - i128::from(self.burned(region));
         for ((from, to), n) in &self.transferred.dots {
             if to == region {
                 sum += i128::from(*n);
@@ -194,6 +212,11 @@ impl CounterState {
         self.created.dots.values().map(|n| u128::from(*n)).sum()
     }
 
+    /// `Σ burned` over all regions.
+    pub fn total_burned(&self) -> u128 {
+        self.burned.dots.values().map(|n| u128::from(*n)).sum()
+    }
+
     /// `Σ settled` over all regions.
     pub fn total_settled(&self) -> u128 {
         self.settled.dots.values().map(|n| u128::from(*n)).sum()
@@ -204,6 +227,7 @@ impl CounterState {
         let mut rows = vec![
             (Row::Created(region.clone()), self.created(region)),
             (Row::Settled(region.clone()), self.settled(region)),
+            (Row::Burned(region.clone()), self.burned(region)),
         ];
         for ((from, to), n) in &self.transferred.dots {
             if from == region {
@@ -218,6 +242,7 @@ impl CounterState {
             Row::Created(r) => self.created(r),
             Row::Transferred(a, b) => self.transferred(a, b),
             Row::Settled(r) => self.settled(r),
+            Row::Burned(r) => self.burned(r),
         }
     }
 }
@@ -284,6 +309,13 @@ impl RegionCounter {
             return Err(CounterError::Overflow);
         }
         bump(&mut self.state.created, self.me.clone(), n)
+    }
+
+    /// Destroys `amount` of our unspent rights (a budget lowered here).
+    pub fn burn(&mut self, amount: Money) -> Result<(), CounterError> {
+        let n = positive(amount)?;
+        self.check_available(amount)?;
+        bump(&mut self.state.burned, self.me.clone(), n)
     }
 
     /// Records `amount` of settled spend against our rights.
@@ -369,8 +401,8 @@ impl RegionCounter {
                 return Err(format!("available({r}) = {a} < 0"));
             }
         }
-        if self.state.total_settled() > self.state.total_created() {
-            return Err("settled exceeds created".into());
+        if self.state.total_settled() + self.state.total_burned() > self.state.total_created() {
+            return Err("settled and burned exceed created".into());
         }
         Ok(())
     }
@@ -393,13 +425,14 @@ mod tests {
     /// An arbitrary lattice state over regions r0..r3 (not necessarily one regions could build:
     /// the lattice laws hold for every state).
     fn arb_state() -> impl Strategy<Value = CounterState> {
-        let row = (0..4usize, 0..4usize, 0..3u8, 0..1_000u64);
+        let row = (0..4usize, 0..4usize, 0..4u8, 0..1_000u64);
         proptest::collection::vec(row, 0..12).prop_map(|rows| {
             let mut s = CounterState::new();
             for (a, b, which, n) in rows {
                 match which {
                     0 => s.created.apply(Dot::new(region(a), n)),
                     1 => s.settled.apply(Dot::new(region(a), n)),
+                    2 => s.burned.apply(Dot::new(region(a), n)),
                     _ => s.transferred.apply(Dot::new((region(a), region(b)), n)),
                 }
             }
@@ -443,6 +476,10 @@ mod tests {
             r: usize,
             amount: i64,
         },
+        Burn {
+            r: usize,
+            amount: i64,
+        },
         Transfer {
             r: usize,
             to: usize,
@@ -466,6 +503,7 @@ mod tests {
         prop_oneof![
             (r.clone(), 1..5_000i64).prop_map(|(r, amount)| Op::Create { r, amount }),
             (r.clone(), 1..3_000i64).prop_map(|(r, amount)| Op::Settle { r, amount }),
+            (r.clone(), 1..2_000i64).prop_map(|(r, amount)| Op::Burn { r, amount }),
             (r.clone(), r.clone(), 1..3_000i64).prop_map(|(r, to, amount)| Op::Transfer {
                 r,
                 to,
@@ -495,6 +533,14 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Create { r, amount } => replicas[r].create(m(amount)).unwrap(),
+                    Op::Burn { r, amount } => {
+                        let before = replicas[r].available();
+                        match replicas[r].burn(m(amount)) {
+                            Ok(()) => prop_assert!(amount <= before.micros()),
+                            Err(CounterError::Insufficient { .. }) => prop_assert!(amount > before.micros()),
+                            Err(e) => prop_assert!(false, "unexpected {e}"),
+                        }
+                    }
                     Op::Settle { r, amount } => {
                         let before = replicas[r].available();
                         match replicas[r].settle(m(amount)) {
@@ -541,7 +587,7 @@ mod tests {
             for rep in &replicas {
                 truth.join(rep.state());
             }
-            prop_assert!(truth.total_settled() <= truth.total_created());
+            prop_assert!(truth.total_settled() + truth.total_burned() <= truth.total_created());
             for (i, rep) in replicas.iter().enumerate() {
                 prop_assert_eq!(truth.settled(&region(i)), rep.state().settled(&region(i)));
             }
@@ -577,6 +623,18 @@ mod tests {
         b.settle(m(40)).unwrap();
         assert_eq!(b.state().total_settled(), 100);
         assert_eq!(b.state().total_created(), 100);
+        // Burning destroys unspent rights only, and is replicated like the other rows.
+        let mut c = RegionCounter::new(region(2));
+        c.create(m(50)).unwrap();
+        assert!(matches!(
+            c.burn(m(51)),
+            Err(CounterError::Insufficient { .. })
+        ));
+        c.burn(m(20)).unwrap();
+        assert_eq!(c.available(), m(30));
+        assert_eq!(c.state().total_burned(), 20);
+        b.merge(&region(2), c.state()).unwrap();
+        assert_eq!(b.state().available(&region(2)), m(30));
     }
 
     #[test]
