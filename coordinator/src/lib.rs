@@ -1,9 +1,12 @@
 //! The region coordinator and the `budgetctl` CLI.
 //!
+//! - [`ledger`]: the region state machine, pure: campaigns, budgets, rights, leases and the
+//!   financial log, `apply(stamp, command) -> (reply, entries)`.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
 //!   `audit check-proof`, which need no server).
 //!
-//! The coordinator server itself (openraft node, gRPC services, the region state machine, lease
-//! reclaim, cross-region sync) is the subject of the coordinator issue and not built yet.
+//! Not built yet: the server (openraft node on `raft-store`, gRPC services, lease reclaim
+//! timers, cross-region sync, metrics).
 
 pub mod budgetctl;
+pub mod ledger;

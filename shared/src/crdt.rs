@@ -247,6 +247,57 @@ impl CounterState {
     }
 }
 
+/// A counter state as a flat list of rows, for wire formats and logs that cannot key maps by
+/// region pairs (JSON). Row order is canonical (sorted), so equal states give equal lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRows {
+    /// `(region, micros)` of `created`.
+    pub created: Vec<(RegionId, u64)>,
+    /// `(from, to, micros)` of `transferred`.
+    pub transferred: Vec<(RegionId, RegionId, u64)>,
+    /// `(region, micros)` of `settled`.
+    pub settled: Vec<(RegionId, u64)>,
+    /// `(region, micros)` of `burned`.
+    pub burned: Vec<(RegionId, u64)>,
+}
+
+impl From<&CounterState> for CounterRows {
+    fn from(s: &CounterState) -> Self {
+        let flat = |c: &VClock<RegionId>| c.dots.iter().map(|(r, n)| (r.clone(), *n)).collect();
+        CounterRows {
+            created: flat(&s.created),
+            transferred: s
+                .transferred
+                .dots
+                .iter()
+                .map(|((a, b), n)| (a.clone(), b.clone(), *n))
+                .collect(),
+            settled: flat(&s.settled),
+            burned: flat(&s.burned),
+        }
+    }
+}
+
+impl From<&CounterRows> for CounterState {
+    /// Rows named twice keep the larger value, as a join would.
+    fn from(rows: &CounterRows) -> Self {
+        let mut s = CounterState::new();
+        for (r, n) in &rows.created {
+            s.created.apply(Dot::new(r.clone(), *n));
+        }
+        for (a, b, n) in &rows.transferred {
+            s.transferred.apply(Dot::new((a.clone(), b.clone()), *n));
+        }
+        for (r, n) in &rows.settled {
+            s.settled.apply(Dot::new(r.clone(), *n));
+        }
+        for (r, n) in &rows.burned {
+            s.burned.apply(Dot::new(r.clone(), *n));
+        }
+        s
+    }
+}
+
 /// One region's copy of a bucket's counter: the state plus who "we" are. All increments act on
 /// our own rows only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -455,6 +506,15 @@ mod tests {
         #[test]
         fn join_is_associative(a in arb_state(), b in arb_state(), c in arb_state()) {
             prop_assert_eq!(joined(&joined(&a, &b), &c), joined(&a, &joined(&b, &c)));
+        }
+
+        #[test]
+        fn rows_round_trip(a in arb_state()) {
+            let rows = CounterRows::from(&a);
+            prop_assert_eq!(CounterState::from(&rows), a.clone());
+            let json = serde_json::to_string(&rows).unwrap();
+            let back: CounterRows = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back, rows);
         }
 
         #[test]

@@ -1,0 +1,195 @@
+//! The commands of the region state machine (DESIGN §4), what they reply, and why they may be
+//! refused. Commands travel in the Raft log, so they are plain serde data.
+
+use serde::{Deserialize, Serialize};
+use shared::bucket::{Bucket, BucketKey};
+use shared::crdt::CounterRows;
+use shared::log::entry::hex_hash;
+use shared::log::{Hash, SpendEvent};
+use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
+
+/// The client-chosen idempotency key of a command: a replay returns the first reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestKey(pub [u8; 16]);
+
+impl From<BatchId> for RequestKey {
+    fn from(b: BatchId) -> Self {
+        RequestKey(b.0)
+    }
+}
+
+/// What the leader stamps into a command when it proposes it, and the Raft position it was
+/// committed at. `apply` reads time only from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Raft term of the entry.
+    pub term: u64,
+    /// Raft log index of the entry.
+    pub index: u64,
+    /// The leader's wall-clock time at proposal, in microseconds since the Unix epoch. Decides
+    /// the day bucket; guards no money.
+    pub time_us: i64,
+}
+
+/// A campaign's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignConfig {
+    /// IANA time zone that decides where its days begin and end.
+    pub zone: String,
+    /// Bid price, micros per thousand impressions.
+    pub bid_cpm: Money,
+    /// The budget each new day bucket gets; `None`: no daily cap, only the lifetime bucket.
+    pub daily_budget: Option<Money>,
+    /// Targeting: ISO 3166-1 alpha-3 countries; empty = any.
+    pub countries: Vec<String>,
+    /// Targeting: creative sizes `"WxH"`; empty = any.
+    pub sizes: Vec<String>,
+}
+
+/// The counter state of one bucket, as a peer region sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteBucket {
+    /// The bucket.
+    pub bucket: BucketKey,
+    /// Its counter rows.
+    pub rows: CounterRows,
+}
+
+/// A command of the region state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Creates or updates a campaign's settings. Moves no money.
+    UpsertCampaign {
+        key: RequestKey,
+        campaign: CampaignId,
+        config: CampaignConfig,
+    },
+    /// Sets a bucket's budget: an increase creates rights in this region; a decrease burns this
+    /// region's unleased rights, refused if they are not here.
+    SetBudget {
+        key: RequestKey,
+        campaign: CampaignId,
+        bucket: Bucket,
+        budget: Money,
+    },
+    /// Stops new leases for a campaign.
+    Pause {
+        key: RequestKey,
+        campaign: CampaignId,
+    },
+    /// Allows new leases again.
+    Resume {
+        key: RequestKey,
+        campaign: CampaignId,
+    },
+    /// Leases `min(want, policy share, available)` against every bucket of the campaign.
+    GrantLease {
+        key: RequestKey,
+        edge: EdgeId,
+        campaign: CampaignId,
+        want: Money,
+    },
+    /// Settles a batch of charges under a lease. The batch id is the idempotency key.
+    ReportSpend {
+        batch: BatchId,
+        edge: EdgeId,
+        lease: LeaseId,
+        events: Vec<SpendEvent>,
+    },
+    /// The edge is done with the lease; the unspent amount returns to the region.
+    ReleaseLease {
+        batch: BatchId,
+        edge: EdgeId,
+        lease: LeaseId,
+    },
+    /// Proposed by the leader for leases whose reclaim wait has passed on its own monotonic
+    /// clock (DESIGN §5). Open leases among them close; their remainder goes in doubt.
+    ReclaimLeases { leases: Vec<LeaseId> },
+    /// Proposed by the leader when a reclaimed lease's late-acceptance window has passed on its
+    /// monotonic clock: the in-doubt remainder returns to the region.
+    ExpireInDoubt { leases: Vec<LeaseId> },
+    /// Gives unleased rights of a bucket to another region.
+    TransferRights {
+        key: RequestKey,
+        campaign: CampaignId,
+        bucket: Bucket,
+        to: RegionId,
+        amount: Money,
+    },
+    /// Joins a peer region's counter states and records its witnessed log head.
+    MergeRemote {
+        from: RegionId,
+        buckets: Vec<RemoteBucket>,
+        remote_seq: u64,
+        #[serde(with = "hex_hash")]
+        remote_head: Hash,
+    },
+}
+
+/// Why a command changed nothing. A business answer, not a failure of the system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// No such campaign.
+    #[error("unknown campaign {campaign}")]
+    UnknownCampaign { campaign: CampaignId },
+    /// The campaign is paused.
+    #[error("campaign {campaign} is paused")]
+    Paused { campaign: CampaignId },
+    /// No such lease.
+    #[error("unknown lease {lease}")]
+    UnknownLease { lease: LeaseId },
+    /// Nothing available to lease.
+    #[error("no rights available for campaign {campaign}")]
+    NoRights { campaign: CampaignId },
+    /// Not enough unleased rights in this region for a burn or a transfer.
+    #[error("{bucket}: {available} unleased rights here, {wanted} needed")]
+    InsufficientRights {
+        bucket: BucketKey,
+        available: Money,
+        wanted: Money,
+    },
+    /// A value out of its range.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// A peer's state was refused as evidence of data loss.
+    #[error("state from region {from} refused: {reason}")]
+    MergeRefused { from: RegionId, reason: String },
+}
+
+/// What an applied command answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// The campaign was created (`created`) or updated.
+    CampaignSaved { created: bool },
+    /// The bucket's budget is now `budget`.
+    BudgetSet { budget: Money },
+    /// Pause or resume applied.
+    CampaignState { paused: bool },
+    /// A lease.
+    LeaseGranted {
+        lease: LeaseId,
+        amount: Money,
+        duration_ms: u64,
+        buckets: Vec<Bucket>,
+    },
+    /// A spend batch was settled. `log_seq` is its spend-batch entry, if any event settled.
+    SpendSettled {
+        settled: u32,
+        duplicates: u32,
+        anomalies: u32,
+        log_seq: Option<u64>,
+    },
+    /// The lease is closed: `spent` in all, `returned` to the region by this command.
+    LeaseClosed { spent: Money, returned: Money },
+    /// Leases reclaimed (or in-doubt amounts returned) by this command.
+    LeasesClosed { count: u32 },
+    /// Rights transferred.
+    Transferred { amount: Money },
+    /// A peer's state merged; `received` rights arrived for this region.
+    Merged { received: Money },
+    /// Nothing changed, and why.
+    Refused(Refusal),
+}

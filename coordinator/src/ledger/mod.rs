@@ -1,0 +1,1043 @@
+//! The region state machine: campaigns, budgets, rights, leases and the financial log, as a
+//! pure function `apply(state, stamp, command) -> (reply, log entries)`.
+//!
+//! - No I/O, no clock reads, no randomness: time comes from the leader's [`Stamp`]. Maps are
+//!   `BTreeMap`s, so nothing depends on hash order.
+//! - Every handler checks everything before it changes anything. A refusal ([`Refusal`]) is a
+//!   reply, and leaves the state untouched.
+//! - Per bucket, `available = rights − settled − burned − leased − in doubt ≥ 0` (rights from the
+//!   [`RegionCounter`]). It is checked before every change that lowers it, and asserted after
+//!   every apply, in release builds too: a crashed replica is better than replicated corruption.
+//! - Every command that moves money appends its entries to the financial log ([`Chain`]).
+//! - Commands carry idempotency keys (request keys, or batch ids for spend reports and
+//!   releases); a replay returns the first reply and changes nothing. The table of keys is
+//!   bounded ([`Params::requests_retained`]); keys of a lease are dropped with it.
+//!
+//! Leases (DESIGN §5): granted against the lifetime bucket and the day's bucket at once, for
+//! `min(want, policy share, available)` ([`lease::size`]). Spend under a lease never exceeds it:
+//! an event that would is an `over_lease` anomaly, recorded in the log, not settled. The leader
+//! reclaims leases and expires in-doubt money by proposing [`Command::ReclaimLeases`] and
+//! [`Command::ExpireInDoubt`] when its own monotonic timers say so (`crate::reclaim`); `apply`
+//! only carries the decision out.
+
+pub mod command;
+pub mod lease;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use shared::bucket::{Bucket, BucketKey, CampaignZone};
+use shared::crdt::{CounterState, RegionCounter};
+use shared::log::entry::{
+    Anomaly, AnomalyKind, BATCH_EVENTS_MAX, BUCKETS_MAX, BudgetSet, InDoubtReturned, LeaseGranted,
+    LeaseReclaimed, LeaseReleased, Received, RemoteMerged, RightsTransferred, SpendBatch,
+};
+use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
+use shared::{BatchId, CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
+
+pub use command::{CampaignConfig, Command, Refusal, RemoteBucket, Reply, RequestKey, Stamp};
+pub use lease::{Lease, LeaseState};
+
+/// Tunable rules of the state machine. Part of the replicated state: every replica must use the
+/// same values, so they come from the region's configuration at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// How long an edge may reserve under a lease.
+    pub lease_duration_ms: u64,
+    /// One lease takes at most `available / lease_share_divisor` …
+    pub lease_share_divisor: i64,
+    /// … but never less than this (or what is left), so that the last micros get spent.
+    pub lease_min: Money,
+    /// Closed leases remembered for dedup and late notices, oldest dropped first.
+    pub closed_leases_retained: usize,
+    /// Idempotency keys remembered, oldest dropped first.
+    pub requests_retained: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            lease_duration_ms: 30_000,
+            lease_share_divisor: 4,
+            // 0.1 currency units: about a hundred bids at a 1.00 CPM.
+            lease_min: Money::from_micros(100_000),
+            closed_leases_retained: 100_000,
+            requests_retained: 1_000_000,
+        }
+    }
+}
+
+/// A campaign and its settings.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    /// Settings as last saved.
+    pub config: CampaignConfig,
+    /// The parsed zone of `config.zone`.
+    pub zone: CampaignZone,
+    /// New leases refused while paused.
+    pub paused: bool,
+}
+
+/// One bucket's money in this region.
+#[derive(Clone, Debug)]
+pub struct BucketState {
+    /// The budget as set here.
+    pub budget: Money,
+    /// This region's copy of the bucket's bounded counter.
+    pub counter: RegionCounter,
+    /// Unspent amounts of open leases.
+    pub leased: Money,
+    /// Unreported remainders of reclaimed leases, held for late notices.
+    pub in_doubt: Money,
+}
+
+impl BucketState {
+    fn new(region: &RegionId) -> BucketState {
+        BucketState {
+            budget: Money::ZERO,
+            counter: RegionCounter::new(region.clone()),
+            leased: Money::ZERO,
+            in_doubt: Money::ZERO,
+        }
+    }
+
+    /// Rights that can be leased, burned or transferred now.
+    pub fn available(&self) -> Money {
+        let a = i128::from(self.counter.available().micros())
+            - i128::from(self.leased.micros())
+            - i128::from(self.in_doubt.micros());
+        Money::from_micros(i64::try_from(a).unwrap_or(i64::MIN))
+    }
+
+    /// This region's settled spend in the bucket.
+    pub fn settled(&self) -> Money {
+        micros_u64(self.counter.state().settled(self.counter.me()))
+    }
+}
+
+fn micros_u64(n: u64) -> Money {
+    // Counter rows stay ≤ i64::MAX (RegionCounter refuses to go past it).
+    Money::from_micros(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The reply to the client.
+    pub reply: Reply,
+    /// The financial-log entries the command appended, with their hashes.
+    pub entries: Vec<(Entry, Hash)>,
+}
+
+/// The state of one region.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    region: RegionId,
+    params: Params,
+    chain: Chain,
+    campaigns: BTreeMap<CampaignId, Campaign>,
+    buckets: BTreeMap<BucketKey, BucketState>,
+    leases: BTreeMap<LeaseId, Lease>,
+    next_lease: u64,
+    /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
+    charged: BTreeMap<EventKey, LeaseId>,
+    requests: BTreeMap<RequestKey, Reply>,
+    request_order: VecDeque<RequestKey>,
+    closed: VecDeque<LeaseId>,
+    /// What each edge spent under its last closed lease of each campaign: its velocity.
+    last_spent: BTreeMap<(EdgeId, CampaignId), Money>,
+}
+
+fn invalid(field: &str, problem: impl Into<String>) -> Refusal {
+    Refusal::Invalid {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn positive(field: &str, m: Money) -> Result<(), Refusal> {
+    if m.micros() <= 0 {
+        return Err(invalid(field, format!("must be positive, got {m}")));
+    }
+    Ok(())
+}
+
+/// Arithmetic that the invariants guarantee cannot overflow: every part of a bucket is at most
+/// its rights, which are at most `i64::MAX`.
+fn add(a: Money, b: Money) -> Money {
+    a.checked_add(b)
+        .unwrap_or_else(|_| panic!("ledger invariant broken: {a} + {b} overflows"))
+}
+
+fn sub(a: Money, b: Money) -> Money {
+    a.checked_sub(b)
+        .unwrap_or_else(|_| panic!("ledger invariant broken: {a} - {b} overflows"))
+}
+
+impl Ledger {
+    /// An empty ledger of `region`.
+    pub fn new(region: RegionId, params: Params) -> Ledger {
+        Ledger {
+            region,
+            params,
+            chain: Chain::new(),
+            campaigns: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            next_lease: 1,
+            charged: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            request_order: VecDeque::new(),
+            closed: VecDeque::new(),
+            last_spent: BTreeMap::new(),
+        }
+    }
+
+    /// The region.
+    pub fn region(&self) -> &RegionId {
+        &self.region
+    }
+
+    /// The financial log's chain position (next seq, head hash).
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    /// A campaign.
+    pub fn campaign(&self, id: &CampaignId) -> Option<&Campaign> {
+        self.campaigns.get(id)
+    }
+
+    /// Every campaign.
+    pub fn campaigns(&self) -> impl Iterator<Item = (&CampaignId, &Campaign)> {
+        self.campaigns.iter()
+    }
+
+    /// A bucket's money.
+    pub fn bucket(&self, key: &BucketKey) -> Option<&BucketState> {
+        self.buckets.get(key)
+    }
+
+    /// Every bucket.
+    pub fn buckets(&self) -> impl Iterator<Item = (&BucketKey, &BucketState)> {
+        self.buckets.iter()
+    }
+
+    /// A lease (open, in doubt, or closed and still remembered).
+    pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// Every remembered lease.
+    pub fn leases(&self) -> impl Iterator<Item = (&LeaseId, &Lease)> {
+        self.leases.iter()
+    }
+
+    /// Applies one command. Deterministic: the same state, stamp and command give the same
+    /// reply, entries and next state on every replica.
+    pub fn apply(&mut self, stamp: Stamp, cmd: &Command) -> Applied {
+        let key = request_key(cmd);
+        if let Some(reply) = key.and_then(|k| self.requests.get(&k)) {
+            return Applied {
+                reply: reply.clone(),
+                entries: Vec::new(),
+            };
+        }
+        let mut out: Vec<Payload> = Vec::new();
+        let mut touched: BTreeSet<BucketKey> = BTreeSet::new();
+        let result = match cmd {
+            Command::UpsertCampaign {
+                campaign, config, ..
+            } => self.upsert_campaign(campaign, config),
+            Command::SetBudget {
+                campaign,
+                bucket,
+                budget,
+                ..
+            } => self.set_budget(campaign, *bucket, *budget, &mut out, &mut touched),
+            Command::Pause { campaign, .. } => self.set_paused(campaign, true),
+            Command::Resume { campaign, .. } => self.set_paused(campaign, false),
+            Command::GrantLease {
+                key,
+                edge,
+                campaign,
+                want,
+            } => self.grant(stamp, *key, edge, campaign, *want, &mut out, &mut touched),
+            Command::ReportSpend {
+                batch,
+                edge,
+                lease,
+                events,
+            } => self.report(*batch, edge, *lease, events, &mut out, &mut touched),
+            Command::ReleaseLease { batch, edge, lease } => {
+                self.release(*batch, edge, *lease, &mut out, &mut touched)
+            }
+            Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out, &mut touched)),
+            Command::ExpireInDoubt { leases } => Ok(self.expire(leases, &mut out, &mut touched)),
+            Command::TransferRights {
+                campaign,
+                bucket,
+                to,
+                amount,
+                ..
+            } => self.transfer(campaign, *bucket, to, *amount, &mut out, &mut touched),
+            Command::MergeRemote {
+                from,
+                buckets,
+                remote_seq,
+                remote_head,
+            } => self.merge(
+                from,
+                buckets,
+                *remote_seq,
+                remote_head,
+                &mut out,
+                &mut touched,
+            ),
+        };
+        let reply = result.unwrap_or_else(Reply::Refused);
+        if matches!(reply, Reply::Refused(_)) {
+            assert!(out.is_empty(), "a refused command produced log entries");
+        }
+        let entries = out
+            .into_iter()
+            .map(|p| {
+                let kind = p.kind();
+                // Handlers only build payloads within the encoder's limits (non-empty batches of
+                // at most BATCH_EVENTS_MAX events, at most BUCKETS_MAX buckets, no negative
+                // amounts), so encoding cannot fail.
+                self.chain
+                    .append(stamp.term, stamp.index, stamp.time_us, p)
+                    .unwrap_or_else(|e| {
+                        panic!("ledger built an unencodable {} entry: {e}", kind.name())
+                    })
+            })
+            .collect();
+        for key in &touched {
+            if let Some(b) = self.buckets.get(key) {
+                assert!(
+                    !b.available().is_negative(),
+                    "ledger invariant broken: {key} has available {}",
+                    b.available()
+                );
+            }
+        }
+        if let Some(k) = key {
+            self.remember(k, &reply);
+        }
+        Applied { reply, entries }
+    }
+
+    fn remember(&mut self, key: RequestKey, reply: &Reply) {
+        self.requests.insert(key, reply.clone());
+        self.request_order.push_back(key);
+        while self.request_order.len() > self.params.requests_retained {
+            if let Some(old) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+            }
+        }
+    }
+
+    fn campaign_or_refuse(&self, id: &CampaignId) -> Result<&Campaign, Refusal> {
+        self.campaigns
+            .get(id)
+            .ok_or_else(|| Refusal::UnknownCampaign {
+                campaign: id.clone(),
+            })
+    }
+
+    fn upsert_campaign(
+        &mut self,
+        id: &CampaignId,
+        config: &CampaignConfig,
+    ) -> Result<Reply, Refusal> {
+        let zone = CampaignZone::new(&config.zone).map_err(|e| invalid("zone", e.to_string()))?;
+        positive("bid_cpm", config.bid_cpm)?;
+        if let Some(d) = config.daily_budget
+            && d.is_negative()
+        {
+            return Err(invalid("daily_budget", format!("negative: {d}")));
+        }
+        if let Some(c) = config
+            .countries
+            .iter()
+            .find(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(invalid(
+                "countries",
+                format!("{c:?} is not an ISO 3166-1 alpha-3 code"),
+            ));
+        }
+        let size_ok = |s: &str| {
+            s.split_once('x')
+                .is_some_and(|(w, h)| w.parse::<u32>().is_ok() && h.parse::<u32>().is_ok())
+        };
+        if let Some(s) = config.sizes.iter().find(|s| !size_ok(s)) {
+            return Err(invalid("sizes", format!("{s:?} is not WxH")));
+        }
+        let created = !self.campaigns.contains_key(id);
+        let paused = self.campaigns.get(id).is_some_and(|c| c.paused);
+        self.campaigns.insert(
+            id.clone(),
+            Campaign {
+                config: config.clone(),
+                zone,
+                paused,
+            },
+        );
+        Ok(Reply::CampaignSaved { created })
+    }
+
+    fn set_paused(&mut self, id: &CampaignId, paused: bool) -> Result<Reply, Refusal> {
+        self.campaign_or_refuse(id)?;
+        if let Some(c) = self.campaigns.get_mut(id) {
+            c.paused = paused;
+        }
+        Ok(Reply::CampaignState { paused })
+    }
+
+    fn set_budget(
+        &mut self,
+        campaign: &CampaignId,
+        bucket: Bucket,
+        budget: Money,
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        self.campaign_or_refuse(campaign)?;
+        if budget.is_negative() {
+            return Err(invalid("budget", format!("negative: {budget}")));
+        }
+        let key = BucketKey {
+            campaign: campaign.clone(),
+            bucket,
+        };
+        let mut state = self
+            .buckets
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| BucketState::new(&self.region));
+        let before = state.budget;
+        let delta = budget
+            .checked_sub(before)
+            .map_err(|_| invalid("budget", "change overflows"))?;
+        if delta.micros() > 0 {
+            state
+                .counter
+                .create(delta)
+                .map_err(|e| invalid("budget", e.to_string()))?;
+        } else if delta.micros() < 0 {
+            let burn = Money::from_micros(-delta.micros());
+            if state.available() < burn {
+                return Err(Refusal::InsufficientRights {
+                    bucket: key,
+                    available: state.available(),
+                    wanted: burn,
+                });
+            }
+            state
+                .counter
+                .burn(burn)
+                .map_err(|e| invalid("budget", e.to_string()))?;
+        } else {
+            return Ok(Reply::BudgetSet { budget });
+        }
+        state.budget = budget;
+        out.push(Payload::BudgetSet(BudgetSet {
+            campaign: campaign.clone(),
+            bucket,
+            before,
+            after: budget,
+        }));
+        touched.insert(key.clone());
+        self.buckets.insert(key, state);
+        Ok(Reply::BudgetSet { budget })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        stamp: Stamp,
+        key: RequestKey,
+        edge: &EdgeId,
+        campaign: &CampaignId,
+        want: Money,
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        positive("want", want)?;
+        let c = self.campaign_or_refuse(campaign)?;
+        if c.paused {
+            return Err(Refusal::Paused {
+                campaign: campaign.clone(),
+            });
+        }
+        let day = c
+            .zone
+            .day_of_unix_micros(stamp.time_us)
+            .map_err(|e| invalid("time", e.to_string()))?;
+        let daily_default = c.config.daily_budget;
+        let lifetime = BucketKey {
+            campaign: campaign.clone(),
+            bucket: Bucket::Lifetime,
+        };
+        let day_key = BucketKey {
+            campaign: campaign.clone(),
+            bucket: Bucket::Day(day),
+        };
+        let mut available = self
+            .buckets
+            .get(&lifetime)
+            .map_or(Money::ZERO, BucketState::available);
+        // The day's bucket applies if it exists, or if the campaign has a daily budget (then it
+        // is created now, with that budget).
+        let new_day = if self.buckets.contains_key(&day_key) {
+            None
+        } else {
+            daily_default
+        };
+        let day_applies = self.buckets.contains_key(&day_key) || new_day.is_some();
+        if let Some(b) = self.buckets.get(&day_key) {
+            available = available.min(b.available());
+        } else if let Some(d) = new_day {
+            available = available.min(d);
+        }
+        let velocity = self
+            .last_spent
+            .get(&(edge.clone(), campaign.clone()))
+            .copied();
+        let amount = lease::size(want, available, velocity, &self.params);
+        if amount.micros() <= 0 {
+            return Err(Refusal::NoRights {
+                campaign: campaign.clone(),
+            });
+        }
+        // Act.
+        if let Some(d) = new_day {
+            let mut state = BucketState::new(&self.region);
+            // `d ≥ amount > 0`, and a fresh counter holds nothing, so this cannot overflow.
+            state
+                .counter
+                .create(d)
+                .unwrap_or_else(|e| panic!("new day bucket: {e}"));
+            state.budget = d;
+            out.push(Payload::BudgetSet(BudgetSet {
+                campaign: campaign.clone(),
+                bucket: Bucket::Day(day),
+                before: Money::ZERO,
+                after: d,
+            }));
+            self.buckets.insert(day_key.clone(), state);
+        }
+        let mut buckets = vec![Bucket::Lifetime];
+        if day_applies {
+            buckets.push(Bucket::Day(day));
+        }
+        for b in &buckets {
+            let k = BucketKey {
+                campaign: campaign.clone(),
+                bucket: *b,
+            };
+            if let Some(s) = self.buckets.get_mut(&k) {
+                s.leased = add(s.leased, amount);
+            }
+            touched.insert(k);
+        }
+        let id = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let duration_ms = self.params.lease_duration_ms;
+        self.leases.insert(
+            id,
+            Lease {
+                edge: edge.clone(),
+                campaign: campaign.clone(),
+                buckets: buckets.clone(),
+                amount,
+                spent: Money::ZERO,
+                state: LeaseState::Open,
+                duration_ms,
+                granted_at_index: stamp.index,
+                events: Vec::new(),
+                requests: vec![key],
+            },
+        );
+        out.push(Payload::LeaseGranted(LeaseGranted {
+            lease: id,
+            edge: edge.clone(),
+            campaign: campaign.clone(),
+            buckets: buckets.clone(),
+            amount,
+            duration_ms,
+        }));
+        Ok(Reply::LeaseGranted {
+            lease: id,
+            amount,
+            duration_ms,
+            buckets,
+        })
+    }
+
+    fn report(
+        &mut self,
+        batch: BatchId,
+        edge: &EdgeId,
+        lease_id: LeaseId,
+        events: &[SpendEvent],
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        if events.is_empty() {
+            return Err(invalid("events", "a spend report holds at least one event"));
+        }
+        if events.len() > BATCH_EVENTS_MAX {
+            return Err(invalid(
+                "events",
+                format!(
+                    "{} events, at most {BATCH_EVENTS_MAX} per report",
+                    events.len()
+                ),
+            ));
+        }
+        if let Some(e) = events.iter().find(|e| e.amount.is_negative()) {
+            return Err(invalid(
+                "events",
+                format!("{}: negative amount {}", e.key, e.amount),
+            ));
+        }
+        let Some(lease) = self.leases.get(&lease_id) else {
+            if lease_id.0 == 0 || lease_id.0 >= self.next_lease {
+                return Err(Refusal::UnknownLease { lease: lease_id });
+            }
+            // A lease closed so long ago that it is forgotten: the charges were billed, so they
+            // are recorded as late.
+            for e in dedup_within(events) {
+                out.push(Payload::Anomaly(Anomaly {
+                    rule: AnomalyKind::LateSpend,
+                    lease: lease_id,
+                    event: e.clone(),
+                }));
+            }
+            let n = u32::try_from(out.len()).unwrap_or(u32::MAX);
+            return Ok(Reply::SpendSettled {
+                settled: 0,
+                duplicates: 0,
+                anomalies: n,
+                log_seq: None,
+            });
+        };
+        // Plan.
+        let mut headroom = match lease.state {
+            LeaseState::Open => sub(lease.amount, lease.spent),
+            LeaseState::InDoubt { remaining } => remaining,
+            LeaseState::Closed => Money::ZERO,
+        };
+        let mut seen: BTreeSet<&EventKey> = BTreeSet::new();
+        let mut settle: Vec<SpendEvent> = Vec::new();
+        let mut anomalies: Vec<(AnomalyKind, SpendEvent)> = Vec::new();
+        let mut duplicates = 0u32;
+        for e in events {
+            if self.charged.contains_key(&e.key) || !seen.insert(&e.key) {
+                duplicates += 1;
+            } else if lease.state == LeaseState::Closed {
+                anomalies.push((AnomalyKind::LateSpend, e.clone()));
+            } else if e.amount <= headroom {
+                headroom = sub(headroom, e.amount);
+                settle.push(e.clone());
+            } else {
+                anomalies.push((AnomalyKind::OverLease, e.clone()));
+            }
+        }
+        // Act.
+        let total = Money::checked_sum(settle.iter().map(|e| e.amount))
+            .unwrap_or_else(|_| panic!("events within a lease overflow"));
+        let lease = self
+            .leases
+            .get_mut(&lease_id)
+            .unwrap_or_else(|| unreachable!("looked up above"));
+        if total.micros() > 0 {
+            for b in &lease.buckets {
+                let k = BucketKey {
+                    campaign: lease.campaign.clone(),
+                    bucket: *b,
+                };
+                let s = self
+                    .buckets
+                    .get_mut(&k)
+                    .unwrap_or_else(|| panic!("lease {lease_id} names missing bucket {k}"));
+                // The amount was leased (or is in doubt) from this bucket, so the rights are here.
+                s.counter
+                    .settle(total)
+                    .unwrap_or_else(|e| panic!("settling {total} in {k}: {e}"));
+                match lease.state {
+                    LeaseState::Open => s.leased = sub(s.leased, total),
+                    LeaseState::InDoubt { .. } => s.in_doubt = sub(s.in_doubt, total),
+                    LeaseState::Closed => unreachable!("nothing settles under a closed lease"),
+                }
+                touched.insert(k);
+            }
+            lease.spent = add(lease.spent, total);
+            if let LeaseState::InDoubt { remaining } = lease.state {
+                lease.state = LeaseState::InDoubt {
+                    remaining: sub(remaining, total),
+                };
+            }
+        }
+        for e in settle.iter().chain(anomalies.iter().map(|(_, e)| e)) {
+            self.charged.insert(e.key.clone(), lease_id);
+            lease.events.push(e.key.clone());
+        }
+        lease.requests.push(RequestKey::from(batch));
+        let log_seq = (!settle.is_empty()).then(|| self.chain.next_seq());
+        let settled = u32::try_from(settle.len()).unwrap_or(u32::MAX);
+        let n_anomalies = u32::try_from(anomalies.len()).unwrap_or(u32::MAX);
+        if !settle.is_empty() {
+            out.push(Payload::SpendBatch(SpendBatch {
+                lease: lease_id,
+                batch,
+                edge: edge.clone(),
+                events: settle,
+            }));
+        }
+        for (rule, event) in anomalies {
+            out.push(Payload::Anomaly(Anomaly {
+                rule,
+                lease: lease_id,
+                event,
+            }));
+        }
+        Ok(Reply::SpendSettled {
+            settled,
+            duplicates,
+            anomalies: n_anomalies,
+            log_seq,
+        })
+    }
+
+    fn release(
+        &mut self,
+        batch: BatchId,
+        edge: &EdgeId,
+        lease_id: LeaseId,
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        let lease = self
+            .leases
+            .get_mut(&lease_id)
+            .ok_or(Refusal::UnknownLease { lease: lease_id })?;
+        if lease.edge != *edge {
+            return Err(invalid(
+                "edge",
+                format!("lease {lease_id} is held by {}, not {edge}", lease.edge),
+            ));
+        }
+        if lease.state != LeaseState::Open {
+            return Ok(Reply::LeaseClosed {
+                spent: lease.spent,
+                returned: Money::ZERO,
+            });
+        }
+        let returned = sub(lease.amount, lease.spent);
+        for b in &lease.buckets {
+            let k = BucketKey {
+                campaign: lease.campaign.clone(),
+                bucket: *b,
+            };
+            if let Some(s) = self.buckets.get_mut(&k) {
+                s.leased = sub(s.leased, returned);
+            }
+            touched.insert(k);
+        }
+        lease.state = LeaseState::Closed;
+        lease.requests.push(RequestKey::from(batch));
+        let spent = lease.spent;
+        self.last_spent
+            .insert((lease.edge.clone(), lease.campaign.clone()), spent);
+        out.push(Payload::LeaseReleased(LeaseReleased {
+            lease: lease_id,
+            batch,
+            spent,
+            returned,
+        }));
+        self.retire(lease_id);
+        Ok(Reply::LeaseClosed { spent, returned })
+    }
+
+    fn reclaim(
+        &mut self,
+        ids: &[LeaseId],
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Reply {
+        let mut count = 0u32;
+        for id in dedup_ids(ids) {
+            let Some(lease) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            if lease.state != LeaseState::Open {
+                continue;
+            }
+            let rest = sub(lease.amount, lease.spent);
+            for b in &lease.buckets {
+                let k = BucketKey {
+                    campaign: lease.campaign.clone(),
+                    bucket: *b,
+                };
+                if let Some(s) = self.buckets.get_mut(&k) {
+                    s.leased = sub(s.leased, rest);
+                    s.in_doubt = add(s.in_doubt, rest);
+                }
+                touched.insert(k);
+            }
+            lease.state = LeaseState::InDoubt { remaining: rest };
+            self.last_spent
+                .insert((lease.edge.clone(), lease.campaign.clone()), lease.spent);
+            out.push(Payload::LeaseReclaimed(LeaseReclaimed {
+                lease: id,
+                spent: lease.spent,
+                in_doubt: rest,
+            }));
+            count += 1;
+        }
+        Reply::LeasesClosed { count }
+    }
+
+    fn expire(
+        &mut self,
+        ids: &[LeaseId],
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Reply {
+        let mut count = 0u32;
+        for id in dedup_ids(ids) {
+            let Some(lease) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            let LeaseState::InDoubt { remaining } = lease.state else {
+                continue;
+            };
+            for b in &lease.buckets {
+                let k = BucketKey {
+                    campaign: lease.campaign.clone(),
+                    bucket: *b,
+                };
+                if let Some(s) = self.buckets.get_mut(&k) {
+                    s.in_doubt = sub(s.in_doubt, remaining);
+                }
+                touched.insert(k);
+            }
+            lease.state = LeaseState::Closed;
+            out.push(Payload::InDoubtReturned(InDoubtReturned {
+                lease: id,
+                returned: remaining,
+            }));
+            self.retire(id);
+            count += 1;
+        }
+        Reply::LeasesClosed { count }
+    }
+
+    /// A lease is fully closed: remember it for a while (dedup, late notices), then forget it
+    /// with its event keys and request keys.
+    fn retire(&mut self, id: LeaseId) {
+        self.closed.push_back(id);
+        while self.closed.len() > self.params.closed_leases_retained {
+            let Some(old) = self.closed.pop_front() else {
+                break;
+            };
+            if let Some(lease) = self.leases.remove(&old) {
+                for k in &lease.events {
+                    self.charged.remove(k);
+                }
+                for r in &lease.requests {
+                    self.requests.remove(r);
+                }
+            }
+        }
+    }
+
+    fn transfer(
+        &mut self,
+        campaign: &CampaignId,
+        bucket: Bucket,
+        to: &RegionId,
+        amount: Money,
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        positive("amount", amount)?;
+        if *to == self.region {
+            return Err(invalid("to", "a region cannot transfer rights to itself"));
+        }
+        let key = BucketKey {
+            campaign: campaign.clone(),
+            bucket,
+        };
+        let state = self
+            .buckets
+            .get_mut(&key)
+            .ok_or_else(|| Refusal::InsufficientRights {
+                bucket: key.clone(),
+                available: Money::ZERO,
+                wanted: amount,
+            })?;
+        if state.available() < amount {
+            return Err(Refusal::InsufficientRights {
+                bucket: key,
+                available: state.available(),
+                wanted: amount,
+            });
+        }
+        state
+            .counter
+            .transfer(to, amount)
+            .map_err(|e| invalid("amount", e.to_string()))?;
+        out.push(Payload::RightsTransferred(RightsTransferred {
+            campaign: campaign.clone(),
+            bucket,
+            to: to.clone(),
+            amount,
+        }));
+        touched.insert(key);
+        Ok(Reply::Transferred { amount })
+    }
+
+    fn merge(
+        &mut self,
+        from: &RegionId,
+        remote: &[RemoteBucket],
+        remote_seq: u64,
+        remote_head: &Hash,
+        out: &mut Vec<Payload>,
+        touched: &mut BTreeSet<BucketKey>,
+    ) -> Result<Reply, Refusal> {
+        if remote.len() > BUCKETS_MAX {
+            return Err(invalid(
+                "buckets",
+                format!("{} buckets, at most {BUCKETS_MAX} per merge", remote.len()),
+            ));
+        }
+        // Merge into copies; keep them only if every bucket merges.
+        let mut merged: Vec<(BucketKey, BucketState, Money)> = Vec::new();
+        for rb in remote {
+            let mut state = self
+                .buckets
+                .get(&rb.bucket)
+                .cloned()
+                .unwrap_or_else(|| BucketState::new(&self.region));
+            let before = state.counter.available();
+            let theirs = CounterState::from(&rb.rows);
+            state
+                .counter
+                .merge(from, &theirs)
+                .map_err(|e| Refusal::MergeRefused {
+                    from: from.clone(),
+                    reason: format!("{}: {e}", rb.bucket),
+                })?;
+            let received = sub(state.counter.available(), before);
+            merged.push((rb.bucket.clone(), state, received));
+        }
+        let mut received_all = Vec::new();
+        let mut total = Money::ZERO;
+        for (key, state, received) in merged {
+            if received.micros() > 0 {
+                received_all.push(Received {
+                    campaign: key.campaign.clone(),
+                    bucket: key.bucket,
+                    amount: received,
+                });
+                total = add(total, received);
+            }
+            touched.insert(key.clone());
+            self.buckets.insert(key, state);
+        }
+        out.push(Payload::RemoteMerged(RemoteMerged {
+            from: from.clone(),
+            remote_seq,
+            remote_head: *remote_head,
+            received: received_all,
+        }));
+        Ok(Reply::Merged { received: total })
+    }
+
+    /// Checks every invariant of the whole state. O(leases × buckets): for tests and the
+    /// harness, not for every apply.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut leased: BTreeMap<BucketKey, Money> = BTreeMap::new();
+        let mut in_doubt: BTreeMap<BucketKey, Money> = BTreeMap::new();
+        for (id, l) in &self.leases {
+            if l.spent > l.amount {
+                return Err(format!("lease {id} spent {} of {}", l.spent, l.amount));
+            }
+            for b in &l.buckets {
+                let k = BucketKey {
+                    campaign: l.campaign.clone(),
+                    bucket: *b,
+                };
+                if !self.buckets.contains_key(&k) {
+                    return Err(format!("lease {id} names missing bucket {k}"));
+                }
+                match l.state {
+                    LeaseState::Open => {
+                        let e = leased.entry(k).or_default();
+                        *e = add(*e, sub(l.amount, l.spent));
+                    }
+                    LeaseState::InDoubt { remaining } => {
+                        let e = in_doubt.entry(k).or_default();
+                        *e = add(*e, remaining);
+                    }
+                    LeaseState::Closed => {}
+                }
+            }
+        }
+        for (k, b) in &self.buckets {
+            if b.available().is_negative() {
+                return Err(format!("{k}: available {} < 0", b.available()));
+            }
+            let want_leased = leased.get(k).copied().unwrap_or_default();
+            if b.leased != want_leased {
+                return Err(format!(
+                    "{k}: leased {} but open leases hold {want_leased}",
+                    b.leased
+                ));
+            }
+            let want_doubt = in_doubt.get(k).copied().unwrap_or_default();
+            if b.in_doubt != want_doubt {
+                return Err(format!(
+                    "{k}: in doubt {} but reclaimed leases hold {want_doubt}",
+                    b.in_doubt
+                ));
+            }
+            b.counter.validate()?;
+        }
+        Ok(())
+    }
+}
+
+fn request_key(cmd: &Command) -> Option<RequestKey> {
+    match cmd {
+        Command::UpsertCampaign { key, .. }
+        | Command::SetBudget { key, .. }
+        | Command::Pause { key, .. }
+        | Command::Resume { key, .. }
+        | Command::GrantLease { key, .. }
+        | Command::TransferRights { key, .. } => Some(*key),
+        Command::ReportSpend { batch, .. } | Command::ReleaseLease { batch, .. } => {
+            Some(RequestKey::from(*batch))
+        }
+        Command::ReclaimLeases { .. }
+        | Command::ExpireInDoubt { .. }
+        | Command::MergeRemote { .. } => None,
+    }
+}
+
+fn dedup_ids(ids: &[LeaseId]) -> Vec<LeaseId> {
+    let set: BTreeSet<LeaseId> = ids.iter().copied().collect();
+    set.into_iter().collect()
+}
+
+fn dedup_within(events: &[SpendEvent]) -> Vec<&SpendEvent> {
+    let mut seen = BTreeSet::new();
+    events.iter().filter(|e| seen.insert(&e.key)).collect()
+}
