@@ -2,11 +2,14 @@
 //!
 //! - [`ledger`]: the region state machine, pure: campaigns, budgets, rights, leases and the
 //!   financial log, `apply(stamp, command) -> (reply, entries)`.
+//! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
+//!   reclaiming leases and returning in-doubt money.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
 //!   `audit check-proof`, which need no server).
 //!
-//! Not built yet: the server (openraft node on `raft-store`, gRPC services, lease reclaim
-//! timers, cross-region sync, metrics).
+//! Not built yet: the server (openraft node on `raft-store`, gRPC services, cross-region sync,
+//! metrics).
 
 pub mod budgetctl;
 pub mod ledger;
+pub mod reclaim;
