@@ -124,14 +124,15 @@ pub enum MergeError {
     FromSelf(RegionId),
 }
 
-/// The lattice: three grow-only counters. [`CounterState::join`] is commutative, associative
-/// and idempotent. It is what regions send each other.
+/// The lattice: four grow-only counters. [`CounterState::join`] is commutative, associative
+/// and idempotent. It is what regions send each other. It serializes as [`CounterRows`], so
+/// that formats which key maps by strings only (JSON) can hold it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CounterRows", into = "CounterRows")]
 pub struct CounterState {
     created: VClock<RegionId>,
     transferred: VClock<(RegionId, RegionId)>,
     settled: VClock<RegionId>,
-    #[serde(default)]
     burned: VClock<RegionId>,
 }
 
@@ -275,6 +276,18 @@ impl From<&CounterState> for CounterRows {
             settled: flat(&s.settled),
             burned: flat(&s.burned),
         }
+    }
+}
+
+impl From<CounterState> for CounterRows {
+    fn from(s: CounterState) -> Self {
+        CounterRows::from(&s)
+    }
+}
+
+impl From<CounterRows> for CounterState {
+    fn from(rows: CounterRows) -> Self {
+        CounterState::from(&rows)
     }
 }
 
@@ -510,6 +523,8 @@ mod tests {
 
         #[test]
         fn rows_round_trip(a in arb_state()) {
+            let json = serde_json::to_string(&a).unwrap();
+            prop_assert_eq!(serde_json::from_str::<CounterState>(&json).unwrap(), a.clone());
             let rows = CounterRows::from(&a);
             prop_assert_eq!(CounterState::from(&rows), a.clone());
             let json = serde_json::to_string(&rows).unwrap();

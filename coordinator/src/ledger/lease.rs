@@ -1,5 +1,6 @@
 //! Leases: the record the ledger keeps, and how big a new one is.
 
+use serde::{Deserialize, Serialize};
 use shared::bucket::Bucket;
 use shared::{CampaignId, EdgeId, EventKey, Money};
 
@@ -7,7 +8,8 @@ use super::Params;
 use super::command::RequestKey;
 
 /// Where a lease is in its life (DESIGN §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum LeaseState {
     /// The edge may spend under it.
     Open,
@@ -21,7 +23,7 @@ pub enum LeaseState {
 }
 
 /// One lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The edge that holds it.
     pub edge: EdgeId,
@@ -43,6 +45,8 @@ pub struct Lease {
     pub events: Vec<EventKey>,
     /// Idempotency keys of its commands (dropped with the lease).
     pub requests: Vec<RequestKey>,
+    /// When it was fully closed, in the ledger's order of retirements (oldest forgotten first).
+    pub retired: Option<u64>,
 }
 
 /// How much to lease: `min(want, target, cap)`, where

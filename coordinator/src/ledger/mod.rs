@@ -13,6 +13,10 @@
 //!   releases); a replay returns the first reply and changes nothing. The table of keys is
 //!   bounded ([`Params::requests_retained`]); keys of a lease are dropped with it.
 //!
+//! Persistence: each [`Applied`] carries the [`Changes`] it made; [`rows`] turns them into the
+//! key-value rows the store writes in the same batch as the log entries, and rebuilds a ledger
+//! from all rows at start-up.
+//!
 //! Leases (DESIGN §5): granted against the lifetime bucket and the day's bucket at once, for
 //! `min(want, policy share, available)` ([`lease::size`]). Spend under a lease never exceeds it:
 //! an event that would is an `over_lease` anomaly, recorded in the log, not settled. The leader
@@ -22,6 +26,7 @@
 
 pub mod command;
 pub mod lease;
+pub mod rows;
 #[cfg(test)]
 mod tests;
 
@@ -80,7 +85,7 @@ pub struct Campaign {
 }
 
 /// One bucket's money in this region.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BucketState {
     /// The budget as set here.
     pub budget: Money,
@@ -121,6 +126,24 @@ fn micros_u64(n: u64) -> Money {
     Money::from_micros(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// What one apply changed, by table: the rows raft-store rewrites (or deletes, for keys no
+/// longer in the ledger) in the same `WriteBatch` as the log entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Campaigns saved or paused.
+    pub campaigns: BTreeSet<CampaignId>,
+    /// Buckets whose money moved.
+    pub buckets: BTreeSet<BucketKey>,
+    /// Leases granted, changed or forgotten.
+    pub leases: BTreeSet<LeaseId>,
+    /// Idempotency keys remembered or forgotten.
+    pub requests: BTreeSet<RequestKey>,
+    /// Event keys charged or forgotten.
+    pub charged: BTreeSet<EventKey>,
+    /// Velocities updated.
+    pub velocity: BTreeSet<(EdgeId, CampaignId)>,
+}
+
 /// The result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -128,6 +151,8 @@ pub struct Applied {
     pub reply: Reply,
     /// The financial-log entries the command appended, with their hashes.
     pub entries: Vec<(Entry, Hash)>,
+    /// The rows to persist.
+    pub changes: Changes,
 }
 
 /// The state of one region.
@@ -142,9 +167,16 @@ pub struct Ledger {
     next_lease: u64,
     /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
     charged: BTreeMap<EventKey, LeaseId>,
-    requests: BTreeMap<RequestKey, Reply>,
-    request_order: VecDeque<RequestKey>,
+    /// Replies by idempotency key, with the order they were remembered in.
+    requests: BTreeMap<RequestKey, (Reply, u64)>,
+    /// `(order, key)` oldest first. May hold stale entries (keys forgotten with their lease, or
+    /// remembered again later); eviction skips them, so it depends only on the live keys and
+    /// a ledger reloaded from rows (which has no stale entries) evicts exactly the same.
+    request_order: VecDeque<(u64, RequestKey)>,
     closed: VecDeque<LeaseId>,
+    /// Orders requests and retired leases (persisted, so that eviction order survives restarts).
+    order_seq: u64,
+    changes: Changes,
     /// What each edge spent under its last closed lease of each campaign: its velocity.
     last_spent: BTreeMap<(EdgeId, CampaignId), Money>,
 }
@@ -190,6 +222,8 @@ impl Ledger {
             requests: BTreeMap::new(),
             request_order: VecDeque::new(),
             closed: VecDeque::new(),
+            order_seq: 0,
+            changes: Changes::default(),
             last_spent: BTreeMap::new(),
         }
     }
@@ -238,14 +272,15 @@ impl Ledger {
     /// reply, entries and next state on every replica.
     pub fn apply(&mut self, stamp: Stamp, cmd: &Command) -> Applied {
         let key = request_key(cmd);
-        if let Some(reply) = key.and_then(|k| self.requests.get(&k)) {
+        if let Some((reply, _)) = key.and_then(|k| self.requests.get(&k)) {
             return Applied {
                 reply: reply.clone(),
                 entries: Vec::new(),
+                changes: Changes::default(),
             };
         }
         let mut out: Vec<Payload> = Vec::new();
-        let mut touched: BTreeSet<BucketKey> = BTreeSet::new();
+        self.changes = Changes::default();
         let result = match cmd {
             Command::UpsertCampaign {
                 campaign, config, ..
@@ -255,7 +290,7 @@ impl Ledger {
                 bucket,
                 budget,
                 ..
-            } => self.set_budget(campaign, *bucket, *budget, &mut out, &mut touched),
+            } => self.set_budget(campaign, *bucket, *budget, &mut out),
             Command::Pause { campaign, .. } => self.set_paused(campaign, true),
             Command::Resume { campaign, .. } => self.set_paused(campaign, false),
             Command::GrantLease {
@@ -263,38 +298,31 @@ impl Ledger {
                 edge,
                 campaign,
                 want,
-            } => self.grant(stamp, *key, edge, campaign, *want, &mut out, &mut touched),
+            } => self.grant(stamp, *key, edge, campaign, *want, &mut out),
             Command::ReportSpend {
                 batch,
                 edge,
                 lease,
                 events,
-            } => self.report(*batch, edge, *lease, events, &mut out, &mut touched),
+            } => self.report(*batch, edge, *lease, events, &mut out),
             Command::ReleaseLease { batch, edge, lease } => {
-                self.release(*batch, edge, *lease, &mut out, &mut touched)
+                self.release(*batch, edge, *lease, &mut out)
             }
-            Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out, &mut touched)),
-            Command::ExpireInDoubt { leases } => Ok(self.expire(leases, &mut out, &mut touched)),
+            Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out)),
+            Command::ExpireInDoubt { leases } => Ok(self.expire(leases, &mut out)),
             Command::TransferRights {
                 campaign,
                 bucket,
                 to,
                 amount,
                 ..
-            } => self.transfer(campaign, *bucket, to, *amount, &mut out, &mut touched),
+            } => self.transfer(campaign, *bucket, to, *amount, &mut out),
             Command::MergeRemote {
                 from,
                 buckets,
                 remote_seq,
                 remote_head,
-            } => self.merge(
-                from,
-                buckets,
-                *remote_seq,
-                remote_head,
-                &mut out,
-                &mut touched,
-            ),
+            } => self.merge(from, buckets, *remote_seq, remote_head, &mut out),
         };
         let reply = result.unwrap_or_else(Reply::Refused);
         if matches!(reply, Reply::Refused(_)) {
@@ -314,7 +342,7 @@ impl Ledger {
                     })
             })
             .collect();
-        for key in &touched {
+        for key in &self.changes.buckets {
             if let Some(b) = self.buckets.get(key) {
                 assert!(
                     !b.available().is_negative(),
@@ -326,16 +354,32 @@ impl Ledger {
         if let Some(k) = key {
             self.remember(k, &reply);
         }
-        Applied { reply, entries }
+        Applied {
+            reply,
+            entries,
+            changes: std::mem::take(&mut self.changes),
+        }
     }
 
     fn remember(&mut self, key: RequestKey, reply: &Reply) {
-        self.requests.insert(key, reply.clone());
-        self.request_order.push_back(key);
-        while self.request_order.len() > self.params.requests_retained {
-            if let Some(old) = self.request_order.pop_front() {
+        self.order_seq += 1;
+        self.requests.insert(key, (reply.clone(), self.order_seq));
+        self.request_order.push_back((self.order_seq, key));
+        self.changes.requests.insert(key);
+        while self.requests.len() > self.params.requests_retained {
+            let Some((order, old)) = self.request_order.pop_front() else {
+                break;
+            };
+            if self.requests.get(&old).is_some_and(|(_, o)| *o == order) {
                 self.requests.remove(&old);
+                self.changes.requests.insert(old);
             }
+        }
+        // Drop stale entries once they outnumber the live ones.
+        if self.request_order.len() > 2 * self.requests.len() + 64 {
+            let live = &self.requests;
+            self.request_order
+                .retain(|(order, k)| live.get(k).is_some_and(|(_, o)| o == order));
         }
     }
 
@@ -378,6 +422,7 @@ impl Ledger {
         }
         let created = !self.campaigns.contains_key(id);
         let paused = self.campaigns.get(id).is_some_and(|c| c.paused);
+        self.changes.campaigns.insert(id.clone());
         self.campaigns.insert(
             id.clone(),
             Campaign {
@@ -393,6 +438,7 @@ impl Ledger {
         self.campaign_or_refuse(id)?;
         if let Some(c) = self.campaigns.get_mut(id) {
             c.paused = paused;
+            self.changes.campaigns.insert(id.clone());
         }
         Ok(Reply::CampaignState { paused })
     }
@@ -403,7 +449,6 @@ impl Ledger {
         bucket: Bucket,
         budget: Money,
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         self.campaign_or_refuse(campaign)?;
         if budget.is_negative() {
@@ -450,7 +495,7 @@ impl Ledger {
             before,
             after: budget,
         }));
-        touched.insert(key.clone());
+        self.changes.buckets.insert(key.clone());
         self.buckets.insert(key, state);
         Ok(Reply::BudgetSet { budget })
     }
@@ -464,7 +509,6 @@ impl Ledger {
         campaign: &CampaignId,
         want: Money,
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         positive("want", want)?;
         let c = self.campaign_or_refuse(campaign)?;
@@ -542,10 +586,11 @@ impl Ledger {
             if let Some(s) = self.buckets.get_mut(&k) {
                 s.leased = add(s.leased, amount);
             }
-            touched.insert(k);
+            self.changes.buckets.insert(k);
         }
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
+        self.changes.leases.insert(id);
         let duration_ms = self.params.lease_duration_ms;
         self.leases.insert(
             id,
@@ -560,6 +605,7 @@ impl Ledger {
                 granted_at_index: stamp.index,
                 events: Vec::new(),
                 requests: vec![key],
+                retired: None,
             },
         );
         out.push(Payload::LeaseGranted(LeaseGranted {
@@ -585,7 +631,6 @@ impl Ledger {
         lease_id: LeaseId,
         events: &[SpendEvent],
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         if events.is_empty() {
             return Err(invalid("events", "a spend report holds at least one event"));
@@ -674,7 +719,7 @@ impl Ledger {
                     LeaseState::InDoubt { .. } => s.in_doubt = sub(s.in_doubt, total),
                     LeaseState::Closed => unreachable!("nothing settles under a closed lease"),
                 }
-                touched.insert(k);
+                self.changes.buckets.insert(k);
             }
             lease.spent = add(lease.spent, total);
             if let LeaseState::InDoubt { remaining } = lease.state {
@@ -685,9 +730,11 @@ impl Ledger {
         }
         for e in settle.iter().chain(anomalies.iter().map(|(_, e)| e)) {
             self.charged.insert(e.key.clone(), lease_id);
+            self.changes.charged.insert(e.key.clone());
             lease.events.push(e.key.clone());
         }
         lease.requests.push(RequestKey::from(batch));
+        self.changes.leases.insert(lease_id);
         let log_seq = (!settle.is_empty()).then(|| self.chain.next_seq());
         let settled = u32::try_from(settle.len()).unwrap_or(u32::MAX);
         let n_anomalies = u32::try_from(anomalies.len()).unwrap_or(u32::MAX);
@@ -720,7 +767,6 @@ impl Ledger {
         edge: &EdgeId,
         lease_id: LeaseId,
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         let lease = self
             .leases
@@ -747,13 +793,15 @@ impl Ledger {
             if let Some(s) = self.buckets.get_mut(&k) {
                 s.leased = sub(s.leased, returned);
             }
-            touched.insert(k);
+            self.changes.buckets.insert(k);
         }
         lease.state = LeaseState::Closed;
         lease.requests.push(RequestKey::from(batch));
+        self.changes.leases.insert(lease_id);
         let spent = lease.spent;
-        self.last_spent
-            .insert((lease.edge.clone(), lease.campaign.clone()), spent);
+        let who = (lease.edge.clone(), lease.campaign.clone());
+        self.last_spent.insert(who.clone(), spent);
+        self.changes.velocity.insert(who);
         out.push(Payload::LeaseReleased(LeaseReleased {
             lease: lease_id,
             batch,
@@ -764,12 +812,7 @@ impl Ledger {
         Ok(Reply::LeaseClosed { spent, returned })
     }
 
-    fn reclaim(
-        &mut self,
-        ids: &[LeaseId],
-        out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
-    ) -> Reply {
+    fn reclaim(&mut self, ids: &[LeaseId], out: &mut Vec<Payload>) -> Reply {
         let mut count = 0u32;
         for id in dedup_ids(ids) {
             let Some(lease) = self.leases.get_mut(&id) else {
@@ -788,11 +831,13 @@ impl Ledger {
                     s.leased = sub(s.leased, rest);
                     s.in_doubt = add(s.in_doubt, rest);
                 }
-                touched.insert(k);
+                self.changes.buckets.insert(k);
             }
             lease.state = LeaseState::InDoubt { remaining: rest };
-            self.last_spent
-                .insert((lease.edge.clone(), lease.campaign.clone()), lease.spent);
+            self.changes.leases.insert(id);
+            let who = (lease.edge.clone(), lease.campaign.clone());
+            self.last_spent.insert(who.clone(), lease.spent);
+            self.changes.velocity.insert(who);
             out.push(Payload::LeaseReclaimed(LeaseReclaimed {
                 lease: id,
                 spent: lease.spent,
@@ -803,12 +848,7 @@ impl Ledger {
         Reply::LeasesClosed { count }
     }
 
-    fn expire(
-        &mut self,
-        ids: &[LeaseId],
-        out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
-    ) -> Reply {
+    fn expire(&mut self, ids: &[LeaseId], out: &mut Vec<Payload>) -> Reply {
         let mut count = 0u32;
         for id in dedup_ids(ids) {
             let Some(lease) = self.leases.get_mut(&id) else {
@@ -825,9 +865,10 @@ impl Ledger {
                 if let Some(s) = self.buckets.get_mut(&k) {
                     s.in_doubt = sub(s.in_doubt, remaining);
                 }
-                touched.insert(k);
+                self.changes.buckets.insert(k);
             }
             lease.state = LeaseState::Closed;
+            self.changes.leases.insert(id);
             out.push(Payload::InDoubtReturned(InDoubtReturned {
                 lease: id,
                 returned: remaining,
@@ -841,17 +882,24 @@ impl Ledger {
     /// A lease is fully closed: remember it for a while (dedup, late notices), then forget it
     /// with its event keys and request keys.
     fn retire(&mut self, id: LeaseId) {
+        self.order_seq += 1;
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.retired = Some(self.order_seq);
+        }
         self.closed.push_back(id);
         while self.closed.len() > self.params.closed_leases_retained {
             let Some(old) = self.closed.pop_front() else {
                 break;
             };
+            self.changes.leases.insert(old);
             if let Some(lease) = self.leases.remove(&old) {
                 for k in &lease.events {
                     self.charged.remove(k);
+                    self.changes.charged.insert(k.clone());
                 }
                 for r in &lease.requests {
                     self.requests.remove(r);
+                    self.changes.requests.insert(*r);
                 }
             }
         }
@@ -864,7 +912,6 @@ impl Ledger {
         to: &RegionId,
         amount: Money,
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         positive("amount", amount)?;
         if *to == self.region {
@@ -899,7 +946,7 @@ impl Ledger {
             to: to.clone(),
             amount,
         }));
-        touched.insert(key);
+        self.changes.buckets.insert(key);
         Ok(Reply::Transferred { amount })
     }
 
@@ -910,7 +957,6 @@ impl Ledger {
         remote_seq: u64,
         remote_head: &Hash,
         out: &mut Vec<Payload>,
-        touched: &mut BTreeSet<BucketKey>,
     ) -> Result<Reply, Refusal> {
         if remote.len() > BUCKETS_MAX {
             return Err(invalid(
@@ -949,7 +995,7 @@ impl Ledger {
                 });
                 total = add(total, received);
             }
-            touched.insert(key.clone());
+            self.changes.buckets.insert(key.clone());
             self.buckets.insert(key, state);
         }
         out.push(Payload::RemoteMerged(RemoteMerged {

@@ -1,0 +1,347 @@
+//! The ledger as key-value rows: what the store writes after each apply (only the rows the
+//! apply changed), and how a ledger is rebuilt from all of them at start-up or from a snapshot.
+//!
+//! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `c/`
+//! campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key, `e/` charged event key,
+//! `v/` velocity.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use shared::bucket::{BucketKey, CampaignZone};
+use shared::log::entry::hex_hash;
+use shared::log::{Chain, Hash};
+use shared::{CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
+
+use super::{
+    BucketState, Campaign, CampaignConfig, Changes, Lease, Ledger, Params, Reply, RequestKey,
+};
+
+/// A row to write (`Some`) or delete (`None`).
+pub type RowWrite = (Vec<u8>, Option<Vec<u8>>);
+
+const META: &[u8] = b"m";
+
+#[derive(Serialize, Deserialize)]
+struct MetaRow {
+    region: RegionId,
+    next_lease: u64,
+    chain_next_seq: u64,
+    #[serde(with = "hex_hash")]
+    chain_head: Hash,
+    order_seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CampaignRow {
+    id: CampaignId,
+    config: CampaignConfig,
+    paused: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BucketRow {
+    key: BucketKey,
+    state: BucketState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseRow {
+    id: LeaseId,
+    lease: Lease,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestRow {
+    key: RequestKey,
+    reply: Reply,
+    order: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChargedRow {
+    key: EventKey,
+    lease: LeaseId,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VelocityRow {
+    edge: EdgeId,
+    campaign: CampaignId,
+    spent: Money,
+}
+
+fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(id);
+    k
+}
+
+fn campaign_key(id: &CampaignId) -> Vec<u8> {
+    key(b"c/", id.as_str().as_bytes())
+}
+
+fn bucket_key(k: &BucketKey) -> Vec<u8> {
+    // Campaign ids hold no '/', so the split is unambiguous.
+    key(b"b/", format!("{}/{}", k.campaign, k.bucket).as_bytes())
+}
+
+fn lease_key(id: LeaseId) -> Vec<u8> {
+    key(b"l/", &id.0.to_be_bytes())
+}
+
+fn request_key(k: &RequestKey) -> Vec<u8> {
+    key(b"r/", &k.0)
+}
+
+fn charged_key(k: &EventKey) -> Vec<u8> {
+    // OpenRTB ids hold no control characters, so NUL separates them unambiguously.
+    let mut id = Vec::new();
+    id.extend_from_slice(k.exchange().as_str().as_bytes());
+    id.push(0);
+    id.extend_from_slice(k.auction_id().as_bytes());
+    id.push(0);
+    id.extend_from_slice(k.imp_id().as_bytes());
+    key(b"e/", &id)
+}
+
+fn velocity_key(edge: &EdgeId, campaign: &CampaignId) -> Vec<u8> {
+    key(b"v/", format!("{edge}/{campaign}").as_bytes())
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Every row type is plain data (strings, integers, sequences, string-keyed maps): JSON
+    // serialization cannot fail.
+    serde_json::to_vec(v).unwrap_or_else(|e| panic!("ledger row does not serialize: {e}"))
+}
+
+/// Why rows do not make a ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A row's value is not what its table holds.
+    #[error("row {key:?}: {source}")]
+    Row {
+        /// The key, lossily as text.
+        key: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+    /// A key with no known table.
+    #[error("row {0:?} belongs to no table")]
+    UnknownTable(String),
+    /// The meta row is missing.
+    #[error("no meta row: not a ledger")]
+    NoMeta,
+    /// The rows were written by another region's ledger.
+    #[error("rows belong to region {found}, not {expected}")]
+    WrongRegion {
+        /// The region asked for.
+        expected: RegionId,
+        /// The region in the rows.
+        found: RegionId,
+    },
+    /// A campaign's saved zone is no longer in the time zone database.
+    #[error("campaign {campaign}: {problem}")]
+    Campaign {
+        /// The campaign.
+        campaign: CampaignId,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Ledger {
+    fn meta_row(&self) -> RowWrite {
+        let meta = MetaRow {
+            region: self.region.clone(),
+            next_lease: self.next_lease,
+            chain_next_seq: self.chain.next_seq(),
+            chain_head: self.chain.head(),
+            order_seq: self.order_seq,
+        };
+        (META.to_vec(), Some(json(&meta)))
+    }
+
+    /// The rows `changes` touched, with their current values (`None`: deleted), plus the meta
+    /// row. Written with the apply's log entries in one batch.
+    pub fn rows(&self, changes: &Changes) -> Vec<RowWrite> {
+        let mut out = vec![self.meta_row()];
+        for id in &changes.campaigns {
+            let v = self.campaigns.get(id).map(|c| {
+                json(&CampaignRow {
+                    id: id.clone(),
+                    config: c.config.clone(),
+                    paused: c.paused,
+                })
+            });
+            out.push((campaign_key(id), v));
+        }
+        for k in &changes.buckets {
+            let v = self.buckets.get(k).map(|s| {
+                json(&BucketRow {
+                    key: k.clone(),
+                    state: s.clone(),
+                })
+            });
+            out.push((bucket_key(k), v));
+        }
+        for id in &changes.leases {
+            let v = self.leases.get(id).map(|l| {
+                json(&LeaseRow {
+                    id: *id,
+                    lease: l.clone(),
+                })
+            });
+            out.push((lease_key(*id), v));
+        }
+        for k in &changes.requests {
+            let v = self.requests.get(k).map(|(reply, order)| {
+                json(&RequestRow {
+                    key: *k,
+                    reply: reply.clone(),
+                    order: *order,
+                })
+            });
+            out.push((request_key(k), v));
+        }
+        for k in &changes.charged {
+            let v = self.charged.get(k).map(|lease| {
+                json(&ChargedRow {
+                    key: k.clone(),
+                    lease: *lease,
+                })
+            });
+            out.push((charged_key(k), v));
+        }
+        for (edge, campaign) in &changes.velocity {
+            let v = self
+                .last_spent
+                .get(&(edge.clone(), campaign.clone()))
+                .map(|spent| {
+                    json(&VelocityRow {
+                        edge: edge.clone(),
+                        campaign: campaign.clone(),
+                        spent: *spent,
+                    })
+                });
+            out.push((velocity_key(edge, campaign), v));
+        }
+        out
+    }
+
+    /// Every row of the ledger (for snapshots and tests).
+    pub fn all_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let everything = Changes {
+            campaigns: self.campaigns.keys().cloned().collect(),
+            buckets: self.buckets.keys().cloned().collect(),
+            leases: self.leases.keys().copied().collect(),
+            requests: self.requests.keys().copied().collect(),
+            charged: self.charged.keys().cloned().collect(),
+            velocity: self.last_spent.keys().cloned().collect(),
+        };
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .rows(&everything)
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Rebuilds a ledger of `region` from all its rows (in any order). An empty set of rows is
+    /// a new, empty ledger.
+    pub fn load(
+        region: RegionId,
+        params: Params,
+        rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Ledger, LoadError> {
+        let mut l = Ledger::new(region.clone(), params);
+        let mut saw_meta = false;
+        let mut any = false;
+        let mut requests: Vec<(u64, RequestKey)> = Vec::new();
+        let mut retired: Vec<(u64, LeaseId)> = Vec::new();
+        for (k, v) in rows {
+            any = true;
+            let bad = |source| LoadError::Row {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source,
+            };
+            if k == META {
+                let m: MetaRow = serde_json::from_slice(&v).map_err(bad)?;
+                if m.region != region {
+                    return Err(LoadError::WrongRegion {
+                        expected: region,
+                        found: m.region,
+                    });
+                }
+                l.next_lease = m.next_lease;
+                l.chain = Chain::resume(m.chain_next_seq, m.chain_head);
+                l.order_seq = m.order_seq;
+                saw_meta = true;
+            } else if k.starts_with(b"c/") {
+                let r: CampaignRow = serde_json::from_slice(&v).map_err(bad)?;
+                let zone = CampaignZone::new(&r.config.zone).map_err(|e| LoadError::Campaign {
+                    campaign: r.id.clone(),
+                    problem: e.to_string(),
+                })?;
+                l.campaigns.insert(
+                    r.id,
+                    Campaign {
+                        config: r.config,
+                        zone,
+                        paused: r.paused,
+                    },
+                );
+            } else if k.starts_with(b"b/") {
+                let r: BucketRow = serde_json::from_slice(&v).map_err(bad)?;
+                l.buckets.insert(r.key, r.state);
+            } else if k.starts_with(b"l/") {
+                let r: LeaseRow = serde_json::from_slice(&v).map_err(bad)?;
+                if let Some(order) = r.lease.retired {
+                    retired.push((order, r.id));
+                }
+                l.leases.insert(r.id, r.lease);
+            } else if k.starts_with(b"r/") {
+                let r: RequestRow = serde_json::from_slice(&v).map_err(bad)?;
+                requests.push((r.order, r.key));
+                l.requests.insert(r.key, (r.reply, r.order));
+            } else if k.starts_with(b"e/") {
+                let r: ChargedRow = serde_json::from_slice(&v).map_err(bad)?;
+                l.charged.insert(r.key, r.lease);
+            } else if k.starts_with(b"v/") {
+                let r: VelocityRow = serde_json::from_slice(&v).map_err(bad)?;
+                l.last_spent.insert((r.edge, r.campaign), r.spent);
+            } else {
+                return Err(LoadError::UnknownTable(
+                    String::from_utf8_lossy(&k).into_owned(),
+                ));
+            }
+        }
+        if any && !saw_meta {
+            return Err(LoadError::NoMeta);
+        }
+        requests.sort();
+        retired.sort();
+        l.request_order = requests.into_iter().collect::<VecDeque<_>>();
+        l.closed = retired
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect::<VecDeque<_>>();
+        Ok(l)
+    }
+}
+
+/// Applies row writes to an in-memory table (what the store does to RocksDB), for tests.
+pub fn apply_writes(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, writes: Vec<RowWrite>) {
+    for (k, v) in writes {
+        match v {
+            Some(v) => {
+                table.insert(k, v);
+            }
+            None => {
+                table.remove(&k);
+            }
+        }
+    }
+}
