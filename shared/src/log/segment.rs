@@ -306,6 +306,37 @@ pub enum WriteError {
     /// The record would be too long.
     #[error("record of {0} bytes is more than the {RECORD_MAX_BYTES} allowed")]
     TooLong(usize),
+    /// Bytes given as a record are not one.
+    #[error("not a single well-formed record")]
+    NotARecord,
+}
+
+/// The record of `entry` exactly as it lies in a segment (`record_len` first), and the entry's
+/// hash. The coordinator stores these per seq and seals runs of them into segment files.
+pub fn encode_record(entry: &Entry) -> Result<(Vec<u8>, Hash), WriteError> {
+    let body = entry.body()?;
+    let hash = entry_hash(&entry.prev_hash, &body_digest(&body));
+    let mut rec = Writer::new();
+    rec.hash(&entry.prev_hash);
+    rec.raw(&body);
+    rec.hash(&hash);
+    if let Payload::SpendBatch(b) = &entry.payload {
+        for e in &b.events {
+            let bytes = e.to_bytes();
+            // Event strings are ≤ 64 + 2 × 255 bytes: far below u16::MAX.
+            rec.u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
+            rec.raw(&bytes);
+        }
+    }
+    let rec = rec.into_bytes();
+    if rec.len() > RECORD_MAX_BYTES {
+        return Err(WriteError::TooLong(rec.len()));
+    }
+    let mut out = Vec::with_capacity(4 + rec.len());
+    // Checked against RECORD_MAX_BYTES (16 MiB) just above.
+    out.extend_from_slice(&u32::try_from(rec.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&rec);
+    Ok((out, hash))
 }
 
 /// Builds one segment in memory, entry by entry, checking that they chain.
@@ -369,31 +400,35 @@ impl SegmentWriter {
         if entry.prev_hash != self.head {
             return Err(WriteError::PrevHash { seq: entry.seq });
         }
-        let body = entry.body()?;
-        let hash = entry_hash(&entry.prev_hash, &body_digest(&body));
-        let mut rec = Writer::new();
-        rec.hash(&entry.prev_hash);
-        rec.raw(&body);
-        rec.hash(&hash);
-        if let Payload::SpendBatch(b) = &entry.payload {
-            for e in &b.events {
-                let bytes = e.to_bytes();
-                // Event strings are ≤ 64 + 2 × 255 bytes: far below u16::MAX.
-                rec.u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
-                rec.raw(&bytes);
-            }
-        }
-        let rec = rec.into_bytes();
-        if rec.len() > RECORD_MAX_BYTES {
-            return Err(WriteError::TooLong(rec.len()));
-        }
-        // Checked against RECORD_MAX_BYTES (16 MiB) just above.
-        self.buf
-            .extend_from_slice(&u32::try_from(rec.len()).unwrap_or(u32::MAX).to_be_bytes());
-        self.buf.extend_from_slice(&rec);
+        let (record, hash) = encode_record(entry)?;
+        self.buf.extend_from_slice(&record);
         self.next_seq += 1;
         self.head = hash;
         Ok(hash)
+    }
+
+    /// Appends a record made by [`encode_record`] for the next entry, whose hash is `hash`.
+    /// The record's seq and link are checked by reading them back.
+    pub fn push_record(&mut self, record: &[u8], hash: Hash) -> Result<(), WriteError> {
+        let Ok(Item::Record(r)) = read_item(record, 0) else {
+            return Err(WriteError::NotARecord);
+        };
+        let seq = super::entry::BodyRef::parse(r.body)
+            .map(|b| b.seq)
+            .map_err(|_| WriteError::NotARecord)?;
+        if seq != self.next_seq {
+            return Err(WriteError::Seq {
+                expected: self.next_seq,
+                found: seq,
+            });
+        }
+        if r.prev_hash != self.head || r.hash != hash || r.end != record.len() {
+            return Err(WriteError::PrevHash { seq });
+        }
+        self.buf.extend_from_slice(record);
+        self.next_seq += 1;
+        self.head = hash;
+        Ok(())
     }
 
     /// Writes the trailer and returns the segment's bytes.
