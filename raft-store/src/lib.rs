@@ -1,22 +1,34 @@
-//! openraft storage on RocksDB: the Raft log, the vote and the committed log id (built), and the
-//! state machine's column families with snapshots (not built yet: they come with the region
-//! state machine, so that one atomic `WriteBatch` can hold state rows, financial-log entries and
-//! the last-applied log id).
+//! openraft storage on RocksDB.
 //!
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` on the `raft_log` and `raft_meta`
-//!   column families.
+//!   column families: log, vote, committed log id.
+//! - [`state_store`]: [`StateStore`], openraft's `RaftStateMachine` over any [`Machine`]: the
+//!   machine's rows, the financial-log records and the last-applied log id of a batch in one
+//!   synced `WriteBatch`; snapshots carry all of them.
 //!
 //! Only this crate knows RocksDB. It links Debian's RocksDB 7.8 (see `.cargo/config.toml`).
 
+// openraft's `StorageError` is large (~190 bytes), and the storage traits return it from every
+// method; the helpers here return it too rather than box and unbox it at every call.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
+pub mod state_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
+pub use state_store::{Machine, MachineApplied, StateStore};
 
 /// Every column family the crate uses.
-pub const COLUMN_FAMILIES: &[&str] = &[log_store::CF_LOG, log_store::CF_META];
+pub const COLUMN_FAMILIES: &[&str] = &[
+    log_store::CF_LOG,
+    log_store::CF_META,
+    state_store::CF_ROWS,
+    state_store::CF_FIN_LOG,
+    state_store::CF_SM_META,
+];
 
 /// Opens (creating if missing) the node's database at `path` with every column family.
 pub fn open_db(path: &Path) -> Result<Arc<rocksdb::DB>, rocksdb::Error> {

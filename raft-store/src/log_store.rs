@@ -100,8 +100,6 @@ where
             .map_err(|e| AnyError::new(&e))
     }
 
-    // openraft's `StorageError` is large, and every trait method returns it anyway.
-    #[allow(clippy::result_large_err)]
     fn last_log_id(&self) -> SResult<C, Option<LogId<C::NodeId>>> {
         let mut it = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
         match it.next() {
