@@ -2,6 +2,8 @@
 //!
 //! - [`ledger`]: the region state machine, pure: campaigns, budgets, rights, leases and the
 //!   financial log, `apply(stamp, command) -> (reply, entries)`.
+//! - [`raft`]: openraft's type config for a region, leader proposals, and the ledger as the
+//!   `raft-store` machine (rows, log records and applied id in one synced batch).
 //! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
 //!   reclaiming leases and returning in-doubt money.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
@@ -12,4 +14,5 @@
 
 pub mod budgetctl;
 pub mod ledger;
+pub mod raft;
 pub mod reclaim;

@@ -192,4 +192,7 @@ pub enum Reply {
     Merged { received: Money },
     /// Nothing changed, and why.
     Refused(Refusal),
+    /// The reply to Raft entries that carry no command (blank and membership entries). Never
+    /// seen by clients.
+    NoCommand,
 }

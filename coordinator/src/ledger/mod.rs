@@ -233,6 +233,11 @@ impl Ledger {
         &self.region
     }
 
+    /// The rules it applies.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
     /// The financial log's chain position (next seq, head hash).
     pub fn chain(&self) -> &Chain {
         &self.chain
