@@ -4,6 +4,8 @@
 //!   financial log, `apply(stamp, command) -> (reply, entries)`.
 //! - [`raft`]: openraft's type config for a region, leader proposals, and the ledger as the
 //!   `raft-store` machine (rows, log records and applied id in one synced batch).
+//! - [`network`]: the Raft transport over gRPC, client and server sides.
+//! - [`node`]: one node: openraft on the RocksDB stores, proposing, serving.
 //! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
 //!   reclaiming leases and returning in-doubt money.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
@@ -14,5 +16,7 @@
 
 pub mod budgetctl;
 pub mod ledger;
+pub mod network;
+pub mod node;
 pub mod raft;
 pub mod reclaim;

@@ -1,3 +1,4 @@
 //! `budgetctl` as a user runs it: the real binary, its output and its exit codes.
 
 mod audit;
+mod cluster;

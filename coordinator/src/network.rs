@@ -1,0 +1,213 @@
+//! The Raft transport between the coordinators of a region, over gRPC (`RaftTransport` in
+//! `proto/budget/v1/raft.proto`). openraft's requests and responses travel serialized (JSON) in
+//! the `RaftMessage` envelope, which also names the region and the sender: a message meant for
+//! another region is refused, so a misrouted node cannot join the wrong group.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::RegionId;
+use shared::proto::v1::RaftMessage;
+use shared::proto::v1::raft_transport_client::RaftTransportClient;
+use shared::proto::v1::raft_transport_server::RaftTransport;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::raft::TypeConfig;
+
+/// How long a connection attempt to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Makes connections to the other nodes of the region.
+pub struct Network {
+    region: RegionId,
+    me: u64,
+}
+
+impl Network {
+    /// The network of node `me` of `region`.
+    pub fn new(region: RegionId, me: u64) -> Network {
+        Network { region, me }
+    }
+}
+
+/// A connection to one peer, opened on first use and reopened after failures by tonic.
+pub struct Conn {
+    region: RegionId,
+    me: u64,
+    target: u64,
+    addr: String,
+    client: Option<RaftTransportClient<Channel>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Conn {
+        Conn {
+            region: self.region.clone(),
+            me: self.me,
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+type NetErr<E> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+
+impl Conn {
+    fn client(&mut self) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_lazy();
+        let client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, NetErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self
+            .client()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = Request::new(RaftMessage {
+            region: self.region.to_string(),
+            from_node: self.me,
+            payload,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<u64, E>> =
+            serde_json::from_slice(&reply.into_inner().payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, NetErr<openraft::error::Infallible>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, NetErr<InstallSnapshotError>> {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, NetErr<openraft::error::Infallible>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+/// The server side: hands incoming Raft messages to the local `Raft`.
+pub struct RaftService {
+    region: RegionId,
+    me: u64,
+    raft: Raft<TypeConfig>,
+}
+
+impl RaftService {
+    /// The service of node `me`.
+    pub fn new(region: RegionId, me: u64, raft: Raft<TypeConfig>) -> RaftService {
+        RaftService { region, me, raft }
+    }
+
+    fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        let msg = request.into_inner();
+        if msg.region != self.region.as_str() {
+            return Err(Status::failed_precondition(format!(
+                "node {} is in region {}, not {} (message from node {})",
+                self.me, self.region, msg.region, msg.from_node
+            )));
+        }
+        serde_json::from_slice(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("raft payload: {e}")))
+    }
+
+    fn reply<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
+        let payload = serde_json::to_vec(result)
+            .map_err(|e| Status::internal(format!("encoding a raft reply: {e}")))?;
+        Ok(Response::new(RaftMessage {
+            region: self.region.to_string(),
+            from_node: self.me,
+            payload,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        self.reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<u64> = self.open(request)?;
+        self.reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        self.reply(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,206 @@
+//! One coordinator node: openraft over the RocksDB stores, the ledger machine, the Raft
+//! transport; proposing commands; serving on a listener.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use raft_store::{LogStore, StateStore, open_db};
+use shared::RegionId;
+use shared::proto::v1::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+
+use crate::ledger::{Command, Params, Reply};
+use crate::network::{Network, RaftService};
+use crate::raft::{LedgerMachine, Proposal, TypeConfig};
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Its region.
+    pub region: RegionId,
+    /// Its number in the region's Raft group.
+    pub id: u64,
+    /// Where its RocksDB lives.
+    pub data_dir: PathBuf,
+    /// The state machine's rules (must be the same on every node of the region).
+    pub params: Params,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, for followers that are only a little behind (the
+    /// others get the snapshot).
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a node on a LAN or loopback.
+    pub fn new(region: RegionId, id: u64, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            region,
+            id,
+            data_dir,
+            params: Params::default(),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database did not open.
+    #[error("opening the database in {path}: {source}")]
+    Db {
+        /// Its directory.
+        path: PathBuf,
+        /// Why.
+        source: rocksdb::Error,
+    },
+    /// The stored state did not load.
+    #[error("loading the stored state: {0}")]
+    Storage(#[from] openraft::StorageError<u64>),
+    /// openraft refused the configuration or failed to start.
+    #[error("starting raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal was not applied. `NotLeader` is definite (nothing happened here); `Fatal`
+/// is indefinite (the outcome is unknown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; the leader, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// `(node id, address)` of the leader, if known.
+        leader: Option<(u64, String)>,
+    },
+    /// Raft stopped or failed; the command may or may not have been applied.
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+/// A running node.
+pub struct Node {
+    /// Its number.
+    pub id: u64,
+    /// Its region.
+    pub region: RegionId,
+    /// Its Raft.
+    pub raft: Raft<TypeConfig>,
+    /// Its state machine store (the ledger and the financial-log records).
+    pub state: StateStore<TypeConfig, LedgerMachine>,
+}
+
+impl Node {
+    /// Opens the node's storage and starts Raft. The node does nothing until it is part of an
+    /// initialized group ([`Node::initialize`] on one node of a new region).
+    pub async fn start(cfg: &NodeConfig) -> Result<Node, StartError> {
+        let path = cfg.data_dir.join("db");
+        let db = open_db(&path).map_err(|source| StartError::Db {
+            path: path.clone(),
+            source,
+        })?;
+        let log = LogStore::<TypeConfig>::new(db.clone());
+        let state = StateStore::open(
+            db,
+            LedgerMachine::new(cfg.region.clone(), cfg.params.clone()),
+        )?;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: cfg.region.to_string(),
+            heartbeat_interval: millis(cfg.heartbeat),
+            election_timeout_min: millis(cfg.election_timeout.0),
+            election_timeout_max: millis(cfg.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            cfg.id,
+            Arc::new(config),
+            Network::new(cfg.region.clone(), cfg.id),
+            log,
+            state.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Node {
+            id: cfg.id,
+            region: cfg.region.clone(),
+            raft,
+            state,
+        })
+    }
+
+    /// Makes a new region's group of `members` (`id → address`). Call on one node, once.
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> Result<(), String> {
+        let nodes: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        self.raft.initialize(nodes).await.map_err(|e| e.to_string())
+    }
+
+    /// Proposes `command`, stamped with this node's wall-clock time, and waits until it is
+    /// applied. Returns the reply and the Raft index it was applied at.
+    pub async fn propose(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
+        let time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        match self.raft.client_write(Proposal { time_us, command }).await {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(e) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// The gRPC service that peers send Raft messages to.
+    pub fn raft_service(&self) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(RaftService::new(
+            self.region.clone(),
+            self.id,
+            self.raft.clone(),
+        ))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+    }
+
+    /// Serves the node's gRPC services on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.raft_service())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown,
+            )
+            .await
+    }
+
+    /// Stops Raft (the storage stays as it is, for a restart).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, error = %e, "raft shutdown");
+        }
+    }
+}

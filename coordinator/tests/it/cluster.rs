@@ -1,0 +1,322 @@
+//! Real regions: three nodes with their own RocksDB, talking gRPC over loopback sockets.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::ledger::{CampaignConfig, Command, Reply, RequestKey};
+use coordinator::node::{Node, NodeConfig, ProposeError};
+use shared::bucket::{Bucket, BucketKey};
+use shared::log::SpendEvent;
+use shared::{BatchId, LeaseId, Money};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+struct Running {
+    node: Arc<Node>,
+    addr: String,
+    dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn run(id: u64, dir: &Path, listener: TcpListener) -> Running {
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), id, dir.to_path_buf());
+    // Snapshots every 20 entries, keeping no log behind them: a node that falls behind can
+    // only catch up by installing a snapshot.
+    cfg.snapshot_every = 20;
+    cfg.logs_kept_after_snapshot = 0;
+    let node = Arc::new(Node::start(&cfg).await.unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let serving = node.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve(listener, async move { rx.await.unwrap_or(()) })
+            .await
+            .unwrap();
+    });
+    Running {
+        node,
+        addr,
+        dir: dir.to_path_buf(),
+        stop: Some(tx),
+        server,
+    }
+}
+
+async fn stop(r: &mut Running) {
+    r.node.shutdown().await;
+    if let Some(tx) = r.stop.take() {
+        let _ = tx.send(());
+    }
+    (&mut r.server).await.unwrap();
+}
+
+struct Region {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Running>,
+}
+
+async fn region() -> Region {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("n{}", i + 1));
+        nodes.push(run(i as u64 + 1, &dir, l).await);
+    }
+    let members: BTreeMap<u64, String> =
+        nodes.iter().map(|r| (r.node.id, r.addr.clone())).collect();
+    nodes[0].node.initialize(members).await.unwrap();
+    Region { _tmp: tmp, nodes }
+}
+
+impl Region {
+    /// The index of the running node that is leader, once one is.
+    async fn leader(&self) -> usize {
+        let live: Vec<&Running> = self.nodes.iter().filter(|r| r.stop.is_some()).collect();
+        let id = live[0]
+            .node
+            .raft
+            .wait(WAIT)
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|l| {
+                        self.nodes
+                            .iter()
+                            .any(|r| r.stop.is_some() && r.node.id == l)
+                    })
+                },
+                "a live leader",
+            )
+            .await
+            .unwrap()
+            .current_leader
+            .unwrap();
+        self.nodes.iter().position(|r| r.node.id == id).unwrap()
+    }
+
+    async fn propose(&self, command: Command) -> Reply {
+        let i = self.leader().await;
+        self.nodes[i].node.propose(command).await.unwrap().0
+    }
+
+    /// Waits until every running node has applied `index`; returns their chain heads.
+    async fn heads_at(&self, index: u64) -> Vec<[u8; 32]> {
+        let mut heads = Vec::new();
+        for r in self.nodes.iter().filter(|r| r.stop.is_some()) {
+            r.node
+                .raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(index), "applied")
+                .await
+                .unwrap();
+            heads.push(r.node.state.read(|m| {
+                m.ledger().validate().unwrap();
+                m.ledger().chain().head()
+            }));
+        }
+        heads
+    }
+}
+
+fn key(n: u64) -> RequestKey {
+    RequestKey(u128::from(n).to_be_bytes())
+}
+
+fn setup_commands() -> Vec<Command> {
+    let config = CampaignConfig {
+        zone: "UTC".into(),
+        bid_cpm: Money::from_micros(1_000_000),
+        daily_budget: None,
+        countries: vec![],
+        sizes: vec![],
+    };
+    vec![
+        Command::UpsertCampaign {
+            key: key(1),
+            campaign: "c1".parse().unwrap(),
+            config,
+        },
+        Command::SetBudget {
+            key: key(2),
+            campaign: "c1".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+            budget: Money::from_micros(10_000_000),
+        },
+        Command::GrantLease {
+            key: key(3),
+            edge: "e1".parse().unwrap(),
+            campaign: "c1".parse().unwrap(),
+            want: Money::from_micros(2_000_000),
+        },
+    ]
+}
+
+fn report(n: u64) -> Command {
+    Command::ReportSpend {
+        batch: BatchId(u128::from(n).to_be_bytes()),
+        edge: "e1".parse().unwrap(),
+        lease: LeaseId(1),
+        events: vec![SpendEvent {
+            key: format!("adx/auction-{n}/1").parse().unwrap(),
+            amount: Money::from_micros(1_000),
+        }],
+    }
+}
+
+fn settled(r: &Running) -> Money {
+    let key = BucketKey {
+        campaign: "c1".parse().unwrap(),
+        bucket: Bucket::Lifetime,
+    };
+    r.node
+        .state
+        .read(|m| m.ledger().bucket(&key).map_or(Money::ZERO, |b| b.settled()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_of_a_region_holds_the_same_chain() {
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    for n in 100..110 {
+        assert!(matches!(
+            region.propose(report(n)).await,
+            Reply::SpendSettled { settled: 1, .. }
+        ));
+    }
+    let leader = region.leader().await;
+    let index = region.nodes[leader]
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap()
+        .index;
+    let heads = region.heads_at(index).await;
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    // A follower does not apply a proposal; it names the leader.
+    let follower = (leader + 1) % 3;
+    match region.nodes[follower].node.propose(report(999)).await {
+        Err(ProposeError::NotLeader {
+            leader: Some((id, addr)),
+        }) => {
+            assert_eq!(id, region.nodes[leader].node.id);
+            assert_eq!(addr, region.nodes[leader].addr);
+        }
+        other => panic!("a follower applied a proposal: {other:?}"),
+    }
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_from_disk() {
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    let mut acknowledged = 0i64;
+    for n in 0..30 {
+        if let Reply::SpendSettled { settled: 1, .. } = region.propose(report(n)).await {
+            acknowledged += 1;
+        }
+    }
+    // Stop the leader: a new one is elected among the other two and spending goes on.
+    let old = region.leader().await;
+    let behind = region.nodes[old]
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap()
+        .index;
+    let mut stopped = region.nodes.remove(old);
+    stop(&mut stopped).await;
+    let (old_id, old_addr, old_dir) = (stopped.node.id, stopped.addr.clone(), stopped.dir.clone());
+    // Drop it all: the database closes (its lock is released) as after a crash.
+    drop(stopped);
+    for n in 30..60 {
+        if let Reply::SpendSettled { settled: 1, .. } = region.propose(report(n)).await {
+            acknowledged += 1;
+        }
+    }
+    // A retried report (same batch id) changes nothing.
+    let again = region.propose(report(5)).await;
+    assert!(
+        matches!(again, Reply::SpendSettled { settled: 1, .. }),
+        "a replay returns the first reply: {again:?}"
+    );
+    let leader = region.leader().await;
+    assert_ne!(region.nodes[leader].node.id, old_id);
+    let index = region.nodes[leader]
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap()
+        .index;
+    let heads = region.heads_at(index).await;
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "survivors differ");
+    assert_eq!(
+        settled(&region.nodes[leader]),
+        Money::from_micros(acknowledged * 1_000),
+        "every acknowledged report settled exactly once"
+    );
+
+    // The old leader restarts from its disk, on its old address, and catches up (by log or by
+    // snapshot: snapshots are taken every 20 entries here).
+    // The leader purged its log past the stopped node's position: only a snapshot can bring it
+    // up to date.
+    region.nodes[leader]
+        .node
+        .raft
+        .wait(WAIT)
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > behind),
+            "log purged past the stopped node",
+        )
+        .await
+        .unwrap();
+    let listener = TcpListener::bind(&old_addr).await.unwrap();
+    region.nodes.push(run(old_id, &old_dir, listener).await);
+    let heads = region.heads_at(index).await;
+    assert_eq!(heads.len(), 3);
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "the restarted node differs"
+    );
+    assert_eq!(
+        settled(region.nodes.last().unwrap()),
+        Money::from_micros(acknowledged * 1_000)
+    );
+    // Its financial log came with the snapshot: every record, none missing.
+    let restarted = &region.nodes.last().unwrap().node;
+    let next_seq = restarted.state.read(|m| m.ledger().chain().next_seq());
+    let records = restarted.state.log_records(0, usize::MAX).unwrap();
+    assert_eq!(records.len() as u64, next_seq);
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, _))| *seq == i as u64)
+    );
+    for r in &mut region.nodes {
+        if r.stop.is_some() {
+            stop(r).await;
+        }
+    }
+}
