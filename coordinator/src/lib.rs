@@ -8,15 +8,18 @@
 //! - [`node`]: one node: openraft on the RocksDB stores, proposing, serving.
 //! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
 //!   reclaiming leases and returning in-doubt money.
+//! - [`api`]: the gRPC services of a node: lease API, admin API, audit API.
+//! - [`server`]: the `coordinator` process: configuration, the leader's reclaim loop, shutdown.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
 //!   `audit check-proof`, which need no server).
 //!
-//! Not built yet: the server (openraft node on `raft-store`, gRPC services, cross-region sync,
-//! metrics).
+//! Not built yet: Prometheus metrics, sealed segment files, cross-region sync.
 
+pub mod api;
 pub mod budgetctl;
 pub mod ledger;
 pub mod network;
 pub mod node;
 pub mod raft;
 pub mod reclaim;
+pub mod server;

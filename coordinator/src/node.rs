@@ -182,14 +182,23 @@ impl Node {
         .max_encoding_message_size(64 << 20)
     }
 
-    /// Serves the node's gRPC services on `listener` until `shutdown` resolves.
+    /// Serves the node's gRPC services (Raft transport, lease, admin, audit) on `listener`
+    /// until `shutdown` resolves.
     pub async fn serve(
-        &self,
+        self: &Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
+        let api = crate::api::Api::new(self.clone());
         tonic::transport::Server::builder()
             .add_service(self.raft_service())
+            .add_service(shared::proto::v1::lease_api_server::LeaseApiServer::new(
+                api.clone(),
+            ))
+            .add_service(shared::proto::v1::admin_server::AdminServer::new(
+                api.clone(),
+            ))
+            .add_service(shared::proto::v1::audit_server::AuditServer::new(api))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 shutdown,

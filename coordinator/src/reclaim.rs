@@ -132,6 +132,29 @@ impl Timers {
         self.in_doubt.remove(&lease);
     }
 
+    /// Brings the timers in line with the state machine at `now`: leases not yet timed start
+    /// their wait now, leases no longer open (or in doubt) are dropped. A lease first seen by
+    /// a poll after its grant was applied starts its wait later than the rule requires, never
+    /// earlier: reclaim can only come later, which is safe.
+    pub fn sync(&mut self, now: Mono, open: &[(LeaseId, Duration)], in_doubt: &[LeaseId]) {
+        let Some(w) = self.windows else { return };
+        let open_ids: std::collections::BTreeSet<LeaseId> =
+            open.iter().map(|(id, _)| *id).collect();
+        let doubt_ids: std::collections::BTreeSet<LeaseId> = in_doubt.iter().copied().collect();
+        self.open.retain(|id, _| open_ids.contains(id));
+        self.in_doubt.retain(|id, _| doubt_ids.contains(id));
+        for (id, d) in open {
+            self.open
+                .entry(*id)
+                .or_insert_with(|| now.after(reclaim_wait(*d, &w)));
+        }
+        for id in in_doubt {
+            self.in_doubt
+                .entry(*id)
+                .or_insert_with(|| now.after(w.late_acceptance));
+        }
+    }
+
     /// Open leases whose reclaim wait has ended by `now`: propose `ReclaimLeases` for them.
     pub fn due_reclaims(&self, now: Mono) -> Vec<LeaseId> {
         self.open
@@ -223,6 +246,33 @@ mod tests {
         t.granted(s(0), LeaseId(3), LEASE);
         t.closed(LeaseId(3));
         assert!(t.due_reclaims(s(1_000)).is_empty());
+    }
+
+    #[test]
+    fn sync_starts_waits_when_leases_are_first_seen_and_drops_closed_ones() {
+        let mut t = Timers::new();
+        t.became_leader(s(0), W, [], []);
+        t.sync(s(10), &[(LeaseId(1), LEASE), (LeaseId(2), LEASE)], &[]);
+        t.sync(
+            s(20),
+            &[
+                (LeaseId(1), LEASE),
+                (LeaseId(2), LEASE),
+                (LeaseId(3), LEASE),
+            ],
+            &[],
+        );
+        assert_eq!(
+            t.due_reclaims(s(52)),
+            [LeaseId(1), LeaseId(2)],
+            "seen at 10: due at 52"
+        );
+        assert_eq!(t.due_reclaims(s(62)), [LeaseId(1), LeaseId(2), LeaseId(3)]);
+        // Lease 2 was released, lease 1 reclaimed: 2 is gone, 1 waits in doubt.
+        t.sync(s(63), &[(LeaseId(3), LEASE)], &[LeaseId(1)]);
+        assert_eq!(t.due_reclaims(s(1_000)), [LeaseId(3)]);
+        assert!(t.due_expiries(s(122)).is_empty());
+        assert_eq!(t.due_expiries(s(123)), [LeaseId(1)]);
     }
 
     #[test]

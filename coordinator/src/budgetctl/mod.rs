@@ -5,6 +5,7 @@
 //! proof that does not check out, a charge that is not there); 2 usage or I/O error.
 
 mod audit;
+mod ops;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,15 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "budgetctl", version, about, long_about = None)]
 pub struct Cli {
+    /// A coordinator of the region (any node; writes are sent on to the leader).
+    #[arg(
+        long,
+        global = true,
+        env = "BUDGETCTL_ENDPOINT",
+        default_value = "127.0.0.1:7001",
+        value_name = "HOST:PORT"
+    )]
+    endpoint: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +34,15 @@ enum Command {
     /// server.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Create, budget, pause, resume and inspect campaigns on a running region.
+    #[command(subcommand)]
+    Campaign(ops::CampaignCommand),
+    /// The region's members, leader, term and applied index.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code: the thing checked does not hold.
@@ -36,5 +55,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
+        Command::Status { json } => ops::status(&cli.endpoint, json),
     }
 }

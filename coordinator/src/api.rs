@@ -1,0 +1,498 @@
+//! The gRPC services of a coordinator node: the lease API (edges), the admin API (operators and
+//! `budgetctl`) and the audit API. Requests are validated into domain types at this boundary; a
+//! bad request gets `INVALID_ARGUMENT` naming the field and changes nothing. Writes sent to a
+//! follower are answered with `not_leader` and the leader's address, for the client to retry
+//! there. Balance reads are linearizable (`ensure_linearizable` before reading).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use openraft::BasicNode;
+use shared::bucket::{Bucket, BucketKey};
+use shared::log::SpendEvent;
+use shared::proto::v1 as pb;
+use shared::proto::{WireError, nonneg_micros};
+use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money};
+use tonic::codegen::tokio_stream::{self, Stream};
+use tonic::{Request, Response, Status};
+
+use crate::ledger::{CampaignConfig, Command, Refusal, Reply, RequestKey};
+use crate::node::{Node, ProposeError};
+
+/// Most log records one `ReadLog` call streams.
+pub const READ_LOG_MAX: usize = 100_000;
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn wire(field: &'static str) -> impl Fn(shared::id::IdError) -> Status {
+    move |e| Status::invalid_argument(format!("{field}: {e}"))
+}
+
+fn request_key(k: Option<&pb::IdempotencyKey>) -> Result<RequestKey, Status> {
+    let bytes = k.map(|k| k.key.as_slice()).unwrap_or_default();
+    let key: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| bad("idempotency_key: must be 16 bytes"))?;
+    Ok(RequestKey(key))
+}
+
+fn batch_id(bytes: &[u8]) -> Result<BatchId, Status> {
+    Ok(BatchId(
+        bytes
+            .try_into()
+            .map_err(|_| bad("batch_id: must be 16 bytes"))?,
+    ))
+}
+
+fn bucket_key(k: Option<&pb::BucketKey>) -> Result<BucketKey, Status> {
+    let k = k.ok_or_else(|| bad("bucket: missing"))?;
+    let campaign: CampaignId = k.campaign.parse().map_err(wire("bucket.campaign"))?;
+    let bucket = k
+        .bucket
+        .as_ref()
+        .ok_or_else(|| bad("bucket.bucket: missing"))?;
+    let bucket = Bucket::try_from(bucket).map_err(|e: WireError| bad(e))?;
+    Ok(BucketKey { campaign, bucket })
+}
+
+fn not_leader(leader: Option<(u64, String)>) -> pb::NotLeader {
+    let (leader_node, leader_addr) = leader.unwrap_or_default();
+    pb::NotLeader {
+        leader_node,
+        leader_addr,
+    }
+}
+
+fn indefinite(e: ProposeError) -> Status {
+    // The outcome is unknown: UNAVAILABLE tells the client to retry with the same key, which
+    // is safe because every command is idempotent.
+    Status::unavailable(e.to_string())
+}
+
+/// The services of one node.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+}
+
+impl Api {
+    /// The services of `node`.
+    pub fn new(node: Arc<Node>) -> Api {
+        Api { node }
+    }
+
+    async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<Result<(Reply, u64), Option<(u64, String)>>, Status> {
+        match self.node.propose(command).await {
+            Ok(r) => Ok(Ok(r)),
+            Err(ProposeError::NotLeader { leader }) => Ok(Err(leader)),
+            Err(e) => Err(indefinite(e)),
+        }
+    }
+
+    async fn admin(&self, command: Command) -> Result<Response<pb::AdminReply>, Status> {
+        let result = match self.propose(command).await? {
+            Err(leader) => pb::admin_reply::Result::NotLeader(not_leader(leader)),
+            Ok((Reply::Refused(Refusal::Invalid { field, problem }), _)) => {
+                return Err(bad(format!("{field}: {problem}")));
+            }
+            Ok((Reply::Refused(why), _)) => pb::admin_reply::Result::Refused(why.to_string()),
+            Ok((_, index)) => pb::admin_reply::Result::AppliedAtIndex(index),
+        };
+        Ok(Response::new(pb::AdminReply {
+            result: Some(result),
+        }))
+    }
+}
+
+fn campaign_config(c: &pb::CampaignConfig) -> Result<(CampaignId, CampaignConfig), Status> {
+    let id: CampaignId = c.campaign.parse().map_err(wire("config.campaign"))?;
+    let daily_budget = c
+        .daily_budget_micros
+        .map(|m| nonneg_micros("config.daily_budget_micros", m))
+        .transpose()
+        .map_err(bad)?;
+    let config = CampaignConfig {
+        zone: c.time_zone.clone(),
+        bid_cpm: Money::from_micros(c.bid_cpm_micros),
+        daily_budget,
+        countries: c.countries.clone(),
+        sizes: c.sizes.clone(),
+    };
+    Ok((id, config))
+}
+
+#[tonic::async_trait]
+impl pb::lease_api_server::LeaseApi for Api {
+    async fn grant_lease(
+        &self,
+        request: Request<pb::GrantLeaseRequest>,
+    ) -> Result<Response<pb::GrantLeaseReply>, Status> {
+        let r = request.into_inner();
+        let command = Command::GrantLease {
+            key: request_key(r.idempotency_key.as_ref())?,
+            edge: r.edge.parse::<EdgeId>().map_err(wire("edge"))?,
+            campaign: r.campaign.parse().map_err(wire("campaign"))?,
+            want: nonneg_micros("want_micros", r.want_micros).map_err(bad)?,
+        };
+        use pb::grant_lease_reply::Result as R;
+        let result = match self.propose(command).await? {
+            Err(leader) => R::NotLeader(not_leader(leader)),
+            Ok((
+                Reply::LeaseGranted {
+                    lease,
+                    amount,
+                    duration_ms,
+                    buckets,
+                },
+                _,
+            )) => R::Lease(pb::Lease {
+                lease_id: lease.0,
+                amount_micros: amount.micros(),
+                duration_ms,
+                buckets: buckets.iter().map(pb::Bucket::from).collect(),
+            }),
+            Ok((Reply::Refused(Refusal::NoRights { .. }), _)) => {
+                R::Refused(pb::Refusal::NoRights as i32)
+            }
+            Ok((Reply::Refused(Refusal::Paused { .. }), _)) => {
+                R::Refused(pb::Refusal::Paused as i32)
+            }
+            Ok((Reply::Refused(Refusal::UnknownCampaign { .. }), _)) => {
+                R::Refused(pb::Refusal::UnknownCampaign as i32)
+            }
+            Ok((Reply::Refused(why), _)) => return Err(bad(why)),
+            Ok((other, _)) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(Response::new(pb::GrantLeaseReply {
+            result: Some(result),
+        }))
+    }
+
+    async fn report_spend(
+        &self,
+        request: Request<pb::ReportSpendRequest>,
+    ) -> Result<Response<pb::ReportSpendReply>, Status> {
+        let r = request.into_inner();
+        let events = r
+            .events
+            .iter()
+            .map(|e| SpendEvent::try_from(e).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let command = Command::ReportSpend {
+            batch: batch_id(&r.batch_id)?,
+            edge: r.edge.parse().map_err(wire("edge"))?,
+            lease: LeaseId(r.lease_id),
+            events,
+        };
+        use pb::report_spend_reply::Result as R;
+        let result = match self.propose(command).await? {
+            Err(leader) => R::NotLeader(not_leader(leader)),
+            Ok((
+                Reply::SpendSettled {
+                    settled,
+                    duplicates,
+                    anomalies,
+                    log_seq,
+                },
+                _,
+            )) => R::Settled(pb::SpendSettled {
+                settled_events: settled,
+                duplicate_events: duplicates,
+                anomalies,
+                log_seq: log_seq.unwrap_or(0),
+            }),
+            Ok((Reply::Refused(Refusal::UnknownLease { lease }), _)) => {
+                return Err(Status::not_found(format!("unknown lease {lease}")));
+            }
+            Ok((Reply::Refused(why), _)) => return Err(bad(why)),
+            Ok((other, _)) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(Response::new(pb::ReportSpendReply {
+            result: Some(result),
+        }))
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseReply>, Status> {
+        let r = request.into_inner();
+        let command = Command::ReleaseLease {
+            batch: batch_id(&r.batch_id)?,
+            edge: r.edge.parse().map_err(wire("edge"))?,
+            lease: LeaseId(r.lease_id),
+        };
+        use pb::release_lease_reply::Result as R;
+        let result = match self.propose(command).await? {
+            Err(leader) => R::NotLeader(not_leader(leader)),
+            Ok((Reply::LeaseClosed { spent, returned }, _)) => R::Closed(pb::LeaseClosed {
+                spent_micros: spent.micros(),
+                returned_micros: returned.micros(),
+            }),
+            Ok((Reply::Refused(Refusal::UnknownLease { lease }), _)) => {
+                return Err(Status::not_found(format!("unknown lease {lease}")));
+            }
+            Ok((Reply::Refused(why), _)) => return Err(bad(why)),
+            Ok((other, _)) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(Response::new(pb::ReleaseLeaseReply {
+            result: Some(result),
+        }))
+    }
+
+    async fn list_active_campaigns(
+        &self,
+        _: Request<pb::ListActiveCampaignsRequest>,
+    ) -> Result<Response<pb::ListActiveCampaignsReply>, Status> {
+        let campaigns = self.node.state.read(|m| {
+            m.ledger()
+                .campaigns()
+                .map(|(id, c)| pb::CampaignConfig {
+                    campaign: id.to_string(),
+                    time_zone: c.config.zone.clone(),
+                    bid_cpm_micros: c.config.bid_cpm.micros(),
+                    countries: c.config.countries.clone(),
+                    sizes: c.config.sizes.clone(),
+                    paused: c.paused,
+                    daily_budget_micros: c.config.daily_budget.map(Money::micros),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListActiveCampaignsReply { campaigns }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Api {
+    async fn upsert_campaign(
+        &self,
+        request: Request<pb::UpsertCampaignRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        let (campaign, config) =
+            campaign_config(r.config.as_ref().ok_or_else(|| bad("config: missing"))?)?;
+        self.admin(Command::UpsertCampaign {
+            key,
+            campaign,
+            config,
+        })
+        .await
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        let b = bucket_key(r.bucket.as_ref())?;
+        let budget = nonneg_micros("budget_micros", r.budget_micros).map_err(bad)?;
+        self.admin(Command::SetBudget {
+            key,
+            campaign: b.campaign,
+            bucket: b.bucket,
+            budget,
+        })
+        .await
+    }
+
+    async fn pause_campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        self.admin(Command::Pause {
+            key,
+            campaign: r.campaign.parse().map_err(wire("campaign"))?,
+        })
+        .await
+    }
+
+    async fn resume_campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        self.admin(Command::Resume {
+            key,
+            campaign: r.campaign.parse().map_err(wire("campaign"))?,
+        })
+        .await
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        let key = bucket_key(request.into_inner().bucket.as_ref())?;
+        // Linearizable: confirm leadership with a quorum and wait until this node has applied
+        // everything committed before reading.
+        let read_at = match self.node.raft.ensure_linearizable().await {
+            Ok(log_id) => log_id.map_or(0, |l| l.index),
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "not a linearizable reader here: {e}"
+                )));
+            }
+        };
+        let balance = self.node.state.read(|m| {
+            let b = m.ledger().bucket(&key)?;
+            let st = b.counter.state();
+            let me = m.ledger().region();
+            let rights = i128::from(b.counter.available().micros()) + i128::from(st.settled(me));
+            Some(pb::Balance {
+                bucket: Some(pb::BucketKey {
+                    campaign: key.campaign.to_string(),
+                    bucket: Some(pb::Bucket::from(&key.bucket)),
+                }),
+                budget_micros: b.budget.micros(),
+                rights_micros: i64::try_from(rights).unwrap_or(i64::MAX),
+                settled_micros: b.settled().micros(),
+                leased_micros: b.leased.micros(),
+                in_doubt_micros: b.in_doubt.micros(),
+                available_micros: b.available().micros(),
+                read_at_index: read_at,
+            })
+        });
+        balance
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no bucket {key}")))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n): (&u64, &BasicNode)| pb::Member {
+                node: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusReply {
+            region: self.node.region.to_string(),
+            node: self.node.id,
+            leader_node: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        if r.addr.is_empty() {
+            return Err(bad("addr: missing"));
+        }
+        let result = self
+            .node
+            .raft
+            .add_learner(r.node, BasicNode { addr: r.addr }, true)
+            .await;
+        let index = match result {
+            Ok(resp) => resp.log_id.index,
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => {
+                let leader = f.leader_id.zip(f.leader_node.map(|n| n.addr));
+                return Ok(Response::new(pb::AdminReply {
+                    result: Some(pb::admin_reply::Result::NotLeader(not_leader(leader))),
+                }));
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        if r.voter {
+            let mut voters: std::collections::BTreeSet<u64> = self
+                .node
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            voters.insert(r.node);
+            if let Err(e) = self.node.raft.change_membership(voters, false).await {
+                return Err(Status::unavailable(e.to_string()));
+            }
+        }
+        Ok(Response::new(pb::AdminReply {
+            result: Some(pb::admin_reply::Result::AppliedAtIndex(index)),
+        }))
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::LogRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for Api {
+    async fn head(&self, _: Request<pb::HeadRequest>) -> Result<Response<pb::LogHead>, Status> {
+        let (next, head) = self
+            .node
+            .state
+            .read(|m| (m.ledger().chain().next_seq(), m.ledger().chain().head()));
+        let raft_index = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Ok(Response::new(pb::LogHead {
+            region: self.node.region.to_string(),
+            seq: next.saturating_sub(1),
+            hash: if next == 0 { Vec::new() } else { head.to_vec() },
+            raft_index,
+        }))
+    }
+
+    type ReadLogStream = RecordStream;
+
+    async fn read_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
+        let r = request.into_inner();
+        let max = match usize::try_from(r.max_records) {
+            Ok(0) | Err(_) => READ_LOG_MAX,
+            Ok(n) => n.min(READ_LOG_MAX),
+        };
+        let records = self
+            .node
+            .state
+            .log_records(r.from_seq, max)
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+        let items: Vec<Result<pb::LogRecord, Status>> = records
+            .into_iter()
+            .map(|(seq, record)| Ok(pb::LogRecord { seq, record }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn list_segments(
+        &self,
+        _: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsReply>, Status> {
+        // Sealed segment files are not written yet; the log is read with ReadLog.
+        Err(Status::unimplemented(
+            "sealed segment files are not written yet: use ReadLog",
+        ))
+    }
+}

@@ -1,0 +1,141 @@
+//! `coordinator`: one node of a region's Raft group. See `coordinator --help`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use coordinator::server::{Config, run};
+
+/// One node of a region's coordinator group: holds the region's budget ledger, leases and
+/// financial log, replicated with Raft, and serves the lease, admin, audit and Raft gRPC APIs.
+///
+/// Settings come from `--config FILE` (TOML; every key has a default, unknown keys are an
+/// error), then from these flags, which win. A new region is started by giving one node the
+/// members with `--init ID=HOST:PORT` (once per member).
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Region name (default "local").
+    #[arg(long)]
+    region: Option<String>,
+    /// This node's number in the region (default 1).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// gRPC listen address (default 127.0.0.1:7001).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Data directory (default data/node-1).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Initialize a new region with these members; repeat for each (ID=HOST:PORT).
+    #[arg(long = "init", value_name = "ID=HOST:PORT")]
+    init: Vec<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(r) = &args.region {
+        config.region = r.clone();
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if !args.init.is_empty() {
+        let mut members = BTreeMap::new();
+        for m in &args.init {
+            let (id, addr) = m
+                .split_once('=')
+                .ok_or_else(|| format!("--init {m:?}: expected ID=HOST:PORT"))?;
+            members.insert(id.to_string(), addr.to_string());
+        }
+        config.init_members = members;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coordinator: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+        run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,344 @@
+//! `budgetctl campaign …` and `budgetctl status`: operator commands against a running region.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use shared::Money;
+use shared::bucket::Bucket;
+use shared::proto::v1 as pb;
+use shared::proto::v1::admin_client::AdminClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{EXIT_FAILED, EXIT_USAGE};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CampaignCommand {
+    /// Create a campaign, or update its settings if it exists.
+    Create {
+        /// Campaign name (letters, digits, '.', '_', '-').
+        name: String,
+        /// IANA time zone of its days, e.g. America/New_York.
+        #[arg(long, default_value = "UTC")]
+        zone: String,
+        /// Bid price, currency units per thousand impressions, e.g. 2.50.
+        #[arg(long, value_name = "AMOUNT")]
+        bid_cpm: Money,
+        /// Budget of each day (in the campaign's zone); none: no daily cap.
+        #[arg(long, value_name = "AMOUNT")]
+        daily_budget: Option<Money>,
+        /// Target these countries (ISO 3166-1 alpha-3); repeat; none: any.
+        #[arg(long = "country")]
+        countries: Vec<String>,
+        /// Target these sizes (WxH); repeat; none: any.
+        #[arg(long = "size")]
+        sizes: Vec<String>,
+    },
+    /// Set a budget: the lifetime one, or one day's with --day.
+    SetBudget {
+        /// Campaign name.
+        name: String,
+        /// The budget, in currency units, e.g. 100.00.
+        amount: Money,
+        /// Set this day's budget (YYYY-MM-DD) instead of the lifetime one.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        day: Option<String>,
+    },
+    /// Stop new leases for a campaign.
+    Pause {
+        /// Campaign name.
+        name: String,
+    },
+    /// Allow new leases again.
+    Resume {
+        /// Campaign name.
+        name: String,
+    },
+    /// Show a bucket's money, read linearizably: budget, rights, settled, leased, in doubt,
+    /// available.
+    Show {
+        /// Campaign name.
+        name: String,
+        /// Show this day's bucket (YYYY-MM-DD) instead of the lifetime one.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        day: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("budgetctl: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+}
+
+async fn admin(endpoint: &str) -> Result<AdminClient<Channel>, String> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("endpoint {url}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    Ok(AdminClient::new(channel))
+}
+
+fn key() -> pb::IdempotencyKey {
+    pb::IdempotencyKey {
+        key: fastrand::u128(..).to_be_bytes().to_vec(),
+    }
+}
+
+fn bucket(name: &str, day: Option<&str>) -> Result<pb::BucketKey, String> {
+    let bucket: Bucket = match day {
+        Some(d) => format!("day:{d}")
+            .parse()
+            .map_err(|e| format!("--day: {e}"))?,
+        None => Bucket::Lifetime,
+    };
+    Ok(pb::BucketKey {
+        campaign: name.to_string(),
+        bucket: Some(pb::Bucket::from(&bucket)),
+    })
+}
+
+/// Sends an admin write to `endpoint`, following one `not_leader` answer to the leader.
+async fn write<F, Fut>(endpoint: &str, call: F) -> Result<String, (u8, String)>
+where
+    F: Fn(AdminClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<pb::AdminReply>, tonic::Status>>,
+{
+    let mut target = endpoint.to_string();
+    for _ in 0..3 {
+        let client = admin(&target).await.map_err(|e| (EXIT_USAGE, e))?;
+        let reply = call(client)
+            .await
+            .map_err(|s| (EXIT_FAILED, format!("{}: {}", s.code(), s.message())))?
+            .into_inner();
+        match reply.result {
+            Some(pb::admin_reply::Result::AppliedAtIndex(i)) => {
+                return Ok(format!("applied at raft index {i}"));
+            }
+            Some(pb::admin_reply::Result::Refused(why)) => {
+                return Err((EXIT_FAILED, format!("refused: {why}")));
+            }
+            Some(pb::admin_reply::Result::NotLeader(l)) if !l.leader_addr.is_empty() => {
+                target = l.leader_addr
+            }
+            _ => return Err((EXIT_FAILED, "no leader right now; try again".into())),
+        }
+    }
+    Err((EXIT_FAILED, "the leader kept moving; try again".into()))
+}
+
+pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result: Result<String, (u8, String)> = rt.block_on(async {
+        match cmd {
+            CampaignCommand::Create {
+                name,
+                zone,
+                bid_cpm,
+                daily_budget,
+                countries,
+                sizes,
+            } => {
+                let config = pb::CampaignConfig {
+                    campaign: name.clone(),
+                    time_zone: zone,
+                    bid_cpm_micros: bid_cpm.micros(),
+                    countries,
+                    sizes,
+                    paused: false,
+                    daily_budget_micros: daily_budget.map(Money::micros),
+                };
+                let k = key();
+                write(endpoint, |mut c| {
+                    let r = pb::UpsertCampaignRequest {
+                        idempotency_key: Some(k.clone()),
+                        config: Some(config.clone()),
+                    };
+                    async move { c.upsert_campaign(r).await }
+                })
+                .await
+                .map(|s| format!("campaign {name} saved ({s})"))
+            }
+            CampaignCommand::SetBudget { name, amount, day } => {
+                let b = bucket(&name, day.as_deref()).map_err(|e| (EXIT_USAGE, e))?;
+                let k = key();
+                write(endpoint, |mut c| {
+                    let r = pb::SetBudgetRequest {
+                        idempotency_key: Some(k.clone()),
+                        bucket: Some(b.clone()),
+                        budget_micros: amount.micros(),
+                    };
+                    async move { c.set_budget(r).await }
+                })
+                .await
+                .map(|s| format!("budget of {name} set to {amount} ({s})"))
+            }
+            CampaignCommand::Pause { name } => {
+                let k = key();
+                write(endpoint, |mut c| {
+                    let r = pb::CampaignRequest {
+                        idempotency_key: Some(k.clone()),
+                        campaign: name.clone(),
+                    };
+                    async move { c.pause_campaign(r).await }
+                })
+                .await
+                .map(|s| format!("campaign {name} paused ({s})"))
+            }
+            CampaignCommand::Resume { name } => {
+                let k = key();
+                write(endpoint, |mut c| {
+                    let r = pb::CampaignRequest {
+                        idempotency_key: Some(k.clone()),
+                        campaign: name.clone(),
+                    };
+                    async move { c.resume_campaign(r).await }
+                })
+                .await
+                .map(|s| format!("campaign {name} resumed ({s})"))
+            }
+            CampaignCommand::Show { name, day, json } => {
+                show(endpoint, &name, day.as_deref(), json).await
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("budgetctl: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn show(
+    endpoint: &str,
+    name: &str,
+    day: Option<&str>,
+    json: bool,
+) -> Result<String, (u8, String)> {
+    let b = bucket(name, day).map_err(|e| (EXIT_USAGE, e))?;
+    let mut target = endpoint.to_string();
+    let mut last = String::new();
+    for _ in 0..3 {
+        let mut client = admin(&target).await.map_err(|e| (EXIT_USAGE, e))?;
+        match client
+            .get_balance(pb::GetBalanceRequest {
+                bucket: Some(b.clone()),
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                let m = Money::from_micros;
+                if json {
+                    let v = serde_json::json!({
+                        "campaign": name, "bucket": day.map_or("lifetime".to_string(), |d| format!("day:{d}")),
+                        "budget_micros": r.budget_micros, "rights_micros": r.rights_micros, "settled_micros": r.settled_micros,
+                        "leased_micros": r.leased_micros, "in_doubt_micros": r.in_doubt_micros, "available_micros": r.available_micros,
+                        "read_at_index": r.read_at_index,
+                    });
+                    return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                return Ok(format!(
+                    "{name} {}\n  budget     {}\n  rights     {}\n  settled    {}\n  leased     {}\n  in doubt   {}\n  available  {}\n  (linearizable read at raft index {})",
+                    day.map_or("lifetime".to_string(), |d| format!("day {d}")),
+                    m(r.budget_micros),
+                    m(r.rights_micros),
+                    m(r.settled_micros),
+                    m(r.leased_micros),
+                    m(r.in_doubt_micros),
+                    m(r.available_micros),
+                    r.read_at_index
+                ));
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err((EXIT_FAILED, s.message().to_string()));
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                // Only the leader reads linearizably: ask the node who leads.
+                last = s.message().to_string();
+                let status = client
+                    .cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+                    .into_inner();
+                match status.members.iter().find(|m| m.node == status.leader_node) {
+                    Some(m) => target = m.addr.clone(),
+                    None => return Err((EXIT_FAILED, "no leader right now; try again".into())),
+                }
+            }
+            Err(s) => return Err((EXIT_FAILED, format!("{}: {}", s.code(), s.message()))),
+        }
+    }
+    Err((EXIT_FAILED, format!("no linearizable read: {last}")))
+}
+
+pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let mut client = admin(endpoint).await.map_err(|e| (EXIT_USAGE, e))?;
+        client
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| (EXIT_FAILED, s.message().to_string()))
+    });
+    match result {
+        Ok(s) => {
+            if json {
+                let members: Vec<serde_json::Value> = s
+                    .members
+                    .iter()
+                    .map(|m| serde_json::json!({"node": m.node, "addr": m.addr, "voter": m.voter}))
+                    .collect();
+                let v = serde_json::json!({"region": s.region, "node": s.node, "leader": s.leader_node, "term": s.term,
+                    "last_applied_index": s.last_applied_index, "members": members});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "region {}: asked node {}, leader node {}, term {}, applied index {}",
+                    s.region, s.node, s.leader_node, s.term, s.last_applied_index
+                );
+                for m in &s.members {
+                    let role = if m.node == s.leader_node {
+                        "leader"
+                    } else if m.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    println!("  node {:<3} {:<22} {role}", m.node, m.addr);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("budgetctl: {e}");
+            ExitCode::from(code)
+        }
+    }
+}

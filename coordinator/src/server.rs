@@ -1,0 +1,294 @@
+//! The `coordinator` process: configuration, start-up, the leader's reclaim loop, and clean
+//! shutdown.
+//!
+//! Configuration comes from a TOML file whose every field has a default (so the file is
+//! optional), then from command-line flags, which win. Unknown keys are an error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shared::{LeaseId, Money, RegionId};
+use tokio::net::TcpListener;
+
+use crate::ledger::{Command, LeaseState, Params};
+use crate::node::{Node, NodeConfig};
+use crate::reclaim::{MonoClock, SystemMono, Timers, Windows};
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The region this node belongs to.
+    pub region: String,
+    /// The node's number in the region's Raft group.
+    pub node_id: u64,
+    /// Address to listen on for gRPC (Raft, leases, admin, audit).
+    pub listen: String,
+    /// Directory of the node's RocksDB.
+    pub data_dir: PathBuf,
+    /// When set, this node initializes a new region with these members (`id = "host:port"`).
+    /// Harmless on a region that is already initialized.
+    pub init_members: BTreeMap<String, String>,
+    /// Raft timing.
+    pub raft: RaftConfig,
+    /// Lease rules.
+    pub leases: LeaseConfig,
+}
+
+/// Raft timing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout, lower bound.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout, upper bound.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+/// Lease rules (DESIGN §5). Must be the same on every node of a region.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// How long an edge may reserve under a lease.
+    pub duration_ms: u64,
+    /// `W`: the longest an exchange may take to send a notice.
+    pub settlement_window_ms: u64,
+    /// Allowance for clock rate error (≥ duration × max rate error).
+    pub margin_ms: u64,
+    /// How long reclaimed money waits in doubt for late notices.
+    pub late_acceptance_ms: u64,
+    /// One lease takes at most `available / share_divisor`.
+    pub share_divisor: i64,
+    /// … but at least this many micros (or what is left).
+    pub min_micros: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: "local".into(),
+            node_id: 1,
+            listen: "127.0.0.1:7001".into(),
+            data_dir: PathBuf::from("data/node-1"),
+            init_members: BTreeMap::new(),
+            raft: RaftConfig::default(),
+            leases: LeaseConfig::default(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        let p = Params::default();
+        LeaseConfig {
+            duration_ms: p.lease_duration_ms,
+            settlement_window_ms: 10_000,
+            margin_ms: 2_000,
+            late_acceptance_ms: 60_000,
+            share_divisor: p.lease_share_divisor,
+            min_micros: p.lease_min.micros(),
+        }
+    }
+}
+
+/// A configuration that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Checks everything once, at start-up; returns the node's settings.
+    pub fn validate(&self) -> Result<(NodeConfig, Windows, BTreeMap<u64, String>), ConfigError> {
+        let err = |m: String| ConfigError(m);
+        let region: RegionId = self
+            .region
+            .parse()
+            .map_err(|e| err(format!("region: {e}")))?;
+        if self.node_id == 0 {
+            return Err(err("node_id: must be at least 1".into()));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0
+            || r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return Err(err(
+                "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            ));
+        }
+        let l = &self.leases;
+        if l.duration_ms == 0 || l.share_divisor < 1 || l.min_micros < 1 {
+            return Err(err(
+                "leases: duration_ms, share_divisor and min_micros must be positive".into(),
+            ));
+        }
+        let mut members = BTreeMap::new();
+        for (id, addr) in &self.init_members {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| err(format!("init_members: {id:?} is not a node number")))?;
+            members.insert(id, addr.clone());
+        }
+        if !members.is_empty() && !members.contains_key(&self.node_id) {
+            return Err(err(format!(
+                "init_members: does not include this node ({})",
+                self.node_id
+            )));
+        }
+        let mut node = NodeConfig::new(region, self.node_id, self.data_dir.clone());
+        node.params = Params {
+            lease_duration_ms: l.duration_ms,
+            lease_share_divisor: l.share_divisor,
+            lease_min: Money::from_micros(l.min_micros),
+            ..Params::default()
+        };
+        node.heartbeat = Duration::from_millis(r.heartbeat_ms);
+        node.election_timeout = (
+            Duration::from_millis(r.election_timeout_min_ms),
+            Duration::from_millis(r.election_timeout_max_ms),
+        );
+        node.snapshot_every = r.snapshot_every;
+        node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
+        let windows = Windows {
+            settlement: Duration::from_millis(l.settlement_window_ms),
+            margin: Duration::from_millis(l.margin_ms),
+            late_acceptance: Duration::from_millis(l.late_acceptance_ms),
+        };
+        Ok((node, windows, members))
+    }
+}
+
+/// How often the leader checks its lease timers.
+pub const RECLAIM_TICK: Duration = Duration::from_millis(200);
+
+/// The leader's reclaim loop: keeps [`Timers`] in line with the ledger while this node leads,
+/// and proposes `ReclaimLeases` / `ExpireInDoubt` when they are due. Ends when `stop` fires.
+pub async fn reclaim_loop(
+    node: Arc<Node>,
+    windows: Windows,
+    clock: Arc<dyn MonoClock>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut timers = Timers::new();
+    let mut tick = tokio::time::interval(RECLAIM_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        let now = clock.now();
+        if !leading {
+            if timers.is_leading() {
+                tracing::info!(node = node.id, "no longer leader: lease timers stopped");
+                timers.stepped_down();
+            }
+            continue;
+        }
+        let (open, in_doubt): (Vec<(LeaseId, Duration)>, Vec<LeaseId>) = node.state.read(|m| {
+            let mut open = Vec::new();
+            let mut doubt = Vec::new();
+            for (id, l) in m.ledger().leases() {
+                match l.state {
+                    LeaseState::Open => open.push((*id, Duration::from_millis(l.duration_ms))),
+                    LeaseState::InDoubt { .. } => doubt.push(*id),
+                    LeaseState::Closed => {}
+                }
+            }
+            (open, doubt)
+        });
+        if !timers.is_leading() {
+            tracing::info!(
+                node = node.id,
+                open = open.len(),
+                in_doubt = in_doubt.len(),
+                "became leader: every lease wait starts over"
+            );
+            timers.became_leader(now, windows, open.iter().copied(), in_doubt.iter().copied());
+        } else {
+            timers.sync(now, &open, &in_doubt);
+        }
+        let due = timers.due_reclaims(now);
+        if !due.is_empty() {
+            tracing::info!(leases = ?due, "reclaiming leases whose edges never released them");
+            if let Err(e) = node.propose(Command::ReclaimLeases { leases: due }).await {
+                tracing::warn!(error = %e, "reclaim proposal failed; retrying next tick");
+            }
+        }
+        let due = timers.due_expiries(now);
+        if !due.is_empty() {
+            tracing::info!(leases = ?due, "late-acceptance windows over: returning in-doubt money");
+            if let Err(e) = node.propose(Command::ExpireInDoubt { leases: due }).await {
+                tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick");
+            }
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves: storage, Raft, gRPC on `listener`, the reclaim loop;
+/// initializes a new region if members are configured.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (node_cfg, windows, members) = config.validate()?;
+    std::fs::create_dir_all(&node_cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", node_cfg.data_dir.display()))?;
+    let node = Arc::new(Node::start(&node_cfg).await?);
+    let addr = listener.local_addr()?;
+    tracing::info!(region = %node.region, node = node.id, %addr, data_dir = %node_cfg.data_dir.display(), "coordinator listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = node.clone();
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve(listener, async move {
+                let _ = server_stop.changed().await;
+            })
+            .await
+    });
+    if !members.is_empty() {
+        match node.initialize(members).await {
+            Ok(()) => tracing::info!("initialized a new region"),
+            Err(e) => tracing::info!(reason = %e, "not initializing (already initialized?)"),
+        }
+    }
+    let reclaim = tokio::spawn(reclaim_loop(
+        node.clone(),
+        windows,
+        Arc::new(SystemMono::default()),
+        stop_rx,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = reclaim.await;
+    node.shutdown().await;
+    server.await??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
