@@ -320,3 +320,245 @@ async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_fr
         }
     }
 }
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn pkey(n: u8) -> Option<pb::IdempotencyKey> {
+    Some(pb::IdempotencyKey { key: vec![n; 16] })
+}
+
+use shared::proto::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anything() {
+    let mut region = region().await;
+    let leader = region.leader().await;
+    let follower = (leader + 1) % 3;
+    let addr = region.nodes[leader].addr.clone();
+    let mut admin = pb::admin_client::AdminClient::new(channel(&addr).await);
+    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&addr).await);
+    let config = pb::CampaignConfig {
+        campaign: "c1".into(),
+        time_zone: "UTC".into(),
+        bid_cpm_micros: 2_000_000,
+        countries: vec![],
+        sizes: vec![],
+        paused: false,
+        daily_budget_micros: None,
+    };
+    let r = admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: pkey(1),
+            config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        r.result,
+        Some(pb::admin_reply::Result::AppliedAtIndex(_))
+    ));
+    let lifetime = pb::BucketKey {
+        campaign: "c1".into(),
+        bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
+    };
+    admin
+        .set_budget(pb::SetBudgetRequest {
+            idempotency_key: pkey(2),
+            bucket: Some(lifetime.clone()),
+            budget_micros: 1_000_000,
+        })
+        .await
+        .unwrap();
+
+    // A follower answers with the leader's address.
+    let mut at_follower =
+        pb::lease_api_client::LeaseApiClient::new(channel(&region.nodes[follower].addr).await);
+    let grant = |n: u8, campaign: &str, want: i64| pb::GrantLeaseRequest {
+        idempotency_key: pkey(n),
+        edge: "e1".into(),
+        campaign: campaign.into(),
+        want_micros: want,
+    };
+    let r = at_follower
+        .grant_lease(grant(3, "c1", 1_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(r.result, Some(pb::grant_lease_reply::Result::NotLeader(ref l)) if l.leader_addr == addr),
+        "{r:?}"
+    );
+
+    // Bad input: a clear status, and nothing changes.
+    let head_before = region.nodes[leader]
+        .node
+        .state
+        .read(|m| m.ledger().chain().clone());
+    let code =
+        |r: Result<tonic::Response<pb::GrantLeaseReply>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(leases.grant_lease(grant(4, "c1", -5)).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(leases.grant_lease(grant(4, "c/1", 5)).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            leases
+                .grant_lease(pb::GrantLeaseRequest {
+                    idempotency_key: Some(pb::IdempotencyKey { key: vec![1; 3] }),
+                    ..grant(4, "c1", 5)
+                })
+                .await
+        ),
+        tonic::Code::InvalidArgument
+    );
+    let r = leases
+        .grant_lease(grant(5, "nope", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.result,
+        Some(pb::grant_lease_reply::Result::Refused(
+            pb::Refusal::UnknownCampaign as i32
+        ))
+    );
+
+    // A lease, spend under it, release.
+    let r = leases
+        .grant_lease(grant(6, "c1", 10_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::grant_lease_reply::Result::Lease(lease)) = r.result else {
+        panic!("no lease: {r:?}")
+    };
+    assert_eq!(lease.amount_micros, 10_000);
+    let event = |auction: &str, amount: i64| pb::SpendEvent {
+        key: Some(pb::EventKey {
+            exchange: "adx".into(),
+            auction_id: auction.into(),
+            imp_id: "1".into(),
+        }),
+        amount_micros: amount,
+    };
+    let report = |batch: u8, events: Vec<pb::SpendEvent>| pb::ReportSpendRequest {
+        batch_id: vec![batch; 16],
+        edge: "e2".into(),
+        lease_id: lease.lease_id,
+        events,
+    };
+    let bad = leases
+        .report_spend(report(20, vec![event("a1", -1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    let bad = leases
+        .report_spend(pb::ReportSpendRequest {
+            lease_id: 999,
+            ..report(21, vec![event("a1", 1)])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+    assert_eq!(
+        region.nodes[leader]
+            .node
+            .state
+            .read(|m| m.ledger().chain().clone())
+            .next_seq(),
+        head_before.next_seq() + 1,
+        "only the lease was logged"
+    );
+    let r = leases
+        .report_spend(report(
+            22,
+            vec![
+                event("a1", 3_000),
+                event("a2", 2_000),
+                event("a1", 3_000),
+                event("a3", 6_000),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::report_spend_reply::Result::Settled(s)) = r.result else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (s.settled_events, s.duplicate_events, s.anomalies),
+        (2, 1, 1)
+    );
+    let r = leases
+        .release_lease(pb::ReleaseLeaseRequest {
+            batch_id: vec![23; 16],
+            edge: "e1".into(),
+            lease_id: lease.lease_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.result,
+        Some(pb::release_lease_reply::Result::Closed(pb::LeaseClosed {
+            spent_micros: 5_000,
+            returned_micros: 5_000
+        }))
+    );
+    let b = admin
+        .get_balance(pb::GetBalanceRequest {
+            bucket: Some(lifetime),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (b.settled_micros, b.leased_micros, b.available_micros),
+        (5_000, 0, 995_000)
+    );
+
+    // The audit API streams the log, which verifies.
+    let mut audit = pb::audit_client::AuditClient::new(channel(&addr).await);
+    let head = audit.head(pb::HeadRequest {}).await.unwrap().into_inner();
+    let mut stream = audit
+        .read_log(pb::ReadLogRequest {
+            from_seq: 0,
+            max_records: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut w =
+        shared::log::SegmentWriter::new(&"eu-1".parse().unwrap(), 0, shared::log::genesis());
+    let mut n = 0;
+    while let Some(rec) = stream.message().await.unwrap() {
+        let Ok(shared::log::segment::Item::Record(r)) =
+            shared::log::segment::read_item(&rec.record, 0)
+        else {
+            panic!("record {}", rec.seq)
+        };
+        w.push_record(&rec.record, r.hash.try_into().unwrap())
+            .unwrap();
+        n += 1;
+    }
+    assert_eq!(n, head.seq + 1);
+    let mut v = shared::log::Verifier::new();
+    v.segment("eu-1-00000000000000000000.seg", &w.seal().unwrap())
+        .unwrap();
+    let head_hash: [u8; 32] = head.hash.try_into().unwrap();
+    v.finish(Some(&head_hash)).unwrap();
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
