@@ -41,9 +41,13 @@ pub struct Lease {
     pub duration_ms: u64,
     /// The Raft index that granted it.
     pub granted_at_index: u64,
-    /// Event keys charged under it (dropped with the lease).
+    /// Event keys charged under it (dropped with the lease). Not persisted in the lease's
+    /// row: rebuilt at load from the charged rows, which name their lease.
+    #[serde(skip)]
     pub events: Vec<EventKey>,
-    /// Idempotency keys of its commands (dropped with the lease).
+    /// Idempotency keys of its commands (dropped with the lease). Not persisted in the lease's
+    /// row: rebuilt at load from the request rows, which name their lease.
+    #[serde(skip)]
     pub requests: Vec<RequestKey>,
     /// When it was fully closed, in the ledger's order of retirements (oldest forgotten first).
     pub retired: Option<u64>,

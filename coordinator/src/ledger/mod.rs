@@ -155,6 +155,17 @@ pub struct Applied {
     pub changes: Changes,
 }
 
+/// A remembered reply to an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    /// The first reply.
+    pub reply: Reply,
+    /// When it was remembered (eviction order).
+    pub order: u64,
+    /// The lease the request concerned, if any (its key is forgotten with the lease).
+    pub lease: Option<LeaseId>,
+}
+
 /// The state of one region.
 #[derive(Clone, Debug)]
 pub struct Ledger {
@@ -168,7 +179,7 @@ pub struct Ledger {
     /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
     charged: BTreeMap<EventKey, LeaseId>,
     /// Replies by idempotency key, with the order they were remembered in.
-    requests: BTreeMap<RequestKey, (Reply, u64)>,
+    requests: BTreeMap<RequestKey, Remembered>,
     /// `(order, key)` oldest first. May hold stale entries (keys forgotten with their lease, or
     /// remembered again later); eviction skips them, so it depends only on the live keys and
     /// a ledger reloaded from rows (which has no stale entries) evicts exactly the same.
@@ -277,7 +288,7 @@ impl Ledger {
     /// reply, entries and next state on every replica.
     pub fn apply(&mut self, stamp: Stamp, cmd: &Command) -> Applied {
         let key = request_key(cmd);
-        if let Some((reply, _)) = key.and_then(|k| self.requests.get(&k)) {
+        if let Some(Remembered { reply, .. }) = key.and_then(|k| self.requests.get(&k)) {
             return Applied {
                 reply: reply.clone(),
                 entries: Vec::new(),
@@ -299,11 +310,11 @@ impl Ledger {
             Command::Pause { campaign, .. } => self.set_paused(campaign, true),
             Command::Resume { campaign, .. } => self.set_paused(campaign, false),
             Command::GrantLease {
-                key,
                 edge,
                 campaign,
                 want,
-            } => self.grant(stamp, *key, edge, campaign, *want, &mut out),
+                ..
+            } => self.grant(stamp, edge, campaign, *want, &mut out),
             Command::ReportSpend {
                 batch,
                 edge,
@@ -357,7 +368,18 @@ impl Ledger {
             }
         }
         if let Some(k) = key {
-            self.remember(k, &reply);
+            let lease = match (cmd, &reply) {
+                (_, Reply::LeaseGranted { lease, .. }) => Some(*lease),
+                (Command::ReportSpend { lease, .. } | Command::ReleaseLease { lease, .. }, _) => {
+                    self.leases.contains_key(lease).then_some(*lease)
+                }
+                _ => None,
+            };
+            // The one place a request is tied to its lease: the key is forgotten with it.
+            if let Some(l) = lease.and_then(|id| self.leases.get_mut(&id)) {
+                l.requests.push(k);
+            }
+            self.remember(k, &reply, lease);
         }
         Applied {
             reply,
@@ -366,16 +388,23 @@ impl Ledger {
         }
     }
 
-    fn remember(&mut self, key: RequestKey, reply: &Reply) {
+    fn remember(&mut self, key: RequestKey, reply: &Reply, lease: Option<LeaseId>) {
         self.order_seq += 1;
-        self.requests.insert(key, (reply.clone(), self.order_seq));
+        self.requests.insert(
+            key,
+            Remembered {
+                reply: reply.clone(),
+                order: self.order_seq,
+                lease,
+            },
+        );
         self.request_order.push_back((self.order_seq, key));
         self.changes.requests.insert(key);
         while self.requests.len() > self.params.requests_retained {
             let Some((order, old)) = self.request_order.pop_front() else {
                 break;
             };
-            if self.requests.get(&old).is_some_and(|(_, o)| *o == order) {
+            if self.requests.get(&old).is_some_and(|r| r.order == order) {
                 self.requests.remove(&old);
                 self.changes.requests.insert(old);
             }
@@ -384,7 +413,7 @@ impl Ledger {
         if self.request_order.len() > 2 * self.requests.len() + 64 {
             let live = &self.requests;
             self.request_order
-                .retain(|(order, k)| live.get(k).is_some_and(|(_, o)| o == order));
+                .retain(|(order, k)| live.get(k).is_some_and(|r| r.order == *order));
         }
     }
 
@@ -505,11 +534,9 @@ impl Ledger {
         Ok(Reply::BudgetSet { budget })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn grant(
         &mut self,
         stamp: Stamp,
-        key: RequestKey,
         edge: &EdgeId,
         campaign: &CampaignId,
         want: Money,
@@ -609,7 +636,7 @@ impl Ledger {
                 duration_ms,
                 granted_at_index: stamp.index,
                 events: Vec::new(),
-                requests: vec![key],
+                requests: Vec::new(),
                 retired: None,
             },
         );
@@ -738,7 +765,6 @@ impl Ledger {
             self.changes.charged.insert(e.key.clone());
             lease.events.push(e.key.clone());
         }
-        lease.requests.push(RequestKey::from(batch));
         self.changes.leases.insert(lease_id);
         let log_seq = (!settle.is_empty()).then(|| self.chain.next_seq());
         let settled = u32::try_from(settle.len()).unwrap_or(u32::MAX);
@@ -801,7 +827,6 @@ impl Ledger {
             self.changes.buckets.insert(k);
         }
         lease.state = LeaseState::Closed;
-        lease.requests.push(RequestKey::from(batch));
         self.changes.leases.insert(lease_id);
         let spent = lease.spent;
         let who = (lease.edge.clone(), lease.campaign.clone());

@@ -56,6 +56,7 @@ struct RequestRow {
     key: RequestKey,
     reply: Reply,
     order: u64,
+    lease: Option<LeaseId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,11 +197,12 @@ impl Ledger {
             out.push((lease_key(*id), v));
         }
         for k in &changes.requests {
-            let v = self.requests.get(k).map(|(reply, order)| {
+            let v = self.requests.get(k).map(|r| {
                 json(&RequestRow {
                     key: *k,
-                    reply: reply.clone(),
-                    order: *order,
+                    reply: r.reply.clone(),
+                    order: r.order,
+                    lease: r.lease,
                 })
             });
             out.push((request_key(k), v));
@@ -305,7 +307,14 @@ impl Ledger {
             } else if k.starts_with(b"r/") {
                 let r: RequestRow = serde_json::from_slice(&v).map_err(bad)?;
                 requests.push((r.order, r.key));
-                l.requests.insert(r.key, (r.reply, r.order));
+                l.requests.insert(
+                    r.key,
+                    super::Remembered {
+                        reply: r.reply,
+                        order: r.order,
+                        lease: r.lease,
+                    },
+                );
             } else if k.starts_with(b"e/") {
                 let r: ChargedRow = serde_json::from_slice(&v).map_err(bad)?;
                 l.charged.insert(r.key, r.lease);
@@ -320,6 +329,20 @@ impl Ledger {
         }
         if any && !saw_meta {
             return Err(LoadError::NoMeta);
+        }
+        // Each lease's lists of event keys and request keys are not in its row (they would make
+        // every write of a busy lease grow with its history); rebuild them from the rows that
+        // name the lease. Their order does not matter: they are only ever removed as a whole.
+        for (key, lease) in &l.charged {
+            if let Some(lease) = l.leases.get_mut(lease) {
+                lease.events.push(key.clone());
+            }
+        }
+        for (_, key) in &requests {
+            let lease = l.requests.get(key).and_then(|r| r.lease);
+            if let Some(lease) = lease.and_then(|id| l.leases.get_mut(&id)) {
+                lease.requests.push(*key);
+            }
         }
         requests.sort();
         retired.sort();

@@ -1,0 +1,283 @@
+//! A 3-node region on loopback, fsync on, driven through the gRPC lease API (`./dev bench`).
+//!
+//! - `spend`: settled spend events per second, batches of up to 1,000 events, from several
+//!   concurrent reporters, for a fixed time.
+//! - `grant`: lease grant latency (p50, p99) while the spend load runs.
+//! - `apply`: the state machine's apply cost per event, without Raft or disk.
+//!
+//! Every loop is bounded in count and time. Set `BENCH_SECS` to change the run time (default 10).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use coordinator::ledger::{CampaignConfig, Command, Ledger, Params, RequestKey, Stamp};
+use coordinator::node::{Node, NodeConfig};
+use shared::bucket::Bucket;
+use shared::log::SpendEvent;
+use shared::proto::v1 as pb;
+use shared::{BatchId, LeaseId, Money};
+
+const BATCH: usize = 1_000;
+const REPORTERS: usize = 4;
+/// Most batches the whole run may send, whatever the time.
+const MAX_BATCHES: u64 = 100_000;
+
+fn secs() -> u64 {
+    std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn apply_cost() {
+    let mut l = Ledger::new("eu-1".parse().expect("region"), Params::default());
+    let stamp = |i: u64| Stamp {
+        term: 1,
+        index: i,
+        time_us: 1_793_534_400_000_000,
+    };
+    let config = CampaignConfig {
+        zone: "UTC".into(),
+        bid_cpm: Money::from_micros(1_000_000),
+        daily_budget: None,
+        countries: vec![],
+        sizes: vec![],
+    };
+    l.apply(
+        stamp(1),
+        &Command::UpsertCampaign {
+            key: RequestKey([1; 16]),
+            campaign: "c1".parse().expect("id"),
+            config,
+        },
+    );
+    l.apply(
+        stamp(2),
+        &Command::SetBudget {
+            key: RequestKey([2; 16]),
+            campaign: "c1".parse().expect("id"),
+            bucket: Bucket::Lifetime,
+            budget: Money::MAX,
+        },
+    );
+    l.apply(
+        stamp(3),
+        &Command::GrantLease {
+            key: RequestKey([3; 16]),
+            edge: "e1".parse().expect("id"),
+            campaign: "c1".parse().expect("id"),
+            want: Money::from_micros(i64::MAX / 8),
+        },
+    );
+    let batches = 200u64;
+    let cmds: Vec<Command> = (0..batches)
+        .map(|b| Command::ReportSpend {
+            batch: BatchId(u128::from(b + 10).to_be_bytes()),
+            edge: "e1".parse().expect("id"),
+            lease: LeaseId(1),
+            events: (0..BATCH)
+                .map(|i| SpendEvent {
+                    key: format!("adx/{b}-{i}/1").parse().expect("key"),
+                    amount: Money::from_micros(1_000),
+                })
+                .collect(),
+        })
+        .collect();
+    let start = Instant::now();
+    for (i, c) in cmds.iter().enumerate() {
+        let a = l.apply(stamp(10 + i as u64), c);
+        std::hint::black_box(l.rows(&a.changes));
+    }
+    let per_event = start.elapsed() / (batches as u32 * BATCH as u32);
+    println!(
+        "apply: {per_event:?} per event (ledger apply + rows, batches of {BATCH}, {batches} batches, no Raft, no disk)"
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    apply_cost();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let mut nodes = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        addrs.insert(id, l.local_addr().expect("addr").to_string());
+        let node = Arc::new(
+            Node::start(&NodeConfig::new(
+                "eu-1".parse().expect("region"),
+                id,
+                tmp.path().join(format!("n{id}")),
+            ))
+            .await
+            .expect("node"),
+        );
+        let serving = node.clone();
+        tokio::spawn(async move { serving.serve(l, std::future::pending()).await });
+        nodes.push(node);
+    }
+    nodes[0].initialize(addrs.clone()).await.expect("init");
+    let leader = nodes[0]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some(), "leader")
+        .await
+        .expect("leader")
+        .current_leader
+        .expect("leader");
+    let addr = addrs[&leader].clone();
+    let mut admin = pb::admin_client::AdminClient::new(channel(&addr).await);
+    let config = pb::CampaignConfig {
+        campaign: "c1".into(),
+        time_zone: "UTC".into(),
+        bid_cpm_micros: 1_000_000,
+        ..Default::default()
+    };
+    admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key: vec![1; 16] }),
+            config: Some(config),
+        })
+        .await
+        .expect("campaign");
+    let lifetime = pb::BucketKey {
+        campaign: "c1".into(),
+        bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
+    };
+    admin
+        .set_budget(pb::SetBudgetRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key: vec![2; 16] }),
+            bucket: Some(lifetime),
+            budget_micros: i64::MAX / 2,
+        })
+        .await
+        .expect("budget");
+
+    let deadline = Instant::now() + Duration::from_secs(secs());
+    let settled = Arc::new(AtomicU64::new(0));
+    let batches = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for r in 0..REPORTERS {
+        let addr = addr.clone();
+        let settled = settled.clone();
+        let batches = batches.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&addr).await);
+            let grant = pb::GrantLeaseRequest {
+                idempotency_key: Some(pb::IdempotencyKey {
+                    key: (1_000 + r as u128).to_be_bytes().to_vec(),
+                }),
+                edge: format!("e{r}"),
+                campaign: "c1".into(),
+                want_micros: i64::MAX / 64,
+            };
+            let Some(pb::grant_lease_reply::Result::Lease(lease)) = leases
+                .grant_lease(grant)
+                .await
+                .expect("grant")
+                .into_inner()
+                .result
+            else {
+                panic!("no lease")
+            };
+            let mut n = 0u64;
+            while Instant::now() < deadline && batches.fetch_add(1, Ordering::Relaxed) < MAX_BATCHES
+            {
+                n += 1;
+                let events = (0..BATCH)
+                    .map(|i| pb::SpendEvent {
+                        key: Some(pb::EventKey {
+                            exchange: "adx".into(),
+                            auction_id: format!("r{r}-b{n}-{i:04}"),
+                            imp_id: "1".into(),
+                        }),
+                        amount_micros: 1_000,
+                    })
+                    .collect();
+                let req = pb::ReportSpendRequest {
+                    batch_id: ((r as u128) << 64 | u128::from(n)).to_be_bytes().to_vec(),
+                    edge: format!("e{r}"),
+                    lease_id: lease.lease_id,
+                    events,
+                };
+                if let Some(pb::report_spend_reply::Result::Settled(s)) = leases
+                    .report_spend(req)
+                    .await
+                    .expect("report")
+                    .into_inner()
+                    .result
+                {
+                    settled.fetch_add(u64::from(s.settled_events), Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Grant latency under that load.
+    let mut lat = Vec::new();
+    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&addr).await);
+    let started = Instant::now();
+    let mut k = 0u128;
+    while Instant::now() < deadline && k < 10_000 {
+        k += 1;
+        let t = Instant::now();
+        let req = pb::GrantLeaseRequest {
+            idempotency_key: Some(pb::IdempotencyKey {
+                key: (1u128 << 100 | k).to_be_bytes().to_vec(),
+            }),
+            edge: "g".into(),
+            campaign: "c1".into(),
+            want_micros: 1_000,
+        };
+        leases.grant_lease(req).await.expect("grant");
+        lat.push(t.elapsed());
+    }
+    for t in tasks {
+        t.await.expect("reporter");
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let total = settled.load(Ordering::Relaxed);
+    println!(
+        "spend: {} events settled in {:.1} s = {} events/s (3 nodes, fsync on, {} reporters, batches of {BATCH})",
+        total,
+        elapsed.as_secs_f64(),
+        (total as f64 / elapsed.as_secs_f64()) as u64,
+        REPORTERS
+    );
+    println!(
+        "grant: {} grants under that load, p50 {:?}, p99 {:?}, max {:?}",
+        lat.len(),
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
