@@ -45,10 +45,17 @@ struct BucketRow {
     state: BucketState,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct LeaseRow {
     id: LeaseId,
     lease: Lease,
+}
+
+/// [`LeaseRow`] for writing, borrowed: a lease is never cloned to be written.
+#[derive(Serialize)]
+struct LeaseRowRef<'a> {
+    id: LeaseId,
+    lease: &'a Lease,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -188,12 +195,10 @@ impl Ledger {
             out.push((bucket_key(k), v));
         }
         for id in &changes.leases {
-            let v = self.leases.get(id).map(|l| {
-                json(&LeaseRow {
-                    id: *id,
-                    lease: l.clone(),
-                })
-            });
+            let v = self
+                .leases
+                .get(id)
+                .map(|l| json(&LeaseRowRef { id: *id, lease: l }));
             out.push((lease_key(*id), v));
         }
         for k in &changes.requests {
