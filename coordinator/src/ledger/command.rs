@@ -57,7 +57,7 @@ pub struct RemoteBucket {
 
 /// A command of the region state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Creates or updates a campaign's settings. Moves no money.
     UpsertCampaign {
