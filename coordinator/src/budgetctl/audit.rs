@@ -20,8 +20,10 @@ pub(crate) enum AuditCommand {
     /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry (seq, file, byte
     /// offset, reason) if it does not; exit 2 if it cannot be read.
     Verify {
-        /// A directory of sealed segments (*.seg), or one segment file.
-        path: PathBuf,
+        /// A directory of sealed segments (*.seg), or one segment file. Without it, the live
+        /// log of the coordinator at --endpoint is read and verified, and its head compared with
+        /// the head the coordinator reports.
+        path: Option<PathBuf>,
         /// Also require the archive's last entry to have this hash (64 hex digits), for example a
         /// head published earlier.
         #[arg(long, value_name = "HASH", value_parser = hash_arg)]
@@ -47,6 +49,12 @@ pub(crate) enum AuditCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Print the head of a running region's financial log (seq and hash), from --endpoint.
+    Head {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a proof made by `audit prove` against a head hash you trust. Offline.
     ///
     /// Exit 0 if the proof leads from the charge to that head, 1 if it does not.
@@ -70,19 +78,23 @@ fn hash_arg(s: &str) -> Result<Hash, String> {
     parse_hash(s)
 }
 
-pub(crate) fn run(cmd: AuditCommand) -> ExitCode {
+pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
     match cmd {
         AuditCommand::Verify {
             path,
             expect_head,
             json,
-        } => verify(&path, expect_head.as_ref(), json),
+        } => match path {
+            Some(path) => verify(&path, expect_head.as_ref(), json),
+            None => verify_live(endpoint, expect_head.as_ref(), json),
+        },
         AuditCommand::Prove {
             path,
             event,
             head_seq,
             output,
         } => prove(&path, &event, head_seq, output),
+        AuditCommand::Head { json } => head(endpoint, json),
         AuditCommand::CheckProof { proof, head, json } => check_proof(&proof, &head, json),
     }
 }
@@ -167,12 +179,20 @@ fn summary_text(path: &std::path::Path, s: &Summary) -> String {
     if let Some(r) = &s.region {
         let _ = writeln!(out, "  region    {r}");
     }
-    let _ = writeln!(
-        out,
-        "  segments  {} ({} bytes)",
-        s.segments,
-        grouped(s.bytes)
-    );
+    if s.segments == 0 {
+        let _ = writeln!(
+            out,
+            "  source    live log ({} bytes read)",
+            grouped(s.bytes)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  segments  {} ({} bytes)",
+            s.segments,
+            grouped(s.bytes)
+        );
+    }
     let range = match (s.first_seq, s.last_seq) {
         (Some(a), Some(b)) => format!("seq {a}..={b}"),
         _ => "none".into(),
@@ -330,6 +350,175 @@ mod tests {
             (1_234_567, "1,234,567"),
         ] {
             assert_eq!(grouped(n), s);
+        }
+    }
+}
+
+async fn audit_client(
+    endpoint: &str,
+) -> Result<shared::proto::v1::audit_client::AuditClient<tonic::transport::Channel>, String> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("endpoint {url}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    Ok(shared::proto::v1::audit_client::AuditClient::new(channel)
+        .max_decoding_message_size(64 << 20))
+}
+
+fn rt() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
+
+fn head(endpoint: &str, json: bool) -> ExitCode {
+    let Some(rt) = rt() else {
+        return usage_error("cannot start a runtime");
+    };
+    let result = rt.block_on(async {
+        let mut c = audit_client(endpoint).await?;
+        c.head(shared::proto::v1::HeadRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    });
+    match result {
+        Ok(h) if h.hash.is_empty() => {
+            println!("region {}: the financial log is empty", h.region);
+            ExitCode::SUCCESS
+        }
+        Ok(h) => {
+            if json {
+                print_json(
+                    &serde_json::json!({"region": h.region, "seq": h.seq, "hash": hex::encode(&h.hash), "raft_index": h.raft_index}),
+                );
+            } else {
+                println!(
+                    "region {} log head: seq {} hash {} (raft index {})",
+                    h.region,
+                    h.seq,
+                    hex::encode(&h.hash),
+                    h.raft_index
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// Records read per `ReadLog` call.
+const LIVE_CHUNK: u64 = 10_000;
+
+fn verify_live(endpoint: &str, expect_head: Option<&Hash>, json: bool) -> ExitCode {
+    let Some(rt) = rt() else {
+        return usage_error("cannot start a runtime");
+    };
+    let source = format!("live log at {endpoint}");
+    let outcome: Result<Result<Summary, (Failure, Summary)>, String> = rt.block_on(async {
+        let mut c = audit_client(endpoint).await?;
+        let head = c
+            .head(shared::proto::v1::HeadRequest {})
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let region: shared::RegionId = head
+            .region
+            .parse()
+            .map_err(|e| format!("the coordinator names region {:?}: {e}", head.region))?;
+        let mut v = shared::log::Verifier::new();
+        let mut next = 0u64;
+        let wanted = if head.hash.is_empty() {
+            0
+        } else {
+            head.seq + 1
+        };
+        while next < wanted {
+            let req = shared::proto::v1::ReadLogRequest {
+                from_seq: next,
+                max_records: LIVE_CHUNK.min(wanted - next),
+            };
+            let mut stream = c
+                .read_log(req)
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            let before = next;
+            while let Some(rec) = stream
+                .message()
+                .await
+                .map_err(|s| s.message().to_string())?
+            {
+                if let Err(f) = v.live_record(&source, &region, &rec.record) {
+                    return Ok(Err((f, v.summary())));
+                }
+                next += 1;
+            }
+            if next == before {
+                break;
+            }
+        }
+        if next < wanted {
+            let f = Failure {
+                segment: source.clone(),
+                offset: 0,
+                seq: Some(next),
+                reason: shared::log::Reason::Truncated {
+                    detail: format!(
+                        "the coordinator reports head seq {} but served only {next} records",
+                        head.seq
+                    ),
+                },
+            };
+            return Ok(Err((f, v.summary())));
+        }
+        // The chain must end at the head the coordinator reports, and at the expected one.
+        let reported: Option<Hash> = head.hash.as_slice().try_into().ok();
+        if let Some(reported) = reported
+            && reported != v.head()
+        {
+            let f = Failure {
+                segment: source.clone(),
+                offset: 0,
+                seq: Some(head.seq),
+                reason: shared::log::Reason::Head {
+                    expected: reported,
+                    found: v.head(),
+                },
+            };
+            return Ok(Err((f, v.summary())));
+        }
+        let partial = v.summary();
+        Ok(v.finish(expect_head).map_err(|f| (f, partial)))
+    });
+    let path = std::path::PathBuf::from(&source);
+    match outcome {
+        Err(e) => usage_error(e),
+        Ok(Ok(summary)) => {
+            if json {
+                print_json(&serde_json::json!({ "ok": true, "path": source, "summary": summary }));
+            } else {
+                print!("{}", summary_text(&path, &summary));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err((failure, partial))) => {
+            if json {
+                print_json(
+                    &serde_json::json!({ "ok": false, "path": source, "failure": failure, "verified_before": partial }),
+                );
+            } else {
+                print!("{}", failure_text(&path, &failure, &partial));
+            }
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

@@ -54,7 +54,7 @@ pub const EXIT_USAGE: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Audit(cmd) => audit::run(cmd),
+        Command::Audit(cmd) => audit::run(&cli.endpoint, cmd),
         Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
         Command::Status { json } => ops::status(&cli.endpoint, json),
     }

@@ -558,6 +558,37 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         .unwrap();
     let head_hash: [u8; 32] = head.hash.try_into().unwrap();
     v.finish(Some(&head_hash)).unwrap();
+    // budgetctl verifies the same live log, on every replica (once each has applied it all),
+    // to the same head.
+    let applied = region.nodes[leader]
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap()
+        .index;
+    region.heads_at(applied).await;
+    for r in &region.nodes {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+            .args(["--endpoint", &r.addr, "audit", "verify", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["summary"]["head_hash"], hex::encode(head_hash));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+            .args(["--endpoint", &r.addr, "audit", "head", "--json"])
+            .output()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["hash"], hex::encode(head_hash));
+    }
     for r in &mut region.nodes {
         stop(r).await;
     }

@@ -577,6 +577,44 @@ impl Verifier {
         Ok(total)
     }
 
+    /// Verifies the next record of a live log (one streamed by a coordinator rather than read
+    /// from a segment file), with the same checks as inside a segment. A live log starts at
+    /// seq 0 from the genesis value. `source` names the log in failures.
+    pub fn live_record(
+        &mut self,
+        source: &str,
+        region: &RegionId,
+        bytes: &[u8],
+    ) -> Result<(), Failure> {
+        let expected = match self.next_seq {
+            Some(n) => n,
+            None => {
+                self.summary.from_genesis = true;
+                self.summary.first_seq = Some(0);
+                self.region = Some(region.clone());
+                0
+            }
+        };
+        let fail = |reason| Failure {
+            segment: source.to_string(),
+            offset: 0,
+            seq: Some(expected),
+            reason,
+        };
+        match read_item(bytes, 0) {
+            Ok(Item::Record(r)) if r.end == bytes.len() => {
+                self.record(&r, expected, &mut |_| {}).map_err(fail)?;
+                self.next_seq = Some(expected + 1);
+                self.summary.bytes += u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                Ok(())
+            }
+            Ok(_) => Err(fail(Reason::Malformed {
+                detail: "not exactly one record".into(),
+            })),
+            Err(e) => Err(fail(frame_reason(e))),
+        }
+    }
+
     /// Ends verification: the summary, with the head, or a failure if the archive's head is not
     /// `expect_head`.
     pub fn finish(self, expect_head: Option<&Hash>) -> Result<Summary, Failure> {
