@@ -337,23 +337,6 @@ fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_grouped() {
-        for (n, s) in [
-            (0, "0"),
-            (999, "999"),
-            (1000, "1,000"),
-            (1_234_567, "1,234,567"),
-        ] {
-            assert_eq!(grouped(n), s);
-        }
-    }
-}
-
 async fn audit_client(
     endpoint: &str,
 ) -> Result<shared::proto::v1::audit_client::AuditClient<tonic::transport::Channel>, String> {
@@ -519,6 +502,23 @@ fn verify_live(endpoint: &str, expect_head: Option<&Hash>, json: bool) -> ExitCo
                 print!("{}", failure_text(&path, &failure, &partial));
             }
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(grouped(n), s);
         }
     }
 }
