@@ -4,6 +4,7 @@
 //!   financial log, `apply(stamp, command) -> (reply, entries)`.
 //! - [`raft`]: openraft's type config for a region, leader proposals, and the ledger as the
 //!   `raft-store` machine (rows, log records and applied id in one synced batch).
+//! - [`metrics`]: Prometheus metrics on HTTP `/metrics`.
 //! - [`network`]: the Raft transport over gRPC, client and server sides.
 //! - [`node`]: one node: openraft on the RocksDB stores, proposing, serving.
 //! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
@@ -13,11 +14,12 @@
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
 //!   `audit check-proof`, which need no server).
 //!
-//! Not built yet: Prometheus metrics, sealed segment files, cross-region sync.
+//! Not built yet: sealed segment files, cross-region sync.
 
 pub mod api;
 pub mod budgetctl;
 pub mod ledger;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft;

@@ -99,6 +99,8 @@ pub struct Node {
     pub raft: Raft<TypeConfig>,
     /// Its state machine store (the ledger and the financial-log records).
     pub state: StateStore<TypeConfig, LedgerMachine>,
+    /// Its metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Node {
@@ -110,11 +112,15 @@ impl Node {
             path: path.clone(),
             source,
         })?;
-        let log = LogStore::<TypeConfig>::new(db.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let m = metrics.clone();
+        let observer: raft_store::SyncObserver = Arc::new(move |store, took| m.synced(store, took));
+        let log = LogStore::<TypeConfig>::new(db.clone()).with_sync_observer(observer.clone());
         let state = StateStore::open(
             db,
             LedgerMachine::new(cfg.region.clone(), cfg.params.clone()),
-        )?;
+        )?
+        .with_sync_observer(observer);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = openraft::Config {
             cluster_name: cfg.region.to_string(),
@@ -141,6 +147,7 @@ impl Node {
             region: cfg.region.clone(),
             raft,
             state,
+            metrics,
         })
     }
 
@@ -160,7 +167,16 @@ impl Node {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        match self.raft.client_write(Proposal { time_us, command }).await {
+        let kind = crate::metrics::command_kind(&command);
+        let result = self.raft.client_write(Proposal { time_us, command }).await;
+        match &result {
+            Ok(r) => self.metrics.command(kind, Ok(&r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                self.metrics.command(kind, Err("not_leader"))
+            }
+            Err(_) => self.metrics.command(kind, Err("failed")),
+        }
+        match result {
             Ok(r) => Ok((r.data, r.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotLeader {

@@ -29,6 +29,8 @@ pub struct Config {
     pub listen: String,
     /// Directory of the node's RocksDB.
     pub data_dir: PathBuf,
+    /// Address of the Prometheus `/metrics` HTTP endpoint; empty: no endpoint.
+    pub metrics_listen: String,
     /// When set, this node initializes a new region with these members (`id = "host:port"`).
     /// Harmless on a region that is already initialized.
     pub init_members: BTreeMap<String, String>,
@@ -79,6 +81,7 @@ impl Default for Config {
             node_id: 1,
             listen: "127.0.0.1:7001".into(),
             data_dir: PathBuf::from("data/node-1"),
+            metrics_listen: "127.0.0.1:9101".into(),
             init_members: BTreeMap::new(),
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
@@ -277,6 +280,22 @@ pub async fn run(
             Err(e) => tracing::info!(reason = %e, "not initializing (already initialized?)"),
         }
     }
+    let metrics = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        let l = TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", config.metrics_listen))?;
+        tracing::info!(addr = %config.metrics_listen, "metrics on http://{}/metrics", config.metrics_listen);
+        let mut stop = stop_rx.clone();
+        Some(tokio::spawn(crate::metrics::serve(
+            node.clone(),
+            l,
+            async move {
+                let _ = stop.changed().await;
+            },
+        )))
+    };
     let reclaim = tokio::spawn(reclaim_loop(
         node.clone(),
         windows,
@@ -287,6 +306,9 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = reclaim.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     node.shutdown().await;
     server.await??;
     tracing::info!("stopped cleanly");

@@ -19,6 +19,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
+
+/// Called with the duration of every synced write (an fsync'd `WriteBatch`), and which store
+/// made it (`"log"` or `"state"`). Lets the server export a latency histogram without this crate
+/// knowing about metrics.
+pub type SyncObserver = std::sync::Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
 pub use state_store::{Machine, MachineApplied, StateStore};
 
 /// Every column family the crate uses.

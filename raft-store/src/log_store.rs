@@ -33,6 +33,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// The Raft log of one node. Cheap to clone: clones share the database.
 pub struct LogStore<C: RaftTypeConfig> {
     db: Arc<DB>,
+    observer: Option<crate::SyncObserver>,
     _c: std::marker::PhantomData<C>,
 }
 
@@ -40,6 +41,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             db: self.db.clone(),
+            observer: self.observer.clone(),
             _c: std::marker::PhantomData,
         }
     }
@@ -69,8 +71,15 @@ where
     pub fn new(db: Arc<DB>) -> Self {
         LogStore {
             db,
+            observer: None,
             _c: std::marker::PhantomData,
         }
+    }
+
+    /// Reports the duration of every synced append to `observer`.
+    pub fn with_sync_observer(mut self, observer: crate::SyncObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -208,7 +217,11 @@ where
             })?;
             batch.put_cf(cf, index_key(index), bytes);
         }
+        let started = std::time::Instant::now();
         let result = self.db.write_opt(batch, &synced());
+        if let Some(o) = &self.observer {
+            o("log", started.elapsed());
+        }
         let io = result
             .as_ref()
             .map(|_| ())

@@ -77,6 +77,7 @@ struct Inner<C: RaftTypeConfig, M> {
 pub struct StateStore<C: RaftTypeConfig, M> {
     db: Arc<DB>,
     inner: Arc<Mutex<Inner<C, M>>>,
+    observer: Option<crate::SyncObserver>,
 }
 
 impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
@@ -84,6 +85,7 @@ impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
         StateStore {
             db: self.db.clone(),
             inner: self.inner.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -154,7 +156,14 @@ where
                 applied,
                 membership,
             })),
+            observer: None,
         })
+    }
+
+    /// Reports the duration of every synced apply batch to `observer`.
+    pub fn with_sync_observer(mut self, observer: crate::SyncObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<C, M>> {
@@ -344,7 +353,11 @@ where
                 serde_json::to_vec(&inner.membership).map_err(io_write::<C>)?,
             );
         }
+        let started = std::time::Instant::now();
         db.write_opt(batch, &synced()).map_err(io_write::<C>)?;
+        if let Some(o) = &self.observer {
+            o("state", started.elapsed());
+        }
         Ok(replies)
     }
 

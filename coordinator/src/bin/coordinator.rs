@@ -31,6 +31,9 @@ struct Args {
     /// Data directory (default data/node-1).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Prometheus /metrics HTTP address (default 127.0.0.1:9101; "" turns it off).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Initialize a new region with these members; repeat for each (ID=HOST:PORT).
     #[arg(long = "init", value_name = "ID=HOST:PORT")]
     init: Vec<String>,
@@ -59,6 +62,9 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(m) = &args.metrics_listen {
+        config.metrics_listen = m.clone();
     }
     if !args.init.is_empty() {
         let mut members = BTreeMap::new();

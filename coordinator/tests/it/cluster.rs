@@ -558,6 +558,22 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         .unwrap();
     let head_hash: [u8; 32] = head.hash.try_into().unwrap();
     v.finish(Some(&head_hash)).unwrap();
+    // The leader's metrics show what it did.
+    let text = region.nodes[leader]
+        .node
+        .metrics
+        .render(&region.nodes[leader].node);
+    for want in [
+        "budget_commands_total{kind=\"grant_lease\",result=\"applied\"}",
+        "budget_commands_total{kind=\"report_spend\",result=\"applied\"} 1",
+        "budget_lease_grants_total",
+        "budget_settled_micros 5000",
+        "budget_storage_sync_seconds_count{store=\"log\"}",
+        "budget_raft_term",
+        "budget_log_head_seq",
+    ] {
+        assert!(text.contains(want), "metrics lack {want}:\n{text}");
+    }
     // budgetctl verifies the same live log, on every replica (once each has applied it all),
     // to the same head.
     let applied = region.nodes[leader]
