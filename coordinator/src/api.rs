@@ -490,9 +490,38 @@ impl pb::audit_server::Audit for Api {
         &self,
         _: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsReply>, Status> {
-        // Sealed segment files are not written yet; the log is read with ReadLog.
-        Err(Status::unimplemented(
-            "sealed segment files are not written yet: use ReadLog",
-        ))
+        let dir = crate::archive::segments_dir(&self.node.data_dir);
+        let files = if dir.exists() {
+            match shared::log::verify::segment_files(&dir) {
+                Ok(f) => f,
+                Err(shared::log::verify::ArchiveError::NoSegments(_)) => Vec::new(),
+                Err(e) => return Err(Status::internal(e.to_string())),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut segments = Vec::new();
+        for f in files {
+            let bytes =
+                std::fs::read(&f).map_err(|e| Status::internal(format!("{}: {e}", f.display())))?;
+            let at = bytes
+                .len()
+                .saturating_sub(shared::log::segment::TRAILER_LEN);
+            if let Ok(shared::log::segment::Item::Trailer(t, _)) =
+                shared::log::segment::read_item(&bytes, at)
+            {
+                segments.push(pb::SegmentInfo {
+                    name: f
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    first_seq: t.first_seq,
+                    last_seq: t.last_seq,
+                    head_hash: t.head_hash.to_vec(),
+                    bytes: bytes.len() as u64,
+                });
+            }
+        }
+        Ok(Response::new(pb::ListSegmentsReply { segments }))
     }
 }

@@ -11,12 +11,14 @@
 //!   reclaiming leases and returning in-doubt money.
 //! - [`api`]: the gRPC services of a node: lease API, admin API, audit API.
 //! - [`server`]: the `coordinator` process: configuration, the leader's reclaim loop, shutdown.
+//! - [`archive`]: sealed segment files of the financial log in the data directory.
 //! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
 //!   `audit check-proof`, which need no server).
 //!
-//! Not built yet: sealed segment files, cross-region sync.
+//! Not built yet: cross-region sync.
 
 pub mod api;
+pub mod archive;
 pub mod budgetctl;
 pub mod ledger;
 pub mod metrics;

@@ -101,6 +101,8 @@ pub struct Node {
     pub state: StateStore<TypeConfig, LedgerMachine>,
     /// Its metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
 }
 
 impl Node {
@@ -148,6 +150,7 @@ impl Node {
             raft,
             state,
             metrics,
+            data_dir: cfg.data_dir.clone(),
         })
     }
 
@@ -220,6 +223,23 @@ impl Node {
                 shutdown,
             )
             .await
+    }
+
+    /// Seals every full segment of `segment_entries` financial-log records not yet sealed into
+    /// `<data_dir>/segments/`. Blocking file I/O: call from a blocking context.
+    pub fn archive(&self, segment_entries: u64) -> std::io::Result<Vec<PathBuf>> {
+        let until = self.state.read(|m| m.ledger().chain().next_seq());
+        crate::archive::seal_ready(
+            &crate::archive::segments_dir(&self.data_dir),
+            &self.region,
+            segment_entries,
+            until,
+            |from, max| {
+                self.state
+                    .log_records(from, max)
+                    .map_err(std::io::Error::other)
+            },
+        )
     }
 
     /// Stops Raft (the storage stays as it is, for a restart).

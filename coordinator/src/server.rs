@@ -38,6 +38,8 @@ pub struct Config {
     pub raft: RaftConfig,
     /// Lease rules.
     pub leases: LeaseConfig,
+    /// Financial-log records per sealed segment file in `<data_dir>/segments/`.
+    pub segment_entries: u64,
 }
 
 /// Raft timing.
@@ -85,6 +87,7 @@ impl Default for Config {
             init_members: BTreeMap::new(),
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
+            segment_entries: 10_000,
         }
     }
 }
@@ -251,6 +254,38 @@ pub async fn reclaim_loop(
     }
 }
 
+/// How often a node looks for full segments to seal.
+pub const ARCHIVE_TICK: Duration = Duration::from_secs(1);
+
+/// Seals full segments of the financial log into the data directory, on every node, until
+/// `stop` fires.
+pub async fn archive_loop(
+    node: Arc<Node>,
+    segment_entries: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(ARCHIVE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.archive(segment_entries)).await {
+            Ok(Ok(files)) => {
+                for f in files {
+                    tracing::info!(file = %f.display(), "sealed a financial-log segment");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "sealing financial-log segments failed; will retry")
+            }
+            Err(e) => tracing::error!(error = %e, "the sealing task failed"),
+        }
+    }
+}
+
 /// Runs a node until `shutdown` resolves: storage, Raft, gRPC on `listener`, the reclaim loop;
 /// initializes a new region if members are configured.
 pub async fn run(
@@ -296,6 +331,11 @@ pub async fn run(
             },
         )))
     };
+    let archiver = tokio::spawn(archive_loop(
+        node.clone(),
+        config.segment_entries,
+        stop_rx.clone(),
+    ));
     let reclaim = tokio::spawn(reclaim_loop(
         node.clone(),
         windows,
@@ -306,6 +346,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = reclaim.await;
+    let _ = archiver.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }

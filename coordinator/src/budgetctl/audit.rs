@@ -20,7 +20,8 @@ pub(crate) enum AuditCommand {
     /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry (seq, file, byte
     /// offset, reason) if it does not; exit 2 if it cannot be read.
     Verify {
-        /// A directory of sealed segments (*.seg), or one segment file. Without it, the live
+        /// A directory of sealed segments (*.seg), one segment file, or a coordinator's data
+        /// directory (its `segments/`). Without it, the live
         /// log of the coordinator at --endpoint is read and verified, and its head compared with
         /// the head the coordinator reports.
         path: Option<PathBuf>,
@@ -74,6 +75,12 @@ pub(crate) enum AuditCommand {
 /// Entries between two progress lines.
 const PROGRESS_EVERY: u64 = 250_000;
 
+/// A coordinator's data directory holds its sealed segments in `segments/`.
+fn archive_dir(path: PathBuf) -> PathBuf {
+    let sub = path.join("segments");
+    if sub.is_dir() { sub } else { path }
+}
+
 fn hash_arg(s: &str) -> Result<Hash, String> {
     parse_hash(s)
 }
@@ -85,7 +92,7 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
             expect_head,
             json,
         } => match path {
-            Some(path) => verify(&path, expect_head.as_ref(), json),
+            Some(path) => verify(&archive_dir(path), expect_head.as_ref(), json),
             None => verify_live(endpoint, expect_head.as_ref(), json),
         },
         AuditCommand::Prove {
@@ -93,7 +100,7 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
             event,
             head_seq,
             output,
-        } => prove(&path, &event, head_seq, output),
+        } => prove(&archive_dir(path), &event, head_seq, output),
         AuditCommand::Head { json } => head(endpoint, json),
         AuditCommand::CheckProof { proof, head, json } => check_proof(&proof, &head, json),
     }
