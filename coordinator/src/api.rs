@@ -77,7 +77,41 @@ pub struct Api {
     node: Arc<Node>,
 }
 
+fn balance(
+    region: &shared::RegionId,
+    key: &BucketKey,
+    b: &crate::ledger::BucketState,
+    read_at: u64,
+) -> pb::Balance {
+    let rights =
+        i128::from(b.counter.available().micros()) + i128::from(b.counter.state().settled(region));
+    pb::Balance {
+        bucket: Some(pb::BucketKey {
+            campaign: key.campaign.to_string(),
+            bucket: Some(pb::Bucket::from(&key.bucket)),
+        }),
+        budget_micros: b.budget.micros(),
+        rights_micros: i64::try_from(rights).unwrap_or(i64::MAX),
+        settled_micros: b.settled().micros(),
+        leased_micros: b.leased.micros(),
+        in_doubt_micros: b.in_doubt.micros(),
+        available_micros: b.available().micros(),
+        read_at_index: read_at,
+    }
+}
+
 impl Api {
+    /// Confirms leadership with a quorum and waits until everything committed before now is
+    /// applied here: what is read next is linearizable. Returns the read index.
+    async fn linearizable(&self) -> Result<u64, Status> {
+        match self.node.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(e) => Err(Status::unavailable(format!(
+                "not a linearizable reader here: {e}"
+            ))),
+        }
+    }
+
     /// The services of `node`.
     pub fn new(node: Arc<Node>) -> Api {
         Api { node }
@@ -333,38 +367,131 @@ impl pb::admin_server::Admin for Api {
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::Balance>, Status> {
         let key = bucket_key(request.into_inner().bucket.as_ref())?;
-        // Linearizable: confirm leadership with a quorum and wait until this node has applied
-        // everything committed before reading.
-        let read_at = match self.node.raft.ensure_linearizable().await {
-            Ok(log_id) => log_id.map_or(0, |l| l.index),
-            Err(e) => {
-                return Err(Status::unavailable(format!(
-                    "not a linearizable reader here: {e}"
-                )));
-            }
-        };
+        let read_at = self.linearizable().await?;
         let balance = self.node.state.read(|m| {
-            let b = m.ledger().bucket(&key)?;
-            let st = b.counter.state();
-            let me = m.ledger().region();
-            let rights = i128::from(b.counter.available().micros()) + i128::from(st.settled(me));
-            Some(pb::Balance {
-                bucket: Some(pb::BucketKey {
-                    campaign: key.campaign.to_string(),
-                    bucket: Some(pb::Bucket::from(&key.bucket)),
-                }),
-                budget_micros: b.budget.micros(),
-                rights_micros: i64::try_from(rights).unwrap_or(i64::MAX),
-                settled_micros: b.settled().micros(),
-                leased_micros: b.leased.micros(),
-                in_doubt_micros: b.in_doubt.micros(),
-                available_micros: b.available().micros(),
-                read_at_index: read_at,
-            })
+            m.ledger()
+                .bucket(&key)
+                .map(|b| balance(m.ledger().region(), &key, b, read_at))
         });
         balance
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no bucket {key}")))
+    }
+
+    async fn list_buckets(
+        &self,
+        request: Request<pb::ListBucketsRequest>,
+    ) -> Result<Response<pb::ListBucketsReply>, Status> {
+        let campaign = request.into_inner().campaign;
+        let read_at = self.linearizable().await?;
+        let balances = self.node.state.read(|m| {
+            m.ledger()
+                .buckets()
+                .filter(|(k, _)| campaign.is_empty() || k.campaign.as_str() == campaign)
+                .map(|(k, b)| balance(m.ledger().region(), k, b, read_at))
+                .collect()
+        });
+        Ok(Response::new(pb::ListBucketsReply { balances }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesReply>, Status> {
+        let r = request.into_inner();
+        let leases = self.node.state.read(|m| {
+            m.ledger()
+                .leases()
+                .filter(|(_, l)| r.campaign.is_empty() || l.campaign.as_str() == r.campaign)
+                .filter(|(_, l)| r.include_closed || l.state != crate::ledger::LeaseState::Closed)
+                .map(|(id, l)| {
+                    let (state, in_doubt) = match l.state {
+                        crate::ledger::LeaseState::Open => ("open", 0),
+                        crate::ledger::LeaseState::InDoubt { remaining } => {
+                            ("in_doubt", remaining.micros())
+                        }
+                        crate::ledger::LeaseState::Closed => ("closed", 0),
+                    };
+                    pb::LeaseInfo {
+                        lease_id: id.0,
+                        edge: l.edge.to_string(),
+                        campaign: l.campaign.to_string(),
+                        amount_micros: l.amount.micros(),
+                        spent_micros: l.spent.micros(),
+                        state: state.into(),
+                        in_doubt_micros: in_doubt,
+                        duration_ms: l.duration_ms,
+                        granted_at_index: l.granted_at_index,
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListLeasesReply { leases }))
+    }
+
+    async fn initialize(
+        &self,
+        request: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let members: std::collections::BTreeMap<u64, String> = request
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| (m.node, m.addr))
+            .collect();
+        if members.is_empty() || members.values().any(String::is_empty) {
+            return Err(bad("members: at least one, each with an address"));
+        }
+        if !members.contains_key(&self.node.id) {
+            return Err(bad(format!(
+                "members: must include this node ({})",
+                self.node.id
+            )));
+        }
+        self.node
+            .initialize(members)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::AdminReply {
+            result: Some(pb::admin_reply::Result::AppliedAtIndex(0)),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let node = request.into_inner().node;
+        let membership = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if !membership.nodes().any(|(id, _)| *id == node) {
+            return Err(Status::not_found(format!("node {node} is not a member")));
+        }
+        let voters: std::collections::BTreeSet<u64> =
+            membership.voter_ids().filter(|v| *v != node).collect();
+        if voters.is_empty() {
+            return Err(bad("cannot remove the last voter"));
+        }
+        match self.node.raft.change_membership(voters, false).await {
+            Ok(resp) => Ok(Response::new(pb::AdminReply {
+                result: Some(pb::admin_reply::Result::AppliedAtIndex(resp.log_id.index)),
+            })),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => {
+                let leader = f.leader_id.zip(f.leader_node.map(|n| n.addr));
+                Ok(Response::new(pb::AdminReply {
+                    result: Some(pb::admin_reply::Result::NotLeader(not_leader(leader))),
+                }))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn cluster_status(

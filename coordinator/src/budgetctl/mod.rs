@@ -37,7 +37,13 @@ enum Command {
     /// Create, budget, pause, resume and inspect campaigns on a running region.
     #[command(subcommand)]
     Campaign(ops::CampaignCommand),
-    /// The region's members, leader, term and applied index.
+    /// List leases.
+    #[command(subcommand)]
+    Leases(ops::LeasesCommand),
+    /// Initialize a region, add or remove nodes.
+    #[command(subcommand)]
+    Cluster(ops::ClusterCommand),
+    /// The region's members, leader, term and applied index, and every bucket's money.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -57,5 +63,7 @@ pub fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(&cli.endpoint, cmd),
         Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
         Command::Status { json } => ops::status(&cli.endpoint, json),
+        Command::Leases(cmd) => ops::leases(&cli.endpoint, cmd),
+        Command::Cluster(cmd) => ops::cluster(&cli.endpoint, cmd),
     }
 }

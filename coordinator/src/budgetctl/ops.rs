@@ -13,7 +13,8 @@ use super::{EXIT_FAILED, EXIT_USAGE};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CampaignCommand {
-    /// Create a campaign, or update its settings if it exists.
+    /// Create a campaign, or update its settings if it exists (alias: update).
+    #[command(visible_alias = "update")]
     Create {
         /// Campaign name (letters, digits, '.', '_', '-').
         name: String,
@@ -52,6 +53,12 @@ pub(crate) enum CampaignCommand {
     Resume {
         /// Campaign name.
         name: String,
+    },
+    /// List the campaigns and their settings.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a bucket's money, read linearizably: budget, rights, settled, leased, in doubt,
     /// available.
@@ -217,6 +224,7 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
             CampaignCommand::Show { name, day, json } => {
                 show(endpoint, &name, day.as_deref(), json).await
             }
+            CampaignCommand::List { json } => list_campaigns(endpoint, json).await,
         }
     });
     match result {
@@ -333,6 +341,11 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
                     };
                     println!("  node {:<3} {:<22} {role}", m.node, m.addr);
                 }
+                match buckets(endpoint) {
+                    Ok(b) if b.is_empty() => println!("no budgets yet"),
+                    Ok(b) => println!("{}", buckets_table(&b)),
+                    Err((_, e)) => println!("buckets: {e}"),
+                }
             }
             ExitCode::SUCCESS
         }
@@ -341,4 +354,271 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+async fn channel(endpoint: &str) -> Result<Channel, (u8, String)> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| (EXIT_USAGE, format!("endpoint {url}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| (EXIT_USAGE, format!("cannot reach {url}: {e}")))
+}
+
+async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, String)> {
+    let mut c = shared::proto::v1::lease_api_client::LeaseApiClient::new(channel(endpoint).await?);
+    let r = c
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {})
+        .await
+        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+        .into_inner();
+    if json {
+        let v: Vec<serde_json::Value> = r
+            .campaigns
+            .iter()
+            .map(|c| {
+                serde_json::json!({"campaign": c.campaign, "zone": c.time_zone, "bid_cpm_micros": c.bid_cpm_micros,
+                "daily_budget_micros": c.daily_budget_micros, "countries": c.countries, "sizes": c.sizes, "paused": c.paused})
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let mut out = format!(
+        "{:<20} {:<22} {:>12} {:>14}  state",
+        "campaign", "zone", "bid cpm", "daily budget"
+    );
+    for c in &r.campaigns {
+        let daily = c
+            .daily_budget_micros
+            .map_or("-".to_string(), |d| Money::from_micros(d).to_string());
+        let state = if c.paused { "paused" } else { "active" };
+        out.push_str(&format!(
+            "\n{:<20} {:<22} {:>12} {:>14}  {state}",
+            c.campaign,
+            c.time_zone,
+            Money::from_micros(c.bid_cpm_micros).to_string(),
+            daily
+        ));
+    }
+    Ok(out)
+}
+
+/// Finds the leader's address through `endpoint`.
+async fn leader_of(endpoint: &str) -> Result<String, (u8, String)> {
+    let mut c = AdminClient::new(channel(endpoint).await?);
+    let s = c
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+        .into_inner();
+    s.members
+        .iter()
+        .find(|m| m.node == s.leader_node)
+        .map(|m| m.addr.clone())
+        .ok_or((EXIT_FAILED, "no leader right now; try again".to_string()))
+}
+
+fn print_result(result: Result<String, (u8, String)>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("budgetctl: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn buckets_table(balances: &[pb::Balance]) -> String {
+    let m = |n: i64| Money::from_micros(n).to_string();
+    let mut out = format!(
+        "{:<28} {:>14} {:>14} {:>14} {:>14} {:>14}",
+        "bucket", "budget", "settled", "leased", "in doubt", "available"
+    );
+    for b in balances {
+        let name = b.bucket.as_ref().map_or(String::new(), |k| {
+            let bucket = k
+                .bucket
+                .as_ref()
+                .and_then(|x| Bucket::try_from(x).ok())
+                .map_or("?".into(), |x| x.to_string());
+            format!("{}/{bucket}", k.campaign)
+        });
+        out.push_str(&format!(
+            "\n{name:<28} {:>14} {:>14} {:>14} {:>14} {:>14}",
+            m(b.budget_micros),
+            m(b.settled_micros),
+            m(b.leased_micros),
+            m(b.in_doubt_micros),
+            m(b.available_micros)
+        ));
+    }
+    out
+}
+
+fn buckets(endpoint: &str) -> Result<Vec<pb::Balance>, (u8, String)> {
+    let rt = runtime().map_err(|_| (EXIT_USAGE, "cannot start a runtime".to_string()))?;
+    rt.block_on(async {
+        let leader = leader_of(endpoint).await?;
+        let mut c = AdminClient::new(channel(&leader).await?);
+        Ok(c.list_buckets(pb::ListBucketsRequest {
+            campaign: String::new(),
+        })
+        .await
+        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+        .into_inner()
+        .balances)
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LeasesCommand {
+    /// List leases: open and in doubt (and with --all, recently closed ones).
+    List {
+        /// Only this campaign's.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Include closed leases the region still remembers.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn leases(endpoint: &str, cmd: LeasesCommand) -> ExitCode {
+    let LeasesCommand::List {
+        campaign,
+        all,
+        json,
+    } = cmd;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    print_result(rt.block_on(async {
+        let mut c = AdminClient::new(channel(endpoint).await?);
+        let r = c
+            .list_leases(pb::ListLeasesRequest { campaign: campaign.unwrap_or_default(), include_closed: all })
+            .await
+            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .into_inner();
+        if json {
+            let v: Vec<serde_json::Value> = r
+                .leases
+                .iter()
+                .map(|l| {
+                    serde_json::json!({"lease": l.lease_id, "edge": l.edge, "campaign": l.campaign, "amount_micros": l.amount_micros,
+                    "spent_micros": l.spent_micros, "state": l.state, "in_doubt_micros": l.in_doubt_micros, "duration_ms": l.duration_ms,
+                    "granted_at_index": l.granted_at_index})
+                })
+                .collect();
+            return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        let m = |n: i64| Money::from_micros(n).to_string();
+        let mut out = format!("{:<8} {:<16} {:<16} {:>14} {:>14} {:<9} {:>14}", "lease", "edge", "campaign", "amount", "spent", "state", "in doubt");
+        for l in &r.leases {
+            out.push_str(&format!(
+                "\nL{:<7} {:<16} {:<16} {:>14} {:>14} {:<9} {:>14}",
+                l.lease_id,
+                l.edge,
+                l.campaign,
+                m(l.amount_micros),
+                m(l.spent_micros),
+                l.state,
+                m(l.in_doubt_micros)
+            ));
+        }
+        Ok(out)
+    }))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Make a new region's group from these members (ID=HOST:PORT, repeat); send it to one of
+    /// them, once.
+    Init {
+        /// Members, ID=HOST:PORT.
+        #[arg(required = true, value_name = "ID=HOST:PORT")]
+        members: Vec<String>,
+    },
+    /// Add a node: as a learner, then promoted to voter once it has caught up.
+    Add {
+        /// Its node number.
+        id: u64,
+        /// Its address.
+        addr: String,
+        /// Leave it a learner (it receives the log but does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the group.
+    Remove {
+        /// Its node number.
+        id: u64,
+    },
+}
+
+pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    print_result(rt.block_on(async {
+        match cmd {
+            ClusterCommand::Init { members } => {
+                let mut list = Vec::new();
+                for m in &members {
+                    let (id, addr) = m
+                        .split_once('=')
+                        .ok_or((EXIT_USAGE, format!("{m:?}: expected ID=HOST:PORT")))?;
+                    let node: u64 = id
+                        .parse()
+                        .map_err(|_| (EXIT_USAGE, format!("{m:?}: {id:?} is not a node number")))?;
+                    list.push(pb::Member {
+                        node,
+                        addr: addr.to_string(),
+                        voter: true,
+                    });
+                }
+                let mut c = AdminClient::new(channel(endpoint).await?);
+                c.initialize(pb::InitializeRequest { members: list })
+                    .await
+                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                Ok(format!("region initialized with {} members", members.len()))
+            }
+            ClusterCommand::Add { id, addr, learner } => {
+                let leader = leader_of(endpoint).await?;
+                let mut c = AdminClient::new(channel(&leader).await?);
+                c.add_node(pb::AddNodeRequest {
+                    node: id,
+                    addr,
+                    voter: !learner,
+                })
+                .await
+                .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                Ok(format!(
+                    "node {id} added as a {}",
+                    if learner { "learner" } else { "voter" }
+                ))
+            }
+            ClusterCommand::Remove { id } => {
+                let leader = leader_of(endpoint).await?;
+                let mut c = AdminClient::new(channel(&leader).await?);
+                c.remove_node(pb::RemoveNodeRequest { node: id })
+                    .await
+                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                Ok(format!("node {id} removed"))
+            }
+        }
+    }))
 }
