@@ -174,6 +174,12 @@ where
             .unwrap_or_else(|_| panic!("state machine lock poisoned by an earlier panic"))
     }
 
+    /// The index of the last log entry applied to the machine, exactly (openraft's published
+    /// metrics can trail it for a moment).
+    pub fn applied_index(&self) -> u64 {
+        self.lock().applied.as_ref().map_or(0, |l| l.index)
+    }
+
     /// Runs `f` on the machine (for reads by the server).
     pub fn read<T>(&self, f: impl FnOnce(&M) -> T) -> T {
         f(&self.lock().machine)

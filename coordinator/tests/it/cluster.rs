@@ -195,16 +195,27 @@ async fn every_replica_of_a_region_holds_the_same_chain() {
         ));
     }
     let leader = region.leader().await;
-    let index = region.nodes[leader]
-        .node
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap()
-        .index;
+    let index = region.nodes[leader].node.state.applied_index();
     let heads = region.heads_at(index).await;
-    assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    let detail: Vec<(u64, u64, u64)> = region
+        .nodes
+        .iter()
+        .map(|r| {
+            let applied = r
+                .node
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
+            let next = r.node.state.read(|m| m.ledger().chain().next_seq());
+            (r.node.id, applied, next)
+        })
+        .collect();
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "replicas differ: (node, applied, chain length) {detail:?}, wanted index {index}"
+    );
     // A follower does not apply a proposal; it names the leader.
     let follower = (leader + 1) % 3;
     match region.nodes[follower].node.propose(report(999)).await {
@@ -235,14 +246,7 @@ async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_fr
     }
     // Stop the leader: a new one is elected among the other two and spending goes on.
     let old = region.leader().await;
-    let behind = region.nodes[old]
-        .node
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap()
-        .index;
+    let behind = region.nodes[old].node.state.applied_index();
     let mut stopped = region.nodes.remove(old);
     stop(&mut stopped).await;
     let (old_id, old_addr, old_dir) = (stopped.node.id, stopped.addr.clone(), stopped.dir.clone());
@@ -261,14 +265,7 @@ async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_fr
     );
     let leader = region.leader().await;
     assert_ne!(region.nodes[leader].node.id, old_id);
-    let index = region.nodes[leader]
-        .node
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap()
-        .index;
+    let index = region.nodes[leader].node.state.applied_index();
     let heads = region.heads_at(index).await;
     assert!(heads.windows(2).all(|w| w[0] == w[1]), "survivors differ");
     assert_eq!(
@@ -613,14 +610,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     }
     // budgetctl verifies the same live log, on every replica (once each has applied it all),
     // to the same head.
-    let applied = region.nodes[leader]
-        .node
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap()
-        .index;
+    let applied = region.nodes[leader].node.state.applied_index();
     region.heads_at(applied).await;
     for r in &region.nodes {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
