@@ -189,8 +189,80 @@ impl Config {
 /// How often the leader checks its lease timers.
 pub const RECLAIM_TICK: Duration = Duration::from_millis(200);
 
-/// The leader's reclaim loop: keeps [`Timers`] in line with the ledger while this node leads,
-/// and proposes `ReclaimLeases` / `ExpireInDoubt` when they are due. Ends when `stop` fires.
+/// One tick of the leader's reclaim loop at `now`: keeps `timers` in line with the ledger
+/// while this node leads, and proposes `ReclaimLeases` / `ExpireInDoubt` for what is due.
+/// Returns the leases it proposed to reclaim and to expire.
+pub async fn reclaim_step(
+    node: &Node,
+    timers: &mut Timers,
+    windows: Windows,
+    now: crate::reclaim::Mono,
+) -> (Vec<LeaseId>, Vec<LeaseId>) {
+    let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+    if !leading {
+        if timers.is_leading() {
+            tracing::info!(node = node.id, "no longer leader: lease timers stopped");
+            timers.stepped_down();
+        }
+        return (Vec::new(), Vec::new());
+    }
+    let (open, in_doubt): (Vec<(LeaseId, Duration)>, Vec<LeaseId>) = node.state.read(|m| {
+        let mut open = Vec::new();
+        let mut doubt = Vec::new();
+        for (id, l) in m.ledger().leases() {
+            match l.state {
+                LeaseState::Open => open.push((*id, Duration::from_millis(l.duration_ms))),
+                LeaseState::InDoubt { .. } => doubt.push(*id),
+                LeaseState::Closed => {}
+            }
+        }
+        (open, doubt)
+    });
+    if !timers.is_leading() {
+        tracing::info!(
+            node = node.id,
+            open = open.len(),
+            in_doubt = in_doubt.len(),
+            "became leader: every lease wait starts over"
+        );
+        timers.became_leader(now, windows, open.iter().copied(), in_doubt.iter().copied());
+    } else {
+        timers.sync(now, &open, &in_doubt);
+    }
+    let reclaim = timers.due_reclaims(now);
+    if !reclaim.is_empty() {
+        tracing::info!(leases = ?reclaim, "reclaiming leases whose edges never released them");
+        match node
+            .propose(Command::ReclaimLeases {
+                leases: reclaim.clone(),
+            })
+            .await
+        {
+            // Applied: the late-acceptance window starts now.
+            Ok(_) => reclaim.iter().for_each(|id| timers.reclaimed(now, *id)),
+            Err(e) => tracing::warn!(error = %e, "reclaim proposal failed; retrying next tick"),
+        }
+    }
+    let expire = timers.due_expiries(now);
+    if !expire.is_empty() {
+        tracing::info!(leases = ?expire, "late-acceptance windows over: returning in-doubt money");
+        match node
+            .propose(Command::ExpireInDoubt {
+                leases: expire.clone(),
+            })
+            .await
+        {
+            Ok(_) => expire.iter().for_each(|id| timers.closed(*id)),
+            Err(e) => {
+                tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick")
+            }
+        }
+    }
+    (reclaim, expire)
+}
+
+/// The leader's reclaim loop: [`reclaim_step`] every [`RECLAIM_TICK`] on `clock`, until `stop`
+/// fires.
 pub async fn reclaim_loop(
     node: Arc<Node>,
     windows: Windows,
@@ -205,52 +277,7 @@ pub async fn reclaim_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
-        let now = clock.now();
-        if !leading {
-            if timers.is_leading() {
-                tracing::info!(node = node.id, "no longer leader: lease timers stopped");
-                timers.stepped_down();
-            }
-            continue;
-        }
-        let (open, in_doubt): (Vec<(LeaseId, Duration)>, Vec<LeaseId>) = node.state.read(|m| {
-            let mut open = Vec::new();
-            let mut doubt = Vec::new();
-            for (id, l) in m.ledger().leases() {
-                match l.state {
-                    LeaseState::Open => open.push((*id, Duration::from_millis(l.duration_ms))),
-                    LeaseState::InDoubt { .. } => doubt.push(*id),
-                    LeaseState::Closed => {}
-                }
-            }
-            (open, doubt)
-        });
-        if !timers.is_leading() {
-            tracing::info!(
-                node = node.id,
-                open = open.len(),
-                in_doubt = in_doubt.len(),
-                "became leader: every lease wait starts over"
-            );
-            timers.became_leader(now, windows, open.iter().copied(), in_doubt.iter().copied());
-        } else {
-            timers.sync(now, &open, &in_doubt);
-        }
-        let due = timers.due_reclaims(now);
-        if !due.is_empty() {
-            tracing::info!(leases = ?due, "reclaiming leases whose edges never released them");
-            if let Err(e) = node.propose(Command::ReclaimLeases { leases: due }).await {
-                tracing::warn!(error = %e, "reclaim proposal failed; retrying next tick");
-            }
-        }
-        let due = timers.due_expiries(now);
-        if !due.is_empty() {
-            tracing::info!(leases = ?due, "late-acceptance windows over: returning in-doubt money");
-            if let Err(e) = node.propose(Command::ExpireInDoubt { leases: due }).await {
-                tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick");
-            }
-        }
+        reclaim_step(&node, &mut timers, windows, clock.now()).await;
     }
 }
 

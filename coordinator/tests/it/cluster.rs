@@ -636,3 +636,94 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         stop(r).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
+    use coordinator::ledger::LeaseState;
+    use coordinator::reclaim::{Mono, Timers, Windows};
+    use coordinator::server::reclaim_step;
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    let leader = region.leader().await;
+    let node = region.nodes[leader].node.clone();
+    let windows = Windows {
+        settlement: Duration::from_secs(10),
+        margin: Duration::from_secs(2),
+        late_acceptance: Duration::from_secs(60),
+    };
+    let at = |secs: u64| Mono(Duration::from_secs(1_000 + secs));
+    let lease_state = |n: &Node| {
+        n.state
+            .read(|m| m.ledger().lease(LeaseId(1)).map(|l| l.state))
+    };
+    let mut timers = Timers::new();
+    // The leader's first tick sees the open lease: its wait starts now.
+    assert_eq!(
+        reclaim_step(&node, &mut timers, windows, at(0)).await,
+        (vec![], vec![])
+    );
+    // 30 s lease + 10 s W + 2 s margin = 42 s: not at 41 s.
+    assert_eq!(
+        reclaim_step(&node, &mut timers, windows, at(41)).await,
+        (vec![], vec![])
+    );
+    assert_eq!(lease_state(&node), Some(LeaseState::Open));
+    // At 42 s it is reclaimed, through the log: every replica holds it in doubt.
+    assert_eq!(
+        reclaim_step(&node, &mut timers, windows, at(42)).await,
+        (vec![LeaseId(1)], vec![])
+    );
+    let index = node.state.applied_index();
+    region.heads_at(index).await;
+    for r in &region.nodes {
+        assert!(
+            matches!(lease_state(&r.node), Some(LeaseState::InDoubt { .. })),
+            "node {}",
+            r.node.id
+        );
+    }
+    // The late-acceptance window (60 s from the reclaim) ends at 102 s.
+    assert_eq!(
+        reclaim_step(&node, &mut timers, windows, at(101)).await,
+        (vec![], vec![])
+    );
+    assert_eq!(
+        reclaim_step(&node, &mut timers, windows, at(102)).await,
+        (vec![], vec![LeaseId(1)])
+    );
+    assert_eq!(lease_state(&node), Some(LeaseState::Closed));
+    // A follower's step does nothing, whatever its clock says.
+    let follower = &region.nodes[(leader + 1) % 3].node;
+    assert_eq!(
+        reclaim_step(follower, &mut Timers::new(), windows, at(10_000)).await,
+        (vec![], vec![])
+    );
+    // A new leader restarts every wait: a fresh lease granted now is not reclaimed by the new
+    // timers until 42 s after they first see it, whatever the old leader's timers said.
+    region
+        .propose(Command::GrantLease {
+            key: key(9),
+            edge: "e1".parse().unwrap(),
+            campaign: "c1".parse().unwrap(),
+            want: Money::from_micros(1_000),
+        })
+        .await;
+    let mut fresh = Timers::new();
+    assert_eq!(
+        reclaim_step(&node, &mut fresh, windows, at(5_000)).await,
+        (vec![], vec![])
+    );
+    assert_eq!(
+        reclaim_step(&node, &mut fresh, windows, at(5_041)).await,
+        (vec![], vec![])
+    );
+    assert_eq!(
+        reclaim_step(&node, &mut fresh, windows, at(5_042)).await.0,
+        vec![LeaseId(2)]
+    );
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
