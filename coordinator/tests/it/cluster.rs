@@ -727,3 +727,94 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
         stop(r).await;
     }
 }
+
+fn budgetctl(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+        .arg("--endpoint")
+        .arg(addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_run_a_region_with_budgetctl() {
+    let mut region = region().await;
+    let leader = region.leader().await;
+    // Sent to a follower: budgetctl follows the redirect to the leader.
+    let at = region.nodes[(leader + 1) % 3].addr.clone();
+    let run = |args: &[&str]| budgetctl(&at, args);
+    let (code, out, err) = run(&[
+        "campaign",
+        "create",
+        "spring",
+        "--zone",
+        "America/New_York",
+        "--bid-cpm",
+        "2.50",
+        "--daily-budget",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(run(&["campaign", "set-budget", "spring", "100"]).0, 0);
+    let (code, out, _) = run(&["campaign", "show", "spring", "--json"]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (j["budget_micros"].as_i64(), j["available_micros"].as_i64()),
+        (Some(100_000_000), Some(100_000_000))
+    );
+    let (code, out, _) = run(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["members"].as_array().unwrap().len(), 3);
+    let (_, out, _) = run(&["campaign", "list"]);
+    assert!(
+        out.contains("spring") && out.contains("America/New_York"),
+        "{out}"
+    );
+    // Refused: exit 1 and the reason.
+    let (code, _, err) = run(&["campaign", "set-budget", "autumn", "5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown campaign autumn"), "{err}");
+    let (code, _, err) = run(&[
+        "campaign",
+        "set-budget",
+        "spring",
+        "200",
+        "--day",
+        "2026-02-30",
+    ]);
+    assert_eq!(code, 2, "a bad date is a usage error");
+    assert!(err.contains("--day"), "{err}");
+    let (code, _, err) = run(&[
+        "campaign",
+        "create",
+        "x",
+        "--zone",
+        "Mars/Base",
+        "--bid-cpm",
+        "1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Mars/Base"), "{err}");
+    let (code, _, err) = run(&["campaign", "set-budget", "spring", "-5"]);
+    assert_ne!(code, 0);
+    assert!(!err.is_empty());
+    // Nothing of the refused commands reached the budget.
+    let (_, out, _) = run(&["campaign", "show", "spring", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["budget_micros"].as_i64(), Some(100_000_000));
+    // No server there: a usage error naming the address.
+    let (code, _, err) = budgetctl("127.0.0.1:1", &["status"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
