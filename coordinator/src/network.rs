@@ -1,6 +1,6 @@
 //! The Raft transport between the coordinators of a region, over gRPC (`RaftTransport` in
-//! `proto/budget/v1/raft.proto`). openraft's requests and responses travel serialized (JSON) in
-//! the `RaftMessage` envelope, which also names the region and the sender: a message meant for
+//! `proto/budget/v1/raft.proto`). openraft's requests and responses travel serialized (postcard, a
+//! compact binary serde format) in the `RaftMessage` envelope, which also names the region and the sender: a message meant for
 //! another region is refused, so a misrouted node cannot join the wrong group.
 
 use std::time::Duration;
@@ -100,7 +100,7 @@ impl Conn {
         E: std::error::Error + DeserializeOwned,
     {
         let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self
             .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
@@ -120,7 +120,7 @@ impl Conn {
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, RaftError<u64, E>> =
-            serde_json::from_slice(&reply.into_inner().payload)
+            postcard::from_bytes(&reply.into_inner().payload)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -173,12 +173,12 @@ impl RaftService {
                 self.me, self.region, msg.region, msg.from_node
             )));
         }
-        serde_json::from_slice(&msg.payload)
+        postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("raft payload: {e}")))
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
-        let payload = serde_json::to_vec(result)
+        let payload = postcard::to_stdvec(result)
             .map_err(|e| Status::internal(format!("encoding a raft reply: {e}")))?;
         Ok(Response::new(RaftMessage {
             region: self.region.to_string(),

