@@ -347,19 +347,10 @@ fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
 async fn audit_client(
     endpoint: &str,
 ) -> Result<shared::proto::v1::audit_client::AuditClient<tonic::transport::Channel>, String> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("endpoint {url}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    Ok(shared::proto::v1::audit_client::AuditClient::new(channel)
-        .max_decoding_message_size(64 << 20))
+    Ok(
+        shared::proto::v1::audit_client::AuditClient::new(super::connect(endpoint).await?)
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 fn rt() -> Option<tokio::runtime::Runtime> {

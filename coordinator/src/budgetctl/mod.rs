@@ -56,6 +56,23 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or I/O error.
 pub const EXIT_USAGE: u8 = 2;
 
+/// Connects to a coordinator at `endpoint` (`HOST:PORT` or a URL). The error names the
+/// endpoint.
+pub(crate) async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, String> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("endpoint {url}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

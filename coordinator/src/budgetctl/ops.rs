@@ -7,7 +7,7 @@ use shared::Money;
 use shared::bucket::Bucket;
 use shared::proto::v1 as pb;
 use shared::proto::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -85,19 +85,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 async fn admin(endpoint: &str) -> Result<AdminClient<Channel>, String> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("endpoint {url}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(super::connect(endpoint).await?))
 }
 
 fn key() -> pb::IdempotencyKey {
@@ -197,30 +185,8 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
                 .await
                 .map(|s| format!("budget of {name} set to {amount} ({s})"))
             }
-            CampaignCommand::Pause { name } => {
-                let k = key();
-                write(endpoint, |mut c| {
-                    let r = pb::CampaignRequest {
-                        idempotency_key: Some(k.clone()),
-                        campaign: name.clone(),
-                    };
-                    async move { c.pause_campaign(r).await }
-                })
-                .await
-                .map(|s| format!("campaign {name} paused ({s})"))
-            }
-            CampaignCommand::Resume { name } => {
-                let k = key();
-                write(endpoint, |mut c| {
-                    let r = pb::CampaignRequest {
-                        idempotency_key: Some(k.clone()),
-                        campaign: name.clone(),
-                    };
-                    async move { c.resume_campaign(r).await }
-                })
-                .await
-                .map(|s| format!("campaign {name} resumed ({s})"))
-            }
+            CampaignCommand::Pause { name } => pause(endpoint, &name, true).await,
+            CampaignCommand::Resume { name } => pause(endpoint, &name, false).await,
             CampaignCommand::Show { name, day, json } => {
                 show(endpoint, &name, day.as_deref(), json).await
             }
@@ -237,6 +203,29 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Pauses (`paused`) or resumes a campaign.
+async fn pause(endpoint: &str, name: &str, paused: bool) -> Result<String, (u8, String)> {
+    let k = key();
+    let applied = write(endpoint, |mut c| {
+        let r = pb::CampaignRequest {
+            idempotency_key: Some(k.clone()),
+            campaign: name.to_string(),
+        };
+        async move {
+            if paused {
+                c.pause_campaign(r).await
+            } else {
+                c.resume_campaign(r).await
+            }
+        }
+    })
+    .await?;
+    Ok(format!(
+        "campaign {name} {} ({applied})",
+        if paused { "paused" } else { "resumed" }
+    ))
 }
 
 async fn show(
@@ -357,18 +346,7 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
 }
 
 async fn channel(endpoint: &str) -> Result<Channel, (u8, String)> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    Endpoint::from_shared(url.clone())
-        .map_err(|e| (EXIT_USAGE, format!("endpoint {url}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| (EXIT_USAGE, format!("cannot reach {url}: {e}")))
+    super::connect(endpoint).await.map_err(|e| (EXIT_USAGE, e))
 }
 
 async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, String)> {
