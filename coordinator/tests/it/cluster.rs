@@ -778,6 +778,11 @@ async fn operators_run_a_region_with_budgetctl() {
         out.contains("spring") && out.contains("America/New_York"),
         "{out}"
     );
+    assert!(out.contains("active"), "{out}");
+    assert_eq!(run(&["campaign", "pause", "spring"]).0, 0);
+    assert!(run(&["campaign", "list"]).1.contains("paused"));
+    assert_eq!(run(&["campaign", "resume", "spring"]).0, 0);
+    assert!(run(&["campaign", "list"]).1.contains("active"));
     // Refused: exit 1 and the reason.
     let (code, _, err) = run(&["campaign", "set-budget", "autumn", "5"]);
     assert_eq!(code, 1);
