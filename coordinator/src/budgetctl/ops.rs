@@ -114,7 +114,7 @@ where
     Fut: std::future::Future<Output = Result<tonic::Response<pb::AdminReply>, tonic::Status>>,
 {
     let mut target = endpoint.to_string();
-    for _ in 0..3 {
+    for _ in 0..NO_LEADER_TRIES {
         let client = admin(&target).await.map_err(|e| (EXIT_USAGE, e))?;
         let reply = call(client)
             .await
@@ -130,11 +130,17 @@ where
             Some(pb::admin_reply::Result::NotLeader(l)) if !l.leader_addr.is_empty() => {
                 target = l.leader_addr
             }
-            _ => return Err((EXIT_FAILED, "no leader right now; try again".into())),
+            // No leader known (an election is under way): the same key makes a retry safe.
+            _ => tokio::time::sleep(NO_LEADER_PAUSE).await,
         }
     }
-    Err((EXIT_FAILED, "the leader kept moving; try again".into()))
+    Err((EXIT_FAILED, "no leader could be found; try again".into()))
 }
+
+/// While a region has no known leader (an election), wait this long between tries …
+const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// … this many times at most (about 5 s in all).
+const NO_LEADER_TRIES: u32 = 20;
 
 pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
     let rt = match runtime() {
@@ -273,17 +279,9 @@ async fn show(
                 return Err((EXIT_FAILED, s.message().to_string()));
             }
             Err(s) if s.code() == tonic::Code::Unavailable => {
-                // Only the leader reads linearizably: ask the node who leads.
+                // Only the leader reads linearizably: ask who leads (waiting out an election).
                 last = s.message().to_string();
-                let status = client
-                    .cluster_status(pb::ClusterStatusRequest {})
-                    .await
-                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
-                    .into_inner();
-                match status.members.iter().find(|m| m.node == status.leader_node) {
-                    Some(m) => target = m.addr.clone(),
-                    None => return Err((EXIT_FAILED, "no leader right now; try again".into())),
-                }
+                target = leader_of(&target).await?;
             }
             Err(s) => return Err((EXIT_FAILED, format!("{}: {}", s.code(), s.message()))),
         }
@@ -349,8 +347,12 @@ async fn channel(endpoint: &str) -> Result<Channel, (u8, String)> {
     super::connect(endpoint).await.map_err(|e| (EXIT_USAGE, e))
 }
 
+/// The campaigns as the leader holds them: it has applied every acknowledged write, so an
+/// operator sees their own changes at once (a follower may trail by a moment).
 async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, String)> {
-    let mut c = shared::proto::v1::lease_api_client::LeaseApiClient::new(channel(endpoint).await?);
+    let mut c = shared::proto::v1::lease_api_client::LeaseApiClient::new(
+        channel(&leader_of(endpoint).await?).await?,
+    );
     let r = c
         .list_active_campaigns(pb::ListActiveCampaignsRequest {})
         .await
@@ -390,16 +392,21 @@ async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, Strin
 /// Finds the leader's address through `endpoint`.
 async fn leader_of(endpoint: &str) -> Result<String, (u8, String)> {
     let mut c = AdminClient::new(channel(endpoint).await?);
-    let s = c
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await
-        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
-        .into_inner();
-    s.members
-        .iter()
-        .find(|m| m.node == s.leader_node)
-        .map(|m| m.addr.clone())
-        .ok_or((EXIT_FAILED, "no leader right now; try again".to_string()))
+    for _ in 0..NO_LEADER_TRIES {
+        let s = c
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .into_inner();
+        if let Some(m) = s.members.iter().find(|m| m.node == s.leader_node) {
+            return Ok(m.addr.clone());
+        }
+        tokio::time::sleep(NO_LEADER_PAUSE).await;
+    }
+    Err((
+        EXIT_FAILED,
+        "no leader could be found; try again".to_string(),
+    ))
 }
 
 fn print_result(result: Result<String, (u8, String)>) -> ExitCode {

@@ -30,6 +30,10 @@ async fn run(id: u64, dir: &Path, listener: TcpListener) -> Running {
     // only catch up by installing a snapshot.
     cfg.snapshot_every = 20;
     cfg.logs_kept_after_snapshot = 0;
+    // Generous election timeouts: a CI machine running several regions at once on 2 cores must
+    // not see elections that no fault caused.
+    cfg.heartbeat = Duration::from_millis(150);
+    cfg.election_timeout = (Duration::from_millis(1_500), Duration::from_millis(3_000));
     let node = Arc::new(Node::start(&cfg).await.unwrap());
     let (tx, rx) = oneshot::channel::<()>();
     let serving = node.clone();
@@ -103,9 +107,18 @@ impl Region {
         self.nodes.iter().position(|r| r.node.id == id).unwrap()
     }
 
+    /// Proposes at the leader, following a leader change as a client would (the command's key
+    /// makes a retry safe); at most 10 tries.
     async fn propose(&self, command: Command) -> Reply {
-        let i = self.leader().await;
-        self.nodes[i].node.propose(command).await.unwrap().0
+        for _ in 0..10 {
+            let i = self.leader().await;
+            match self.nodes[i].node.propose(command.clone()).await {
+                Ok((reply, _)) => return reply,
+                Err(ProposeError::NotLeader { .. }) => continue,
+                Err(e) => panic!("proposal failed: {e}"),
+            }
+        }
+        panic!("no stable leader after 10 tries");
     }
 
     /// Waits until every running node has applied `index`; returns their chain heads.
