@@ -382,3 +382,82 @@ pub async fn run(
     tracing::info!("stopped cleanly");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<Config, String> {
+        toml::from_str::<Config>(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_a_working_configuration() {
+        let (node, windows, members) = Config::default().validate().unwrap();
+        assert_eq!(node.id, 1);
+        assert_eq!(node.region.as_str(), "local");
+        assert_eq!(windows.settlement, Duration::from_secs(10));
+        assert!(members.is_empty());
+        // An empty file is the defaults.
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7001");
+        assert_eq!(c.segment_entries, 10_000);
+    }
+
+    #[test]
+    fn a_file_sets_what_it_names_and_nothing_else() {
+        let c = parse(
+            r#"
+            region = "eu-1"
+            node_id = 2
+            init_members = { 1 = "10.0.0.1:7001", 2 = "10.0.0.2:7001" }
+            [leases]
+            duration_ms = 5000
+            "#,
+        )
+        .unwrap();
+        let (node, _, members) = c.validate().unwrap();
+        assert_eq!((node.region.as_str(), node.id), ("eu-1", 2));
+        assert_eq!(node.params.lease_duration_ms, 5_000);
+        assert_eq!(
+            node.params.lease_share_divisor,
+            Params::default().lease_share_divisor
+        );
+        assert_eq!(members.len(), 2);
+    }
+
+    #[track_caller]
+    fn refused(toml_text: &str, mentions: &str) {
+        let err = match parse(toml_text) {
+            Err(e) => e,
+            Ok(c) => c
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        assert!(
+            err.contains(mentions),
+            "{toml_text:?}: {err:?} does not mention {mentions:?}"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_by_name() {
+        refused("colour = \"blue\"", "colour");
+        refused("[raft]\nheartbeat_secs = 1", "heartbeat_secs");
+        refused("region = \"eu 1\"", "region");
+        refused("node_id = 0", "node_id");
+        refused(
+            "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 400",
+            "raft",
+        );
+        refused("[leases]\nshare_divisor = 0", "leases");
+        refused(
+            "node_id = 3\ninit_members = { 1 = \"a:1\" }",
+            "does not include this node",
+        );
+        refused("init_members = { one = \"a:1\" }", "not a node number");
+        refused("node_id = -1", "node_id");
+    }
+}

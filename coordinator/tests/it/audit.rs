@@ -298,3 +298,63 @@ fn prove_then_check_proof() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_coordinator_binary_explains_itself_and_refuses_bad_settings() {
+    let bin = env!("CARGO_BIN_EXE_coordinator");
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert_eq!(code(&out), 0);
+    for flag in [
+        "--config",
+        "--node-id",
+        "--listen",
+        "--data-dir",
+        "--init",
+        "--metrics-listen",
+        "--print-config",
+    ] {
+        assert!(stdout(&out).contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(bin)
+        .args(["--print-config", "--node-id", "2", "--region", "eu-1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("node_id: 2"), "{}", stdout(&out));
+    let out = Command::new(bin)
+        .args(["--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("/no/such/file.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(bin)
+        .args([
+            "--init",
+            "1=127.0.0.1:7001",
+            "--node-id",
+            "2",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("does not include this node"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "regoin = \"eu-1\"\n").unwrap();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("regoin"), "{}", stderr(&out));
+}
