@@ -83,20 +83,9 @@ pub fn seal_ready(
                     next + i as u64
                 )));
             }
-            let Ok(Item::Record(r)) = read_item(rec, 0) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("stored record {seq} is not a record"),
-                ));
-            };
-            let hash: Hash = r
-                .hash
-                .try_into()
-                .map_err(|_| io::Error::other("record hash is not 32 bytes"))?;
-            w.push_record(rec, hash).map_err(|e| {
+            head = w.push_record(rec).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("record {seq}: {e}"))
             })?;
-            head = hash;
         }
         let bytes = w.seal().map_err(io::Error::other)?;
         let path = dir.join(segment_file_name(region, next));

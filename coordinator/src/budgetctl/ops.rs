@@ -199,16 +199,7 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
             CampaignCommand::List { json } => list_campaigns(endpoint, json).await,
         }
     });
-    match result {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err((code, e)) => {
-            eprintln!("budgetctl: {e}");
-            ExitCode::from(code)
-        }
-    }
+    print_result(result)
 }
 
 /// Pauses (`paused`) or resumes a campaign.

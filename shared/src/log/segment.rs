@@ -407,9 +407,10 @@ impl SegmentWriter {
         Ok(hash)
     }
 
-    /// Appends a record made by [`encode_record`] for the next entry, whose hash is `hash`.
-    /// The record's seq and link are checked by reading them back.
-    pub fn push_record(&mut self, record: &[u8], hash: Hash) -> Result<(), WriteError> {
+    /// Appends a record made by [`encode_record`] (as stored, `record_len` first) for the next
+    /// entry; returns the entry hash the record carries. Its seq and link to the previous entry
+    /// are checked; its hash is not recomputed here (the verifier does that).
+    pub fn push_record(&mut self, record: &[u8]) -> Result<Hash, WriteError> {
         let Ok(Item::Record(r)) = read_item(record, 0) else {
             return Err(WriteError::NotARecord);
         };
@@ -422,13 +423,15 @@ impl SegmentWriter {
                 found: seq,
             });
         }
-        if r.prev_hash != self.head || r.hash != hash || r.end != record.len() {
+        if r.prev_hash != self.head || r.end != record.len() {
             return Err(WriteError::PrevHash { seq });
         }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(r.hash);
         self.buf.extend_from_slice(record);
         self.next_seq += 1;
         self.head = hash;
-        Ok(())
+        Ok(hash)
     }
 
     /// Writes the trailer and returns the segment's bytes.

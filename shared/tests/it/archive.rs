@@ -88,15 +88,19 @@ fn segments_rebuilt_from_stored_records_are_the_same_bytes() {
         // Out of order: refused.
         let mut wrong = SegmentWriter::new(&header.region, header.first_seq, header.prev_hash);
         assert!(matches!(
-            wrong.push_record(&records[1].0, records[1].1),
+            wrong.push_record(&records[1].0),
             Err(WriteError::Seq { .. })
         ));
         assert!(matches!(
-            wrong.push_record(&records[0].0[..10], records[0].1),
+            wrong.push_record(&records[0].0[..10]),
             Err(WriteError::NotARecord)
         ));
         for (rec, hash) in &records {
-            w.push_record(rec, *hash).unwrap();
+            assert_eq!(
+                w.push_record(rec).unwrap(),
+                *hash,
+                "the hash the record carries"
+            );
         }
         assert!(w.seal().unwrap() == seg.bytes, "{} differs", seg.name);
     }
