@@ -4,16 +4,53 @@
 //!
 //! A segment is written whole, atomically: to a temporary file, synced, renamed into place, and
 //! the directory synced. The next segment continues from the last sealed one's trailer (its last
-//! seq and head hash), read back from the file. Plain file I/O: sealing happens once per
-//! `segment_entries` records, off the request path.
+//! seq and head hash), read back from the file. Sealing happens once per `segment_entries`
+//! records, off the request path.
+//!
+//! Segment files are written through io_uring (`tokio-uring`) where the kernel allows it, and
+//! with plain file I/O otherwise: [`FileIo::detect`] tries to set up a ring once per process.
+//! Both write the same bytes; only the system calls differ.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use shared::RegionId;
 use shared::log::segment::{Item, SegmentWriter, TRAILER_LEN, read_item, segment_file_name};
 use shared::log::{Hash, genesis};
+
+/// How segment files are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileIo {
+    /// io_uring submissions through a `tokio-uring` runtime on the sealing thread.
+    Uring,
+    /// `std::fs`: write, fsync and rename system calls.
+    Std,
+}
+
+impl FileIo {
+    /// io_uring when this kernel (and its seccomp policy) lets a ring be set up, plain file I/O
+    /// otherwise. Probed once per process.
+    pub fn detect() -> FileIo {
+        static DETECTED: OnceLock<FileIo> = OnceLock::new();
+        *DETECTED.get_or_init(|| match on_own_thread(|| tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)) {
+            Ok(()) => FileIo::Uring,
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring is not available; segment files use plain file I/O");
+                FileIo::Std
+            }
+        })
+    }
+
+    /// `io_uring` or `std`, for logs and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileIo::Uring => "io_uring",
+            FileIo::Std => "std",
+        }
+    }
+}
 
 /// The segments directory of a data directory.
 pub fn segments_dir(data_dir: &Path) -> PathBuf {
@@ -56,6 +93,7 @@ pub fn sealed_until(dir: &Path) -> io::Result<(u64, Hash)> {
 /// `dir` already holds. `records(from, max)` returns stored `(seq, record)` pairs from `from`.
 /// Returns the files written.
 pub fn seal_ready(
+    io: FileIo,
     dir: &Path,
     region: &RegionId,
     segment_entries: u64,
@@ -89,23 +127,161 @@ pub fn seal_ready(
         }
         let bytes = w.seal().map_err(io::Error::other)?;
         let path = dir.join(segment_file_name(region, next));
-        write_atomically(&path, &bytes)?;
+        write_atomically(io, &path, &bytes)?;
         written.push(path);
         next += segment_entries;
     }
     Ok(written)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` as `path`, whole or not at all: into a temporary file, synced, renamed into
+/// place, and the directory synced so that the rename survives a crash.
+fn write_atomically(io: FileIo, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("seg.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match io {
+        FileIo::Std => {
+            {
+                let mut f = File::create(&tmp)?;
+                f.write_all(bytes)?;
+                f.sync_all()?;
+            }
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        }
+        FileIo::Uring => on_own_thread(|| {
+            let rt = tokio_uring::Runtime::new(&tokio_uring::builder())?;
+            let bytes = bytes.to_vec();
+            rt.block_on(async move {
+                let f = tokio_uring::fs::File::create(&tmp).await?;
+                let (written, _) = f.write_all_at(bytes, 0).await;
+                written?;
+                f.sync_all().await?;
+                f.close().await?;
+                tokio_uring::fs::rename(&tmp, path).await?;
+                let d = tokio_uring::fs::File::from_std(File::open(dir)?);
+                d.sync_all().await?;
+                d.close().await
+            })
+        }),
     }
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)?.sync_all()?;
+}
+
+/// Runs `work` on a thread of its own: a `tokio-uring` runtime may neither start nor be dropped
+/// on a thread that is inside another Tokio runtime, as the caller's may be.
+fn on_own_thread<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(work)
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the io_uring thread panicked")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::log::sample::{SampleConfig, generate};
+    use shared::log::segment::read_header;
+
+    /// The records of a generated 1,000-entry log, in order.
+    fn sample_records() -> (RegionId, Vec<(u64, Vec<u8>)>) {
+        let archive = generate(&SampleConfig {
+            seed: 7,
+            entries: 1_000,
+            segment_entries: (1_000, 1_000),
+            batch_events_max: 4,
+        })
+        .expect("sample");
+        let bytes = &archive.segments[0].bytes;
+        let (header, mut at) = read_header(bytes).expect("header");
+        let mut records = Vec::new();
+        while let Ok(Item::Record(r)) = read_item(bytes, at) {
+            records.push((
+                header.first_seq + records.len() as u64,
+                bytes[r.offset..r.end].to_vec(),
+            ));
+            at = r.end;
+        }
+        assert_eq!(records.len(), 1_000);
+        (header.region, records)
     }
-    Ok(())
+
+    fn seal(io: FileIo, dir: &Path, until: u64) -> Vec<PathBuf> {
+        let (region, records) = sample_records();
+        seal_ready(io, dir, &region, 300, until, |from, max| {
+            Ok(records
+                .iter()
+                .skip(from as usize)
+                .take(max)
+                .cloned()
+                .collect())
+        })
+        .expect("seal")
+    }
+
+    fn names(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn seals_full_segments_only_and_continues_from_the_last_trailer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        let first = seal(FileIo::Std, &dir, 650);
+        assert_eq!(first.len(), 2, "600 of 650 records fit in segments of 300");
+        assert_eq!(sealed_until(&dir).unwrap().0, 600);
+        assert!(
+            seal(FileIo::Std, &dir, 650).is_empty(),
+            "nothing new to seal"
+        );
+        let second = seal(FileIo::Std, &dir, 1_000);
+        assert_eq!(second.len(), 1);
+        let summary = shared::log::verify_path(&dir, None)
+            .unwrap()
+            .expect("the archive verifies");
+        assert_eq!(summary.entries, 900);
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn io_uring_and_plain_io_write_the_same_files() {
+        let io = FileIo::detect();
+        eprintln!("this kernel: segment files via {}", io.name());
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("std"), tmp.path().join("detected"));
+        let std_files = seal(FileIo::Std, &a, 1_000);
+        let files = seal(io, &b, 1_000);
+        assert_eq!(names(&std_files), names(&files));
+        for (x, y) in std_files.iter().zip(&files) {
+            assert_eq!(
+                fs::read(x).unwrap(),
+                fs::read(y).unwrap(),
+                "{}",
+                y.display()
+            );
+        }
+        shared::log::verify_path(&b, None)
+            .unwrap()
+            .expect("the archive verifies");
+    }
+
+    #[test]
+    fn a_directory_that_ends_without_a_trailer_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        let files = seal(FileIo::Std, &dir, 300);
+        let bytes = fs::read(&files[0]).unwrap();
+        fs::write(&files[0], &bytes[..bytes.len() - 1]).unwrap();
+        let err = sealed_until(&dir).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
 }

@@ -230,6 +230,7 @@ impl Node {
     pub fn archive(&self, segment_entries: u64) -> std::io::Result<Vec<PathBuf>> {
         let until = self.state.read(|m| m.ledger().chain().next_seq());
         crate::archive::seal_ready(
+            crate::archive::FileIo::detect(),
             &crate::archive::segments_dir(&self.data_dir),
             &self.region,
             segment_entries,

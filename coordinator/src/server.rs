@@ -325,7 +325,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", node_cfg.data_dir.display()))?;
     let node = Arc::new(Node::start(&node_cfg).await?);
     let addr = listener.local_addr()?;
-    tracing::info!(region = %node.region, node = node.id, %addr, data_dir = %node_cfg.data_dir.display(), "coordinator listening");
+    tracing::info!(region = %node.region, node = node.id, %addr, data_dir = %node_cfg.data_dir.display(), segment_io = crate::archive::FileIo::detect().name(), "coordinator listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = node.clone();
     let mut server_stop = stop_rx.clone();
