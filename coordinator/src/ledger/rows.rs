@@ -106,7 +106,7 @@ fn request_key(k: &RequestKey) -> Vec<u8> {
 fn charged_key(k: &EventKey) -> Vec<u8> {
     // OpenRTB ids hold no control characters, so NUL separates them unambiguously.
     let mut id = Vec::new();
-    id.extend_from_slice(k.exchange().as_str().as_bytes());
+    id.extend_from_slice(k.exchange().as_bytes());
     id.push(0);
     id.extend_from_slice(k.auction_id().as_bytes());
     id.push(0);

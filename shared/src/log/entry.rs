@@ -127,7 +127,7 @@ pub struct SpendEvent {
 impl SpendEvent {
     /// Canonical bytes: exchange, auction id, impression id (strings), amount (`i64`).
     pub fn encode(&self, w: &mut Writer) {
-        w.str(self.key.exchange().as_str());
+        w.str(self.key.exchange());
         w.str(self.key.auction_id());
         w.str(self.key.imp_id());
         w.money(self.amount);
