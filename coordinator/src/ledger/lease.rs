@@ -41,10 +41,11 @@ pub struct Lease {
     pub duration_ms: u64,
     /// The Raft index that granted it.
     pub granted_at_index: u64,
-    /// Event keys charged under it (dropped with the lease). Not persisted in the lease's
-    /// row: rebuilt at load from the charged rows, which name their lease.
+    /// Event keys charged under it (dropped with the lease), one list per report that charged
+    /// any. Not persisted in the lease's row: each list is a row of its own (written once, when
+    /// charged), and the lists are rebuilt at load from those rows, which name their lease.
     #[serde(skip)]
-    pub events: Vec<EventKey>,
+    pub events: Vec<Vec<EventKey>>,
     /// Idempotency keys of its commands (dropped with the lease). Not persisted in the lease's
     /// row: rebuilt at load from the request rows, which name their lease.
     #[serde(skip)]

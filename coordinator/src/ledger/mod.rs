@@ -138,8 +138,10 @@ pub struct Changes {
     pub leases: BTreeSet<LeaseId>,
     /// Idempotency keys remembered or forgotten.
     pub requests: BTreeSet<RequestKey>,
-    /// Event keys charged or forgotten.
-    pub charged: BTreeSet<EventKey>,
+    /// Event keys newly charged, as `(lease, i)`: the lease's `events[i]`, one row.
+    pub charged: Vec<(LeaseId, u32)>,
+    /// Leases forgotten with their charged keys, and how many rows of keys each had.
+    pub uncharged: Vec<(LeaseId, u32)>,
     /// Velocities updated.
     pub velocity: BTreeSet<(EdgeId, CampaignId)>,
 }
@@ -151,6 +153,8 @@ pub struct Applied {
     pub reply: Reply,
     /// The financial-log entries the command appended, with their hashes.
     pub entries: Vec<(Entry, Hash)>,
+    /// The same entries as stored records (LOG_FORMAT.md §5), in the same order.
+    pub records: Vec<Vec<u8>>,
     /// The rows to persist.
     pub changes: Changes,
 }
@@ -292,6 +296,7 @@ impl Ledger {
             return Applied {
                 reply: reply.clone(),
                 entries: Vec::new(),
+                records: Vec::new(),
                 changes: Changes::default(),
             };
         }
@@ -344,20 +349,22 @@ impl Ledger {
         if matches!(reply, Reply::Refused(_)) {
             assert!(out.is_empty(), "a refused command produced log entries");
         }
-        let entries = out
-            .into_iter()
-            .map(|p| {
-                let kind = p.kind();
-                // Handlers only build payloads within the encoder's limits (non-empty batches of
-                // at most BATCH_EVENTS_MAX events, at most BUCKETS_MAX buckets, no negative
-                // amounts), so encoding cannot fail.
-                self.chain
-                    .append(stamp.term, stamp.index, stamp.time_us, p)
-                    .unwrap_or_else(|e| {
-                        panic!("ledger built an unencodable {} entry: {e}", kind.name())
-                    })
-            })
-            .collect();
+        let mut entries = Vec::with_capacity(out.len());
+        let mut records = Vec::with_capacity(out.len());
+        for p in out {
+            let kind = p.kind();
+            // Handlers only build payloads within the encoder's limits (non-empty batches of at
+            // most BATCH_EVENTS_MAX events, at most BUCKETS_MAX buckets, no negative amounts), so
+            // encoding cannot fail.
+            let (entry, hash, record) = self
+                .chain
+                .append_record(stamp.term, stamp.index, stamp.time_us, p)
+                .unwrap_or_else(|e| {
+                    panic!("ledger built an unencodable {} entry: {e}", kind.name())
+                });
+            entries.push((entry, hash));
+            records.push(record);
+        }
         for key in &self.changes.buckets {
             if let Some(b) = self.buckets.get(key) {
                 assert!(
@@ -384,6 +391,7 @@ impl Ledger {
         Applied {
             reply,
             entries,
+            records,
             changes: std::mem::take(&mut self.changes),
         }
     }
@@ -760,10 +768,19 @@ impl Ledger {
                 };
             }
         }
-        for e in settle.iter().chain(anomalies.iter().map(|(_, e)| e)) {
-            self.charged.insert(e.key.clone(), lease_id);
-            self.changes.charged.insert(e.key.clone());
-            lease.events.push(e.key.clone());
+        let charged: Vec<EventKey> = settle
+            .iter()
+            .chain(anomalies.iter().map(|(_, e)| e))
+            .map(|e| e.key.clone())
+            .collect();
+        if !charged.is_empty() {
+            for k in &charged {
+                self.charged.insert(k.clone(), lease_id);
+            }
+            // At most one list per report, so a lease cannot approach u32::MAX lists.
+            let i = u32::try_from(lease.events.len()).unwrap_or(u32::MAX);
+            lease.events.push(charged);
+            self.changes.charged.push((lease_id, i));
         }
         self.changes.leases.insert(lease_id);
         let log_seq = (!settle.is_empty()).then(|| self.chain.next_seq());
@@ -923,10 +940,11 @@ impl Ledger {
             };
             self.changes.leases.insert(old);
             if let Some(lease) = self.leases.remove(&old) {
-                for k in &lease.events {
+                for k in lease.events.iter().flatten() {
                     self.charged.remove(k);
-                    self.changes.charged.insert(k.clone());
                 }
+                let rows = u32::try_from(lease.events.len()).unwrap_or(u32::MAX);
+                self.changes.uncharged.push((old, rows));
                 for r in &lease.requests {
                     self.requests.remove(r);
                     self.changes.requests.insert(*r);

@@ -2,8 +2,11 @@
 //! apply changed), and how a ledger is rebuilt from all of them at start-up or from a snapshot.
 //!
 //! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `c/`
-//! campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key, `e/` charged event key,
-//! `v/` velocity.
+//! campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key, `e/` event keys charged
+//! by one report (lease id and list number, big-endian), `v/` velocity.
+//!
+//! Charged event keys, the dedup table, are the bulk of the writes: one row per report (up to
+//! 1,000 keys), not one per key, so that a batch costs one RocksDB insert, not a thousand.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -66,10 +69,16 @@ struct RequestRow {
     lease: Option<LeaseId>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ChargedRow {
-    key: EventKey,
     lease: LeaseId,
+    keys: Vec<EventKey>,
+}
+
+#[derive(Serialize)]
+struct ChargedRowRef<'a> {
+    lease: LeaseId,
+    keys: &'a [EventKey],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,15 +112,20 @@ fn request_key(k: &RequestKey) -> Vec<u8> {
     key(b"r/", &k.0)
 }
 
-fn charged_key(k: &EventKey) -> Vec<u8> {
-    // OpenRTB ids hold no control characters, so NUL separates them unambiguously.
-    let mut id = Vec::new();
-    id.extend_from_slice(k.exchange().as_bytes());
-    id.push(0);
-    id.extend_from_slice(k.auction_id().as_bytes());
-    id.push(0);
-    id.extend_from_slice(k.imp_id().as_bytes());
+fn charged_key(lease: LeaseId, list: u32) -> Vec<u8> {
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&lease.0.to_be_bytes());
+    id[8..].copy_from_slice(&list.to_be_bytes());
     key(b"e/", &id)
+}
+
+fn parse_charged_key(k: &[u8]) -> Option<(LeaseId, u32)> {
+    let id: &[u8; 12] = k.strip_prefix(b"e/")?.try_into().ok()?;
+    let (lease, list) = id.split_at(8);
+    Some((
+        LeaseId(u64::from_be_bytes(lease.try_into().ok()?)),
+        u32::from_be_bytes(list.try_into().ok()?),
+    ))
 }
 
 fn velocity_key(edge: &EdgeId, campaign: &CampaignId) -> Vec<u8> {
@@ -138,6 +152,9 @@ pub enum LoadError {
     /// A key with no known table.
     #[error("row {0:?} belongs to no table")]
     UnknownTable(String),
+    /// A row of charged event keys with a malformed key, or that is not its lease's next list.
+    #[error("charged keys: {0}")]
+    Charged(String),
     /// The meta row is missing.
     #[error("no meta row: not a ledger")]
     NoMeta,
@@ -212,14 +229,23 @@ impl Ledger {
             });
             out.push((request_key(k), v));
         }
-        for k in &changes.charged {
-            let v = self.charged.get(k).map(|lease| {
-                json(&ChargedRow {
-                    key: k.clone(),
-                    lease: *lease,
-                })
-            });
-            out.push((charged_key(k), v));
+        for &(lease, i) in &changes.charged {
+            // A list charged and forgotten in one command is deleted below.
+            let keys = self
+                .leases
+                .get(&lease)
+                .and_then(|l| l.events.get(i as usize));
+            if let Some(keys) = keys {
+                out.push((
+                    charged_key(lease, i),
+                    Some(json(&ChargedRowRef { lease, keys })),
+                ));
+            }
+        }
+        for &(lease, lists) in &changes.uncharged {
+            for i in 0..lists {
+                out.push((charged_key(lease, i), None));
+            }
         }
         for (edge, campaign) in &changes.velocity {
             let v = self
@@ -244,7 +270,14 @@ impl Ledger {
             buckets: self.buckets.keys().cloned().collect(),
             leases: self.leases.keys().copied().collect(),
             requests: self.requests.keys().copied().collect(),
-            charged: self.charged.keys().cloned().collect(),
+            charged: self
+                .leases
+                .iter()
+                .flat_map(|(id, l)| {
+                    (0..l.events.len()).map(|i| (*id, u32::try_from(i).unwrap_or(u32::MAX)))
+                })
+                .collect(),
+            uncharged: Vec::new(),
             velocity: self.last_spent.keys().cloned().collect(),
         };
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = self
@@ -268,6 +301,7 @@ impl Ledger {
         let mut any = false;
         let mut requests: Vec<(u64, RequestKey)> = Vec::new();
         let mut retired: Vec<(u64, LeaseId)> = Vec::new();
+        let mut charged: Vec<(LeaseId, u32, Vec<EventKey>)> = Vec::new();
         for (k, v) in rows {
             any = true;
             let bad = |source| LoadError::Row {
@@ -322,7 +356,10 @@ impl Ledger {
                 );
             } else if k.starts_with(b"e/") {
                 let r: ChargedRow = serde_json::from_slice(&v).map_err(bad)?;
-                l.charged.insert(r.key, r.lease);
+                let (lease, i) = parse_charged_key(&k)
+                    .filter(|(lease, _)| *lease == r.lease)
+                    .ok_or_else(|| LoadError::Charged(String::from_utf8_lossy(&k).into_owned()))?;
+                charged.push((lease, i, r.keys));
             } else if k.starts_with(b"v/") {
                 let r: VelocityRow = serde_json::from_slice(&v).map_err(bad)?;
                 l.last_spent.insert((r.edge, r.campaign), r.spent);
@@ -337,11 +374,23 @@ impl Ledger {
         }
         // Each lease's lists of event keys and request keys are not in its row (they would make
         // every write of a busy lease grow with its history); rebuild them from the rows that
-        // name the lease. Their order does not matter: they are only ever removed as a whole.
-        for (key, lease) in &l.charged {
-            if let Some(lease) = l.leases.get_mut(lease) {
-                lease.events.push(key.clone());
+        // name the lease. Event-key lists come back in their numbered order, one per row, so
+        // that the rows they make again are the rows that were written; the order of request
+        // keys does not matter (they are only ever removed as a whole).
+        charged.sort_by_key(|(lease, i, _)| (*lease, *i));
+        for (id, i, keys) in charged {
+            // A lease's lists are numbered from 0 with no gap, and die with the lease.
+            let lease = l
+                .leases
+                .get_mut(&id)
+                .filter(|lease| lease.events.len() == i as usize)
+                .ok_or_else(|| {
+                    LoadError::Charged(format!("list {i} of lease {id} does not follow its others"))
+                })?;
+            for k in &keys {
+                l.charged.insert(k.clone(), id);
             }
+            lease.events.push(keys);
         }
         for (_, key) in &requests {
             let lease = l.requests.get(key).and_then(|r| r.lease);

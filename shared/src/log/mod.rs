@@ -95,4 +95,27 @@ impl Chain {
         self.head = hash;
         Ok((entry, hash))
     }
+
+    /// Like [`Chain::append`], and also returns the entry's stored record
+    /// ([`segment::encode_record`]), encoding the entry once for both.
+    pub fn append_record(
+        &mut self,
+        raft_term: u64,
+        raft_index: u64,
+        time_us: i64,
+        payload: Payload,
+    ) -> Result<(Entry, Hash, Vec<u8>), segment::WriteError> {
+        let entry = Entry {
+            seq: self.next_seq,
+            prev_hash: self.head,
+            raft_term,
+            raft_index,
+            time_us,
+            payload,
+        };
+        let (record, hash) = segment::encode_record(&entry)?;
+        self.next_seq += 1;
+        self.head = hash;
+        Ok((entry, hash, record))
+    }
 }
