@@ -82,18 +82,9 @@ impl Chain {
         time_us: i64,
         payload: Payload,
     ) -> Result<(Entry, Hash), entry::EncodeError> {
-        let entry = Entry {
-            seq: self.next_seq,
-            prev_hash: self.head,
-            raft_term,
-            raft_index,
-            time_us,
-            payload,
-        };
+        let entry = self.next_entry(raft_term, raft_index, time_us, payload);
         let hash = entry.hash()?;
-        self.next_seq += 1;
-        self.head = hash;
-        Ok((entry, hash))
+        Ok((self.advance(entry, hash), hash))
     }
 
     /// Like [`Chain::append`], and also returns the entry's stored record
@@ -105,17 +96,25 @@ impl Chain {
         time_us: i64,
         payload: Payload,
     ) -> Result<(Entry, Hash, Vec<u8>), segment::WriteError> {
-        let entry = Entry {
+        let entry = self.next_entry(raft_term, raft_index, time_us, payload);
+        let (record, hash) = segment::encode_record(&entry)?;
+        Ok((self.advance(entry, hash), hash, record))
+    }
+
+    fn next_entry(&self, raft_term: u64, raft_index: u64, time_us: i64, payload: Payload) -> Entry {
+        Entry {
             seq: self.next_seq,
             prev_hash: self.head,
             raft_term,
             raft_index,
             time_us,
             payload,
-        };
-        let (record, hash) = segment::encode_record(&entry)?;
+        }
+    }
+
+    fn advance(&mut self, entry: Entry, hash: Hash) -> Entry {
         self.next_seq += 1;
         self.head = hash;
-        Ok((entry, hash, record))
+        entry
     }
 }
