@@ -3,6 +3,7 @@
 //! Every id is validated once, where it enters the system; a value of one of these types is
 //! known to be well formed.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -253,6 +254,10 @@ impl<'de> Deserialize<'de> for BatchId {
 /// without control characters.
 fn check_openrtb_id(kind: &'static str, value: &str) -> Result<(), IdError> {
     check_len(kind, value, OPENRTB_ID_MAX_BYTES)?;
+    // The common case, printable ASCII, needs no decoding.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(ch) = value.chars().find(|c| c.is_control()) {
         return Err(IdError::BadChar {
             kind,
@@ -280,12 +285,17 @@ pub struct EventKey {
     imp_at: u16,
 }
 
+/// Borrowed from the input where the format allows (postcard, JSON without escapes), so that
+/// decoding a key makes one allocation.
 #[derive(Deserialize)]
 #[serde(rename = "EventKey")]
-struct EventKeyParts {
-    exchange: ExchangeId,
-    auction_id: String,
-    imp_id: String,
+struct EventKeyParts<'a> {
+    #[serde(borrow)]
+    exchange: Cow<'a, str>,
+    #[serde(borrow)]
+    auction_id: Cow<'a, str>,
+    #[serde(borrow)]
+    imp_id: Cow<'a, str>,
 }
 
 #[derive(Serialize)]
@@ -312,7 +322,8 @@ impl Serialize for EventKey {
 impl<'de> Deserialize<'de> for EventKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = EventKeyParts::deserialize(d)?;
-        EventKey::new(p.exchange, p.auction_id, p.imp_id).map_err(serde::de::Error::custom)
+        EventKey::from_parts(&p.exchange, &p.auction_id, &p.imp_id)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -333,10 +344,14 @@ impl EventKey {
         auction_id: impl AsRef<str>,
         imp_id: impl AsRef<str>,
     ) -> Result<EventKey, IdError> {
-        let (auction_id, imp_id) = (auction_id.as_ref(), imp_id.as_ref());
+        EventKey::from_parts(exchange.as_str(), auction_id.as_ref(), imp_id.as_ref())
+    }
+
+    /// Validates all three parts (the exchange as an [`ExchangeId`]).
+    pub fn from_parts(exchange: &str, auction_id: &str, imp_id: &str) -> Result<EventKey, IdError> {
+        check_name("exchange", exchange)?;
         check_openrtb_id("auction", auction_id)?;
         check_openrtb_id("impression", imp_id)?;
-        let exchange = exchange.as_str();
         let mut joined =
             String::with_capacity(exchange.len() + auction_id.len() + imp_id.len() + 2);
         joined.push_str(exchange);

@@ -32,6 +32,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use shared::bucket::{Bucket, BucketKey, CampaignZone};
 use shared::crdt::{CounterState, RegionCounter};
 use shared::log::entry::{
@@ -181,7 +182,9 @@ pub struct Ledger {
     leases: BTreeMap<LeaseId, Lease>,
     next_lease: u64,
     /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
-    charged: BTreeMap<EventKey, LeaseId>,
+    /// Hashed, as the largest table and the one every event looks up; nothing iterates it, so
+    /// its order can reach no row, entry or reply.
+    charged: FxHashMap<EventKey, LeaseId>,
     /// Replies by idempotency key, with the order they were remembered in.
     requests: BTreeMap<RequestKey, Remembered>,
     /// `(order, key)` oldest first. May hold stale entries (keys forgotten with their lease, or
@@ -233,7 +236,7 @@ impl Ledger {
             buckets: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
-            charged: BTreeMap::new(),
+            charged: FxHashMap::default(),
             requests: BTreeMap::new(),
             request_order: VecDeque::new(),
             closed: VecDeque::new(),
@@ -717,7 +720,7 @@ impl Ledger {
             LeaseState::InDoubt { remaining } => remaining,
             LeaseState::Closed => Money::ZERO,
         };
-        let mut seen: BTreeSet<&EventKey> = BTreeSet::new();
+        let mut seen: FxHashSet<&EventKey> = FxHashSet::default();
         let mut settle: Vec<SpendEvent> = Vec::new();
         let mut anomalies: Vec<(AnomalyKind, SpendEvent)> = Vec::new();
         let mut duplicates = 0u32;

@@ -133,6 +133,12 @@ impl SpendEvent {
         w.money(self.amount);
     }
 
+    /// The length of [`SpendEvent::encode`]'s bytes: three `u16`-prefixed strings and an `i64`.
+    pub fn encoded_len(&self) -> usize {
+        let k = &self.key;
+        6 + k.exchange().len() + k.auction_id().len() + k.imp_id().len() + 8
+    }
+
     /// The canonical bytes alone.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -233,10 +239,15 @@ impl SpendBatch {
 
     /// The Merkle root over the events' canonical bytes.
     pub fn merkle_root(&self) -> Hash {
+        let mut w = Writer::new();
         let leaves: Vec<Hash> = self
             .events
             .iter()
-            .map(|e| merkle::leaf_hash(&e.to_bytes()))
+            .map(|e| {
+                w.clear();
+                e.encode(&mut w);
+                merkle::leaf_hash(w.as_bytes())
+            })
             .collect();
         merkle::root(&leaves)
     }
@@ -790,6 +801,7 @@ mod tests {
     #[test]
     fn event_check_agrees_with_decode() {
         let good = event("a-1", 1500).to_bytes();
+        assert_eq!(event("a-1", 1500).encoded_len(), good.len());
         assert_eq!(SpendEvent::check(&good), Ok(Money::from_micros(1500)));
         assert_eq!(SpendEvent::decode(&good).unwrap(), event("a-1", 1500));
         let mut bad_name = good.clone();

@@ -322,10 +322,9 @@ pub fn encode_record(entry: &Entry) -> Result<(Vec<u8>, Hash), WriteError> {
     rec.hash(&hash);
     if let Payload::SpendBatch(b) = &entry.payload {
         for e in &b.events {
-            let bytes = e.to_bytes();
             // Event strings are ≤ 64 + 2 × 255 bytes: far below u16::MAX.
-            rec.u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
-            rec.raw(&bytes);
+            rec.u16(u16::try_from(e.encoded_len()).unwrap_or(u16::MAX));
+            e.encode(&mut rec);
         }
     }
     let rec = rec.into_bytes();
