@@ -5,7 +5,9 @@
 //! - `grant`: lease grant latency (p50, p99) while the spend load runs.
 //! - `apply`: the state machine's apply cost per event, without Raft or disk.
 //!
-//! Every loop is bounded in count and time. Set `BENCH_SECS` to change the run time (default 10).
+//! Every loop is bounded in count and time. Set `BENCH_SECS` to change the run time (default 10)
+//! `BENCH_REPORTERS` the number of concurrent reporters (default 4), and `BENCH_RATE` an offered
+//! load in events/s (default: as fast as the region takes them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +22,26 @@ use shared::proto::v1 as pb;
 use shared::{BatchId, LeaseId, Money};
 
 const BATCH: usize = 1_000;
-const REPORTERS: usize = 4;
 /// Most batches the whole run may send, whatever the time.
 const MAX_BATCHES: u64 = 100_000;
+
+/// Concurrent reporters, each with its own lease (`BENCH_REPORTERS`, 1 to 64, default 4).
+fn reporters() -> usize {
+    std::env::var("BENCH_REPORTERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(4)
+}
+
+/// Offered load in events per second, spread over the reporters (`BENCH_RATE`); unset or 0:
+/// as fast as the region takes them.
+fn rate() -> u64 {
+    std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
 
 fn secs() -> u64 {
     std::env::var("BENCH_SECS")
@@ -183,7 +202,7 @@ async fn main() {
     let settled = Arc::new(AtomicU64::new(0));
     let batches = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for r in 0..REPORTERS {
+    for r in 0..reporters() {
         let addr = addr.clone();
         let settled = settled.clone();
         let batches = batches.clone();
@@ -206,9 +225,19 @@ async fn main() {
             else {
                 panic!("no lease")
             };
+            // Each reporter sends one batch per period, so that all of them offer `rate()`.
+            let mut pace = (rate() > 0).then(|| {
+                let period = Duration::from_secs_f64((BATCH * reporters()) as f64 / rate() as f64);
+                let mut t = tokio::time::interval(period);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             let mut n = 0u64;
             while Instant::now() < deadline && batches.fetch_add(1, Ordering::Relaxed) < MAX_BATCHES
             {
+                if let Some(p) = pace.as_mut() {
+                    p.tick().await;
+                }
                 n += 1;
                 let events = (0..BATCH)
                     .map(|i| pb::SpendEvent {
@@ -264,11 +293,15 @@ async fn main() {
     lat.sort();
     let total = settled.load(Ordering::Relaxed);
     println!(
-        "spend: {} events settled in {:.1} s = {} events/s (3 nodes, fsync on, {} reporters, batches of {BATCH})",
+        "spend: {} events settled in {:.1} s = {} events/s (3 nodes, fsync on, {} reporters, batches of {BATCH}, offered {})",
         total,
         elapsed.as_secs_f64(),
         (total as f64 / elapsed.as_secs_f64()) as u64,
-        REPORTERS
+        reporters(),
+        match rate() {
+            0 => "as fast as taken".to_string(),
+            r => format!("{r} events/s"),
+        }
     );
     println!(
         "grant: {} grants under that load, p50 {:?}, p99 {:?}, max {:?}",

@@ -219,7 +219,8 @@ impl Node {
             ))
             .add_service(shared::proto::v1::audit_server::AuditServer::new(api))
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                // No Nagle: a small reply must not wait for the client's delayed ACK (40 ms).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await

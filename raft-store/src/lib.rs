@@ -47,3 +47,16 @@ pub fn open_db(path: &Path) -> Result<Arc<rocksdb::DB>, rocksdb::Error> {
         &opts, path, cfs,
     )?))
 }
+
+/// Runs `work`, which blocks (a synced RocksDB write, a state-machine batch), on the current
+/// thread while telling a multi-threaded Tokio runtime to move its other tasks elsewhere, so
+/// that Raft heartbeats and gRPC replies do not queue behind an fsync. On a current-thread
+/// runtime (tests), or outside one, it simply runs.
+pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}

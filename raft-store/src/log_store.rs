@@ -219,7 +219,7 @@ where
             batch.put_cf(cf, index_key(index), bytes);
         }
         let started = std::time::Instant::now();
-        let result = self.db.write_opt(batch, &synced());
+        let result = crate::blocking(|| self.db.write_opt(batch, &synced()));
         if let Some(o) = &self.observer {
             o("log", started.elapsed());
         }

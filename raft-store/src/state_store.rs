@@ -360,7 +360,7 @@ where
             );
         }
         let started = std::time::Instant::now();
-        db.write_opt(batch, &synced()).map_err(io_write::<C>)?;
+        crate::blocking(|| db.write_opt(batch, &synced())).map_err(io_write::<C>)?;
         if let Some(o) = &self.observer {
             o("state", started.elapsed());
         }
