@@ -1,8 +1,9 @@
 //! `budgetctl`: the operator and auditor CLI. Subcommands go noun then verb
 //! (`budgetctl audit verify`). Tables for people, `--json` for machines.
 //!
-//! Exit codes: 0 success; 1 the thing checked does not hold (an archive that does not verify, a
-//! proof that does not check out, a charge that is not there); 2 usage or I/O error.
+//! Exit codes: 0 success; 1 the thing checked does not hold or the region said no (an archive
+//! that does not verify, a proof that does not check out, a charge that is not there, a command
+//! refused, no leader found); 2 usage or I/O error.
 
 mod audit;
 mod ops;

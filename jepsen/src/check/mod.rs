@@ -5,6 +5,7 @@ pub mod budget;
 pub mod chains;
 pub mod linear;
 pub mod notices;
+pub mod progress;
 
 use serde::Serialize;
 
