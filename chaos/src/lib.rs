@@ -1,5 +1,7 @@
-//! Fault injection for real topologies: partitions and packet faults inside network namespaces,
-//! process kill/pause/restart, and clock skew through libfaketime.
-//!
-//! Not built yet: this is the subject of the chaos issue. The crate exists so that the workspace
-//! has its final shape.
+//! Fault injection for real processes on one machine: a private network namespace
+//! ([`netns`]), network faults with nftables ([`net`]), and process faults ([`process`]).
+//! See ARCHITECTURE.md for which mechanism does what and what it cannot do.
+
+pub mod net;
+pub mod netns;
+pub mod process;
