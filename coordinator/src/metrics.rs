@@ -42,6 +42,7 @@ pub struct Metrics {
     applied_index: Gauge,
     log_head_seq: Gauge,
     settled_micros: Gauge<i64, AtomicI64>,
+    clock_wall_us: Gauge<i64, AtomicI64>,
     open_leases: Gauge,
 }
 
@@ -128,6 +129,13 @@ impl Metrics {
         );
         let open_leases = Gauge::default();
         registry.register("open_leases", "Leases open now", open_leases.clone());
+        let clock_wall_us = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "clock_wall_us",
+            "This node's wall clock when scraped, in µs since the Unix epoch (skewed, if a \
+             fault-injection skew file drives it)",
+            clock_wall_us.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -140,6 +148,7 @@ impl Metrics {
             applied_index,
             log_head_seq,
             settled_micros,
+            clock_wall_us,
             open_leases,
         }
     }
@@ -201,6 +210,7 @@ impl Metrics {
         });
         self.log_head_seq.set(head);
         self.settled_micros.set(settled);
+        self.clock_wall_us.set(node.clock.wall_us());
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
         let mut out = String::new();

@@ -10,6 +10,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use raft_store::{LogStore, StateStore, open_db};
 use shared::RegionId;
+use shared::clock::Clock;
 use shared::proto::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 
@@ -37,6 +38,8 @@ pub struct NodeConfig {
     /// Log entries kept behind a snapshot, for followers that are only a little behind (the
     /// others get the snapshot).
     pub logs_kept_after_snapshot: u64,
+    /// Its clock: proposals' wall-clock stamps and the reclaim timers read it.
+    pub clock: Clock,
 }
 
 impl NodeConfig {
@@ -51,6 +54,7 @@ impl NodeConfig {
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
+            clock: Clock::system(),
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct Node {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Its clock (skewable by a test harness: `shared::clock`).
+    pub clock: Clock,
 }
 
 impl Node {
@@ -151,6 +157,7 @@ impl Node {
             state,
             metrics,
             data_dir: cfg.data_dir.clone(),
+            clock: cfg.clock.clone(),
         })
     }
 
@@ -166,10 +173,7 @@ impl Node {
     /// Proposes `command`, stamped with this node's wall-clock time, and waits until it is
     /// applied. Returns the reply and the Raft index it was applied at.
     pub async fn propose(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
-        let time_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let time_us = self.clock.wall_us();
         let kind = crate::metrics::command_kind(&command);
         let result = self.raft.client_write(Proposal { time_us, command }).await;
         match &result {

@@ -33,22 +33,10 @@ pub trait MonoClock: Send + Sync {
     fn now(&self) -> Mono;
 }
 
-/// The process's monotonic clock (`std::time::Instant`).
-pub struct SystemMono {
-    origin: std::time::Instant,
-}
-
-impl Default for SystemMono {
-    fn default() -> Self {
-        SystemMono {
-            origin: std::time::Instant::now(),
-        }
-    }
-}
-
-impl MonoClock for SystemMono {
+/// The process clock's monotonic readings (skewable in rate by a test harness).
+impl MonoClock for shared::clock::Clock {
     fn now(&self) -> Mono {
-        Mono(self.origin.elapsed())
+        Mono(self.mono())
     }
 }
 

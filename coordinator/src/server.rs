@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::ledger::{Command, LeaseState, Params};
 use crate::node::{Node, NodeConfig};
-use crate::reclaim::{MonoClock, SystemMono, Timers, Windows};
+use crate::reclaim::{MonoClock, Timers, Windows};
 
 /// The whole configuration of one node.
 #[derive(Clone, Debug, Deserialize)]
@@ -320,7 +320,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (node_cfg, windows, members) = config.validate()?;
+    let (mut node_cfg, windows, members) = config.validate()?;
+    node_cfg.clock = shared::clock::Clock::from_env();
+    if node_cfg.clock.is_skewable() {
+        tracing::warn!(
+            file = ?std::env::var_os(shared::clock::CLOCK_FILE_ENV),
+            "the clock follows a skew file: for fault-injection tests only"
+        );
+    }
     std::fs::create_dir_all(&node_cfg.data_dir)
         .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", node_cfg.data_dir.display()))?;
     let node = Arc::new(Node::start(&node_cfg).await?);
@@ -366,7 +373,7 @@ pub async fn run(
     let reclaim = tokio::spawn(reclaim_loop(
         node.clone(),
         windows,
-        Arc::new(SystemMono::default()),
+        Arc::new(node.clock.clone()),
         stop_rx,
     ));
     shutdown.await;

@@ -12,6 +12,7 @@
 //! auditor's tool can depend on it alone (with default features).
 
 pub mod bucket;
+pub mod clock;
 pub mod crdt;
 pub mod id;
 pub mod log;

@@ -1,0 +1,100 @@
+//! A skew file given to a real coordinator process reaches it: the node's own clock, which
+//! stamps its proposals and runs its reclaim timers, shows the offset, and follows a change of
+//! the file while it runs.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shared::clock::{CLOCK_FILE_ENV, Skew};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// The node's `budget_clock_wall_us`, if its metrics answer.
+fn node_clock(metrics_port: u16) -> Option<i64> {
+    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("budget_clock_wall_us "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (bounded) until the node's clock is `offset` µs from ours, within a second.
+fn until_offset(metrics_port: u16, offset: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = node_clock(metrics_port)
+            && (t - now_us() - offset).abs() < 1_000_000
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's clock never showed an offset of {offset} µs (last: {:?})",
+            node_clock(metrics_port).map(|t| t - now_us())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_skew_file_reaches_the_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let skew = dir.path().join("skew");
+    let hour = 3_600_000_000i64;
+    std::fs::write(
+        &skew,
+        Skew {
+            offset_us: hour,
+            rate_ppm: 0,
+        }
+        .to_file_text(),
+    )
+    .unwrap();
+    let metrics = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--region", "skew", "--node-id", "1"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{metrics}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .env(CLOCK_FILE_ENV, &skew)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until_offset(metrics, hour);
+    // Changed while it runs: an hour behind now.
+    std::fs::write(
+        &skew,
+        Skew {
+            offset_us: -hour,
+            rate_ppm: 0,
+        }
+        .to_file_text(),
+    )
+    .unwrap();
+    until_offset(metrics, -hour);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
