@@ -80,11 +80,18 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Creates the table and chain (empty). Refuses outside a private namespace.
+    /// Creates the table and its chains, empty. Refuses outside a private namespace.
     pub fn new() -> io::Result<Firewall> {
         ensure_private()?;
         // Start from nothing, whatever an earlier run in this namespace left.
         let _ = nft(&["delete", "table", "ip", TABLE]);
+        Firewall::attach().map(|_| Firewall { next: 0 })
+    }
+
+    /// Uses the table as an earlier process left it (creating it if missing), adding to its
+    /// faults: for a command line that injects one fault per call.
+    pub fn attach() -> io::Result<Firewall> {
+        ensure_private()?;
         nft(&["add", "table", "ip", TABLE])?;
         for (chain, hook) in [(INPUT, "input"), (OUTPUT, "output")] {
             nft(&[
@@ -96,7 +103,10 @@ impl Firewall {
                 &format!("{{ type filter hook {hook} priority 0; policy accept; }}"),
             ])?;
         }
-        Ok(Firewall { next: 0 })
+        // Tags must stay unique across processes.
+        Ok(Firewall {
+            next: u64::from(std::process::id()) << 20,
+        })
     }
 
     /// Applies `action` to packets from any of `from` to any of `to`.

@@ -4,6 +4,8 @@
 //! Network tests re-run themselves inside a private namespace (`unshare --net`), where they
 //! can change the firewall without touching the machine's.
 
+mod cli;
+mod delay;
 mod net;
 mod process;
 
