@@ -32,7 +32,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use shared::bucket::{Bucket, BucketKey, CampaignZone};
 use shared::crdt::{CounterState, RegionCounter};
 use shared::log::entry::{
@@ -182,9 +182,13 @@ pub struct Ledger {
     leases: BTreeMap<LeaseId, Lease>,
     next_lease: u64,
     /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
-    /// Hashed, as the largest table and the one every event looks up; nothing iterates it, so
-    /// its order can reach no row, entry or reply.
-    charged: FxHashMap<EventKey, LeaseId>,
+    /// Hashed, as the largest table and the one every event looks up. Nothing iterates it, so
+    /// its order reaches no row, entry or reply, and `apply` stays deterministic although the
+    /// hasher's seed is random: the seed only keeps exchanges, who choose auction ids, from
+    /// crafting ids that collide (an unseeded hash such as FxHash would let them slow every
+    /// apply down). foldhash, seeded per process, is about as fast as FxHash on these keys;
+    /// std's SipHash cost about 100 ns per event more (BENCHMARKS.md).
+    charged: std::collections::HashMap<EventKey, LeaseId, foldhash::fast::RandomState>,
     /// Replies by idempotency key, with the order they were remembered in.
     requests: BTreeMap<RequestKey, Remembered>,
     /// `(order, key)` oldest first. May hold stale entries (keys forgotten with their lease, or
@@ -236,7 +240,7 @@ impl Ledger {
             buckets: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
-            charged: FxHashMap::default(),
+            charged: std::collections::HashMap::default(),
             requests: BTreeMap::new(),
             request_order: VecDeque::new(),
             closed: VecDeque::new(),
