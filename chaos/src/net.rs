@@ -85,7 +85,7 @@ impl Firewall {
         ensure_private()?;
         // Start from nothing, whatever an earlier run in this namespace left.
         let _ = nft(&["delete", "table", "ip", TABLE]);
-        Firewall::attach().map(|_| Firewall { next: 0 })
+        Firewall::attach()
     }
 
     /// Uses the table as an earlier process left it (creating it if missing), adding to its

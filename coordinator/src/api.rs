@@ -128,6 +128,18 @@ impl Api {
         }
     }
 
+    /// An admin command that names one campaign (pause, resume).
+    async fn campaign_command(
+        &self,
+        request: Request<pb::CampaignRequest>,
+        make: fn(RequestKey, CampaignId) -> Command,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        let campaign = r.campaign.parse().map_err(wire("campaign"))?;
+        self.admin(make(key, campaign)).await
+    }
+
     async fn admin(&self, command: Command) -> Result<Response<pb::AdminReply>, Status> {
         let result = match self.propose(command).await? {
             Err(leader) => pb::admin_reply::Result::NotLeader(not_leader(leader)),
@@ -340,26 +352,16 @@ impl pb::admin_server::Admin for Api {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
-        self.admin(Command::Pause {
-            key,
-            campaign: r.campaign.parse().map_err(wire("campaign"))?,
-        })
-        .await
+        self.campaign_command(request, |key, campaign| Command::Pause { key, campaign })
+            .await
     }
 
     async fn resume_campaign(
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
-        self.admin(Command::Resume {
-            key,
-            campaign: r.campaign.parse().map_err(wire("campaign"))?,
-        })
-        .await
+        self.campaign_command(request, |key, campaign| Command::Resume { key, campaign })
+            .await
     }
 
     async fn get_balance(
@@ -571,17 +573,14 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::LogRecord, Status>> + S
 #[tonic::async_trait]
 impl pb::audit_server::Audit for Api {
     async fn head(&self, _: Request<pb::HeadRequest>) -> Result<Response<pb::LogHead>, Status> {
-        let (next, head) = self
-            .node
-            .state
-            .read(|m| (m.ledger().chain().next_seq(), m.ledger().chain().head()));
-        let raft_index = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index);
+        // The head and the index it was applied at, from one moment.
+        let (next, head, raft_index) = self.node.state.read_applied(|m, applied| {
+            (
+                m.ledger().chain().next_seq(),
+                m.ledger().chain().head(),
+                applied,
+            )
+        });
         Ok(Response::new(pb::LogHead {
             region: self.node.region.to_string(),
             seq: next.saturating_sub(1),

@@ -185,6 +185,16 @@ where
         f(&self.lock().machine)
     }
 
+    /// Runs `f` on the machine and the index of the last entry applied to it, both read at one
+    /// moment (for answers that name the index they reflect).
+    pub fn read_applied<T>(&self, f: impl FnOnce(&M, u64) -> T) -> T {
+        let inner = self.lock();
+        f(
+            &inner.machine,
+            inner.applied.as_ref().map_or(0, |l| l.index),
+        )
+    }
+
     /// The financial-log records with seq in `from..`, at most `max`.
     pub fn log_records(
         &self,

@@ -186,8 +186,8 @@ pub struct Ledger {
     /// its order reaches no row, entry or reply, and `apply` stays deterministic although the
     /// hasher's seed is random: the seed only keeps exchanges, who choose auction ids, from
     /// crafting ids that collide (an unseeded hash such as FxHash would let them slow every
-    /// apply down). foldhash, seeded per process, is about as fast as FxHash on these keys;
-    /// std's SipHash cost about 100 ns per event more (BENCHMARKS.md).
+    /// apply down). foldhash, seeded per process, measured within noise of FxHash on these
+    /// keys; std's SipHash measured slower (BENCHMARKS.md).
     charged: std::collections::HashMap<EventKey, LeaseId, foldhash::fast::RandomState>,
     /// Replies by idempotency key, with the order they were remembered in.
     requests: BTreeMap<RequestKey, Remembered>,

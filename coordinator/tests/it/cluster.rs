@@ -214,14 +214,10 @@ async fn every_replica_of_a_region_holds_the_same_chain() {
         .nodes
         .iter()
         .map(|r| {
-            let applied = r
+            let (applied, next) = r
                 .node
-                .raft
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |l| l.index);
-            let next = r.node.state.read(|m| m.ledger().chain().next_seq());
+                .state
+                .read_applied(|m, applied| (applied, m.ledger().chain().next_seq()));
             (r.node.id, applied, next)
         })
         .collect();
