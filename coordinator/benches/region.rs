@@ -77,8 +77,7 @@ fn apply_cost() {
         zone: "UTC".into(),
         bid_cpm: Money::from_micros(1_000_000),
         daily_budget: None,
-        countries: vec![],
-        sizes: vec![],
+        targeting: Default::default(),
     };
     l.apply(
         stamp(1),

@@ -162,12 +162,12 @@ fn campaign_config(c: &pb::CampaignConfig) -> Result<(CampaignId, CampaignConfig
         .map(|m| nonneg_micros("config.daily_budget_micros", m))
         .transpose()
         .map_err(bad)?;
+    let targeting = shared::proto::targeting_from_wire(c).map_err(bad)?;
     let config = CampaignConfig {
         zone: c.time_zone.clone(),
         bid_cpm: Money::from_micros(c.bid_cpm_micros),
         daily_budget,
-        countries: c.countries.clone(),
-        sizes: c.sizes.clone(),
+        targeting,
     };
     Ok((id, config))
 }
@@ -293,23 +293,61 @@ impl pb::lease_api_server::LeaseApi for Api {
 
     async fn list_active_campaigns(
         &self,
-        _: Request<pb::ListActiveCampaignsRequest>,
+        request: Request<pb::ListActiveCampaignsRequest>,
     ) -> Result<Response<pb::ListActiveCampaignsReply>, Status> {
-        let campaigns = self.node.state.read(|m| {
-            m.ledger()
-                .campaigns()
-                .map(|(id, c)| pb::CampaignConfig {
-                    campaign: id.to_string(),
-                    time_zone: c.config.zone.clone(),
-                    bid_cpm_micros: c.config.bid_cpm.micros(),
-                    countries: c.config.countries.clone(),
-                    sizes: c.config.sizes.clone(),
-                    paused: c.paused,
-                    daily_budget_micros: c.config.daily_budget.map(Money::micros),
-                })
-                .collect()
+        let known = request.into_inner().known_version;
+        let reply = self.node.state.read(|m| {
+            let ledger = m.ledger();
+            let version = ledger.campaigns_version();
+            let unchanged = known != 0 && known == version;
+            let campaigns = if unchanged {
+                Vec::new()
+            } else {
+                ledger
+                    .campaigns()
+                    .map(|(id, c)| {
+                        let mut w = pb::CampaignConfig {
+                            campaign: id.to_string(),
+                            time_zone: c.config.zone.clone(),
+                            bid_cpm_micros: c.config.bid_cpm.micros(),
+                            paused: c.paused,
+                            daily_budget_micros: c.config.daily_budget.map(Money::micros),
+                            ..Default::default()
+                        };
+                        shared::proto::targeting_to_wire(&c.config.targeting, &mut w);
+                        w
+                    })
+                    .collect()
+            };
+            // The newest day bucket of each campaign with a daily budget: buckets are ordered
+            // by campaign, then lifetime before days in date order, so the last one wins.
+            let mut day_spend: Vec<pb::DaySpend> = Vec::new();
+            for (key, state) in ledger.buckets() {
+                let shared::Bucket::Day(day) = &key.bucket else {
+                    continue;
+                };
+                let row = pb::DaySpend {
+                    campaign: key.campaign.to_string(),
+                    day: day.to_string(),
+                    settled_micros: i64::try_from(
+                        state.counter.state().settled(state.counter.me()),
+                    )
+                    .unwrap_or(i64::MAX),
+                    budget_micros: state.budget.micros(),
+                };
+                match day_spend.last_mut() {
+                    Some(last) if last.campaign == row.campaign => *last = row,
+                    _ => day_spend.push(row),
+                }
+            }
+            pb::ListActiveCampaignsReply {
+                version,
+                unchanged,
+                campaigns,
+                day_spend,
+            }
         });
-        Ok(Response::new(pb::ListActiveCampaignsReply { campaigns }))
+        Ok(Response::new(reply))
     }
 }
 

@@ -115,8 +115,7 @@ mod tests {
             zone: "Europe/Berlin".into(),
             bid_cpm: Money::from_micros(1_500_000),
             daily_budget: Some(Money::from_micros(50_000)),
-            countries: vec![],
-            sizes: vec![],
+            targeting: Default::default(),
         };
         vec![
             Command::UpsertCampaign {

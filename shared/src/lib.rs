@@ -3,6 +3,7 @@
 //! - [`money`]: integer micros, checked arithmetic, the one CPM-to-micros conversion.
 //! - [`id`]: campaign, region, edge, exchange, lease and batch ids, and the key of a spend event.
 //! - [`bucket`]: lifetime and daily buckets, days in the campaign's IANA time zone.
+//! - [`targeting`]: what a campaign bids on (formats, sizes, geo, lists, deals) and its pacing.
 //! - [`crdt`]: the bounded counter that splits a bucket's rights between regions.
 //! - [`log`]: the financial log: entries, their canonical bytes and hash chain, Merkle proofs of
 //!   single charges, sealed segment files and their verification.
@@ -19,6 +20,7 @@ pub mod log;
 pub mod money;
 #[cfg(feature = "grpc")]
 pub mod proto;
+pub mod targeting;
 
 pub use bucket::{Bucket, BucketKey, CampaignZone};
 pub use id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, RegionId};

@@ -14,6 +14,7 @@ use crate::bucket::Bucket;
 use crate::id::{EventKey, IdError};
 use crate::log::SpendEvent;
 use crate::money::Money;
+use crate::targeting::{Lists, Pacing, Targeting};
 
 /// A wire message that does not hold valid domain values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +106,93 @@ impl TryFrom<&v1::SpendEvent> for SpendEvent {
             amount: nonneg_micros("event.amount_micros", e.amount_micros)?,
         })
     }
+}
+
+/// The targeting fields of a campaign message, checked (see [`Targeting::validate`]).
+pub fn targeting_from_wire(c: &v1::CampaignConfig) -> Result<Targeting, WireError> {
+    fn names<T: std::str::FromStr<Err = String>>(
+        field: &'static str,
+        values: &[String],
+    ) -> Result<Vec<T>, WireError> {
+        values
+            .iter()
+            .map(|v| v.parse().map_err(|problem| WireError { field, problem }))
+            .collect()
+    }
+    let max_cpm = c
+        .max_cpm_micros
+        .map(|m| nonneg_micros("config.max_cpm_micros", m))
+        .transpose()?;
+    let device_types = c
+        .device_types
+        .iter()
+        .map(|&d| {
+            u8::try_from(d).map_err(|_| WireError {
+                field: "config.device_types",
+                problem: format!("{d} is not an OpenRTB device type"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let pacing = if c.pacing.is_empty() {
+        Pacing::Asap
+    } else {
+        c.pacing.parse().map_err(|problem| WireError {
+            field: "config.pacing",
+            problem,
+        })?
+    };
+    let t = Targeting {
+        max_cpm,
+        formats: names("config.formats", &c.formats)?,
+        inventory: names("config.inventory", &c.inventory)?,
+        countries: c.countries.clone(),
+        sizes: c.sizes.clone(),
+        domains: Lists {
+            allow: c.domains_allow.clone(),
+            deny: c.domains_deny.clone(),
+        },
+        bundles: Lists {
+            allow: c.bundles_allow.clone(),
+            deny: c.bundles_deny.clone(),
+        },
+        categories: Lists {
+            allow: c.categories_allow.clone(),
+            deny: c.categories_deny.clone(),
+        },
+        device_types,
+        deals: c.deals.clone(),
+        pacing,
+    };
+    t.validate(Money::from_micros(c.bid_cpm_micros))
+        .map_err(|(field, problem)| WireError {
+            field: match field {
+                "max_cpm" => "config.max_cpm_micros",
+                "countries" => "config.countries",
+                "sizes" => "config.sizes",
+                "deals" => "config.deals",
+                _ => "config",
+            },
+            problem,
+        })?;
+    Ok(t)
+}
+
+/// Writes a campaign's targeting into its wire message.
+pub fn targeting_to_wire(t: &Targeting, c: &mut v1::CampaignConfig) {
+    c.max_cpm_micros = t.max_cpm.map(Money::micros);
+    c.formats = t.formats.iter().map(|f| f.as_str().to_owned()).collect();
+    c.inventory = t.inventory.iter().map(|f| f.as_str().to_owned()).collect();
+    c.countries.clone_from(&t.countries);
+    c.sizes.clone_from(&t.sizes);
+    c.domains_allow.clone_from(&t.domains.allow);
+    c.domains_deny.clone_from(&t.domains.deny);
+    c.bundles_allow.clone_from(&t.bundles.allow);
+    c.bundles_deny.clone_from(&t.bundles.deny);
+    c.categories_allow.clone_from(&t.categories.allow);
+    c.categories_deny.clone_from(&t.categories.deny);
+    c.device_types = t.device_types.iter().map(|&d| u32::from(d)).collect();
+    c.deals.clone_from(&t.deals);
+    c.pacing = t.pacing.as_str().to_owned();
 }
 
 #[cfg(test)]

@@ -27,12 +27,9 @@ pub(crate) enum CampaignCommand {
         /// Budget of each day (in the campaign's zone); none: no daily cap.
         #[arg(long, value_name = "AMOUNT")]
         daily_budget: Option<Money>,
-        /// Target these countries (ISO 3166-1 alpha-3); repeat; none: any.
-        #[arg(long = "country")]
-        countries: Vec<String>,
-        /// Target these sizes (WxH); repeat; none: any.
-        #[arg(long = "size")]
-        sizes: Vec<String>,
+        /// What it bids on and how it paces.
+        #[command(flatten)]
+        targeting: TargetingArgs,
     },
     /// Set a budget: the lifetime one, or one day's with --day.
     SetBudget {
@@ -72,6 +69,73 @@ pub(crate) enum CampaignCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Targeting flags of `campaign create`. Every list flag may be repeated; an absent list means
+/// "any".
+#[derive(Debug, clap::Args)]
+pub(crate) struct TargetingArgs {
+    /// The most it bids, currency units per thousand impressions; default: the bid price.
+    #[arg(long, value_name = "AMOUNT")]
+    max_cpm: Option<Money>,
+    /// Target these countries (ISO 3166-1 alpha-3, e.g. USA).
+    #[arg(long = "country")]
+    countries: Vec<String>,
+    /// Target these sizes (WxH, e.g. 300x250).
+    #[arg(long = "size")]
+    sizes: Vec<String>,
+    /// Media types: banner, video, native, audio.
+    #[arg(long = "format")]
+    formats: Vec<String>,
+    /// Inventory: site, app, dooh.
+    #[arg(long)]
+    inventory: Vec<String>,
+    /// Bid only on these site or app domains.
+    #[arg(long = "allow-domain")]
+    domains_allow: Vec<String>,
+    /// Never bid on these domains.
+    #[arg(long = "deny-domain")]
+    domains_deny: Vec<String>,
+    /// Bid only on these app bundles.
+    #[arg(long = "allow-bundle")]
+    bundles_allow: Vec<String>,
+    /// Never bid on these app bundles.
+    #[arg(long = "deny-bundle")]
+    bundles_deny: Vec<String>,
+    /// Bid only on content in these IAB categories (e.g. IAB1).
+    #[arg(long = "allow-category")]
+    categories_allow: Vec<String>,
+    /// Never bid on content in these IAB categories.
+    #[arg(long = "deny-category")]
+    categories_deny: Vec<String>,
+    /// OpenRTB device types (1 mobile/tablet, 2 PC, 3 CTV, 4 phone, 5 tablet, …).
+    #[arg(long = "device-type")]
+    device_types: Vec<u32>,
+    /// Bid only through these PMP deal ids.
+    #[arg(long = "deal")]
+    deals: Vec<String>,
+    /// Pacing: asap (spend as demand comes) or even (spread the daily budget over the day).
+    #[arg(long, default_value = "asap")]
+    pacing: String,
+}
+
+impl TargetingArgs {
+    fn write_to(self, c: &mut pb::CampaignConfig) {
+        c.max_cpm_micros = self.max_cpm.map(|m| m.micros());
+        c.countries = self.countries;
+        c.sizes = self.sizes;
+        c.formats = self.formats;
+        c.inventory = self.inventory;
+        c.domains_allow = self.domains_allow;
+        c.domains_deny = self.domains_deny;
+        c.bundles_allow = self.bundles_allow;
+        c.bundles_deny = self.bundles_deny;
+        c.categories_allow = self.categories_allow;
+        c.categories_deny = self.categories_deny;
+        c.device_types = self.device_types;
+        c.deals = self.deals;
+        c.pacing = self.pacing;
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -154,18 +218,17 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
                 zone,
                 bid_cpm,
                 daily_budget,
-                countries,
-                sizes,
+                targeting,
             } => {
-                let config = pb::CampaignConfig {
+                let mut config = pb::CampaignConfig {
                     campaign: name.clone(),
                     time_zone: zone,
                     bid_cpm_micros: bid_cpm.micros(),
-                    countries,
-                    sizes,
                     paused: false,
                     daily_budget_micros: daily_budget.map(Money::micros),
+                    ..Default::default()
                 };
+                targeting.write_to(&mut config);
                 let k = key();
                 write(endpoint, |mut c| {
                     let r = pb::UpsertCampaignRequest {
@@ -345,7 +408,7 @@ async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, Strin
         channel(&leader_of(endpoint).await?).await?,
     );
     let r = c
-        .list_active_campaigns(pb::ListActiveCampaignsRequest {})
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
         .await
         .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
         .into_inner();
@@ -355,7 +418,12 @@ async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, Strin
             .iter()
             .map(|c| {
                 serde_json::json!({"campaign": c.campaign, "zone": c.time_zone, "bid_cpm_micros": c.bid_cpm_micros,
-                "daily_budget_micros": c.daily_budget_micros, "countries": c.countries, "sizes": c.sizes, "paused": c.paused})
+                "daily_budget_micros": c.daily_budget_micros, "max_cpm_micros": c.max_cpm_micros,
+                "countries": c.countries, "sizes": c.sizes, "formats": c.formats, "inventory": c.inventory,
+                "domains_allow": c.domains_allow, "domains_deny": c.domains_deny,
+                "bundles_allow": c.bundles_allow, "bundles_deny": c.bundles_deny,
+                "categories_allow": c.categories_allow, "categories_deny": c.categories_deny,
+                "device_types": c.device_types, "deals": c.deals, "pacing": c.pacing, "paused": c.paused})
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());

@@ -6,6 +6,7 @@ use shared::bucket::{Bucket, BucketKey};
 use shared::crdt::CounterRows;
 use shared::log::entry::hex_hash;
 use shared::log::{Hash, SpendEvent};
+use shared::targeting::Targeting;
 use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
 
 /// The client-chosen idempotency key of a command: a replay returns the first reply.
@@ -40,10 +41,9 @@ pub struct CampaignConfig {
     pub bid_cpm: Money,
     /// The budget each new day bucket gets; `None`: no daily cap, only the lifetime bucket.
     pub daily_budget: Option<Money>,
-    /// Targeting: ISO 3166-1 alpha-3 countries; empty = any.
-    pub countries: Vec<String>,
-    /// Targeting: creative sizes `"WxH"`; empty = any.
-    pub sizes: Vec<String>,
+    /// What it bids on, and its pacing.
+    #[serde(default)]
+    pub targeting: Targeting,
 }
 
 /// The counter state of one bucket, as a peer region sent it.

@@ -40,6 +40,7 @@ use shared::log::entry::{
     LeaseReclaimed, LeaseReleased, Received, RemoteMerged, RightsTransferred, SpendBatch,
 };
 use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
+use shared::targeting::Pacing;
 use shared::{BatchId, CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
 
 pub use command::{CampaignConfig, Command, Refusal, RemoteBucket, Reply, RequestKey, Stamp};
@@ -83,6 +84,8 @@ pub struct Campaign {
     pub zone: CampaignZone,
     /// New leases refused while paused.
     pub paused: bool,
+    /// The ledger's campaigns version when this campaign last changed.
+    pub version: u64,
 }
 
 /// One bucket's money in this region.
@@ -178,6 +181,8 @@ pub struct Ledger {
     params: Params,
     chain: Chain,
     campaigns: BTreeMap<CampaignId, Campaign>,
+    /// Grows with every change to any campaign's settings or state; edges poll by it.
+    campaigns_version: u64,
     buckets: BTreeMap<BucketKey, BucketState>,
     leases: BTreeMap<LeaseId, Lease>,
     next_lease: u64,
@@ -237,6 +242,7 @@ impl Ledger {
             params,
             chain: Chain::new(),
             campaigns: BTreeMap::new(),
+            campaigns_version: 0,
             buckets: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
@@ -273,6 +279,11 @@ impl Ledger {
     /// Every campaign.
     pub fn campaigns(&self) -> impl Iterator<Item = (&CampaignId, &Campaign)> {
         self.campaigns.iter()
+    }
+
+    /// The version of all campaign settings: it grows with every change to any of them.
+    pub fn campaigns_version(&self) -> u64 {
+        self.campaigns_version
     }
 
     /// A bucket's money.
@@ -452,22 +463,12 @@ impl Ledger {
         {
             return Err(invalid("daily_budget", format!("negative: {d}")));
         }
-        if let Some(c) = config
-            .countries
-            .iter()
-            .find(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
-        {
-            return Err(invalid(
-                "countries",
-                format!("{c:?} is not an ISO 3166-1 alpha-3 code"),
-            ));
-        }
-        let size_ok = |s: &str| {
-            s.split_once('x')
-                .is_some_and(|(w, h)| w.parse::<u32>().is_ok() && h.parse::<u32>().is_ok())
-        };
-        if let Some(s) = config.sizes.iter().find(|s| !size_ok(s)) {
-            return Err(invalid("sizes", format!("{s:?} is not WxH")));
+        config
+            .targeting
+            .validate(config.bid_cpm)
+            .map_err(|(field, problem)| invalid(field, problem))?;
+        if config.targeting.pacing == Pacing::Even && config.daily_budget.is_none() {
+            return Err(invalid("pacing", "even pacing needs a daily budget"));
         }
         let created = !self.campaigns.contains_key(id);
         let paused = self.campaigns.get(id).is_some_and(|c| c.paused);
@@ -478,14 +479,18 @@ impl Ledger {
                 config: config.clone(),
                 zone,
                 paused,
+                version: self.campaigns_version + 1,
             },
         );
+        self.campaigns_version += 1;
         Ok(Reply::CampaignSaved { created })
     }
 
     fn set_paused(&mut self, id: &CampaignId, paused: bool) -> Result<Reply, Refusal> {
         self.campaign_or_refuse(id)?;
         if let Some(c) = self.campaigns.get_mut(id) {
+            self.campaigns_version += 1;
+            c.version = self.campaigns_version;
             c.paused = paused;
             self.changes.campaigns.insert(id.clone());
         }

@@ -40,6 +40,8 @@ struct CampaignRow {
     id: CampaignId,
     config: CampaignConfig,
     paused: bool,
+    #[serde(default)]
+    version: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -198,6 +200,7 @@ impl Ledger {
                     id: id.clone(),
                     config: c.config.clone(),
                     paused: c.paused,
+                    version: c.version,
                 })
             });
             out.push((campaign_key(id), v));
@@ -326,12 +329,14 @@ impl Ledger {
                     campaign: r.id.clone(),
                     problem: e.to_string(),
                 })?;
+                l.campaigns_version = l.campaigns_version.max(r.version);
                 l.campaigns.insert(
                     r.id,
                     Campaign {
                         config: r.config,
                         zone,
                         paused: r.paused,
+                        version: r.version,
                     },
                 );
             } else if k.starts_with(b"b/") {

@@ -149,8 +149,7 @@ fn setup_commands() -> Vec<Command> {
         zone: "UTC".into(),
         bid_cpm: Money::from_micros(1_000_000),
         daily_budget: None,
-        countries: vec![],
-        sizes: vec![],
+        targeting: Default::default(),
     };
     vec![
         Command::UpsertCampaign {
@@ -390,10 +389,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         campaign: "c1".into(),
         time_zone: "UTC".into(),
         bid_cpm_micros: 2_000_000,
-        countries: vec![],
-        sizes: vec![],
-        paused: false,
-        daily_budget_micros: None,
+        ..Default::default()
     };
     let r = admin
         .upsert_campaign(pb::UpsertCampaignRequest {
@@ -407,6 +403,51 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         r.result,
         Some(pb::admin_reply::Result::AppliedAtIndex(_))
     ));
+
+    // Edges poll campaigns by version: the full list once, then "unchanged" until a change.
+    let listed = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!listed.unchanged && listed.version > 0);
+    assert_eq!(listed.campaigns.len(), 1);
+    assert_eq!(listed.campaigns[0].pacing, "asap");
+    let again = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {
+            known_version: listed.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.unchanged && again.campaigns.is_empty());
+    assert_eq!(again.version, listed.version);
+    // Bad targeting is refused by field name, and nothing changes.
+    let bad = pb::CampaignConfig {
+        campaign: "c1".into(),
+        time_zone: "UTC".into(),
+        bid_cpm_micros: 2_000_000,
+        formats: vec!["popup".into()],
+        ..Default::default()
+    };
+    let e = admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: pkey(40),
+            config: Some(bad),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("config.formats"), "{}", e.message());
+    let unchanged = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {
+            known_version: listed.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unchanged.unchanged);
+
     let lifetime = pb::BucketKey {
         campaign: "c1".into(),
         bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
