@@ -167,7 +167,7 @@ fn campaign_config(c: &pb::CampaignConfig) -> Result<(CampaignId, CampaignConfig
         zone: c.time_zone.clone(),
         bid_cpm: Money::from_micros(c.bid_cpm_micros),
         daily_budget,
-        targeting,
+        targeting: Box::new(targeting),
     };
     Ok((id, config))
 }

@@ -29,7 +29,7 @@ pub(crate) enum CampaignCommand {
         daily_budget: Option<Money>,
         /// What it bids on and how it paces.
         #[command(flatten)]
-        targeting: TargetingArgs,
+        targeting: Box<TargetingArgs>,
     },
     /// Set a budget: the lifetime one, or one day's with --day.
     SetBudget {

@@ -43,7 +43,7 @@ pub struct CampaignConfig {
     pub daily_budget: Option<Money>,
     /// What it bids on, and its pacing.
     #[serde(default)]
-    pub targeting: Targeting,
+    pub targeting: Box<Targeting>,
 }
 
 /// The counter state of one bucket, as a peer region sent it.

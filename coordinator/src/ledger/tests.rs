@@ -152,11 +152,11 @@ impl H {
             zone: "America/New_York".into(),
             bid_cpm: m(2_000_000),
             daily_budget: daily.map(m),
-            targeting: shared::targeting::Targeting {
+            targeting: Box::new(shared::targeting::Targeting {
                 countries: vec!["USA".into()],
                 sizes: vec!["300x250".into()],
                 ..Default::default()
-            },
+            }),
         };
         self.run(Command::UpsertCampaign {
             key,
@@ -244,11 +244,11 @@ fn campaigns_are_validated() {
             zone: zone.into(),
             bid_cpm: m(bid),
             daily_budget: daily.map(m),
-            targeting: shared::targeting::Targeting {
+            targeting: Box::new(shared::targeting::Targeting {
                 countries: vec![country.into()],
                 sizes: vec![size.into()],
                 ..Default::default()
-            },
+            }),
         };
     for (config, field) in [
         (bad("Mars/Base", 1, None, "USA", "1x1"), "zone"),
