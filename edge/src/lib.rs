@@ -1,5 +1,10 @@
-//! The edge bidder: OpenRTB 2.x endpoint, campaign matching and pricing, the lease cache and
-//! per-bid reservations, notice endpoints and batched spend reports.
+//! The edge bidder.
 //!
-//! Not built yet: this is the subject of the edge issue. The crate exists so that the workspace
-//! has its final shape.
+//! - [`openrtb`]: bid requests as read from the wire, checked; the response we write.
+//! - [`reserve`]: the reservation, the per-bid hold on a lease, one atomic operation.
+//! - [`notice`]: win, billing and loss notice URLs: signed when we bid, checked when they come
+//!   back, and the clearing price read from the exchange's macro.
+
+pub mod notice;
+pub mod openrtb;
+pub mod reserve;

@@ -1,0 +1,471 @@
+//! Win, billing and loss notices.
+//!
+//! When we bid, each notice URL names everything needed to settle the impression without any
+//! state at the edge that receives it: the lease, campaign, exchange, auction and imp ids, the
+//! bid price, whether the auction was first-price, and an HMAC-SHA256 over all of it. The
+//! exchange appends nothing we trust except the clearing price (`${AUCTION_PRICE}`) and the loss
+//! reason (`${AUCTION_LOSS}`), which it substitutes.
+//!
+//! A notice whose signature does not verify (unsigned, altered, or signed with a key we do not
+//! hold) is refused; so is a clearing price above the bid price. A price the exchange left
+//! unreplaced, URL-encoded or encrypted cannot be read: the bid price is spent (never less) and
+//! the case is counted.
+
+use std::fmt::Write as _;
+
+use hmac::{KeyInit, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use shared::{EventKey, LeaseId, Money};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Which notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `nurl`: the bid won.
+    Win,
+    /// `burl`: the impression is billable.
+    Bill,
+    /// `lurl`: the bid lost.
+    Loss,
+}
+
+impl Kind {
+    /// Its name in the URL path and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Win => "win",
+            Kind::Bill => "bill",
+            Kind::Loss => "loss",
+        }
+    }
+
+    /// From the URL path.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "win" => Some(Kind::Win),
+            "bill" => Some(Kind::Bill),
+            "loss" => Some(Kind::Loss),
+            _ => None,
+        }
+    }
+}
+
+/// Keys that sign notices: the current one signs; it and the previous one (during a rotation)
+/// verify.
+#[derive(Clone)]
+pub struct Signer {
+    current: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(…)")
+    }
+}
+
+/// Bytes of the truncated HMAC carried in a URL (128 bits).
+const SIG_BYTES: usize = 16;
+
+impl Signer {
+    /// A signer with `current` and, during a rotation, the `previous` key still accepted.
+    pub fn new(current: Vec<u8>, previous: Option<Vec<u8>>) -> Signer {
+        Signer { current, previous }
+    }
+
+    fn mac(key: &[u8], fields: &Fields<'_>) -> [u8; SIG_BYTES] {
+        // HMAC takes a key of any length.
+        let mut m =
+            <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+        // Length-prefixed fields: no two different notices share the signed bytes.
+        for part in [
+            fields.kind.as_str(),
+            &fields.lease.0.to_string(),
+            fields.campaign,
+            fields.exchange,
+            fields.auction,
+            fields.imp,
+            &fields.bid_micros.to_string(),
+            if fields.first_price { "1" } else { "2" },
+        ] {
+            m.update(&(part.len() as u64).to_be_bytes());
+            m.update(part.as_bytes());
+        }
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; SIG_BYTES];
+        out.copy_from_slice(&full[..SIG_BYTES]);
+        out
+    }
+
+    fn verify(&self, fields: &Fields<'_>, sig: &[u8]) -> bool {
+        let ok = |key: &[u8]| {
+            let want = Self::mac(key, fields);
+            // Constant time: compare every byte.
+            sig.len() == SIG_BYTES
+                && want.iter().zip(sig).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        };
+        ok(&self.current) || self.previous.as_deref().is_some_and(ok)
+    }
+}
+
+/// The signed fields of a notice.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields<'a> {
+    /// Which notice.
+    pub kind: Kind,
+    /// The lease the bid was reserved under.
+    pub lease: LeaseId,
+    /// The campaign.
+    pub campaign: &'a str,
+    /// The exchange.
+    pub exchange: &'a str,
+    /// The auction (the request's id).
+    pub auction: &'a str,
+    /// The impression.
+    pub imp: &'a str,
+    /// The bid price, micros per impression.
+    pub bid_micros: i64,
+    /// The auction was first-price: a win clears at the bid.
+    pub first_price: bool,
+}
+
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+impl Fields<'_> {
+    /// The notice URL under `base` (e.g. `http://edge-1:8080`), with the exchange's price (and,
+    /// for a loss, reason) macros appended.
+    pub fn url(&self, base: &str, signer: &Signer) -> String {
+        let sig = Signer::mac(&signer.current, self);
+        let mut u = String::with_capacity(base.len() + 160);
+        let enc = |s: &str| utf8_percent_encode(s, QUERY).to_string();
+        let _ = write!(
+            u,
+            "{base}/notice/{}?l={}&c={}&x={}&a={}&i={}&b={}&f={}&s={}",
+            self.kind.as_str(),
+            self.lease.0,
+            enc(self.campaign),
+            enc(self.exchange),
+            enc(self.auction),
+            enc(self.imp),
+            self.bid_micros,
+            if self.first_price { 1 } else { 2 },
+            hex::encode(sig),
+        );
+        match self.kind {
+            Kind::Win | Kind::Bill => u.push_str("&p=${AUCTION_PRICE}"),
+            Kind::Loss => u.push_str("&p=${AUCTION_PRICE}&r=${AUCTION_LOSS}"),
+        }
+        u
+    }
+}
+
+/// How the clearing price arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Price {
+    /// A readable decimal CPM, converted to micros per impression.
+    Cleared(Money),
+    /// First-price auction: the bid price, by rule.
+    FirstPrice,
+    /// No `p` parameter, or empty.
+    Missing,
+    /// The macro came back unreplaced (possibly URL-encoded).
+    Unreplaced,
+    /// Something that is not a price: encrypted, or garbage.
+    Unreadable,
+}
+
+impl Price {
+    /// The metric label of the case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Price::Cleared(_) => "cleared",
+            Price::FirstPrice => "first_price",
+            Price::Missing => "missing",
+            Price::Unreplaced => "unreplaced",
+            Price::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// A notice that verified.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// Which one.
+    pub kind: Kind,
+    /// Its lease.
+    pub lease: LeaseId,
+    /// Its campaign.
+    pub campaign: String,
+    /// The impression's key: exchange, auction, imp.
+    pub key: EventKey,
+    /// The bid price, micros per impression.
+    pub bid: Money,
+    /// The clearing price as read.
+    pub price: Price,
+}
+
+impl Notice {
+    /// What a win or billing notice spends: the clearing price, or the bid price when the
+    /// auction was first-price or the price cannot be read. A loss spends nothing.
+    pub fn spend(&self) -> Option<Money> {
+        match (self.kind, self.price) {
+            (Kind::Loss, _) => None,
+            (_, Price::Cleared(p)) => Some(p),
+            _ => Some(self.bid),
+        }
+    }
+}
+
+/// Why a notice was refused. Nothing is settled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A required parameter is absent.
+    #[error("notice lacks parameter {0:?}")]
+    Missing(&'static str),
+    /// A parameter does not hold what it should.
+    #[error("notice parameter {0:?} is malformed")]
+    Malformed(&'static str),
+    /// The signature does not match: unsigned, altered, or an unknown key.
+    #[error("notice signature does not verify")]
+    BadSignature,
+    /// The exchange reports a clearing price above our bid.
+    #[error("clearing price {price} is above the bid price {bid}")]
+    PriceAboveBid {
+        /// The clearing price.
+        price: Money,
+        /// Our bid.
+        bid: Money,
+    },
+}
+
+impl Refused {
+    /// The metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Missing(_) | Refused::Malformed(_) => "malformed",
+            Refused::BadSignature => "bad_signature",
+            Refused::PriceAboveBid { .. } => "price_above_bid",
+        }
+    }
+}
+
+/// Longest query string read.
+pub const QUERY_MAX: usize = 4096;
+
+/// Reads and verifies a notice from its path kind and query string.
+pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused> {
+    if query.len() > QUERY_MAX {
+        return Err(Refused::Malformed("query"));
+    }
+    let mut p: [Option<&str>; 9] = [None; 9];
+    const NAMES: [&str; 9] = ["l", "c", "x", "a", "i", "b", "f", "s", "p"];
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if let Some(n) = NAMES.iter().position(|name| *name == k) {
+            if p[n].is_some() {
+                // A repeated parameter could mean two things; refuse rather than choose.
+                return Err(Refused::Malformed(NAMES[n]));
+            }
+            p[n] = Some(v);
+        }
+    }
+    let need = |n: usize| p[n].ok_or(Refused::Missing(NAMES[n]));
+    let decode = |n: usize| -> Result<String, Refused> {
+        percent_decode_str(need(n)?)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| Refused::Malformed(NAMES[n]))
+    };
+    let lease: u64 = need(0)?.parse().map_err(|_| Refused::Malformed("l"))?;
+    let campaign = decode(1)?;
+    let exchange = decode(2)?;
+    let auction = decode(3)?;
+    let imp = decode(4)?;
+    let bid_micros: i64 = need(5)?.parse().map_err(|_| Refused::Malformed("b"))?;
+    let first_price = match need(6)? {
+        "1" => true,
+        "2" => false,
+        _ => return Err(Refused::Malformed("f")),
+    };
+    let sig = hex::decode(need(7)?).map_err(|_| Refused::BadSignature)?;
+    let fields = Fields {
+        kind,
+        lease: LeaseId(lease),
+        campaign: &campaign,
+        exchange: &exchange,
+        auction: &auction,
+        imp: &imp,
+        bid_micros,
+        first_price,
+    };
+    if !signer.verify(&fields, &sig) {
+        return Err(Refused::BadSignature);
+    }
+    // Signed by us: these were valid when we bid.
+    let key =
+        EventKey::from_parts(&exchange, &auction, &imp).map_err(|_| Refused::Malformed("a"))?;
+    let bid = Money::from_micros(bid_micros);
+    let price = if first_price {
+        Price::FirstPrice
+    } else {
+        read_price(p[8])
+    };
+    if let Price::Cleared(c) = price
+        && c > bid
+    {
+        return Err(Refused::PriceAboveBid { price: c, bid });
+    }
+    Ok(Notice {
+        kind,
+        lease: LeaseId(lease),
+        campaign,
+        key,
+        bid,
+        price,
+    })
+}
+
+/// The exchange's `${AUCTION_PRICE}`, in whatever state it arrived.
+fn read_price(raw: Option<&str>) -> Price {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Price::Missing;
+    };
+    // Decode up to twice: some exchanges encode the substituted URL once more.
+    let mut text = raw.to_owned();
+    for _ in 0..3 {
+        if text.to_ascii_uppercase().contains("AUCTION_PRICE") {
+            return Price::Unreplaced;
+        }
+        if let Ok(m) = Money::from_cpm_str(&text) {
+            return Price::Cleared(m);
+        }
+        match percent_decode_str(&text).decode_utf8() {
+            Ok(d) if d != text => text = d.into_owned(),
+            _ => break,
+        }
+    }
+    Price::Unreadable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer::new(b"region-key-1".to_vec(), None)
+    }
+
+    fn fields(kind: Kind) -> Fields<'static> {
+        Fields {
+            kind,
+            lease: LeaseId(42),
+            campaign: "shoes",
+            exchange: "sim",
+            auction: "auc/1 &x=2",
+            imp: "1",
+            bid_micros: 2500,
+            first_price: false,
+        }
+    }
+
+    /// The query the exchange calls, with its price macro substituted by `price`.
+    fn called(kind: Kind, price: &str) -> String {
+        let url = fields(kind).url("http://e:1", &signer());
+        let q = url.split_once('?').unwrap().1;
+        q.replace("${AUCTION_PRICE}", price)
+            .replace("${AUCTION_LOSS}", "102")
+    }
+
+    #[test]
+    fn a_signed_notice_round_trips_with_awkward_ids() {
+        let n = parse(Kind::Win, &called(Kind::Win, "1.75"), &signer()).unwrap();
+        assert_eq!(n.key.auction_id(), "auc/1 &x=2");
+        assert_eq!(n.price, Price::Cleared(Money::from_micros(1750)));
+        assert_eq!(n.spend(), Some(Money::from_micros(1750)));
+        let loss = parse(Kind::Loss, &called(Kind::Loss, ""), &signer()).unwrap();
+        assert_eq!(loss.spend(), None);
+    }
+
+    #[test]
+    fn altered_unsigned_wrong_kind_or_foreign_key_is_refused() {
+        let q = called(Kind::Win, "1.75");
+        assert_eq!(
+            parse(Kind::Win, &q.replace("b=2500", "b=9500"), &signer()).unwrap_err(),
+            Refused::BadSignature
+        );
+        assert_eq!(
+            parse(Kind::Loss, &q, &signer()).unwrap_err(),
+            Refused::BadSignature
+        );
+        let unsigned: String = q
+            .split('&')
+            .filter(|p| !p.starts_with("s="))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(
+            parse(Kind::Win, &unsigned, &signer()).unwrap_err(),
+            Refused::Missing("s")
+        );
+        let other = Signer::new(b"someone-else".to_vec(), None);
+        assert_eq!(
+            parse(Kind::Win, &q, &other).unwrap_err(),
+            Refused::BadSignature
+        );
+        // During a rotation the previous key still verifies.
+        let rotated = Signer::new(b"region-key-2".to_vec(), Some(b"region-key-1".to_vec()));
+        assert!(parse(Kind::Win, &q, &rotated).is_ok());
+        let twice = format!("{q}&l=43");
+        assert_eq!(
+            parse(Kind::Win, &twice, &signer()).unwrap_err(),
+            Refused::Malformed("l")
+        );
+    }
+
+    #[test]
+    fn a_price_above_the_bid_is_refused() {
+        let e = parse(Kind::Bill, &called(Kind::Bill, "2.501"), &signer()).unwrap_err();
+        assert!(matches!(e, Refused::PriceAboveBid { .. }), "{e}");
+        assert!(parse(Kind::Bill, &called(Kind::Bill, "2.5"), &signer()).is_ok());
+    }
+
+    #[test]
+    fn unreadable_prices_spend_the_bid_and_say_why() {
+        for (p, want) in [
+            ("${AUCTION_PRICE}", Price::Unreplaced),
+            ("%24%7BAUCTION_PRICE%7D", Price::Unreplaced),
+            ("%2524%257BAUCTION_PRICE%257D", Price::Unreplaced),
+            ("", Price::Missing),
+            ("WEp8wQAAAABnFd5EkB2k1wJeFcAj-2Eg", Price::Unreadable),
+            ("-1", Price::Unreadable),
+            ("%31.5", Price::Cleared(Money::from_micros(1500))),
+        ] {
+            let n = parse(Kind::Bill, &called(Kind::Bill, p), &signer()).unwrap();
+            assert_eq!(n.price, want, "{p}");
+            let spent = n.spend().unwrap();
+            assert!(spent <= n.bid);
+            if !matches!(want, Price::Cleared(_)) {
+                assert_eq!(spent, n.bid, "{p}: the bid is spent, never less");
+            }
+        }
+    }
+
+    #[test]
+    fn first_price_clears_at_the_bid() {
+        let mut f = fields(Kind::Win);
+        f.first_price = true;
+        let url = f.url("http://e:1", &signer());
+        let q = url
+            .split_once('?')
+            .unwrap()
+            .1
+            .replace("${AUCTION_PRICE}", "1.0");
+        let n = parse(Kind::Win, &q, &signer()).unwrap();
+        assert_eq!(n.price, Price::FirstPrice);
+        assert_eq!(n.spend(), Some(Money::from_micros(2500)));
+    }
+}

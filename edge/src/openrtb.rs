@@ -1,0 +1,766 @@
+//! OpenRTB 2.5 / 2.6 bid requests and responses: the fields this bidder reads, parsed once from
+//! the wire and checked, and the response it writes.
+//!
+//! Parsing is strict where a wrong value would make us misread the auction (ids, sizes, media
+//! objects, deals, floors, typed `ext` fields) and lenient elsewhere: unknown fields are ignored,
+//! as the protocol asks. [`parse`] never panics; every refusal names the field ("imp[0].banner.w
+//! must be positive"), which the endpoint returns as a 400.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The OpenRTB versions understood. Requests say theirs in the `x-openrtb-version` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// 2.5: consent lives in `regs.ext` / `user.ext`.
+    V25,
+    /// 2.6 (also the default when no header is sent): `regs.gdpr`, `user.consent`, `dooh`.
+    V26,
+}
+
+impl Version {
+    /// From the header's value: `2.5`, `2.6`, `2.6.x`, `2.5.0`; any other 2.x is read as 2.6.
+    pub fn from_header(v: Option<&str>) -> Result<Version, Invalid> {
+        let Some(v) = v.map(str::trim) else {
+            return Ok(Version::V26);
+        };
+        let mut parts = v.split('.');
+        match (parts.next(), parts.next()) {
+            (Some("2"), Some("5")) => Ok(Version::V25),
+            (Some("2"), Some(minor)) if minor.parse::<u32>().is_ok() => Ok(Version::V26),
+            _ => Err(Invalid(format!(
+                "x-openrtb-version {v:?} is not supported (2.5 and 2.6 are)"
+            ))),
+        }
+    }
+}
+
+/// Why a request was refused: a short reason, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(s: impl Into<String>) -> Invalid {
+    Invalid(s.into())
+}
+
+/// A bid request as read. Borrowed from the body where the JSON has no escapes.
+#[derive(Debug, Deserialize)]
+pub struct BidRequest<'a> {
+    /// Auction id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// Impressions offered.
+    #[serde(default)]
+    pub imp: Vec<Imp<'a>>,
+    /// Web inventory.
+    #[serde(default, borrow)]
+    pub site: Option<Site<'a>>,
+    /// App inventory.
+    #[serde(default, borrow)]
+    pub app: Option<App<'a>>,
+    /// Out-of-home inventory (2.6).
+    #[serde(default)]
+    pub dooh: Option<&'a RawValue>,
+    /// The device.
+    #[serde(default, borrow)]
+    pub device: Option<Device<'a>>,
+    /// The user.
+    #[serde(default, borrow)]
+    pub user: Option<User<'a>>,
+    /// Auction type: 1 first price, 2 second price plus (default).
+    #[serde(default)]
+    pub at: Option<i64>,
+    /// Milliseconds the exchange waits for an answer.
+    #[serde(default)]
+    pub tmax: Option<i64>,
+    /// Currencies a bid may be in; empty: any (the exchange's default, USD).
+    #[serde(default, borrow)]
+    pub cur: Vec<Cow<'a, str>>,
+    /// Regulations.
+    #[serde(default)]
+    pub regs: Option<Regs>,
+    /// 1: a test request; bids are not billed.
+    #[serde(default)]
+    pub test: Option<i64>,
+}
+
+/// One impression.
+#[derive(Debug, Deserialize)]
+pub struct Imp<'a> {
+    /// Id, unique within the request.
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// Banner slot.
+    #[serde(default)]
+    pub banner: Option<Banner>,
+    /// Video slot.
+    #[serde(default)]
+    pub video: Option<Video>,
+    /// Audio slot.
+    #[serde(default)]
+    pub audio: Option<Audio>,
+    /// Native slot.
+    #[serde(default, borrow)]
+    pub native: Option<Native<'a>>,
+    /// Floor CPM.
+    #[serde(default)]
+    pub bidfloor: Option<f64>,
+    /// Currency of the floor (default USD).
+    #[serde(default, borrow)]
+    pub bidfloorcur: Option<Cow<'a, str>>,
+    /// Private marketplace.
+    #[serde(default, borrow)]
+    pub pmp: Option<Pmp<'a>>,
+    /// Seconds that may pass between the auction and the impression (and so its notice).
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+/// `imp.banner`.
+#[derive(Debug, Deserialize)]
+pub struct Banner {
+    /// Width.
+    #[serde(default)]
+    pub w: Option<i64>,
+    /// Height.
+    #[serde(default)]
+    pub h: Option<i64>,
+    /// Allowed sizes.
+    #[serde(default)]
+    pub format: Option<Vec<Format>>,
+}
+
+/// `imp.banner.format[]`.
+#[derive(Debug, Deserialize)]
+pub struct Format {
+    /// Width.
+    #[serde(default)]
+    pub w: Option<i64>,
+    /// Height.
+    #[serde(default)]
+    pub h: Option<i64>,
+    /// Flexible: width ratio.
+    #[serde(default)]
+    pub wratio: Option<i64>,
+    /// Flexible: height ratio.
+    #[serde(default)]
+    pub hratio: Option<i64>,
+    /// Flexible: minimum width.
+    #[serde(default)]
+    pub wmin: Option<i64>,
+}
+
+/// `imp.video`.
+#[derive(Debug, Deserialize)]
+pub struct Video {
+    /// Accepted MIME types.
+    #[serde(default)]
+    pub mimes: Vec<String>,
+    /// Width.
+    #[serde(default)]
+    pub w: Option<i64>,
+    /// Height.
+    #[serde(default)]
+    pub h: Option<i64>,
+    /// Kbps.
+    #[serde(default)]
+    pub minbitrate: Option<i64>,
+    /// Kbps.
+    #[serde(default)]
+    pub maxbitrate: Option<i64>,
+}
+
+/// `imp.audio`.
+#[derive(Debug, Deserialize)]
+pub struct Audio {
+    /// Accepted MIME types.
+    #[serde(default)]
+    pub mimes: Vec<String>,
+    /// Kbps.
+    #[serde(default)]
+    pub minbitrate: Option<i64>,
+    /// Kbps.
+    #[serde(default)]
+    pub maxbitrate: Option<i64>,
+}
+
+/// `imp.native`: its `request` is a Native 1.x request, as a JSON string (or, from some
+/// exchanges, an object).
+#[derive(Debug, Deserialize)]
+pub struct Native<'a> {
+    /// The native request.
+    #[serde(default, borrow)]
+    pub request: Option<&'a RawValue>,
+}
+
+/// `imp.pmp`.
+#[derive(Debug, Deserialize)]
+pub struct Pmp<'a> {
+    /// 1: only the deals below may bid.
+    #[serde(default)]
+    pub private_auction: Option<i64>,
+    /// Deals.
+    #[serde(default, borrow)]
+    pub deals: Vec<Deal<'a>>,
+}
+
+/// `imp.pmp.deals[]`.
+#[derive(Debug, Deserialize)]
+pub struct Deal<'a> {
+    /// Deal id.
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// Floor of the deal.
+    #[serde(default)]
+    pub bidfloor: Option<f64>,
+    /// Its currency.
+    #[serde(default, borrow)]
+    pub bidfloorcur: Option<Cow<'a, str>>,
+}
+
+/// `site`.
+#[derive(Debug, Deserialize)]
+pub struct Site<'a> {
+    /// Site id.
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// Page URL.
+    #[serde(default, borrow)]
+    pub page: Option<Cow<'a, str>>,
+    /// Domain.
+    #[serde(default, borrow)]
+    pub domain: Option<Cow<'a, str>>,
+    /// IAB categories of the site.
+    #[serde(default, borrow)]
+    pub cat: Vec<Cow<'a, str>>,
+    /// … of the section.
+    #[serde(default, borrow)]
+    pub sectioncat: Vec<Cow<'a, str>>,
+    /// … of the page.
+    #[serde(default, borrow)]
+    pub pagecat: Vec<Cow<'a, str>>,
+}
+
+/// `app`.
+#[derive(Debug, Deserialize)]
+pub struct App<'a> {
+    /// App id.
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// Store bundle or package name.
+    #[serde(default, borrow)]
+    pub bundle: Option<Cow<'a, str>>,
+    /// Domain.
+    #[serde(default, borrow)]
+    pub domain: Option<Cow<'a, str>>,
+    /// IAB categories of the app.
+    #[serde(default, borrow)]
+    pub cat: Vec<Cow<'a, str>>,
+    /// … of the section.
+    #[serde(default, borrow)]
+    pub sectioncat: Vec<Cow<'a, str>>,
+    /// … of the page.
+    #[serde(default, borrow)]
+    pub pagecat: Vec<Cow<'a, str>>,
+}
+
+/// `device`.
+#[derive(Debug, Deserialize)]
+pub struct Device<'a> {
+    /// OpenRTB device type.
+    #[serde(default)]
+    pub devicetype: Option<i64>,
+    /// Screen width.
+    #[serde(default)]
+    pub w: Option<i64>,
+    /// Screen height.
+    #[serde(default)]
+    pub h: Option<i64>,
+    /// Location.
+    #[serde(default, borrow)]
+    pub geo: Option<Geo<'a>>,
+}
+
+/// `device.geo`, `user.geo`.
+#[derive(Debug, Deserialize)]
+pub struct Geo<'a> {
+    /// ISO 3166-1 alpha-3.
+    #[serde(default, borrow)]
+    pub country: Option<Cow<'a, str>>,
+    /// Metres.
+    #[serde(default)]
+    pub accuracy: Option<i64>,
+}
+
+/// `user`.
+#[derive(Debug, Deserialize)]
+pub struct User<'a> {
+    /// Location.
+    #[serde(default, borrow)]
+    pub geo: Option<Geo<'a>>,
+    /// 2.6 consent string.
+    #[serde(default)]
+    pub consent: Option<String>,
+    /// 2.5 extension: consent string.
+    #[serde(default)]
+    pub ext: Option<UserExt>,
+}
+
+/// `user.ext` as far as read: it must be an object, and `consent` a string.
+#[derive(Debug, Deserialize)]
+pub struct UserExt {
+    /// GDPR consent string (2.5 convention).
+    #[serde(default)]
+    pub consent: Option<String>,
+}
+
+/// `regs`.
+#[derive(Debug, Deserialize)]
+pub struct Regs {
+    /// COPPA.
+    #[serde(default)]
+    pub coppa: Option<i64>,
+    /// GDPR applies (2.6).
+    #[serde(default)]
+    pub gdpr: Option<i64>,
+    /// Extension: must be an object.
+    #[serde(default)]
+    pub ext: Option<RegsExt>,
+}
+
+/// `regs.ext`.
+#[derive(Debug, Deserialize)]
+pub struct RegsExt {
+    /// GDPR applies (2.5 convention).
+    #[serde(default)]
+    pub gdpr: Option<i64>,
+}
+
+/// The most impressions one request may hold.
+pub const IMPS_MAX: usize = 64;
+
+/// Parses and checks a request body. `Err` is a 400 with its message.
+pub fn parse(body: &[u8], _version: Version) -> Result<BidRequest<'_>, Invalid> {
+    let req: BidRequest<'_> =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not a bid request: {e}")))?;
+    validate(&req)?;
+    Ok(req)
+}
+
+fn positive(field: &str, v: Option<i64>) -> Result<(), Invalid> {
+    match v {
+        Some(x) if x < 0 => Err(invalid(format!("{field} must be a positive number"))),
+        _ => Ok(()),
+    }
+}
+
+fn validate(req: &BidRequest<'_>) -> Result<(), Invalid> {
+    if req.id.is_empty() {
+        return Err(invalid("request.id must not be empty"));
+    }
+    if req.imp.is_empty() {
+        return Err(invalid("request.imp must contain at least one element"));
+    }
+    if req.imp.len() > IMPS_MAX {
+        return Err(invalid(format!(
+            "request.imp holds {} impressions, at most {IMPS_MAX}",
+            req.imp.len()
+        )));
+    }
+    let inventories = usize::from(req.site.is_some())
+        + usize::from(req.app.is_some())
+        + usize::from(req.dooh.is_some());
+    if inventories > 1 {
+        return Err(invalid(
+            "no more than one of request.site, request.app or request.dooh may be present",
+        ));
+    }
+    if let Some(site) = &req.site
+        && site.id.is_none()
+        && site.page.is_none()
+    {
+        return Err(invalid("request.site needs site.id or site.page"));
+    }
+    if req.tmax.is_some_and(|t| t < 0) {
+        return Err(invalid("request.tmax must not be negative"));
+    }
+    if let Some(regs) = &req.regs {
+        for (field, v) in [
+            ("regs.gdpr", regs.gdpr),
+            ("regs.ext.gdpr", regs.ext.as_ref().and_then(|e| e.gdpr)),
+        ] {
+            if v.is_some_and(|g| g != 0 && g != 1) {
+                return Err(invalid(format!("request.{field} must be 0 or 1")));
+            }
+        }
+    }
+    if let Some(d) = &req.device {
+        positive("request.device.w", d.w)?;
+        positive("request.device.h", d.h)?;
+        if let Some(g) = &d.geo {
+            positive("request.device.geo.accuracy", g.accuracy)?;
+        }
+    }
+    for (i, imp) in req.imp.iter().enumerate() {
+        validate_imp(i, imp)?;
+        let id = imp.id.as_deref().unwrap_or_default();
+        if let Some(j) = req.imp[..i]
+            .iter()
+            .position(|o| o.id.as_deref() == Some(id))
+        {
+            return Err(invalid(format!(
+                "request.imp[{j}].id and request.imp[{i}].id are both {id:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
+    let at = |f: &str| format!("request.imp[{i}].{f}");
+    match imp.id.as_deref() {
+        None | Some("") => return Err(invalid(format!("request.imp[{i}] needs an id"))),
+        Some(_) => {}
+    }
+    if imp.banner.is_none() && imp.video.is_none() && imp.audio.is_none() && imp.native.is_none() {
+        return Err(invalid(format!(
+            "request.imp[{i}] needs one of banner, video, audio or native"
+        )));
+    }
+    if let Some(b) = &imp.banner {
+        positive(&at("banner.w"), b.w)?;
+        positive(&at("banner.h"), b.h)?;
+        let has_wh = b.w.is_some_and(|w| w > 0) && b.h.is_some_and(|h| h > 0);
+        match &b.format {
+            Some(formats) if formats.is_empty() && !has_wh => {
+                return Err(invalid(format!("{} has no sizes", at("banner"))));
+            }
+            Some(formats) => {
+                for (k, f) in formats.iter().enumerate() {
+                    let field = at(&format!("banner.format[{k}]"));
+                    positive(&format!("{field}.w"), f.w)?;
+                    positive(&format!("{field}.h"), f.h)?;
+                    let fixed = f.w.is_some() || f.h.is_some();
+                    let flexible = f.wratio.is_some() || f.hratio.is_some() || f.wmin.is_some();
+                    if fixed && !(f.w.is_some_and(|w| w > 0) && f.h.is_some_and(|h| h > 0)) {
+                        return Err(invalid(format!("{field} needs non-zero w and h")));
+                    }
+                    if !fixed && !flexible {
+                        return Err(invalid(format!(
+                            "{field} needs either w and h or wmin, wratio and hratio"
+                        )));
+                    }
+                }
+            }
+            None if !has_wh => {
+                return Err(invalid(format!("{} has no sizes", at("banner"))));
+            }
+            None => {}
+        }
+    }
+    if let Some(v) = &imp.video {
+        if v.mimes.is_empty() {
+            return Err(invalid(format!(
+                "{} must name at least one MIME type",
+                at("video.mimes")
+            )));
+        }
+        positive(&at("video.w"), v.w)?;
+        positive(&at("video.h"), v.h)?;
+        positive(&at("video.minbitrate"), v.minbitrate)?;
+        positive(&at("video.maxbitrate"), v.maxbitrate)?;
+    }
+    if let Some(a) = &imp.audio {
+        if a.mimes.is_empty() {
+            return Err(invalid(format!(
+                "{} must name at least one MIME type",
+                at("audio.mimes")
+            )));
+        }
+        positive(&at("audio.minbitrate"), a.minbitrate)?;
+        positive(&at("audio.maxbitrate"), a.maxbitrate)?;
+    }
+    if let Some(n) = &imp.native {
+        validate_native(&at("native.request"), n)?;
+    }
+    if let Some(pmp) = &imp.pmp {
+        for (k, d) in pmp.deals.iter().enumerate() {
+            if d.id.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(format!(
+                    "{} needs an id",
+                    at(&format!("pmp.deals[{k}]"))
+                )));
+            }
+        }
+    }
+    if imp.bidfloor.is_some_and(|f| !f.is_finite() || f < 0.0) {
+        return Err(invalid(format!(
+            "{} must be a non-negative number",
+            at("bidfloor")
+        )));
+    }
+    Ok(())
+}
+
+/// The parts of a Native 1.x request that are checked: at least one asset, asset ids unique.
+#[derive(Deserialize)]
+struct NativeRequest {
+    #[serde(default)]
+    assets: Vec<NativeAsset>,
+    /// Some exchanges wrap the request in `{"native": {…}}` (Native 1.0).
+    #[serde(default)]
+    native: Option<Box<NativeRequest>>,
+}
+
+#[derive(Deserialize)]
+struct NativeAsset {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    title: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    img: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    video: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    data: Option<serde::de::IgnoredAny>,
+}
+
+fn validate_native(field: &str, n: &Native<'_>) -> Result<(), Invalid> {
+    let raw = n
+        .request
+        .ok_or_else(|| invalid(format!("{field} is missing")))?;
+    // A JSON string holding the request (the standard form), or the object itself.
+    let text: Cow<'_, str> = if raw.get().starts_with('"') {
+        Cow::Owned(
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|e| invalid(format!("{field}: {e}")))?,
+        )
+    } else {
+        Cow::Borrowed(raw.get())
+    };
+    let mut req: NativeRequest = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("{field} is not a native request: {e}")))?;
+    if let Some(inner) = req.native.take()
+        && req.assets.is_empty()
+    {
+        req = *inner;
+    }
+    if req.assets.is_empty() {
+        return Err(invalid(format!(
+            "{field}.assets must hold at least one asset"
+        )));
+    }
+    for (k, a) in req.assets.iter().enumerate() {
+        if a.title.is_none() && a.img.is_none() && a.video.is_none() && a.data.is_none() {
+            return Err(invalid(format!(
+                "{field}.assets[{k}] needs one of title, img, video or data"
+            )));
+        }
+        if let Some(id) = a.id
+            && req.assets[..k].iter().any(|o| o.id == Some(id))
+        {
+            return Err(invalid(format!("{field}.assets: id {id} is used twice")));
+        }
+    }
+    Ok(())
+}
+
+impl BidRequest<'_> {
+    /// The auction is first-price (`at` = 1): a win clears at the bid price.
+    pub fn first_price(&self) -> bool {
+        self.at == Some(1)
+    }
+
+    /// The country of the device or, failing that, the user.
+    pub fn country(&self) -> Option<&str> {
+        let device = self
+            .device
+            .as_ref()
+            .and_then(|d| d.geo.as_ref())
+            .and_then(|g| g.country.as_deref());
+        device.or_else(|| {
+            self.user
+                .as_ref()
+                .and_then(|u| u.geo.as_ref())
+                .and_then(|g| g.country.as_deref())
+        })
+    }
+}
+
+/// A bid response (the parts written).
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct BidResponse {
+    /// The request's id.
+    pub id: String,
+    /// One seat: ours.
+    pub seatbid: Vec<SeatBid>,
+    /// Our currency.
+    pub cur: String,
+}
+
+/// `seatbid[]`.
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct SeatBid {
+    /// Seat id.
+    pub seat: String,
+    /// Bids, one per impression at most.
+    pub bid: Vec<Bid>,
+}
+
+/// `seatbid[].bid[]`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Bid {
+    /// Bid id.
+    pub id: String,
+    /// The impression.
+    pub impid: String,
+    /// CPM, written from integer micros per impression by [`cpm_number`]: exact, no float.
+    pub price: Box<RawValue>,
+    /// Win notice.
+    pub nurl: String,
+    /// Billing notice.
+    pub burl: String,
+    /// Loss notice.
+    pub lurl: String,
+    /// Campaign id.
+    pub cid: String,
+    /// Creative id.
+    pub crid: String,
+    /// Deal id, echoed when bidding through a deal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dealid: Option<String>,
+    /// Width of the creative.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub w: Option<i64>,
+    /// Height of the creative.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub h: Option<i64>,
+    /// Advertiser domains.
+    pub adomain: Vec<String>,
+}
+
+/// A price of `micros` per impression as an OpenRTB CPM number: micros per impression / 1000
+/// currency units per thousand, written in decimal (`2500` → `2.500`).
+pub fn cpm_number(micros: i64) -> Box<RawValue> {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    let text = format!("{sign}{}.{:03}", m / 1000, m % 1000);
+    // A decimal literal is always valid JSON.
+    RawValue::from_string(text).expect("a decimal literal is JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str, expected: Result<(), &str>) {
+        let got = parse(body.as_bytes(), Version::V26).map(|_| ());
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Err(want)) => assert!(e.0.contains(want), "{body}: {e} does not say {want:?}"),
+            (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_field_by_field() {
+        let banner = r#""banner":{"w":300,"h":250}"#;
+        check(
+            &format!(r#"{{"id":"a","imp":[{{"id":"1",{banner}}}]}}"#),
+            Ok(()),
+        );
+        check("null", Err("not a bid request"));
+        check("{}", Err("not a bid request"));
+        check(r#"{"id":"a","imp":[]}"#, Err("at least one"));
+        check(
+            r#"{"id":"a","imp":[{"id":"1"}]}"#,
+            Err("needs one of banner"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","banner":{}}]}"#,
+            Err("no sizes"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","banner":{"w":-1,"h":2}}]}"#,
+            Err("banner.w must be"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","banner":{"format":[{"w":3}]}}]}"#,
+            Err("non-zero"),
+        );
+        check(
+            &format!(r#"{{"id":"a","imp":[{{"id":"1",{banner}}},{{"id":"1",{banner}}}]}}"#),
+            Err("both \"1\""),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","video":{"mimes":[]}}]}"#,
+            Err("MIME"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","native":{"request":"{\"assets\":[]}"}}]}"#,
+            Err("at least one asset"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","native":{"request":"{\"assets\":[{\"id\":1,\"title\":{}},{\"id\":1,\"img\":{}}]}"}}]}"#,
+            Err("used twice"),
+        );
+        check(
+            r#"{"id":"a","imp":[{"id":"1","native":{"request":{"assets":[{"id":1,"title":{"len":9}}]}}}]}"#,
+            Ok(()),
+        );
+        check(
+            &format!(r#"{{"id":"a","tmax":-2,"imp":[{{"id":"1",{banner}}}]}}"#),
+            Err("tmax"),
+        );
+        check(
+            &format!(r#"{{"id":"a","site":{{}},"imp":[{{"id":"1",{banner}}}]}}"#),
+            Err("site.id or site.page"),
+        );
+        check(
+            &format!(
+                r#"{{"id":"a","site":{{"id":"s"}},"app":{{}},"imp":[{{"id":"1",{banner}}}]}}"#
+            ),
+            Err("no more than one"),
+        );
+        check(
+            &format!(r#"{{"id":"a","regs":{{"gdpr":2}},"imp":[{{"id":"1",{banner}}}]}}"#),
+            Err("gdpr"),
+        );
+        check(
+            &format!(r#"{{"id":"a","regs":{{"ext":"x"}},"imp":[{{"id":"1",{banner}}}]}}"#),
+            Err("not a bid request"),
+        );
+        check(
+            &format!(
+                r#"{{"id":"a","user":{{"ext":{{"consent":1}}}},"imp":[{{"id":"1",{banner}}}]}}"#
+            ),
+            Err("not a bid request"),
+        );
+        check(
+            &format!(r#"{{"id":"a","imp":[{{"id":"1","pmp":{{"deals":[{{}}]}},{banner}}}]}}"#),
+            Err("deals[0] needs an id"),
+        );
+    }
+
+    #[test]
+    fn prices_are_written_exactly() {
+        assert_eq!(cpm_number(2500).get(), "2.500");
+        assert_eq!(cpm_number(1).get(), "0.001");
+        assert_eq!(cpm_number(1_234_567).get(), "1234.567");
+        let back = shared::Money::from_cpm_str(cpm_number(1_234_567).get()).unwrap();
+        assert_eq!(back.micros(), 1_234_567);
+    }
+
+    #[test]
+    fn versions_from_the_header() {
+        assert_eq!(Version::from_header(None), Ok(Version::V26));
+        assert_eq!(Version::from_header(Some("2.5")), Ok(Version::V25));
+        assert_eq!(Version::from_header(Some("2.6.1")), Ok(Version::V26));
+        assert!(Version::from_header(Some("3.0")).is_err());
+        assert!(Version::from_header(Some("banana")).is_err());
+    }
+}
