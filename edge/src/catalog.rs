@@ -344,9 +344,8 @@ impl Catalog {
         if !t.domains.admits(domain) || !t.bundles.admits(bundle) {
             return None;
         }
-        if !(t.categories.allow.is_empty() && t.categories.deny.is_empty())
-            && !t.categories.admits_any(cats.iter().copied())
-        {
+        let by_category = !t.categories.allow.is_empty() || !t.categories.deny.is_empty();
+        if by_category && !t.categories.admits_any(cats.iter().copied()) {
             return None;
         }
         if !t.device_types.is_empty() {
