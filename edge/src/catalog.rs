@@ -74,6 +74,7 @@ pub struct Campaign {
 #[derive(Debug, Default)]
 pub struct Slots {
     by_name: HashMap<CampaignId, u32>,
+    names: Vec<CampaignId>,
     /// Slot `i`.
     pub all: Vec<Arc<Slot>>,
 }
@@ -86,8 +87,14 @@ impl Slots {
         }
         let i = u32::try_from(self.all.len()).expect("fewer than 4 billion campaigns");
         self.all.push(Arc::new(Slot::new()));
+        self.names.push(id.clone());
         self.by_name.insert(id.clone(), i);
         (i, self.all[i as usize].clone())
+    }
+
+    /// The campaign of slot `i` (made by [`Slots::of`]).
+    pub fn name(&self, i: u32) -> &CampaignId {
+        &self.names[i as usize]
     }
 }
 

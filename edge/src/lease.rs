@@ -6,7 +6,7 @@
 //! settlement window ends and they are released.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -28,6 +28,8 @@ pub struct ActiveLease {
     pub spend_until: Duration,
     /// When the edge releases it: `spend_until + W`. Notices of its bids arrive before.
     pub release_at: Duration,
+    /// Past this (70 % of the spending window by default) a new lease is asked for.
+    pub renew_at: Duration,
     /// Event keys this edge has already settled or seen lost under this lease, as hashes: a
     /// reservation is given back at most once.
     seen: Mutex<foldhash::HashSet<u64>>,
@@ -45,7 +47,9 @@ impl ActiveLease {
         settlement_window: Duration,
     ) -> ActiveLease {
         let spend_until = (sent + duration).saturating_sub(margin);
+        let window = spend_until.saturating_sub(sent);
         ActiveLease {
+            renew_at: sent + window * 7 / 10,
             id,
             slot,
             reservoir: Reservoir::new(amount.micros()),
@@ -83,8 +87,8 @@ pub struct Slot {
     pub throttle_ppm: AtomicU32,
     /// A lease (or a renewal) has been asked for and not yet answered.
     pub asking: AtomicBool,
-    /// Bids wanted this campaign since the lease manager last looked.
-    pub demand: AtomicBool,
+    /// Do not ask for a lease before this monotonic time, ms (after a refusal).
+    pub retry_after_ms: AtomicU64,
 }
 
 impl Slot {

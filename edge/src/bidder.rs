@@ -1,0 +1,296 @@
+//! The bid path and the notice path of one edge (DESIGN §6).
+//!
+//! Bid: parse → match (index) → price → reserve from the campaign's current lease with one
+//! atomic operation → answer with signed notice URLs. Nothing on this path waits for the
+//! network: a campaign without a lease (or with too little left) does not bid, and a lease is
+//! asked for in the background.
+//!
+//! Notice: verify → give back the unspent part of the reservation (once, and only for a lease
+//! this edge holds) → queue the charge → answer after its batch is committed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use shared::clock::Clock;
+use shared::log::SpendEvent;
+use shared::{LeaseId, Money};
+use tokio::sync::mpsc;
+
+use crate::catalog::{Candidate, Catalog, Slots};
+use crate::config::Settings;
+use crate::lease::{ActiveLease, Slot};
+use crate::metrics::{Metrics, Outcome};
+use crate::notice::{self, Fields, Kind, Price};
+use crate::openrtb::{self, Bid, BidResponse, SeatBid, Version};
+use crate::settle::Settler;
+
+/// One edge's shared state.
+pub struct Edge {
+    /// Settings.
+    pub settings: Settings,
+    /// The current campaigns.
+    pub catalog: ArcSwap<Catalog>,
+    /// Every campaign's slot.
+    pub slots: Mutex<Slots>,
+    /// Leases this edge holds, current or settling.
+    pub leases: Mutex<HashMap<LeaseId, Arc<ActiveLease>>>,
+    /// Time.
+    pub clock: Clock,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Slots that want a lease.
+    pub ask: mpsc::Sender<u32>,
+    /// Settlement.
+    pub settler: Settler,
+    /// Bid requests being handled.
+    pub in_flight: AtomicUsize,
+}
+
+/// What a bid request gets.
+#[derive(Debug)]
+pub enum BidOutcome {
+    /// 200 with this JSON body.
+    Bid(Vec<u8>),
+    /// 204; the reason is a metric label.
+    NoBid(&'static str),
+    /// 400 with this reason.
+    Invalid(String),
+}
+
+/// A reservation made for one impression of the request being answered.
+struct Reserved {
+    lease: Arc<ActiveLease>,
+    imp: usize,
+    cand: Candidate,
+}
+
+impl Edge {
+    /// Answers one bid request whose body arrived at `start`.
+    pub fn bid(&self, body: &[u8], version: Version, start: Instant) -> BidOutcome {
+        let req = match openrtb::parse(body, version) {
+            Ok(r) => r,
+            Err(e) => return BidOutcome::Invalid(e.0),
+        };
+        let cfg = &self.settings.config;
+        let ours = &self.settings.currencies.ours;
+        if !req.cur.is_empty() && !req.cur.iter().any(|c| c.eq_ignore_ascii_case(ours)) {
+            return BidOutcome::NoBid("currency");
+        }
+        let tmax = req
+            .tmax
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(cfg.default_tmax_ms);
+        let Some(budget) = tmax.checked_sub(cfg.tmax_safety_ms).filter(|b| *b > 0) else {
+            return BidOutcome::NoBid("tmax");
+        };
+        let deadline = start + Duration::from_millis(budget);
+        let catalog = self.catalog.load();
+        let now = self.clock.mono();
+        let w_secs = i64::try_from(self.settings.settlement_window.as_secs()).unwrap_or(i64::MAX);
+        let mut reserved: Vec<Reserved> = Vec::new();
+        let mut cands = Vec::new();
+        for (i, imp) in req.imp.iter().enumerate() {
+            // A notice for this impression could come after the lease's settlement window.
+            if imp.exp.is_some_and(|e| e > w_secs) {
+                continue;
+            }
+            catalog.candidates(&req, imp, &self.settings.currencies, &mut cands);
+            for cand in cands.drain(..) {
+                let campaign = &catalog.campaigns[cand.campaign as usize];
+                if !campaign.slot.paced_in() {
+                    continue;
+                }
+                let guard = campaign.slot.current.load();
+                let Some(lease) = guard.as_ref() else {
+                    self.metrics
+                        .reservations
+                        .get_or_create(&Outcome {
+                            outcome: "no_lease",
+                        })
+                        .inc();
+                    self.ask(campaign.slot_index, &campaign.slot);
+                    continue;
+                };
+                if lease.try_reserve(cand.price_micros, now) {
+                    self.metrics
+                        .reservations
+                        .get_or_create(&Outcome { outcome: "taken" })
+                        .inc();
+                    self.metrics
+                        .reserved_micros
+                        .inc_by(cand.price_micros.unsigned_abs());
+                    let used = lease.reservoir.used_permille();
+                    if used >= i64::from(cfg.renew_at_used_percent) * 10 || now >= lease.renew_at {
+                        self.ask(campaign.slot_index, &campaign.slot);
+                    }
+                    reserved.push(Reserved {
+                        lease: lease.clone(),
+                        imp: i,
+                        cand,
+                    });
+                    break;
+                }
+                self.metrics
+                    .reservations
+                    .get_or_create(&Outcome {
+                        outcome: "exhausted",
+                    })
+                    .inc();
+                self.ask(campaign.slot_index, &campaign.slot);
+            }
+        }
+        if reserved.is_empty() {
+            return BidOutcome::NoBid("no_match");
+        }
+        if Instant::now() >= deadline {
+            // Never sent: no notice will come; the reservations go back.
+            for r in &reserved {
+                r.lease.reservoir.give_back(r.cand.price_micros);
+            }
+            return BidOutcome::NoBid("late");
+        }
+        let first_price = req.first_price();
+        let base = &self.settings.notice_base;
+        let signer = &self.settings.signer;
+        let bids = reserved
+            .iter()
+            .map(|r| {
+                let imp_id = req.imp[r.imp].id.as_deref().unwrap_or_default();
+                let campaign = &catalog.campaigns[r.cand.campaign as usize];
+                let fields = |kind| Fields {
+                    kind,
+                    lease: r.lease.id,
+                    campaign: campaign.id.as_str(),
+                    exchange: self.settings.exchange.as_str(),
+                    auction: &req.id,
+                    imp: imp_id,
+                    bid_micros: r.cand.price_micros,
+                    first_price,
+                };
+                Bid {
+                    id: format!("{}-{}", r.lease.id.0, imp_id),
+                    impid: imp_id.to_owned(),
+                    price: openrtb::cpm_number(r.cand.price_micros),
+                    nurl: fields(Kind::Win).url(base, signer),
+                    burl: fields(Kind::Bill).url(base, signer),
+                    lurl: fields(Kind::Loss).url(base, signer),
+                    cid: campaign.id.to_string(),
+                    crid: format!("{}-creative", campaign.id),
+                    dealid: r.cand.deal.clone(),
+                    w: r.cand.w,
+                    h: r.cand.h,
+                    adomain: vec![format!("{}.example", campaign.id)],
+                }
+            })
+            .collect();
+        let resp = BidResponse {
+            id: req.id.to_string(),
+            seatbid: vec![SeatBid {
+                seat: cfg.seat.clone(),
+                bid: bids,
+            }],
+            cur: ours.clone(),
+        };
+        match serde_json::to_vec(&resp) {
+            Ok(b) => BidOutcome::Bid(b),
+            Err(_) => {
+                for r in &reserved {
+                    r.lease.reservoir.give_back(r.cand.price_micros);
+                }
+                BidOutcome::NoBid("encode")
+            }
+        }
+    }
+
+    /// Asks the lease manager for a lease for `slot`, once at a time, not before a refusal's
+    /// back-off has passed. Never waits.
+    fn ask(&self, index: u32, slot: &Slot) {
+        let now_ms = u64::try_from(self.clock.mono().as_millis()).unwrap_or(u64::MAX);
+        if now_ms < slot.retry_after_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        if !slot.asking.swap(true, Ordering::AcqRel) && self.ask.try_send(index).is_err() {
+            slot.asking.store(false, Ordering::Release);
+        }
+    }
+
+    /// Handles a notice; returns the HTTP status and a short body.
+    pub async fn notice(&self, kind: Kind, query: &str) -> (u16, String) {
+        let n = match notice::parse(kind, query, &self.settings.signer) {
+            Ok(n) => n,
+            Err(e) => {
+                self.metrics.notice(kind.as_str(), e.as_str());
+                return (400, e.to_string());
+            }
+        };
+        if n.price != Price::FirstPrice {
+            self.metrics
+                .notice_prices
+                .get_or_create(&Outcome {
+                    outcome: n.price.as_str(),
+                })
+                .inc();
+        }
+        if matches!(
+            n.price,
+            Price::Missing | Price::Unreplaced | Price::Unreadable
+        ) && kind != Kind::Loss
+        {
+            tracing::info!(lease = %n.lease, key = %n.key, case = n.price.as_str(), "clearing price unreadable; the bid price is spent");
+        }
+        let spend = n.spend();
+        // Give back what will not be spent, once, if the lease is ours.
+        let held = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n.lease)
+            .cloned();
+        if let Some(lease) = held
+            && lease.first_notice(&n.key)
+        {
+            let back = n.bid.micros() - spend.map_or(0, Money::micros);
+            lease.reservoir.give_back(back);
+            if back > 0 {
+                self.metrics
+                    .reservations
+                    .get_or_create(&Outcome {
+                        outcome: "given_back",
+                    })
+                    .inc();
+            }
+        }
+        let Some(amount) = spend else {
+            self.metrics.notice(kind.as_str(), "loss");
+            return (200, "ok\n".into());
+        };
+        self.metrics.notices_pending.inc();
+        let event = SpendEvent {
+            key: n.key.clone(),
+            amount,
+        };
+        let wait = self.settler.spend(n.lease, event);
+        let timeout = Duration::from_millis(self.settings.config.notice_timeout_ms);
+        let r = tokio::time::timeout(timeout, wait).await;
+        self.metrics.notices_pending.dec();
+        match r {
+            Ok(Ok(())) => {
+                self.metrics.notice(kind.as_str(), "settled");
+                (200, "ok\n".into())
+            }
+            Ok(Err(())) => {
+                self.metrics.notice(kind.as_str(), "stopping");
+                (503, "the edge is stopping; send the notice again\n".into())
+            }
+            Err(_) => {
+                // The batch is still being retried; the exchange's retry is deduplicated.
+                self.metrics.notice(kind.as_str(), "timeout");
+                (503, "not committed yet; send the notice again\n".into())
+            }
+        }
+    }
+}

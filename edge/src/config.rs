@@ -1,0 +1,247 @@
+//! The edge's configuration: a TOML file whose every key has a default (so the file is
+//! optional), then command-line flags, which win. Unknown keys are an error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shared::{EdgeId, ExchangeId, Money};
+
+use crate::catalog::Currencies;
+use crate::notice::Signer;
+
+/// The notice-signing key used when none is configured. Fine on a laptop, never in production:
+/// the edge warns loudly at start-up when it is in use.
+pub const DEV_NOTICE_KEY_HEX: &str = "6465762d6f6e6c792d6e6f746963652d6b65792d646f2d6e6f742d757365";
+
+/// The whole configuration of one edge.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This edge's name (leases are granted to it).
+    pub edge_id: String,
+    /// HTTP listen address: bids, notices, `/healthz`, `/metrics`.
+    pub listen: String,
+    /// The region's coordinators (`host:port`), any number; writes find the leader.
+    pub coordinators: Vec<String>,
+    /// The exchange this edge bids on (part of every spend event's key).
+    pub exchange: String,
+    /// Path of the OpenRTB endpoint.
+    pub bid_path: String,
+    /// Base URL of notices as the exchange will call them; empty: `http://<listen>`.
+    pub notice_base_url: String,
+    /// Our seat id in responses.
+    pub seat: String,
+    /// The campaigns' currency, the one we bid in.
+    pub currency: String,
+    /// Other currencies a floor may come in: code → value of one unit in ours, as a decimal
+    /// string (`EUR = "1.08"`).
+    pub currencies: BTreeMap<String, String>,
+    /// Notice-signing key, hex; empty: the development key (with a warning).
+    pub notice_key_hex: String,
+    /// The previous key, still accepted during a rotation; empty: none.
+    pub notice_previous_key_hex: String,
+    /// `W`: the longest the exchange takes to send a notice. Must equal the coordinators'.
+    pub settlement_window_ms: u64,
+    /// Subtracted from every lease's spending window (≥ duration × max clock rate error).
+    pub margin_ms: u64,
+    /// How much to ask for per lease, micros (the coordinator grants at most a share).
+    pub lease_want_micros: i64,
+    /// Ask for a new lease when this share of the current one is reserved, percent.
+    pub renew_at_used_percent: u32,
+    /// Bid requests handled at once; more are answered 204 at once.
+    pub max_concurrent_bids: usize,
+    /// `tmax` assumed when a request has none, ms.
+    pub default_tmax_ms: u64,
+    /// Kept in hand from `tmax` for the network, ms.
+    pub tmax_safety_ms: u64,
+    /// Largest request body (after gzip), bytes.
+    pub max_body_bytes: usize,
+    /// Spend events per batch.
+    pub batch_max_events: usize,
+    /// The oldest event of a batch waits at most this, ms.
+    pub batch_max_delay_ms: u64,
+    /// Campaign poll interval, ms.
+    pub poll_interval_ms: u64,
+    /// A notice waits this long for its batch before answering 503 (the exchange retries).
+    pub notice_timeout_ms: u64,
+    /// Timeout of one call to a coordinator, ms.
+    pub coordinator_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            edge_id: "edge-1".into(),
+            listen: "127.0.0.1:8080".into(),
+            coordinators: vec!["127.0.0.1:7001".into()],
+            exchange: "sim".into(),
+            bid_path: "/openrtb2/bid".into(),
+            notice_base_url: String::new(),
+            seat: "budget".into(),
+            currency: "USD".into(),
+            currencies: BTreeMap::new(),
+            notice_key_hex: String::new(),
+            notice_previous_key_hex: String::new(),
+            settlement_window_ms: 10_000,
+            margin_ms: 2_000,
+            lease_want_micros: 50_000_000,
+            renew_at_used_percent: 70,
+            max_concurrent_bids: 1_024,
+            default_tmax_ms: 200,
+            tmax_safety_ms: 5,
+            max_body_bytes: 256 * 1024,
+            batch_max_events: 500,
+            batch_max_delay_ms: 5,
+            poll_interval_ms: 1_000,
+            notice_timeout_ms: 10_000,
+            coordinator_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// A configuration that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+/// The configuration, checked and in working types.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// As given.
+    pub config: Config,
+    /// The edge's id.
+    pub edge: EdgeId,
+    /// The exchange's id.
+    pub exchange: ExchangeId,
+    /// Notice base URL.
+    pub notice_base: String,
+    /// Floors' currencies.
+    pub currencies: Currencies,
+    /// Notice keys.
+    pub signer: Signer,
+    /// The development key is in use.
+    pub dev_key: bool,
+    /// `W`.
+    pub settlement_window: Duration,
+    /// The margin.
+    pub margin: Duration,
+}
+
+impl Config {
+    /// Checks everything once, at start-up.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let err = |m: String| ConfigError(m);
+        let edge: EdgeId = self
+            .edge_id
+            .parse()
+            .map_err(|e| err(format!("edge_id: {e}")))?;
+        let exchange: ExchangeId = self
+            .exchange
+            .parse()
+            .map_err(|e| err(format!("exchange: {e}")))?;
+        if self.coordinators.is_empty() {
+            return Err(err("coordinators: at least one is needed".into()));
+        }
+        if !self.bid_path.starts_with('/') || self.bid_path.starts_with("/notice") {
+            return Err(err(format!(
+                "bid_path {:?}: must start with / and not be /notice",
+                self.bid_path
+            )));
+        }
+        if self.currency.len() != 3 {
+            return Err(err(format!(
+                "currency {:?}: an ISO 4217 code",
+                self.currency
+            )));
+        }
+        let mut currencies = Currencies::only(&self.currency);
+        for (code, rate) in &self.currencies {
+            // The rate is a decimal like a price: reuse the exact decimal reader (× 1000 of
+            // micros-per-thousand gives parts per million).
+            let ppm = Money::from_cpm_str(rate)
+                .map_err(|e| err(format!("currencies.{code} = {rate:?}: {e}")))?
+                .micros()
+                .checked_mul(1000)
+                .filter(|p| *p > 0)
+                .ok_or_else(|| err(format!("currencies.{code} = {rate:?}: must be positive")))?;
+            currencies
+                .rates_ppm
+                .insert(code.to_ascii_uppercase(), ppm.unsigned_abs());
+        }
+        let key_hex = if self.notice_key_hex.is_empty() {
+            DEV_NOTICE_KEY_HEX
+        } else {
+            &self.notice_key_hex
+        };
+        let key = hex::decode(key_hex).map_err(|e| err(format!("notice_key_hex: {e}")))?;
+        if key.len() < 16 {
+            return Err(err("notice_key_hex: at least 16 bytes".into()));
+        }
+        let previous = if self.notice_previous_key_hex.is_empty() {
+            None
+        } else {
+            Some(
+                hex::decode(&self.notice_previous_key_hex)
+                    .map_err(|e| err(format!("notice_previous_key_hex: {e}")))?,
+            )
+        };
+        if self.renew_at_used_percent == 0 || self.renew_at_used_percent > 100 {
+            return Err(err("renew_at_used_percent: 1 to 100".into()));
+        }
+        if self.batch_max_events == 0 || self.batch_max_events > 1_000 {
+            return Err(err(
+                "batch_max_events: 1 to 1000 (the ledger's limit)".into()
+            ));
+        }
+        if self.max_concurrent_bids == 0
+            || self.lease_want_micros <= 0
+            || self.poll_interval_ms == 0
+        {
+            return Err(err(
+                "max_concurrent_bids, lease_want_micros and poll_interval_ms must be positive"
+                    .into(),
+            ));
+        }
+        let notice_base = if self.notice_base_url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.notice_base_url.trim_end_matches('/').to_owned()
+        };
+        Ok(Settings {
+            config: self.clone(),
+            edge,
+            exchange,
+            notice_base,
+            currencies,
+            signer: Signer::new(key, previous),
+            dev_key: self.notice_key_hex.is_empty(),
+            settlement_window: Duration::from_millis(self.settlement_window_ms),
+            margin: Duration::from_millis(self.margin_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        let s = Config::default().validate().unwrap();
+        assert!(s.dev_key);
+        assert_eq!(s.notice_base, "http://127.0.0.1:8080");
+        let mut c = Config::default();
+        c.currencies.insert("eur".into(), "1.08".into());
+        assert_eq!(c.validate().unwrap().currencies.rates_ppm["EUR"], 1_080_000);
+        c.currencies.insert("GBP".into(), "lots".into());
+        assert!(c.validate().unwrap_err().0.contains("currencies.GBP"));
+        let c = Config {
+            batch_max_events: 5000,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("batch_max_events"));
+        let bad: Result<Config, _> = toml::from_str("listn = \"x\"");
+        assert!(bad.unwrap_err().to_string().contains("listn"));
+    }
+}

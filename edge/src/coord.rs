@@ -1,0 +1,183 @@
+//! The region's coordinators as the edge sees them: writes go to the leader, found by following
+//! `NotLeader` answers; any node answers the campaign poll. Nothing here runs on the bid path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shared::proto::v1 as pb;
+use shared::proto::v1::lease_api_client::LeaseApiClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// A call that did not get an answer from a leader.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No node answered, or none knew a leader, within the tries allowed. Indefinite: the
+    /// command may have been applied (its key makes a retry safe).
+    #[error("no leader answered after {tries} tries: {last}")]
+    Unavailable {
+        /// Tries made.
+        tries: u32,
+        /// The last error seen.
+        last: String,
+    },
+}
+
+/// Tries of one call before giving up (each try moves to another node or to the leader named).
+const TRIES: u32 = 8;
+
+/// The coordinators of the edge's region.
+pub struct Coordinators {
+    endpoints: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The node believed to lead.
+    leader: Mutex<Option<String>>,
+    next: std::sync::atomic::AtomicUsize,
+    timeout: Duration,
+}
+
+/// The three shapes a write reply takes.
+pub enum Answer<T> {
+    /// The leader answered.
+    Done(T),
+    /// A follower answered with the leader's address, if it knows it.
+    NotLeader(Option<String>),
+}
+
+impl Coordinators {
+    /// Coordinators at `endpoints` (`host:port`), each call bounded by `timeout`.
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Coordinators {
+        Coordinators {
+            endpoints,
+            channels: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            timeout,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut ch = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = ch.get(addr) {
+            return Ok(c.clone());
+        }
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let c = Endpoint::from_shared(uri)
+            .map_err(|e| format!("{addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        ch.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn pick(&self) -> String {
+        if let Some(l) = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return l;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.endpoints[i % self.endpoints.len()].clone()
+    }
+
+    fn set_leader(&self, l: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+
+    /// Calls the leader with `f`, following redirects and moving on from dead nodes.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, CallError>
+    where
+        F: Fn(LeaseApiClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Answer<T>, tonic::Status>>,
+    {
+        let mut last = String::new();
+        for attempt in 0..TRIES {
+            let addr = self.pick();
+            let client = match self.channel(&addr) {
+                Ok(c) => LeaseApiClient::new(c),
+                Err(e) => {
+                    last = e;
+                    self.set_leader(None);
+                    continue;
+                }
+            };
+            match f(client).await {
+                Ok(Answer::Done(t)) => {
+                    self.set_leader(Some(addr));
+                    return Ok(t);
+                }
+                Ok(Answer::NotLeader(hint)) => {
+                    last = format!("{addr} is not the leader");
+                    self.set_leader(hint.filter(|h| !h.is_empty() && *h != addr));
+                    if self
+                        .leader
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_none()
+                    {
+                        // No leader known (an election): wait a little before asking again.
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    // A definite refusal: retrying will not help.
+                    return Err(CallError::Unavailable {
+                        tries: attempt + 1,
+                        last: s.message().to_owned(),
+                    });
+                }
+                Err(s) => {
+                    last = format!("{addr}: {}", s.message());
+                    self.set_leader(None);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(CallError::Unavailable { tries: TRIES, last })
+    }
+
+    /// The campaigns, from any node that answers.
+    pub async fn campaigns(
+        &self,
+        known_version: u64,
+    ) -> Result<pb::ListActiveCampaignsReply, CallError> {
+        let mut last = String::new();
+        for _ in 0..self.endpoints.len().max(1) {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let addr = self.endpoints[i % self.endpoints.len()].clone();
+            let Ok(ch) = self.channel(&addr) else {
+                continue;
+            };
+            match LeaseApiClient::new(ch)
+                .list_active_campaigns(pb::ListActiveCampaignsRequest { known_version })
+                .await
+            {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => last = format!("{addr}: {}", s.message()),
+            }
+        }
+        Err(CallError::Unavailable {
+            tries: u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX),
+            last,
+        })
+    }
+}
+
+/// 20 ms, doubling, at most 500 ms.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(5)).min(500))
+}
+
+/// The leader address carried by a `NotLeader`.
+pub fn hint(n: &pb::NotLeader) -> Option<String> {
+    (!n.leader_addr.is_empty()).then(|| n.leader_addr.clone())
+}

@@ -1,0 +1,287 @@
+//! Background work of an edge, off the bid path: polling the campaigns, pacing, and leases
+//! (ask, renew, retire, release).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shared::proto::v1 as pb;
+use shared::targeting::Pacing;
+use shared::{LeaseId, Money};
+use tokio::sync::mpsc;
+
+use crate::bidder::Edge;
+use crate::catalog::Catalog;
+use crate::coord::{Answer, Coordinators, hint};
+use crate::lease::ActiveLease;
+use crate::metrics::Outcome;
+
+/// Polls the coordinators for campaigns every `poll_interval_ms`, rebuilding the catalog when
+/// their version moves and updating pacing each time. Ends when `stop` fires.
+pub async fn poll_campaigns(
+    edge: Arc<Edge>,
+    coords: Arc<Coordinators>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(edge.settings.config.poll_interval_ms);
+    let mut failures = 0u32;
+    loop {
+        let known = edge.catalog.load().version;
+        match coords.campaigns(known).await {
+            Ok(reply) => {
+                failures = 0;
+                if !reply.unchanged {
+                    let built = {
+                        let mut slots = edge.slots.lock().unwrap_or_else(|p| p.into_inner());
+                        Catalog::build(reply.version, &reply.campaigns, &mut slots)
+                    };
+                    let (catalog, skipped) = built;
+                    for s in skipped {
+                        tracing::warn!(campaign = %s.campaign, reason = %s.reason, "campaign left out");
+                    }
+                    tracing::info!(
+                        version = reply.version,
+                        campaigns = catalog.campaigns.len(),
+                        "campaigns loaded"
+                    );
+                    edge.metrics
+                        .campaigns
+                        .set(i64::try_from(catalog.campaigns.len()).unwrap_or(i64::MAX));
+                    edge.metrics
+                        .catalog_version
+                        .set(i64::try_from(reply.version).unwrap_or(i64::MAX));
+                    edge.catalog.store(Arc::new(catalog));
+                }
+                pace(&edge, &reply.day_spend);
+            }
+            Err(e) => {
+                failures += 1;
+                // Keep bidding on the campaigns held; say so once in a while.
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(error = %e, failures, "campaign poll failed; keeping the campaigns held");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Even pacing: keeps a campaign's spend today near the elapsed share of its day. The throttle
+/// falls linearly from all bids to none as the spend runs ahead by 1 % of the daily budget.
+fn pace(edge: &Edge, day_spend: &[pb::DaySpend]) {
+    let catalog = edge.catalog.load();
+    let now = jiff::Timestamp::from_microsecond(edge.clock.wall_us())
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    for c in &catalog.campaigns {
+        if c.targeting.pacing != Pacing::Even {
+            continue;
+        }
+        let Some(budget) = c.daily_budget.map(Money::micros).filter(|b| *b > 0) else {
+            continue;
+        };
+        let Ok(tz) = jiff::tz::TimeZone::get(&c.zone) else {
+            continue;
+        };
+        let zoned = now.to_zoned(tz);
+        let today = zoned.date().to_string();
+        let settled = day_spend
+            .iter()
+            .find(|d| d.campaign == c.id.as_str() && d.day == today)
+            .map_or(0, |d| d.settled_micros);
+        let (Ok(start), Ok(end)) = (
+            zoned.start_of_day(),
+            zoned.tomorrow().and_then(|t| t.start_of_day()),
+        ) else {
+            continue;
+        };
+        let day_us = (end.timestamp().as_microsecond() - start.timestamp().as_microsecond()).max(1);
+        let elapsed_us =
+            (now.as_microsecond() - start.timestamp().as_microsecond()).clamp(0, day_us);
+        let target =
+            i64::try_from(i128::from(budget) * i128::from(elapsed_us) / i128::from(day_us))
+                .unwrap_or(budget);
+        let slack = (budget / 100).max(1);
+        let ahead = settled - target;
+        let throttle = if ahead <= 0 {
+            1_000_000
+        } else {
+            (1_000_000 - i128::from(ahead) * 1_000_000 / i128::from(slack)).max(0) as u32
+        };
+        c.slot.throttle_ppm.store(throttle, Ordering::Relaxed);
+    }
+}
+
+/// Grants asked for by the bid path, and the retirement of leases whose windows have passed.
+pub async fn manage_leases(
+    edge: Arc<Edge>,
+    coords: Arc<Coordinators>,
+    mut asks: mpsc::Receiver<u32>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ask = asks.recv() => {
+                let Some(index) = ask else { return };
+                tokio::spawn(grant(edge.clone(), coords.clone(), index));
+            }
+            _ = tick.tick() => retire(&edge),
+            _ = stop.changed() => {
+                stop_bidding(&edge).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
+    let (name, slot) = {
+        let slots = edge.slots.lock().unwrap_or_else(|p| p.into_inner());
+        (slots.name(index).clone(), slots.all[index as usize].clone())
+    };
+    let key: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+    let request = pb::GrantLeaseRequest {
+        idempotency_key: Some(pb::IdempotencyKey { key }),
+        edge: edge.settings.edge.to_string(),
+        campaign: name.to_string(),
+        want_micros: edge.settings.config.lease_want_micros,
+    };
+    // The spending window is measured from before the request leaves (DESIGN §5).
+    let sent = edge.clock.mono();
+    let result = coords
+        .call(|mut c| {
+            let request = request.clone();
+            async move {
+                let reply = c.grant_lease(request).await?.into_inner();
+                Ok(match reply.result {
+                    Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(Ok(l)),
+                    Some(pb::grant_lease_reply::Result::Refused(r)) => Answer::Done(Err(r)),
+                    Some(pb::grant_lease_reply::Result::NotLeader(n)) => {
+                        Answer::NotLeader(hint(&n))
+                    }
+                    None => Answer::NotLeader(None),
+                })
+            }
+        })
+        .await;
+    let now_ms = |edge: &Edge| u64::try_from(edge.clock.mono().as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(Ok(l)) if l.amount_micros > 0 => {
+            let lease = Arc::new(ActiveLease::new(
+                LeaseId(l.lease_id),
+                index,
+                Money::from_micros(l.amount_micros),
+                sent,
+                Duration::from_millis(l.duration_ms),
+                edge.settings.margin,
+                edge.settings.settlement_window,
+            ));
+            let held = {
+                let mut leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner());
+                leases.insert(lease.id, lease.clone());
+                leases.len()
+            };
+            edge.metrics
+                .leases_held
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+            let previous = slot.current.swap(Some(lease.clone()));
+            let event = if previous.is_some() {
+                "renewed"
+            } else {
+                "acquired"
+            };
+            edge.metrics
+                .leases
+                .get_or_create(&Outcome { outcome: event })
+                .inc();
+            tracing::debug!(campaign = %name, lease = %lease.id, amount = l.amount_micros, duration_ms = l.duration_ms, event, "lease");
+        }
+        Ok(other) => {
+            let why = match other {
+                Err(r) => pb::Refusal::try_from(r).map_or("refused", |r| r.as_str_name()),
+                Ok(_) => "nothing left",
+            };
+            edge.metrics
+                .leases
+                .get_or_create(&Outcome { outcome: "refused" })
+                .inc();
+            tracing::debug!(campaign = %name, why, "no lease");
+            slot.retry_after_ms
+                .store(now_ms(&edge) + 1_000, Ordering::Relaxed);
+        }
+        Err(e) => {
+            edge.metrics
+                .leases
+                .get_or_create(&Outcome { outcome: "failed" })
+                .inc();
+            tracing::warn!(campaign = %name, error = %e, "lease request failed");
+            slot.retry_after_ms
+                .store(now_ms(&edge) + 500, Ordering::Relaxed);
+        }
+    }
+    slot.asking.store(false, Ordering::Release);
+}
+
+/// Takes leases whose spending window has passed out of their slots, and releases those whose
+/// settlement window has passed too.
+fn retire(edge: &Arc<Edge>) {
+    let now = edge.clock.mono();
+    let slots: Vec<_> = edge
+        .slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .all
+        .clone();
+    let mut done = Vec::new();
+    {
+        let mut leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.retain(|id, l| {
+            if now >= l.spend_until {
+                let slot = &slots[l.slot as usize];
+                let current = slot.current.load();
+                if current.as_ref().is_some_and(|c| c.id == *id) {
+                    slot.current.store(None);
+                    edge.metrics
+                        .leases
+                        .get_or_create(&Outcome { outcome: "expired" })
+                        .inc();
+                }
+            }
+            if now >= l.release_at {
+                done.push(*id);
+                return false;
+            }
+            true
+        });
+        edge.metrics
+            .leases_held
+            .set(i64::try_from(leases.len()).unwrap_or(i64::MAX));
+    }
+    for id in done {
+        let settler = edge.settler.clone();
+        tokio::spawn(async move {
+            if let Some(closed) = settler.release(id).await {
+                tracing::debug!(lease = %id, spent = closed.spent_micros, returned = closed.returned_micros, "lease released");
+            }
+        });
+    }
+}
+
+/// At shutdown: stop reserving. Leases are not released early: notices for bids already made
+/// may still come (to any edge) within `W`, so the leases are left to the leader's reclaim,
+/// which waits for exactly that.
+async fn stop_bidding(edge: &Edge) {
+    let slots = edge
+        .slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .all
+        .clone();
+    for s in slots {
+        s.current.store(None);
+    }
+}

@@ -1,0 +1,229 @@
+//! The edge process: HTTP routes (bids, notices, `/healthz`, `/metrics`), start-up and clean
+//! shutdown.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use shared::clock::Clock;
+use tokio::net::TcpListener;
+
+use crate::bidder::{BidOutcome, Edge};
+use crate::catalog::{Catalog, Slots};
+use crate::config::Settings;
+use crate::coord::Coordinators;
+use crate::metrics::Metrics;
+use crate::notice::Kind;
+use crate::openrtb::Version;
+use crate::settle::{BatchLimits, Settler};
+
+/// Slots that may wait for the lease manager at once.
+const ASK_QUEUE: usize = 4_096;
+
+/// Builds the edge's state and starts its background tasks; returns the state and a handle
+/// that stops them.
+pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch::Sender<bool>) {
+    let cfg = &settings.config;
+    let coords = Arc::new(Coordinators::new(
+        cfg.coordinators.clone(),
+        Duration::from_millis(cfg.coordinator_timeout_ms),
+    ));
+    let metrics = Arc::new(Metrics::new());
+    let settler = Settler::start(
+        settings.edge.clone(),
+        coords.clone(),
+        BatchLimits {
+            max_events: cfg.batch_max_events,
+            max_delay: Duration::from_millis(cfg.batch_max_delay_ms),
+        },
+        metrics.clone(),
+    );
+    let (ask_tx, ask_rx) = tokio::sync::mpsc::channel(ASK_QUEUE);
+    let edge = Arc::new(Edge {
+        settings,
+        catalog: ArcSwap::from_pointee(Catalog::default()),
+        slots: Mutex::new(Slots::default()),
+        leases: Mutex::new(HashMap::new()),
+        clock,
+        metrics,
+        ask: ask_tx,
+        settler,
+        in_flight: Default::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::manager::poll_campaigns(
+        edge.clone(),
+        coords.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::manager::manage_leases(
+        edge.clone(),
+        coords,
+        ask_rx,
+        stop_rx,
+    ));
+    (edge, stop_tx)
+}
+
+/// The HTTP routes of an edge.
+pub fn router(edge: Arc<Edge>) -> axum::Router {
+    let limit = edge.settings.config.max_body_bytes;
+    axum::Router::new()
+        .route(&edge.settings.config.bid_path.clone(), post(bid))
+        .route("/notice/{kind}", get(notice).post(notice))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(edge)
+}
+
+/// Serves until `shutdown` resolves, then lets requests in flight (notices waiting for their
+/// batch included) finish, and stops the background tasks.
+pub async fn run(
+    settings: Settings,
+    clock: Clock,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if settings.dev_key {
+        tracing::warn!(
+            "NOTICE KEY: using the built-in development key; anyone can forge notices. Set notice_key_hex in production."
+        );
+    }
+    let addr = listener.local_addr()?;
+    let (edge, stop) = start(settings, clock);
+    tracing::info!(%addr, edge = %edge.settings.edge, coordinators = ?edge.settings.config.coordinators,
+        bid_path = %edge.settings.config.bid_path, "edge serving");
+    axum::serve(listener, router(edge.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop.send(true);
+    tracing::info!("edge stopped");
+    Ok(())
+}
+
+async fn bid(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    let start = Instant::now();
+    let m = &edge.metrics;
+    let limit = edge.settings.config.max_concurrent_bids;
+    if edge.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+        edge.in_flight.fetch_sub(1, Ordering::AcqRel);
+        m.request("shed");
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let response = answer(&edge, &headers, &body, start);
+    edge.in_flight.fetch_sub(1, Ordering::AcqRel);
+    m.bid_seconds.observe(start.elapsed().as_secs_f64());
+    response
+}
+
+fn answer(edge: &Edge, headers: &HeaderMap, body: &Bytes, start: Instant) -> Response {
+    let m = &edge.metrics;
+    let bad = |outcome: &'static str, why: String| {
+        m.request(outcome);
+        (StatusCode::BAD_REQUEST, why).into_response()
+    };
+    let version = match Version::from_header(
+        headers
+            .get("x-openrtb-version")
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(v) => v,
+        Err(e) => return bad("invalid", e.0),
+    };
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let inflated;
+    let bytes: &[u8] = if gzip {
+        let limit = edge.settings.config.max_body_bytes;
+        let mut out = Vec::new();
+        let read = flate2::read::GzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out);
+        match read {
+            Err(e) => return bad("invalid", format!("gzip body: {e}")),
+            Ok(n) if n > limit => {
+                m.request("too_large");
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body over {limit} bytes once inflated"),
+                )
+                    .into_response();
+            }
+            Ok(_) => {}
+        }
+        inflated = out;
+        &inflated
+    } else {
+        body
+    };
+    match edge.bid(bytes, version, start) {
+        BidOutcome::Bid(json) => {
+            m.request("bid");
+            ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+        }
+        BidOutcome::NoBid(why) => {
+            m.request(why);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        BidOutcome::Invalid(why) => bad("invalid", why),
+    }
+}
+
+async fn notice(
+    State(edge): State<Arc<Edge>>,
+    Path(kind): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(kind) = Kind::parse(&kind) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "notices are /notice/win, /notice/bill or /notice/loss\n",
+        )
+            .into_response();
+    };
+    let (status, body) = edge.notice(kind, query.as_deref().unwrap_or("")).await;
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
+    let catalog = edge.catalog.load();
+    if catalog.version == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no campaigns loaded yet\n").into_response();
+    }
+    let leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
+    (
+        StatusCode::OK,
+        format!(
+            "ok campaigns={} version={} leases={leases}\n",
+            catalog.campaigns.len(),
+            catalog.version
+        ),
+    )
+        .into_response()
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        edge.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,278 @@
+//! Exactly-once settlement (DESIGN §6.6): spend events go to the leader in batches bounded in
+//! size and age, each batch with a stable id, sent again with the same id until acknowledged.
+//! A notice's HTTP answer waits for its batch's commit, so an edge that dies before the commit
+//! leaves the notice unanswered: the exchange sends it again (to any edge), and the ledger's
+//! dedup by event key settles it once.
+//!
+//! A lease is released only after every batch of it has been acknowledged, so that no report
+//! of this edge reaches a closed lease.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::log::SpendEvent;
+use shared::proto::v1 as pb;
+use shared::{BatchId, EdgeId, LeaseId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::coord::{Answer, Coordinators, backoff, hint};
+use crate::metrics::{Metrics, Outcome};
+
+/// Limits of a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Events per batch (the ledger takes at most 1,000).
+    pub max_events: usize,
+    /// The oldest event waits at most this long before its batch is sent.
+    pub max_delay: Duration,
+}
+
+/// What the settler is asked to do.
+enum Job {
+    Spend {
+        lease: LeaseId,
+        event: SpendEvent,
+        done: oneshot::Sender<()>,
+    },
+    Release {
+        lease: LeaseId,
+        done: oneshot::Sender<Option<pb::LeaseClosed>>,
+    },
+}
+
+/// The handle notices and the lease manager use.
+#[derive(Clone)]
+pub struct Settler {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Jobs queued before senders wait (back-pressure on notices, never dropped).
+const QUEUE: usize = 65_536;
+
+impl Settler {
+    /// Starts the settler's task.
+    pub fn start(
+        edge: EdgeId,
+        coords: Arc<Coordinators>,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+    ) -> Settler {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, edge, coords, limits, metrics));
+        Settler { tx }
+    }
+
+    /// Queues one charge; resolves when its batch is committed. `Err`: the settler is gone
+    /// (the process is stopping); the notice must not be acknowledged.
+    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<(), ()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Spend { lease, event, done })
+            .await
+            .map_err(|_| ())?;
+        wait.await.map_err(|_| ())
+    }
+
+    /// Releases a lease after its batches are committed; the coordinator's answer, or `None`
+    /// when it was never obtained.
+    pub async fn release(&self, lease: LeaseId) -> Option<pb::LeaseClosed> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job::Release { lease, done }).await.ok()?;
+        wait.await.ok().flatten()
+    }
+}
+
+struct Pending {
+    events: Vec<SpendEvent>,
+    waiters: Vec<oneshot::Sender<()>>,
+    since: Instant,
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    edge: EdgeId,
+    coords: Arc<Coordinators>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+) {
+    let mut pending: BTreeMap<LeaseId, Pending> = BTreeMap::new();
+    let mut in_flight: BTreeMap<LeaseId, Vec<JoinHandle<()>>> = BTreeMap::new();
+    let ctx = Arc::new((edge, coords, metrics));
+    let mut rng = fastrand::Rng::new();
+    let mut tick = tokio::time::interval(limits.max_delay.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            job = rx.recv() => {
+                let Some(job) = job else { break };
+                match job {
+                    Job::Spend { lease, event, done } => {
+                        let p = pending.entry(lease).or_insert_with(|| Pending {
+                            events: Vec::new(),
+                            waiters: Vec::new(),
+                            since: Instant::now(),
+                        });
+                        p.events.push(event);
+                        p.waiters.push(done);
+                        if p.events.len() >= limits.max_events
+                            && let Some(p) = pending.remove(&lease)
+                        {
+                            let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                            in_flight.entry(lease).or_default().push(h);
+                        }
+                    }
+                    Job::Release { lease, done } => {
+                        let mut handles = in_flight.remove(&lease).unwrap_or_default();
+                        if let Some(p) = pending.remove(&lease) {
+                            handles.push(send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng)));
+                        }
+                        let batch = BatchId::random(&mut rng);
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            for h in handles {
+                                let _ = h.await;
+                            }
+                            let _ = done.send(release(&ctx, lease, batch).await);
+                        });
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let due: Vec<LeaseId> = pending
+                    .iter()
+                    .filter(|(_, p)| p.since.elapsed() >= limits.max_delay)
+                    .map(|(l, _)| *l)
+                    .collect();
+                for lease in due {
+                    if let Some(p) = pending.remove(&lease) {
+                        let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                        in_flight.entry(lease).or_default().push(h);
+                    }
+                }
+                for hs in in_flight.values_mut() {
+                    hs.retain(|h| !h.is_finished());
+                }
+                in_flight.retain(|_, hs| !hs.is_empty());
+            }
+        }
+    }
+}
+
+type Ctx = Arc<(EdgeId, Arc<Coordinators>, Arc<Metrics>)>;
+
+/// Sends one batch with its id until the leader acknowledges it, then answers its waiters.
+fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (edge, coords, metrics) = &*ctx;
+        let request = pb::ReportSpendRequest {
+            batch_id: batch.0.to_vec(),
+            edge: edge.to_string(),
+            lease_id: lease.0,
+            events: p.events.iter().map(pb::SpendEvent::from).collect(),
+        };
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let r = coords
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move {
+                        let reply = c.report_spend(request).await?.into_inner();
+                        Ok(match reply.result {
+                            Some(pb::report_spend_reply::Result::Settled(s)) => Answer::Done(s),
+                            Some(pb::report_spend_reply::Result::NotLeader(n)) => {
+                                Answer::NotLeader(hint(&n))
+                            }
+                            None => Answer::NotLeader(None),
+                        })
+                    }
+                })
+                .await;
+            match r {
+                Ok(settled) => {
+                    tracing::debug!(%lease, %batch, events = p.events.len(), settled = settled.settled_events,
+                        duplicates = settled.duplicate_events, anomalies = settled.anomalies, "batch committed");
+                    if settled.anomalies > 0 {
+                        tracing::warn!(%lease, %batch, anomalies = settled.anomalies, "the ledger recorded anomalies for this batch");
+                    }
+                    metrics
+                        .batch_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .batches
+                        .get_or_create(&Outcome {
+                            outcome: "committed",
+                        })
+                        .inc();
+                    for w in p.waiters {
+                        let _ = w.send(());
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // Indefinite: the batch may be committed already; the same id makes the
+                    // next send harmless.
+                    metrics
+                        .batches
+                        .get_or_create(&Outcome { outcome: "retried" })
+                        .inc();
+                    tracing::warn!(%lease, %batch, error = %e, "spend batch not acknowledged; sending it again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    })
+}
+
+/// Releases a lease; tries for a while, then leaves it to the leader's reclaim.
+async fn release(ctx: &Ctx, lease: LeaseId, batch: BatchId) -> Option<pb::LeaseClosed> {
+    let (edge, coords, metrics) = &**ctx;
+    let request = pb::ReleaseLeaseRequest {
+        batch_id: batch.0.to_vec(),
+        edge: edge.to_string(),
+        lease_id: lease.0,
+    };
+    for attempt in 0..10 {
+        let r = coords
+            .call(|mut c| {
+                let request = request.clone();
+                async move {
+                    let reply = c.release_lease(request).await?.into_inner();
+                    Ok(match reply.result {
+                        Some(pb::release_lease_reply::Result::Closed(c)) => Answer::Done(c),
+                        Some(pb::release_lease_reply::Result::NotLeader(n)) => {
+                            Answer::NotLeader(hint(&n))
+                        }
+                        None => Answer::NotLeader(None),
+                    })
+                }
+            })
+            .await;
+        match r {
+            Ok(closed) => {
+                metrics
+                    .leases
+                    .get_or_create(&Outcome {
+                        outcome: "released",
+                    })
+                    .inc();
+                return Some(closed);
+            }
+            Err(e) => {
+                tracing::warn!(%lease, error = %e, "release not acknowledged; trying again");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+    metrics
+        .leases
+        .get_or_create(&Outcome {
+            outcome: "release_failed",
+        })
+        .inc();
+    tracing::warn!(%lease, "lease not released; the leader will reclaim it");
+    None
+}
