@@ -9,6 +9,7 @@
 //! - [`settle`]: spend batches to the leader with stable ids, retried until acknowledged.
 //! - [`coord`]: the region's coordinators, leader-following.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, HTTP routes.
+//! - [`http`]: a small HTTP client (the simulated exchange and tests use it).
 //! - [`reserve`]: the reservation, the per-bid hold on a lease, one atomic operation.
 //! - [`notice`]: win, billing and loss notice URLs: signed when we bid, checked when they come
 //!   back, and the clearing price read from the exchange's macro.
@@ -17,6 +18,7 @@ pub mod bidder;
 pub mod catalog;
 pub mod config;
 pub mod coord;
+pub mod http;
 pub mod lease;
 pub mod manager;
 pub mod metrics;

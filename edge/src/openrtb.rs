@@ -378,12 +378,6 @@ fn validate(req: &BidRequest<'_>) -> Result<(), Invalid> {
             "no more than one of request.site, request.app or request.dooh may be present",
         ));
     }
-    if let Some(site) = &req.site
-        && site.id.is_none()
-        && site.page.is_none()
-    {
-        return Err(invalid("request.site needs site.id or site.page"));
-    }
     if req.tmax.is_some_and(|t| t < 0) {
         return Err(invalid("request.tmax must not be negative"));
     }
@@ -433,12 +427,10 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
     if let Some(b) = &imp.banner {
         positive(&at("banner.w"), b.w)?;
         positive(&at("banner.h"), b.h)?;
-        let has_wh = b.w.is_some_and(|w| w > 0) && b.h.is_some_and(|h| h > 0);
-        match &b.format {
-            Some(formats) if formats.is_empty() && !has_wh => {
-                return Err(invalid(format!("{} has no sizes", at("banner"))));
-            }
-            Some(formats) => {
+        // A banner without sizes is valid OpenRTB (the slot takes what it is given, e.g. an
+        // interstitial); only campaigns that target no size can match it.
+        if let Some(formats) = &b.format {
+            {
                 for (k, f) in formats.iter().enumerate() {
                     let field = at(&format!("banner.format[{k}]"));
                     positive(&format!("{field}.w"), f.w)?;
@@ -455,10 +447,6 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
                     }
                 }
             }
-            None if !has_wh => {
-                return Err(invalid(format!("{} has no sizes", at("banner"))));
-            }
-            None => {}
         }
     }
     if let Some(v) = &imp.video {
@@ -680,10 +668,7 @@ mod tests {
             r#"{"id":"a","imp":[{"id":"1"}]}"#,
             Err("needs one of banner"),
         );
-        check(
-            r#"{"id":"a","imp":[{"id":"1","banner":{}}]}"#,
-            Err("no sizes"),
-        );
+        check(r#"{"id":"a","imp":[{"id":"1","banner":{}}]}"#, Ok(()));
         check(
             r#"{"id":"a","imp":[{"id":"1","banner":{"w":-1,"h":2}}]}"#,
             Err("banner.w must be"),
@@ -718,7 +703,7 @@ mod tests {
         );
         check(
             &format!(r#"{{"id":"a","site":{{}},"imp":[{{"id":"1",{banner}}}]}}"#),
-            Err("site.id or site.page"),
+            Ok(()),
         );
         check(
             &format!(

@@ -1,0 +1,5 @@
+//! The edge against real coordinators and real HTTP: sample requests, settlement, crashes.
+
+mod harness;
+mod samples;
+mod settle;

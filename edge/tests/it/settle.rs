@@ -1,0 +1,133 @@
+//! Exactly-once settlement through real coordinators: a killed edge's unanswered notices are
+//! settled once through another edge; a replayed notice settles once.
+
+use std::time::Duration;
+
+use edge::http::HttpClient;
+use edge::openrtb::BidResponse;
+
+use crate::harness::{EdgeProcess, Region, edge_config, edge_in_process, metric};
+
+fn request(auction: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{auction}","at":2,"tmax":500,"site":{{"id":"s1","domain":"news.example"}},
+        "imp":[{{"id":"1","banner":{{"w":300,"h":250}}}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// Sends bid requests until `n` bids come back (the first ones wait for a lease); their
+/// responses. At most 200 requests.
+async fn bids(http: &HttpClient, base: &str, prefix: &str, n: usize) -> Vec<BidResponse> {
+    let mut out = Vec::new();
+    for i in 0..200 {
+        let r = http
+            .post(
+                &format!("{base}/openrtb2/bid"),
+                &[],
+                request(&format!("{prefix}-{i}")),
+            )
+            .await;
+        match r {
+            Ok(r) if r.status == 200 => out.push(serde_json::from_slice(&r.body).unwrap()),
+            Ok(r) => assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body)),
+            Err(_) => {}
+        }
+        if out.len() == n {
+            return out;
+        }
+        // Waiting for the edge to load campaigns and get a lease: a condition, polled.
+        if out.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("only {} bids of {n}", out.len());
+}
+
+/// The win notice URL of a bid with the exchange's price substituted, pointed at `base`.
+fn win_url(bid: &edge::openrtb::Bid, price_micros: i64, base: &str) -> String {
+    let path = &bid.nurl[bid.nurl.find("/notice/").unwrap()..];
+    let price = format!("{}.{:03}", price_micros / 1000, price_micros % 1000);
+    format!("{base}{}", path.replace("${AUCTION_PRICE}", &price))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_edges_unanswered_notices_settle_exactly_once_through_another_edge() {
+    let mut region = Region::start().await;
+    region.campaign("c1", 2_000_000, 10_000_000).await;
+    let http = HttpClient::new(Duration::from_secs(20));
+
+    // Edge A holds its batches for ten minutes: its notices stay unanswered until it dies.
+    let mut slow = edge_config("edge-a", &region.addrs);
+    slow.batch_max_events = 1000;
+    slow.batch_max_delay_ms = 600_000;
+    slow.notice_timeout_ms = 600_000;
+    let a = EdgeProcess::start(slow);
+    let (_b, b_base) = edge_in_process(edge_config("edge-b", &region.addrs)).await;
+
+    let won = bids(&http, &a.base, "auction", 20).await;
+    // Distinct clearing prices under the 2.000 bid: a charge counted twice or lost changes the sum.
+    let prices: Vec<i64> = (0..20).map(|i| 1_000 + 37 * i).collect();
+    let want: i64 = prices.iter().sum();
+    let mut pending = Vec::new();
+    for (bid, p) in won.iter().zip(&prices) {
+        let url = win_url(&bid.seatbid[0].bid[0], *p, &a.base);
+        let http = http.clone();
+        pending.push(tokio::spawn(async move { http.get(&url).await }));
+    }
+    // Every notice has reached A and waits for its batch.
+    let mut waiting = 0.0;
+    for _ in 0..200 {
+        let page = http.get(&format!("{}/metrics", a.base)).await.unwrap();
+        waiting = metric(&String::from_utf8_lossy(&page.body), "edge_notices_pending");
+        if waiting == 20.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(waiting, 20.0, "notices waiting at edge A");
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    for p in pending {
+        let r = p.await.unwrap();
+        assert!(
+            r.as_ref().map_or(true, |r| r.status != 200),
+            "a notice was acknowledged by the dead edge: {r:?}"
+        );
+    }
+    assert_eq!(
+        region.settled("c1"),
+        0,
+        "nothing was committed before the kill"
+    );
+
+    // The exchange retries every unanswered notice, at edge B.
+    for (bid, p) in won.iter().zip(&prices) {
+        let r = http
+            .get(&win_url(&bid.seatbid[0].bid[0], *p, &b_base))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(region.settled("c1"), want);
+
+    // One notice replayed three times more: settled once.
+    for _ in 0..3 {
+        let r = http
+            .get(&win_url(&won[0].seatbid[0].bid[0], prices[0], &b_base))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(region.settled("c1"), want);
+
+    // Altered (a lower bid) or above the bid: refused, nothing settled.
+    let url = win_url(&won[1].seatbid[0].bid[0], prices[1], &b_base);
+    let altered = url.replace("&b=2000&", "&b=1999&");
+    assert_ne!(altered, url);
+    assert_eq!(http.get(&altered).await.unwrap().status, 400);
+    let above = win_url(&won[2].seatbid[0].bid[0], 2_001, &b_base);
+    assert_eq!(http.get(&above).await.unwrap().status, 400);
+    assert_eq!(region.settled("c1"), want);
+}
