@@ -10,6 +10,8 @@
 //! - [`coord`]: the region's coordinators, leader-following.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, HTTP routes.
 //! - [`http`]: a small HTTP client (the simulated exchange and tests use it).
+//! - [`sim`]: a small simulated exchange (second-price auctions, notices to any edge, its own
+//!   billing record) for the local topology and tests.
 //! - [`reserve`]: the reservation, the per-bid hold on a lease, one atomic operation.
 //! - [`notice`]: win, billing and loss notice URLs: signed when we bid, checked when they come
 //!   back, and the clearing price read from the exchange's macro.
@@ -27,3 +29,4 @@ pub mod openrtb;
 pub mod reserve;
 pub mod server;
 pub mod settle;
+pub mod sim;

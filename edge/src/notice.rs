@@ -315,8 +315,10 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     } else {
         read_price(p[8])
     };
+    // A loss notice's price is the winner's, above ours by nature; it spends nothing.
     if let Price::Cleared(c) = price
         && c > bid
+        && kind != Kind::Loss
     {
         return Err(Refused::PriceAboveBid { price: c, bid });
     }
@@ -388,6 +390,9 @@ mod tests {
         assert_eq!(n.price, Price::Cleared(Money::from_micros(1750)));
         assert_eq!(n.spend(), Some(Money::from_micros(1750)));
         let loss = parse(Kind::Loss, &called(Kind::Loss, ""), &signer()).unwrap();
+        assert_eq!(loss.spend(), None);
+        // A loss carries the winner's price, above ours: still a valid loss.
+        let loss = parse(Kind::Loss, &called(Kind::Loss, "9.99"), &signer()).unwrap();
         assert_eq!(loss.spend(), None);
     }
 

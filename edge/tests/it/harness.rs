@@ -24,13 +24,18 @@ pub struct Region {
 
 impl Region {
     pub async fn start() -> Region {
+        Region::start_with(30_000).await
+    }
+
+    /// A region granting leases of `lease_ms`.
+    pub async fn start_with(lease_ms: u64) -> Region {
         let tmp = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
         for i in 1..=3u64 {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             addrs.push(l.local_addr().unwrap().to_string());
-            nodes.push(serve(i, &tmp.path().join(format!("n{i}")), l).await);
+            nodes.push(serve(i, &tmp.path().join(format!("n{i}")), l, lease_ms).await);
         }
         let members: BTreeMap<u64, String> = (1..=3u64).zip(addrs.iter().cloned()).collect();
         nodes[0].initialize(members).await.unwrap();
@@ -99,8 +104,9 @@ impl Region {
     }
 }
 
-async fn serve(id: u64, dir: &Path, listener: TcpListener) -> Arc<Node> {
+async fn serve(id: u64, dir: &Path, listener: TcpListener, lease_ms: u64) -> Arc<Node> {
     let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), id, dir.to_path_buf());
+    cfg.params.lease_duration_ms = lease_ms;
     cfg.heartbeat = Duration::from_millis(150);
     cfg.election_timeout = (Duration::from_millis(1_500), Duration::from_millis(3_000));
     let node = Arc::new(Node::start(&cfg).await.unwrap());

@@ -3,3 +3,4 @@
 mod harness;
 mod samples;
 mod settle;
+mod topology;

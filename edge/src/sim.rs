@@ -1,0 +1,288 @@
+//! A small simulated exchange: it sends real-shaped OpenRTB 2.6 requests to the edges at a
+//! fixed rate, runs a second-price auction of each bid against a synthetic competitor, sends the
+//! win and billing (or loss) notice to a random edge — any edge may settle any notice — retrying
+//! until acknowledged, and keeps its own record of what it billed. Once a second it prints a
+//! status line: requests, bids, wins, and per campaign what it billed against the budget.
+//!
+//! Bounded: it stops after `duration` or `max_requests`, whichever comes first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shared::Money;
+use shared::bucket::Bucket;
+use shared::proto::v1 as pb;
+use tokio::sync::Mutex;
+
+use crate::http::HttpClient;
+use crate::openrtb::BidResponse;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Edge base URLs.
+    pub edges: Vec<String>,
+    /// Coordinators, for budgets in the status line (empty: none); the first that answers.
+    pub coordinators: Vec<String>,
+    /// Requests per second.
+    pub rate: u32,
+    /// Stop after this long.
+    pub duration: Duration,
+    /// Stop after this many requests.
+    pub max_requests: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Print a status line every second.
+    pub status: bool,
+}
+
+/// What the exchange saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Bids received.
+    pub bids: AtomicU64,
+    /// Auctions our bidder won.
+    pub wins: AtomicU64,
+    /// Notices that were never acknowledged.
+    pub notices_lost: AtomicU64,
+    /// Micros billed per campaign (acknowledged billing notices).
+    pub billed: Mutex<BTreeMap<String, i64>>,
+    /// All micros billed.
+    pub billed_total: AtomicI64,
+}
+
+const DOMAINS: [&str; 4] = [
+    "news.example",
+    "sports.example",
+    "recipes.example",
+    "games.example",
+];
+const COUNTRIES: [&str; 3] = ["USA", "FRA", "DEU"];
+const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
+
+fn request(rng: &mut fastrand::Rng, id: &str) -> Vec<u8> {
+    let (w, h) = SIZES[rng.usize(..SIZES.len())];
+    let floor_milli = rng.u32(..800);
+    let body = serde_json::json!({
+        "id": id,
+        "at": 2,
+        "tmax": 120,
+        "cur": ["USD"],
+        "imp": [{
+            "id": "1",
+            "bidfloor": f64::from(floor_milli) / 1000.0,
+            "bidfloorcur": "USD",
+            "banner": {"w": w, "h": h, "format": [{"w": w, "h": h}]},
+        }],
+        "site": {
+            "id": "site-1",
+            "domain": DOMAINS[rng.usize(..DOMAINS.len())],
+            "page": format!("https://{}/article", DOMAINS[rng.usize(..DOMAINS.len())]),
+            "cat": ["IAB1"],
+        },
+        "device": {"devicetype": 2, "geo": {"country": COUNTRIES[rng.usize(..COUNTRIES.len())]}},
+        "user": {"id": format!("u{}", rng.u32(..100_000))},
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A CPM in decimal from micros per impression.
+fn cpm(micros: i64) -> String {
+    format!("{}.{:03}", micros / 1000, micros % 1000)
+}
+
+/// Runs the exchange; returns what it saw.
+pub async fn run(cfg: SimConfig) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let http = HttpClient::new(Duration::from_secs(15));
+    let started = Instant::now();
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(cfg.rate.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let status = if cfg.status {
+        Some(tokio::spawn(status_loop(
+            cfg.clone(),
+            tally.clone(),
+            started,
+        )))
+    } else {
+        None
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while started.elapsed() < cfg.duration && n < cfg.max_requests {
+        tick.tick().await;
+        n += 1;
+        let id = format!("sim-{}-{n}", cfg.seed);
+        let body = request(&mut rng, &id);
+        let edge = cfg.edges[rng.usize(..cfg.edges.len())].clone();
+        let competitor = rng.i64(0..3_000);
+        let seed = rng.u64(..);
+        let (http, tally, edges) = (http.clone(), tally.clone(), cfg.edges.clone());
+        tasks.spawn(
+            async move { auction(&http, &tally, &edges, &edge, body, competitor, seed).await },
+        );
+        // Reap finished auctions so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some(s) = status {
+        s.abort();
+    }
+    if cfg.status {
+        print_status(&cfg, &tally, started).await;
+    }
+    tally
+}
+
+async fn auction(
+    http: &HttpClient,
+    tally: &Tally,
+    edges: &[String],
+    edge: &str,
+    body: Vec<u8>,
+    competitor_micros: i64,
+    seed: u64,
+) {
+    tally.requests.fetch_add(1, Ordering::Relaxed);
+    let Ok(r) = http
+        .post(
+            &format!("{edge}/openrtb2/bid"),
+            &[("x-openrtb-version", "2.6")],
+            body,
+        )
+        .await
+    else {
+        return;
+    };
+    if r.status != 200 {
+        return;
+    }
+    let Ok(resp) = serde_json::from_slice::<BidResponse>(&r.body) else {
+        return;
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for bid in resp.seatbid.iter().flat_map(|s| &s.bid) {
+        tally.bids.fetch_add(1, Ordering::Relaxed);
+        let Ok(price) = Money::from_cpm_str(bid.price.get()) else {
+            continue;
+        };
+        let ours = price.micros();
+        // Second price: the winner pays the runner-up's price plus one micro, at most its bid.
+        let (won, clearing) = if ours > competitor_micros {
+            (true, (competitor_micros + 1).min(ours))
+        } else {
+            (false, 0)
+        };
+        // Any edge may settle any notice.
+        let at = &edges[rng.usize(..edges.len())];
+        let local = |url: &str| {
+            let path = url.find("/notice/").map_or(url, |i| &url[i..]);
+            format!("{at}{path}")
+        };
+        if won {
+            tally.wins.fetch_add(1, Ordering::Relaxed);
+            let win = local(&bid.nurl).replace("${AUCTION_PRICE}", &cpm(clearing));
+            let bill = local(&bid.burl).replace("${AUCTION_PRICE}", &cpm(clearing));
+            let _ = deliver(http, tally, &win).await;
+            if deliver(http, tally, &bill).await {
+                *tally
+                    .billed
+                    .lock()
+                    .await
+                    .entry(bid.cid.clone())
+                    .or_default() += clearing;
+                tally.billed_total.fetch_add(clearing, Ordering::Relaxed);
+            }
+        } else {
+            let loss = local(&bid.lurl)
+                .replace("${AUCTION_PRICE}", &cpm(competitor_micros))
+                .replace("${AUCTION_LOSS}", "102");
+            let _ = deliver(http, tally, &loss).await;
+        }
+    }
+}
+
+/// Sends a notice until it is acknowledged (at most 10 tries).
+async fn deliver(http: &HttpClient, tally: &Tally, url: &str) -> bool {
+    for attempt in 0..10u32 {
+        if let Ok(r) = http.get(url).await {
+            if r.status == 200 {
+                return true;
+            }
+            if r.status == 400 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+    }
+    tally.notices_lost.fetch_add(1, Ordering::Relaxed);
+    false
+}
+
+async fn status_loop(cfg: SimConfig, tally: Arc<Tally>, started: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        print_status(&cfg, &tally, started).await;
+    }
+}
+
+async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
+    let billed = tally.billed.lock().await.clone();
+    let mut line = format!(
+        "t={:>3}s requests={} bids={} wins={} billed={}",
+        started.elapsed().as_secs(),
+        tally.requests.load(Ordering::Relaxed),
+        tally.bids.load(Ordering::Relaxed),
+        tally.wins.load(Ordering::Relaxed),
+        Money::from_micros(tally.billed_total.load(Ordering::Relaxed)),
+    );
+    for (campaign, micros) in &billed {
+        let budget = budget(&cfg.coordinators, campaign).await;
+        match budget {
+            Some((budget, settled)) => line.push_str(&format!(
+                " | {campaign} {} of {} (ledger {})",
+                Money::from_micros(*micros),
+                Money::from_micros(budget),
+                Money::from_micros(settled)
+            )),
+            None => line.push_str(&format!(" | {campaign} {}", Money::from_micros(*micros))),
+        }
+    }
+    println!("{line}");
+}
+
+/// A campaign's lifetime budget and settled spend, from the first coordinator that answers
+/// (the leader; balance reads are linearizable).
+async fn budget(coordinators: &[String], campaign: &str) -> Option<(i64, i64)> {
+    for addr in coordinators {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            continue;
+        };
+        let Ok(channel) = endpoint
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+        else {
+            continue;
+        };
+        let mut c = pb::admin_client::AdminClient::new(channel);
+        let r = c
+            .get_balance(pb::GetBalanceRequest {
+                bucket: Some(pb::BucketKey {
+                    campaign: campaign.to_owned(),
+                    bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
+                }),
+            })
+            .await;
+        if let Ok(b) = r {
+            let b = b.into_inner();
+            return Some((b.budget_micros, b.settled_micros));
+        }
+    }
+    None
+}

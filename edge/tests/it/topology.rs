@@ -1,0 +1,58 @@
+//! The local topology in miniature: a region, two edges and the simulated exchange. What the
+//! exchange billed is what the ledger settled, never more than the budget, and demand above the
+//! budget spends nearly all of it.
+
+use std::time::Duration;
+
+use edge::sim::{SimConfig, run};
+
+use crate::harness::{Region, edge_config, edge_in_process};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_never_exceeded() {
+    // Leases of 2 s and W = 1 s: money held by a finished lease is back within 3 s.
+    let mut region = Region::start_with(2_000).await;
+    let budget = 300_000;
+    region.campaign("spring", 2_500_000, budget).await;
+    let mut edges = Vec::new();
+    for name in ["edge-1", "edge-2"] {
+        let mut c = edge_config(name, &region.addrs);
+        c.settlement_window_ms = 1_000;
+        c.margin_ms = 200;
+        c.lease_want_micros = 100_000;
+        edges.push(edge_in_process(c).await);
+    }
+    let tally = run(SimConfig {
+        edges: edges.iter().map(|(_, base)| base.clone()).collect(),
+        coordinators: vec![],
+        rate: 300,
+        duration: Duration::from_secs(12),
+        max_requests: 3_600,
+        seed: 7,
+        status: false,
+    })
+    .await;
+    let lost = tally
+        .notices_lost
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(lost, 0, "every notice acknowledged");
+    let billed = tally
+        .billed
+        .lock()
+        .await
+        .get("spring")
+        .copied()
+        .unwrap_or(0);
+    let settled = region.settled("spring");
+    assert_eq!(
+        billed, settled,
+        "the exchange's record and the ledger agree"
+    );
+    eprintln!("spent {settled} of {budget} micros; exchange billed {billed}");
+    assert!(settled <= budget, "settled {settled} of {budget}");
+    // Demand (300 requests/s, ~80 % won at about 1.25 CPM) is far above a 0.30 budget.
+    assert!(
+        settled * 100 >= budget * 95,
+        "only {settled} of {budget} spent"
+    );
+}
