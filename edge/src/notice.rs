@@ -474,3 +474,41 @@ mod tests {
         assert_eq!(n.spend(), Some(Money::from_micros(2500)));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any query string: an answer, never a panic.
+        #[test]
+        fn any_query_is_answered(q in ".{0,300}") {
+            let _ = parse(Kind::Win, &q, &Signer::new(b"k".to_vec(), None));
+        }
+
+        /// Changing any one byte of a signed notice's signed part makes it fail to verify (or
+        /// leaves it meaning the same thing, e.g. a hex digit's case).
+        #[test]
+        fn a_flipped_byte_never_verifies_as_something_else(at in 0usize..200, to in 0u8..128) {
+            let signer = Signer::new(b"region-key".to_vec(), None);
+            let f = Fields {
+                kind: Kind::Bill, lease: LeaseId(9), campaign: "c1", exchange: "sim",
+                auction: "a-1", imp: "1", bid_micros: 2500, first_price: false,
+            };
+            let url = f.url("http://e", &signer);
+            let q = url.split_once('?').unwrap().1.replace("${AUCTION_PRICE}", "1.0");
+            let signed_len = q.find("&p=").unwrap();
+            let at = at % signed_len;
+            let mut bytes = q.clone().into_bytes();
+            bytes[at] = to;
+            let Ok(changed) = String::from_utf8(bytes) else { return Ok(()) };
+            if let Ok(n) = parse(Kind::Bill, &changed, &signer) {
+                prop_assert_eq!(n.lease, LeaseId(9));
+                prop_assert_eq!(n.bid.micros(), 2500);
+                prop_assert_eq!(n.key.to_string(), EventKey::from_parts("sim", "a-1", "1").unwrap().to_string());
+            }
+        }
+    }
+}

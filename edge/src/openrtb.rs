@@ -749,3 +749,33 @@ mod tests {
         assert!(Version::from_header(Some("banana")).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SAMPLE: &str = r#"{"id":"a","at":2,"tmax":120,"cur":["USD"],"imp":[{"id":"1","bidfloor":0.5,
+        "banner":{"w":300,"h":250,"format":[{"w":300,"h":250}]},"pmp":{"deals":[{"id":"d"}]}}],
+        "site":{"id":"s","domain":"x.example","cat":["IAB1"]},"device":{"devicetype":2,"geo":{"country":"USA"}},
+        "regs":{"gdpr":1,"ext":{"gdpr":0}},"user":{"ext":{"consent":"c"}}}"#;
+
+    proptest! {
+        /// Any bytes: an answer, never a panic.
+        #[test]
+        fn any_body_is_answered(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body, Version::V26);
+        }
+
+        /// A real request with one byte changed or cut short: an answer, never a panic.
+        #[test]
+        fn a_damaged_request_is_answered(at in 0usize..600, to in any::<u8>(), cut in 0usize..600) {
+            let mut b = SAMPLE.as_bytes().to_vec();
+            let at = at % b.len();
+            b[at] = to;
+            b.truncate(cut.max(1).min(b.len()));
+            let _ = parse(&b, Version::V25);
+        }
+    }
+}
