@@ -106,20 +106,12 @@ impl Edge {
                 }
                 let guard = campaign.slot.current.load();
                 let Some(lease) = guard.as_ref() else {
-                    self.metrics
-                        .reservations
-                        .get_or_create(&Outcome {
-                            outcome: "no_lease",
-                        })
-                        .inc();
+                    self.metrics.reservation_no_lease.inc();
                     self.ask(campaign.slot_index, &campaign.slot);
                     continue;
                 };
                 if lease.try_reserve(cand.price_micros, now) {
-                    self.metrics
-                        .reservations
-                        .get_or_create(&Outcome { outcome: "taken" })
-                        .inc();
+                    self.metrics.reservation_taken.inc();
                     self.metrics
                         .reserved_micros
                         .inc_by(cand.price_micros.unsigned_abs());
@@ -134,12 +126,7 @@ impl Edge {
                     });
                     break;
                 }
-                self.metrics
-                    .reservations
-                    .get_or_create(&Outcome {
-                        outcome: "exhausted",
-                    })
-                    .inc();
+                self.metrics.reservation_exhausted.inc();
                 self.ask(campaign.slot_index, &campaign.slot);
             }
         }
