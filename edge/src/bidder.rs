@@ -8,6 +8,7 @@
 //! Notice: verify → give back the unspent part of the reservation (once, and only for a lease
 //! this edge holds) → queue the charge → answer after its batch is committed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,12 +161,12 @@ impl Edge {
                 };
                 Bid {
                     id: format!("{}-{}", r.lease.id.0, imp_id),
-                    impid: imp_id.to_owned(),
+                    impid: Cow::Borrowed(imp_id),
                     price: openrtb::cpm_number(r.cand.price_micros),
                     nurl: fields(Kind::Win).url(base, signer),
                     burl: fields(Kind::Bill).url(base, signer),
                     lurl: fields(Kind::Loss).url(base, signer),
-                    cid: campaign.id.to_string(),
+                    cid: Cow::Borrowed(campaign.id.as_str()),
                     crid: format!("{}-creative", campaign.id),
                     dealid: r.cand.deal.clone(),
                     w: r.cand.w,
@@ -175,15 +176,17 @@ impl Edge {
             })
             .collect();
         let resp = BidResponse {
-            id: req.id.to_string(),
+            id: Cow::Borrowed(&req.id),
             seatbid: vec![SeatBid {
-                seat: cfg.seat.clone(),
+                seat: Cow::Borrowed(&cfg.seat),
                 bid: bids,
             }],
-            cur: ours.clone(),
+            cur: Cow::Borrowed(ours),
         };
-        match serde_json::to_vec(&resp) {
-            Ok(b) => BidOutcome::Bid(b),
+        // Sized for a typical answer: one bid with three notice URLs fits without regrowing.
+        let mut out = Vec::with_capacity(1024 + 1024 * reserved.len());
+        match serde_json::to_writer(&mut out, &resp) {
+            Ok(()) => BidOutcome::Bid(out),
             Err(_) => {
                 for r in &reserved {
                     r.lease.reservoir.give_back(r.cand.price_micros);

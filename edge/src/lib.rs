@@ -9,6 +9,7 @@
 //! - [`settle`]: spend batches to the leader with stable ids, retried until acknowledged.
 //! - [`coord`]: the region's coordinators, leader-following.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, HTTP routes.
+//! - [`fixture`]: an edge that bids on anything without a coordinator, for tests and benchmarks.
 //! - [`http`]: a small HTTP client (the simulated exchange and tests use it).
 //! - [`sim`]: a small simulated exchange (second-price auctions, notices to any edge, its own
 //!   billing record) for the local topology and tests.
@@ -20,6 +21,7 @@ pub mod bidder;
 pub mod catalog;
 pub mod config;
 pub mod coord;
+pub mod fixture;
 pub mod http;
 pub mod lease;
 pub mod manager;

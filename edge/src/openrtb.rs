@@ -11,6 +11,67 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// A string borrowed from the body when its JSON has no escapes, and copied when it has.
+/// `#[serde(borrow)]` borrows a bare `Cow<str>` field, but one inside an `Option` or a `Vec`
+/// would always be copied: those fields go through [`opt_text`] and [`vec_text`].
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn opt_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
+}
+
+fn vec_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Cow<'a, str>>, D::Error> {
+    Ok(Vec::<Text<'a>>::deserialize(d)?
+        .into_iter()
+        .map(|t| t.0)
+        .collect())
+}
+
+/// A string whose value is not used, only its type checked (MIME types, consent strings): read
+/// without copying it.
+#[derive(Debug)]
+pub struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<AnyString, E> {
+                Ok(AnyString)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The OpenRTB versions understood. Requests say theirs in the `x-openrtb-version` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -77,7 +138,7 @@ pub struct BidRequest<'a> {
     #[serde(default)]
     pub tmax: Option<i64>,
     /// Currencies a bid may be in; empty: any (the exchange's default, USD).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub cur: Vec<Cow<'a, str>>,
     /// Regulations.
     #[serde(default)]
@@ -91,7 +152,7 @@ pub struct BidRequest<'a> {
 #[derive(Debug, Deserialize)]
 pub struct Imp<'a> {
     /// Id, unique within the request.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
     /// Banner slot.
     #[serde(default)]
@@ -109,7 +170,7 @@ pub struct Imp<'a> {
     #[serde(default)]
     pub bidfloor: Option<f64>,
     /// Currency of the floor (default USD).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub bidfloorcur: Option<Cow<'a, str>>,
     /// Private marketplace.
     #[serde(default, borrow)]
@@ -158,7 +219,7 @@ pub struct Format {
 pub struct Video {
     /// Accepted MIME types.
     #[serde(default)]
-    pub mimes: Vec<String>,
+    pub mimes: Vec<AnyString>,
     /// Width.
     #[serde(default)]
     pub w: Option<i64>,
@@ -178,7 +239,7 @@ pub struct Video {
 pub struct Audio {
     /// Accepted MIME types.
     #[serde(default)]
-    pub mimes: Vec<String>,
+    pub mimes: Vec<AnyString>,
     /// Kbps.
     #[serde(default)]
     pub minbitrate: Option<i64>,
@@ -211,13 +272,13 @@ pub struct Pmp<'a> {
 #[derive(Debug, Deserialize)]
 pub struct Deal<'a> {
     /// Deal id.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
     /// Floor of the deal.
     #[serde(default)]
     pub bidfloor: Option<f64>,
     /// Its currency.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub bidfloorcur: Option<Cow<'a, str>>,
 }
 
@@ -225,22 +286,22 @@ pub struct Deal<'a> {
 #[derive(Debug, Deserialize)]
 pub struct Site<'a> {
     /// Site id.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
     /// Page URL.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub page: Option<Cow<'a, str>>,
     /// Domain.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub domain: Option<Cow<'a, str>>,
     /// IAB categories of the site.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub cat: Vec<Cow<'a, str>>,
     /// … of the section.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub sectioncat: Vec<Cow<'a, str>>,
     /// … of the page.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub pagecat: Vec<Cow<'a, str>>,
 }
 
@@ -248,22 +309,22 @@ pub struct Site<'a> {
 #[derive(Debug, Deserialize)]
 pub struct App<'a> {
     /// App id.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
     /// Store bundle or package name.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub bundle: Option<Cow<'a, str>>,
     /// Domain.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub domain: Option<Cow<'a, str>>,
     /// IAB categories of the app.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub cat: Vec<Cow<'a, str>>,
     /// … of the section.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub sectioncat: Vec<Cow<'a, str>>,
     /// … of the page.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "vec_text")]
     pub pagecat: Vec<Cow<'a, str>>,
 }
 
@@ -288,7 +349,7 @@ pub struct Device<'a> {
 #[derive(Debug, Deserialize)]
 pub struct Geo<'a> {
     /// ISO 3166-1 alpha-3.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     pub country: Option<Cow<'a, str>>,
     /// Metres.
     #[serde(default)]
@@ -303,7 +364,7 @@ pub struct User<'a> {
     pub geo: Option<Geo<'a>>,
     /// 2.6 consent string.
     #[serde(default)]
-    pub consent: Option<String>,
+    pub consent: Option<AnyString>,
     /// 2.5 extension: consent string.
     #[serde(default)]
     pub ext: Option<UserExt>,
@@ -314,7 +375,7 @@ pub struct User<'a> {
 pub struct UserExt {
     /// GDPR consent string (2.5 convention).
     #[serde(default)]
-    pub consent: Option<String>,
+    pub consent: Option<AnyString>,
 }
 
 /// `regs`.
@@ -350,9 +411,10 @@ pub fn parse(body: &[u8], _version: Version) -> Result<BidRequest<'_>, Invalid> 
     Ok(req)
 }
 
-fn positive(field: &str, v: Option<i64>) -> Result<(), Invalid> {
+/// `field` names the field for the error; it is only formatted when there is one.
+fn positive(v: Option<i64>, field: impl FnOnce() -> String) -> Result<(), Invalid> {
     match v {
-        Some(x) if x < 0 => Err(invalid(format!("{field} must be a positive number"))),
+        Some(x) if x < 0 => Err(invalid(format!("{} must be a positive number", field()))),
         _ => Ok(()),
     }
 }
@@ -392,10 +454,10 @@ fn validate(req: &BidRequest<'_>) -> Result<(), Invalid> {
         }
     }
     if let Some(d) = &req.device {
-        positive("request.device.w", d.w)?;
-        positive("request.device.h", d.h)?;
+        positive(d.w, || "request.device.w".into())?;
+        positive(d.h, || "request.device.h".into())?;
         if let Some(g) = &d.geo {
-            positive("request.device.geo.accuracy", g.accuracy)?;
+            positive(g.accuracy, || "request.device.geo.accuracy".into())?;
         }
     }
     for (i, imp) in req.imp.iter().enumerate() {
@@ -425,24 +487,25 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
         )));
     }
     if let Some(b) = &imp.banner {
-        positive(&at("banner.w"), b.w)?;
-        positive(&at("banner.h"), b.h)?;
+        positive(b.w, || at("banner.w"))?;
+        positive(b.h, || at("banner.h"))?;
         // A banner without sizes is valid OpenRTB (the slot takes what it is given, e.g. an
         // interstitial); only campaigns that target no size can match it.
         if let Some(formats) = &b.format {
             {
                 for (k, f) in formats.iter().enumerate() {
-                    let field = at(&format!("banner.format[{k}]"));
-                    positive(&format!("{field}.w"), f.w)?;
-                    positive(&format!("{field}.h"), f.h)?;
+                    let field = || at(&format!("banner.format[{k}]"));
+                    positive(f.w, || format!("{}.w", field()))?;
+                    positive(f.h, || format!("{}.h", field()))?;
                     let fixed = f.w.is_some() || f.h.is_some();
                     let flexible = f.wratio.is_some() || f.hratio.is_some() || f.wmin.is_some();
                     if fixed && !(f.w.is_some_and(|w| w > 0) && f.h.is_some_and(|h| h > 0)) {
-                        return Err(invalid(format!("{field} needs non-zero w and h")));
+                        return Err(invalid(format!("{} needs non-zero w and h", field())));
                     }
                     if !fixed && !flexible {
                         return Err(invalid(format!(
-                            "{field} needs either w and h or wmin, wratio and hratio"
+                            "{} needs either w and h or wmin, wratio and hratio",
+                            field()
                         )));
                     }
                 }
@@ -456,10 +519,10 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
                 at("video.mimes")
             )));
         }
-        positive(&at("video.w"), v.w)?;
-        positive(&at("video.h"), v.h)?;
-        positive(&at("video.minbitrate"), v.minbitrate)?;
-        positive(&at("video.maxbitrate"), v.maxbitrate)?;
+        positive(v.w, || at("video.w"))?;
+        positive(v.h, || at("video.h"))?;
+        positive(v.minbitrate, || at("video.minbitrate"))?;
+        positive(v.maxbitrate, || at("video.maxbitrate"))?;
     }
     if let Some(a) = &imp.audio {
         if a.mimes.is_empty() {
@@ -468,11 +531,11 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
                 at("audio.mimes")
             )));
         }
-        positive(&at("audio.minbitrate"), a.minbitrate)?;
-        positive(&at("audio.maxbitrate"), a.maxbitrate)?;
+        positive(a.minbitrate, || at("audio.minbitrate"))?;
+        positive(a.maxbitrate, || at("audio.maxbitrate"))?;
     }
     if let Some(n) = &imp.native {
-        validate_native(&at("native.request"), n)?;
+        validate_native(|| at("native.request"), n)?;
     }
     if let Some(pmp) = &imp.pmp {
         for (k, d) in pmp.deals.iter().enumerate() {
@@ -517,21 +580,21 @@ struct NativeAsset {
     data: Option<serde::de::IgnoredAny>,
 }
 
-fn validate_native(field: &str, n: &Native<'_>) -> Result<(), Invalid> {
+fn validate_native(field: impl Fn() -> String, n: &Native<'_>) -> Result<(), Invalid> {
     let raw = n
         .request
-        .ok_or_else(|| invalid(format!("{field} is missing")))?;
+        .ok_or_else(|| invalid(format!("{} is missing", field())))?;
     // A JSON string holding the request (the standard form), or the object itself.
     let text: Cow<'_, str> = if raw.get().starts_with('"') {
         Cow::Owned(
             serde_json::from_str::<String>(raw.get())
-                .map_err(|e| invalid(format!("{field}: {e}")))?,
+                .map_err(|e| invalid(format!("{}: {e}", field())))?,
         )
     } else {
         Cow::Borrowed(raw.get())
     };
     let mut req: NativeRequest = serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("{field} is not a native request: {e}")))?;
+        .map_err(|e| invalid(format!("{} is not a native request: {e}", field())))?;
     if let Some(inner) = req.native.take()
         && req.assets.is_empty()
     {
@@ -539,19 +602,24 @@ fn validate_native(field: &str, n: &Native<'_>) -> Result<(), Invalid> {
     }
     if req.assets.is_empty() {
         return Err(invalid(format!(
-            "{field}.assets must hold at least one asset"
+            "{}.assets must hold at least one asset",
+            field()
         )));
     }
     for (k, a) in req.assets.iter().enumerate() {
         if a.title.is_none() && a.img.is_none() && a.video.is_none() && a.data.is_none() {
             return Err(invalid(format!(
-                "{field}.assets[{k}] needs one of title, img, video or data"
+                "{}.assets[{k}] needs one of title, img, video or data",
+                field()
             )));
         }
         if let Some(id) = a.id
             && req.assets[..k].iter().any(|o| o.id == Some(id))
         {
-            return Err(invalid(format!("{field}.assets: id {id} is used twice")));
+            return Err(invalid(format!(
+                "{}.assets: id {id} is used twice",
+                field()
+            )));
         }
     }
     Ok(())
@@ -579,33 +647,34 @@ impl BidRequest<'_> {
     }
 }
 
-/// A bid response (the parts written).
+/// A bid response (the parts written). Borrowed where it can be when we write one; owned when
+/// read back (the simulated exchange and the tests).
 #[derive(Debug, Serialize, Deserialize, Default)]
-pub struct BidResponse {
+pub struct BidResponse<'a> {
     /// The request's id.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// One seat: ours.
-    pub seatbid: Vec<SeatBid>,
+    pub seatbid: Vec<SeatBid<'a>>,
     /// Our currency.
-    pub cur: String,
+    pub cur: Cow<'a, str>,
 }
 
 /// `seatbid[]`.
 #[derive(Debug, Serialize, Deserialize, Default)]
-pub struct SeatBid {
+pub struct SeatBid<'a> {
     /// Seat id.
-    pub seat: String,
+    pub seat: Cow<'a, str>,
     /// Bids, one per impression at most.
-    pub bid: Vec<Bid>,
+    pub bid: Vec<Bid<'a>>,
 }
 
 /// `seatbid[].bid[]`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Bid {
+pub struct Bid<'a> {
     /// Bid id.
     pub id: String,
     /// The impression.
-    pub impid: String,
+    pub impid: Cow<'a, str>,
     /// CPM, written from integer micros per impression by [`cpm_number`]: exact, no float.
     pub price: Box<RawValue>,
     /// Win notice.
@@ -615,7 +684,7 @@ pub struct Bid {
     /// Loss notice.
     pub lurl: String,
     /// Campaign id.
-    pub cid: String,
+    pub cid: Cow<'a, str>,
     /// Creative id.
     pub crid: String,
     /// Deal id, echoed when bidding through a deal.

@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use shared::clock::Clock;
 use tokio::net::TcpListener;
 
@@ -102,12 +103,28 @@ pub async fn run(
     let (edge, stop) = start(settings, clock);
     tracing::info!(%addr, edge = %edge.settings.edge, coordinators = ?edge.settings.config.coordinators,
         bid_path = %edge.settings.config.bid_path, "edge serving");
-    axum::serve(listener, router(edge.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve(listener, edge, shutdown).await?;
     let _ = stop.send(true);
     tracing::info!("edge stopped");
     Ok(())
+}
+
+/// Serves `edge`'s routes on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish. Every connection has `TCP_NODELAY`: a bid answer is one small write that must not
+/// wait for the peer's delayed ACK.
+pub async fn serve(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    axum::serve(listener, router(edge))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn bid(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {

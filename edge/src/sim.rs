@@ -194,7 +194,7 @@ async fn auction(
                     .billed
                     .lock()
                     .await
-                    .entry(bid.cid.clone())
+                    .entry(bid.cid.to_string())
                     .or_default() += clearing;
                 tally.billed_total.fetch_add(clearing, Ordering::Relaxed);
             }

@@ -11,7 +11,6 @@ use coordinator::node::{Node, NodeConfig, ProposeError};
 use edge::bidder::Edge;
 use edge::config::Config;
 use shared::bucket::{Bucket, BucketKey};
-use shared::clock::Clock;
 use shared::{CampaignId, Money};
 use tokio::net::TcpListener;
 
@@ -132,17 +131,8 @@ pub fn edge_config(name: &str, coordinators: &[String]) -> Config {
 }
 
 /// An edge served in this process; returns it and its base URL.
-pub async fn edge_in_process(mut config: Config) -> (Arc<Edge>, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    config.listen = addr.to_string();
-    let settings = config.validate().unwrap();
-    let (edge, stop) = edge::server::start(settings, Clock::system());
-    let app = edge::server::router(edge.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-        drop(stop);
-    });
+pub async fn edge_in_process(config: Config) -> (Arc<Edge>, String) {
+    let (edge, addr) = edge::fixture::serve_in_process(config).await;
     (edge, format!("http://{addr}"))
 }
 

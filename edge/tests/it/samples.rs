@@ -6,12 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge::catalog::Catalog;
 use edge::http::HttpClient;
-use edge::lease::ActiveLease;
 use edge::notice::{self, Kind};
 use edge::openrtb::BidResponse;
-use shared::proto::v1 as pb;
 use shared::{LeaseId, Money};
 
 use crate::harness::{edge_config, edge_in_process, metric};
@@ -38,30 +35,7 @@ fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 /// 1,000 currency units: no coordinator needed.
 async fn open_edge() -> (Arc<edge::bidder::Edge>, String) {
     let (edge, base) = edge_in_process(edge_config("walker", &["127.0.0.1:1".into()])).await;
-    let list = vec![pb::CampaignConfig {
-        campaign: "anything".into(),
-        time_zone: "UTC".into(),
-        bid_cpm_micros: 1_000_000,
-        max_cpm_micros: Some(50_000_000),
-        ..Default::default()
-    }];
-    let (catalog, _) = {
-        let mut slots = edge.slots.lock().unwrap();
-        Catalog::build(1, &list, &mut slots)
-    };
-    let slot = catalog.campaigns[0].slot.clone();
-    edge.catalog.store(Arc::new(catalog));
-    let lease = Arc::new(ActiveLease::new(
-        LeaseId(7),
-        0,
-        Money::from_micros(1_000_000_000),
-        edge.clock.mono(),
-        Duration::from_secs(3600),
-        Duration::from_secs(1),
-        Duration::from_secs(10),
-    ));
-    edge.leases.lock().unwrap().insert(lease.id, lease.clone());
-    slot.current.store(Some(lease));
+    edge::fixture::bid_on_anything(&edge, LeaseId(7), 1_000_000_000, Duration::from_secs(3600));
     (edge, base)
 }
 
@@ -191,7 +165,7 @@ fn check_bid(edge: &edge::bidder::Edge, f: &Path, request: &[u8], body: &[u8]) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|i| i["id"] == bid.impid.as_str());
+            .find(|i| i["id"] == *bid.impid);
         let imp =
             imp.unwrap_or_else(|| panic!("{}: bid for unknown imp {}", f.display(), bid.impid));
         let price = Money::from_cpm_str(bid.price.get()).unwrap().micros();

@@ -18,7 +18,7 @@ fn request(auction: &str) -> Vec<u8> {
 
 /// Sends bid requests until `n` bids come back (the first ones wait for a lease); their
 /// responses. At most 200 requests.
-async fn bids(http: &HttpClient, base: &str, prefix: &str, n: usize) -> Vec<BidResponse> {
+async fn bids(http: &HttpClient, base: &str, prefix: &str, n: usize) -> Vec<BidResponse<'static>> {
     let mut out = Vec::new();
     for i in 0..200 {
         let r = http
