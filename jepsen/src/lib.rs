@@ -1,5 +1,7 @@
-//! The Jepsen-style harness: recorded histories and the checkers of DESIGN §9's invariants.
-//! (`jepsen run`, which starts topologies and injects faults, comes with the chaos issue.)
+//! The Jepsen-style harness: recorded histories, the checkers of DESIGN §9's invariants, and
+//! the seeded nemesis schedule. (`jepsen run`, which starts topologies and injects the faults,
+//! is being built on these.)
 
 pub mod check;
 pub mod history;
+pub mod nemesis;

@@ -1,0 +1,507 @@
+//! The nemesis schedule: which fault hits which node, when, and for how long. A seed fixes it
+//! completely, so a run that found a violation can be replayed fault for fault.
+//!
+//! A schedule alternates quiet gaps and fault windows, one fault at a time, and ends with a
+//! quiet tail in which everything is healed and the system is left to settle before checking.
+//! Every fault kind asked for is scheduled at least once when the run is long enough for it
+//! (the kinds are first dealt in a seeded order, then drawn at random), so a short run with
+//! `partition,kill,pause,clock` injects all four.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Two sides of the topology cannot reach each other.
+    Partition,
+    /// One side's packets to the other are dropped; the other way works.
+    OneWay,
+    /// A node's incoming packets are dropped at random.
+    Loss,
+    /// A node's outgoing packets are sent twice.
+    Duplicate,
+    /// A node's incoming packets are delayed (and so reordered).
+    Delay,
+    /// A node is SIGKILLed, and restarted when the window ends.
+    Kill,
+    /// A node is SIGSTOPped, and SIGCONTed when the window ends.
+    Pause,
+    /// A node's clock jumps by an offset and runs fast or slow.
+    Clock,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 8] = [
+        Kind::Partition,
+        Kind::OneWay,
+        Kind::Loss,
+        Kind::Duplicate,
+        Kind::Delay,
+        Kind::Kill,
+        Kind::Pause,
+        Kind::Clock,
+    ];
+
+    /// Its name on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Partition => "partition",
+            Kind::OneWay => "one-way",
+            Kind::Loss => "loss",
+            Kind::Duplicate => "duplicate",
+            Kind::Delay => "delay",
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Clock => "clock",
+        }
+    }
+
+    /// Parses a comma-separated list (`partition,kill`), or `all`.
+    pub fn parse_list(text: &str) -> Result<Vec<Kind>, String> {
+        if text.trim() == "all" {
+            return Ok(Kind::ALL.to_vec());
+        }
+        let mut kinds = Vec::new();
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let kind = Kind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == word)
+                .ok_or_else(|| {
+                    let names: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                    format!(
+                        "no fault kind '{word}': say all, or some of {}",
+                        names.join(", ")
+                    )
+                })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            return Err("no fault kind given".into());
+        }
+        Ok(kinds)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One fault, with its targets named as the topology names its nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// `a` and `b` cannot reach each other.
+    Partition {
+        /// One side.
+        a: Vec<String>,
+        /// The other side.
+        b: Vec<String>,
+    },
+    /// Packets from `from` to `to` are dropped.
+    OneWay {
+        /// Senders whose packets vanish.
+        from: Vec<String>,
+        /// Their destinations.
+        to: Vec<String>,
+    },
+    /// `node` loses this share of its incoming packets.
+    Loss {
+        /// The node.
+        node: String,
+        /// Percent of packets dropped.
+        percent: u8,
+    },
+    /// `node`'s outgoing packets are duplicated.
+    Duplicate {
+        /// The node.
+        node: String,
+    },
+    /// `node`'s incoming packets wait `delay_ms` ± `jitter_ms`.
+    Delay {
+        /// The node.
+        node: String,
+        /// Mean delay.
+        delay_ms: u32,
+        /// Spread, which reorders packets.
+        jitter_ms: u32,
+    },
+    /// `node` is killed, and restarted at the end of the window.
+    Kill {
+        /// The node.
+        node: String,
+    },
+    /// `node` is paused, and resumed at the end of the window.
+    Pause {
+        /// The node.
+        node: String,
+    },
+    /// `node`'s clock is offset and runs at a different rate until the end of the window.
+    Clock {
+        /// The node.
+        node: String,
+        /// Wall-clock offset, µs.
+        offset_us: i64,
+        /// Rate error, parts per million.
+        rate_ppm: i64,
+    },
+}
+
+impl Fault {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Fault::Partition { .. } => Kind::Partition,
+            Fault::OneWay { .. } => Kind::OneWay,
+            Fault::Loss { .. } => Kind::Loss,
+            Fault::Duplicate { .. } => Kind::Duplicate,
+            Fault::Delay { .. } => Kind::Delay,
+            Fault::Kill { .. } => Kind::Kill,
+            Fault::Pause { .. } => Kind::Pause,
+            Fault::Clock { .. } => Kind::Clock,
+        }
+    }
+
+    /// What it hits, for the history and the report (`coordinator-1|edge-2`).
+    pub fn target(&self) -> String {
+        match self {
+            Fault::Partition { a, b } => format!("{}|{}", a.join(","), b.join(",")),
+            Fault::OneWay { from, to } => format!("{}>{}", from.join(","), to.join(",")),
+            Fault::Loss { node, .. }
+            | Fault::Duplicate { node }
+            | Fault::Delay { node, .. }
+            | Fault::Kill { node }
+            | Fault::Pause { node }
+            | Fault::Clock { node, .. } => node.clone(),
+        }
+    }
+}
+
+/// A fault and when it is injected and healed, in ms since the run started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Injection.
+    pub start_ms: u64,
+    /// Heal.
+    pub end_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+}
+
+/// What a schedule is drawn from.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Fixes the schedule.
+    pub seed: u64,
+    /// The whole run, tail included.
+    pub duration: Duration,
+    /// The kinds to draw from.
+    pub kinds: Vec<Kind>,
+    /// Coordinator names.
+    pub coordinators: Vec<String>,
+    /// Edge names.
+    pub edges: Vec<String>,
+    /// Quiet time between faults, drawn from this range (ms).
+    pub gap_ms: (u64, u64),
+    /// Length of a fault, drawn from this range (ms).
+    pub fault_ms: (u64, u64),
+    /// Quiet time at the end: everything healed, the system settles.
+    pub tail: Duration,
+    /// The largest clock rate error, ppm.
+    pub max_rate_ppm: i64,
+}
+
+impl Params {
+    /// The defaults for a run of `duration` over `kinds`.
+    pub fn new(
+        seed: u64,
+        duration: Duration,
+        kinds: Vec<Kind>,
+        coordinators: Vec<String>,
+        edges: Vec<String>,
+    ) -> Params {
+        Params {
+            seed,
+            duration,
+            kinds,
+            coordinators,
+            edges,
+            gap_ms: (1_000, 4_000),
+            fault_ms: (3_000, 10_000),
+            tail: Duration::from_secs(15),
+            max_rate_ppm: 100_000,
+        }
+    }
+}
+
+/// A whole schedule: windows in time order, never overlapping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The seed it came from.
+    pub seed: u64,
+    /// Its windows.
+    pub windows: Vec<Window>,
+}
+
+impl Schedule {
+    /// Draws the schedule `params` fix.
+    pub fn generate(params: &Params) -> Schedule {
+        let mut rng = fastrand::Rng::with_seed(params.seed);
+        let end = u64::try_from(params.duration.saturating_sub(params.tail).as_millis())
+            .unwrap_or(u64::MAX);
+        let mut deck = params.kinds.clone();
+        rng.shuffle(&mut deck);
+        let mut windows = Vec::new();
+        let mut t = 0u64;
+        loop {
+            let gap = rng.u64(params.gap_ms.0..=params.gap_ms.1.max(params.gap_ms.0));
+            let len = rng.u64(params.fault_ms.0..=params.fault_ms.1.max(params.fault_ms.0));
+            let start = t + gap;
+            if params.kinds.is_empty() || start + len > end {
+                break;
+            }
+            let kind = match deck.pop() {
+                Some(k) => k,
+                None => params.kinds[rng.usize(..params.kinds.len())],
+            };
+            let Some(fault) = draw(&mut rng, kind, params) else {
+                continue;
+            };
+            windows.push(Window {
+                start_ms: start,
+                end_ms: start + len,
+                fault,
+            });
+            t = start + len;
+        }
+        Schedule {
+            seed: params.seed,
+            windows,
+        }
+    }
+
+    /// The kinds it injects.
+    pub fn kinds(&self) -> Vec<Kind> {
+        let mut k: Vec<Kind> = Vec::new();
+        for w in &self.windows {
+            if !k.contains(&w.fault.kind()) {
+                k.push(w.fault.kind());
+            }
+        }
+        k
+    }
+}
+
+/// One fault of `kind` over the topology; `None` when the topology cannot have it (a partition
+/// needs two nodes).
+fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
+    let all: Vec<String> = p.coordinators.iter().chain(&p.edges).cloned().collect();
+    if all.is_empty() {
+        return None;
+    }
+    let any = |rng: &mut fastrand::Rng| all[rng.usize(..all.len())].clone();
+    // Process and clock faults hit coordinators more often: they hold the state.
+    let node = |rng: &mut fastrand::Rng| {
+        if !p.coordinators.is_empty() && rng.u8(..4) != 0 {
+            p.coordinators[rng.usize(..p.coordinators.len())].clone()
+        } else {
+            any(rng)
+        }
+    };
+    Some(match kind {
+        Kind::Partition | Kind::OneWay => {
+            if all.len() < 2 {
+                return None;
+            }
+            let (a, b) = split(rng, p);
+            if kind == Kind::Partition {
+                Fault::Partition { a, b }
+            } else {
+                Fault::OneWay { from: a, to: b }
+            }
+        }
+        Kind::Loss => Fault::Loss {
+            node: node(rng),
+            percent: rng.u8(10..=60),
+        },
+        Kind::Duplicate => Fault::Duplicate { node: node(rng) },
+        Kind::Delay => Fault::Delay {
+            node: node(rng),
+            delay_ms: rng.u32(5..=200),
+            jitter_ms: rng.u32(0..=50),
+        },
+        Kind::Kill => Fault::Kill { node: node(rng) },
+        Kind::Pause => Fault::Pause { node: node(rng) },
+        Kind::Clock => {
+            // Offsets of any size: up to a day either way, some tiny.
+            let scale = [
+                1_000i64,
+                1_000_000,
+                60_000_000,
+                3_600_000_000,
+                86_400_000_000,
+            ][rng.usize(..5)];
+            let offset_us = rng.i64(-scale..=scale);
+            let bound = p.max_rate_ppm.max(0);
+            Fault::Clock {
+                node: node(rng),
+                offset_us,
+                rate_ppm: rng.i64(-bound..=bound),
+            }
+        }
+    })
+}
+
+/// Two non-empty sides. Usually one coordinator, or a minority of them, with or without
+/// edges, against the rest; sometimes the edges against every coordinator.
+fn split(rng: &mut fastrand::Rng, p: &Params) -> (Vec<String>, Vec<String>) {
+    let all: Vec<String> = p.coordinators.iter().chain(&p.edges).cloned().collect();
+    loop {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let edges_alone = !p.edges.is_empty() && !p.coordinators.is_empty() && rng.u8(..4) == 0;
+        if edges_alone {
+            a.extend(p.edges.iter().cloned());
+            b.extend(p.coordinators.iter().cloned());
+        } else {
+            let mut coords = p.coordinators.clone();
+            rng.shuffle(&mut coords);
+            let minority = (coords.len().saturating_sub(1) / 2)
+                .max(1)
+                .min(coords.len());
+            let take = rng.usize(1..=minority.max(1));
+            for (i, c) in coords.into_iter().enumerate() {
+                if i < take { a.push(c) } else { b.push(c) }
+            }
+            for e in &p.edges {
+                if rng.bool() {
+                    a.push(e.clone())
+                } else {
+                    b.push(e.clone())
+                }
+            }
+        }
+        if !a.is_empty() && !b.is_empty() {
+            return (a, b);
+        }
+        if all.len() < 2 {
+            return (a, b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(seed: u64, secs: u64, kinds: Vec<Kind>) -> Params {
+        Params::new(
+            seed,
+            Duration::from_secs(secs),
+            kinds,
+            vec!["c1".into(), "c2".into(), "c3".into()],
+            vec!["e1".into(), "e2".into()],
+        )
+    }
+
+    #[test]
+    fn a_seed_fixes_the_schedule_and_another_seed_changes_it() {
+        let p = params(7, 600, Kind::ALL.to_vec());
+        assert_eq!(Schedule::generate(&p), Schedule::generate(&p));
+        let q = params(8, 600, Kind::ALL.to_vec());
+        assert_ne!(
+            Schedule::generate(&p).windows,
+            Schedule::generate(&q).windows
+        );
+    }
+
+    #[test]
+    fn windows_are_ordered_apart_and_end_before_the_tail() {
+        for seed in 0..200 {
+            let p = params(seed, 120, Kind::ALL.to_vec());
+            let s = Schedule::generate(&p);
+            let end = 120_000 - p.tail.as_millis() as u64;
+            let mut last = 0;
+            for w in &s.windows {
+                assert!(
+                    w.start_ms > last && w.end_ms > w.start_ms,
+                    "seed {seed}: {w:?}"
+                );
+                assert!(w.end_ms <= end, "seed {seed}: {w:?} ends in the tail");
+                last = w.end_ms;
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_run_injects_every_kind_it_asks_for() {
+        let kinds = vec![Kind::Partition, Kind::Kill, Kind::Pause, Kind::Clock];
+        for seed in 0..200 {
+            let s = Schedule::generate(&params(seed, 110, kinds.clone()));
+            let mut got = s.kinds();
+            got.sort_by_key(|k| k.as_str());
+            let mut want = kinds.clone();
+            want.sort_by_key(|k| k.as_str());
+            assert_eq!(got, want, "seed {seed}: {:#?}", s.windows);
+        }
+    }
+
+    #[test]
+    fn targets_are_nodes_of_the_topology_and_partitions_have_two_sides() {
+        let p = params(3, 3_600, Kind::ALL.to_vec());
+        let names: Vec<String> = p.coordinators.iter().chain(&p.edges).cloned().collect();
+        let s = Schedule::generate(&p);
+        assert!(s.windows.len() > 100);
+        for w in &s.windows {
+            match &w.fault {
+                Fault::Partition { a, b } | Fault::OneWay { from: a, to: b } => {
+                    assert!(!a.is_empty() && !b.is_empty(), "{w:?}");
+                    assert!(a.iter().all(|n| !b.contains(n)), "{w:?}");
+                    assert!(a.iter().chain(b).all(|n| names.contains(n)), "{w:?}");
+                }
+                Fault::Clock { rate_ppm, .. } => assert!(rate_ppm.abs() <= p.max_rate_ppm),
+                Fault::Loss { percent, .. } => assert!((1..=100).contains(percent)),
+                _ => {}
+            }
+            if let Fault::Loss { node, .. }
+            | Fault::Duplicate { node }
+            | Fault::Delay { node, .. }
+            | Fault::Kill { node }
+            | Fault::Pause { node }
+            | Fault::Clock { node, .. } = &w.fault
+            {
+                assert!(names.contains(node), "{w:?}");
+            }
+        }
+        assert_eq!(s.kinds().len(), Kind::ALL.len());
+    }
+
+    #[test]
+    fn kinds_parse_from_the_command_line() {
+        assert_eq!(Kind::parse_list("all").unwrap(), Kind::ALL.to_vec());
+        assert_eq!(
+            Kind::parse_list("kill, clock,kill").unwrap(),
+            vec![Kind::Kill, Kind::Clock]
+        );
+        let e = Kind::parse_list("kill,flood").unwrap_err();
+        assert!(e.contains("flood") && e.contains("partition"), "{e}");
+        assert!(Kind::parse_list("").is_err());
+    }
+
+    #[test]
+    fn a_schedule_round_trips_through_json() {
+        let s = Schedule::generate(&params(11, 300, Kind::ALL.to_vec()));
+        let text = serde_json::to_string_pretty(&s).unwrap();
+        let back: Schedule = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        assert!(text.contains("\"kind\": \""), "{text}");
+    }
+}
