@@ -3,6 +3,7 @@
 //! compact binary serde format) in the `RaftMessage` envelope, which also names the region and the sender: a message meant for
 //! another region is refused, so a misrouted node cannot join the wrong group.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use openraft::error::{
@@ -32,12 +33,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Network {
     region: RegionId,
     me: u64,
+    outgoing: Option<IpAddr>,
 }
 
 impl Network {
-    /// The network of node `me` of `region`.
-    pub fn new(region: RegionId, me: u64) -> Network {
-        Network { region, me }
+    /// The network of node `me` of `region`, its connections from `outgoing` when set.
+    pub fn new(region: RegionId, me: u64, outgoing: Option<IpAddr>) -> Network {
+        Network {
+            region,
+            me,
+            outgoing,
+        }
     }
 }
 
@@ -47,6 +53,7 @@ pub struct Conn {
     me: u64,
     target: u64,
     addr: String,
+    outgoing: Option<IpAddr>,
     client: Option<RaftTransportClient<Channel>>,
 }
 
@@ -59,6 +66,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             me: self.me,
             target,
             addr: node.addr.clone(),
+            outgoing: self.outgoing,
             client: None,
         }
     }
@@ -80,6 +88,7 @@ impl Conn {
         }
         let channel = Endpoint::from_shared(format!("http://{}", self.addr))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .local_address(self.outgoing)
             .connect_lazy();
         let client = RaftTransportClient::new(channel)
             .max_decoding_message_size(64 << 20)
@@ -209,5 +218,29 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
         self.reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node told to call from 127.0.0.3 does: the peer sees that source address. (The whole
+    /// of 127.0.0.0/8 is this machine's loopback.)
+    #[tokio::test]
+    async fn peers_are_called_from_the_outgoing_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let region: RegionId = "r".parse().unwrap();
+        let mut net = Network::new(region, 1, Some("127.0.0.3".parse().unwrap()));
+        let mut conn = net.new_client(2, &BasicNode { addr }).await;
+        let call = tokio::spawn(async move {
+            let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            let option = RPCOption::new(Duration::from_secs(2));
+            let _ = conn.vote(vote, option).await;
+        });
+        let (_stream, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.3");
+        call.abort();
     }
 }

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// Its clock: proposals' wall-clock stamps and the reclaim timers read it.
     pub clock: Clock,
+    /// Source IP of its connections to peers; `None`: the system chooses.
+    pub outgoing: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -55,6 +57,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
             clock: Clock::system(),
+            outgoing: None,
         }
     }
 }
@@ -144,7 +147,7 @@ impl Node {
         let raft = Raft::new(
             cfg.id,
             Arc::new(config),
-            Network::new(cfg.region.clone(), cfg.id),
+            Network::new(cfg.region.clone(), cfg.id, cfg.outgoing),
             log,
             state.clone(),
         )

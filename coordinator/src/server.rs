@@ -31,6 +31,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the Prometheus `/metrics` HTTP endpoint; empty: no endpoint.
     pub metrics_listen: String,
+    /// Source IP of this node's connections to its peers; empty: the system chooses. Set it
+    /// when several nodes share a host and must be told apart by address (the chaos harness
+    /// gives each node its own `127.0.0.x` and partitions them by it).
+    pub outgoing_address: String,
     /// When set, this node initializes a new region with these members (`id = "host:port"`).
     /// Harmless on a region that is already initialized.
     pub init_members: BTreeMap<String, String>,
@@ -84,6 +88,7 @@ impl Default for Config {
             listen: "127.0.0.1:7001".into(),
             data_dir: PathBuf::from("data/node-1"),
             metrics_listen: "127.0.0.1:9101".into(),
+            outgoing_address: String::new(),
             init_members: BTreeMap::new(),
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
@@ -175,6 +180,14 @@ impl Config {
             Duration::from_millis(r.election_timeout_min_ms),
             Duration::from_millis(r.election_timeout_max_ms),
         );
+        if !self.outgoing_address.is_empty() {
+            node.outgoing = Some(self.outgoing_address.parse().map_err(|_| {
+                err(format!(
+                    "outgoing_address: {:?} is not an IP address",
+                    self.outgoing_address
+                ))
+            })?);
+        }
         node.snapshot_every = r.snapshot_every;
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
         let windows = Windows {
@@ -455,6 +468,7 @@ mod tests {
         refused("[raft]\nheartbeat_secs = 1", "heartbeat_secs");
         refused("region = \"eu 1\"", "region");
         refused("node_id = 0", "node_id");
+        refused("outgoing_address = \"127.0.0\"", "outgoing_address");
         refused(
             "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 400",
             "raft",

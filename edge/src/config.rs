@@ -67,6 +67,9 @@ pub struct Config {
     pub notice_timeout_ms: u64,
     /// Timeout of one call to a coordinator, ms.
     pub coordinator_timeout_ms: u64,
+    /// Source IP of calls to the coordinators; empty: the system chooses. (The chaos harness
+    /// gives each process its own `127.0.0.x` and partitions them by it.)
+    pub outgoing_address: String,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             poll_interval_ms: 1_000,
             notice_timeout_ms: 10_000,
             coordinator_timeout_ms: 2_000,
+            outgoing_address: String::new(),
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct Settings {
     pub settlement_window: Duration,
     /// The margin.
     pub margin: Duration,
+    /// Source IP of calls to the coordinators.
+    pub outgoing: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -203,6 +209,16 @@ impl Config {
                     .into(),
             ));
         }
+        let outgoing = if self.outgoing_address.is_empty() {
+            None
+        } else {
+            Some(self.outgoing_address.parse().map_err(|_| {
+                err(format!(
+                    "outgoing_address: {:?} is not an IP address",
+                    self.outgoing_address
+                ))
+            })?)
+        };
         let notice_base = if self.notice_base_url.is_empty() {
             format!("http://{}", self.listen)
         } else {
@@ -218,6 +234,7 @@ impl Config {
             dev_key: self.notice_key_hex.is_empty(),
             settlement_window: Duration::from_millis(self.settlement_window_ms),
             margin: Duration::from_millis(self.margin_ms),
+            outgoing,
         })
     }
 }
@@ -241,6 +258,11 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().0.contains("batch_max_events"));
+        let c = Config {
+            outgoing_address: "127.0.0".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("outgoing_address"));
         let bad: Result<Config, _> = toml::from_str("listn = \"x\"");
         assert!(bad.unwrap_err().to_string().contains("listn"));
     }

@@ -34,6 +34,7 @@ pub struct Coordinators {
     leader: Mutex<Option<String>>,
     next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
+    outgoing: Option<std::net::IpAddr>,
 }
 
 /// The three shapes a write reply takes.
@@ -45,14 +46,20 @@ pub enum Answer<T> {
 }
 
 impl Coordinators {
-    /// Coordinators at `endpoints` (`host:port`), each call bounded by `timeout`.
-    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Coordinators {
+    /// Coordinators at `endpoints` (`host:port`), each call bounded by `timeout`, called from
+    /// `outgoing` when set.
+    pub fn new(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        outgoing: Option<std::net::IpAddr>,
+    ) -> Coordinators {
         Coordinators {
             endpoints,
             channels: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
             next: std::sync::atomic::AtomicUsize::new(0),
             timeout,
+            outgoing,
         }
     }
 
@@ -71,6 +78,7 @@ impl Coordinators {
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.timeout)
             .tcp_nodelay(true)
+            .local_address(self.outgoing)
             .connect_lazy();
         ch.insert(addr.to_owned(), c.clone());
         Ok(c)
@@ -180,4 +188,27 @@ pub fn backoff(attempt: u32) -> Duration {
 /// The leader address carried by a `NotLeader`.
 pub fn hint(n: &pb::NotLeader) -> Option<String> {
     (!n.leader_addr.is_empty()).then(|| n.leader_addr.clone())
+}
+
+#[cfg(test)]
+mod outgoing_tests {
+    use super::*;
+
+    /// Calls leave from the outgoing address when one is set: the coordinator sees it.
+    #[tokio::test]
+    async fn calls_leave_from_the_outgoing_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let c = Coordinators::new(
+            vec![addr],
+            Duration::from_secs(2),
+            Some("127.0.0.4".parse().unwrap()),
+        );
+        let call = tokio::spawn(async move {
+            let _ = c.campaigns(0).await;
+        });
+        let (_stream, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.4");
+        call.abort();
+    }
 }

@@ -36,6 +36,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
     let coords = Arc::new(Coordinators::new(
         cfg.coordinators.clone(),
         Duration::from_millis(cfg.coordinator_timeout_ms),
+        settings.outgoing,
     ));
     let metrics = Arc::new(Metrics::new());
     let settler = Settler::start(

@@ -35,6 +35,9 @@ struct Args {
     /// Prometheus /metrics HTTP address (default 127.0.0.1:9101; "" turns it off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Source IP of connections to the other nodes (default: the system chooses).
+    #[arg(long, value_name = "IP")]
+    outgoing_address: Option<String>,
     /// Initialize a new region with these members; repeat for each (ID=HOST:PORT).
     #[arg(long = "init", value_name = "ID=HOST:PORT")]
     init: Vec<String>,
@@ -66,6 +69,9 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(m) = &args.metrics_listen {
         config.metrics_listen = m.clone();
+    }
+    if let Some(o) = &args.outgoing_address {
+        config.outgoing_address = o.clone();
     }
     if !args.init.is_empty() {
         let mut members = BTreeMap::new();

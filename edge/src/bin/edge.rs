@@ -45,6 +45,9 @@ struct Args {
     /// Settlement window W in ms; must equal the coordinators' (default 10000).
     #[arg(long, value_name = "MS")]
     settlement_window_ms: Option<u64>,
+    /// Source IP of calls to the coordinators (default: the system chooses).
+    #[arg(long, value_name = "IP")]
+    outgoing_address: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -76,6 +79,9 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(v) = args.settlement_window_ms {
         config.settlement_window_ms = v;
+    }
+    if let Some(v) = &args.outgoing_address {
+        config.outgoing_address = v.clone();
     }
     Ok(config)
 }
