@@ -31,7 +31,7 @@ pub struct Metrics {
     /// Bid requests by outcome: bid, no_bid, invalid, shed, late, too_large.
     pub bid_requests: Family<Outcome, Counter>,
     /// Seconds from request to answer, for every request.
-    pub bid_seconds: Histogram,
+    pub bid_seconds: BidLatency,
     /// Reservations by result: taken, no_lease, exhausted, given_back.
     pub reservations: Family<Outcome, Counter>,
     /// Micros reserved.
@@ -84,13 +84,83 @@ impl Default for Metrics {
     }
 }
 
+/// A latency histogram that the bid path can record into without a lock: buckets with upper
+/// bounds 10 µs × 2^k (k < 18) and one for the rest, each an atomic counter, and the sum in
+/// nanoseconds. (prometheus-client's `Histogram` takes a mutex on every observation.) A scrape
+/// may see a count and a sum from slightly different instants; each is exact on its own.
+#[derive(Clone, Debug, Default)]
+pub struct BidLatency {
+    inner: std::sync::Arc<BidLatencyInner>,
+}
+
+#[derive(Debug, Default)]
+struct BidLatencyInner {
+    buckets: [std::sync::atomic::AtomicU64; BidLatency::BUCKETS + 1],
+    sum_ns: std::sync::atomic::AtomicU64,
+}
+
+impl BidLatency {
+    const BUCKETS: usize = 18;
+    const FIRST_NS: u64 = 10_000;
+
+    /// Records one bid that took `d`.
+    #[inline]
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Bucket k holds (FIRST·2^(k-1), FIRST·2^k]; the first holds everything up to FIRST.
+        let k = if ns <= Self::FIRST_NS {
+            0
+        } else {
+            let ratio = (ns - 1) / Self::FIRST_NS; // ≥ 1
+            ((u64::BITS - ratio.leading_zeros()) as usize).min(Self::BUCKETS)
+        };
+        self.inner.buckets[k].fetch_add(1, Relaxed);
+        self.inner.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Upper bounds in seconds, and the count of each bucket (not cumulative); the last bound
+    /// is infinity.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = Vec::with_capacity(Self::BUCKETS + 1);
+        let mut count = 0;
+        for (k, b) in self.inner.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            count += n;
+            let bound = if k < Self::BUCKETS {
+                (Self::FIRST_NS << k) as f64 / 1e9
+            } else {
+                f64::INFINITY
+            };
+            out.push((bound, n));
+        }
+        (self.inner.sum_ns.load(Relaxed) as f64 / 1e9, count, out)
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for BidLatency {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.snapshot();
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 impl Metrics {
     /// Registers every metric under the prefix `edge`.
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("edge");
         let m = Metrics {
             bid_requests: Family::default(),
-            bid_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            bid_seconds: BidLatency::default(),
             reservations: Family::default(),
             reserved_micros: Counter::default(),
             leases: Family::default(),
@@ -199,5 +269,50 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn each_bid_lands_in_the_smallest_bucket_that_holds_it() {
+        let h = BidLatency::default();
+        for us in [1, 10, 11, 20, 21, 40, 41, 1_310_720, 1_310_721, 60_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 10);
+        assert_eq!(sum, 62_621_585.0 / 1e6);
+        let counts: Vec<u64> = buckets.iter().map(|b| b.1).collect();
+        // ≤10 µs: 2; ≤20: 2; ≤40: 2; ≤80: 1; ≤1.31 s: 1; +Inf: 2.
+        assert_eq!(counts[..4], [2, 2, 2, 1]);
+        assert_eq!(counts[17], 1);
+        assert_eq!(counts[18], 2);
+        assert_eq!(counts.iter().sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn the_page_shows_cumulative_buckets() {
+        let m = Metrics::new();
+        m.bid_seconds.observe(Duration::from_micros(15));
+        m.bid_seconds.observe(Duration::from_micros(5));
+        let page = m.render();
+        assert!(
+            page.contains("edge_bid_seconds_bucket{le=\"0.00001\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains("edge_bid_seconds_bucket{le=\"0.00002\"} 2"),
+            "{page}"
+        );
+        assert!(page.contains("edge_bid_seconds_count 2"), "{page}");
+        assert!(
+            page.contains("edge_bid_seconds_bucket{le=\"+Inf\"} 2"),
+            "{page}"
+        );
     }
 }

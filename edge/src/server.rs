@@ -139,7 +139,7 @@ async fn bid(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> 
     }
     let response = answer(&edge, &headers, &body, start);
     edge.in_flight.fetch_sub(1, Ordering::AcqRel);
-    m.bid_seconds.observe(start.elapsed().as_secs_f64());
+    m.bid_seconds.observe(start.elapsed());
     response
 }
 

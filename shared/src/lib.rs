@@ -20,6 +20,8 @@ pub mod log;
 pub mod money;
 #[cfg(feature = "grpc")]
 pub mod proto;
+#[cfg(feature = "grpc")]
+pub mod shutdown;
 pub mod targeting;
 
 pub use bucket::{Bucket, BucketKey, CampaignZone};
