@@ -245,12 +245,13 @@ impl pb::lease_api_server::LeaseApi for Api {
                     anomalies,
                     log_seq,
                 },
-                _,
+                index,
             )) => R::Settled(pb::SpendSettled {
                 settled_events: settled,
                 duplicate_events: duplicates,
                 anomalies,
                 log_seq: log_seq.unwrap_or(0),
+                raft_index: index,
             }),
             Ok((Reply::Refused(Refusal::UnknownLease { lease }), _)) => {
                 return Err(Status::not_found(format!("unknown lease {lease}")));

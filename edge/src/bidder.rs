@@ -263,14 +263,23 @@ impl Edge {
             key: n.key.clone(),
             amount,
         };
+        if shared::planted::active("ack-before-commit") {
+            // The planted bug (test builds only): acknowledge first, settle in the background.
+            let settler = self.settler.clone();
+            let lease = n.lease;
+            tokio::spawn(async move { settler.spend(lease, event).await });
+            self.metrics.notices_pending.dec();
+            return (200, "ok\n".into());
+        }
         let wait = self.settler.spend(n.lease, event);
         let timeout = Duration::from_millis(self.settings.config.notice_timeout_ms);
         let r = tokio::time::timeout(timeout, wait).await;
         self.metrics.notices_pending.dec();
         match r {
-            Ok(Ok(())) => {
+            Ok(Ok(index)) => {
                 self.metrics.notice(kind.as_str(), "settled");
-                (200, "ok\n".into())
+                // The index lets a test order this charge among linearizable balance reads.
+                (200, format!("ok index={index}\n"))
             }
             Ok(Err(())) => {
                 self.metrics.notice(kind.as_str(), "stopping");

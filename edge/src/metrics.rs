@@ -54,6 +54,9 @@ pub struct Metrics {
     pub catalog_version: Gauge<i64, AtomicI64>,
     /// Leases held (current or settling).
     pub leases_held: Gauge<i64, AtomicI64>,
+    /// This edge's wall clock when scraped, µs since the Unix epoch (skewed, if a test skews
+    /// it): how a fault-injection test sees that a clock fault reached the process.
+    pub clock_wall_us: Gauge<i64, AtomicI64>,
     /// The bid path's counters, made once: `Family::get_or_create` takes a lock, and the bid
     /// path takes none. Each is a handle on its family's series.
     request_counters: Vec<(&'static str, Counter)>,
@@ -172,6 +175,7 @@ impl Metrics {
             campaigns: Gauge::default(),
             catalog_version: Gauge::default(),
             leases_held: Gauge::default(),
+            clock_wall_us: Gauge::default(),
             registry: Registry::default(),
             request_counters: Vec::new(),
             reservation_taken: Counter::default(),
@@ -233,6 +237,12 @@ impl Metrics {
             m.catalog_version.clone(),
         );
         r.register("leases_held", "Leases held", m.leases_held.clone());
+        r.register(
+            "clock_wall_us",
+            "This edge's wall clock when scraped, in µs since the Unix epoch (skewed, if a \
+             fault-injection test skews it)",
+            m.clock_wall_us.clone(),
+        );
         Metrics {
             registry: r,
             request_counters,

@@ -236,6 +236,7 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    edge.metrics.clock_wall_us.set(edge.clock.wall_us());
     (
         [(
             header::CONTENT_TYPE,

@@ -34,7 +34,7 @@ enum Job {
     Spend {
         lease: LeaseId,
         event: SpendEvent,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<u64>,
     },
     Release {
         lease: LeaseId,
@@ -64,9 +64,10 @@ impl Settler {
         Settler { tx }
     }
 
-    /// Queues one charge; resolves when its batch is committed. `Err`: the settler is gone
-    /// (the process is stopping); the notice must not be acknowledged.
-    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<(), ()> {
+    /// Queues one charge; resolves when its batch is committed, with the Raft index that
+    /// applied the batch. `Err`: the settler is gone (the process is stopping); the notice must
+    /// not be acknowledged.
+    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, ()> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Spend { lease, event, done })
@@ -86,7 +87,7 @@ impl Settler {
 
 struct Pending {
     events: Vec<SpendEvent>,
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<oneshot::Sender<u64>>,
     since: Instant,
 }
 
@@ -207,7 +208,7 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
                         })
                         .inc();
                     for w in p.waiters {
-                        let _ = w.send(());
+                        let _ = w.send(settled.raft_index);
                     }
                     return;
                 }

@@ -18,6 +18,7 @@ pub mod crdt;
 pub mod id;
 pub mod log;
 pub mod money;
+pub mod planted;
 #[cfg(feature = "grpc")]
 pub mod proto;
 #[cfg(feature = "grpc")]

@@ -734,7 +734,10 @@ impl Ledger {
         let mut anomalies: Vec<(AnomalyKind, SpendEvent)> = Vec::new();
         let mut duplicates = 0u32;
         for e in events {
-            if self.charged.contains_key(&e.key) || !seen.insert(&e.key) {
+            if self.charged.contains_key(&e.key)
+                || !seen.insert(&e.key)
+                || self.planted_auction_dup(&e.key, &seen)
+            {
                 duplicates += 1;
             } else if lease.state == LeaseState::Closed {
                 anomalies.push((AnomalyKind::LateSpend, e.clone()));
@@ -819,6 +822,17 @@ impl Ledger {
             anomalies: n_anomalies,
             log_seq,
         })
+    }
+
+    /// The planted bug `dedup-by-auction` (`shared::planted`, test builds only): an impression
+    /// counts as a duplicate of the auction's first one, as if events were keyed without the
+    /// impression id.
+    fn planted_auction_dup(&self, key: &EventKey, seen: &FxHashSet<&EventKey>) -> bool {
+        if !shared::planted::active("dedup-by-auction") || key.imp_id() == "1" {
+            return false;
+        }
+        EventKey::from_parts(key.exchange(), key.auction_id(), "1")
+            .is_ok_and(|first| self.charged.contains_key(&first) || seen.contains(&first))
     }
 
     fn release(

@@ -8,6 +8,7 @@
 //! - [`segment`]: sealed segment files (header, records, trailer) and their reader and writer.
 //! - [`verify`]: checks an archive and names the first entry that fails, and why.
 //! - [`proof`]: proofs that one charge is in the log, checked offline against a head hash.
+//! - [`record`]: one stored record back into its entry, for tools that read a live log.
 //! - [`sha`]: one-shot SHA-256 over a few slices (the hot path's hash).
 //! - [`sample`]: a deterministic generator of realistic archives, for tests, demos and benches.
 
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod entry;
 pub mod merkle;
 pub mod proof;
+pub mod record;
 pub mod sample;
 pub mod segment;
 pub mod sha;

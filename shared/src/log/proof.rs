@@ -144,16 +144,7 @@ pub fn prove(
             return;
         }
         // The verifier checked the events section; split it and look for the key.
-        let mut rest = v.events;
-        let mut events = Vec::new();
-        while let Some((len, tail)) = rest.split_first_chunk::<2>() {
-            let len = usize::from(u16::from_be_bytes(*len));
-            let Some((bytes, tail)) = tail.split_at_checked(len) else {
-                break;
-            };
-            events.push(bytes);
-            rest = tail;
-        }
+        let events = super::record::split_events(v.events);
         let hit = events.iter().enumerate().find_map(|(i, b)| {
             SpendEvent::decode(b)
                 .ok()

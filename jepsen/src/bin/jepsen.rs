@@ -1,0 +1,175 @@
+//! `jepsen`: run the harness. See `jepsen run --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use jepsen::nemesis::Kind;
+use jepsen::run::{Options, run};
+
+/// The Jepsen-style harness of the budget service.
+#[derive(Debug, Parser)]
+#[command(name = "jepsen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a real topology (3 coordinators, 2 edges, a simulated exchange) in a private
+    /// network namespace, drive load, inject the faults a seed fixes, heal, and check I1–I4, I6
+    /// and I7. Writes a folder per run (history, schedule, node logs, results.json, report.md
+    /// with plots) and prints its path. Exit 0 only if every invariant held and every fault was
+    /// seen to reach its target; 1 otherwise; 2 if the run could not be made.
+    ///
+    /// Needs root (for the namespace and nftables) and the binaries built
+    /// (`cargo build -p coordinator -p edge -p chaos -p jepsen --bins`).
+    Run {
+        /// The whole run in seconds, including a 30 s quiet tail with no faults.
+        #[arg(long, default_value_t = 100)]
+        time_limit: u64,
+        /// Fault kinds: all, or a comma-separated list of partition, one-way, loss, duplicate,
+        /// delay, kill, pause, clock.
+        #[arg(long, default_value = "partition,kill,pause,clock")]
+        nemesis: String,
+        /// Fixes the fault schedule and the load (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Bid requests per second from the exchange.
+        #[arg(long, default_value_t = 300)]
+        rate: u32,
+        /// Where run folders are written.
+        #[arg(long, default_value = "jepsen-runs")]
+        out: PathBuf,
+        /// The directory holding coordinator, edge, budgetctl and chaos (default: this
+        /// program's own directory).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Run with a planted bug (binaries built with `--features shared/planted-bugs`):
+        /// reclaim-early, dedup-by-auction or ack-before-commit.
+        #[arg(long)]
+        planted_bug: Option<String>,
+        /// Required utilization of a bucket whose demand exceeded its budget, in percent.
+        #[arg(long, default_value_t = 95)]
+        min_utilization: u8,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run {
+        time_limit,
+        nemesis,
+        seed,
+        rate,
+        out,
+        bin_dir,
+        planted_bug,
+        min_utilization,
+    } = cli.command;
+    let kinds = match Kind::parse_list(&nemesis) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("jepsen: --nemesis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !(1..=20_000).contains(&rate) {
+        eprintln!("jepsen: --rate must be 1 to 20000");
+        return ExitCode::from(2);
+    }
+    if min_utilization > 100 {
+        eprintln!("jepsen: --min-utilization is a percentage (0 to 100)");
+        return ExitCode::from(2);
+    }
+    if let Some(b) = &planted_bug
+        && !shared::planted::BUGS.contains(&b.as_str())
+    {
+        eprintln!(
+            "jepsen: no planted bug '{b}' (there are {})",
+            shared::planted::BUGS.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let seed_given = seed.is_some();
+    let seed = seed.unwrap_or_else(|| fastrand::u64(..1_000_000));
+    let bin_dir = match bin_dir.or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+    }) {
+        Some(d) => d,
+        None => {
+            eprintln!("jepsen: cannot tell where the binaries are: give --bin-dir");
+            return ExitCode::from(2);
+        }
+    };
+    // The whole run happens in a private network namespace: re-run this program inside one.
+    if !chaos::netns::reexecuted() {
+        let Ok(me) = std::env::current_exe() else {
+            eprintln!("jepsen: cannot find this program to re-run it in a namespace");
+            return ExitCode::from(2);
+        };
+        let mut args: Vec<String> = std::env::args().skip(1).collect();
+        if !seed_given {
+            args.extend(["--seed".into(), seed.to_string()]);
+        }
+        return match chaos::netns::reexec_command(&me, &args).status() {
+            Ok(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(2)).unwrap_or(2)),
+            Err(e) => {
+                eprintln!(
+                    "jepsen: unshare --net: {e} (root is needed; ./dev setup installs util-linux)"
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
+    let opts = Options {
+        seed,
+        time_limit: Duration::from_secs(time_limit),
+        kinds,
+        rate,
+        out,
+        bin_dir,
+        coordinators: 3,
+        edges: 2,
+        planted_bug,
+        min_utilization_ppm: i64::from(min_utilization) * 10_000,
+    };
+    match run(&opts) {
+        Ok(o) => {
+            for v in &o.verdicts {
+                eprintln!(
+                    "{}: {} ({} checked, {} violations){}",
+                    v.invariant,
+                    if v.held { "held" } else { "VIOLATED" },
+                    v.checked,
+                    v.violations,
+                    v.evidence
+                        .first()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            let seen = o.faults.iter().filter(|f| f.observed).count();
+            eprintln!(
+                "faults: {seen} of {} seen to reach their target",
+                o.faults.len()
+            );
+            println!("{}", o.dir.join("report.md").display());
+            if o.passed {
+                eprintln!("PASSED (seed {seed})");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("FAILED (seed {seed})");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("jepsen: the run could not be made (seed {seed}): {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The simulated exchange of a run, instrumented: it is the truth the checkers hold the system
+//! to. It sends OpenRTB 2.6 requests to the edges, runs a second-price auction of each bid
+//! against a synthetic competitor, and sends billing notices (sometimes also the win notice) to
+//! any edge: some at once, some late within `W`, some twice, each retried at a random edge until
+//! one acknowledges it or the notice's deadline passes. Every delivery attempt is an operation of
+//! the history; what was acknowledged is what the exchange billed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge::http::HttpClient;
+use edge::openrtb::BidResponse;
+use shared::Money;
+
+use crate::history::{Call, Op, OpType};
+
+/// One campaign of the run.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    /// Its name.
+    pub name: &'static str,
+    /// Its time zone.
+    pub zone: &'static str,
+    /// The one country it targets; the exchange's requests are split between the countries.
+    pub country: &'static str,
+    /// Bid, as a CPM for `budgetctl`.
+    pub bid_cpm: &'static str,
+    /// Bid per impression, micros.
+    pub bid_micros: i64,
+    /// Daily budget, micros.
+    pub daily_micros: Option<i64>,
+    /// Lifetime budget added at each raise, micros (at 300 requests/s; scaled with the rate).
+    pub step_micros: i64,
+}
+
+/// The run's campaigns: three zones, one of them with a daily budget whose day ends during the
+/// run (the harness sets every process's clock so that it does).
+pub const CAMPAIGNS: [Campaign; 3] = [
+    Campaign {
+        name: "north",
+        zone: "UTC",
+        country: "USA",
+        bid_cpm: "2.50",
+        bid_micros: 2_500,
+        daily_micros: None,
+        step_micros: 1_000_000,
+    },
+    Campaign {
+        name: "east",
+        zone: "Asia/Kolkata",
+        country: "FRA",
+        bid_cpm: "2.00",
+        bid_micros: 2_000,
+        daily_micros: Some(600_000),
+        step_micros: 1_500_000,
+    },
+    Campaign {
+        name: "west",
+        zone: "America/Los_Angeles",
+        country: "DEU",
+        bid_cpm: "1.50",
+        bid_micros: 1_500,
+        daily_micros: None,
+        step_micros: 400_000,
+    },
+];
+
+/// The history, written to its file as it happens (a run that dies leaves what it saw).
+pub struct Recorder {
+    start: Instant,
+    inner: Mutex<(BufWriter<File>, Vec<Op>)>,
+    next_process: AtomicU64,
+}
+
+impl Recorder {
+    /// Records into `file`; times count from `start`.
+    pub fn new(file: File, start: Instant) -> Recorder {
+        Recorder {
+            start,
+            inner: Mutex::new((BufWriter::new(file), Vec::new())),
+            next_process: AtomicU64::new(0),
+        }
+    }
+
+    /// µs since the run started.
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh process name: one per operation, so that an `info` never blocks a process.
+    pub fn process(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}{}",
+            self.next_process.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Appends one operation.
+    pub fn record(&self, process: &str, kind: OpType, call: Call) {
+        let op = Op {
+            time_us: self.now_us(),
+            process: process.to_string(),
+            kind,
+            call,
+        };
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (w, ops) = &mut *g;
+        if let Ok(line) = serde_json::to_string(&op) {
+            let _ = writeln!(w, "{line}");
+        }
+        ops.push(op);
+    }
+
+    /// Everything recorded so far (and flushes the file).
+    pub fn ops(&self) -> Vec<Op> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = g.0.flush();
+        g.1.clone()
+    }
+}
+
+/// One impression the exchange billed (an edge acknowledged its notice).
+#[derive(Clone, Debug)]
+pub struct Billed {
+    /// `EXCHANGE/AUCTION/IMP`.
+    pub event: String,
+    /// The campaign.
+    pub campaign: String,
+    /// The lease named in the notice.
+    pub lease: u64,
+    /// The clearing price, micros.
+    pub amount: i64,
+    /// When it was acknowledged, µs since the start.
+    pub at_us: u64,
+}
+
+/// What the exchange saw.
+#[derive(Default)]
+pub struct Tally {
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Bids received.
+    pub bids: AtomicU64,
+    /// Auctions our bidder won.
+    pub wins: AtomicU64,
+    /// Notice deliveries attempted.
+    pub deliveries: AtomicU64,
+    /// Notices given up at their deadline, unacknowledged.
+    pub abandoned: AtomicU64,
+    /// Requests with no answer (timeouts, refused connections).
+    pub unanswered: AtomicU64,
+    /// Billed impressions, by event (a duplicate delivery bills once).
+    pub billed: Mutex<BTreeMap<String, Billed>>,
+    /// Answered bid requests: (ms since the start, latency µs).
+    pub latencies: Mutex<Vec<(u32, u32)>>,
+    /// Winning demand per campaign and second: what the campaign would have paid had it bid on
+    /// every request it targets (micros). The measure of "demand exceeds the budget".
+    pub demand: Mutex<BTreeMap<&'static str, Vec<i64>>>,
+}
+
+impl Tally {
+    /// Demand of `campaign` from second `from` on.
+    pub fn demand_since(&self, campaign: &str, from_s: usize) -> i64 {
+        let d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(campaign)
+            .map_or(0, |v| v.iter().skip(from_s).sum::<i64>())
+    }
+
+    /// Billed micros per campaign.
+    pub fn billed_by_campaign(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for b in self
+            .billed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            *out.entry(b.campaign.clone()).or_insert(0) += b.amount;
+        }
+        out
+    }
+}
+
+/// The exchange's settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// Edge base URLs.
+    pub edges: Vec<String>,
+    /// Requests per second.
+    pub rate: u32,
+    /// Send requests for this long.
+    pub duration: Duration,
+    /// Seed of every choice.
+    pub seed: u64,
+    /// `W`: notices are sent at most this late.
+    pub settlement_window: Duration,
+    /// A notice is retried until this long after its auction, then given up.
+    pub notice_deadline: Duration,
+}
+
+const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
+
+fn request(rng: &mut fastrand::Rng, id: &str, country: &str, imps: usize) -> Vec<u8> {
+    let imp: Vec<serde_json::Value> = (1..=imps)
+        .map(|i| {
+            let (w, h) = SIZES[rng.usize(..SIZES.len())];
+            serde_json::json!({
+                "id": i.to_string(),
+                "bidfloor": f64::from(rng.u32(..500)) / 1000.0,
+                "bidfloorcur": "USD",
+                "banner": {"w": w, "h": h, "format": [{"w": w, "h": h}]},
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "id": id,
+        "at": 2,
+        "tmax": 200,
+        "cur": ["USD"],
+        "imp": imp,
+        "site": {"id": "site-1", "domain": "news.example", "page": "https://news.example/a", "cat": ["IAB1"]},
+        "device": {"devicetype": 2, "geo": {"country": country}},
+        "user": {"id": format!("u{}", rng.u32(..100_000))},
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A CPM with three decimals, from micros per impression.
+fn cpm(micros: i64) -> String {
+    format!("{}.{:03}", micros / 1000, micros % 1000)
+}
+
+/// A query parameter of a notice URL, percent-decoded.
+fn param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The exchange.
+pub struct Exchange {
+    settings: Settings,
+    http: HttpClient,
+    rec: Arc<Recorder>,
+    /// What it saw.
+    pub tally: Arc<Tally>,
+}
+
+impl Exchange {
+    /// An exchange recording into `rec`.
+    pub fn new(settings: Settings, rec: Arc<Recorder>) -> Arc<Exchange> {
+        Arc::new(Exchange {
+            settings,
+            http: HttpClient::new(Duration::from_secs(3)),
+            rec,
+            tally: Arc::new(Tally::default()),
+        })
+    }
+
+    /// Sends requests for the configured time, then waits for every auction's notices to be
+    /// acknowledged or given up.
+    pub async fn run(self: &Arc<Exchange>) {
+        let s = &self.settings;
+        let started = Instant::now();
+        let mut rng = fastrand::Rng::with_seed(s.seed ^ 0x5eed_e8c4);
+        let mut tick =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(s.rate.max(1))));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut n = 0u64;
+        while started.elapsed() < s.duration {
+            tick.tick().await;
+            n += 1;
+            let id = format!("j{}-{n}", s.seed);
+            let campaign = &CAMPAIGNS[rng.usize(..CAMPAIGNS.len())];
+            let imps = if rng.u8(..5) == 0 { 2 } else { 1 };
+            let body = request(&mut rng, &id, campaign.country, imps);
+            let competitors: Vec<i64> = (0..imps).map(|_| rng.i64(0..3_000)).collect();
+            let second = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
+            {
+                let mut d = self.tally.demand.lock().unwrap_or_else(|p| p.into_inner());
+                let v = d.entry(campaign.name).or_default();
+                let at = second as usize;
+                if v.len() <= at {
+                    v.resize(at + 1, 0);
+                }
+                for c in &competitors {
+                    if campaign.bid_micros > *c {
+                        v[at] += c + 1;
+                    }
+                }
+            }
+            let edge = rng.usize(..s.edges.len());
+            let seed = rng.u64(..);
+            let me = self.clone();
+            tasks.spawn(async move { me.auction(edge, body, competitors, seed).await });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn auction(&self, edge: usize, body: Vec<u8>, competitors: Vec<i64>, seed: u64) {
+        let s = &self.settings;
+        let t = &self.tally;
+        t.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let r = self
+            .http
+            .post(
+                &format!("{}/openrtb2/bid", s.edges[edge]),
+                &[("x-openrtb-version", "2.6")],
+                body,
+            )
+            .await;
+        let Ok(r) = r else {
+            t.unanswered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let at_ms = u32::try_from(self.rec.now_us() / 1000).unwrap_or(u32::MAX);
+        let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+        t.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((at_ms, us));
+        if r.status != 200 {
+            return;
+        }
+        let Ok(resp) = serde_json::from_slice::<BidResponse>(&r.body) else {
+            return;
+        };
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut notices = Vec::new();
+        for bid in resp.seatbid.iter().flat_map(|b| &b.bid) {
+            t.bids.fetch_add(1, Ordering::Relaxed);
+            let Ok(price) = Money::from_cpm_str(bid.price.get()) else {
+                continue;
+            };
+            let imp: usize = bid.impid.parse().unwrap_or(1);
+            let competitor = competitors.get(imp.wrapping_sub(1)).copied().unwrap_or(0);
+            let ours = price.micros();
+            if ours <= competitor {
+                let loss = bid
+                    .lurl
+                    .replace("${AUCTION_PRICE}", &cpm(competitor))
+                    .replace("${AUCTION_LOSS}", "102");
+                notices.push((loss, None, Duration::ZERO));
+                continue;
+            }
+            t.wins.fetch_add(1, Ordering::Relaxed);
+            // Second price: the runner-up's price plus one micro, at most our bid.
+            let clearing = (competitor + 1).min(ours);
+            let fill = |u: &str| u.replace("${AUCTION_PRICE}", &cpm(clearing));
+            if rng.u8(..10) < 3 {
+                notices.push((fill(&bid.nurl), Some(clearing), Duration::ZERO));
+            }
+            // Late within W for a third of them (never later than 90 % of W).
+            let late = if rng.u8(..3) == 0 {
+                s.settlement_window.mul_f64(rng.f64() * 0.9)
+            } else {
+                Duration::ZERO
+            };
+            notices.push((fill(&bid.burl), Some(clearing), late));
+            if rng.u8(..10) == 0 {
+                // The same billing notice again, a little later, to any edge.
+                let again = late + Duration::from_millis(rng.u64(..300));
+                notices.push((fill(&bid.burl), Some(clearing), again));
+            }
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for (url, amount, delay) in notices {
+            let path = url
+                .find("/notice/")
+                .map_or(url.clone(), |i| url[i..].to_string());
+            let http = self.http.clone();
+            let rec = self.rec.clone();
+            let tally = self.tally.clone();
+            let edges = s.edges.clone();
+            let deadline = sent + s.notice_deadline;
+            let seed = rng.u64(..);
+            sends.spawn(async move {
+                tokio::time::sleep(delay).await;
+                match amount {
+                    Some(a) => deliver(&http, &rec, &tally, &edges, &path, a, deadline, seed).await,
+                    None => {
+                        // A loss notice: best effort, not part of the history.
+                        let e = &edges[fastrand::usize(..edges.len())];
+                        let _ = http.get(&format!("{e}{path}")).await;
+                    }
+                }
+            });
+        }
+        while sends.join_next().await.is_some() {}
+    }
+}
+
+/// Sends a win or billing notice to random edges until one acknowledges it or `deadline`
+/// passes. Every attempt is one operation of the history.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    http: &HttpClient,
+    rec: &Recorder,
+    tally: &Tally,
+    edges: &[String],
+    path: &str,
+    amount: i64,
+    deadline: Instant,
+    seed: u64,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (Some(x), Some(a), Some(i), Some(campaign)) = (
+        param(path, "x"),
+        param(path, "a"),
+        param(path, "i"),
+        param(path, "c"),
+    ) else {
+        return;
+    };
+    let lease: u64 = param(path, "l").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let event = format!("{x}/{a}/{i}");
+    let call = |index| Call::Notice {
+        event: event.clone(),
+        campaign: campaign.clone(),
+        amount,
+        index,
+    };
+    let mut attempt = 0u32;
+    loop {
+        if Instant::now() >= deadline {
+            tally.abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tally.deliveries.fetch_add(1, Ordering::Relaxed);
+        let process = rec.process("x");
+        let edge = &edges[rng.usize(..edges.len())];
+        rec.record(&process, OpType::Invoke, call(None));
+        let r = http.get(&format!("{edge}{path}")).await;
+        match r {
+            Ok(r) if r.status == 200 => {
+                let body = String::from_utf8_lossy(&r.body);
+                let index = body
+                    .split_once("index=")
+                    .and_then(|(_, n)| n.trim().parse::<u64>().ok());
+                rec.record(&process, OpType::Ok, call(index));
+                let mut billed = tally.billed.lock().unwrap_or_else(|p| p.into_inner());
+                billed.entry(event.clone()).or_insert(Billed {
+                    event: event.clone(),
+                    campaign: campaign.clone(),
+                    lease,
+                    amount,
+                    at_us: rec.now_us(),
+                });
+                return;
+            }
+            Ok(r) if r.status == 400 => {
+                rec.record(&process, OpType::Fail, call(None));
+                return;
+            }
+            _ => rec.record(&process, OpType::Info, call(None)),
+        }
+        attempt = attempt.saturating_add(1);
+        let wait = Duration::from_millis((100u64 << attempt.min(4)).min(1_000));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notice_parameters_are_read_decoded() {
+        let url = "/notice/bill?l=7&c=north&x=sim&a=j1-5%2Fz&i=2&b=2500&p=1.000";
+        assert_eq!(param(url, "a").as_deref(), Some("j1-5/z"));
+        assert_eq!(param(url, "l").as_deref(), Some("7"));
+        assert_eq!(param(url, "q"), None);
+        assert_eq!(cpm(2_501), "2.501");
+    }
+}

@@ -1,0 +1,299 @@
+//! Applies a nemesis schedule to a running topology, and proves each fault reached its target:
+//! a network fault's rules counted packets, a killed process was gone and came back, a paused one
+//! was stopped, a skewed clock was read back from the process itself.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use chaos::delay::Delay;
+use chaos::net::{Action, Fault as NetFault, Firewall};
+use chaos::process::State;
+use serde::Serialize;
+
+use super::exchange::Recorder;
+use super::topology::{Topology, write_skew};
+use crate::history::{Call, OpType};
+use crate::nemesis::{Fault, Schedule, Window};
+
+/// What happened to one window of the schedule.
+#[derive(Clone, Debug, Serialize)]
+pub struct Injected {
+    /// The window.
+    pub window: Window,
+    /// True if the fault demonstrably reached its target.
+    pub observed: bool,
+    /// How we know (or why we do not).
+    pub proof: String,
+}
+
+/// A fault in force, with what heals it.
+enum Active {
+    Net(Vec<NetFault>),
+    Delay(Delay),
+    Killed(String),
+    Paused(String),
+    Clock(String),
+}
+
+/// `GET path` from `addr` over plain HTTP/1.0, with short timeouts: the body.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let sock: std::net::SocketAddr = addr.parse().context("address")?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(1)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string()))
+}
+
+/// The `clock_wall_us` a node reports on `/metrics`, and the harness's wall clock then.
+fn read_clock(metrics: &str) -> Result<(i64, i64)> {
+    let body = http_get(metrics, "/metrics")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let v = body
+        .lines()
+        .find_map(|l| {
+            // Coordinators prefix their metrics with `budget_`; edges do not.
+            l.strip_prefix("budget_clock_wall_us ")
+                .or_else(|| l.strip_prefix("clock_wall_us "))
+        })
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .context("no clock_wall_us in /metrics")?;
+    Ok((v, now))
+}
+
+/// Runs the schedule against `topo`, recording each window as a `nemesis` operation. Returns
+/// when every window is over and healed, or when `abort` is set (healing what is in force).
+pub fn run(
+    schedule: &Schedule,
+    topo: &Arc<Mutex<Topology>>,
+    rec: &Recorder,
+    start: Instant,
+    abort: &AtomicBool,
+    log_dir: &std::path::Path,
+) -> Result<Vec<Injected>> {
+    let mut fw = Firewall::new()?;
+    let mut out = Vec::new();
+    for (k, w) in schedule.windows.iter().enumerate() {
+        if !sleep_until(start + Duration::from_millis(w.start_ms), abort) {
+            break;
+        }
+        let process = format!("nemesis-{k}");
+        let call = Call::Nemesis {
+            fault: w.fault.kind().to_string(),
+            target: w.fault.target(),
+        };
+        rec.record(&process, OpType::Invoke, call.clone());
+        let len = Duration::from_millis(w.end_ms - w.start_ms);
+        let injected = {
+            let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+            inject(&w.fault, &mut t, &mut fw, k, len, log_dir)
+        };
+        let active = match injected {
+            Ok(a) => a,
+            Err(e) => {
+                rec.record(&process, OpType::Info, call);
+                out.push(Injected {
+                    window: w.clone(),
+                    observed: false,
+                    proof: format!("could not inject: {e:#}"),
+                });
+                continue;
+            }
+        };
+        // A look shortly after injection, for what can only be seen while in force.
+        std::thread::sleep(Duration::from_millis(300));
+        let early = {
+            let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+            look(&active, &w.fault, &mut t, start)
+        };
+        sleep_until(start + Duration::from_millis(w.end_ms), abort);
+        let healed = {
+            let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+            heal(active, &mut t, &mut fw)
+        };
+        let (observed, proof) = match (early, healed) {
+            (Ok(a), Ok(b)) => {
+                let seen = a.0 && b.0;
+                (seen, format!("{}; {}", a.1, b.1))
+            }
+            (Err(e), _) | (_, Err(e)) => (false, format!("{e:#}")),
+        };
+        rec.record(&process, OpType::Ok, call);
+        out.push(Injected {
+            window: w.clone(),
+            observed,
+            proof,
+        });
+    }
+    fw.heal_all()?;
+    Ok(out)
+}
+
+/// Sleeps until `at`; false if aborted first.
+fn sleep_until(at: Instant, abort: &AtomicBool) -> bool {
+    while Instant::now() < at {
+        if abort.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(
+            at.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
+    }
+    !abort.load(Ordering::Relaxed)
+}
+
+fn inject(
+    fault: &Fault,
+    t: &mut Topology,
+    fw: &mut Firewall,
+    k: usize,
+    len: Duration,
+    log_dir: &std::path::Path,
+) -> Result<Active> {
+    Ok(match fault {
+        Fault::Partition { a, b } => {
+            let (a, b) = (t.ips(a)?, t.ips(b)?);
+            Active::Net(fw.partition(&a, &b)?.to_vec())
+        }
+        Fault::OneWay { from, to } => {
+            Active::Net(vec![fw.apply(&t.ips(from)?, &t.ips(to)?, Action::Drop)?])
+        }
+        Fault::Loss { node, percent } => Active::Net(vec![fw.apply(
+            &t.others(node),
+            &t.ips(std::slice::from_ref(node))?,
+            Action::Loss(*percent),
+        )?]),
+        Fault::Duplicate { node } => Active::Net(vec![fw.apply(
+            &t.ips(std::slice::from_ref(node))?,
+            &t.others(node),
+            Action::Duplicate,
+        )?]),
+        Fault::Delay {
+            node,
+            delay_ms,
+            jitter_ms,
+        } => Active::Delay(Delay::start(
+            &t.bin_dir.join("chaos"),
+            u16::try_from(k % 1000).unwrap_or(0) + 1,
+            &t.others(node),
+            &t.ips(std::slice::from_ref(node))?,
+            Duration::from_millis(u64::from(*delay_ms)),
+            Duration::from_millis(u64::from(*jitter_ms)),
+            len + Duration::from_secs(10),
+            log_dir.join(format!("delay-{k}.log")),
+        )?),
+        Fault::Kill { node } => {
+            t.node_mut(node)?.proc.kill()?;
+            Active::Killed(node.clone())
+        }
+        Fault::Pause { node } => {
+            t.node_mut(node)?.proc.pause()?;
+            Active::Paused(node.clone())
+        }
+        Fault::Clock {
+            node,
+            offset_us,
+            rate_ppm,
+        } => {
+            let base = t.base_offset_us;
+            let n = t.node_mut(node)?;
+            write_skew(&n.clock_file, base.saturating_add(*offset_us), *rate_ppm)?;
+            Active::Clock(node.clone())
+        }
+    })
+}
+
+/// What can be seen while the fault is in force: a paused process is stopped, a killed one is
+/// gone, a skewed clock reads skewed.
+fn look(
+    active: &Active,
+    fault: &Fault,
+    t: &mut Topology,
+    _start: Instant,
+) -> Result<(bool, String)> {
+    Ok(match active {
+        Active::Killed(n) => {
+            let s = t.node_mut(n)?.proc.state();
+            (s == State::Gone, format!("{n} after SIGKILL: {s:?}"))
+        }
+        Active::Paused(n) => {
+            let s = t.node_mut(n)?.proc.state();
+            (s == State::Stopped, format!("{n} after SIGSTOP: {s:?}"))
+        }
+        Active::Clock(n) => {
+            let Fault::Clock { offset_us, .. } = fault else {
+                bail!("a clock window without a clock fault")
+            };
+            let base = t.base_offset_us;
+            let node = t.node_mut(n)?;
+            let (theirs, ours) = read_clock(&node.metrics)?;
+            let seen = theirs - ours - base;
+            // The rate error moves it by at most 10 % of the 300 ms since injection; allow a
+            // second for scheduling.
+            let ok = (seen - offset_us).abs() <= 1_000_000;
+            (
+                ok,
+                format!("{n} reports its clock {seen} µs off (fault {offset_us} µs)"),
+            )
+        }
+        Active::Net(_) | Active::Delay(_) => (true, String::new()),
+    })
+}
+
+fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, String)> {
+    Ok(match active {
+        Active::Net(faults) => {
+            let mut packets = 0;
+            for f in &faults {
+                packets += fw.packets(f)?;
+            }
+            for f in &faults {
+                fw.heal(f)?;
+            }
+            let what: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            (
+                packets > 0,
+                format!("{} acted on {packets} packets", what.join(" and ")),
+            )
+        }
+        Active::Delay(d) => {
+            let packets = d.packets()?;
+            d.heal()?;
+            (packets > 0, format!("delayed {packets} packets"))
+        }
+        Active::Killed(n) => {
+            let node = t.node_mut(&n)?;
+            let before = node.proc.starts();
+            node.proc.restart()?;
+            let after = node.proc.starts();
+            (
+                after == before + 1,
+                format!("restarted (start {after}, pid {:?})", node.proc.pid()),
+            )
+        }
+        Active::Paused(n) => {
+            let node = t.node_mut(&n)?;
+            node.proc.resume()?;
+            let s = node.proc.state();
+            (s == State::Live, format!("resumed: {s:?}"))
+        }
+        Active::Clock(n) => {
+            let base = t.base_offset_us;
+            let node = t.node_mut(&n)?;
+            write_skew(&node.clock_file, base, 0)?;
+            (true, "clock restored".into())
+        }
+    })
+}

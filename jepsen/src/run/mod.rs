@@ -1,0 +1,625 @@
+//! `jepsen run`: a real topology in a private network namespace, load from an instrumented
+//! exchange, faults from a seeded schedule, then heal, quiescence, the checkers and a report.
+//!
+//! The order of a run:
+//! 1. the run's folder, the schedule (`schedule.json`), every process's clock set so that one
+//!    campaign's day ends during the run;
+//! 2. coordinators (one Raft group), campaigns and budgets, then edges;
+//! 3. load (the exchange), balance reads, budget raises and the nemesis, all at once;
+//! 4. the last fault healed, load continues through the quiet tail; then notices drain and the
+//!    replicas catch up;
+//! 5. the ledger read back from every replica, every data directory verified, the checkers run;
+//! 6. `results.json`, `report.md` and its plots.
+
+pub mod exchange;
+pub mod faults;
+pub mod grpc;
+pub mod report;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use shared::log::{Payload, Verifier};
+use shared::proto::v1 as pb;
+
+use crate::check::{self, Verdict};
+use crate::history::{self, Call, OpType};
+use crate::nemesis::{Kind, Params, Schedule};
+use exchange::{CAMPAIGNS, Exchange, Recorder};
+use faults::Injected;
+use grpc::{Coords, bucket_name};
+use topology::{Plan, Topology};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Fixes the schedule and every random choice of the load.
+    pub seed: u64,
+    /// The whole run, quiet tail included.
+    pub time_limit: Duration,
+    /// The fault kinds.
+    pub kinds: Vec<Kind>,
+    /// Exchange requests per second.
+    pub rate: u32,
+    /// Where run folders go.
+    pub out: PathBuf,
+    /// Where the binaries are.
+    pub bin_dir: PathBuf,
+    /// Coordinators.
+    pub coordinators: usize,
+    /// Edges.
+    pub edges: usize,
+    /// A planted bug to run with (binaries built with `shared/planted-bugs`).
+    pub planted_bug: Option<String>,
+    /// The required utilization of buckets whose demand exceeded their budget, ppm.
+    pub min_utilization_ppm: i64,
+}
+
+/// How a run ended.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The run's folder.
+    pub dir: PathBuf,
+    /// Every invariant held and every fault was observed.
+    pub passed: bool,
+    /// The verdicts.
+    pub verdicts: Vec<Verdict>,
+    /// The faults.
+    pub faults: Vec<Injected>,
+    /// The lowest utilization among buckets whose demand exceeded their budget, ppm.
+    pub utilization_ppm: Option<i64>,
+}
+
+/// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
+/// doubt and be spent again.
+const TAIL: Duration = Duration::from_secs(30);
+/// Budgets are raised this often while faults run, so that spending meets the limit again and
+/// again.
+const RAISE_EVERY: Duration = Duration::from_secs(20);
+
+fn progress(start: Instant, msg: impl std::fmt::Display) {
+    eprintln!("[{:>5.1}s] {msg}", start.elapsed().as_secs_f64());
+}
+
+/// The wall-clock offset that puts the next midnight of `zone` `after` into the run.
+fn offset_to_midnight(zone: &str, after: Duration) -> Result<i64> {
+    let tz = jiff::tz::TimeZone::get(zone)?;
+    let now = jiff::Timestamp::now();
+    let tomorrow = now.to_zoned(tz.clone()).date().tomorrow()?;
+    let midnight = tomorrow.to_zoned(tz)?.timestamp();
+    let after_us = i64::try_from(after.as_micros()).unwrap_or(i64::MAX);
+    Ok(midnight.as_microsecond() - now.as_microsecond() - after_us)
+}
+
+/// The date in `zone` at `unix_us`.
+fn date_in(zone: &str, unix_us: i64) -> Result<String> {
+    let tz = jiff::tz::TimeZone::get(zone)?;
+    Ok(jiff::Timestamp::from_microsecond(unix_us)?
+        .to_zoned(tz)
+        .date()
+        .to_string())
+}
+
+fn wall_us() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+/// Runs one whole run.
+pub fn run(opts: &Options) -> Result<Outcome> {
+    chaos::netns::ensure_private()?;
+    chaos::netns::loopback_up()?;
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let dir = opts.out.join(format!("{stamp}-seed-{}", opts.seed));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let coordinators: Vec<String> = (1..=opts.coordinators)
+        .map(|i| format!("coordinator-{i}"))
+        .collect();
+    let edges: Vec<String> = (1..=opts.edges).map(|i| format!("edge-{i}")).collect();
+    let mut params = Params::new(
+        opts.seed,
+        opts.time_limit,
+        opts.kinds.clone(),
+        coordinators,
+        edges,
+    );
+    params.tail = TAIL;
+    let schedule = Schedule::generate(&params);
+    std::fs::write(
+        dir.join("schedule.json"),
+        serde_json::to_vec_pretty(&schedule)?,
+    )?;
+    let start = Instant::now();
+    progress(
+        start,
+        format!(
+            "run {} (seed {}): {} faults of {} over {:?}",
+            dir.display(),
+            opts.seed,
+            schedule.windows.len(),
+            schedule
+                .kinds()
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            opts.time_limit
+        ),
+    );
+    if schedule.windows.is_empty() {
+        bail!(
+            "the run is too short for any fault: give at least {} s",
+            (TAIL + Duration::from_secs(15)).as_secs()
+        );
+    }
+    let cross_at = (opts.time_limit / 4).min(Duration::from_secs(30));
+    let day_zone = CAMPAIGNS[1].zone;
+    let base_offset_us = offset_to_midnight(day_zone, cross_at)?;
+    let topo = Topology::start(&Plan {
+        dir: &dir,
+        bin_dir: &opts.bin_dir,
+        coordinators: opts.coordinators,
+        edges: opts.edges,
+        base_offset_us,
+        planted_bug: opts.planted_bug.as_deref(),
+    })?;
+    progress(
+        start,
+        format!(
+            "{} coordinators and {} edges up; clocks at {} in {day_zone}, whose day ends {:?} into the load",
+            opts.coordinators,
+            opts.edges,
+            date_in(day_zone, wall_us() + base_offset_us)?,
+            cross_at
+        ),
+    );
+    for c in &CAMPAIGNS {
+        let mut args = vec![
+            "campaign",
+            "create",
+            c.name,
+            "--zone",
+            c.zone,
+            "--bid-cpm",
+            c.bid_cpm,
+            "--country",
+            c.country,
+        ];
+        let daily;
+        if let Some(d) = c.daily_micros {
+            daily = shared::Money::from_micros(d).to_string();
+            args.extend(["--daily-budget", daily.as_str()]);
+        }
+        topo.budgetctl(&args)?;
+    }
+    let topo = Arc::new(Mutex::new(topo));
+    let result = drive(opts, &dir, &schedule, &topo, base_offset_us, cross_at);
+    let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+    t.stop();
+    let (mut outcome, pending) = result?;
+    // Every replica's data directory, verified offline by the auditor's tool.
+    let mut replicas_ok = Vec::new();
+    for n in t.coordinators() {
+        let out = std::process::Command::new(t.bin_dir.join("budgetctl"))
+            .args(["audit", "verify"])
+            .arg(&n.data_dir)
+            .output()?;
+        replicas_ok.push((
+            n.name.clone(),
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    drop(t);
+    let path = report::finish(&mut outcome, pending, &replicas_ok, opts, &schedule)?;
+    eprintln!("report: {}", path.display());
+    Ok(outcome)
+}
+
+/// One replica's log as read back: its node, its entries with their hashes, and whether the
+/// chain verified.
+pub type ReplicaLog = (
+    String,
+    Vec<(shared::log::Entry, [u8; 32])>,
+    Result<(), String>,
+);
+
+/// What the checks need from the replicas.
+pub struct Ledger {
+    /// Every coordinator's log.
+    pub replicas: Vec<ReplicaLog>,
+}
+
+/// A balance snapshot's buckets by name.
+fn by_name(balances: &[pb::Balance]) -> BTreeMap<String, pb::Balance> {
+    balances
+        .iter()
+        .filter_map(|b| Some((bucket_name(b).ok()?, b.clone())))
+        .collect()
+}
+
+#[allow(clippy::too_many_lines)]
+fn drive(
+    opts: &Options,
+    dir: &Path,
+    schedule: &Schedule,
+    topo: &Arc<Mutex<Topology>>,
+    base_offset_us: i64,
+    cross_at: Duration,
+) -> Result<(Outcome, report::Pending)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (addrs, edge_urls, log_dir) = {
+        let t = topo.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            t.coordinators()
+                .map(|n| (n.name.clone(), n.addr()))
+                .collect::<Vec<_>>(),
+            t.edges()
+                .map(|n| format!("http://{}", n.addr()))
+                .collect::<Vec<_>>(),
+            dir.join("nodes"),
+        )
+    };
+    let coords = rt.block_on(async { Coords::new(&addrs, Duration::from_secs(2)) })?;
+    let scale = i64::from(opts.rate.max(1));
+    let step = |c: &exchange::Campaign| c.step_micros * scale / 300;
+    // Budgets: the harness's own record of what it asked for (the largest, should an answer
+    // be lost), the truth I1 holds the exchange's bills to.
+    let budgets: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
+    let budget_events: Arc<Mutex<Vec<(u64, String, i64)>>> = Arc::default();
+    rt.block_on(async {
+        for c in &CAMPAIGNS {
+            coords
+                .set_budget(c.name, step(c), Duration::from_secs(20))
+                .await?;
+            budgets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(format!("{}/lifetime", c.name), step(c));
+            budget_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((0, c.name.to_string(), step(c)));
+        }
+        anyhow::Ok(())
+    })?;
+    // Edges take a moment to load the campaigns; wait until each answers /healthz.
+    for url in &edge_urls {
+        let addr = url.trim_start_matches("http://");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while faults::http_get(addr, "/healthz").is_err() {
+            if Instant::now() > deadline {
+                bail!("edge {addr} did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let start = Instant::now();
+    let history_file = std::fs::File::create(dir.join("history.jsonl"))?;
+    let rec = Arc::new(Recorder::new(history_file, start));
+    let ex = Exchange::new(
+        exchange::Settings {
+            edges: edge_urls.clone(),
+            rate: opts.rate,
+            duration: opts.time_limit,
+            seed: opts.seed,
+            settlement_window: Duration::from_millis(topology::SETTLEMENT_WINDOW_MS),
+            notice_deadline: Duration::from_millis(
+                topology::SETTLEMENT_WINDOW_MS + topology::LATE_ACCEPTANCE_MS - 1_000,
+            ),
+        },
+        rec.clone(),
+    );
+    let abort = Arc::new(AtomicBool::new(false));
+    let nemesis = {
+        let (schedule, topo, rec, abort, log_dir) = (
+            schedule.clone(),
+            topo.clone(),
+            rec.clone(),
+            abort.clone(),
+            log_dir.clone(),
+        );
+        std::thread::spawn(move || faults::run(&schedule, &topo, &rec, start, &abort, &log_dir))
+    };
+    let escrow: Arc<Mutex<Vec<check::budget::Escrow>>> = Arc::default();
+    let stop_reads = Arc::new(AtomicBool::new(false));
+    let last_raise_at = opts.time_limit.saturating_sub(TAIL + RAISE_EVERY / 2);
+    let (heal_snapshot, heal_at) = rt.block_on(async {
+        let exchange = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run().await })
+        };
+        let mut readers = Vec::new();
+        for r in 0..2u64 {
+            readers.push(tokio::spawn(read_loop(
+                coords.clone(),
+                rec.clone(),
+                escrow.clone(),
+                stop_reads.clone(),
+                opts.seed.wrapping_add(r),
+            )));
+        }
+        // Budget raises and progress lines while the nemesis works.
+        let mut k = 1u64;
+        let mut next_progress = Duration::from_secs(5);
+        let mut healed: Option<(Vec<pb::Balance>, Duration)> = None;
+        while start.elapsed() < opts.time_limit {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = start.elapsed();
+            if now >= RAISE_EVERY * k as u32 && now < last_raise_at {
+                for c in &CAMPAIGNS {
+                    let to = step(c) * (k as i64 + 1);
+                    budgets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(format!("{}/lifetime", c.name), to);
+                    budget_events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((rec.now_us(), c.name.to_string(), to));
+                    if let Err(e) = coords.set_budget(c.name, to, Duration::from_secs(15)).await {
+                        progress(start, format!("budget raise: {e:#}"));
+                    }
+                }
+                k += 1;
+            }
+            if healed.is_none() && nemesis.is_finished() {
+                let snap = coords.list_buckets(Duration::from_secs(20)).await?;
+                healed = Some((snap, start.elapsed()));
+                progress(
+                    start,
+                    "every fault healed; load continues through the quiet tail",
+                );
+            }
+            if now >= next_progress {
+                next_progress += Duration::from_secs(5);
+                let t = &ex.tally;
+                let billed: i64 = t.billed_by_campaign().values().sum();
+                progress(
+                    start,
+                    format!(
+                        "requests {} bids {} wins {} billed {} notices sent {} abandoned {}",
+                        t.requests.load(Ordering::Relaxed),
+                        t.bids.load(Ordering::Relaxed),
+                        t.wins.load(Ordering::Relaxed),
+                        check::budget::micros(billed),
+                        t.deliveries.load(Ordering::Relaxed),
+                        t.abandoned.load(Ordering::Relaxed),
+                    ),
+                );
+            }
+        }
+        progress(start, "load done; waiting for the last notices");
+        exchange.await?;
+        stop_reads.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.await?;
+        }
+        let healed = match healed {
+            Some(h) => h,
+            None => {
+                abort.store(true, Ordering::Relaxed);
+                (
+                    coords.list_buckets(Duration::from_secs(20)).await?,
+                    start.elapsed(),
+                )
+            }
+        };
+        anyhow::Ok(healed)
+    })?;
+    let injected = nemesis
+        .join()
+        .map_err(|_| anyhow::anyhow!("the nemesis thread panicked"))??;
+    let crashed = topo.lock().unwrap_or_else(|p| p.into_inner()).crashed();
+    if !crashed.is_empty() {
+        progress(
+            start,
+            format!("processes that exited by themselves: {crashed:?}"),
+        );
+    }
+    progress(
+        start,
+        "quiescence: waiting for every replica to hold the same log",
+    );
+    let (final_balances, ledger) = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut heads = Vec::new();
+            for i in 0..coords.nodes.len() {
+                heads.push(coords.head(i).await.ok());
+            }
+            let same = heads.iter().all(|h| h.is_some() && *h == heads[0]);
+            if same || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let balances = coords.list_buckets(Duration::from_secs(20)).await?;
+        let mut replicas = Vec::new();
+        for (i, (name, _)) in coords.nodes.iter().enumerate() {
+            let records = coords.read_log(i).await.unwrap_or_default();
+            let mut v = Verifier::new();
+            let mut verified = Ok(());
+            let mut entries = Vec::new();
+            let region: shared::RegionId = topology::REGION.parse()?;
+            for r in &records {
+                if let Err(f) = v.live_record(name, &region, r) {
+                    verified = Err(format!("{f:?}"));
+                    break;
+                }
+                match shared::log::record::decode(r) {
+                    Ok(e) => entries.push(e),
+                    Err(e) => {
+                        verified = Err(e);
+                        break;
+                    }
+                }
+            }
+            if records.is_empty() {
+                verified = Err("its log could not be read".into());
+            }
+            replicas.push((name.clone(), entries, verified));
+        }
+        anyhow::Ok((balances, Ledger { replicas }))
+    })?;
+    drop(rt);
+    let ops = rec.ops();
+    let completed = history::complete(&ops)?;
+    let inputs = report::Inputs {
+        opts,
+        dir,
+        schedule,
+        injected: &injected,
+        completed: &completed,
+        tally: &ex.tally,
+        budgets: &budgets.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        budget_events: &budget_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        escrow: &escrow.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        heal: &by_name(&heal_snapshot),
+        heal_at,
+        end: &by_name(&final_balances),
+        ledger: &ledger,
+        base_offset_us,
+        cross_at,
+        load_start_wall_us: wall_us() - i64::try_from(start.elapsed().as_micros())?,
+    };
+    let (outcome, pending) = report::check_all(&inputs)?;
+    Ok((outcome, pending))
+}
+
+/// Linearizable balance reads of random lifetime buckets at random coordinators, recorded for
+/// I7 and sampled for I2, until `stop`.
+async fn read_loop(
+    coords: Coords,
+    rec: Arc<Recorder>,
+    escrow: Arc<Mutex<Vec<check::budget::Escrow>>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.usize(..coords.nodes.len());
+        let c = &CAMPAIGNS[rng.usize(..CAMPAIGNS.len())];
+        let bucket = format!("{}/lifetime", c.name);
+        let process = rec.process("r");
+        let call = |value, index| Call::Read {
+            bucket: bucket.clone(),
+            value,
+            index,
+        };
+        rec.record(&process, OpType::Invoke, call(None, None));
+        let r = coords
+            .admin(i)
+            .get_balance(pb::GetBalanceRequest {
+                bucket: Some(grpc::lifetime(c.name)),
+            })
+            .await;
+        match r {
+            Ok(b) => {
+                let b = b.into_inner();
+                rec.record(
+                    &process,
+                    OpType::Ok,
+                    call(Some(b.settled_micros), Some(b.read_at_index)),
+                );
+                escrow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(check::budget::Escrow {
+                        at_us: rec.now_us(),
+                        region: topology::REGION.into(),
+                        bucket: bucket.clone(),
+                        rights: b.rights_micros,
+                        settled: b.settled_micros,
+                        leased: b.leased_micros,
+                        in_doubt: b.in_doubt_micros,
+                    });
+            }
+            // A read that failed changed nothing, whatever the reason.
+            Err(_) => rec.record(&process, OpType::Fail, call(None, None)),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..80))).await;
+    }
+}
+
+/// What a ledger holds, from the entries of its longest replica: the lease → buckets map, the
+/// charged events (for I3), and each bucket's settled spend after every Raft index that changed
+/// it (for I7).
+pub struct Facts {
+    /// Lease id → `(campaign, ["campaign/bucket", …])`.
+    pub leases: BTreeMap<u64, (String, Vec<String>)>,
+    /// Charged events.
+    pub events: Vec<check::notices::LedgerEvent>,
+    /// Settled per bucket over Raft indexes.
+    pub timelines: BTreeMap<String, check::linear::Timeline>,
+}
+
+/// Reads the facts out of `entries`.
+pub fn facts(entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
+    let mut f = Facts {
+        leases: BTreeMap::new(),
+        events: Vec::new(),
+        timelines: BTreeMap::new(),
+    };
+    let mut settled: BTreeMap<String, i64> = BTreeMap::new();
+    for (e, _) in entries {
+        match &e.payload {
+            Payload::LeaseGranted(g) => {
+                let buckets = g
+                    .buckets
+                    .iter()
+                    .map(|b| format!("{}/{b}", g.campaign))
+                    .collect();
+                f.leases
+                    .insert(g.lease.0, (g.campaign.to_string(), buckets));
+            }
+            Payload::SpendBatch(b) => {
+                let total: i64 = b.events.iter().map(|x| x.amount.micros()).sum();
+                for x in &b.events {
+                    f.events.push(check::notices::LedgerEvent {
+                        event: x.key.to_string(),
+                        amount: x.amount.micros(),
+                        seq: e.seq,
+                        how: check::notices::Charge::Settled,
+                    });
+                }
+                let buckets = f
+                    .leases
+                    .get(&b.lease.0)
+                    .map(|l| l.1.clone())
+                    .unwrap_or_default();
+                for k in buckets {
+                    let s = settled.entry(k.clone()).or_default();
+                    *s += total;
+                    let t = f.timelines.entry(k).or_default();
+                    match t.last_mut() {
+                        Some(last) if last.0 == e.raft_index => last.1 = *s,
+                        _ => t.push((e.raft_index, *s)),
+                    }
+                }
+            }
+            Payload::Anomaly(a) => f.events.push(check::notices::LedgerEvent {
+                event: a.event.key.to_string(),
+                amount: a.event.amount.micros(),
+                seq: e.seq,
+                how: check::notices::Charge::Anomaly,
+            }),
+            _ => {}
+        }
+    }
+    f
+}

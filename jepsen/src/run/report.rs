@@ -1,0 +1,498 @@
+//! The checks of a run and what it writes: `results.json` (per invariant: held or violated,
+//! with the evidence) and `report.md` with SVG plots (spend against budget per campaign, bid
+//! latency; fault windows shaded).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use shared::proto::v1 as pb;
+
+use super::exchange::{CAMPAIGNS, Tally};
+use super::faults::Injected;
+use super::{Ledger, Options, Outcome, date_in, facts};
+use crate::check::budget::{Escrow, micros};
+use crate::check::progress::{Spend, percent};
+use crate::check::{self, chains};
+use crate::history::Completed;
+use crate::nemesis::Schedule;
+
+/// Everything a run recorded.
+pub struct Inputs<'a> {
+    /// The options.
+    pub opts: &'a Options,
+    /// The run's folder.
+    pub dir: &'a Path,
+    /// The schedule.
+    pub schedule: &'a Schedule,
+    /// What the nemesis did.
+    pub injected: &'a [Injected],
+    /// The history, paired.
+    pub completed: &'a [Completed],
+    /// The exchange's record.
+    pub tally: &'a Tally,
+    /// Lifetime budgets the harness set (the largest asked for).
+    pub budgets: &'a BTreeMap<String, i64>,
+    /// Budget raises: (µs, campaign, new budget).
+    pub budget_events: &'a [(u64, String, i64)],
+    /// Balance samples.
+    pub escrow: &'a [Escrow],
+    /// Balances when the last fault healed.
+    pub heal: &'a BTreeMap<String, pb::Balance>,
+    /// When that was.
+    pub heal_at: Duration,
+    /// Balances at the end.
+    pub end: &'a BTreeMap<String, pb::Balance>,
+    /// The replicas' logs.
+    pub ledger: &'a Ledger,
+    /// Every process's clock offset.
+    pub base_offset_us: i64,
+    /// When the day of the campaign with a daily budget ends, into the load.
+    pub cross_at: Duration,
+    /// The harness's wall clock when the load started.
+    pub load_start_wall_us: i64,
+}
+
+/// What is left to do after the processes stopped.
+pub struct Pending {
+    replicas: Vec<chains::Replica>,
+    body: String,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+/// Runs every checker but the offline half of I4, and draws the plots.
+pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
+    let longest = i
+        .ledger
+        .replicas
+        .iter()
+        .max_by_key(|r| r.1.len())
+        .map(|r| r.1.as_slice())
+        .unwrap_or_default();
+    let f = facts(longest);
+    // Budgets per bucket: lifetime as the harness set them; a day's as its campaign's daily
+    // budget, for every day the ledger opened.
+    let mut budgets = i.budgets.clone();
+    for (campaign, buckets) in f.leases.values() {
+        let daily = CAMPAIGNS
+            .iter()
+            .find(|c| c.name == campaign)
+            .and_then(|c| c.daily_micros);
+        for b in buckets {
+            if let (Some(d), true) = (daily, b.contains("/day:")) {
+                budgets.insert(b.clone(), d);
+            }
+        }
+    }
+    // I1: what the exchange billed, per bucket the lease debited.
+    let billed: Vec<(String, i64)> = i
+        .tally
+        .billed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .flat_map(|b| {
+            let buckets = f
+                .leases
+                .get(&b.lease)
+                .map(|l| l.1.clone())
+                .unwrap_or_else(|| vec![format!("{}/lifetime", b.campaign)]);
+            buckets.into_iter().map(move |k| (k, b.amount))
+        })
+        .collect();
+    let i1 = check::budget::billed_within_budget(&budgets, &billed);
+    // I2: every sample, plus both snapshots.
+    let mut samples = i.escrow.to_vec();
+    for (at, snap) in [(i.heal_at, i.heal), (Duration::MAX, i.end)] {
+        for (name, b) in snap {
+            samples.push(Escrow {
+                at_us: u64::try_from(at.as_micros()).unwrap_or(u64::MAX),
+                region: super::topology::REGION.into(),
+                bucket: name.clone(),
+                rights: b.rights_micros,
+                settled: b.settled_micros,
+                leased: b.leased_micros,
+                in_doubt: b.in_doubt_micros,
+            });
+        }
+    }
+    let i2 = check::budget::escrow_within_rights(&budgets, &samples);
+    let i3 = check::notices::check(i.completed, &f.events);
+    // I6: buckets whose demand after the heal was at least twice what was left of them.
+    let heal_s = usize::try_from(i.heal_at.as_secs()).unwrap_or(usize::MAX);
+    let end_wall = i.load_start_wall_us
+        + i64::try_from(i.opts.time_limit.as_micros()).unwrap_or(0)
+        + i.base_offset_us;
+    let mut spends = Vec::new();
+    for c in &CAMPAIGNS {
+        let bucket = match c.daily_micros {
+            // Its binding limit is the day's budget: the day the load ended in.
+            Some(_) => format!("{}/day:{}", c.name, date_in(c.zone, end_wall)?),
+            None => format!("{}/lifetime", c.name),
+        };
+        let Some(end) = i.end.get(&bucket) else {
+            continue;
+        };
+        let at_heal = i.heal.get(&bucket).map_or(0, |b| b.settled_micros);
+        let budget = end.budget_micros;
+        let demand = i.tally.demand_since(c.name, heal_s);
+        spends.push(Spend {
+            bucket,
+            budget,
+            at_heal,
+            at_end: end.settled_micros,
+            demand_exceeds: demand >= 2 * (budget - at_heal).max(1),
+        });
+    }
+    let (i6, utilization) = check::progress::check(&spends, i.opts.min_utilization_ppm);
+    let i7 = check::linear::check(&f.timelines, i.completed);
+    let replicas: Vec<chains::Replica> = i
+        .ledger
+        .replicas
+        .iter()
+        .map(|(name, entries, verified)| chains::Replica {
+            node: name.clone(),
+            hashes: entries.iter().map(|(_, h)| *h).collect(),
+            verified: verified.clone(),
+        })
+        .collect();
+    // The plots and the report's body.
+    let spend_svg = spend_plot(i);
+    std::fs::write(i.dir.join("spend.svg"), spend_svg)?;
+    std::fs::write(i.dir.join("latency.svg"), latency_plot(i))?;
+    let mut body = String::new();
+    let t = i.tally;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        body,
+        "## Load\n\n{} requests, {} bids, {} wins, {} notice deliveries ({} abandoned at their \
+         deadline), {} requests unanswered. Demand exceeds budgets by design: budgets are raised \
+         every {} s while faults run, and each raise is spent to the limit.\n",
+        t.requests.load(Relaxed),
+        t.bids.load(Relaxed),
+        t.wins.load(Relaxed),
+        t.deliveries.load(Relaxed),
+        t.abandoned.load(Relaxed),
+        t.unanswered.load(Relaxed),
+        super::RAISE_EVERY.as_secs()
+    );
+    let billed_by = t.billed_by_campaign();
+    let _ = writeln!(
+        body,
+        "| bucket | budget | exchange billed | ledger settled | utilization |\n|---|---:|---:|---:|---:|"
+    );
+    let mut billed_per_bucket: BTreeMap<&str, i64> = BTreeMap::new();
+    for (k, m) in &billed {
+        *billed_per_bucket.entry(k.as_str()).or_default() += m;
+    }
+    for (name, b) in i.end {
+        let _ = writeln!(
+            body,
+            "| {name} | {} | {} | {} | {} |",
+            micros(budgets.get(name).copied().unwrap_or(b.budget_micros)),
+            micros(billed_per_bucket.get(name.as_str()).copied().unwrap_or(0)),
+            micros(b.settled_micros),
+            percent(check::progress::utilization_ppm(
+                b.settled_micros,
+                b.budget_micros
+            )),
+        );
+    }
+    let _ = writeln!(
+        body,
+        "\nBilled per campaign: {}.\n\nThe day of `{}` ({}) ends {:?} into the load; every \
+         process's clock runs {} s ahead of the machine's so that it does.\n",
+        billed_by
+            .iter()
+            .map(|(c, m)| format!("{c} {}", micros(*m)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        CAMPAIGNS[1].name,
+        CAMPAIGNS[1].zone,
+        i.cross_at,
+        i.base_offset_us / 1_000_000
+    );
+    let _ = writeln!(
+        body,
+        "![spend against budget](spend.svg)\n\n![bid latency](latency.svg)\n"
+    );
+    let outcome = Outcome {
+        dir: i.dir.to_path_buf(),
+        passed: false,
+        verdicts: vec![i1, i2, i3, i6, i7],
+        faults: i.injected.to_vec(),
+        utilization_ppm: utilization,
+    };
+    Ok((outcome, Pending { replicas, body }))
+}
+
+/// Adds I4 (live chains and the offline verification of every data directory), decides the
+/// outcome, and writes `results.json` and `report.md`.
+pub fn finish(
+    outcome: &mut Outcome,
+    pending: Pending,
+    offline: &[(String, bool, String)],
+    opts: &Options,
+    schedule: &Schedule,
+) -> Result<PathBuf> {
+    let mut replicas = pending.replicas;
+    for r in &mut replicas {
+        if let Some((_, ok, out)) = offline.iter().find(|(n, _, _)| *n == r.node)
+            && !ok
+            && r.verified.is_ok()
+        {
+            r.verified = Err(format!(
+                "budgetctl audit verify on its data directory: {out}"
+            ));
+        }
+    }
+    let i4 = chains::check(&replicas);
+    outcome.verdicts.insert(3, i4);
+    let faults_ok = !outcome.faults.is_empty() && outcome.faults.iter().all(|f| f.observed);
+    outcome.passed = faults_ok && outcome.verdicts.iter().all(|v| v.held);
+    let results = serde_json::json!({
+        "seed": opts.seed,
+        "time_limit_secs": opts.time_limit.as_secs(),
+        "nemesis": opts.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        "rate": opts.rate,
+        "planted_bug": opts.planted_bug,
+        "passed": outcome.passed,
+        "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
+        "faults_scheduled": schedule.windows.len(),
+        "utilization_ppm": outcome.utilization_ppm,
+        "invariants": outcome.verdicts,
+        "faults": outcome.faults,
+        "data_directories": offline.iter().map(|(n, ok, out)| serde_json::json!({"node": n, "verified": ok, "output": out})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        outcome.dir.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Run seed {} — {}\n\n`jepsen run --seed {} --time-limit {} --nemesis {}{}`\n",
+        opts.seed,
+        if outcome.passed { "PASSED" } else { "FAILED" },
+        opts.seed,
+        opts.time_limit.as_secs(),
+        opts.kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        opts.planted_bug
+            .as_ref()
+            .map(|b| format!(" --planted-bug {b}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        md,
+        "## Invariants\n\n| invariant | held | checked | violations | first evidence |\n|---|---|---:|---:|---|"
+    );
+    for v in &outcome.verdicts {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            v.invariant,
+            if v.held { "yes" } else { "**NO**" },
+            v.checked,
+            v.violations,
+            v.evidence
+                .first()
+                .map_or("", String::as_str)
+                .replace('|', "\\|")
+        );
+    }
+    if let Some(u) = outcome.utilization_ppm {
+        let _ = writeln!(
+            md,
+            "\nUtilization (lowest bucket whose demand exceeded its budget): **{}**.",
+            percent(u)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Faults\n\n| from (s) | to (s) | fault | target | reached it | proof |\n|---:|---:|---|---|---|---|"
+    );
+    for f in &outcome.faults {
+        let _ = writeln!(
+            md,
+            "| {:.1} | {:.1} | {} | {} | {} | {} |",
+            f.window.start_ms as f64 / 1000.0,
+            f.window.end_ms as f64 / 1000.0,
+            f.window.fault.kind(),
+            f.window.fault.target(),
+            if f.observed { "yes" } else { "**NO**" },
+            f.proof.replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(md, "\n{}", pending.body);
+    let _ = writeln!(
+        md,
+        "## Files\n\n`history.jsonl` (every operation), `schedule.json`, `results.json`, \
+         `nodes/*.log` (each process's log), `nodes/coordinator-*/` (data directories).\n"
+    );
+    let path = outcome.dir.join("report.md");
+    std::fs::write(&path, md)?;
+    Ok(path)
+}
+
+/// Fault windows as shaded rectangles over a plot `x0..x0+w` wide for `secs` seconds.
+fn shade(i: &Inputs, x0: f64, w: f64, secs: f64, y: f64, h: f64) -> String {
+    let mut s = String::new();
+    for f in i.injected {
+        let a = x0 + w * (f.window.start_ms as f64 / 1000.0) / secs;
+        let b = x0 + w * (f.window.end_ms as f64 / 1000.0) / secs;
+        let _ = write!(
+            s,
+            r##"<rect x="{a:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="#f4a261" fill-opacity="0.25"><title>{} {}</title></rect>"##,
+            (b - a).max(1.0),
+            f.window.fault.kind(),
+            f.window.fault.target()
+        );
+    }
+    s
+}
+
+fn polyline(points: &[(f64, f64)], color: &str) -> String {
+    let p: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect();
+    format!(
+        r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+        p.join(" ")
+    )
+}
+
+/// Per campaign: what the exchange billed (cumulative) against the lifetime budget over time.
+/// Amounts are plotted from integer micros; only pixel positions are fractional.
+fn spend_plot(i: &Inputs) -> String {
+    let secs = i.opts.time_limit.as_secs_f64().max(1.0) + 15.0;
+    let (w, ph, x0) = (760.0, 150.0, 60.0);
+    let height = ph * CAMPAIGNS.len() as f64 + 40.0;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="840" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let billed = i.tally.billed.lock().unwrap_or_else(|p| p.into_inner());
+    for (k, c) in CAMPAIGNS.iter().enumerate() {
+        let y0 = 20.0 + ph * k as f64;
+        let mut bills: Vec<(u64, i64)> = billed
+            .values()
+            .filter(|b| b.campaign == c.name)
+            .map(|b| (b.at_us, b.amount))
+            .collect();
+        bills.sort_unstable();
+        let steps: Vec<(u64, i64)> = i
+            .budget_events
+            .iter()
+            .filter(|e| e.1 == c.name)
+            .map(|e| (e.0, e.2))
+            .collect();
+        let top = steps
+            .iter()
+            .map(|s| s.1)
+            .chain([bills.iter().map(|b| b.1).sum::<i64>()])
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let x = |us: u64| x0 + w * (us as f64 / 1e6) / secs;
+        let y = |m: i64| y0 + ph - 25.0 - (ph - 35.0) * (m as f64 / top);
+        s.push_str(&shade(i, x0, w, secs, y0, ph - 25.0));
+        let _ = write!(
+            s,
+            r##"<text x="{x0}" y="{:.1}">{} — billed by the exchange (blue) against the lifetime budget (red), top {}</text><line x1="{x0}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999"/>"##,
+            y0 + 8.0,
+            c.name,
+            micros(top as i64),
+            y(0),
+            x0 + w,
+            y(0)
+        );
+        let mut budget_pts = Vec::new();
+        let mut last = 0i64;
+        for (at, m) in &steps {
+            budget_pts.push((x(*at), y(last)));
+            budget_pts.push((x(*at), y(*m)));
+            last = *m;
+        }
+        budget_pts.push((x0 + w, y(last)));
+        s.push_str(&polyline(&budget_pts, "#d62828"));
+        let mut sum = 0i64;
+        let mut pts = vec![(x(0), y(0))];
+        for (at, m) in &bills {
+            sum += m;
+            pts.push((x(*at), y(sum)));
+        }
+        s.push_str(&polyline(&pts, "#1d4e89"));
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{x0}" y="{:.1}">seconds since the load started; shaded: fault windows</text></svg>"#,
+        height - 5.0
+    );
+    s
+}
+
+/// Per second: the median and the 99th percentile of the bid latency the exchange saw.
+fn latency_plot(i: &Inputs) -> String {
+    let lat = i.tally.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    let mut per: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (ms, us) in lat.iter() {
+        per.entry(ms / 1000).or_default().push(*us);
+    }
+    let secs = i.opts.time_limit.as_secs_f64().max(1.0) + 15.0;
+    let (w, h, x0, y0) = (760.0, 220.0, 60.0, 20.0);
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for (s, v) in &mut per {
+        v.sort_unstable();
+        let q = |f: usize| v[(v.len() - 1) * f / 100];
+        p50.push((*s, q(50)));
+        p99.push((*s, q(99)));
+    }
+    let top = p99.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
+    let x = |s: u32| x0 + w * f64::from(s) / secs;
+    let y = |us: u32| y0 + h - h * f64::from(us) / top;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="840" height="{}" font-family="sans-serif" font-size="11">"#,
+        h + 50.0
+    );
+    out.push_str(&shade(i, x0, w, secs, y0, h));
+    out.push_str(&polyline(
+        &p50.iter().map(|p| (x(p.0), y(p.1))).collect::<Vec<_>>(),
+        "#1d4e89",
+    ));
+    out.push_str(&polyline(
+        &p99.iter().map(|p| (x(p.0), y(p.1))).collect::<Vec<_>>(),
+        "#d62828",
+    ));
+    let _ = write!(
+        out,
+        r##"<line x1="{x0}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999"/><text x="{x0}" y="12">bid latency seen by the exchange per second: median (blue), p99 (red); top {:.1} ms; shaded: fault windows</text></svg>"##,
+        y0 + h,
+        x0 + w,
+        y0 + h,
+        top / 1000.0
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polylines_hold_every_point() {
+        let p = polyline(&[(1.0, 2.0), (3.5, 4.25)], "red");
+        assert!(p.contains("1.0,2.0 3.5,4.2"), "{p}");
+    }
+}

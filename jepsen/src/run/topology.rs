@@ -1,0 +1,339 @@
+//! The topology of a run: coordinators and edges as real processes, each on its own loopback
+//! address inside the run's private network namespace, each with a clock the harness can skew.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chaos::process::{Proc, Spec, State};
+use shared::clock::Skew;
+
+/// Lease timing every node of the run shares (short, so that a run of minutes sees hundreds of
+/// leases granted, released and reclaimed).
+pub const LEASE_DURATION_MS: u64 = 5_000;
+/// `W`.
+pub const SETTLEMENT_WINDOW_MS: u64 = 2_000;
+/// At least the lease duration × the largest clock rate error the nemesis injects (10 %).
+pub const MARGIN_MS: u64 = 1_000;
+/// How long reclaimed money waits in doubt for late notices.
+pub const LATE_ACCEPTANCE_MS: u64 = 10_000;
+/// The region's name.
+pub const REGION: &str = "jepsen";
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A coordinator: Raft, ledger, leases.
+    Coordinator,
+    /// An edge bidder.
+    Edge,
+}
+
+/// One process of the topology.
+pub struct Node {
+    /// `coordinator-1`, `edge-2`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its own address: it listens there and its outgoing connections leave from it.
+    pub ip: Ipv4Addr,
+    /// gRPC (coordinator) or HTTP (edge) port.
+    pub port: u16,
+    /// Where its `/metrics` is served (`ip:port`).
+    pub metrics: String,
+    /// The skew file its clock follows.
+    pub clock_file: PathBuf,
+    /// Its data directory (coordinators).
+    pub data_dir: PathBuf,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Node {
+    /// `ip:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// Every process of the run.
+pub struct Topology {
+    /// Coordinators first, then edges.
+    pub nodes: Vec<Node>,
+    /// The directory with the binaries.
+    pub bin_dir: PathBuf,
+    /// The wall-clock offset every process starts with (µs), so that a campaign's day ends
+    /// during the run.
+    pub base_offset_us: i64,
+}
+
+/// What to start.
+pub struct Plan<'a> {
+    /// The run's folder.
+    pub dir: &'a Path,
+    /// The binaries.
+    pub bin_dir: &'a Path,
+    /// Coordinators.
+    pub coordinators: usize,
+    /// Edges.
+    pub edges: usize,
+    /// Wall-clock offset of every process, µs.
+    pub base_offset_us: i64,
+    /// The planted bug to run with, if any.
+    pub planted_bug: Option<&'a str>,
+}
+
+fn coordinator_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 10 + i as u8)
+}
+
+fn edge_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 20 + i as u8)
+}
+
+/// Writes a skew file: the base offset plus `offset_us`, running at `rate_ppm`.
+pub fn write_skew(file: &Path, offset_us: i64, rate_ppm: i64) -> Result<()> {
+    let text = Skew {
+        offset_us,
+        rate_ppm,
+    }
+    .to_file_text();
+    // Write then rename, so that a reader never sees half a file.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+impl Topology {
+    /// Starts the coordinators, initializes the region and waits for a leader, then starts the
+    /// edges and waits until they answer.
+    pub fn start(plan: &Plan) -> Result<Topology> {
+        for bin in ["coordinator", "edge", "budgetctl", "chaos"] {
+            let p = plan.bin_dir.join(bin);
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: build the binaries first (cargo build -p coordinator -p edge -p chaos --bins), or say where they are with --bin-dir",
+                    p.display()
+                );
+            }
+        }
+        let nodes_dir = plan.dir.join("nodes");
+        std::fs::create_dir_all(&nodes_dir)?;
+        let mut t = Topology {
+            nodes: Vec::new(),
+            bin_dir: plan.bin_dir.to_path_buf(),
+            base_offset_us: plan.base_offset_us,
+        };
+        let members: Vec<String> = (1..=plan.coordinators)
+            .map(|i| format!("\"{i}\" = \"{}:7001\"", coordinator_ip(i)))
+            .collect();
+        for i in 1..=plan.coordinators {
+            let name = format!("coordinator-{i}");
+            let ip = coordinator_ip(i);
+            let data_dir = nodes_dir.join(&name);
+            let config = nodes_dir.join(format!("{name}.toml"));
+            let init = if i == 1 {
+                format!("[init_members]\n{}\n", members.join("\n"))
+            } else {
+                String::new()
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "region = \"{REGION}\"\nnode_id = {i}\nlisten = \"{ip}:7001\"\n\
+                     metrics_listen = \"{ip}:9101\"\noutgoing_address = \"{ip}\"\n\
+                     data_dir = \"{}\"\nsegment_entries = 200\n\n\
+                     [leases]\nduration_ms = {LEASE_DURATION_MS}\n\
+                     settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
+                     late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{init}",
+                    data_dir.display()
+                ),
+            )?;
+            let clock_file = nodes_dir.join(format!("{name}.clock"));
+            write_skew(&clock_file, plan.base_offset_us, 0)?;
+            let proc = Proc::start(Spec {
+                name: name.clone(),
+                program: plan.bin_dir.join("coordinator"),
+                args: vec!["--config".into(), config.into()],
+                env: env(&clock_file, plan.planted_bug, "info,openraft=warn"),
+                log: nodes_dir.join(format!("{name}.log")),
+            })?;
+            t.nodes.push(Node {
+                name,
+                role: Role::Coordinator,
+                ip,
+                port: 7001,
+                metrics: format!("{ip}:9101"),
+                clock_file,
+                data_dir,
+                proc,
+            });
+        }
+        t.wait_for_leader(Duration::from_secs(30))?;
+        let coordinators: Vec<String> = t
+            .coordinators()
+            .map(|n| format!("\"{}\"", n.addr()))
+            .collect();
+        for e in 1..=plan.edges {
+            let name = format!("edge-{e}");
+            let ip = edge_ip(e);
+            let config = nodes_dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "edge_id = \"{name}\"\nlisten = \"{ip}:8080\"\noutgoing_address = \"{ip}\"\n\
+                     coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
+                     margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
+                     notice_base_url = \"http://{ip}:8080\"\n",
+                    coordinators.join(", ")
+                ),
+            )?;
+            let clock_file = nodes_dir.join(format!("{name}.clock"));
+            write_skew(&clock_file, plan.base_offset_us, 0)?;
+            let proc = Proc::start(Spec {
+                name: name.clone(),
+                program: plan.bin_dir.join("edge"),
+                args: vec!["--config".into(), config.into()],
+                env: env(&clock_file, plan.planted_bug, "info"),
+                log: nodes_dir.join(format!("{name}.log")),
+            })?;
+            t.nodes.push(Node {
+                name,
+                role: Role::Edge,
+                ip,
+                port: 8080,
+                metrics: format!("{ip}:8080"),
+                clock_file,
+                data_dir: PathBuf::new(),
+                proc,
+            });
+        }
+        Ok(t)
+    }
+
+    /// The coordinators.
+    pub fn coordinators(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.role == Role::Coordinator)
+    }
+
+    /// The edges.
+    pub fn edges(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.role == Role::Edge)
+    }
+
+    /// The node called `name`.
+    pub fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))
+    }
+
+    /// The addresses of the nodes named.
+    pub fn ips(&self, names: &[String]) -> Result<Vec<Ipv4Addr>> {
+        names
+            .iter()
+            .map(|n| {
+                self.nodes
+                    .iter()
+                    .find(|x| &x.name == n)
+                    .map(|x| x.ip)
+                    .with_context(|| format!("no node {n}"))
+            })
+            .collect()
+    }
+
+    /// Every address but `name`'s.
+    pub fn others(&self, name: &str) -> Vec<Ipv4Addr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.name != name)
+            .map(|n| n.ip)
+            .collect()
+    }
+
+    /// Runs `budgetctl` against the first coordinator; its stdout, or an error quoting stderr.
+    pub fn budgetctl(&self, args: &[&str]) -> Result<String> {
+        let endpoint = self
+            .coordinators()
+            .next()
+            .map(Node::addr)
+            .context("no coordinator")?;
+        let out = Command::new(self.bin_dir.join("budgetctl"))
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(args)
+            .output()
+            .context("running budgetctl")?;
+        if !out.status.success() {
+            bail!(
+                "budgetctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_for_leader(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = match self.budgetctl(&["status", "--json"]) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                    if v["leader"].as_u64().unwrap_or(0) > 0 {
+                        return Ok(());
+                    }
+                    out
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bail!("no leader within {limit:?}: {}", last.trim());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// True while every process that should run does (none exited by itself).
+    pub fn crashed(&mut self) -> Vec<String> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| (n.proc.state() == State::Gone).then(|| n.name.clone()))
+            .collect()
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after a grace period); resumes paused ones
+    /// first so that they can stop cleanly.
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            if n.proc.state() == State::Stopped {
+                let _ = n.proc.resume();
+            }
+            if let Err(e) = n.proc.stop(Duration::from_secs(10)) {
+                eprintln!("jepsen: stopping {}: {e}", n.name);
+            }
+        }
+    }
+}
+
+fn env(
+    clock_file: &Path,
+    planted_bug: Option<&str>,
+    log: &str,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env = vec![
+        (
+            shared::clock::CLOCK_FILE_ENV.into(),
+            clock_file.as_os_str().to_owned(),
+        ),
+        ("RUST_LOG".into(), log.into()),
+    ];
+    if let Some(bug) = planted_bug {
+        env.push((shared::planted::ENV.into(), bug.into()));
+    }
+    env
+}

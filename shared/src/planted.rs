@@ -1,0 +1,41 @@
+//! Deliberate bugs, compiled in only with the `planted-bugs` feature, so that the test harness
+//! can show it catches real mistakes (a checker that has never caught anything proves nothing).
+//!
+//! With the feature, the environment variable [`ENV`] names the one bug a process runs with;
+//! without it, [`active`] is a constant `false` and every bug site compiles away. The bugs:
+//!
+//! - `reclaim-early` (coordinator): the leader reclaims a lease as soon as its duration has
+//!   passed, without waiting `W + margin`, and puts nothing in doubt for late notices.
+//! - `dedup-by-auction` (coordinator ledger): spend events are deduplicated by exchange and
+//!   auction id only, missing the impression id, so a second impression of one auction is
+//!   dropped as a duplicate.
+//! - `ack-before-commit` (edge): a billing notice is acknowledged before its spend batch is
+//!   committed, so a crash loses charges the exchange was told were recorded.
+
+/// The variable that names the active bug.
+pub const ENV: &str = "PLANTED_BUG";
+
+/// Every bug there is.
+pub const BUGS: [&str; 3] = ["reclaim-early", "dedup-by-auction", "ack-before-commit"];
+
+/// True if this process runs with the bug `name`.
+#[cfg(feature = "planted-bugs")]
+pub fn active(name: &str) -> bool {
+    static BUG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BUG.get_or_init(|| {
+        let bug = std::env::var(ENV).ok().filter(|b| !b.is_empty());
+        if let Some(b) = &bug {
+            eprintln!("PLANTED BUG ACTIVE: {b} (a test build; never run this in production)");
+        }
+        bug
+    })
+    .as_deref()
+        == Some(name)
+}
+
+/// True if this process runs with the bug `name`: never, without the `planted-bugs` feature.
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub fn active(_name: &str) -> bool {
+    false
+}
