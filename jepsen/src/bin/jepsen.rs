@@ -55,10 +55,41 @@ enum Command {
         #[arg(long, default_value_t = 95)]
         min_utilization: u8,
     },
+    /// Print the fault schedule (JSON) that `run` would follow with these options, without
+    /// running anything.
+    Schedule {
+        /// As for `run`.
+        #[arg(long, default_value_t = 100)]
+        time_limit: u64,
+        /// As for `run`.
+        #[arg(long, default_value = "partition,kill,pause,clock")]
+        nemesis: String,
+        /// As for `run`.
+        #[arg(long)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Schedule {
+        time_limit,
+        nemesis,
+        seed,
+    } = &cli.command
+    {
+        return match Kind::parse_list(nemesis) {
+            Ok(kinds) => {
+                let s = jepsen::run::schedule(*seed, Duration::from_secs(*time_limit), kinds, 3, 2);
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jepsen: --nemesis: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let Command::Run {
         time_limit,
         nemesis,
@@ -68,7 +99,10 @@ fn main() -> ExitCode {
         bin_dir,
         planted_bug,
         min_utilization,
-    } = cli.command;
+    } = cli.command
+    else {
+        unreachable!("handled above")
+    };
     let kinds = match Kind::parse_list(&nemesis) {
         Ok(k) => k,
         Err(e) => {

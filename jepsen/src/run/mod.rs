@@ -110,6 +110,23 @@ fn wall_us() -> i64 {
     jiff::Timestamp::now().as_microsecond()
 }
 
+/// The fault schedule of a run with these options.
+pub fn schedule(
+    seed: u64,
+    time_limit: Duration,
+    kinds: Vec<Kind>,
+    coordinators: usize,
+    edges: usize,
+) -> Schedule {
+    let coordinators: Vec<String> = (1..=coordinators)
+        .map(|i| format!("coordinator-{i}"))
+        .collect();
+    let edges: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
+    let mut params = Params::new(seed, time_limit, kinds, coordinators, edges);
+    params.tail = TAIL;
+    Schedule::generate(&params)
+}
+
 /// Runs one whole run.
 pub fn run(opts: &Options) -> Result<Outcome> {
     chaos::netns::ensure_private()?;
@@ -119,19 +136,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         .to_string();
     let dir = opts.out.join(format!("{stamp}-seed-{}", opts.seed));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let coordinators: Vec<String> = (1..=opts.coordinators)
-        .map(|i| format!("coordinator-{i}"))
-        .collect();
-    let edges: Vec<String> = (1..=opts.edges).map(|i| format!("edge-{i}")).collect();
-    let mut params = Params::new(
+    let schedule = schedule(
         opts.seed,
         opts.time_limit,
         opts.kinds.clone(),
-        coordinators,
-        edges,
+        opts.coordinators,
+        opts.edges,
     );
-    params.tail = TAIL;
-    let schedule = Schedule::generate(&params);
     std::fs::write(
         dir.join("schedule.json"),
         serde_json::to_vec_pretty(&schedule)?,

@@ -187,6 +187,7 @@ impl Topology {
                     "edge_id = \"{name}\"\nlisten = \"{ip}:8080\"\noutgoing_address = \"{ip}\"\n\
                      coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
                      margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
+                     batch_max_delay_ms = 50\n\
                      notice_base_url = \"http://{ip}:8080\"\n",
                     coordinators.join(", ")
                 ),
