@@ -68,10 +68,33 @@ enum Command {
         #[arg(long)]
         seed: u64,
     },
+    /// Tally the runs under a folder (each run's results.json): runs, passes, faults injected
+    /// by kind, violations by invariant, and the lowest utilization. Exit 1 if any run failed.
+    Tally {
+        /// The folder `run --out` wrote to.
+        #[arg(default_value = "jepsen-runs")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Tally { dir } = &cli.command {
+        return match jepsen::run::tally::tally(dir) {
+            Ok(t) => {
+                print!("{}", t.text);
+                if t.failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("jepsen: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Schedule {
         time_limit,
         nemesis,
@@ -101,7 +124,7 @@ fn main() -> ExitCode {
         min_utilization,
     } = cli.command
     else {
-        unreachable!("handled above")
+        unreachable!("schedule and tally are handled above")
     };
     let kinds = match Kind::parse_list(&nemesis) {
         Ok(k) => k,

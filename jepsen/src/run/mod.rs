@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod faults;
 pub mod grpc;
 pub mod report;
+pub mod tally;
 pub mod topology;
 
 use std::collections::BTreeMap;
