@@ -210,6 +210,12 @@ fn main() -> ExitCode {
                         .unwrap_or_default()
                 );
             }
+            if !o.crashed.is_empty() {
+                eprintln!(
+                    "processes that exited by themselves: {}",
+                    o.crashed.join(", ")
+                );
+            }
             let seen = o.faults.iter().filter(|f| f.observed).count();
             eprintln!(
                 "faults: {seen} of {} seen to reach their target",

@@ -75,6 +75,8 @@ pub struct Outcome {
     pub faults: Vec<Injected>,
     /// The lowest utilization among buckets whose demand exceeded their budget, ppm.
     pub utilization_ppm: Option<i64>,
+    /// Processes that exited by themselves during the run (a crash fails the run).
+    pub crashed: Vec<String>,
 }
 
 /// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
@@ -509,7 +511,8 @@ fn drive(
         cross_at,
         load_start_wall_us: wall_us() - i64::try_from(start.elapsed().as_micros())?,
     };
-    let (outcome, pending) = report::check_all(&inputs)?;
+    let (mut outcome, pending) = report::check_all(&inputs)?;
+    outcome.crashed = crashed;
     Ok((outcome, pending))
 }
 

@@ -229,6 +229,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         verdicts: vec![i1, i2, i3, i6, i7],
         faults: i.injected.to_vec(),
         utilization_ppm: utilization,
+        crashed: Vec::new(),
     };
     Ok((outcome, Pending { replicas, body }))
 }
@@ -256,7 +257,8 @@ pub fn finish(
     let i4 = chains::check(&replicas);
     outcome.verdicts.insert(3, i4);
     let faults_ok = !outcome.faults.is_empty() && outcome.faults.iter().all(|f| f.observed);
-    outcome.passed = faults_ok && outcome.verdicts.iter().all(|v| v.held);
+    outcome.passed =
+        faults_ok && outcome.crashed.is_empty() && outcome.verdicts.iter().all(|v| v.held);
     let results = serde_json::json!({
         "seed": opts.seed,
         "time_limit_secs": opts.time_limit.as_secs(),
@@ -267,6 +269,7 @@ pub fn finish(
         "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
         "faults_scheduled": schedule.windows.len(),
         "utilization_ppm": outcome.utilization_ppm,
+        "crashed": outcome.crashed,
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
         "data_directories": offline.iter().map(|(n, ok, out)| serde_json::json!({"node": n, "verified": ok, "output": out})).collect::<Vec<_>>(),
@@ -309,6 +312,13 @@ pub fn finish(
                 .first()
                 .map_or("", String::as_str)
                 .replace('|', "\\|")
+        );
+    }
+    if !outcome.crashed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Processes that exited by themselves** (see their logs): {}.",
+            outcome.crashed.join(", ")
         );
     }
     if let Some(u) = outcome.utilization_ppm {

@@ -54,6 +54,9 @@ pub fn tally(dir: &Path) -> Result<Tally> {
             }
             *violations.entry(name).or_default() += n;
         }
+        for c in v["crashed"].as_array().into_iter().flatten() {
+            bad.push(format!("crashed {}", c.as_str().unwrap_or("?")));
+        }
         for f in v["faults"].as_array().into_iter().flatten() {
             let kind = f["window"]["fault"]["kind"]
                 .as_str()
