@@ -273,6 +273,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             batch: batch_id(&r.batch_id)?,
             edge: r.edge.parse().map_err(wire("edge"))?,
             lease: LeaseId(r.lease_id),
+            unreserved: Money::from_micros(r.unreserved_micros),
         };
         use pb::release_lease_reply::Result as R;
         let result = match self.propose(command).await? {

@@ -148,6 +148,7 @@ mod tests {
                 batch: BatchId([5; 16]),
                 edge: "e1".parse().unwrap(),
                 lease: shared::LeaseId(1),
+                unreserved: Money::from_micros(300),
             },
         ]
     }

@@ -252,7 +252,7 @@ fn retire(edge: &Arc<Edge>) {
                 }
             }
             if now >= l.release_at {
-                done.push(*id);
+                done.push((*id, l.reservoir.unreserved()));
                 return false;
             }
             true
@@ -261,10 +261,10 @@ fn retire(edge: &Arc<Edge>) {
             .leases_held
             .set(i64::try_from(leases.len()).unwrap_or(i64::MAX));
     }
-    for id in done {
+    for (id, unreserved) in done {
         let settler = edge.settler.clone();
         tokio::spawn(async move {
-            if let Some(closed) = settler.release(id).await {
+            if let Some(closed) = settler.release(id, unreserved).await {
                 tracing::debug!(lease = %id, spent = closed.spent_micros, returned = closed.returned_micros, "lease released");
             }
         });

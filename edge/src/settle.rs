@@ -38,6 +38,7 @@ enum Job {
     },
     Release {
         lease: LeaseId,
+        unreserved: i64,
         done: oneshot::Sender<Option<pb::LeaseClosed>>,
     },
 }
@@ -77,10 +78,18 @@ impl Settler {
     }
 
     /// Releases a lease after its batches are committed; the coordinator's answer, or `None`
-    /// when it was never obtained.
-    pub async fn release(&self, lease: LeaseId) -> Option<pb::LeaseClosed> {
+    /// when it was never obtained. `unreserved`: what the lease's reservoir holds (never
+    /// reserved, or given back by notices); only that returns to the region at once.
+    pub async fn release(&self, lease: LeaseId, unreserved: i64) -> Option<pb::LeaseClosed> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Job::Release { lease, done }).await.ok()?;
+        self.tx
+            .send(Job::Release {
+                lease,
+                unreserved,
+                done,
+            })
+            .await
+            .ok()?;
         wait.await.ok().flatten()
     }
 }
@@ -124,7 +133,7 @@ async fn run(
                             in_flight.entry(lease).or_default().push(h);
                         }
                     }
-                    Job::Release { lease, done } => {
+                    Job::Release { lease, unreserved, done } => {
                         let mut handles = in_flight.remove(&lease).unwrap_or_default();
                         if let Some(p) = pending.remove(&lease) {
                             handles.push(send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng)));
@@ -135,7 +144,7 @@ async fn run(
                             for h in handles {
                                 let _ = h.await;
                             }
-                            let _ = done.send(release(&ctx, lease, batch).await);
+                            let _ = done.send(release(&ctx, lease, batch, unreserved).await);
                         });
                     }
                 }
@@ -229,12 +238,18 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
 }
 
 /// Releases a lease; tries for a while, then leaves it to the leader's reclaim.
-async fn release(ctx: &Ctx, lease: LeaseId, batch: BatchId) -> Option<pb::LeaseClosed> {
+async fn release(
+    ctx: &Ctx,
+    lease: LeaseId,
+    batch: BatchId,
+    unreserved: i64,
+) -> Option<pb::LeaseClosed> {
     let (edge, coords, metrics) = &**ctx;
     let request = pb::ReleaseLeaseRequest {
         batch_id: batch.0.to_vec(),
         edge: edge.to_string(),
         lease_id: lease.0,
+        unreserved_micros: unreserved,
     };
     for attempt in 0..10 {
         let r = coords

@@ -178,18 +178,16 @@ async fn auction(
         } else {
             (false, 0)
         };
-        // Any edge may settle any notice.
-        let at = &edges[rng.usize(..edges.len())];
-        let local = |url: &str| {
-            let path = url.find("/notice/").map_or(url, |i| &url[i..]);
-            format!("{at}{path}")
-        };
+        // A notice goes to the edge that bid; a retry goes to any edge (any edge may settle
+        // any notice).
+        let path = |url: &str| url.find("/notice/").map_or(url, |i| &url[i..]).to_string();
+        let seed = rng.u64(..);
         if won {
             tally.wins.fetch_add(1, Ordering::Relaxed);
-            let win = local(&bid.nurl).replace("${AUCTION_PRICE}", &cpm(clearing));
-            let bill = local(&bid.burl).replace("${AUCTION_PRICE}", &cpm(clearing));
-            let _ = deliver(http, tally, &win).await;
-            if deliver(http, tally, &bill).await {
+            let win = path(&bid.nurl).replace("${AUCTION_PRICE}", &cpm(clearing));
+            let bill = path(&bid.burl).replace("${AUCTION_PRICE}", &cpm(clearing));
+            let _ = deliver(http, tally, edges, edge, &win, seed).await;
+            if deliver(http, tally, edges, edge, &bill, seed ^ 1).await {
                 *tally
                     .billed
                     .lock()
@@ -199,18 +197,32 @@ async fn auction(
                 tally.billed_total.fetch_add(clearing, Ordering::Relaxed);
             }
         } else {
-            let loss = local(&bid.lurl)
+            let loss = path(&bid.lurl)
                 .replace("${AUCTION_PRICE}", &cpm(competitor_micros))
                 .replace("${AUCTION_LOSS}", "102");
-            let _ = deliver(http, tally, &loss).await;
+            let _ = deliver(http, tally, edges, edge, &loss, seed).await;
         }
     }
 }
 
-/// Sends a notice until it is acknowledged (at most 10 tries).
-async fn deliver(http: &HttpClient, tally: &Tally, url: &str) -> bool {
+/// Sends a notice (`path`) to the edge that bid, then to random edges, until one acknowledges
+/// it (at most 10 tries).
+async fn deliver(
+    http: &HttpClient,
+    tally: &Tally,
+    edges: &[String],
+    first: &str,
+    path: &str,
+    seed: u64,
+) -> bool {
+    let mut rng = fastrand::Rng::with_seed(seed);
     for attempt in 0..10u32 {
-        if let Ok(r) = http.get(url).await {
+        let at = if attempt == 0 {
+            first
+        } else {
+            &edges[rng.usize(..edges.len())]
+        };
+        if let Ok(r) = http.get(&format!("{at}{path}")).await {
             if r.status == 200 {
                 return true;
             }

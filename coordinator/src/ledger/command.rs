@@ -97,11 +97,15 @@ pub enum Command {
         lease: LeaseId,
         events: Vec<SpendEvent>,
     },
-    /// The edge is done with the lease; the unspent amount returns to the region.
+    /// The edge is done with the lease: what it never reserved returns to the region, the rest
+    /// of the unspent amount waits in doubt for late notices.
     ReleaseLease {
         batch: BatchId,
         edge: EdgeId,
         lease: LeaseId,
+        /// What the edge never reserved or was given back: returned at once. The rest of the
+        /// unspent amount goes in doubt, as on a reclaim.
+        unreserved: Money,
     },
     /// Proposed by the leader for leases whose reclaim wait has passed on its own monotonic
     /// clock (DESIGN §5). Open leases among them close; their remainder goes in doubt.

@@ -589,6 +589,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
             batch_id: vec![23; 16],
             edge: "e1".into(),
             lease_id: lease.lease_id,
+            unreserved_micros: 5_000,
         })
         .await
         .unwrap()

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use coordinator::ledger::{CampaignConfig, Command, Reply, RequestKey};
 use coordinator::node::{Node, NodeConfig, ProposeError};
+use coordinator::reclaim::Windows;
+use coordinator::server::reclaim_loop;
 use edge::bidder::Edge;
 use edge::config::Config;
 use shared::bucket::{Bucket, BucketKey};
@@ -115,6 +117,20 @@ async fn serve(id: u64, dir: &Path, listener: TcpListener, lease_ms: u64) -> Arc
             .serve(listener, std::future::pending())
             .await
             .unwrap();
+    });
+    // The leader's reclaim and in-doubt expiry, with short windows (W = 1 s, as the fast tests'
+    // edges use), so that money a released lease holds in doubt comes back within the test.
+    let windows = Windows {
+        settlement: Duration::from_millis(1_000),
+        margin: Duration::from_millis(200),
+        late_acceptance: Duration::from_millis(1_000),
+    };
+    let (keep, stop) = tokio::sync::watch::channel(false);
+    let timed = node.clone();
+    tokio::spawn(async move {
+        let _keep = keep;
+        let clock = Arc::new(timed.clock.clone());
+        reclaim_loop(timed, windows, clock, stop).await;
     });
     node
 }

@@ -19,6 +19,9 @@ pub struct Spend {
     pub at_end: i64,
     /// Whether the load offered more than the budget (the exchange had more winning demand).
     pub demand_exceeds: bool,
+    /// The least one impression can spend (the campaign's bid): a bucket with less left than
+    /// this is as spent as it can be, and has nothing to resume.
+    pub unit: i64,
 }
 
 /// Settled as parts per million of the budget (0 for no budget).
@@ -43,7 +46,7 @@ pub fn check(buckets: &[Spend], min_ppm: i64) -> (Verdict, Option<i64>) {
         let u = utilization_ppm(b.at_end, b.budget);
         if b.demand_exceeds {
             lowest = Some(lowest.map_or(u, |l| l.min(u)));
-            if b.at_heal < b.budget && b.at_end <= b.at_heal {
+            if b.budget - b.at_heal >= b.unit.max(1) && b.at_end <= b.at_heal {
                 violations.push(format!(
                     "{}: spending did not resume after the heal (settled {} then and at the \
                      end, of a budget of {})",
@@ -78,6 +81,7 @@ mod tests {
             at_heal,
             at_end,
             demand_exceeds: true,
+            unit: 2_500,
         }
     }
 
@@ -100,6 +104,9 @@ mod tests {
         assert_eq!(lowest, Some(900_000));
         // Exhausted before the heal: nothing left to resume, and fully spent.
         assert!(check(&[spend(1_000_000, 1_000_000)], 950_000).0.held);
+        // Less left than one impression costs is exhausted too; one impression more is not.
+        assert!(check(&[spend(997_501, 997_501)], 950_000).0.held);
+        assert!(!check(&[spend(997_500, 997_500)], 950_000).0.held);
         // No bucket with excess demand: nothing to check.
         let mut idle = spend(0, 0);
         idle.demand_exceeds = false;

@@ -353,7 +353,7 @@ impl Exchange {
                     .lurl
                     .replace("${AUCTION_PRICE}", &cpm(competitor))
                     .replace("${AUCTION_LOSS}", "102");
-                notices.push((loss, None, Duration::ZERO));
+                notices.push((loss, None, Duration::ZERO, true));
                 continue;
             }
             t.wins.fetch_add(1, Ordering::Relaxed);
@@ -361,7 +361,7 @@ impl Exchange {
             let clearing = (competitor + 1).min(ours);
             let fill = |u: &str| u.replace("${AUCTION_PRICE}", &cpm(clearing));
             if rng.u8(..10) < 3 {
-                notices.push((fill(&bid.nurl), Some(clearing), Duration::ZERO));
+                notices.push((fill(&bid.nurl), Some(clearing), Duration::ZERO, true));
             }
             // Late within W for a third of them (never later than 90 % of W).
             let late = if rng.u8(..3) == 0 {
@@ -369,15 +369,15 @@ impl Exchange {
             } else {
                 Duration::ZERO
             };
-            notices.push((fill(&bid.burl), Some(clearing), late));
+            notices.push((fill(&bid.burl), Some(clearing), late, true));
             if rng.u8(..10) == 0 {
                 // The same billing notice again, a little later, to any edge.
                 let again = late + Duration::from_millis(rng.u64(..300));
-                notices.push((fill(&bid.burl), Some(clearing), again));
+                notices.push((fill(&bid.burl), Some(clearing), again, false));
             }
         }
         let mut sends = tokio::task::JoinSet::new();
-        for (url, amount, delay) in notices {
+        for (url, amount, delay, to_bidder) in notices {
             let path = url
                 .find("/notice/")
                 .map_or(url.clone(), |i| url[i..].to_string());
@@ -387,14 +387,27 @@ impl Exchange {
             let edges = s.edges.clone();
             let deadline = sent + s.notice_deadline;
             let seed = rng.u64(..);
+            // First to the edge that bid (as a real exchange calls the URL it was given), or,
+            // for a duplicate, to any edge; retries go to any edge.
+            let first = if to_bidder {
+                edge
+            } else {
+                rng.usize(..edges.len())
+            };
             sends.spawn(async move {
                 tokio::time::sleep(delay).await;
                 match amount {
-                    Some(a) => deliver(&http, &rec, &tally, &edges, &path, a, deadline, seed).await,
+                    Some(a) => {
+                        let to = Route {
+                            first,
+                            deadline,
+                            seed,
+                        };
+                        deliver(&http, &rec, &tally, &edges, &path, a, to).await;
+                    }
                     None => {
                         // A loss notice: best effort, not part of the history.
-                        let e = &edges[fastrand::usize(..edges.len())];
-                        let _ = http.get(&format!("{e}{path}")).await;
+                        let _ = http.get(&format!("{}{path}", edges[first])).await;
                     }
                 }
             });
@@ -403,9 +416,15 @@ impl Exchange {
     }
 }
 
-/// Sends a win or billing notice to random edges until one acknowledges it or `deadline`
-/// passes. Every attempt is one operation of the history.
-#[allow(clippy::too_many_arguments)]
+/// Where a notice goes: `first`, then random edges until `deadline`.
+struct Route {
+    first: usize,
+    deadline: Instant,
+    seed: u64,
+}
+
+/// Sends a win or billing notice to `to.first`, then to random edges, until one acknowledges it
+/// or the deadline passes. Every attempt is one operation of the history.
 async fn deliver(
     http: &HttpClient,
     rec: &Recorder,
@@ -413,9 +432,13 @@ async fn deliver(
     edges: &[String],
     path: &str,
     amount: i64,
-    deadline: Instant,
-    seed: u64,
+    to: Route,
 ) {
+    let Route {
+        first,
+        deadline,
+        seed,
+    } = to;
     let mut rng = fastrand::Rng::with_seed(seed);
     let (Some(x), Some(a), Some(i), Some(campaign)) = (
         param(path, "x"),
@@ -441,7 +464,11 @@ async fn deliver(
         }
         tally.deliveries.fetch_add(1, Ordering::Relaxed);
         let process = rec.process("x");
-        let edge = &edges[rng.usize(..edges.len())];
+        let edge = if attempt == 0 {
+            &edges[first]
+        } else {
+            &edges[rng.usize(..edges.len())]
+        };
         rec.record(&process, OpType::Invoke, call(None));
         let r = http.get(&format!("{edge}{path}")).await;
         match r {

@@ -63,9 +63,9 @@ fn read_clock(metrics: &str) -> Result<(i64, i64)> {
     let v = body
         .lines()
         .find_map(|l| {
-            // Coordinators prefix their metrics with `budget_`; edges do not.
-            l.strip_prefix("budget_clock_wall_us ")
-                .or_else(|| l.strip_prefix("clock_wall_us "))
+            // `budget_clock_wall_us` on coordinators, `edge_clock_wall_us` on edges.
+            let (name, value) = l.split_once(' ')?;
+            name.ends_with("_clock_wall_us").then_some(value)
         })
         .and_then(|v| v.trim().parse::<i64>().ok())
         .context("no clock_wall_us in /metrics")?;

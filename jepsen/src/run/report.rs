@@ -149,6 +149,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             at_heal,
             at_end: end.settled_micros,
             demand_exceeds: demand >= 2 * (budget - at_heal).max(1),
+            unit: c.bid_micros,
         });
     }
     let (i6, utilization) = check::progress::check(&spends, i.opts.min_utilization_ppm);
