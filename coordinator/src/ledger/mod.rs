@@ -577,6 +577,11 @@ impl Ledger {
             .day_of_unix_micros(stamp.time_us)
             .map_err(|e| invalid("time", e.to_string()))?;
         let daily_default = c.config.daily_budget;
+        // One impression at the campaign's bid. A smaller lease cannot fund a single bid: it
+        // would only hold money away from the edges until released or reclaimed, and near the
+        // end of a budget the share rule split the rest into such crumbs, so that the last
+        // bids were never made (found by `jepsen run`: I6, seed 2).
+        let unit = Money::from_micros(c.config.bid_cpm.micros() / 1000);
         let lifetime = BucketKey {
             campaign: campaign.clone(),
             bucket: Bucket::Lifetime,
@@ -606,7 +611,11 @@ impl Ledger {
             .last_spent
             .get(&(edge.clone(), campaign.clone()))
             .copied();
-        let amount = lease::size(want, available, velocity, &self.params);
+        let amount = if available < unit {
+            Money::ZERO
+        } else {
+            lease::size(want, available, velocity, &self.params).max(unit)
+        };
         if amount.micros() <= 0 {
             return Err(Refusal::NoRights {
                 campaign: campaign.clone(),

@@ -380,7 +380,13 @@ fn grants_are_refused_without_rights_or_when_paused() {
             campaign: cid("c1")
         }
     );
-    h.budget("c1", Bucket::Lifetime, 1_000);
+    // Less than one impression's bid (2,000): nothing a lease could fund.
+    h.budget("c1", Bucket::Lifetime, 1_999);
+    assert!(matches!(
+        refused(&h.grant("e1", "c1", 10)),
+        Refusal::NoRights { .. }
+    ));
+    h.budget("c1", Bucket::Lifetime, 10_000);
     let key = h.key();
     h.run(Command::Pause {
         key,
@@ -415,11 +421,12 @@ fn grants_are_refused_without_rights_or_when_paused() {
 fn the_last_micros_of_a_budget_are_leased_and_spent() {
     let mut h = H::new();
     h.campaign("c1", None);
-    h.budget("c1", Bucket::Lifetime, 1_000);
+    h.budget("c1", Bucket::Lifetime, 10_001);
     let mut spent = 0;
     let mut auction = 0;
     while let Reply::LeaseGranted { lease, amount, .. } = h.grant("e1", "c1", 10_000) {
-        // Spend all of it, one micro-priced impression at a time in chunks.
+        // Never less than one impression's bid (2,000): a smaller lease funds no bid.
+        assert!(amount >= m(2_000), "{amount:?}");
         auction += 1;
         let a = h.report(
             "e1",
@@ -430,9 +437,11 @@ fn the_last_micros_of_a_budget_are_leased_and_spent() {
         spent += amount.micros();
         h.release("e1", lease);
     }
-    assert_eq!(spent, 1_000, "the whole budget was spent");
-    assert_eq!(h.available(&lifetime("c1")), Money::ZERO);
-    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), m(1_000));
+    // Spent down to less than one bid: what no impression can use.
+    let left = h.available(&lifetime("c1"));
+    assert!(left < m(2_000), "{left:?} left");
+    assert_eq!(spent + left.micros(), 10_001);
+    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), m(spent));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::ledger::{CampaignConfig, Command, Reply, RequestKey};
+use coordinator::ledger::{CampaignConfig, Command, LeaseState, Reply, RequestKey};
 use coordinator::node::{Node, NodeConfig, ProposeError};
 use coordinator::reclaim::Windows;
 use coordinator::server::reclaim_loop;
@@ -102,6 +102,13 @@ impl Region {
         self.nodes[0]
             .state
             .read(|m| m.ledger().bucket(&key).map_or(0, |b| b.settled().micros()))
+    }
+
+    /// A lease's state as node 1 has applied it.
+    pub fn lease_state(&self, id: u64) -> Option<LeaseState> {
+        self.nodes[0]
+            .state
+            .read(|m| m.ledger().lease(shared::LeaseId(id)).map(|l| l.state))
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use edge::http::HttpClient;
 use edge::openrtb::BidResponse;
 
+use coordinator::ledger::LeaseState;
+
 use crate::harness::{EdgeProcess, Region, edge_config, edge_in_process, metric};
 
 fn request(auction: &str) -> Vec<u8> {
@@ -130,4 +132,53 @@ async fn a_killed_edges_unanswered_notices_settle_exactly_once_through_another_e
     let above = win_url(&won[2].seatbid[0].bid[0], 2_001, &b_base);
     assert_eq!(http.get(&above).await.unwrap().status, 400);
     assert_eq!(region.settled("c1"), want);
+}
+
+/// Regression, found by `jepsen run` (long form, seeds 1 to 3): the bidding edge releases its
+/// lease W after its window, and a notice the exchange could not deliver to it is retried at
+/// another edge afterwards. It must settle against money held in doubt, not land on a closed
+/// lease as a late-spend anomaly (billed by the exchange, never debited: an overspend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notice_retried_after_its_lease_was_released_still_settles() {
+    let mut region = Region::start_with(1_000).await;
+    region.campaign("c1", 2_000_000, 10_000_000).await;
+    let http = HttpClient::new(Duration::from_secs(5));
+    let mut quick = edge_config("edge-a", &region.addrs);
+    quick.settlement_window_ms = 300;
+    quick.margin_ms = 100;
+    let (_a, a_base) = edge_in_process(quick).await;
+    let (_b, b_base) = edge_in_process(edge_config("edge-b", &region.addrs)).await;
+    let won = bids(&http, &a_base, "late", 3).await;
+    let lease: u64 = {
+        let url = &won[0].seatbid[0].bid[0].nurl;
+        let l = url.split("l=").nth(1).unwrap();
+        l[..l.find('&').unwrap()].parse().unwrap()
+    };
+    // Edge A releases the lease (no notice reached it): the unspent rest waits in doubt.
+    let mut state = None;
+    for _ in 0..300 {
+        state = region.lease_state(lease);
+        if !matches!(state, Some(LeaseState::Open)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        matches!(state, Some(LeaseState::InDoubt { .. })),
+        "after the release: {state:?}"
+    );
+    // The exchange's retries reach edge B: they settle.
+    let mut want = 0;
+    for (i, bid) in won.iter().enumerate() {
+        let b = &bid.seatbid[0].bid[0];
+        if !b.nurl.contains(&format!("l={lease}&")) {
+            continue;
+        }
+        let price = 1_000 + i as i64;
+        let r = http.get(&win_url(b, price, &b_base)).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        want += price;
+    }
+    assert!(want > 0);
+    assert_eq!(region.settled("c1"), want, "settled, not recorded as late");
 }

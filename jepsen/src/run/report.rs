@@ -59,6 +59,7 @@ pub struct Inputs<'a> {
 pub struct Pending {
     replicas: Vec<chains::Replica>,
     body: String,
+    buckets: serde_json::Value,
 }
 
 impl std::fmt::Debug for Pending {
@@ -224,6 +225,20 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         body,
         "![spend against budget](spend.svg)\n\n![bid latency](latency.svg)\n"
     );
+    let snapshot = |s: &BTreeMap<String, pb::Balance>| -> serde_json::Value {
+        s.iter()
+            .map(|(k, b)| {
+                (
+                    k.clone(),
+                    serde_json::json!({"budget": b.budget_micros, "rights": b.rights_micros,
+                        "settled": b.settled_micros, "leased": b.leased_micros,
+                        "in_doubt": b.in_doubt_micros, "available": b.available_micros}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let buckets = serde_json::json!({"at_heal": snapshot(i.heal), "at_end": snapshot(i.end)});
     let outcome = Outcome {
         dir: i.dir.to_path_buf(),
         passed: false,
@@ -232,7 +247,14 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         utilization_ppm: utilization,
         crashed: Vec::new(),
     };
-    Ok((outcome, Pending { replicas, body }))
+    Ok((
+        outcome,
+        Pending {
+            replicas,
+            body,
+            buckets,
+        },
+    ))
 }
 
 /// Adds I4 (live chains and the offline verification of every data directory), decides the
@@ -273,6 +295,7 @@ pub fn finish(
         "crashed": outcome.crashed,
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
+        "buckets_micros": pending.buckets,
         "data_directories": offline.iter().map(|(n, ok, out)| serde_json::json!({"node": n, "verified": ok, "output": out})).collect::<Vec<_>>(),
     });
     std::fs::write(
