@@ -125,7 +125,12 @@ pub fn run(
         let (observed, proof) = match (early, healed) {
             (Ok(a), Ok(b)) => {
                 let seen = a.0 && b.0;
-                (seen, format!("{}; {}", a.1, b.1))
+                let proof = if a.1.is_empty() {
+                    b.1
+                } else {
+                    format!("{}; {}", a.1, b.1)
+                };
+                (seen, proof)
             }
             (Err(e), _) | (_, Err(e)) => (false, format!("{e:#}")),
         };
@@ -280,7 +285,10 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
             let after = node.proc.starts();
             (
                 after == before + 1,
-                format!("restarted (start {after}, pid {:?})", node.proc.pid()),
+                format!(
+                    "restarted (start {after}, pid {})",
+                    node.proc.pid().map_or("none".into(), |p| p.to_string())
+                ),
             )
         }
         Active::Paused(n) => {
