@@ -4,8 +4,9 @@
 //! With the feature, the environment variable [`ENV`] names the one bug a process runs with;
 //! without it, [`active`] is a constant `false` and every bug site compiles away. The bugs:
 //!
-//! - `reclaim-early` (coordinator): the leader reclaims a lease as soon as its duration has
-//!   passed, without waiting `W + margin`, and puts nothing in doubt for late notices.
+//! - `reclaim-early` (coordinator): the leader reclaims a lease halfway through its duration,
+//!   without waiting for the edge's window, `W` and the margin, and puts nothing in doubt for
+//!   late notices.
 //! - `dedup-by-auction` (coordinator ledger): spend events are deduplicated by exchange and
 //!   auction id only, missing the impression id, so a second impression of one auction is
 //!   dropped as a duplicate.
