@@ -152,15 +152,8 @@ impl Topology {
                     data_dir.display()
                 ),
             )?;
-            let clock_file = nodes_dir.join(format!("{name}.clock"));
-            write_skew(&clock_file, plan.base_offset_us, 0)?;
-            let proc = Proc::start(Spec {
-                name: name.clone(),
-                program: plan.bin_dir.join("coordinator"),
-                args: vec!["--config".into(), config.into()],
-                env: env(&clock_file, plan.planted_bug, "info,openraft=warn"),
-                log: nodes_dir.join(format!("{name}.log")),
-            })?;
+            let (clock_file, proc) =
+                launch(plan, &name, "coordinator", config, "info,openraft=warn")?;
             t.nodes.push(Node {
                 name,
                 role: Role::Coordinator,
@@ -192,15 +185,7 @@ impl Topology {
                     coordinators.join(", ")
                 ),
             )?;
-            let clock_file = nodes_dir.join(format!("{name}.clock"));
-            write_skew(&clock_file, plan.base_offset_us, 0)?;
-            let proc = Proc::start(Spec {
-                name: name.clone(),
-                program: plan.bin_dir.join("edge"),
-                args: vec!["--config".into(), config.into()],
-                env: env(&clock_file, plan.planted_bug, "info"),
-                log: nodes_dir.join(format!("{name}.log")),
-            })?;
+            let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
             t.nodes.push(Node {
                 name,
                 role: Role::Edge,
@@ -319,6 +304,28 @@ impl Topology {
             }
         }
     }
+}
+
+/// Starts `program --config CONFIG` as node `name`, with its own skew file (at the run's base
+/// offset) and its log in the run's `nodes/` folder.
+fn launch(
+    plan: &Plan,
+    name: &str,
+    program: &str,
+    config: PathBuf,
+    log_filter: &str,
+) -> Result<(PathBuf, Proc)> {
+    let nodes_dir = plan.dir.join("nodes");
+    let clock_file = nodes_dir.join(format!("{name}.clock"));
+    write_skew(&clock_file, plan.base_offset_us, 0)?;
+    let proc = Proc::start(Spec {
+        name: name.to_string(),
+        program: plan.bin_dir.join(program),
+        args: vec!["--config".into(), config.into()],
+        env: env(&clock_file, plan.planted_bug, log_filter),
+        log: nodes_dir.join(format!("{name}.log")),
+    })?;
+    Ok((clock_file, proc))
 }
 
 fn env(
