@@ -30,7 +30,7 @@ fn wire(field: &'static str) -> impl Fn(shared::id::IdError) -> Status {
     move |e| Status::invalid_argument(format!("{field}: {e}"))
 }
 
-fn request_key(k: Option<&pb::IdempotencyKey>) -> Result<RequestKey, Status> {
+pub(crate) fn request_key(k: Option<&pb::IdempotencyKey>) -> Result<RequestKey, Status> {
     let bytes = k.map(|k| k.key.as_slice()).unwrap_or_default();
     let key: [u8; 16] = bytes
         .try_into()
@@ -46,7 +46,7 @@ fn batch_id(bytes: &[u8]) -> Result<BatchId, Status> {
     ))
 }
 
-fn bucket_key(k: Option<&pb::BucketKey>) -> Result<BucketKey, Status> {
+pub(crate) fn bucket_key(k: Option<&pb::BucketKey>) -> Result<BucketKey, Status> {
     let k = k.ok_or_else(|| bad("bucket: missing"))?;
     let campaign: CampaignId = k.campaign.parse().map_err(wire("bucket.campaign"))?;
     let bucket = k
@@ -155,7 +155,9 @@ impl Api {
     }
 }
 
-fn campaign_config(c: &pb::CampaignConfig) -> Result<(CampaignId, CampaignConfig), Status> {
+pub(crate) fn campaign_config(
+    c: &pb::CampaignConfig,
+) -> Result<(CampaignId, CampaignConfig), Status> {
     let id: CampaignId = c.campaign.parse().map_err(wire("config.campaign"))?;
     let daily_budget = c
         .daily_budget_micros
@@ -172,6 +174,20 @@ fn campaign_config(c: &pb::CampaignConfig) -> Result<(CampaignId, CampaignConfig
     Ok((id, config))
 }
 
+/// A campaign's settings on the wire.
+pub(crate) fn campaign_to_wire(id: &CampaignId, c: &crate::ledger::Campaign) -> pb::CampaignConfig {
+    let mut w = pb::CampaignConfig {
+        campaign: id.to_string(),
+        time_zone: c.config.zone.clone(),
+        bid_cpm_micros: c.config.bid_cpm.micros(),
+        paused: c.paused,
+        daily_budget_micros: c.config.daily_budget.map(Money::micros),
+        ..Default::default()
+    };
+    shared::proto::targeting_to_wire(&c.config.targeting, &mut w);
+    w
+}
+
 #[tonic::async_trait]
 impl pb::lease_api_server::LeaseApi for Api {
     async fn grant_lease(
@@ -179,10 +195,13 @@ impl pb::lease_api_server::LeaseApi for Api {
         request: Request<pb::GrantLeaseRequest>,
     ) -> Result<Response<pb::GrantLeaseReply>, Status> {
         let r = request.into_inner();
+        let campaign: CampaignId = r.campaign.parse().map_err(wire("campaign"))?;
+        // Where edges want leases is where rights are wanted (region sync's rebalancing).
+        self.node.sync.demand.asked(&campaign);
         let command = Command::GrantLease {
             key: request_key(r.idempotency_key.as_ref())?,
             edge: r.edge.parse::<EdgeId>().map_err(wire("edge"))?,
-            campaign: r.campaign.parse().map_err(wire("campaign"))?,
+            campaign,
             want: nonneg_micros("want_micros", r.want_micros).map_err(bad)?,
         };
         use pb::grant_lease_reply::Result as R;
@@ -307,18 +326,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             } else {
                 ledger
                     .campaigns()
-                    .map(|(id, c)| {
-                        let mut w = pb::CampaignConfig {
-                            campaign: id.to_string(),
-                            time_zone: c.config.zone.clone(),
-                            bid_cpm_micros: c.config.bid_cpm.micros(),
-                            paused: c.paused,
-                            daily_budget_micros: c.config.daily_budget.map(Money::micros),
-                            ..Default::default()
-                        };
-                        shared::proto::targeting_to_wire(&c.config.targeting, &mut w);
-                        w
-                    })
+                    .map(|(id, c)| campaign_to_wire(id, c))
                     .collect()
             };
             // The newest day bucket of each campaign with a daily budget: buckets are ordered
@@ -562,6 +570,28 @@ impl pb::admin_server::Admin for Api {
         }))
     }
 
+    async fn region_status(
+        &self,
+        request: Request<pb::RegionStatusRequest>,
+    ) -> Result<Response<pb::RegionStatusReply>, Status> {
+        let r = request.into_inner();
+        let campaign: Option<CampaignId> = if r.campaign.is_empty() {
+            None
+        } else {
+            Some(r.campaign.parse().map_err(wire("campaign"))?)
+        };
+        if self.node.raft.metrics().borrow().current_leader != Some(self.node.id) {
+            return Ok(Response::new(pb::RegionStatusReply {
+                region: self.node.region.to_string(),
+                not_leader: Some(not_leader(self.node.leader())),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(
+            self.node.sync.status(&self.node, campaign.as_ref()),
+        ))
+    }
+
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,
@@ -689,5 +719,65 @@ impl pb::audit_server::Audit for Api {
             }
         }
         Ok(Response::new(pb::ListSegmentsReply { segments }))
+    }
+}
+
+impl Api {
+    fn unknown_peer(&self, r: &shared::RegionId) -> Status {
+        Status::permission_denied(format!(
+            "region {r} is not a configured peer of region {}",
+            self.node.region
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::region_sync_server::RegionSync for Api {
+    async fn push_state(
+        &self,
+        request: Request<pb::RegionState>,
+    ) -> Result<Response<pb::PushAck>, Status> {
+        use crate::region::ReceiveError as E;
+        use pb::push_ack::Result as R;
+        let result = match self
+            .node
+            .sync
+            .receive(&self.node, request.into_inner())
+            .await
+        {
+            Ok(index) => R::MergedAtIndex(index),
+            Err(E::NotLeader(leader)) => R::NotLeader(not_leader(leader)),
+            Err(E::Refused(why)) => R::Refused(why),
+            Err(E::Invalid(why)) => return Err(bad(why)),
+            Err(E::UnknownPeer(r)) => return Err(self.unknown_peer(&r)),
+            Err(E::Unavailable(why)) => return Err(Status::unavailable(why)),
+        };
+        Ok(Response::new(pb::PushAck {
+            result: Some(result),
+        }))
+    }
+
+    async fn request_rights(
+        &self,
+        request: Request<pb::RightsRequest>,
+    ) -> Result<Response<pb::RightsReply>, Status> {
+        use crate::region::DonateError as E;
+        use pb::rights_reply::Result as R;
+        let (result, seq) = match self
+            .node
+            .sync
+            .donate(&self.node, request.into_inner())
+            .await
+        {
+            Ok((amount, seq)) => (R::GrantedMicros(amount.micros()), seq),
+            Err(E::NotLeader(leader)) => (R::NotLeader(not_leader(leader)), 0),
+            Err(E::Invalid(why)) => return Err(bad(why)),
+            Err(E::UnknownPeer(r)) => return Err(self.unknown_peer(&r)),
+            Err(E::Unavailable(why)) => return Err(Status::unavailable(why)),
+        };
+        Ok(Response::new(pb::RightsReply {
+            result: Some(result),
+            transfer_log_seq: seq,
+        }))
     }
 }

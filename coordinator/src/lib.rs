@@ -26,4 +26,5 @@ pub mod network;
 pub mod node;
 pub mod raft;
 pub mod reclaim;
+pub mod region;
 pub mod server;

@@ -29,6 +29,23 @@ struct StoreLabels {
     store: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgeLabels {
+    peer: String,
+    of: &'static str,
+}
+
 /// The metrics of one node.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +61,11 @@ pub struct Metrics {
     settled_micros: Gauge<i64, AtomicI64>,
     clock_wall_us: Gauge<i64, AtomicI64>,
     open_leases: Gauge,
+    region_pushes: Family<PeerLabels, Counter>,
+    region_alarms: Family<PeerLabels, Counter>,
+    region_transfers: Family<DirectionLabels, Counter>,
+    region_transferred_micros: Family<DirectionLabels, Counter>,
+    region_sync_age_ms: Family<AgeLabels, Gauge>,
 }
 
 /// The label of a command's kind.
@@ -136,8 +158,44 @@ impl Metrics {
              fault-injection skew file drives it)",
             clock_wall_us.clone(),
         );
+        let region_pushes = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "region_pushes",
+            "State pushes to peer regions, by peer and result (ok, refused, failed)",
+            region_pushes.clone(),
+        );
+        let region_alarms = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "region_alarms",
+            "Alarms about peer regions' states (result: data_loss, went_back); any is a page",
+            region_alarms.clone(),
+        );
+        let region_transfers = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "region_transfers",
+            "Rights moved between regions by this leader (out: given on request; in: merged)",
+            region_transfers.clone(),
+        );
+        let region_transferred_micros = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "region_transferred_micros",
+            "Micros of rights moved between regions (out: given; in: received through merges)",
+            region_transferred_micros.clone(),
+        );
+        let region_sync_age_ms = Family::<AgeLabels, Gauge>::default();
+        registry.register(
+            "region_sync_age_ms",
+            "Milliseconds since the last acknowledged push to a peer (of=push) or the last push \
+             from it (of=receive); -1: never. On the leader.",
+            region_sync_age_ms.clone(),
+        );
         Metrics {
             registry,
+            region_pushes,
+            region_alarms,
+            region_transfers,
+            region_transferred_micros,
+            region_sync_age_ms,
             commands,
             lease_grants,
             lease_granted_micros,
@@ -168,6 +226,35 @@ impl Metrics {
             self.lease_granted_micros
                 .inc_by(u64::try_from(amount.micros()).unwrap_or(0));
         }
+    }
+
+    /// Counts a push to `peer` and its result.
+    pub fn region_push(&self, peer: &str, result: &'static str) {
+        self.region_pushes
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts an alarm about `peer`.
+    pub fn region_alarm(&self, peer: &str, kind: &'static str) {
+        self.region_alarms
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+                result: kind,
+            })
+            .inc();
+    }
+
+    /// Counts rights moved `direction` ("in" or "out").
+    pub fn region_transfer(&self, direction: &'static str, amount: shared::Money) {
+        let d = DirectionLabels { direction };
+        self.region_transfers.get_or_create(&d).inc();
+        self.region_transferred_micros
+            .get_or_create(&d)
+            .inc_by(u64::try_from(amount.micros()).unwrap_or(0));
     }
 
     /// Records one synced write of `store`.
@@ -213,6 +300,16 @@ impl Metrics {
         self.clock_wall_us.set(node.clock.wall_us());
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
+        for (peer, push, receive) in node.sync.ages() {
+            for (of, v) in [("push", push), ("receive", receive)] {
+                self.region_sync_age_ms
+                    .get_or_create(&AgeLabels {
+                        peer: peer.to_string(),
+                        of,
+                    })
+                    .set(v);
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub clock: Clock,
     /// Source IP of its connections to peers; `None`: the system chooses.
     pub outgoing: Option<std::net::IpAddr>,
+    /// Peer regions and how to sync with them (none: a region on its own).
+    pub sync: crate::region::Settings,
 }
 
 impl NodeConfig {
@@ -58,6 +60,7 @@ impl NodeConfig {
             logs_kept_after_snapshot: 1_000,
             clock: Clock::system(),
             outgoing: None,
+            sync: crate::region::Settings::default(),
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Its clock (skewable by a test harness: `shared::clock`).
     pub clock: Clock,
+    /// Its side of region sync (peers, alarms, demand).
+    pub sync: Arc<crate::region::Sync>,
 }
 
 impl Node {
@@ -161,6 +166,11 @@ impl Node {
             metrics,
             data_dir: cfg.data_dir.clone(),
             clock: cfg.clock.clone(),
+            sync: Arc::new(crate::region::Sync::new(cfg.region.clone(), {
+                let mut s = cfg.sync.clone();
+                s.outgoing = s.outgoing.or(cfg.outgoing);
+                s
+            })),
         })
     }
 
@@ -197,6 +207,23 @@ impl Node {
         }
     }
 
+    /// The leader as this node knows it: `(id, address)`.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// The index of the last entry applied here.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
     /// The gRPC service that peers send Raft messages to.
     pub fn raft_service(&self) -> RaftTransportServer<RaftService> {
         RaftTransportServer::new(RaftService::new(
@@ -224,7 +251,14 @@ impl Node {
             .add_service(shared::proto::v1::admin_server::AdminServer::new(
                 api.clone(),
             ))
-            .add_service(shared::proto::v1::audit_server::AuditServer::new(api))
+            .add_service(shared::proto::v1::audit_server::AuditServer::new(
+                api.clone(),
+            ))
+            .add_service(
+                shared::proto::v1::region_sync_server::RegionSyncServer::new(api)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
             .serve_with_incoming_shutdown(
                 // No Nagle: a small reply must not wait for the client's delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

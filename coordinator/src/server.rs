@@ -44,6 +44,38 @@ pub struct Config {
     pub leases: LeaseConfig,
     /// Financial-log records per sealed segment file in `<data_dir>/segments/`.
     pub segment_entries: u64,
+    /// Peer regions and region sync (DESIGN §7). No peers: a region on its own.
+    pub regions: RegionsConfig,
+}
+
+/// Region sync: the peer regions and how often to talk to them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionsConfig {
+    /// Each peer region's coordinators: `peers = { eu = ["10.1.0.1:7001", ...] }`.
+    pub peers: BTreeMap<String, Vec<String>>,
+    /// A peer gets our state at least this often (and at once when our counters change).
+    pub push_interval_ms: u64,
+    /// A peer's log head is recorded in our log at least this often while it pushes.
+    pub witness_refresh_ms: u64,
+    /// Projected need of a bucket = its settled rate × this; a donor keeps that much.
+    pub horizon_ms: u64,
+    /// How often the leader looks for buckets short of rights.
+    pub ask_interval_ms: u64,
+}
+
+impl Default for RegionsConfig {
+    fn default() -> Self {
+        let s = crate::region::Settings::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        RegionsConfig {
+            peers: BTreeMap::new(),
+            push_interval_ms: ms(s.push_interval),
+            witness_refresh_ms: ms(s.witness_refresh),
+            horizon_ms: ms(s.horizon),
+            ask_interval_ms: ms(s.ask_interval),
+        }
+    }
 }
 
 /// Raft timing.
@@ -93,6 +125,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
             segment_entries: 10_000,
+            regions: RegionsConfig::default(),
         }
     }
 }
@@ -188,6 +221,33 @@ impl Config {
                 ))
             })?);
         }
+        let g = &self.regions;
+        if g.push_interval_ms == 0 || g.witness_refresh_ms == 0 || g.ask_interval_ms == 0 {
+            return Err(err(
+                "regions: push_interval_ms, witness_refresh_ms and ask_interval_ms must be positive"
+                    .into(),
+            ));
+        }
+        for (name, addrs) in &g.peers {
+            let peer: RegionId = name
+                .parse()
+                .map_err(|e| err(format!("regions.peers: {name:?}: {e}")))?;
+            if peer == node.region {
+                return Err(err(format!(
+                    "regions.peers: {name} is this node's own region"
+                )));
+            }
+            if addrs.is_empty() || addrs.iter().any(|a| a.trim().is_empty()) {
+                return Err(err(format!(
+                    "regions.peers: {name} needs at least one coordinator address, none empty"
+                )));
+            }
+            node.sync.peers.insert(peer, addrs.clone());
+        }
+        node.sync.push_interval = Duration::from_millis(g.push_interval_ms);
+        node.sync.witness_refresh = Duration::from_millis(g.witness_refresh_ms);
+        node.sync.horizon = Duration::from_millis(g.horizon_ms);
+        node.sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
         node.snapshot_every = r.snapshot_every;
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
         let windows = Windows {
@@ -387,12 +447,17 @@ pub async fn run(
         node.clone(),
         windows,
         Arc::new(node.clock.clone()),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    if !node.sync.settings().peers.is_empty() {
+        tracing::info!(peers = ?node.sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
+    }
+    let sync = tokio::spawn(crate::region::sync_loop(node.clone(), stop_rx));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = reclaim.await;
+    let _ = sync.await;
     let _ = archiver.await;
     if let Some(m) = metrics {
         let _ = m.await;
@@ -480,5 +545,12 @@ mod tests {
         );
         refused("init_members = { one = \"a:1\" }", "not a node number");
         refused("node_id = -1", "node_id");
+        refused(
+            "region = \"eu\"\n[regions.peers]\neu = [\"a:1\"]",
+            "own region",
+        );
+        refused("[regions.peers]\nus = []", "at least one");
+        refused("[regions.peers]\n\"u s\" = [\"a:1\"]", "regions.peers");
+        refused("[regions]\npush_interval_ms = 0", "push_interval_ms");
     }
 }

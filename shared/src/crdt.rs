@@ -171,6 +171,24 @@ impl CounterState {
         self.burned.get(region)
     }
 
+    /// `Σ transferred[(*, region)]`: rights `region` received.
+    pub fn transferred_in(&self, region: &RegionId) -> u64 {
+        self.transferred
+            .dots
+            .iter()
+            .filter(|((_, to), _)| to == region)
+            .fold(0u64, |s, (_, n)| s.saturating_add(*n))
+    }
+
+    /// `Σ transferred[(region, *)]`: rights `region` gave away.
+    pub fn transferred_out(&self, region: &RegionId) -> u64 {
+        self.transferred
+            .dots
+            .iter()
+            .filter(|((from, _), _)| from == region)
+            .fold(0u64, |s, (_, n)| s.saturating_add(*n))
+    }
+
     /// Every region named in any row.
     pub fn regions(&self) -> BTreeSet<RegionId> {
         let mut out: BTreeSet<RegionId> = self.created.dots.keys().cloned().collect();

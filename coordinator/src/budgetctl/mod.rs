@@ -44,8 +44,20 @@ enum Command {
     /// Initialize a region, add or remove nodes.
     #[command(subcommand)]
     Cluster(ops::ClusterCommand),
-    /// The region's members, leader, term and applied index, and every bucket's money.
+    /// The region's members, leader, term and applied index, and every bucket's money; with
+    /// peer regions, every region's created / transferred / settled / leased / in doubt /
+    /// available per bucket and the age of the last sync with each peer.
     Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Peer regions: sync ages, the chain heads they showed us (witnesses), and alarms. Exits 1
+    /// when there is an alarm.
+    Regions {
+        /// Also show this campaign's buckets across regions.
+        #[arg(long)]
+        campaign: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -81,6 +93,9 @@ pub fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(&cli.endpoint, cmd),
         Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
         Command::Status { json } => ops::status(&cli.endpoint, json),
+        Command::Regions { campaign, json } => {
+            ops::regions(&cli.endpoint, campaign.as_deref(), json)
+        }
         Command::Leases(cmd) => ops::leases(&cli.endpoint, cmd),
         Command::Cluster(cmd) => ops::cluster(&cli.endpoint, cmd),
     }

@@ -387,6 +387,11 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
                     Ok(b) => println!("{}", buckets_table(&b)),
                     Err((_, e)) => println!("buckets: {e}"),
                 }
+                match region_view(endpoint, "") {
+                    Ok(v) if v.peers.is_empty() => {}
+                    Ok(v) => println!("\n{}", regions_text(&v, true)),
+                    Err((_, e)) => println!("regions: {e}"),
+                }
             }
             ExitCode::SUCCESS
         }
@@ -481,6 +486,18 @@ fn print_result(result: Result<String, (u8, String)>) -> ExitCode {
     }
 }
 
+/// `campaign/bucket`, as people read a bucket key.
+fn bucket_name(k: Option<&pb::BucketKey>) -> String {
+    k.map_or(String::new(), |k| {
+        let bucket = k
+            .bucket
+            .as_ref()
+            .and_then(|x| Bucket::try_from(x).ok())
+            .map_or("?".into(), |x| x.to_string());
+        format!("{}/{bucket}", k.campaign)
+    })
+}
+
 fn buckets_table(balances: &[pb::Balance]) -> String {
     let m = |n: i64| Money::from_micros(n).to_string();
     let mut out = format!(
@@ -488,14 +505,7 @@ fn buckets_table(balances: &[pb::Balance]) -> String {
         "bucket", "budget", "settled", "leased", "in doubt", "available"
     );
     for b in balances {
-        let name = b.bucket.as_ref().map_or(String::new(), |k| {
-            let bucket = k
-                .bucket
-                .as_ref()
-                .and_then(|x| Bucket::try_from(x).ok())
-                .map_or("?".into(), |x| x.to_string());
-            format!("{}/{bucket}", k.campaign)
-        });
+        let name = bucket_name(b.bucket.as_ref());
         out.push_str(&format!(
             "\n{name:<28} {:>14} {:>14} {:>14} {:>14} {:>14}",
             m(b.budget_micros),
@@ -665,4 +675,169 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
             }
         }
     }))
+}
+
+/// The leader's view of every region (`RegionStatus`), for `status` and `regions`.
+pub(crate) fn region_view(
+    endpoint: &str,
+    campaign: &str,
+) -> Result<pb::RegionStatusReply, (u8, String)> {
+    let rt = runtime().map_err(|_| (EXIT_USAGE, "cannot start a runtime".to_string()))?;
+    rt.block_on(async {
+        let leader = leader_of(endpoint).await?;
+        let mut c = AdminClient::new(channel(&leader).await?);
+        let r = c
+            .region_status(pb::RegionStatusRequest {
+                campaign: campaign.to_string(),
+            })
+            .await
+            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .into_inner();
+        if r.not_leader.is_some() {
+            return Err((EXIT_FAILED, "the leader changed; try again".to_string()));
+        }
+        Ok(r)
+    })
+}
+
+fn age(ms: i64) -> String {
+    if ms < 0 {
+        "never".to_string()
+    } else if ms < 10_000 {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    } else {
+        format!("{}s ago", ms / 1000)
+    }
+}
+
+fn short_hash(h: &[u8]) -> String {
+    h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Peers, sync ages, witnessed heads and alarms; with `buckets`, every bucket's figures per
+/// region as well.
+pub(crate) fn regions_text(v: &pb::RegionStatusReply, buckets: bool) -> String {
+    let m = |n: i64| Money::from_micros(n).to_string();
+    let mut out = format!(
+        "region {} (log seq {}, head {}…)\n{:<12} {:>14} {:>14} {:>10} {:>18} {:>8} {:>8}  last error",
+        v.region,
+        v.log_seq,
+        short_hash(&v.log_head),
+        "peer",
+        "pushed ok",
+        "heard from",
+        "witn. seq",
+        "witnessed head",
+        "ok",
+        "failed"
+    );
+    for p in &v.peers {
+        out.push_str(&format!(
+            "\n{:<12} {:>14} {:>14} {:>10} {:>17}… {:>8} {:>8}  {}",
+            p.region,
+            age(p.last_push_ok_age_ms),
+            age(p.last_received_age_ms),
+            p.witnessed_seq,
+            short_hash(&p.witnessed_head),
+            p.pushes_ok,
+            p.pushes_failed,
+            p.last_error
+        ));
+    }
+    if v.alarms.is_empty() {
+        out.push_str("\nalarms: none");
+    } else {
+        out.push_str(&format!("\nALARMS ({}):", v.alarms.len()));
+        for a in &v.alarms {
+            out.push_str(&format!("\n  {a}"));
+        }
+    }
+    if buckets {
+        for b in &v.buckets {
+            let name = bucket_name(b.bucket.as_ref());
+            out.push_str(&format!(
+                "\n\n{name} (home {})\n  {:<10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}  figures",
+                if b.home.is_empty() { "?" } else { &b.home },
+                "region", "created", "in", "out", "settled", "burned", "leased", "in doubt", "available"
+            ));
+            for r in &b.regions {
+                let known = r.figures_age_ms >= 0;
+                let or_q = |n: i64| if known { m(n) } else { "?".to_string() };
+                out.push_str(&format!(
+                    "\n  {:<10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}  {}",
+                    r.region,
+                    m(r.created_micros),
+                    m(r.transferred_in_micros),
+                    m(r.transferred_out_micros),
+                    m(r.settled_micros),
+                    m(r.burned_micros),
+                    or_q(r.leased_micros),
+                    or_q(r.in_doubt_micros),
+                    or_q(r.available_micros),
+                    if r.figures_age_ms == 0 {
+                        "here".to_string()
+                    } else {
+                        age(r.figures_age_ms)
+                    }
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `budgetctl regions`.
+pub(crate) fn regions(endpoint: &str, campaign: Option<&str>, json: bool) -> ExitCode {
+    match region_view(endpoint, campaign.unwrap_or("")) {
+        Ok(v) if json => {
+            let peers: Vec<serde_json::Value> = v
+                .peers
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"region": p.region, "addrs": p.addrs,
+                        "last_push_ok_age_ms": p.last_push_ok_age_ms,
+                        "last_received_age_ms": p.last_received_age_ms,
+                        "witnessed_seq": p.witnessed_seq,
+                        "witnessed_head": p.witnessed_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                        "witnessed_at_index": p.witnessed_at_index,
+                        "pushes_ok": p.pushes_ok, "pushes_failed": p.pushes_failed,
+                        "last_error": p.last_error})
+                })
+                .collect();
+            let buckets: Vec<serde_json::Value> = v
+                .buckets
+                .iter()
+                .map(|b| {
+                    let k = b.bucket.clone().unwrap_or_default();
+                    let name = bucket_name(b.bucket.as_ref());
+                    let bucket = name.split_once('/').map_or("?", |(_, b)| b);
+                    let regions: Vec<serde_json::Value> = b.regions.iter().map(|r| serde_json::json!({
+                        "region": r.region, "created_micros": r.created_micros,
+                        "transferred_in_micros": r.transferred_in_micros,
+                        "transferred_out_micros": r.transferred_out_micros,
+                        "settled_micros": r.settled_micros, "burned_micros": r.burned_micros,
+                        "leased_micros": r.leased_micros, "in_doubt_micros": r.in_doubt_micros,
+                        "available_micros": r.available_micros, "figures_age_ms": r.figures_age_ms})).collect();
+                    serde_json::json!({"campaign": k.campaign, "bucket": bucket, "home": b.home, "regions": regions})
+                })
+                .collect();
+            let out = serde_json::json!({"region": v.region, "log_seq": v.log_seq,
+                "log_head": v.log_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "peers": peers, "alarms": v.alarms, "buckets": buckets});
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("{}", regions_text(&v, campaign.is_some()));
+            if v.alarms.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Err((code, e)) => {
+            eprintln!("budgetctl: {e}");
+            ExitCode::from(code)
+        }
+    }
 }

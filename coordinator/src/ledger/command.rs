@@ -55,6 +55,19 @@ pub struct RemoteBucket {
     pub rows: CounterRows,
 }
 
+/// A campaign's settings as its home region sent them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCampaign {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// Its settings.
+    pub config: CampaignConfig,
+    /// Paused at home.
+    pub paused: bool,
+    /// The home region's version of these settings.
+    pub version: u64,
+}
+
 /// A command of the region state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,10 +134,14 @@ pub enum Command {
         to: RegionId,
         amount: Money,
     },
-    /// Joins a peer region's counter states and records its witnessed log head.
+    /// Joins a peer region's counter states, adopts the settings of campaigns homed there,
+    /// and records its witnessed log head. A state older than the last one witnessed from that
+    /// peer (`remote_seq` lower) changes nothing.
     MergeRemote {
         from: RegionId,
         buckets: Vec<RemoteBucket>,
+        #[serde(default)]
+        campaigns: Vec<RemoteCampaign>,
         remote_seq: u64,
         #[serde(with = "hex_hash")]
         remote_head: Hash,
@@ -160,6 +177,12 @@ pub enum Refusal {
     /// A peer's state was refused as evidence of data loss.
     #[error("state from region {from} refused: {reason}")]
     MergeRefused { from: RegionId, reason: String },
+    /// The campaign's settings and budgets are changed only in its home region.
+    #[error("campaign {campaign} is homed in region {home}: change it there")]
+    NotHome {
+        campaign: CampaignId,
+        home: RegionId,
+    },
 }
 
 /// What an applied command answers.
@@ -190,10 +213,21 @@ pub enum Reply {
     LeaseClosed { spent: Money, returned: Money },
     /// Leases reclaimed (or in-doubt amounts returned) by this command.
     LeasesClosed { count: u32 },
-    /// Rights transferred.
-    Transferred { amount: Money },
-    /// A peer's state merged; `received` rights arrived for this region.
-    Merged { received: Money },
+    /// Rights transferred; `log_seq` is the transfer's entry.
+    Transferred {
+        amount: Money,
+        #[serde(default)]
+        log_seq: u64,
+    },
+    /// A peer's state merged; `received` rights arrived for this region, `campaigns` settings
+    /// were adopted. `stale`: the state was older than one already witnessed, and ignored.
+    Merged {
+        received: Money,
+        #[serde(default)]
+        campaigns: u32,
+        #[serde(default)]
+        stale: bool,
+    },
     /// Nothing changed, and why.
     Refused(Refusal),
     /// The reply to Raft entries that carry no command (blank and membership entries). Never

@@ -43,7 +43,9 @@ use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
 use shared::targeting::Pacing;
 use shared::{BatchId, CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
 
-pub use command::{CampaignConfig, Command, Refusal, RemoteBucket, Reply, RequestKey, Stamp};
+pub use command::{
+    CampaignConfig, Command, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey, Stamp,
+};
 pub use lease::{Lease, LeaseState};
 
 /// Tunable rules of the state machine. Part of the replicated state: every replica must use the
@@ -86,6 +88,23 @@ pub struct Campaign {
     pub paused: bool,
     /// The ledger's campaigns version when this campaign last changed.
     pub version: u64,
+    /// The region where the campaign was created: the only one that changes its settings and
+    /// creates its rights (DESIGN §7). Other regions hold a copy received through region sync.
+    pub home: RegionId,
+    /// The home region's version of these settings: a copy is replaced only by a newer one.
+    pub home_version: u64,
+}
+
+/// The last log head a peer region showed us (its `MergeRemote`): a witness of its chain.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Witness {
+    /// The peer's next log seq at the time (its entries `0..seq`).
+    pub seq: u64,
+    /// The hash of its entry `seq − 1`.
+    #[serde(with = "shared::log::entry::hex_hash")]
+    pub head: Hash,
+    /// Our Raft index that recorded it.
+    pub at_index: u64,
 }
 
 /// One bucket's money in this region.
@@ -206,6 +225,8 @@ pub struct Ledger {
     changes: Changes,
     /// What each edge spent under its last closed lease of each campaign: its velocity.
     last_spent: BTreeMap<(EdgeId, CampaignId), Money>,
+    /// The last log head each peer region showed us.
+    witnessed: BTreeMap<RegionId, Witness>,
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> Refusal {
@@ -253,6 +274,7 @@ impl Ledger {
             order_seq: 0,
             changes: Changes::default(),
             last_spent: BTreeMap::new(),
+            witnessed: BTreeMap::new(),
         }
     }
 
@@ -284,6 +306,11 @@ impl Ledger {
     /// The version of all campaign settings: it grows with every change to any of them.
     pub fn campaigns_version(&self) -> u64 {
         self.campaigns_version
+    }
+
+    /// The last log head each peer region showed us.
+    pub fn witnessed(&self) -> &BTreeMap<RegionId, Witness> {
+        &self.witnessed
     }
 
     /// A bucket's money.
@@ -358,13 +385,24 @@ impl Ledger {
                 to,
                 amount,
                 ..
-            } => self.transfer(campaign, *bucket, to, *amount, &mut out),
+            } => self.transfer(stamp, campaign, *bucket, to, *amount, &mut out),
             Command::MergeRemote {
                 from,
                 buckets,
+                campaigns,
                 remote_seq,
                 remote_head,
-            } => self.merge(from, buckets, *remote_seq, remote_head, &mut out),
+            } => self.merge(
+                from,
+                buckets,
+                campaigns,
+                Witness {
+                    seq: *remote_seq,
+                    head: *remote_head,
+                    at_index: stamp.index,
+                },
+                &mut out,
+            ),
         };
         let reply = result.unwrap_or_else(Reply::Refused);
         if matches!(reply, Reply::Refused(_)) {
@@ -454,11 +492,26 @@ impl Ledger {
             })
     }
 
+    /// The campaign, if this region is its home: settings and budgets change only there.
+    fn home_campaign_or_refuse(&self, id: &CampaignId) -> Result<&Campaign, Refusal> {
+        let c = self.campaign_or_refuse(id)?;
+        if c.home != self.region {
+            return Err(Refusal::NotHome {
+                campaign: id.clone(),
+                home: c.home.clone(),
+            });
+        }
+        Ok(c)
+    }
+
     fn upsert_campaign(
         &mut self,
         id: &CampaignId,
         config: &CampaignConfig,
     ) -> Result<Reply, Refusal> {
+        if self.campaigns.contains_key(id) {
+            self.home_campaign_or_refuse(id)?;
+        }
         let zone = CampaignZone::new(&config.zone).map_err(|e| invalid("zone", e.to_string()))?;
         positive("bid_cpm", config.bid_cpm)?;
         if let Some(d) = config.daily_budget
@@ -476,24 +529,27 @@ impl Ledger {
         let created = !self.campaigns.contains_key(id);
         let paused = self.campaigns.get(id).is_some_and(|c| c.paused);
         self.changes.campaigns.insert(id.clone());
+        self.campaigns_version += 1;
         self.campaigns.insert(
             id.clone(),
             Campaign {
                 config: config.clone(),
                 zone,
                 paused,
-                version: self.campaigns_version + 1,
+                version: self.campaigns_version,
+                home: self.region.clone(),
+                home_version: self.campaigns_version,
             },
         );
-        self.campaigns_version += 1;
         Ok(Reply::CampaignSaved { created })
     }
 
     fn set_paused(&mut self, id: &CampaignId, paused: bool) -> Result<Reply, Refusal> {
-        self.campaign_or_refuse(id)?;
+        self.home_campaign_or_refuse(id)?;
         if let Some(c) = self.campaigns.get_mut(id) {
             self.campaigns_version += 1;
             c.version = self.campaigns_version;
+            c.home_version = self.campaigns_version;
             c.paused = paused;
             self.changes.campaigns.insert(id.clone());
         }
@@ -507,7 +563,7 @@ impl Ledger {
         budget: Money,
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
-        self.campaign_or_refuse(campaign)?;
+        self.home_campaign_or_refuse(campaign)?;
         if budget.is_negative() {
             return Err(invalid("budget", format!("negative: {budget}")));
         }
@@ -576,7 +632,9 @@ impl Ledger {
             .zone
             .day_of_unix_micros(stamp.time_us)
             .map_err(|e| invalid("time", e.to_string()))?;
+        // Only the home region creates a day's rights; elsewhere they arrive by transfer.
         let daily_default = c.config.daily_budget;
+        let home = c.home == self.region;
         // One impression at the campaign's bid. A smaller lease cannot fund a single bid: it
         // would only hold money away from the edges until released or reclaimed, and near the
         // end of a budget the share rule split the rest into such crumbs, so that the last
@@ -596,16 +654,19 @@ impl Ledger {
             .map_or(Money::ZERO, BucketState::available);
         // The day's bucket applies if it exists, or if the campaign has a daily budget (then it
         // is created now, with that budget).
-        let new_day = if self.buckets.contains_key(&day_key) {
+        let new_day = if self.buckets.contains_key(&day_key) || !home {
             None
         } else {
             daily_default
         };
-        let day_applies = self.buckets.contains_key(&day_key) || new_day.is_some();
+        let day_applies = self.buckets.contains_key(&day_key) || daily_default.is_some();
         if let Some(b) = self.buckets.get(&day_key) {
             available = available.min(b.available());
         } else if let Some(d) = new_day {
             available = available.min(d);
+        } else if day_applies {
+            // A day with a budget whose rights have not reached this region yet.
+            available = Money::ZERO;
         }
         let velocity = self
             .last_spent
@@ -623,20 +684,7 @@ impl Ledger {
         }
         // Act.
         if let Some(d) = new_day {
-            let mut state = BucketState::new(&self.region);
-            // `d ≥ amount > 0`, and a fresh counter holds nothing, so this cannot overflow.
-            state
-                .counter
-                .create(d)
-                .unwrap_or_else(|e| panic!("new day bucket: {e}"));
-            state.budget = d;
-            out.push(Payload::BudgetSet(BudgetSet {
-                campaign: campaign.clone(),
-                bucket: Bucket::Day(day),
-                before: Money::ZERO,
-                after: d,
-            }));
-            self.buckets.insert(day_key.clone(), state);
+            self.open_day(campaign, day, d, out);
         }
         let mut buckets = vec![Bucket::Lifetime];
         if day_applies {
@@ -1007,8 +1055,39 @@ impl Ledger {
         }
     }
 
+    /// Creates a day's bucket with the campaign's daily budget as new rights here (the home
+    /// region, on the day's first lease or first transfer). `budget` is positive.
+    fn open_day(
+        &mut self,
+        campaign: &CampaignId,
+        day: jiff::civil::Date,
+        budget: Money,
+        out: &mut Vec<Payload>,
+    ) {
+        let mut state = BucketState::new(&self.region);
+        // A fresh counter holds nothing, so a positive budget cannot overflow it.
+        state
+            .counter
+            .create(budget)
+            .unwrap_or_else(|e| panic!("new day bucket: {e}"));
+        state.budget = budget;
+        out.push(Payload::BudgetSet(BudgetSet {
+            campaign: campaign.clone(),
+            bucket: Bucket::Day(day),
+            before: Money::ZERO,
+            after: budget,
+        }));
+        let key = BucketKey {
+            campaign: campaign.clone(),
+            bucket: Bucket::Day(day),
+        };
+        self.changes.buckets.insert(key.clone());
+        self.buckets.insert(key, state);
+    }
+
     fn transfer(
         &mut self,
+        stamp: Stamp,
         campaign: &CampaignId,
         bucket: Bucket,
         to: &RegionId,
@@ -1023,25 +1102,54 @@ impl Ledger {
             campaign: campaign.clone(),
             bucket,
         };
-        let state = self
-            .buckets
-            .get_mut(&key)
-            .ok_or_else(|| Refusal::InsufficientRights {
-                bucket: key.clone(),
-                available: Money::ZERO,
-                wanted: amount,
-            })?;
-        if state.available() < amount {
+        // The home region opens a day that a peer asks rights for: the day of the leader's
+        // clock or either neighbour (peers' clocks are not ours; a day has one budget wherever
+        // it is opened, so opening it early or late creates nothing twice).
+        let open = match (bucket, self.campaigns.get(campaign)) {
+            (Bucket::Day(day), Some(c))
+                if c.home == self.region && !self.buckets.contains_key(&key) =>
+            {
+                let today = c
+                    .zone
+                    .day_of_unix_micros(stamp.time_us)
+                    .map_err(|e| invalid("time", e.to_string()))?;
+                let near = [today.yesterday().ok(), Some(today), today.tomorrow().ok()]
+                    .contains(&Some(day));
+                match c.config.daily_budget {
+                    Some(d) if near && d.micros() > 0 => Some((day, d)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let have = match open {
+            Some((_, d)) => d,
+            None => self
+                .buckets
+                .get(&key)
+                .map_or(Money::ZERO, BucketState::available),
+        };
+        if have < amount {
             return Err(Refusal::InsufficientRights {
                 bucket: key,
-                available: state.available(),
+                available: have,
                 wanted: amount,
             });
         }
+        if let Some((day, d)) = open {
+            self.open_day(campaign, day, d, out);
+        }
+        let state = self
+            .buckets
+            .get_mut(&key)
+            .unwrap_or_else(|| panic!("{key}: rights checked above but no bucket"));
+        // Checked above: `amount ≤ available`, so the counter cannot refuse.
         state
             .counter
             .transfer(to, amount)
-            .map_err(|e| invalid("amount", e.to_string()))?;
+            .unwrap_or_else(|e| panic!("{key}: transfer of checked rights refused: {e}"));
+        // Entries of this command go in after those it pushed already.
+        let log_seq = self.chain.next_seq() + out.len() as u64;
         out.push(Payload::RightsTransferred(RightsTransferred {
             campaign: campaign.clone(),
             bucket,
@@ -1049,22 +1157,38 @@ impl Ledger {
             amount,
         }));
         self.changes.buckets.insert(key);
-        Ok(Reply::Transferred { amount })
+        Ok(Reply::Transferred { amount, log_seq })
     }
 
     fn merge(
         &mut self,
         from: &RegionId,
         remote: &[RemoteBucket],
-        remote_seq: u64,
-        remote_head: &Hash,
+        campaigns: &[RemoteCampaign],
+        witness: Witness,
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
+        if *from == self.region {
+            return Err(invalid("from", "a region does not merge its own state"));
+        }
         if remote.len() > BUCKETS_MAX {
             return Err(invalid(
                 "buckets",
                 format!("{} buckets, at most {BUCKETS_MAX} per merge", remote.len()),
             ));
+        }
+        // The sender's own rows only grow with its log: a state behind the last one witnessed
+        // from it is an old message (a retry, a deposed leader's push), and changes nothing.
+        if self
+            .witnessed
+            .get(from)
+            .is_some_and(|w| witness.seq < w.seq)
+        {
+            return Ok(Reply::Merged {
+                received: Money::ZERO,
+                campaigns: 0,
+                stale: true,
+            });
         }
         // Merge into copies; keep them only if every bucket merges.
         let mut merged: Vec<(BucketKey, BucketState, Money)> = Vec::new();
@@ -1100,13 +1224,55 @@ impl Ledger {
             self.changes.buckets.insert(key.clone());
             self.buckets.insert(key, state);
         }
+        let adopted = self.adopt(from, campaigns);
         out.push(Payload::RemoteMerged(RemoteMerged {
             from: from.clone(),
-            remote_seq,
-            remote_head: *remote_head,
+            remote_seq: witness.seq,
+            remote_head: witness.head,
             received: received_all,
         }));
-        Ok(Reply::Merged { received: total })
+        self.witnessed.insert(from.clone(), witness);
+        Ok(Reply::Merged {
+            received: total,
+            campaigns: adopted,
+            stale: false,
+        })
+    }
+
+    /// Adopts the settings of campaigns homed in `from` that are newer than our copy. A
+    /// campaign of the same name homed elsewhere is kept as it is (names are chosen by
+    /// operators; two regions creating the same name is their conflict to resolve, and
+    /// `budgetctl status` shows each copy's home). Returns how many were adopted.
+    fn adopt(&mut self, from: &RegionId, campaigns: &[RemoteCampaign]) -> u32 {
+        let mut adopted = 0;
+        for rc in campaigns {
+            let newer = match self.campaigns.get(&rc.campaign) {
+                None => true,
+                Some(c) => c.home == *from && c.home_version < rc.version,
+            };
+            // A zone this build's tz database does not know cannot be bid on here.
+            let Ok(zone) = CampaignZone::new(&rc.config.zone) else {
+                continue;
+            };
+            if !newer {
+                continue;
+            }
+            self.campaigns_version += 1;
+            self.campaigns.insert(
+                rc.campaign.clone(),
+                Campaign {
+                    config: rc.config.clone(),
+                    zone,
+                    paused: rc.paused,
+                    version: self.campaigns_version,
+                    home: from.clone(),
+                    home_version: rc.version,
+                },
+            );
+            self.changes.campaigns.insert(rc.campaign.clone());
+            adopted += 1;
+        }
+        adopted
     }
 
     /// Checks every invariant of the whole state. O(leases × buckets): for tests and the

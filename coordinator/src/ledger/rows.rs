@@ -18,6 +18,7 @@ use shared::{CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
 
 use super::{
     BucketState, Campaign, CampaignConfig, Changes, Lease, Ledger, Params, Reply, RequestKey,
+    Witness,
 };
 
 /// A row to write (`Some`) or delete (`None`).
@@ -33,6 +34,8 @@ struct MetaRow {
     #[serde(with = "hex_hash")]
     chain_head: Hash,
     order_seq: u64,
+    #[serde(default)]
+    witnessed: BTreeMap<RegionId, Witness>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +45,11 @@ struct CampaignRow {
     paused: bool,
     #[serde(default)]
     version: u64,
+    /// `None` in rows written before regions synced: the campaign is this region's.
+    #[serde(default)]
+    home: Option<RegionId>,
+    #[serde(default)]
+    home_version: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,6 +194,7 @@ impl Ledger {
             chain_next_seq: self.chain.next_seq(),
             chain_head: self.chain.head(),
             order_seq: self.order_seq,
+            witnessed: self.witnessed.clone(),
         };
         (META.to_vec(), Some(json(&meta)))
     }
@@ -201,6 +210,8 @@ impl Ledger {
                     config: c.config.clone(),
                     paused: c.paused,
                     version: c.version,
+                    home: Some(c.home.clone()),
+                    home_version: c.home_version,
                 })
             });
             out.push((campaign_key(id), v));
@@ -322,6 +333,7 @@ impl Ledger {
                 l.next_lease = m.next_lease;
                 l.chain = Chain::resume(m.chain_next_seq, m.chain_head);
                 l.order_seq = m.order_seq;
+                l.witnessed = m.witnessed;
                 saw_meta = true;
             } else if k.starts_with(b"c/") {
                 let r: CampaignRow = serde_json::from_slice(&v).map_err(bad)?;
@@ -337,6 +349,12 @@ impl Ledger {
                         zone,
                         paused: r.paused,
                         version: r.version,
+                        home: r.home.unwrap_or_else(|| region.clone()),
+                        home_version: if r.home_version == 0 {
+                            r.version
+                        } else {
+                            r.home_version
+                        },
                     },
                 );
             } else if k.starts_with(b"b/") {

@@ -62,8 +62,12 @@ impl H {
     }
 
     fn with(params: Params) -> H {
+        H::in_region("eu-1", params)
+    }
+
+    fn in_region(region: &str, params: Params) -> H {
         H {
-            l: Ledger::new(rid("eu-1"), params),
+            l: Ledger::new(rid(region), params),
             index: 0,
             time_us: NOON_NOV_1,
             n: 0,
@@ -760,7 +764,14 @@ fn transfers_and_merges_move_rights_between_regions() {
         to: rid("us-1"),
         amount: m(40_000),
     });
-    assert_eq!(a.reply, Reply::Transferred { amount: m(40_000) });
+    let seq = h.l.chain().next_seq() - 1;
+    assert_eq!(
+        a.reply,
+        Reply::Transferred {
+            amount: m(40_000),
+            log_seq: seq
+        }
+    );
     assert_eq!(h.available(&lifetime("c1")), m(60_000));
     let key = h.key();
     let a = h.run(Command::TransferRights {
@@ -796,6 +807,7 @@ fn transfers_and_merges_move_rights_between_regions() {
     let cmd = Command::MergeRemote {
         from: rid("us-1"),
         buckets: remote,
+        campaigns: Vec::new(),
         remote_seq: 7,
         remote_head: [9; 32],
     };
@@ -803,7 +815,9 @@ fn transfers_and_merges_move_rights_between_regions() {
     assert_eq!(
         a.reply,
         Reply::Merged {
-            received: m(10_000)
+            received: m(10_000),
+            campaigns: 0,
+            stale: false
         }
     );
     assert!(
@@ -812,11 +826,34 @@ fn transfers_and_merges_move_rights_between_regions() {
     assert_eq!(h.available(&lifetime("c1")), m(70_000));
     // The same state again: idempotent, nothing more received.
     assert_eq!(
-        h.run(cmd).reply,
+        h.run(cmd.clone()).reply,
         Reply::Merged {
-            received: Money::ZERO
+            received: Money::ZERO,
+            campaigns: 0,
+            stale: false
         }
     );
+    // An older state from the same peer (a delayed message) changes nothing at all.
+    let Command::MergeRemote { buckets, .. } = &cmd else {
+        unreachable!()
+    };
+    let a = h.run(Command::MergeRemote {
+        from: rid("us-1"),
+        buckets: buckets.clone(),
+        campaigns: Vec::new(),
+        remote_seq: 6,
+        remote_head: [8; 32],
+    });
+    assert_eq!(
+        a.reply,
+        Reply::Merged {
+            received: Money::ZERO,
+            campaigns: 0,
+            stale: true
+        }
+    );
+    assert!(a.entries.is_empty());
+    assert_eq!(h.l.witnessed()[&rid("us-1")].seq, 7);
 
     // A state showing our own rows ahead of us (we lost data) is refused, and nothing changes.
     let mut forged = CounterState::from(&CounterRows::from(us.state()));
@@ -831,6 +868,7 @@ fn transfers_and_merges_move_rights_between_regions() {
     let a = h.run(Command::MergeRemote {
         from: rid("us-1"),
         buckets: remote,
+        campaigns: Vec::new(),
         remote_seq: 8,
         remote_head: [1; 32],
     });
@@ -841,6 +879,205 @@ fn transfers_and_merges_move_rights_between_regions() {
     assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().counter, before);
     assert!(a.entries.is_empty());
     h.check_reload();
+}
+
+/// What `from` pushes to its peers (as `region::state_of` puts it on the wire).
+fn push(from: &H) -> Command {
+    let l = &from.l;
+    Command::MergeRemote {
+        from: l.region().clone(),
+        buckets: l
+            .buckets()
+            .map(|(k, b)| RemoteBucket {
+                bucket: k.clone(),
+                rows: CounterRows::from(b.counter.state()),
+            })
+            .collect(),
+        campaigns: l
+            .campaigns()
+            .filter(|(_, c)| c.home == *l.region())
+            .map(|(id, c)| RemoteCampaign {
+                campaign: id.clone(),
+                config: c.config.clone(),
+                paused: c.paused,
+                version: c.home_version,
+            })
+            .collect(),
+        remote_seq: l.chain().next_seq(),
+        remote_head: l.chain().head(),
+    }
+}
+
+fn merged(a: &Applied) -> (Money, u32) {
+    match &a.reply {
+        Reply::Merged {
+            received,
+            campaigns,
+            stale: false,
+        } => (*received, *campaigns),
+        other => panic!("not merged: {other:?}"),
+    }
+}
+
+#[test]
+fn a_campaign_is_created_once_at_home_and_its_rights_spread_by_transfer() {
+    let params = Params {
+        lease_min: m(100),
+        ..Params::default()
+    };
+    let mut eu = H::in_region("eu-1", params.clone());
+    let mut us = H::in_region("us-1", params);
+    eu.campaign("c1", Some(50_000));
+    eu.budget("c1", Bucket::Lifetime, 100_000);
+    let today = Bucket::Day(jiff::civil::date(2026, 11, 1));
+    let day = BucketKey {
+        campaign: cid("c1"),
+        bucket: today,
+    };
+
+    // Until the home's state arrives, the campaign is unknown elsewhere.
+    assert!(matches!(
+        refused(&us.grant("e1", "c1", 1_000)),
+        Refusal::UnknownCampaign { .. }
+    ));
+    let a = us.run(push(&eu));
+    assert_eq!(merged(&a).1, 1, "the campaign's settings are adopted");
+    assert_eq!(us.l.campaign(&cid("c1")).unwrap().home, rid("eu-1"));
+    // Known now, but no rights here yet: not the lifetime's, and not the day's, which only
+    // the home creates.
+    assert!(matches!(
+        refused(&us.grant("e1", "c1", 1_000)),
+        Refusal::NoRights { .. }
+    ));
+    assert!(us.l.bucket(&day).is_none());
+    // Settings and budgets change only at home.
+    for reply in [
+        us.campaign("c1", Some(1)).reply,
+        us.budget("c1", Bucket::Lifetime, 1),
+        {
+            let key = us.key();
+            us.run(Command::Pause {
+                key,
+                campaign: cid("c1"),
+            })
+            .reply
+        },
+    ] {
+        assert!(
+            matches!(refused(&reply), Refusal::NotHome { home, .. } if *home == rid("eu-1")),
+            "{reply:?}"
+        );
+    }
+
+    // The home gives 30,000 of the lifetime and 20,000 of today, which it opens for that.
+    let key = eu.key();
+    let a = eu.run(Command::TransferRights {
+        key,
+        campaign: cid("c1"),
+        bucket: Bucket::Lifetime,
+        to: rid("us-1"),
+        amount: m(30_000),
+    });
+    assert!(matches!(a.reply, Reply::Transferred { .. }));
+    let key = eu.key();
+    let a = eu.run(Command::TransferRights {
+        key,
+        campaign: cid("c1"),
+        bucket: today,
+        to: rid("us-1"),
+        amount: m(20_000),
+    });
+    let kinds: Vec<&str> = a
+        .entries
+        .iter()
+        .map(|(e, _)| e.payload.kind().name())
+        .collect();
+    assert_eq!(kinds, ["budget_set", "rights_transferred"]);
+    let Reply::Transferred { log_seq, .. } = a.reply else {
+        panic!("{:?}", a.reply)
+    };
+    assert_eq!(log_seq, a.entries[1].0.seq);
+    assert_eq!(eu.available(&day), m(30_000));
+    // A day far from the home's clock is not opened on request.
+    let key = eu.key();
+    let far = Bucket::Day(jiff::civil::date(2026, 11, 4));
+    let a = eu.run(Command::TransferRights {
+        key,
+        campaign: cid("c1"),
+        bucket: far,
+        to: rid("us-1"),
+        amount: m(1),
+    });
+    assert!(matches!(
+        refused(&a.reply),
+        Refusal::InsufficientRights { .. }
+    ));
+
+    // The transfers arrive with the home's next push.
+    let a = us.run(push(&eu));
+    assert_eq!(merged(&a), (m(50_000), 0));
+    assert_eq!(us.available(&lifetime("c1")), m(30_000));
+    assert_eq!(us.available(&day), m(20_000));
+    let (lease, amount) = us.granted("e1", "c1", 50_000);
+    assert!(
+        amount <= m(20_000),
+        "the day's rights bound the lease: {amount}"
+    );
+    us.report("e1", lease, vec![ev("a1", 2_000)]);
+
+    // A new setting at home replaces the copy; an old one never does.
+    let key = eu.key();
+    eu.run(Command::Pause {
+        key,
+        campaign: cid("c1"),
+    });
+    let a = us.run(push(&eu));
+    assert_eq!(merged(&a).1, 1);
+    assert!(us.l.campaign(&cid("c1")).unwrap().paused);
+    assert!(matches!(
+        refused(&us.grant("e2", "c1", 1_000)),
+        Refusal::Paused { .. }
+    ));
+
+    // The spend travels back: both regions see the same global picture.
+    let a = eu.run(push(&us));
+    assert_eq!(
+        merged(&a),
+        (Money::ZERO, 0),
+        "us homes nothing and gave nothing"
+    );
+    for h in [&eu, &us] {
+        let s = h.l.bucket(&lifetime("c1")).unwrap().counter.state();
+        assert_eq!(s.settled(&rid("us-1")), 2_000);
+        assert_eq!(s.transferred(&rid("eu-1"), &rid("us-1")), 30_000);
+        assert!(s.total_settled() + s.total_burned() <= s.total_created());
+        h.check_reload();
+    }
+    assert_eq!(eu.l.witnessed()[&rid("us-1")].seq, us.l.chain().next_seq());
+}
+
+#[test]
+fn a_campaign_of_the_same_name_homed_elsewhere_is_not_overwritten() {
+    let mut eu = H::new();
+    let mut us = H::in_region("us-1", Params::default());
+    eu.campaign("c1", None);
+    us.campaign("c1", Some(7));
+    let a = us.run(push(&eu));
+    assert_eq!(merged(&a).1, 0);
+    let c = us.l.campaign(&cid("c1")).unwrap();
+    assert_eq!(
+        (c.home.as_str(), c.config.daily_budget),
+        ("us-1", Some(m(7)))
+    );
+    // A region never merges a state that claims to be its own.
+    let mut own = push(&us);
+    if let Command::MergeRemote { from, .. } = &mut own {
+        *from = rid("us-1");
+    }
+    assert!(matches!(
+        refused(&us.run(own).reply),
+        Refusal::Invalid { .. }
+    ));
 }
 
 /// One random step for the property test.

@@ -3,3 +3,4 @@
 mod audit;
 mod clock;
 mod cluster;
+mod regions;

@@ -1,0 +1,1082 @@
+//! Across regions (DESIGN §7): the leader's sync with peer regions, and rebalancing.
+//!
+//! - **Push.** While this node leads, every [`TICK`] it reads its ledger into a
+//!   [`pb::RegionState`]: every bucket's counter rows, the settings of the campaigns homed here,
+//!   the financial-log head, and (for operators) its own leased and in-doubt amounts. One task
+//!   per peer region sends the state when its counter rows or campaigns changed since the peer
+//!   last acknowledged them, and at least every `push_interval` anyway.
+//! - **Receive.** [`Sync::receive`] decides whether a pushed state brings anything: a row above
+//!   ours, a newer campaign setting, or a log head to witness (first, or older than
+//!   `witness_refresh`). Only then it proposes `MergeRemote` through our own Raft log, so that
+//!   two idle regions do not write each other's heads into their logs for ever. The merge is
+//!   the lattice join: idempotent, order-free, safe to repeat; a state older than one already
+//!   witnessed changes nothing.
+//! - **Alarms.** A state that shows evidence of data loss (our own rows ahead at the peer, or a
+//!   region's rows that diverge: `shared::crdt::MergeError`) is refused by the ledger, and
+//!   raises an alarm: an error log, `budget_region_alarms_total`, and a line in `budgetctl
+//!   regions`. So does a peer that keeps sending states behind the log head it showed before
+//!   ([`STALE_ALARM_AFTER`] in a row): it went back in time.
+//! - **Rebalance.** Every `ask_interval`, for each campaign edges asked leases for in the last
+//!   [`DEMAND_WINDOW`], the leader looks at its lifetime bucket and today's: when what is
+//!   available falls under its low-water mark (the settled rate times `horizon`, at least the
+//!   smallest lease), it asks the peer that holds the most for twice the mark. The donor
+//!   ([`Sync::donate`]) transfers only what exceeds its own need (its own rate times
+//!   `horizon`), through a `TransferRights` command in its own log, and pushes its state to the
+//!   asker at once. The home region opens a day's bucket when asked for its rights.
+//!
+//! Nothing here guards money: the ledger checks every transfer and merge. Times are this
+//! node's monotonic clock, for ages and rates only.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash as _, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared::bucket::{Bucket, BucketKey};
+use shared::crdt::CounterRows;
+use shared::proto::v1 as pb;
+use shared::proto::v1::region_sync_client::RegionSyncClient;
+use shared::{CampaignId, Money, RegionId};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ledger::{Command, Ledger, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey};
+use crate::node::{Node, ProposeError};
+
+/// How often the leader builds its state and checks its buckets.
+pub const TICK: Duration = Duration::from_millis(200);
+/// A campaign is in demand here while edges asked for its leases this recently.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(5);
+/// Settled spend is sampled over this window to measure a bucket's rate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Stale states in a row from one peer that raise an alarm.
+pub const STALE_ALARM_AFTER: u32 = 5;
+/// Alarms kept for `budgetctl regions`.
+pub const ALARMS_KEPT: usize = 100;
+/// How long one push or ask may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The region-sync settings of a node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Peer regions and their coordinators' addresses.
+    pub peers: BTreeMap<RegionId, Vec<String>>,
+    /// A peer gets our state at least this often, changed or not.
+    pub push_interval: Duration,
+    /// A peer's log head is written into our log at least this often while it pushes.
+    pub witness_refresh: Duration,
+    /// Projected need = settled rate × horizon.
+    pub horizon: Duration,
+    /// How often the leader looks for buckets short of rights.
+    pub ask_interval: Duration,
+    /// Source IP of connections to peers.
+    pub outgoing: Option<IpAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            peers: BTreeMap::new(),
+            push_interval: Duration::from_secs(1),
+            witness_refresh: Duration::from_secs(10),
+            horizon: Duration::from_secs(10),
+            ask_interval: Duration::from_millis(500),
+            outgoing: None,
+        }
+    }
+}
+
+/// What this node knows of one peer region.
+#[derive(Debug, Default)]
+struct Peer {
+    addrs: Vec<String>,
+    /// The peer's leader, as its last `not_leader` answer said.
+    hint: Option<String>,
+    last_push_ok: Option<Instant>,
+    last_received: Option<Instant>,
+    last_error: String,
+    pushes_ok: u64,
+    pushes_failed: u64,
+    /// Fingerprint of the state it last acknowledged.
+    acked: Option<u64>,
+    /// Push at the next chance, changed or not (after a transfer to it).
+    push_now: bool,
+    /// States in a row behind its witnessed head.
+    stale_run: u32,
+    /// Its own leased and in-doubt amounts per bucket, from its last push.
+    figures: BTreeMap<BucketKey, (i64, i64)>,
+    /// When we last wrote its log head into our log.
+    witnessed_at: Option<Instant>,
+}
+
+/// Edges' recent lease requests per campaign: where rights are wanted.
+#[derive(Debug, Default)]
+pub struct Demand {
+    last: Mutex<BTreeMap<CampaignId, Instant>>,
+}
+
+impl Demand {
+    /// Edges asked for a lease of `campaign` now.
+    pub fn asked(&self, campaign: &CampaignId) {
+        let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(campaign.clone(), Instant::now());
+    }
+
+    /// Campaigns asked for within `window`.
+    pub fn recent(&self, window: Duration) -> Vec<CampaignId> {
+        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        m.iter()
+            .filter(|(_, t)| now.duration_since(**t) <= window)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    fn is_recent(&self, campaign: &CampaignId, window: Duration) -> bool {
+        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(campaign)
+            .is_some_and(|t| Instant::now().duration_since(*t) <= window)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    peers: BTreeMap<RegionId, Peer>,
+    alarms: VecDeque<String>,
+    /// `(when, settled per bucket)`, oldest first, over [`RATE_WINDOW`].
+    samples: VecDeque<(Instant, BTreeMap<BucketKey, i64>)>,
+    /// Per bucket: no new ask before this.
+    next_ask: BTreeMap<BucketKey, Instant>,
+    /// The state built at the last tick, with its fingerprint.
+    state: Option<(u64, Arc<pb::RegionState>)>,
+}
+
+/// The region-sync side of a node: peers, alarms, rates, and the state to push.
+#[derive(Debug)]
+pub struct Sync {
+    region: RegionId,
+    settings: Settings,
+    inner: Mutex<Inner>,
+    clients: Mutex<BTreeMap<String, RegionSyncClient<Channel>>>,
+    wake: tokio::sync::Notify,
+    /// Where edges asked for leases lately.
+    pub demand: Demand,
+}
+
+/// One peer as `budgetctl regions` shows it.
+pub type PeerStatus = pb::PeerStatus;
+
+fn age_ms(now: Instant, t: Option<Instant>) -> i64 {
+    t.map_or(-1, |t| {
+        i64::try_from(now.duration_since(t).as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+fn micros_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A key for a command from a random source: commands the leader makes on its own.
+fn fresh_key() -> RequestKey {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    k[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    RequestKey(k)
+}
+
+/// The rows of one bucket on the wire.
+pub fn counter_to_wire(
+    key: &BucketKey,
+    rows: &CounterRows,
+    leased: i64,
+    in_doubt: i64,
+) -> pb::BucketCounter {
+    let row = |(r, n): &(RegionId, u64)| pb::RegionRow {
+        region: r.to_string(),
+        micros: *n,
+    };
+    pb::BucketCounter {
+        bucket: Some(pb::BucketKey {
+            campaign: key.campaign.to_string(),
+            bucket: Some(pb::Bucket::from(&key.bucket)),
+        }),
+        created: rows.created.iter().map(row).collect(),
+        transferred: rows
+            .transferred
+            .iter()
+            .map(|(a, b, n)| pb::TransferRow {
+                from_region: a.to_string(),
+                to_region: b.to_string(),
+                micros: *n,
+            })
+            .collect(),
+        settled: rows.settled.iter().map(row).collect(),
+        burned: rows.burned.iter().map(row).collect(),
+        leased_micros: leased,
+        in_doubt_micros: in_doubt,
+    }
+}
+
+/// A bucket's rows from the wire; the error names the field.
+pub fn counter_from_wire(b: &pb::BucketCounter) -> Result<(BucketKey, CounterRows), String> {
+    let key = crate::api::bucket_key(b.bucket.as_ref()).map_err(|s| s.message().to_string())?;
+    let region = |field: &str, r: &str| -> Result<RegionId, String> {
+        r.parse().map_err(|e| format!("{field}: {e}"))
+    };
+    let mut rows = CounterRows::default();
+    for r in &b.created {
+        rows.created
+            .push((region("created.region", &r.region)?, r.micros));
+    }
+    for r in &b.transferred {
+        rows.transferred.push((
+            region("transferred.from_region", &r.from_region)?,
+            region("transferred.to_region", &r.to_region)?,
+            r.micros,
+        ));
+    }
+    for r in &b.settled {
+        rows.settled
+            .push((region("settled.region", &r.region)?, r.micros));
+    }
+    for r in &b.burned {
+        rows.burned
+            .push((region("burned.region", &r.region)?, r.micros));
+    }
+    // Rows travel as u64 micros; a row past i64::MAX is no money at all.
+    let too_big = rows
+        .created
+        .iter()
+        .map(|r| r.1)
+        .chain(rows.transferred.iter().map(|r| r.2))
+        .chain(rows.settled.iter().map(|r| r.1))
+        .chain(rows.burned.iter().map(|r| r.1))
+        .any(|n| i64::try_from(n).is_err());
+    if too_big {
+        return Err(format!("{key}: a row exceeds the largest amount of money"));
+    }
+    Ok((key, rows))
+}
+
+/// Builds this region's state to push: every bucket, the campaigns homed here, the log head.
+pub fn state_of(ledger: &Ledger) -> pb::RegionState {
+    let buckets = ledger
+        .buckets()
+        .map(|(k, b)| {
+            counter_to_wire(
+                k,
+                &CounterRows::from(b.counter.state()),
+                b.leased.micros(),
+                b.in_doubt.micros(),
+            )
+        })
+        .collect();
+    let campaigns = ledger
+        .campaigns()
+        .filter(|(_, c)| c.home == *ledger.region())
+        .map(|(id, c)| pb::HomeCampaign {
+            config: Some(crate::api::campaign_to_wire(id, c)),
+            version: c.home_version,
+        })
+        .collect();
+    pb::RegionState {
+        from_region: ledger.region().to_string(),
+        log_seq: ledger.chain().next_seq(),
+        log_head: ledger.chain().head().to_vec(),
+        buckets,
+        campaigns,
+    }
+}
+
+/// What identifies a state's content for "changed since acknowledged": the counter rows and
+/// the campaigns' versions, not the log head or the informational amounts.
+fn fingerprint(ledger: &Ledger) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, b) in ledger.buckets() {
+        k.to_string().hash(&mut h);
+        let rows = CounterRows::from(b.counter.state());
+        rows.created.hash(&mut h);
+        rows.transferred.hash(&mut h);
+        rows.settled.hash(&mut h);
+        rows.burned.hash(&mut h);
+    }
+    for (id, c) in ledger.campaigns() {
+        if c.home == *ledger.region() {
+            (id.as_str(), c.home_version).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Why a pushed state was not taken.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// Bad input: the field and the problem.
+    Invalid(String),
+    /// From a region that is not one of our peers.
+    UnknownPeer(RegionId),
+    /// Not the leader here.
+    NotLeader(Option<(u64, String)>),
+    /// Refused as evidence of data loss (an alarm was raised).
+    Refused(String),
+    /// The outcome is unknown (Raft failed); the sender retries.
+    Unavailable(String),
+}
+
+impl Sync {
+    /// The sync of a node of `region`.
+    pub fn new(region: RegionId, settings: Settings) -> Sync {
+        let peers = settings
+            .peers
+            .iter()
+            .map(|(r, addrs)| {
+                (
+                    r.clone(),
+                    Peer {
+                        addrs: addrs.clone(),
+                        ..Peer::default()
+                    },
+                )
+            })
+            .collect();
+        Sync {
+            region,
+            settings,
+            inner: Mutex::new(Inner {
+                peers,
+                ..Inner::default()
+            }),
+            clients: Mutex::new(BTreeMap::new()),
+            wake: tokio::sync::Notify::new(),
+            demand: Demand::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn alarm(&self, node: &Node, peer: &RegionId, kind: &'static str, what: String) {
+        tracing::error!(peer = %peer, kind, "REGION ALARM: {what}");
+        node.metrics.region_alarm(peer.as_str(), kind);
+        let secs = node.clock.wall_us() / 1_000_000;
+        let mut inner = self.lock();
+        inner.alarms.push_back(format!("{secs} {peer}: {what}"));
+        while inner.alarms.len() > ALARMS_KEPT {
+            inner.alarms.pop_front();
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<RegionSyncClient<Channel>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| format!("{addr}: {e}"))?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .local_address(self.settings.outgoing)
+            .connect_lazy();
+        let c = RegionSyncClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The addresses to try for `peer`, its known leader first.
+    fn targets(&self, peer: &RegionId) -> Vec<String> {
+        let inner = self.lock();
+        let Some(p) = inner.peers.get(peer) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = p.hint.iter().cloned().collect();
+        out.extend(
+            p.addrs
+                .iter()
+                .filter(|a| Some(*a) != p.hint.as_ref())
+                .cloned(),
+        );
+        out
+    }
+
+    fn set_hint(&self, peer: &RegionId, hint: Option<String>) {
+        if let Some(p) = self.lock().peers.get_mut(peer) {
+            p.hint = hint.filter(|h| !h.is_empty());
+        }
+    }
+
+    /// Sends `state` to `peer`, following `not_leader` answers. Returns whether it was acked.
+    async fn push_to(
+        &self,
+        node: &Node,
+        peer: &RegionId,
+        fp: u64,
+        state: &pb::RegionState,
+    ) -> bool {
+        let mut error = "no address answered".to_string();
+        let mut targets: VecDeque<String> = self.targets(peer).into();
+        let mut tried = Vec::new();
+        while let Some(addr) = targets.pop_front() {
+            tried.push(addr.clone());
+            let mut client = match self.client(&addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    error = e;
+                    continue;
+                }
+            };
+            match client
+                .push_state(state.clone())
+                .await
+                .map(|r| r.into_inner().result)
+            {
+                Ok(Some(pb::push_ack::Result::MergedAtIndex(_))) => {
+                    node.metrics.region_push(peer.as_str(), "ok");
+                    let mut inner = self.lock();
+                    if let Some(p) = inner.peers.get_mut(peer) {
+                        p.hint = Some(addr);
+                        p.last_push_ok = Some(Instant::now());
+                        p.last_error.clear();
+                        p.pushes_ok += 1;
+                        p.acked = Some(fp);
+                    }
+                    return true;
+                }
+                Ok(Some(pb::push_ack::Result::Refused(why))) => {
+                    node.metrics.region_push(peer.as_str(), "refused");
+                    tracing::error!(peer = %peer, %addr, reason = %why, "our state was refused as evidence of data loss");
+                    error = format!("refused by {addr}: {why}");
+                    break;
+                }
+                Ok(Some(pb::push_ack::Result::NotLeader(nl))) => {
+                    error = format!("{addr} is not the leader");
+                    if !nl.leader_addr.is_empty() && !tried.contains(&nl.leader_addr) {
+                        targets.push_front(nl.leader_addr);
+                    }
+                }
+                Ok(None) => error = format!("{addr}: empty answer"),
+                Err(s) => error = format!("{addr}: {}", s.message()),
+            }
+        }
+        node.metrics.region_push(peer.as_str(), "failed");
+        let mut inner = self.lock();
+        if let Some(p) = inner.peers.get_mut(peer) {
+            p.hint = None;
+            p.last_error = error;
+            p.pushes_failed += 1;
+        }
+        false
+    }
+
+    /// Takes a state pushed by a peer: merges it through Raft when it brings something.
+    /// Returns the Raft index it is merged at or before.
+    pub async fn receive(&self, node: &Node, state: pb::RegionState) -> Result<u64, ReceiveError> {
+        let from: RegionId = state
+            .from_region
+            .parse()
+            .map_err(|e| ReceiveError::Invalid(format!("from_region: {e}")))?;
+        if !self.lock().peers.contains_key(&from) {
+            return Err(ReceiveError::UnknownPeer(from));
+        }
+        let head: [u8; 32] = state
+            .log_head
+            .as_slice()
+            .try_into()
+            .map_err(|_| ReceiveError::Invalid("log_head: must be 32 bytes".into()))?;
+        let mut buckets = Vec::with_capacity(state.buckets.len());
+        let mut figures = BTreeMap::new();
+        for b in &state.buckets {
+            let (bucket, rows) = counter_from_wire(b).map_err(ReceiveError::Invalid)?;
+            figures.insert(bucket.clone(), (b.leased_micros, b.in_doubt_micros));
+            buckets.push(RemoteBucket { bucket, rows });
+        }
+        let mut campaigns = Vec::with_capacity(state.campaigns.len());
+        for c in &state.campaigns {
+            let cfg = c
+                .config
+                .as_ref()
+                .ok_or_else(|| ReceiveError::Invalid("campaigns.config: missing".into()))?;
+            let (campaign, config) = crate::api::campaign_config(cfg)
+                .map_err(|s| ReceiveError::Invalid(s.message().to_string()))?;
+            campaigns.push(RemoteCampaign {
+                campaign,
+                config,
+                paused: cfg.paused,
+                version: c.version,
+            });
+        }
+        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        if !leading {
+            return Err(ReceiveError::NotLeader(node.leader()));
+        }
+        {
+            let mut inner = self.lock();
+            if let Some(p) = inner.peers.get_mut(&from) {
+                p.last_received = Some(Instant::now());
+                p.figures = figures;
+            }
+        }
+        // Does it bring anything?
+        let (needed, stale) = node.state.read(|m| {
+            let l = m.ledger();
+            let witnessed = l.witnessed().get(&from);
+            let stale = witnessed.is_some_and(|w| state.log_seq < w.seq);
+            let rows_new = buckets.iter().any(|rb| {
+                let theirs = shared::crdt::CounterState::from(&rb.rows);
+                match l.bucket(&rb.bucket) {
+                    None => theirs != shared::crdt::CounterState::new(),
+                    Some(b) => {
+                        let mut joined = b.counter.state().clone();
+                        joined.join(&theirs);
+                        joined != *b.counter.state()
+                    }
+                }
+            });
+            let campaigns_new = campaigns.iter().any(|rc| match l.campaign(&rc.campaign) {
+                None => true,
+                Some(c) => c.home == from && c.home_version < rc.version,
+            });
+            let witness_due = match witnessed {
+                None => true,
+                Some(w) => w.seq < state.log_seq && self.witness_due(&from),
+            };
+            (!stale && (rows_new || campaigns_new || witness_due), stale)
+        });
+        let applied = node.applied_index();
+        if stale {
+            let run = {
+                let mut inner = self.lock();
+                inner.peers.get_mut(&from).map_or(0, |p| {
+                    p.stale_run += 1;
+                    p.stale_run
+                })
+            };
+            if run == STALE_ALARM_AFTER {
+                let w = node
+                    .state
+                    .read(|m| m.ledger().witnessed().get(&from).map(|w| w.seq));
+                self.alarm(
+                    node,
+                    &from,
+                    "went_back",
+                    format!(
+                        "{STALE_ALARM_AFTER} states in a row at log seq {}, behind the seq {} it showed before: it lost data or runs from an old copy",
+                        state.log_seq,
+                        w.unwrap_or(0)
+                    ),
+                );
+            }
+            return Ok(applied);
+        }
+        if let Some(p) = self.lock().peers.get_mut(&from) {
+            p.stale_run = 0;
+        }
+        if !needed {
+            return Ok(applied);
+        }
+        let command = Command::MergeRemote {
+            from: from.clone(),
+            buckets,
+            campaigns,
+            remote_seq: state.log_seq,
+            remote_head: head,
+        };
+        match node.propose(command).await {
+            Ok((
+                Reply::Merged {
+                    received,
+                    campaigns,
+                    ..
+                },
+                index,
+            )) => {
+                self.witnessed_now(&from);
+                if received.micros() > 0 || campaigns > 0 {
+                    tracing::info!(peer = %from, %received, campaigns, index, "merged a peer's state");
+                }
+                if received.micros() > 0 {
+                    node.metrics.region_transfer("in", received);
+                }
+                Ok(index)
+            }
+            Ok((Reply::Refused(Refusal::MergeRefused { reason, .. }), _)) => {
+                self.alarm(node, &from, "data_loss", format!("state refused: {reason}"));
+                Err(ReceiveError::Refused(reason))
+            }
+            Ok((Reply::Refused(why), _)) => Err(ReceiveError::Invalid(why.to_string())),
+            Ok((other, _)) => Err(ReceiveError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+            Err(ProposeError::NotLeader { leader }) => Err(ReceiveError::NotLeader(leader)),
+            Err(e) => Err(ReceiveError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn witness_due(&self, from: &RegionId) -> bool {
+        let inner = self.lock();
+        inner
+            .peers
+            .get(from)
+            .and_then(|p| p.witnessed_at)
+            .is_none_or(|t| t.elapsed() >= self.settings.witness_refresh)
+    }
+
+    fn witnessed_now(&self, from: &RegionId) {
+        if let Some(p) = self.lock().peers.get_mut(from) {
+            p.witnessed_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Why a request for rights got nothing.
+#[derive(Debug)]
+pub enum DonateError {
+    /// Bad input: the field and the problem.
+    Invalid(String),
+    /// From a region that is not one of our peers.
+    UnknownPeer(RegionId),
+    /// Not the leader here.
+    NotLeader(Option<(u64, String)>),
+    /// The outcome is unknown (Raft failed); the asker retries with the same key.
+    Unavailable(String),
+}
+
+impl Sync {
+    /// The settled rate of `key` in micros per second over the last [`RATE_WINDOW`], as this
+    /// leader sampled it (0 until it has two samples).
+    fn rate(&self, key: &BucketKey) -> i64 {
+        let inner = self.lock();
+        let (Some((t0, first)), Some((t1, last))) = (inner.samples.front(), inner.samples.back())
+        else {
+            return 0;
+        };
+        let ms = i64::try_from(t1.duration_since(*t0).as_millis()).unwrap_or(i64::MAX);
+        if ms <= 0 {
+            return 0;
+        }
+        let (a, b) = (
+            first.get(key).copied().unwrap_or(0),
+            last.get(key).copied().unwrap_or(0),
+        );
+        (b - a).max(0).saturating_mul(1000) / ms
+    }
+
+    /// What this region expects to spend from `key` within the horizon.
+    fn need(&self, key: &BucketKey, lease_min: Money) -> Money {
+        let horizon_ms = i64::try_from(self.settings.horizon.as_millis()).unwrap_or(i64::MAX);
+        let projected = self.rate(key).saturating_mul(horizon_ms) / 1000;
+        let floor = if self.demand.is_recent(&key.campaign, DEMAND_WINDOW) {
+            lease_min.micros()
+        } else {
+            0
+        };
+        Money::from_micros(projected.max(floor))
+    }
+
+    /// A peer asks for rights: transfers what exceeds our own need, up to what it wants.
+    /// Returns the amount transferred (0: nothing to spare) and the transfer's log seq.
+    pub async fn donate(
+        &self,
+        node: &Node,
+        r: pb::RightsRequest,
+    ) -> Result<(Money, u64), DonateError> {
+        let to: RegionId = r
+            .from_region
+            .parse()
+            .map_err(|e| DonateError::Invalid(format!("from_region: {e}")))?;
+        if !self.lock().peers.contains_key(&to) {
+            return Err(DonateError::UnknownPeer(to));
+        }
+        let key = crate::api::bucket_key(r.bucket.as_ref())
+            .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
+        let want = shared::proto::nonneg_micros("want_micros", r.want_micros)
+            .map_err(|e| DonateError::Invalid(e.to_string()))?;
+        let idem = crate::api::request_key(r.idempotency_key.as_ref())
+            .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
+        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+            return Err(DonateError::NotLeader(node.leader()));
+        }
+        let lease_min = node.state.read(|m| m.ledger().params().lease_min);
+        let (have, unit) = node.state.read(|m| {
+            let l = m.ledger();
+            let unit = l
+                .campaign(&key.campaign)
+                .map_or(1, |c| (c.config.bid_cpm.micros() / 1000).max(1));
+            let have = match l.bucket(&key) {
+                Some(b) => b.available(),
+                // The home region opens a day when its rights are asked for.
+                None => match (key.bucket, l.campaign(&key.campaign)) {
+                    (Bucket::Day(_), Some(c)) if c.home == *l.region() => {
+                        c.config.daily_budget.unwrap_or(Money::ZERO)
+                    }
+                    _ => Money::ZERO,
+                },
+            };
+            (have, unit)
+        });
+        let spare = have.micros() - self.need(&key, lease_min).micros();
+        let give = spare.min(want.micros());
+        if give < unit {
+            return Ok((Money::ZERO, 0));
+        }
+        let command = Command::TransferRights {
+            key: idem,
+            campaign: key.campaign.clone(),
+            bucket: key.bucket,
+            to: to.clone(),
+            amount: Money::from_micros(give),
+        };
+        match node.propose(command).await {
+            Ok((Reply::Transferred { amount, log_seq }, _)) => {
+                tracing::info!(peer = %to, bucket = %key, %amount, "transferred rights to a peer region");
+                node.metrics.region_transfer("out", amount);
+                if let Some(p) = self.lock().peers.get_mut(&to) {
+                    p.push_now = true;
+                }
+                self.wake.notify_waiters();
+                Ok((amount, log_seq))
+            }
+            // Between our look and the apply, leases took what we meant to give.
+            Ok((Reply::Refused(Refusal::InsufficientRights { .. }), _)) => Ok((Money::ZERO, 0)),
+            Ok((Reply::Refused(why), _)) => Err(DonateError::Invalid(why.to_string())),
+            Ok((other, _)) => Err(DonateError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+            Err(ProposeError::NotLeader { leader }) => Err(DonateError::NotLeader(leader)),
+            Err(e) => Err(DonateError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Asks `peer` for `want` of `key`. Returns what it transferred.
+    async fn ask(&self, peer: &RegionId, key: &BucketKey, want: Money) -> Money {
+        let request = pb::RightsRequest {
+            from_region: self.region.to_string(),
+            bucket: Some(pb::BucketKey {
+                campaign: key.campaign.to_string(),
+                bucket: Some(pb::Bucket::from(&key.bucket)),
+            }),
+            want_micros: want.micros(),
+            idempotency_key: Some(pb::IdempotencyKey {
+                key: fresh_key().0.to_vec(),
+            }),
+        };
+        let mut targets: VecDeque<String> = self.targets(peer).into();
+        let mut tried = Vec::new();
+        while let Some(addr) = targets.pop_front() {
+            tried.push(addr.clone());
+            let Ok(mut client) = self.client(&addr) else {
+                continue;
+            };
+            match client
+                .request_rights(request.clone())
+                .await
+                .map(|r| r.into_inner().result)
+            {
+                Ok(Some(pb::rights_reply::Result::GrantedMicros(g))) => {
+                    self.set_hint(peer, Some(addr));
+                    return Money::from_micros(g.max(0));
+                }
+                Ok(Some(pb::rights_reply::Result::NotLeader(nl)))
+                    if !nl.leader_addr.is_empty() && !tried.contains(&nl.leader_addr) =>
+                {
+                    targets.push_front(nl.leader_addr);
+                }
+                _ => {}
+            }
+        }
+        Money::ZERO
+    }
+
+    /// One leader tick: samples settled spend, builds the state to push, and returns the
+    /// buckets short of rights with what to ask for and whom to ask, in order.
+    fn tick(&self, node: &Node) -> Vec<(BucketKey, Money, Vec<RegionId>)> {
+        let now = Instant::now();
+        let wanted = self.demand.recent(DEMAND_WINDOW);
+        let (state, settled, views) = node.state.read(|m| {
+            let l = m.ledger();
+            let settled: BTreeMap<BucketKey, i64> = l
+                .buckets()
+                .map(|(k, b)| (k.clone(), b.settled().micros()))
+                .collect();
+            // For each wanted campaign: its buckets here, available, and peers by what they hold.
+            let mut views = Vec::new();
+            for c in &wanted {
+                let Some(camp) = l.campaign(c) else { continue };
+                if camp.paused {
+                    continue;
+                }
+                let mut keys = vec![BucketKey {
+                    campaign: c.clone(),
+                    bucket: Bucket::Lifetime,
+                }];
+                if camp.config.daily_budget.is_some()
+                    && let Ok(day) = camp.zone.day_of_unix_micros(node.clock.wall_us())
+                {
+                    keys.push(BucketKey {
+                        campaign: c.clone(),
+                        bucket: Bucket::Day(day),
+                    });
+                }
+                for k in keys {
+                    let (available, mut holders) = match l.bucket(&k) {
+                        Some(b) => {
+                            let s = b.counter.state();
+                            let holders: Vec<(i64, RegionId)> = self
+                                .settings
+                                .peers
+                                .keys()
+                                .map(|p| (s.available(p).micros(), p.clone()))
+                                .filter(|(a, _)| *a > 0)
+                                .collect();
+                            (b.available(), holders)
+                        }
+                        None => (Money::ZERO, Vec::new()),
+                    };
+                    // A day no one opened yet: its home opens it when asked.
+                    if holders.is_empty() && camp.home != *l.region() {
+                        holders.push((0, camp.home.clone()));
+                    }
+                    holders.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                    let holders: Vec<RegionId> = holders.into_iter().map(|(_, r)| r).collect();
+                    views.push((k, available, holders));
+                }
+            }
+            ((fingerprint(l), state_of(l)), settled, views)
+        });
+        let (fp, state) = state;
+        let lease_min = node.state.read(|m| m.ledger().params().lease_min);
+        let mut inner = self.lock();
+        inner.state = Some((fp, Arc::new(state)));
+        inner.samples.push_back((now, settled));
+        while inner
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            inner.samples.pop_front();
+        }
+        drop(inner);
+        let mut asks = Vec::new();
+        for (key, available, holders) in views {
+            if holders.is_empty() {
+                continue;
+            }
+            let low = self.need(&key, lease_min).max(lease_min);
+            if available >= low {
+                continue;
+            }
+            let due = self.lock().next_ask.get(&key).is_none_or(|t| now >= *t);
+            if !due {
+                continue;
+            }
+            let want = Money::from_micros(low.micros().saturating_mul(2) - available.micros());
+            self.lock()
+                .next_ask
+                .insert(key.clone(), now + self.settings.ask_interval.max(TICK));
+            asks.push((key, want, holders));
+        }
+        asks
+    }
+}
+
+/// The leader's sync loop: every [`TICK`] while this node leads, builds the state to push,
+/// wakes the per-peer pushers, and asks peers for rights where they are short. Runs until
+/// `stop` fires.
+pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let sync = node.sync.clone();
+    if sync.settings.peers.is_empty() {
+        return;
+    }
+    let mut pushers = tokio::task::JoinSet::new();
+    for peer in sync.settings.peers.keys() {
+        pushers.spawn(push_loop(node.clone(), peer.clone(), stop.clone()));
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asking = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        if !leading {
+            sync.lock().state = None;
+            continue;
+        }
+        let asks = sync.tick(&node);
+        sync.wake.notify_waiters();
+        while asking.try_join_next().is_some() {}
+        for (key, want, holders) in asks {
+            let s = sync.clone();
+            asking.spawn(async move {
+                let mut want = want;
+                for peer in holders {
+                    let got = s.ask(&peer, &key, want).await;
+                    if got.micros() > 0 {
+                        tracing::info!(peer = %peer, bucket = %key, %got, "a peer region sent rights");
+                    }
+                    want = Money::from_micros(want.micros() - got.micros());
+                    if want.micros() <= 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    asking.abort_all();
+    while pushers.join_next().await.is_some() {}
+}
+
+/// Pushes our state to one peer: when it changed since the peer acknowledged it, when a
+/// transfer to it was made, and every `push_interval` anyway.
+async fn push_loop(node: Arc<Node>, peer: RegionId, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let sync = node.sync.clone();
+    let mut last_push: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = sync.wake.notified() => {}
+            _ = tokio::time::sleep(sync.settings.push_interval) => {}
+            _ = stop.changed() => return,
+        }
+        let (state, push_now, acked) = {
+            let mut inner = sync.lock();
+            let state = inner.state.clone();
+            let p = inner.peers.get_mut(&peer);
+            let (now, acked) = p.map_or((false, None), |p| {
+                (std::mem::take(&mut p.push_now), p.acked)
+            });
+            (state, now, acked)
+        };
+        let Some((fp, state)) = state else { continue };
+        let interval_due = last_push.is_none_or(|t| t.elapsed() >= sync.settings.push_interval);
+        if acked == Some(fp) && !push_now && !interval_due {
+            continue;
+        }
+        last_push = Some(Instant::now());
+        if !sync.push_to(&node, &peer, fp, &state).await {
+            // Tried every address; the next wake or interval tries again.
+            tracing::debug!(peer = %peer, "push failed");
+        }
+    }
+}
+
+impl Sync {
+    /// The region view for `budgetctl status` and `budgetctl regions`.
+    pub fn status(&self, node: &Node, campaign: Option<&CampaignId>) -> pb::RegionStatusReply {
+        let now = Instant::now();
+        let inner = self.lock();
+        node.state.read(|m| {
+            let l = m.ledger();
+            let peers = inner
+                .peers
+                .iter()
+                .map(|(r, p)| {
+                    let w = l.witnessed().get(r);
+                    pb::PeerStatus {
+                        region: r.to_string(),
+                        addrs: p.addrs.clone(),
+                        last_push_ok_age_ms: age_ms(now, p.last_push_ok),
+                        last_received_age_ms: age_ms(now, p.last_received),
+                        witnessed_seq: w.map_or(0, |w| w.seq),
+                        witnessed_head: w.map(|w| w.head.to_vec()).unwrap_or_default(),
+                        witnessed_at_index: w.map_or(0, |w| w.at_index),
+                        last_error: p.last_error.clone(),
+                        pushes_ok: p.pushes_ok,
+                        pushes_failed: p.pushes_failed,
+                    }
+                })
+                .collect();
+            let buckets = l
+                .buckets()
+                .filter(|(k, _)| campaign.is_none_or(|c| k.campaign == *c))
+                .map(|(k, b)| {
+                    let s = b.counter.state();
+                    let mut regions: std::collections::BTreeSet<RegionId> = s.regions();
+                    regions.insert(l.region().clone());
+                    regions.extend(inner.peers.keys().cloned());
+                    let figures = regions
+                        .into_iter()
+                        .map(|r| {
+                            let (leased, in_doubt, age) =
+                                if r == *l.region() {
+                                    (b.leased.micros(), b.in_doubt.micros(), 0)
+                                } else {
+                                    match inner.peers.get(&r).and_then(|p| {
+                                        p.figures.get(k).map(|f| (*f, p.last_received))
+                                    }) {
+                                        Some(((le, d), t)) => (le, d, age_ms(now, t)),
+                                        None => (0, 0, -1),
+                                    }
+                                };
+                            let available =
+                                s.available_i128(&r) - i128::from(leased) - i128::from(in_doubt);
+                            pb::RegionFigures {
+                                region: r.to_string(),
+                                created_micros: micros_i64(s.created(&r)),
+                                transferred_in_micros: micros_i64(s.transferred_in(&r)),
+                                transferred_out_micros: micros_i64(s.transferred_out(&r)),
+                                settled_micros: micros_i64(s.settled(&r)),
+                                burned_micros: micros_i64(s.burned(&r)),
+                                leased_micros: leased,
+                                in_doubt_micros: in_doubt,
+                                available_micros: i64::try_from(available).unwrap_or(i64::MAX),
+                                figures_age_ms: age,
+                            }
+                        })
+                        .collect();
+                    pb::BucketStatus {
+                        bucket: Some(pb::BucketKey {
+                            campaign: k.campaign.to_string(),
+                            bucket: Some(pb::Bucket::from(&k.bucket)),
+                        }),
+                        home: l
+                            .campaign(&k.campaign)
+                            .map(|c| c.home.to_string())
+                            .unwrap_or_default(),
+                        regions: figures,
+                    }
+                })
+                .collect();
+            pb::RegionStatusReply {
+                region: l.region().to_string(),
+                not_leader: None,
+                log_seq: l.chain().next_seq(),
+                log_head: l.chain().head().to_vec(),
+                peers,
+                alarms: inner.alarms.iter().cloned().collect(),
+                buckets,
+            }
+        })
+    }
+
+    /// Ages for the metrics: `(peer, since our last acked push, since its last push)` in ms,
+    /// -1 for never.
+    pub fn ages(&self) -> Vec<(RegionId, i64, i64)> {
+        let now = Instant::now();
+        self.lock()
+            .peers
+            .iter()
+            .map(|(r, p)| {
+                (
+                    r.clone(),
+                    age_ms(now, p.last_push_ok),
+                    age_ms(now, p.last_received),
+                )
+            })
+            .collect()
+    }
+}

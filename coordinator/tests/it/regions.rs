@@ -1,0 +1,385 @@
+//! Two real regions on loopback, one node each, syncing through the region-sync API: rights
+//! flow to where the bids are, and states that show data loss raise an alarm.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::node::{Node, NodeConfig};
+use coordinator::region::Settings;
+use shared::bucket::Bucket;
+use shared::proto::v1 as pb;
+use shared::{Money, RegionId};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+struct RegionNode {
+    node: Arc<Node>,
+    addr: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn rid(s: &str) -> RegionId {
+    s.parse().unwrap()
+}
+
+async fn start(
+    region: &str,
+    dir: &Path,
+    listener: TcpListener,
+    peers: BTreeMap<RegionId, Vec<String>>,
+) -> RegionNode {
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut cfg = NodeConfig::new(rid(region), 1, dir.to_path_buf());
+    cfg.params.lease_min = Money::from_micros(2_000);
+    cfg.sync = Settings {
+        peers,
+        push_interval: Duration::from_millis(200),
+        witness_refresh: Duration::from_secs(1),
+        horizon: Duration::from_secs(2),
+        ask_interval: Duration::from_millis(200),
+        outgoing: None,
+    };
+    let node = Arc::new(Node::start(&cfg).await.unwrap());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = node.clone();
+    let mut s = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve(listener, async move {
+                let _ = s.changed().await;
+            })
+            .await
+            .unwrap();
+    });
+    let sync = tokio::spawn(coordinator::region::sync_loop(node.clone(), stop_rx));
+    node.initialize(BTreeMap::from([(1, addr.clone())]))
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.current_leader == Some(1), "leader")
+        .await
+        .unwrap();
+    RegionNode {
+        node,
+        addr,
+        stop,
+        tasks: vec![server, sync],
+    }
+}
+
+impl RegionNode {
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.node.shutdown().await;
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Two regions, `eu-1` and `us-1`, that know each other.
+async fn pair(dir: &Path) -> (RegionNode, RegionNode) {
+    let (le, lu) = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (ae, au) = (
+        le.local_addr().unwrap().to_string(),
+        lu.local_addr().unwrap().to_string(),
+    );
+    let eu = start(
+        "eu-1",
+        &dir.join("eu"),
+        le,
+        BTreeMap::from([(rid("us-1"), vec![au])]),
+    )
+    .await;
+    let us = start(
+        "us-1",
+        &dir.join("us"),
+        lu,
+        BTreeMap::from([(rid("eu-1"), vec![ae])]),
+    )
+    .await;
+    (eu, us)
+}
+
+fn key(n: u64) -> Option<pb::IdempotencyKey> {
+    let mut k = n.to_be_bytes().to_vec();
+    k.extend_from_slice(&[7; 8]);
+    Some(pb::IdempotencyKey { key: k })
+}
+
+fn lifetime() -> Option<pb::BucketKey> {
+    Some(pb::BucketKey {
+        campaign: "c1".into(),
+        bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
+    })
+}
+
+/// Creates campaign `c1` (2.00 CPM: 2,000 a bid) with a lifetime `budget` at the region at
+/// `addr`, its home. Returns an admin client of that region.
+async fn campaign_at(addr: &str, budget: i64) -> pb::admin_client::AdminClient<Channel> {
+    let mut admin = pb::admin_client::AdminClient::new(channel(addr).await);
+    admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: key(1),
+            config: Some(pb::CampaignConfig {
+                campaign: "c1".into(),
+                time_zone: "UTC".into(),
+                bid_cpm_micros: 2_000_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    admin
+        .set_budget(pb::SetBudgetRequest {
+            idempotency_key: key(2),
+            bucket: lifetime(),
+            budget_micros: budget,
+        })
+        .await
+        .unwrap();
+    admin
+}
+
+/// Edge `e1` asks for a lease of 0.1 of `c1`, with key `n`.
+async fn ask(
+    leases: &mut pb::lease_api_client::LeaseApiClient<Channel>,
+    n: u64,
+) -> Option<pb::grant_lease_reply::Result> {
+    leases
+        .grant_lease(pb::GrantLeaseRequest {
+            idempotency_key: key(n),
+            edge: "e1".into(),
+            campaign: "c1".into(),
+            want_micros: 100_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    let budget = 1_000_000;
+    let mut admin = campaign_at(&eu.addr, budget).await;
+
+    // us-1 bids: it asks for leases, spends each whole (2,000 a bid) and releases it. It has
+    // no rights of its own; all it spends came from eu-1.
+    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut spent, mut n, mut refusals) = (0i64, 10u64, 0u32);
+    while spent < budget {
+        assert!(
+            Instant::now() < deadline,
+            "us-1 spent only {spent} of {budget} in 60 s"
+        );
+        n += 1;
+        let lease = match ask(&mut leases, n).await {
+            Some(pb::grant_lease_reply::Result::Lease(l)) => l,
+            // Unknown until eu-1's settings arrive; no rights until its transfers do.
+            Some(pb::grant_lease_reply::Result::Refused(_)) => {
+                refusals += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            other => panic!("{other:?}"),
+        };
+        let bids = lease.amount_micros / 2_000;
+        let events: Vec<pb::SpendEvent> = (0..bids)
+            .map(|i| pb::SpendEvent {
+                key: Some(pb::EventKey {
+                    exchange: "adx".into(),
+                    auction_id: format!("l{}-{i}", lease.lease_id),
+                    imp_id: "1".into(),
+                }),
+                amount_micros: 2_000,
+            })
+            .collect();
+        n += 1;
+        if !events.is_empty() {
+            leases
+                .report_spend(pb::ReportSpendRequest {
+                    batch_id: key(n).unwrap().key,
+                    edge: "e1".into(),
+                    lease_id: lease.lease_id,
+                    events,
+                })
+                .await
+                .unwrap();
+        }
+        spent += bids * 2_000;
+        n += 1;
+        leases
+            .release_lease(pb::ReleaseLeaseRequest {
+                batch_id: key(n).unwrap().key,
+                edge: "e1".into(),
+                lease_id: lease.lease_id,
+                unreserved_micros: lease.amount_micros - bids * 2_000,
+            })
+            .await
+            .unwrap();
+    }
+    assert!(refusals > 0, "us-1 had rights before any transfer");
+    assert_eq!(spent, budget, "the whole budget, and not a micro more");
+    // No more: every further ask is refused.
+    let r = ask(&mut leases, n + 1).await;
+    assert!(
+        matches!(r, Some(pb::grant_lease_reply::Result::Refused(_))),
+        "{r:?}"
+    );
+
+    // eu-1 learns of the spend; both see the same counter, and eu-1 witnessed us-1's head.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = admin
+            .region_status(pb::RegionStatusRequest {
+                campaign: "c1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let us_row = status
+            .buckets
+            .iter()
+            .flat_map(|b| &b.regions)
+            .find(|r| r.region == "us-1")
+            .cloned();
+        if let Some(r) = us_row
+            && r.settled_micros == budget
+        {
+            assert_eq!(r.transferred_in_micros, budget);
+            let eu_row = status.buckets[0]
+                .regions
+                .iter()
+                .find(|r| r.region == "eu-1")
+                .unwrap();
+            assert_eq!(
+                (
+                    eu_row.created_micros,
+                    eu_row.transferred_out_micros,
+                    eu_row.available_micros
+                ),
+                (budget, budget, 0)
+            );
+            assert_eq!(status.buckets[0].home, "eu-1");
+            assert!(status.alarms.is_empty(), "{:?}", status.alarms);
+            let peer = &status.peers[0];
+            assert!(
+                peer.witnessed_seq > 0 && peer.witnessed_head.len() == 32,
+                "{peer:?}"
+            );
+            assert!(
+                peer.last_push_ok_age_ms >= 0 && peer.pushes_ok > 0,
+                "{peer:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eu-1 never saw us-1's spend: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = eu.node.metrics.render(&eu.node);
+    assert!(
+        metrics.contains("budget_region_transferred_micros_total{direction=\"out\"} 1000000"),
+        "{metrics}"
+    );
+    us.shutdown().await;
+    eu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    // Stop us-1 first, so that only the forged state speaks for it.
+    us.shutdown().await;
+    let mut admin = campaign_at(&eu.addr, 5_000).await;
+    let before = eu.node.state.read(|m| m.ledger().all_rows());
+    let mut sync = pb::region_sync_client::RegionSyncClient::new(channel(&eu.addr).await);
+    let forged = |from: &str, created: u64| pb::RegionState {
+        from_region: from.into(),
+        log_seq: 1,
+        log_head: vec![0; 32],
+        buckets: vec![pb::BucketCounter {
+            bucket: lifetime(),
+            created: vec![pb::RegionRow {
+                region: "eu-1".into(),
+                micros: created,
+            }],
+            ..Default::default()
+        }],
+        campaigns: Vec::new(),
+    };
+    // eu-1 created 5,000; a peer claiming eu-1 created 9,000 shows that eu-1 lost data.
+    let ack = sync
+        .push_state(forged("us-1", 9_000))
+        .await
+        .unwrap()
+        .into_inner();
+    match ack.result {
+        Some(pb::push_ack::Result::Refused(why)) => assert!(why.contains("created[eu-1]"), "{why}"),
+        other => panic!("not refused: {other:?}"),
+    }
+    // A region that is not a peer is not listened to at all; bad input is named.
+    let e = sync.push_state(forged("ap-1", 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let mut bad = forged("us-1", 1);
+    bad.log_head = vec![1; 3];
+    let e = sync.push_state(bad).await.unwrap_err();
+    assert!(
+        e.code() == tonic::Code::InvalidArgument && e.message().contains("log_head"),
+        "{e:?}"
+    );
+    assert_eq!(
+        eu.node.state.read(|m| m.ledger().all_rows()),
+        before,
+        "nothing changed"
+    );
+
+    let status = admin
+        .region_status(pb::RegionStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.alarms.len(), 1, "{:?}", status.alarms);
+    assert!(
+        status.alarms[0].contains("us-1") && status.alarms[0].contains("refused"),
+        "{:?}",
+        status.alarms
+    );
+    let metrics = eu.node.metrics.render(&eu.node);
+    assert!(
+        metrics.contains("budget_region_alarms_total{peer=\"us-1\",result=\"data_loss\"} 1"),
+        "{metrics}"
+    );
+    // The data-loss refusal is an answer, not a transfer: a forged state cannot make money.
+    let rights = eu.node.state.read(|m| {
+        let l = m.ledger();
+        l.buckets()
+            .map(|(_, b)| b.counter.state().total_created())
+            .sum::<u128>()
+    });
+    assert_eq!(rights, 5_000);
+    eu.shutdown().await;
+}
