@@ -214,7 +214,13 @@ impl Edge {
             Ok(n) => n,
             Err(e) => {
                 self.metrics.notice(kind.as_str(), e.as_str());
-                return (400, e.to_string());
+                // 421 Misdirected Request: the notice is good, this is the wrong region's edge.
+                let status = if matches!(e, notice::Refused::OtherRegion { .. }) {
+                    421
+                } else {
+                    400
+                };
+                return (status, e.to_string());
             }
         };
         if n.price != Price::FirstPrice {

@@ -20,6 +20,9 @@ pub const DEV_NOTICE_KEY_HEX: &str = "6465762d6f6e6c792d6e6f746963652d6b65792d64
 pub struct Config {
     /// This edge's name (leases are granted to it).
     pub edge_id: String,
+    /// The region whose coordinators it bids for (`coordinators`): it signs its notices with
+    /// it and refuses other regions' notices.
+    pub region: String,
     /// HTTP listen address: bids, notices, `/healthz`, `/metrics`.
     pub listen: String,
     /// The region's coordinators (`host:port`), any number; writes find the leader.
@@ -76,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             edge_id: "edge-1".into(),
+            region: "local".into(),
             listen: "127.0.0.1:8080".into(),
             coordinators: vec!["127.0.0.1:7001".into()],
             exchange: "sim".into(),
@@ -142,6 +146,10 @@ impl Config {
             .edge_id
             .parse()
             .map_err(|e| err(format!("edge_id: {e}")))?;
+        let region: shared::RegionId = self
+            .region
+            .parse()
+            .map_err(|e| err(format!("region: {e}")))?;
         let exchange: ExchangeId = self
             .exchange
             .parse()
@@ -230,7 +238,7 @@ impl Config {
             exchange,
             notice_base,
             currencies,
-            signer: Signer::new(key, previous),
+            signer: Signer::new(region.as_str(), key, previous),
             dev_key: self.notice_key_hex.is_empty(),
             settlement_window: Duration::from_millis(self.settlement_window_ms),
             margin: Duration::from_millis(self.margin_ms),

@@ -1,8 +1,11 @@
 //! Win, billing and loss notices.
 //!
 //! When we bid, each notice URL names everything needed to settle the impression without any
-//! state at the edge that receives it: the lease, campaign, exchange, auction and imp ids, the
-//! bid price, whether the auction was first-price, and an HMAC-SHA256 over all of it. The
+//! state at the edge that receives it: the region, the lease, campaign, exchange, auction and
+//! imp ids, the bid price, whether the auction was first-price, and an HMAC-SHA256 over all of
+//! it. Lease ids are numbered per region, so an edge refuses a notice of another region before
+//! anything else (the exchange retries elsewhere): settled here, it would land on a lease of
+//! ours that happens to share the number. The
 //! exchange appends nothing we trust except the clearing price (`${AUCTION_PRICE}`) and the loss
 //! reason (`${AUCTION_LOSS}`), which it substitutes.
 //!
@@ -54,6 +57,7 @@ impl Kind {
 /// signing a notice costs only the compressions of its own bytes.
 #[derive(Clone)]
 pub struct Signer {
+    region: String,
     current: HmacSha256,
     previous: Option<HmacSha256>,
 }
@@ -68,23 +72,26 @@ impl std::fmt::Debug for Signer {
 const SIG_BYTES: usize = 16;
 
 impl Signer {
-    /// A signer with `current` and, during a rotation, the `previous` key still accepted.
-    pub fn new(current: Vec<u8>, previous: Option<Vec<u8>>) -> Signer {
+    /// A signer of `region`'s notices with `current` and, during a rotation, the `previous` key
+    /// still accepted.
+    pub fn new(region: &str, current: Vec<u8>, previous: Option<Vec<u8>>) -> Signer {
         // HMAC takes a key of any length.
         let keyed = |k: &[u8]| {
             <HmacSha256 as KeyInit>::new_from_slice(k).expect("HMAC takes any key length")
         };
         Signer {
+            region: region.to_string(),
             current: keyed(&current),
             previous: previous.as_deref().map(keyed),
         }
     }
 
-    fn mac(key: &HmacSha256, fields: &Fields<'_>) -> [u8; SIG_BYTES] {
+    fn mac(&self, key: &HmacSha256, fields: &Fields<'_>) -> [u8; SIG_BYTES] {
         let mut m = key.clone();
         let (mut lease, mut bid) = (itoa::Buffer::new(), itoa::Buffer::new());
         // Length-prefixed fields: no two different notices share the signed bytes.
         for part in [
+            self.region.as_str(),
             fields.kind.as_str(),
             lease.format(fields.lease.0),
             fields.campaign,
@@ -105,7 +112,7 @@ impl Signer {
 
     fn verify(&self, fields: &Fields<'_>, sig: &[u8]) -> bool {
         let ok = |key: &HmacSha256| {
-            let want = Self::mac(key, fields);
+            let want = self.mac(key, fields);
             // Constant time: compare every byte.
             sig.len() == SIG_BYTES
                 && want.iter().zip(sig).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -145,7 +152,7 @@ impl Fields<'_> {
     /// The notice URL under `base` (e.g. `http://edge-1:8080`), with the exchange's price (and,
     /// for a loss, reason) macros appended.
     pub fn url(&self, base: &str, signer: &Signer) -> String {
-        let sig = Signer::mac(&signer.current, self);
+        let sig = signer.mac(&signer.current, self);
         let mut hex = [0u8; SIG_BYTES * 2];
         hex::encode_to_slice(sig, &mut hex).expect("twice the bytes");
         let mut num = itoa::Buffer::new();
@@ -153,7 +160,9 @@ impl Fields<'_> {
         u.push_str(base);
         u.push_str("/notice/");
         u.push_str(self.kind.as_str());
-        u.push_str("?l=");
+        u.push_str("?g=");
+        u.extend(utf8_percent_encode(&signer.region, QUERY));
+        u.push_str("&l=");
         u.push_str(num.format(self.lease.0));
         for (name, value) in [
             ("&c=", self.campaign),
@@ -246,6 +255,14 @@ pub enum Refused {
     /// The signature does not match: unsigned, altered, or an unknown key.
     #[error("notice signature does not verify")]
     BadSignature,
+    /// A notice of another region's lease: send it to an edge of that region.
+    #[error("notice belongs to region {theirs}; this edge serves region {ours}")]
+    OtherRegion {
+        /// The notice's region.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
     /// The exchange reports a clearing price above our bid.
     #[error("clearing price {price} is above the bid price {bid}")]
     PriceAboveBid {
@@ -262,6 +279,7 @@ impl Refused {
         match self {
             Refused::Missing(_) | Refused::Malformed(_) => "malformed",
             Refused::BadSignature => "bad_signature",
+            Refused::OtherRegion { .. } => "other_region",
             Refused::PriceAboveBid { .. } => "price_above_bid",
         }
     }
@@ -275,8 +293,8 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     if query.len() > QUERY_MAX {
         return Err(Refused::Malformed("query"));
     }
-    let mut p: [Option<&str>; 9] = [None; 9];
-    const NAMES: [&str; 9] = ["l", "c", "x", "a", "i", "b", "f", "s", "p"];
+    let mut p: [Option<&str>; 10] = [None; 10];
+    const NAMES: [&str; 10] = ["l", "c", "x", "a", "i", "b", "f", "s", "p", "g"];
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if let Some(n) = NAMES.iter().position(|name| *name == k) {
@@ -294,6 +312,13 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
             .map(|c| c.into_owned())
             .map_err(|_| Refused::Malformed(NAMES[n]))
     };
+    let region = decode(9)?;
+    if region != signer.region {
+        return Err(Refused::OtherRegion {
+            theirs: region,
+            ours: signer.region.clone(),
+        });
+    }
     let lease: u64 = need(0)?.parse().map_err(|_| Refused::Malformed("l"))?;
     let campaign = decode(1)?;
     let exchange = decode(2)?;
@@ -372,7 +397,7 @@ mod tests {
     use super::*;
 
     fn signer() -> Signer {
-        Signer::new(b"region-key-1".to_vec(), None)
+        Signer::new("eu-1", b"region-key-1".to_vec(), None)
     }
 
     fn fields(kind: Kind) -> Fields<'static> {
@@ -429,14 +454,42 @@ mod tests {
             parse(Kind::Win, &unsigned, &signer()).unwrap_err(),
             Refused::Missing("s")
         );
-        let other = Signer::new(b"someone-else".to_vec(), None);
+        let other = Signer::new("eu-1", b"someone-else".to_vec(), None);
         assert_eq!(
             parse(Kind::Win, &q, &other).unwrap_err(),
             Refused::BadSignature
         );
         // During a rotation the previous key still verifies.
-        let rotated = Signer::new(b"region-key-2".to_vec(), Some(b"region-key-1".to_vec()));
+        let rotated = Signer::new(
+            "eu-1",
+            b"region-key-2".to_vec(),
+            Some(b"region-key-1".to_vec()),
+        );
         assert!(parse(Kind::Win, &q, &rotated).is_ok());
+        // Another region's edge refuses it by name, even with the same key: its lease numbers
+        // are not ours.
+        let elsewhere = Signer::new("us-1", b"region-key-1".to_vec(), None);
+        assert_eq!(
+            parse(Kind::Win, &q, &elsewhere).unwrap_err(),
+            Refused::OtherRegion {
+                theirs: "eu-1".into(),
+                ours: "us-1".into()
+            }
+        );
+        // A notice that claims another region is no longer ours: the region is signed.
+        assert_eq!(
+            parse(Kind::Win, &q.replace("g=eu-1", "g=us-1"), &elsewhere).unwrap_err(),
+            Refused::BadSignature
+        );
+        let no_region: String = q
+            .split('&')
+            .filter(|p| !p.starts_with("g="))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(
+            parse(Kind::Win, &no_region, &signer()).unwrap_err(),
+            Refused::Missing("g")
+        );
         let twice = format!("{q}&l=43");
         assert_eq!(
             parse(Kind::Win, &twice, &signer()).unwrap_err(),
@@ -498,14 +551,14 @@ mod props {
         /// Any query string: an answer, never a panic.
         #[test]
         fn any_query_is_answered(q in ".{0,300}") {
-            let _ = parse(Kind::Win, &q, &Signer::new(b"k".to_vec(), None));
+            let _ = parse(Kind::Win, &q, &Signer::new("r", b"k".to_vec(), None));
         }
 
         /// Changing any one byte of a signed notice's signed part makes it fail to verify (or
         /// leaves it meaning the same thing, e.g. a hex digit's case).
         #[test]
         fn a_flipped_byte_never_verifies_as_something_else(at in 0usize..200, to in 0u8..128) {
-            let signer = Signer::new(b"region-key".to_vec(), None);
+            let signer = Signer::new("eu-1", b"region-key".to_vec(), None);
             let f = Fields {
                 kind: Kind::Bill, lease: LeaseId(9), campaign: "c1", exchange: "sim",
                 auction: "a-1", imp: "1", bid_micros: 2500, first_price: false,

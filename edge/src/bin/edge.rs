@@ -25,6 +25,9 @@ struct Args {
     /// This edge's name (default edge-1).
     #[arg(long)]
     edge_id: Option<String>,
+    /// The region of its coordinators; signs its notices (default local).
+    #[arg(long)]
+    region: Option<String>,
     /// HTTP listen address (default 127.0.0.1:8080).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
@@ -64,6 +67,9 @@ fn load(args: &Args) -> Result<Config, String> {
     };
     if let Some(v) = &args.edge_id {
         config.edge_id = v.clone();
+    }
+    if let Some(v) = &args.region {
+        config.region = v.clone();
     }
     if let Some(v) = &args.listen {
         config.listen = v.clone();
