@@ -88,7 +88,7 @@ impl Default for Settings {
 }
 
 /// What this node knows of one peer region.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Peer {
     addrs: Vec<String>,
     /// The peer's leader, as its last `not_leader` answer said.
@@ -529,7 +529,9 @@ impl Sync {
                 p.figures = figures;
             }
         }
-        // Does it bring anything?
+        // Does it bring anything? (Our lock and the state machine's are never held together:
+        // `status` once took them in the other order, and `./dev run` deadlocked.)
+        let due = self.witness_due(&from);
         let (needed, stale) = node.state.read(|m| {
             let l = m.ledger();
             let witnessed = l.witnessed().get(&from);
@@ -551,7 +553,7 @@ impl Sync {
             });
             let witness_due = match witnessed {
                 None => true,
-                Some(w) => w.seq < state.log_seq && self.witness_due(&from),
+                Some(w) => w.seq < state.log_seq && due,
             };
             (!stale && (rows_new || campaigns_new || witness_due), stale)
         });
@@ -727,9 +729,17 @@ impl Sync {
             };
             (have, unit)
         });
-        let spare = have.micros() - self.need(&key, lease_min).micros();
-        let give = spare.min(want.micros());
-        if give < unit {
+        // Less than one bid funds nothing here: such crumbs all go to whoever asks, so that
+        // the crumbs of several regions can add up to a bid somewhere (`./dev run` left 0.0039
+        // of a 3.00 budget split between two regions below a 0.0025 bid each).
+        let give = if have.micros() < unit {
+            have.micros().min(want.micros())
+        } else {
+            let spare = have.micros() - self.need(&key, lease_min).micros();
+            let give = spare.min(want.micros());
+            if give < unit { 0 } else { give }
+        };
+        if give <= 0 {
             return Ok((Money::ZERO, 0));
         }
         let command = Command::TransferRights {
@@ -830,6 +840,7 @@ impl Sync {
                         bucket: Bucket::Day(day),
                     });
                 }
+                let unit = camp.config.bid_cpm.micros() / 1000;
                 for k in keys {
                     let (available, mut holders) = match l.bucket(&k) {
                         Some(b) => {
@@ -841,14 +852,22 @@ impl Sync {
                                 .map(|p| (s.available(p).micros(), p.clone()))
                                 .filter(|(a, _)| *a > 0)
                                 .collect();
+                            // Not one bid left anywhere we know of: nothing to ask for (and
+                            // crumbs would only travel back and forth).
+                            let reachable = b.available().micros()
+                                + holders.iter().map(|(a, _)| *a).sum::<i64>();
+                            if reachable < unit {
+                                continue;
+                            }
                             (b.available(), holders)
                         }
-                        None => (Money::ZERO, Vec::new()),
+                        // A bucket we never heard of (a day its home has not opened yet, or a
+                        // campaign whose rights never reached us): its home opens or has it.
+                        None if camp.home != *l.region() => {
+                            (Money::ZERO, vec![(0, camp.home.clone())])
+                        }
+                        None => continue,
                     };
-                    // A day no one opened yet: its home opens it when asked.
-                    if holders.is_empty() && camp.home != *l.region() {
-                        holders.push((0, camp.home.clone()));
-                    }
                     holders.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
                     let holders: Vec<RegionId> = holders.into_iter().map(|(_, r)| r).collect();
                     views.push((k, available, holders));
@@ -978,11 +997,14 @@ impl Sync {
     /// The region view for `budgetctl status` and `budgetctl regions`.
     pub fn status(&self, node: &Node, campaign: Option<&CampaignId>) -> pb::RegionStatusReply {
         let now = Instant::now();
-        let inner = self.lock();
+        // A copy: our lock is never held inside the state machine's (see `receive`).
+        let (peers, alarms) = {
+            let inner = self.lock();
+            (inner.peers.clone(), inner.alarms.clone())
+        };
         node.state.read(|m| {
             let l = m.ledger();
-            let peers = inner
-                .peers
+            let peer_rows = peers
                 .iter()
                 .map(|(r, p)| {
                     let w = l.witnessed().get(r);
@@ -1007,21 +1029,21 @@ impl Sync {
                     let s = b.counter.state();
                     let mut regions: std::collections::BTreeSet<RegionId> = s.regions();
                     regions.insert(l.region().clone());
-                    regions.extend(inner.peers.keys().cloned());
+                    regions.extend(peers.keys().cloned());
                     let figures = regions
                         .into_iter()
                         .map(|r| {
-                            let (leased, in_doubt, age) =
-                                if r == *l.region() {
-                                    (b.leased.micros(), b.in_doubt.micros(), 0)
-                                } else {
-                                    match inner.peers.get(&r).and_then(|p| {
-                                        p.figures.get(k).map(|f| (*f, p.last_received))
-                                    }) {
-                                        Some(((le, d), t)) => (le, d, age_ms(now, t)),
-                                        None => (0, 0, -1),
-                                    }
-                                };
+                            let (leased, in_doubt, age) = if r == *l.region() {
+                                (b.leased.micros(), b.in_doubt.micros(), 0)
+                            } else {
+                                match peers
+                                    .get(&r)
+                                    .and_then(|p| p.figures.get(k).map(|f| (*f, p.last_received)))
+                                {
+                                    Some(((le, d), t)) => (le, d, age_ms(now, t)),
+                                    None => (0, 0, -1),
+                                }
+                            };
                             let available =
                                 s.available_i128(&r) - i128::from(leased) - i128::from(in_doubt);
                             pb::RegionFigures {
@@ -1056,8 +1078,8 @@ impl Sync {
                 not_leader: None,
                 log_seq: l.chain().next_seq(),
                 log_head: l.chain().head().to_vec(),
-                peers,
-                alarms: inner.alarms.iter().cloned().collect(),
+                peers: peer_rows,
+                alarms: alarms.into_iter().collect(),
                 buckets,
             }
         })

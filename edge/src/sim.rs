@@ -269,7 +269,8 @@ async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
 }
 
 /// A campaign's lifetime budget and settled spend, from the first coordinator that answers
-/// (the leader; balance reads are linearizable).
+/// (the leader; balance reads are linearizable). With peer regions, the spend settled in every
+/// region as the coordinators' region last heard of it (a sync interval behind, at most).
 async fn budget(coordinators: &[String], campaign: &str) -> Option<(i64, i64)> {
     for addr in coordinators {
         let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
@@ -283,6 +284,23 @@ async fn budget(coordinators: &[String], campaign: &str) -> Option<(i64, i64)> {
             continue;
         };
         let mut c = pb::admin_client::AdminClient::new(channel);
+        let regions = c
+            .region_status(pb::RegionStatusRequest {
+                campaign: campaign.to_owned(),
+            })
+            .await;
+        if let Ok(r) = regions {
+            let r = r.into_inner();
+            let lifetime = r.buckets.iter().find(|b| {
+                b.bucket.as_ref().and_then(|k| k.bucket.as_ref())
+                    == Some(&pb::Bucket::from(&Bucket::Lifetime))
+            });
+            if let (false, Some(b)) = (r.peers.is_empty(), lifetime) {
+                let sum = |f: fn(&pb::RegionFigures) -> i64| b.regions.iter().map(f).sum::<i64>();
+                let budget = sum(|x| x.created_micros) - sum(|x| x.burned_micros);
+                return Some((budget, sum(|x| x.settled_micros)));
+            }
+        }
         let r = c
             .get_balance(pb::GetBalanceRequest {
                 bucket: Some(pb::BucketKey {

@@ -383,3 +383,47 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
     assert_eq!(rights, 5_000);
     eu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    // 3,000 in all, a bid costs 2,000: split 1,500 / 1,500, neither region can fund a bid.
+    let _admin = campaign_at(&eu.addr, 3_000).await;
+    let split = coordinator::ledger::Command::TransferRights {
+        key: coordinator::ledger::RequestKey([9; 16]),
+        campaign: "c1".parse().unwrap(),
+        bucket: Bucket::Lifetime,
+        to: rid("us-1"),
+        amount: Money::from_micros(1_500),
+    };
+    let (reply, _) = eu.node.propose(split).await.unwrap();
+    assert!(
+        matches!(reply, coordinator::ledger::Reply::Transferred { .. }),
+        "{reply:?}"
+    );
+    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 100;
+    let lease = loop {
+        n += 1;
+        match ask(&mut leases, n).await {
+            Some(pb::grant_lease_reply::Result::Lease(l)) => break l,
+            Some(pb::grant_lease_reply::Result::Refused(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the crumbs never came together");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lease.amount_micros >= 2_000, "{lease:?}");
+    let held = us.node.state.read(|m| {
+        let key = shared::bucket::BucketKey {
+            campaign: "c1".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+        };
+        m.ledger().bucket(&key).unwrap().counter.available()
+    });
+    assert_eq!(held, Money::from_micros(3_000), "all of it, in us-1");
+    us.shutdown().await;
+    eu.shutdown().await;
+}
