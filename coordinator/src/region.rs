@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use shared::bucket::{Bucket, BucketKey};
 use shared::crdt::CounterRows;
+use shared::log::entry::BUCKETS_MAX;
 use shared::proto::v1 as pb;
 use shared::proto::v1::region_sync_client::RegionSyncClient;
 use shared::{CampaignId, Money, RegionId};
@@ -532,21 +533,26 @@ impl Sync {
         // Does it bring anything? (Our lock and the state machine's are never held together:
         // `status` once took them in the other order, and `./dev run` deadlocked.)
         let due = self.witness_due(&from);
-        let (needed, stale) = node.state.read(|m| {
+        let (buckets, needed, stale) = node.state.read(|m| {
             let l = m.ledger();
             let witnessed = l.witnessed().get(&from);
             let stale = witnessed.is_some_and(|w| state.log_seq < w.seq);
-            let rows_new = buckets.iter().any(|rb| {
-                let theirs = shared::crdt::CounterState::from(&rb.rows);
-                match l.bucket(&rb.bucket) {
-                    None => theirs != shared::crdt::CounterState::new(),
-                    Some(b) => {
-                        let mut joined = b.counter.state().clone();
-                        joined.join(&theirs);
-                        joined != *b.counter.state()
+            // Only buckets whose join changes ours: merging the others is a no-op, and cannot
+            // reveal data loss either (that takes a remote row above ours).
+            let buckets: Vec<RemoteBucket> = buckets
+                .into_iter()
+                .filter(|rb| {
+                    let theirs = shared::crdt::CounterState::from(&rb.rows);
+                    match l.bucket(&rb.bucket) {
+                        None => theirs != shared::crdt::CounterState::new(),
+                        Some(b) => {
+                            let mut joined = b.counter.state().clone();
+                            joined.join(&theirs);
+                            joined != *b.counter.state()
+                        }
                     }
-                }
-            });
+                })
+                .collect();
             let campaigns_new = campaigns.iter().any(|rc| match l.campaign(&rc.campaign) {
                 None => true,
                 Some(c) => c.home == from && c.home_version < rc.version,
@@ -555,7 +561,8 @@ impl Sync {
                 None => true,
                 Some(w) => w.seq < state.log_seq && due,
             };
-            (!stale && (rows_new || campaigns_new || witness_due), stale)
+            let needed = !stale && (!buckets.is_empty() || campaigns_new || witness_due);
+            (buckets, needed, stale)
         });
         let applied = node.applied_index();
         if stale {
@@ -589,13 +596,37 @@ impl Sync {
         if !needed {
             return Ok(applied);
         }
-        let command = Command::MergeRemote {
-            from: from.clone(),
-            buckets,
-            campaigns,
-            remote_seq: state.log_seq,
-            remote_head: head,
-        };
+        // A merge holds at most BUCKETS_MAX buckets (its log entry lists what each received):
+        // a larger state goes in several merges, the settings with the first.
+        let mut chunks: Vec<Vec<RemoteBucket>> = buckets
+            .chunks(BUCKETS_MAX)
+            .map(<[RemoteBucket]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let mut campaigns = Some(campaigns);
+        let mut last = applied;
+        for chunk in chunks {
+            let command = Command::MergeRemote {
+                from: from.clone(),
+                buckets: chunk,
+                campaigns: campaigns.take().unwrap_or_default(),
+                remote_seq: state.log_seq,
+                remote_head: head,
+            };
+            last = self.merge(node, &from, command).await?;
+        }
+        self.witnessed_now(&from);
+        Ok(last)
+    }
+
+    async fn merge(
+        &self,
+        node: &Node,
+        from: &RegionId,
+        command: Command,
+    ) -> Result<u64, ReceiveError> {
         match node.propose(command).await {
             Ok((
                 Reply::Merged {
@@ -605,7 +636,6 @@ impl Sync {
                 },
                 index,
             )) => {
-                self.witnessed_now(&from);
                 if received.micros() > 0 || campaigns > 0 {
                     tracing::info!(peer = %from, %received, campaigns, index, "merged a peer's state");
                 }
@@ -615,7 +645,7 @@ impl Sync {
                 Ok(index)
             }
             Ok((Reply::Refused(Refusal::MergeRefused { reason, .. }), _)) => {
-                self.alarm(node, &from, "data_loss", format!("state refused: {reason}"));
+                self.alarm(node, from, "data_loss", format!("state refused: {reason}"));
                 Err(ReceiveError::Refused(reason))
             }
             Ok((Reply::Refused(why), _)) => Err(ReceiveError::Invalid(why.to_string())),

@@ -427,3 +427,70 @@ async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
     us.shutdown().await;
     eu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_of_more_buckets_than_one_merge_holds_arrives_whole() {
+    use coordinator::ledger::{CampaignConfig, Command, RequestKey};
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    let n = shared::log::entry::BUCKETS_MAX + 10;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let node = eu.node.clone();
+        tasks.spawn(async move {
+            for i in (worker..n).step_by(16) {
+                let campaign: shared::CampaignId = format!("c{i}").parse().unwrap();
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let config = CampaignConfig {
+                    zone: "UTC".into(),
+                    bid_cpm: Money::from_micros(1_000_000),
+                    daily_budget: None,
+                    targeting: Default::default(),
+                };
+                node.propose(Command::UpsertCampaign {
+                    key: RequestKey(key),
+                    campaign: campaign.clone(),
+                    config,
+                })
+                .await
+                .unwrap();
+                key[15] = 1;
+                node.propose(Command::SetBudget {
+                    key: RequestKey(key),
+                    campaign,
+                    bucket: Bucket::Lifetime,
+                    budget: Money::from_micros(1_000),
+                })
+                .await
+                .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (campaigns, buckets) = us
+            .node
+            .state
+            .read(|m| (m.ledger().campaigns().count(), m.ledger().buckets().count()));
+        if campaigns == n && buckets == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "us-1 holds {campaigns} campaigns and {buckets} buckets of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = pb::admin_client::AdminClient::new(channel(&us.addr).await)
+        .region_status(pb::RegionStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.alarms.is_empty(), "{:?}", status.alarms);
+    us.shutdown().await;
+    eu.shutdown().await;
+}
