@@ -357,20 +357,57 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
         "nothing changed"
     );
 
+    // A peer whose states keep going back behind the log head it showed before lost data (or
+    // runs from an old copy): an alarm after a few in a row, and nothing merged meanwhile.
+    let honest = |seq: u64| pb::RegionState {
+        from_region: "us-1".into(),
+        log_seq: seq,
+        log_head: vec![seq as u8; 32],
+        buckets: Vec::new(),
+        campaigns: Vec::new(),
+    };
+    let ack = sync.push_state(honest(10)).await.unwrap().into_inner();
+    assert!(
+        matches!(ack.result, Some(pb::push_ack::Result::MergedAtIndex(_))),
+        "{ack:?}"
+    );
+    let witnessed = eu
+        .node
+        .state
+        .read(|m| m.ledger().witnessed()[&rid("us-1")].clone());
+    assert_eq!((witnessed.seq, witnessed.head), (10, [10; 32]));
+    for _ in 0..coordinator::region::STALE_ALARM_AFTER {
+        sync.push_state(honest(3)).await.unwrap();
+    }
+    assert_eq!(
+        eu.node
+            .state
+            .read(|m| m.ledger().witnessed()[&rid("us-1")].seq),
+        10
+    );
     let status = admin
         .region_status(pb::RegionStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.alarms.len(), 1, "{:?}", status.alarms);
+    assert_eq!(status.alarms.len(), 2, "{:?}", status.alarms);
     assert!(
         status.alarms[0].contains("us-1") && status.alarms[0].contains("refused"),
+        "{:?}",
+        status.alarms
+    );
+    assert!(
+        status.alarms[1].contains("behind the seq 10"),
         "{:?}",
         status.alarms
     );
     let metrics = eu.node.metrics.render(&eu.node);
     assert!(
         metrics.contains("budget_region_alarms_total{peer=\"us-1\",result=\"data_loss\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("budget_region_alarms_total{peer=\"us-1\",result=\"went_back\"} 1"),
         "{metrics}"
     );
     // The data-loss refusal is an answer, not a transfer: a forged state cannot make money.
