@@ -364,8 +364,13 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
                     .iter()
                     .map(|m| serde_json::json!({"node": m.node, "addr": m.addr, "voter": m.voter}))
                     .collect();
-                let v = serde_json::json!({"region": s.region, "node": s.node, "leader": s.leader_node, "term": s.term,
+                let mut v = serde_json::json!({"region": s.region, "node": s.node, "leader": s.leader_node, "term": s.term,
                     "last_applied_index": s.last_applied_index, "members": members});
+                if let Ok(r) = region_view(endpoint, "")
+                    && !r.peers.is_empty()
+                {
+                    v["regions"] = regions_json(&r);
+                }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 println!(
@@ -790,40 +795,7 @@ pub(crate) fn regions_text(v: &pb::RegionStatusReply, buckets: bool) -> String {
 pub(crate) fn regions(endpoint: &str, campaign: Option<&str>, json: bool) -> ExitCode {
     match region_view(endpoint, campaign.unwrap_or("")) {
         Ok(v) if json => {
-            let peers: Vec<serde_json::Value> = v
-                .peers
-                .iter()
-                .map(|p| {
-                    serde_json::json!({"region": p.region, "addrs": p.addrs,
-                        "last_push_ok_age_ms": p.last_push_ok_age_ms,
-                        "last_received_age_ms": p.last_received_age_ms,
-                        "witnessed_seq": p.witnessed_seq,
-                        "witnessed_head": p.witnessed_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                        "witnessed_at_index": p.witnessed_at_index,
-                        "pushes_ok": p.pushes_ok, "pushes_failed": p.pushes_failed,
-                        "last_error": p.last_error})
-                })
-                .collect();
-            let buckets: Vec<serde_json::Value> = v
-                .buckets
-                .iter()
-                .map(|b| {
-                    let k = b.bucket.clone().unwrap_or_default();
-                    let name = bucket_name(b.bucket.as_ref());
-                    let bucket = name.split_once('/').map_or("?", |(_, b)| b);
-                    let regions: Vec<serde_json::Value> = b.regions.iter().map(|r| serde_json::json!({
-                        "region": r.region, "created_micros": r.created_micros,
-                        "transferred_in_micros": r.transferred_in_micros,
-                        "transferred_out_micros": r.transferred_out_micros,
-                        "settled_micros": r.settled_micros, "burned_micros": r.burned_micros,
-                        "leased_micros": r.leased_micros, "in_doubt_micros": r.in_doubt_micros,
-                        "available_micros": r.available_micros, "figures_age_ms": r.figures_age_ms})).collect();
-                    serde_json::json!({"campaign": k.campaign, "bucket": bucket, "home": b.home, "regions": regions})
-                })
-                .collect();
-            let out = serde_json::json!({"region": v.region, "log_seq": v.log_seq,
-                "log_head": v.log_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                "peers": peers, "alarms": v.alarms, "buckets": buckets});
+            let out = regions_json(&v);
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             ExitCode::SUCCESS
         }
@@ -840,4 +812,42 @@ pub(crate) fn regions(endpoint: &str, campaign: Option<&str>, json: bool) -> Exi
             ExitCode::from(code)
         }
     }
+}
+
+/// `RegionStatus` as JSON.
+fn regions_json(v: &pb::RegionStatusReply) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = v
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({"region": p.region, "addrs": p.addrs,
+                "last_push_ok_age_ms": p.last_push_ok_age_ms,
+                "last_received_age_ms": p.last_received_age_ms,
+                "witnessed_seq": p.witnessed_seq,
+                "witnessed_head": p.witnessed_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "witnessed_at_index": p.witnessed_at_index,
+                "pushes_ok": p.pushes_ok, "pushes_failed": p.pushes_failed,
+                "last_error": p.last_error})
+        })
+        .collect();
+    let buckets: Vec<serde_json::Value> = v
+        .buckets
+        .iter()
+        .map(|b| {
+            let k = b.bucket.clone().unwrap_or_default();
+            let name = bucket_name(b.bucket.as_ref());
+            let bucket = name.split_once('/').map_or("?", |(_, b)| b);
+            let regions: Vec<serde_json::Value> = b.regions.iter().map(|r| serde_json::json!({
+                "region": r.region, "created_micros": r.created_micros,
+                "transferred_in_micros": r.transferred_in_micros,
+                "transferred_out_micros": r.transferred_out_micros,
+                "settled_micros": r.settled_micros, "burned_micros": r.burned_micros,
+                "leased_micros": r.leased_micros, "in_doubt_micros": r.in_doubt_micros,
+                "available_micros": r.available_micros, "figures_age_ms": r.figures_age_ms})).collect();
+            serde_json::json!({"campaign": k.campaign, "bucket": bucket, "home": b.home, "regions": regions})
+        })
+        .collect();
+    serde_json::json!({"region": v.region, "log_seq": v.log_seq,
+        "log_head": v.log_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "peers": peers, "alarms": v.alarms, "buckets": buckets})
 }

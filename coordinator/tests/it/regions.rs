@@ -299,6 +299,32 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What an operator sees: every region's figures for the bucket, the peer, no alarm.
+    let budgetctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+            .args(["--endpoint", eu.addr.as_str()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = tokio::task::block_in_place(|| budgetctl(&["regions", "--campaign", "c1"]));
+    assert_eq!(code, Some(0), "{text}");
+    for want in [
+        "c1/lifetime (home eu-1)",
+        "us-1",
+        "alarms: none",
+        "1.000000",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let (code, json) = tokio::task::block_in_place(|| budgetctl(&["status", "--json"]));
+    assert_eq!(code, Some(0), "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["regions"]["peers"][0]["region"], "us-1", "{json}");
     let metrics = eu.node.metrics.render(&eu.node);
     assert!(
         metrics.contains("budget_region_transferred_micros_total{direction=\"out\"} 1000000"),
