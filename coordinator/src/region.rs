@@ -1100,6 +1100,15 @@ impl Sync {
                             .map(|c| c.home.to_string())
                             .unwrap_or_default(),
                         regions: figures,
+                        transferred: CounterRows::from(s)
+                            .transferred
+                            .iter()
+                            .map(|(a, b, n)| pb::TransferRow {
+                                from_region: a.to_string(),
+                                to_region: b.to_string(),
+                                micros: *n,
+                            })
+                            .collect(),
                     }
                 })
                 .collect();

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod chains;
+pub mod converge;
 pub mod linear;
 pub mod notices;
 pub mod progress;
