@@ -203,20 +203,24 @@ pub fn counter_to_wire(
             bucket: Some(pb::Bucket::from(&key.bucket)),
         }),
         created: rows.created.iter().map(row).collect(),
-        transferred: rows
-            .transferred
-            .iter()
-            .map(|(a, b, n)| pb::TransferRow {
-                from_region: a.to_string(),
-                to_region: b.to_string(),
-                micros: *n,
-            })
-            .collect(),
+        transferred: transfer_rows(rows),
         settled: rows.settled.iter().map(row).collect(),
         burned: rows.burned.iter().map(row).collect(),
         leased_micros: leased,
         in_doubt_micros: in_doubt,
     }
+}
+
+/// The transfer rows on the wire.
+fn transfer_rows(rows: &CounterRows) -> Vec<pb::TransferRow> {
+    rows.transferred
+        .iter()
+        .map(|(a, b, n)| pb::TransferRow {
+            from_region: a.to_string(),
+            to_region: b.to_string(),
+            micros: *n,
+        })
+        .collect()
 }
 
 /// A bucket's rows from the wire; the error names the field.
@@ -1100,15 +1104,7 @@ impl Sync {
                             .map(|c| c.home.to_string())
                             .unwrap_or_default(),
                         regions: figures,
-                        transferred: CounterRows::from(s)
-                            .transferred
-                            .iter()
-                            .map(|(a, b, n)| pb::TransferRow {
-                                from_region: a.to_string(),
-                                to_region: b.to_string(),
-                                micros: *n,
-                            })
-                            .collect(),
+                        transferred: transfer_rows(&CounterRows::from(s)),
                     }
                 })
                 .collect();
