@@ -56,9 +56,8 @@ async fn start(
             .unwrap();
     });
     let sync = tokio::spawn(coordinator::region::sync_loop(node.clone(), stop_rx));
-    node.initialize(BTreeMap::from([(1, addr.clone())]))
-        .await
-        .unwrap();
+    // Fails harmlessly on a restart: the region is initialized already.
+    let _ = node.initialize(BTreeMap::from([(1, addr.clone())])).await;
     node.raft
         .wait(Some(Duration::from_secs(20)))
         .metrics(|m| m.current_leader == Some(1), "leader")
@@ -157,6 +156,72 @@ async fn campaign_at(addr: &str, budget: i64) -> pb::admin_client::AdminClient<C
     admin
 }
 
+/// Spends every whole bid (2,000) of `lease` in one report, and releases it (keys `n − 1`,
+/// `n`). Returns what it spent.
+async fn spend_whole(
+    leases: &mut pb::lease_api_client::LeaseApiClient<Channel>,
+    lease: &pb::Lease,
+    n: u64,
+) -> i64 {
+    let bids = lease.amount_micros / 2_000;
+    let events: Vec<pb::SpendEvent> = (0..bids)
+        .map(|i| pb::SpendEvent {
+            key: Some(pb::EventKey {
+                exchange: "adx".into(),
+                auction_id: format!("n{n}-l{}-{i}", lease.lease_id),
+                imp_id: "1".into(),
+            }),
+            amount_micros: 2_000,
+        })
+        .collect();
+    if !events.is_empty() {
+        leases
+            .report_spend(pb::ReportSpendRequest {
+                batch_id: key(n - 1).unwrap().key,
+                edge: "e1".into(),
+                lease_id: lease.lease_id,
+                events,
+            })
+            .await
+            .unwrap();
+    }
+    leases
+        .release_lease(pb::ReleaseLeaseRequest {
+            batch_id: key(n).unwrap().key,
+            edge: "e1".into(),
+            lease_id: lease.lease_id,
+            unreserved_micros: lease.amount_micros - bids * 2_000,
+        })
+        .await
+        .unwrap();
+    bids * 2_000
+}
+
+/// Bids until no lease has been granted for `patience`: returns what was spent.
+async fn spend_until_refused(
+    leases: &mut pb::lease_api_client::LeaseApiClient<Channel>,
+    n: &mut u64,
+    patience: Duration,
+) -> i64 {
+    let mut spent = 0;
+    let mut last_grant = Instant::now();
+    while last_grant.elapsed() < patience {
+        *n += 1;
+        match ask(leases, *n).await {
+            Some(pb::grant_lease_reply::Result::Lease(l)) => {
+                *n += 2;
+                spent += spend_whole(leases, &l, *n).await;
+                last_grant = Instant::now();
+            }
+            Some(pb::grant_lease_reply::Result::Refused(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    spent
+}
+
 /// Edge `e1` asks for a lease of 0.1 of `c1`, with key `n`.
 async fn ask(
     leases: &mut pb::lease_api_client::LeaseApiClient<Channel>,
@@ -203,40 +268,8 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
             }
             other => panic!("{other:?}"),
         };
-        let bids = lease.amount_micros / 2_000;
-        let events: Vec<pb::SpendEvent> = (0..bids)
-            .map(|i| pb::SpendEvent {
-                key: Some(pb::EventKey {
-                    exchange: "adx".into(),
-                    auction_id: format!("l{}-{i}", lease.lease_id),
-                    imp_id: "1".into(),
-                }),
-                amount_micros: 2_000,
-            })
-            .collect();
-        n += 1;
-        if !events.is_empty() {
-            leases
-                .report_spend(pb::ReportSpendRequest {
-                    batch_id: key(n).unwrap().key,
-                    edge: "e1".into(),
-                    lease_id: lease.lease_id,
-                    events,
-                })
-                .await
-                .unwrap();
-        }
-        spent += bids * 2_000;
-        n += 1;
-        leases
-            .release_lease(pb::ReleaseLeaseRequest {
-                batch_id: key(n).unwrap().key,
-                edge: "e1".into(),
-                lease_id: lease.lease_id,
-                unreserved_micros: lease.amount_micros - bids * 2_000,
-            })
-            .await
-            .unwrap();
+        n += 2;
+        spent += spend_whole(&mut leases, &lease, n).await;
     }
     assert!(refusals > 0, "us-1 had rights before any transfer");
     assert_eq!(spent, budget, "the whole budget, and not a micro more");
@@ -554,6 +587,105 @@ async fn a_state_of_more_buckets_than_one_merge_holds_arrives_whole() {
         .unwrap()
         .into_inner();
     assert!(status.alarms.is_empty(), "{:?}", status.alarms);
+    us.shutdown().await;
+    eu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_that_is_down_keeps_its_rights_and_spends_them_when_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    let (eu_addr, us_addr) = (eu.addr.clone(), us.addr.clone());
+    let budget = 400_000;
+    let mut admin = campaign_at(&eu.addr, budget).await;
+    // us-1 bids for a while and so holds some of the rights.
+    let mut at_us = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
+    let mut n = 1_000;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut spent_us = 0;
+    while spent_us < 100_000 {
+        assert!(Instant::now() < deadline, "us-1 got no rights");
+        n += 1;
+        match ask(&mut at_us, n).await {
+            Some(pb::grant_lease_reply::Result::Lease(l)) => {
+                n += 2;
+                spent_us += spend_whole(&mut at_us, &l, n).await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // Keep a lease open (as an edge that is mid-spend would) and go down.
+    n += 1;
+    let open = loop {
+        if let Some(pb::grant_lease_reply::Result::Lease(l)) = ask(&mut at_us, n).await {
+            break l;
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let held_by_us = us.node.state.read(|m| {
+        let key = shared::bucket::BucketKey {
+            campaign: "c1".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+        };
+        m.ledger()
+            .bucket(&key)
+            .unwrap()
+            .counter
+            .available()
+            .micros()
+    });
+    assert!(held_by_us >= open.amount_micros && held_by_us > 0);
+    let us_dir = tmp.path().join("us");
+    us.shutdown().await;
+
+    // eu-1 spends all it can: never what us-1 holds.
+    let mut at_eu = pb::lease_api_client::LeaseApiClient::new(channel(&eu_addr).await);
+    let spent_eu = spend_until_refused(&mut at_eu, &mut n, Duration::from_secs(3)).await;
+    assert!(spent_eu > 0);
+    assert!(
+        spent_us + spent_eu + held_by_us <= budget,
+        "eu-1 spent {spent_eu} while us-1, down, held {held_by_us} (us-1 spent {spent_us}; budget {budget})"
+    );
+    let status = admin
+        .region_status(pb::RegionStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.peers[0].last_error.is_empty(), "{status:?}");
+
+    // Back, on its old data: its lease and rights are where it left them, and sync resumes.
+    let listener = TcpListener::bind(&us_addr).await.unwrap();
+    let us = start(
+        "us-1",
+        &us_dir,
+        listener,
+        BTreeMap::from([(rid("eu-1"), vec![eu_addr.clone()])]),
+    )
+    .await;
+    let mut at_us = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
+    n += 2;
+    let more = spend_whole(&mut at_us, &open, n).await;
+    let rest = spend_until_refused(&mut at_us, &mut n, Duration::from_secs(3)).await;
+    let total = spent_us + spent_eu + more + rest;
+    assert!(total <= budget, "{total} spent of {budget}");
+    assert!(
+        total >= budget - 4_000,
+        "only {total} of {budget} spent after us-1 came back"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = admin
+            .region_status(pb::RegionStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if s.peers[0].last_error.is_empty() && s.peers[0].last_received_age_ms >= 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sync never resumed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     us.shutdown().await;
     eu.shutdown().await;
 }
