@@ -52,7 +52,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Where the binaries are.
     pub bin_dir: PathBuf,
-    /// Coordinators.
+    /// Regions (1: the single-region run).
+    pub regions: usize,
+    /// Coordinators per region.
     pub coordinators: usize,
     /// Edges.
     pub edges: usize,
@@ -179,6 +181,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let topo = Topology::start(&Plan {
         dir: &dir,
         bin_dir: &opts.bin_dir,
+        regions: opts.regions,
         coordinators: opts.coordinators,
         edges: opts.edges,
         base_offset_us,
