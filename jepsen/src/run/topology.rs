@@ -110,9 +110,10 @@ fn edge_ip(region: usize, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, region as u8, 20 + i as u8)
 }
 
-/// A node's name: `coordinator-1`, or with several regions `eu-1-coordinator-1`.
-fn node_name(regions: &[String], region: &str, what: &str, i: usize) -> String {
-    if regions.len() == 1 {
+/// A node's name in a run of `regions`: `coordinator-1`, or with several regions
+/// `eu-1-coordinator-1`.
+pub fn node_name(regions: usize, region: &str, what: &str, i: usize) -> String {
+    if regions <= 1 {
         format!("{what}-{i}")
     } else {
         format!("{region}-{what}-{i}")
@@ -184,7 +185,7 @@ impl Topology {
                 String::new()
             };
             for i in 1..=plan.coordinators {
-                let name = node_name(&regions, region, "coordinator", i);
+                let name = node_name(regions.len(), region, "coordinator", i);
                 let ip = coordinator_ip(k, i);
                 let data_dir = nodes_dir.join(&name);
                 let config = nodes_dir.join(format!("{name}.toml"));
@@ -234,7 +235,7 @@ impl Topology {
                 .map(|b| format!("{b:02x}"))
                 .collect();
             for e in 1..=plan.edges {
-                let name = node_name(&regions, region, "edge", e);
+                let name = node_name(regions.len(), region, "edge", e);
                 let ip = edge_ip(k, e);
                 let config = nodes_dir.join(format!("{name}.toml"));
                 std::fs::write(
