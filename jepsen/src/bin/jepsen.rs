@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         regions,
     } = &cli.command
     {
-        return match Kind::parse_list(nemesis) {
+        return match kinds_for(nemesis, *regions) {
             Ok(kinds) => {
                 let s = jepsen::run::schedule(
                     *seed,
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let kinds = match Kind::parse_list(&nemesis) {
+    let kinds = match kinds_for(&nemesis, regions) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("jepsen: --nemesis: {e}");
@@ -259,4 +259,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The fault kinds of `--nemesis`: `all` means the region faults too when there are several
+/// regions; region faults need several.
+fn kinds_for(nemesis: &str, regions: usize) -> Result<Vec<Kind>, String> {
+    let mut kinds = Kind::parse_list(nemesis)?;
+    if nemesis.trim() == "all" && regions > 1 {
+        kinds.extend(Kind::REGION);
+    }
+    if regions < 2 && kinds.iter().any(|k| Kind::REGION.contains(k)) {
+        return Err("region faults need --regions 2 or more".into());
+    }
+    Ok(kinds)
 }

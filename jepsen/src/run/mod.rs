@@ -135,9 +135,24 @@ pub fn schedule(
             .flat_map(|r| (1..=n).map(move |i| topology::node_name(regions, r, what, i)))
             .collect()
     };
+    let region_nodes: Vec<(String, Vec<String>)> = if regions > 1 {
+        topology::region_names(regions)
+            .iter()
+            .map(|r| {
+                let mut nodes: Vec<String> = (1..=coordinators)
+                    .map(|i| topology::node_name(regions, r, "coordinator", i))
+                    .collect();
+                nodes.extend((1..=edges).map(|i| topology::node_name(regions, r, "edge", i)));
+                (r.clone(), nodes)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let coordinators = names("coordinator", coordinators);
     let edges = names("edge", edges);
     let mut params = Params::new(seed, time_limit, kinds, coordinators, edges);
+    params.regions = region_nodes;
     params.tail = TAIL;
     Schedule::generate(&params)
 }
