@@ -336,14 +336,23 @@ impl pb::lease_api_server::LeaseApi for Api {
                 let shared::Bucket::Day(day) = &key.bucket else {
                     continue;
                 };
+                // Spend in every region as this one knows it (a push interval behind, at
+                // most), so that the edges of all regions pace the campaign together rather
+                // than each to the whole day's budget; and the day's budget as its home set it
+                // (a region that only received rights set none).
+                let daily = ledger
+                    .campaign(&key.campaign)
+                    .and_then(|c| c.config.daily_budget);
                 let row = pb::DaySpend {
                     campaign: key.campaign.to_string(),
                     day: day.to_string(),
-                    settled_micros: i64::try_from(
-                        state.counter.state().settled(state.counter.me()),
-                    )
-                    .unwrap_or(i64::MAX),
-                    budget_micros: state.budget.micros(),
+                    settled_micros: i64::try_from(state.counter.state().total_settled())
+                        .unwrap_or(i64::MAX),
+                    budget_micros: if state.budget.micros() > 0 {
+                        state.budget.micros()
+                    } else {
+                        daily.map_or(0, Money::micros)
+                    },
                 };
                 match day_spend.last_mut() {
                     Some(last) if last.campaign == row.campaign => *last = row,

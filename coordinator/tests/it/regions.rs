@@ -131,7 +131,11 @@ fn lifetime() -> Option<pb::BucketKey> {
 
 /// Creates campaign `c1` (2.00 CPM: 2,000 a bid) with a lifetime `budget` at the region at
 /// `addr`, its home. Returns an admin client of that region.
-async fn campaign_at(addr: &str, budget: i64) -> pb::admin_client::AdminClient<Channel> {
+async fn campaign_at(
+    addr: &str,
+    budget: i64,
+    daily: Option<i64>,
+) -> pb::admin_client::AdminClient<Channel> {
     let mut admin = pb::admin_client::AdminClient::new(channel(addr).await);
     admin
         .upsert_campaign(pb::UpsertCampaignRequest {
@@ -140,6 +144,7 @@ async fn campaign_at(addr: &str, budget: i64) -> pb::admin_client::AdminClient<C
                 campaign: "c1".into(),
                 time_zone: "UTC".into(),
                 bid_cpm_micros: 2_000_000,
+                daily_budget_micros: daily,
                 ..Default::default()
             }),
         })
@@ -245,7 +250,7 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
     let tmp = tempfile::tempdir().unwrap();
     let (eu, us) = pair(tmp.path()).await;
     let budget = 1_000_000;
-    let mut admin = campaign_at(&eu.addr, budget).await;
+    let mut admin = campaign_at(&eu.addr, budget, None).await;
 
     // us-1 bids: it asks for leases, spends each whole (2,000 a bid) and releases it. It has
     // no rights of its own; all it spends came from eu-1.
@@ -373,7 +378,7 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
     let (eu, us) = pair(tmp.path()).await;
     // Stop us-1 first, so that only the forged state speaks for it.
     us.shutdown().await;
-    let mut admin = campaign_at(&eu.addr, 5_000).await;
+    let mut admin = campaign_at(&eu.addr, 5_000, None).await;
     let before = eu.node.state.read(|m| m.ledger().all_rows());
     let mut sync = pb::region_sync_client::RegionSyncClient::new(channel(&eu.addr).await);
     let forged = |from: &str, created: u64| pb::RegionState {
@@ -485,7 +490,7 @@ async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (eu, us) = pair(tmp.path()).await;
     // 3,000 in all, a bid costs 2,000: split 1,500 / 1,500, neither region can fund a bid.
-    let _admin = campaign_at(&eu.addr, 3_000).await;
+    let _admin = campaign_at(&eu.addr, 3_000, None).await;
     let split = coordinator::ledger::Command::TransferRights {
         key: coordinator::ledger::RequestKey([9; 16]),
         campaign: "c1".parse().unwrap(),
@@ -597,7 +602,7 @@ async fn a_region_that_is_down_keeps_its_rights_and_spends_them_when_back() {
     let (eu, us) = pair(tmp.path()).await;
     let (eu_addr, us_addr) = (eu.addr.clone(), us.addr.clone());
     let budget = 400_000;
-    let mut admin = campaign_at(&eu.addr, budget).await;
+    let mut admin = campaign_at(&eu.addr, budget, None).await;
     // us-1 bids for a while and so holds some of the rights.
     let mut at_us = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
     let mut n = 1_000;
@@ -638,11 +643,25 @@ async fn a_region_that_is_down_keeps_its_rights_and_spends_them_when_back() {
     assert!(held_by_us >= open.amount_micros && held_by_us > 0);
     let us_dir = tmp.path().join("us");
     us.shutdown().await;
+    // (us-1 may have pulled every right there was.) The home raises the budget: these rights
+    // are eu-1's alone.
+    let budget = budget + 100_000;
+    admin
+        .set_budget(pb::SetBudgetRequest {
+            idempotency_key: key(3),
+            bucket: lifetime(),
+            budget_micros: budget,
+        })
+        .await
+        .unwrap();
 
     // eu-1 spends all it can: never what us-1 holds.
     let mut at_eu = pb::lease_api_client::LeaseApiClient::new(channel(&eu_addr).await);
     let spent_eu = spend_until_refused(&mut at_eu, &mut n, Duration::from_secs(3)).await;
-    assert!(spent_eu > 0);
+    assert!(
+        spent_eu >= 100_000,
+        "eu-1 spent {spent_eu} of its own 100,000"
+    );
     assert!(
         spent_us + spent_eu + held_by_us <= budget,
         "eu-1 spent {spent_eu} while us-1, down, held {held_by_us} (us-1 spent {spent_us}; budget {budget})"
@@ -666,7 +685,9 @@ async fn a_region_that_is_down_keeps_its_rights_and_spends_them_when_back() {
     let mut at_us = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
     n += 2;
     let more = spend_whole(&mut at_us, &open, n).await;
-    let rest = spend_until_refused(&mut at_us, &mut n, Duration::from_secs(3)).await;
+    // eu-1 keeps what its recent spending rate says it needs, and gives the rest once that rate
+    // has aged out of its 10 s window: be patient for longer than that.
+    let rest = spend_until_refused(&mut at_us, &mut n, Duration::from_secs(12)).await;
     let total = spent_us + spent_eu + more + rest;
     assert!(total <= budget, "{total} spent of {budget}");
     assert!(
@@ -685,6 +706,48 @@ async fn a_region_that_is_down_keeps_its_rights_and_spends_them_when_back() {
         }
         assert!(Instant::now() < deadline, "sync never resumed: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    us.shutdown().await;
+    eu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_region_paces_a_day_against_the_spend_of_all_regions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    let _admin = campaign_at(&eu.addr, 1_000_000, Some(50_000)).await;
+    // us-1 spends from the day's rights, which only the home can open.
+    let mut at_us = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 500;
+    let spent = loop {
+        n += 1;
+        if let Some(pb::grant_lease_reply::Result::Lease(l)) = ask(&mut at_us, n).await {
+            n += 2;
+            break spend_whole(&mut at_us, &l, n).await;
+        }
+        assert!(Instant::now() < deadline, "us-1 never got the day's rights");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(spent > 0);
+    // Both regions tell their edges the same day: us-1's spend, against the home's budget.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in [&us.addr, &eu.addr] {
+        let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(addr).await);
+        loop {
+            let r = leases
+                .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let d = r.day_spend.first().cloned().unwrap_or_default();
+            if d.settled_micros == spent {
+                assert_eq!(d.budget_micros, 50_000, "{addr}: {d:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr}: {d:?}, spent {spent}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     us.shutdown().await;
     eu.shutdown().await;
