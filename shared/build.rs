@@ -4,9 +4,6 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
-    if std::env::var_os("CARGO_FEATURE_GRPC").is_none() {
-        return;
-    }
     #[cfg(feature = "grpc")]
     {
         let protos = [
