@@ -21,6 +21,12 @@ fn bin_dir() -> PathBuf {
 }
 
 fn results(out: &Path) -> serde_json::Value {
+    results_of(out, "coordinator-1")
+}
+
+/// A run's `results.json`, after checking that its files are there (`first` names its first
+/// coordinator).
+fn results_of(out: &Path, first: &str) -> serde_json::Value {
     let run = std::fs::read_dir(out)
         .expect("the run folder exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -37,7 +43,7 @@ fn results(out: &Path) -> serde_json::Value {
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{} is missing or empty", p.display());
     }
-    assert!(run.join("nodes/coordinator-1.log").is_file());
+    assert!(run.join(format!("nodes/{first}.log")).is_file());
     let text = std::fs::read_to_string(run.join("results.json")).expect("results.json");
     serde_json::from_str(&text).expect("results.json is JSON")
 }
@@ -182,5 +188,43 @@ fn every_planted_bug_is_caught_with_its_seed() {
             stderr.contains(&format!("FAILED (seed {seed})")),
             "the seed is reported"
         );
+    }
+}
+
+#[test]
+fn a_short_run_of_two_regions_under_region_faults_passes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = jepsen(
+        &bin_dir(),
+        out.path(),
+        &[
+            "--regions",
+            "2",
+            "--time-limit",
+            "100",
+            "--nemesis",
+            "region-partition,region-kill,kill",
+            "--seed",
+            "2",
+        ],
+    );
+    let r = results_of(out.path(), "eu-1-coordinator-1");
+    assert_eq!(o.status.code(), Some(0), "{r:#}");
+    let faults = r["faults"].as_array().unwrap();
+    for kind in ["region-partition", "region-kill"] {
+        assert!(
+            faults
+                .iter()
+                .any(|f| f["window"]["fault"]["kind"] == kind && f["observed"] == true),
+            "no {kind} fault reached its target: {faults:#?}"
+        );
+    }
+    let inv = r["invariants"].as_array().unwrap();
+    let names: Vec<&str> = inv.iter().filter_map(|v| v["invariant"].as_str()).collect();
+    assert_eq!(names, ["I1", "I2", "I3", "I4", "I5", "I6", "I7"]);
+    for v in inv {
+        assert_eq!(v["held"], true, "{v:#}");
+        assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
     }
 }
