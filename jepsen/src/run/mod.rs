@@ -77,6 +77,9 @@ pub struct Outcome {
     pub faults: Vec<Injected>,
     /// The lowest utilization among buckets whose demand exceeded their budget, ppm.
     pub utilization_ppm: Option<i64>,
+    /// Runs of several regions: how long after the load every region's counters were equal
+    /// for good (I5), in ms.
+    pub converged_ms: Option<u64>,
     /// Processes that exited by themselves during the run (a crash fails the run).
     pub crashed: Vec<String>,
 }
@@ -216,9 +219,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     progress(
         start,
         format!(
-            "{} coordinators and {} edges up; clocks at {} in {day_zone}, whose day ends {:?} into the load",
+            "{} coordinators and {} edges up{}; clocks at {} in {day_zone}, whose day ends {:?} into the load",
             opts.coordinators,
             opts.edges,
+            if opts.regions > 1 {
+                format!(" in each of {} regions", opts.regions)
+            } else {
+                String::new()
+            },
             date_in(day_zone, wall_us() + base_offset_us)?,
             cross_at
         ),

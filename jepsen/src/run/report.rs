@@ -311,6 +311,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         },
         faults: i.injected.to_vec(),
         utilization_ppm: utilization,
+        converged_ms: i5.as_ref().and_then(|(_, t)| *t).map(|us| us / 1000),
         crashed: Vec::new(),
     };
     Ok((
@@ -374,6 +375,7 @@ pub fn finish(
         "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
         "faults_scheduled": schedule.windows.len(),
         "utilization_ppm": outcome.utilization_ppm,
+        "converged_ms": outcome.converged_ms,
         "crashed": outcome.crashed,
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
@@ -432,6 +434,14 @@ pub fn finish(
             md,
             "\nUtilization (lowest bucket whose demand exceeded its budget): **{}**.",
             percent(u)
+        );
+    }
+    if let Some(ms) = outcome.converged_ms {
+        let _ = writeln!(
+            md,
+            "\nEvery region's counters were equal for good {}.{:03} s after the load ended (I5).",
+            ms / 1000,
+            ms % 1000
         );
     }
     let _ = writeln!(
