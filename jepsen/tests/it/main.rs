@@ -110,14 +110,15 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.md"));
 }
 
-/// Each planted bug, the faults and seed of the run that catches it, and the invariant that
-/// must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills an
-/// edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
+/// Each planted bug, the regions, faults and seed of the run that catches it, and the invariant
+/// that must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills
+/// an edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
 /// shows.)
-const PLANTED: [(&str, &str, &str, &str); 3] = [
-    ("dedup-by-auction", "partition", "11", "I3"),
-    ("reclaim-early", "partition,pause", "5", "I1"),
-    ("ack-before-commit", "kill", "84", "I3"),
+const PLANTED: [(&str, &str, &str, &str, &str); 4] = [
+    ("dedup-by-auction", "1", "partition", "11", "I3"),
+    ("reclaim-early", "1", "partition,pause", "5", "I1"),
+    ("ack-before-commit", "1", "kill", "84", "I3"),
+    ("merge-lowers-own-rows", "2", "region-partition", "3", "I1"),
 ];
 
 #[test]
@@ -151,12 +152,14 @@ fn every_planted_bug_is_caught_with_its_seed() {
         .expect("cargo runs");
     assert!(status.success(), "building with the planted bugs failed");
     let bins = target.join("debug");
-    for (bug, nemesis, seed, invariant) in PLANTED {
+    for (bug, regions, nemesis, seed, invariant) in PLANTED {
         let out = tempfile::tempdir().unwrap();
         let o = jepsen(
             &bins,
             out.path(),
             &[
+                "--regions",
+                regions,
                 "--time-limit",
                 "80",
                 "--nemesis",
@@ -167,7 +170,12 @@ fn every_planted_bug_is_caught_with_its_seed() {
                 bug,
             ],
         );
-        let r = results(out.path());
+        let first = if regions == "1" {
+            "coordinator-1"
+        } else {
+            "eu-1-coordinator-1"
+        };
+        let r = results_of(out.path(), first);
         assert_eq!(o.status.code(), Some(1), "{bug}: the run must fail: {r:#}");
         assert_eq!(r["passed"], false);
         assert_eq!(r["seed"].as_u64(), seed.parse().ok());
