@@ -39,6 +39,10 @@ pub enum Call {
         /// The coordinator's Raft index that settled it (on `ok`, when the edge knows it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<u64>,
+        /// The region whose lease it was (and whose Raft index `index` is); empty in a run of
+        /// one region.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        region: String,
     },
     /// A linearizable read of a bucket's settled spend through a coordinator.
     Read {
@@ -50,6 +54,9 @@ pub enum Call {
         /// The Raft index the read was served at (on `ok`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<u64>,
+        /// The region read; empty in a run of one region.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        region: String,
     },
     /// A fault, from injection (`invoke`) to heal (`ok`).
     Nemesis {
@@ -58,6 +65,15 @@ pub enum Call {
         /// What it was applied to.
         target: String,
     },
+}
+
+/// The region an operation concerns: `Some("")` for notices and reads of a run of one region,
+/// `None` for the nemesis.
+pub fn region_of(c: &Completed) -> Option<&str> {
+    match &c.invoked {
+        Call::Notice { region, .. } | Call::Read { region, .. } => Some(region),
+        Call::Nemesis { .. } => None,
+    }
 }
 
 /// One line of the history.
@@ -201,6 +217,7 @@ mod tests {
                 bucket: "c/lifetime".into(),
                 value,
                 index: value.map(|_| 3),
+                region: String::new(),
             },
         }
     }

@@ -32,6 +32,12 @@ pub enum Kind {
     Pause,
     /// A node's clock jumps by an offset and runs fast or slow.
     Clock,
+    /// Two regions cannot reach each other (runs of several regions).
+    RegionPartition,
+    /// One region cannot reach any other, for long.
+    RegionIsolate,
+    /// Every process of one region is SIGKILLed, and all restarted when the window ends.
+    RegionKill,
 }
 
 impl Kind {
@@ -47,6 +53,9 @@ impl Kind {
         Kind::Clock,
     ];
 
+    /// The kinds of runs of several regions.
+    pub const REGION: [Kind; 3] = [Kind::RegionPartition, Kind::RegionIsolate, Kind::RegionKill];
+
     /// Its name on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,6 +67,9 @@ impl Kind {
             Kind::Kill => "kill",
             Kind::Pause => "pause",
             Kind::Clock => "clock",
+            Kind::RegionPartition => "region-partition",
+            Kind::RegionIsolate => "region-isolate",
+            Kind::RegionKill => "region-kill",
         }
     }
 
@@ -70,9 +82,14 @@ impl Kind {
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             let kind = Kind::ALL
                 .into_iter()
+                .chain(Kind::REGION)
                 .find(|k| k.as_str() == word)
                 .ok_or_else(|| {
-                    let names: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                    let names: Vec<_> = Kind::ALL
+                        .iter()
+                        .chain(&Kind::REGION)
+                        .map(|k| k.as_str())
+                        .collect();
                     format!(
                         "no fault kind '{word}': say all, or some of {}",
                         names.join(", ")
@@ -153,6 +170,33 @@ pub enum Fault {
         /// Rate error, parts per million.
         rate_ppm: i64,
     },
+    /// Regions `a` and `b` cannot reach each other.
+    RegionPartition {
+        /// One region.
+        a: String,
+        /// The other.
+        b: String,
+        /// `a`'s nodes.
+        a_nodes: Vec<String>,
+        /// `b`'s nodes.
+        b_nodes: Vec<String>,
+    },
+    /// `region` cannot reach any other region.
+    RegionIsolate {
+        /// The region.
+        region: String,
+        /// Its nodes.
+        nodes: Vec<String>,
+        /// Every other region's nodes.
+        others: Vec<String>,
+    },
+    /// Every process of `region` is killed, and restarted at the end of the window.
+    RegionKill {
+        /// The region.
+        region: String,
+        /// Its nodes, coordinators first.
+        nodes: Vec<String>,
+    },
 }
 
 impl Fault {
@@ -167,6 +211,9 @@ impl Fault {
             Fault::Kill { .. } => Kind::Kill,
             Fault::Pause { .. } => Kind::Pause,
             Fault::Clock { .. } => Kind::Clock,
+            Fault::RegionPartition { .. } => Kind::RegionPartition,
+            Fault::RegionIsolate { .. } => Kind::RegionIsolate,
+            Fault::RegionKill { .. } => Kind::RegionKill,
         }
     }
 
@@ -181,6 +228,9 @@ impl Fault {
             | Fault::Kill { node }
             | Fault::Pause { node }
             | Fault::Clock { node, .. } => node.clone(),
+            Fault::RegionPartition { a, b, .. } => format!("{a}|{b}"),
+            Fault::RegionIsolate { region, .. } => format!("{region}|*"),
+            Fault::RegionKill { region, .. } => region.clone(),
         }
     }
 }
@@ -209,6 +259,11 @@ pub struct Params {
     pub coordinators: Vec<String>,
     /// Edge names.
     pub edges: Vec<String>,
+    /// Regions and their nodes (coordinators first), in runs of several regions.
+    pub regions: Vec<(String, Vec<String>)>,
+    /// Length of a region's isolation, drawn from this range (ms): long, so that it runs out
+    /// of rights and its peers get on without it.
+    pub isolate_ms: (u64, u64),
     /// Quiet time between faults, drawn from this range (ms).
     pub gap_ms: (u64, u64),
     /// Length of a fault, drawn from this range (ms).
@@ -234,6 +289,8 @@ impl Params {
             kinds,
             coordinators,
             edges,
+            regions: Vec::new(),
+            isolate_ms: (20_000, 40_000),
             gap_ms: (1_000, 4_000),
             fault_ms: (3_000, 10_000),
             tail: Duration::from_secs(15),
@@ -263,7 +320,7 @@ impl Schedule {
         let mut t = 0u64;
         loop {
             let gap = rng.u64(params.gap_ms.0..=params.gap_ms.1.max(params.gap_ms.0));
-            let len = rng.u64(params.fault_ms.0..=params.fault_ms.1.max(params.fault_ms.0));
+            let mut len = rng.u64(params.fault_ms.0..=params.fault_ms.1.max(params.fault_ms.0));
             let start = t + gap;
             if params.kinds.is_empty() || start + len > end {
                 break;
@@ -272,7 +329,18 @@ impl Schedule {
                 Some(k) => k,
                 None => params.kinds[rng.usize(..params.kinds.len())],
             };
+            // (Drawn after the kind, so that schedules without it are what they always were.)
+            if kind == Kind::RegionIsolate {
+                len = rng.u64(params.isolate_ms.0..=params.isolate_ms.1.max(params.isolate_ms.0));
+                if start + len > end {
+                    // Too long for what is left: perhaps a shorter fault fits after the gap.
+                    t = start;
+                    continue;
+                }
+            }
             let Some(fault) = draw(&mut rng, kind, params) else {
+                // The topology cannot have this fault; its slot stays quiet.
+                t = start;
                 continue;
             };
             windows.push(Window {
@@ -307,6 +375,9 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     if all.is_empty() {
         return None;
     }
+    if Kind::REGION.contains(&kind) {
+        return draw_region(rng, kind, p);
+    }
     let any = |rng: &mut fastrand::Rng| all[rng.usize(..all.len())].clone();
     // Process and clock faults hit coordinators more often: they hold the state.
     let node = |rng: &mut fastrand::Rng| {
@@ -339,6 +410,7 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
             jitter_ms: rng.u32(0..=50),
         },
         Kind::Kill => Fault::Kill { node: node(rng) },
+        Kind::RegionPartition | Kind::RegionIsolate | Kind::RegionKill => return None,
         Kind::Pause => Fault::Pause { node: node(rng) },
         Kind::Clock => {
             // Offsets of any size: up to a day either way, some tiny.
@@ -357,6 +429,42 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
                 rate_ppm: rng.i64(-bound..=bound),
             }
         }
+    })
+}
+
+/// A fault between regions; `None` with fewer than two.
+fn draw_region(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
+    if p.regions.len() < 2 {
+        return None;
+    }
+    let i = rng.usize(..p.regions.len());
+    let (region, nodes) = p.regions[i].clone();
+    Some(match kind {
+        Kind::RegionPartition => {
+            let mut j = rng.usize(..p.regions.len() - 1);
+            if j >= i {
+                j += 1;
+            }
+            let (b, b_nodes) = p.regions[j].clone();
+            Fault::RegionPartition {
+                a: region,
+                b,
+                a_nodes: nodes,
+                b_nodes,
+            }
+        }
+        Kind::RegionIsolate => Fault::RegionIsolate {
+            region,
+            nodes,
+            others: p
+                .regions
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .flat_map(|(_, (_, n))| n.iter().cloned())
+                .collect(),
+        },
+        _ => Fault::RegionKill { region, nodes },
     })
 }
 
@@ -503,5 +611,56 @@ mod tests {
         let back: Schedule = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);
         assert!(text.contains("\"kind\": \""), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod region_tests {
+    use super::*;
+
+    #[test]
+    fn region_faults_name_whole_regions_and_isolation_is_long() {
+        let mut p = Params::new(
+            4,
+            Duration::from_secs(600),
+            vec![Kind::RegionPartition, Kind::RegionIsolate, Kind::RegionKill],
+            vec!["a-c1".into(), "b-c1".into(), "c-c1".into()],
+            vec!["a-e1".into(), "b-e1".into(), "c-e1".into()],
+        );
+        // Without regions, there is nothing to draw.
+        assert!(Schedule::generate(&p).windows.is_empty());
+        p.regions = ["a", "b", "c"]
+            .iter()
+            .map(|r| (r.to_string(), vec![format!("{r}-c1"), format!("{r}-e1")]))
+            .collect();
+        let s = Schedule::generate(&p);
+        assert_eq!(s.kinds().len(), 3, "{s:?}");
+        for w in &s.windows {
+            match &w.fault {
+                Fault::RegionPartition {
+                    a,
+                    b,
+                    a_nodes,
+                    b_nodes,
+                } => {
+                    assert_ne!(a, b);
+                    assert!(a_nodes.iter().all(|n| n.starts_with(a.as_str())));
+                    assert!(b_nodes.iter().all(|n| n.starts_with(b.as_str())));
+                }
+                Fault::RegionIsolate {
+                    region,
+                    nodes,
+                    others,
+                } => {
+                    assert!(w.end_ms - w.start_ms >= p.isolate_ms.0);
+                    assert_eq!((nodes.len(), others.len()), (2, 4));
+                    assert!(others.iter().all(|n| !n.starts_with(region.as_str())));
+                }
+                Fault::RegionKill { region, nodes } => {
+                    assert_eq!(nodes, &vec![format!("{region}-c1"), format!("{region}-e1")]);
+                }
+                other => panic!("not a region fault: {other:?}"),
+            }
+        }
     }
 }

@@ -471,7 +471,32 @@ impl RegionCounter {
             }
         }
         self.state.join(remote);
+        if crate::planted::active("merge-lowers-own-rows") {
+            self.planted_lower_own_rows(remote);
+        }
         Ok(())
+    }
+
+    /// The planted bug `merge-lowers-own-rows`: our own rows take the remote's (older) values.
+    fn planted_lower_own_rows(&mut self, remote: &CounterState) {
+        let me = self.me.clone();
+        for (clock, theirs) in [
+            (&mut self.state.created, remote.created(&me)),
+            (&mut self.state.settled, remote.settled(&me)),
+            (&mut self.state.burned, remote.burned(&me)),
+        ] {
+            if theirs > 0 {
+                clock.dots.insert(me.clone(), theirs);
+            }
+        }
+        for ((from, to), n) in &remote.transferred.dots {
+            if *from == me {
+                self.state
+                    .transferred
+                    .dots
+                    .insert((from.clone(), to.clone()), *n);
+            }
+        }
     }
 
     /// Checks the counter's invariants: no region, as far as we know, has negative availability.

@@ -12,12 +12,20 @@
 //!   dropped as a duplicate.
 //! - `ack-before-commit` (edge): a billing notice is acknowledged before its spend batch is
 //!   committed, so a crash loses charges the exchange was told were recorded.
+//! - `merge-lowers-own-rows` (coordinator, region sync): a peer's state replaces this region's
+//!   own counter rows even where they are lower, which every peer's lagging copy is: settled
+//!   spend and transfers are forgotten and their rights spent again.
 
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 3] = ["reclaim-early", "dedup-by-auction", "ack-before-commit"];
+pub const BUGS: [&str; 4] = [
+    "reclaim-early",
+    "dedup-by-auction",
+    "ack-before-commit",
+    "merge-lowers-own-rows",
+];
 
 /// True if this process runs with the bug `name`.
 #[cfg(feature = "planted-bugs")]

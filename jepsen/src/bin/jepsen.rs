@@ -54,6 +54,10 @@ enum Command {
         /// Required utilization of a bucket whose demand exceeded its budget, in percent.
         #[arg(long, default_value_t = 95)]
         min_utilization: u8,
+        /// Regions of 3 coordinators and 2 edges each (1–3), syncing rights; campaigns are
+        /// homed in the first and the exchange sends 50/35/15 % of its requests to them.
+        #[arg(long, default_value_t = 1)]
+        regions: usize,
     },
     /// Print the fault schedule (JSON) that `run` would follow with these options, without
     /// running anything.
@@ -67,6 +71,9 @@ enum Command {
         /// As for `run`.
         #[arg(long)]
         seed: u64,
+        /// As for `run`.
+        #[arg(long, default_value_t = 1)]
+        regions: usize,
     },
     /// Tally the runs under a folder (each run's results.json): runs, passes, faults injected
     /// by kind, violations by invariant, and the lowest utilization. Exit 1 if any run failed.
@@ -99,11 +106,19 @@ fn main() -> ExitCode {
         time_limit,
         nemesis,
         seed,
+        regions,
     } = &cli.command
     {
-        return match Kind::parse_list(nemesis) {
+        return match kinds_for(nemesis, *regions) {
             Ok(kinds) => {
-                let s = jepsen::run::schedule(*seed, Duration::from_secs(*time_limit), kinds, 3, 2);
+                let s = jepsen::run::schedule(
+                    *seed,
+                    Duration::from_secs(*time_limit),
+                    kinds,
+                    *regions,
+                    3,
+                    2,
+                );
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
                 ExitCode::SUCCESS
             }
@@ -122,11 +137,19 @@ fn main() -> ExitCode {
         bin_dir,
         planted_bug,
         min_utilization,
+        regions,
     } = cli.command
     else {
         unreachable!("schedule and tally are handled above")
     };
-    let kinds = match Kind::parse_list(&nemesis) {
+    if !(1..=jepsen::run::topology::REGIONS.len()).contains(&regions) {
+        eprintln!(
+            "jepsen: --regions must be 1 to {}",
+            jepsen::run::topology::REGIONS.len()
+        );
+        return ExitCode::from(2);
+    }
+    let kinds = match kinds_for(&nemesis, regions) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("jepsen: --nemesis: {e}");
@@ -190,6 +213,7 @@ fn main() -> ExitCode {
         rate,
         out,
         bin_dir,
+        regions,
         coordinators: 3,
         edges: 2,
         planted_bug,
@@ -235,4 +259,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The fault kinds of `--nemesis`: `all` means the region faults too when there are several
+/// regions; region faults need several.
+fn kinds_for(nemesis: &str, regions: usize) -> Result<Vec<Kind>, String> {
+    let mut kinds = Kind::parse_list(nemesis)?;
+    if nemesis.trim() == "all" && regions > 1 {
+        kinds.extend(Kind::REGION);
+    }
+    if regions < 2 && kinds.iter().any(|k| Kind::REGION.contains(k)) {
+        return Err("region faults need --regions 2 or more".into());
+    }
+    Ok(kinds)
 }

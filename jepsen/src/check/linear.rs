@@ -174,11 +174,13 @@ mod tests {
                 bucket: "c/lifetime".into(),
                 value: None,
                 index: None,
+                region: String::new(),
             },
             completed: Some(Call::Read {
                 bucket: "c/lifetime".into(),
                 value: Some(v),
                 index: None,
+                region: String::new(),
             }),
         }
     }
@@ -189,6 +191,7 @@ mod tests {
             campaign: "c".into(),
             amount: 100,
             index,
+            region: String::new(),
         };
         Completed {
             process: p.into(),

@@ -51,9 +51,61 @@ impl Verdict {
     }
 }
 
+/// One verdict from the verdicts of several regions: it holds only if each holds, and its
+/// evidence names the region (none is named for a region called "": a run of one region).
+pub fn combine(invariant: &'static str, parts: Vec<(String, Verdict)>) -> Verdict {
+    let mut checked = 0;
+    let mut violations = 0;
+    let mut evidence = Vec::new();
+    let mut held = !parts.is_empty();
+    for (region, v) in parts {
+        checked += v.checked;
+        violations += v.violations;
+        held &= v.held;
+        evidence.extend(v.evidence.into_iter().map(|e| {
+            if region.is_empty() {
+                e
+            } else {
+                format!("{region}: {e}")
+            }
+        }));
+    }
+    evidence.truncate(EVIDENCE_MAX);
+    Verdict {
+        invariant,
+        held,
+        checked,
+        violations,
+        evidence,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combined_verdicts_hold_only_if_every_region_holds() {
+        let ok = Verdict::new("I4", 3, vec![]);
+        let bad = Verdict::new("I4", 3, vec!["fork at seq 9".into()]);
+        let none = Verdict::new("I4", 0, vec![]);
+        let v = combine(
+            "I4",
+            vec![("eu-1".into(), ok.clone()), ("us-1".into(), bad)],
+        );
+        assert!(!v.held);
+        assert_eq!((v.checked, v.violations), (6, 1));
+        assert_eq!(v.evidence, ["us-1: fork at seq 9"]);
+        assert!(
+            !combine(
+                "I4",
+                vec![("eu-1".into(), ok.clone()), ("us-1".into(), none)]
+            )
+            .held
+        );
+        assert!(combine("I4", vec![(String::new(), ok.clone())]).held);
+        assert!(!combine("I4", vec![]).held);
+    }
 
     #[test]
     fn an_empty_check_does_not_pass() {

@@ -115,6 +115,7 @@ mod tests {
             campaign: "c".into(),
             amount,
             index: None,
+            region: String::new(),
         };
         Completed {
             process: "exchange".into(),

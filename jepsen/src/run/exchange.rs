@@ -132,6 +132,8 @@ pub struct Billed {
     pub campaign: String,
     /// The lease named in the notice.
     pub lease: u64,
+    /// The region whose lease it is (empty in a run of one region).
+    pub region: String,
     /// The clearing price, micros.
     pub amount: i64,
     /// When it was acknowledged, µs since the start.
@@ -190,6 +192,12 @@ impl Tally {
 pub struct Settings {
     /// Edge base URLs.
     pub edges: Vec<String>,
+    /// Each edge's region (the same order), and the regions' shares of the requests: a
+    /// request goes to a region drawn by weight, then to one of its edges. One region: all
+    /// edges alike, and notices carry no region.
+    pub edge_regions: Vec<String>,
+    /// `(region, weight)`.
+    pub weights: Vec<(String, u32)>,
     /// Requests per second.
     pub rate: u32,
     /// Send requests for this long.
@@ -203,6 +211,28 @@ pub struct Settings {
 }
 
 const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
+
+/// An edge for a new request: a region by weight, then one of its edges.
+fn pick_edge(rng: &mut fastrand::Rng, s: &Settings) -> usize {
+    let total: u32 = s.weights.iter().map(|(_, w)| *w).sum();
+    let mut at = rng.u32(..total.max(1));
+    let mut region = s.weights.first().map_or("", |(r, _)| r.as_str());
+    for (r, w) in &s.weights {
+        if at < *w {
+            region = r;
+            break;
+        }
+        at -= w;
+    }
+    let of_region: Vec<usize> = (0..s.edges.len())
+        .filter(|e| s.edge_regions[*e] == region)
+        .collect();
+    if of_region.is_empty() {
+        rng.usize(..s.edges.len())
+    } else {
+        of_region[rng.usize(..of_region.len())]
+    }
+}
 
 fn request(rng: &mut fastrand::Rng, id: &str, country: &str, imps: usize) -> Vec<u8> {
     let imp: Vec<serde_json::Value> = (1..=imps)
@@ -300,7 +330,7 @@ impl Exchange {
                     }
                 }
             }
-            let edge = rng.usize(..s.edges.len());
+            let edge = pick_edge(&mut rng, s);
             let seed = rng.u64(..);
             let me = self.clone();
             tasks.spawn(async move { me.auction(edge, body, competitors, seed).await });
@@ -384,13 +414,20 @@ impl Exchange {
             let http = self.http.clone();
             let rec = self.rec.clone();
             let tally = self.tally.clone();
-            let edges = s.edges.clone();
+            // A notice is for its region's edges (another region's refuses it: its leases are
+            // not theirs).
+            let region = &s.edge_regions[edge];
+            let edges: Vec<String> = (0..s.edges.len())
+                .filter(|e| s.edge_regions[*e] == *region)
+                .map(|e| s.edges[e].clone())
+                .collect();
+            let own = edges.iter().position(|u| *u == s.edges[edge]).unwrap_or(0);
             let deadline = sent + s.notice_deadline;
             let seed = rng.u64(..);
             // First to the edge that bid (as a real exchange calls the URL it was given), or,
-            // for a duplicate, to any edge; retries go to any edge.
+            // for a duplicate, to any edge of its region; retries go to any edge of its region.
             let first = if to_bidder {
-                edge
+                own
             } else {
                 rng.usize(..edges.len())
             };
@@ -449,12 +486,18 @@ async fn deliver(
         return;
     };
     let lease: u64 = param(path, "l").and_then(|l| l.parse().ok()).unwrap_or(0);
+    // Only named in a run of several regions (one region's history stays as it was).
+    let region = match param(path, "g") {
+        Some(g) if g != super::topology::REGION => g,
+        _ => String::new(),
+    };
     let event = format!("{x}/{a}/{i}");
     let call = |index| Call::Notice {
         event: event.clone(),
         campaign: campaign.clone(),
         amount,
         index,
+        region: region.clone(),
     };
     let mut attempt = 0u32;
     loop {
@@ -483,6 +526,7 @@ async fn deliver(
                     event: event.clone(),
                     campaign: campaign.clone(),
                     lease,
+                    region: region.clone(),
                     amount,
                     at_us: rec.now_us(),
                 });

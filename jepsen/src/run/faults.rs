@@ -35,6 +35,7 @@ enum Active {
     Net(Vec<NetFault>),
     Delay(Delay),
     Killed(String),
+    KilledAll(Vec<String>),
     Paused(String),
     Clock(String),
 }
@@ -203,6 +204,22 @@ fn inject(
             t.node_mut(node)?.proc.kill()?;
             Active::Killed(node.clone())
         }
+        Fault::RegionPartition {
+            a_nodes, b_nodes, ..
+        } => {
+            let (a, b) = (t.ips(a_nodes)?, t.ips(b_nodes)?);
+            Active::Net(fw.partition(&a, &b)?.to_vec())
+        }
+        Fault::RegionIsolate { nodes, others, .. } => {
+            let (a, b) = (t.ips(nodes)?, t.ips(others)?);
+            Active::Net(fw.partition(&a, &b)?.to_vec())
+        }
+        Fault::RegionKill { nodes, .. } => {
+            for n in nodes {
+                t.node_mut(n)?.proc.kill()?;
+            }
+            Active::KilledAll(nodes.clone())
+        }
         Fault::Pause { node } => {
             t.node_mut(node)?.proc.pause()?;
             Active::Paused(node.clone())
@@ -232,6 +249,16 @@ fn look(
         Active::Killed(n) => {
             let s = t.node_mut(n)?.proc.state();
             (s == State::Gone, format!("{n} after SIGKILL: {s:?}"))
+        }
+        Active::KilledAll(names) => {
+            let mut gone = true;
+            for n in names {
+                gone &= t.node_mut(n)?.proc.state() == State::Gone;
+            }
+            (
+                gone,
+                format!("{} processes after SIGKILL: all gone: {gone}", names.len()),
+            )
         }
         Active::Paused(n) => {
             let s = t.node_mut(n)?.proc.state();
@@ -289,6 +316,21 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
                     "restarted (start {after}, pid {})",
                     node.proc.pid().map_or("none".into(), |p| p.to_string())
                 ),
+            )
+        }
+        Active::KilledAll(names) => {
+            let mut restarted = 0;
+            for n in &names {
+                let node = t.node_mut(n)?;
+                let before = node.proc.starts();
+                node.proc.restart()?;
+                if node.proc.starts() == before + 1 {
+                    restarted += 1;
+                }
+            }
+            (
+                restarted == names.len(),
+                format!("restarted {restarted} of {}", names.len()),
             )
         }
         Active::Paused(n) => {

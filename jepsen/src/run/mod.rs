@@ -52,7 +52,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Where the binaries are.
     pub bin_dir: PathBuf,
-    /// Coordinators.
+    /// Regions (1: the single-region run).
+    pub regions: usize,
+    /// Coordinators per region.
     pub coordinators: usize,
     /// Edges.
     pub edges: usize,
@@ -75,6 +77,9 @@ pub struct Outcome {
     pub faults: Vec<Injected>,
     /// The lowest utilization among buckets whose demand exceeded their budget, ppm.
     pub utilization_ppm: Option<i64>,
+    /// Runs of several regions: how long after the load every region's counters were equal
+    /// for good (I5), in ms.
+    pub converged_ms: Option<u64>,
     /// Processes that exited by themselves during the run (a crash fails the run).
     pub crashed: Vec<String>,
 }
@@ -85,6 +90,11 @@ const TAIL: Duration = Duration::from_secs(30);
 /// Budgets are raised this often while faults run, so that spending meets the limit again and
 /// again.
 const RAISE_EVERY: Duration = Duration::from_secs(20);
+/// The regions' shares of the exchange's requests, home first: uneven on purpose, so that
+/// rights must move.
+const REGION_WEIGHTS: [u32; 3] = [50, 35, 15];
+/// I5's bound: every region's counters equal this soon after the load stops.
+const CONVERGE_BOUND: Duration = Duration::from_secs(10);
 
 fn progress(start: Instant, msg: impl std::fmt::Display) {
     eprintln!("[{:>5.1}s] {msg}", start.elapsed().as_secs_f64());
@@ -118,14 +128,34 @@ pub fn schedule(
     seed: u64,
     time_limit: Duration,
     kinds: Vec<Kind>,
+    regions: usize,
     coordinators: usize,
     edges: usize,
 ) -> Schedule {
-    let coordinators: Vec<String> = (1..=coordinators)
-        .map(|i| format!("coordinator-{i}"))
-        .collect();
-    let edges: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
+    let names = |what: &str, n: usize| -> Vec<String> {
+        topology::region_names(regions)
+            .iter()
+            .flat_map(|r| (1..=n).map(move |i| topology::node_name(regions, r, what, i)))
+            .collect()
+    };
+    let region_nodes: Vec<(String, Vec<String>)> = if regions > 1 {
+        topology::region_names(regions)
+            .iter()
+            .map(|r| {
+                let mut nodes: Vec<String> = (1..=coordinators)
+                    .map(|i| topology::node_name(regions, r, "coordinator", i))
+                    .collect();
+                nodes.extend((1..=edges).map(|i| topology::node_name(regions, r, "edge", i)));
+                (r.clone(), nodes)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let coordinators = names("coordinator", coordinators);
+    let edges = names("edge", edges);
     let mut params = Params::new(seed, time_limit, kinds, coordinators, edges);
+    params.regions = region_nodes;
     params.tail = TAIL;
     Schedule::generate(&params)
 }
@@ -143,6 +173,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         opts.seed,
         opts.time_limit,
         opts.kinds.clone(),
+        opts.regions,
         opts.coordinators,
         opts.edges,
     );
@@ -179,6 +210,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let topo = Topology::start(&Plan {
         dir: &dir,
         bin_dir: &opts.bin_dir,
+        regions: opts.regions,
         coordinators: opts.coordinators,
         edges: opts.edges,
         base_offset_us,
@@ -187,9 +219,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     progress(
         start,
         format!(
-            "{} coordinators and {} edges up; clocks at {} in {day_zone}, whose day ends {:?} into the load",
+            "{} coordinators and {} edges up{}; clocks at {} in {day_zone}, whose day ends {:?} into the load",
             opts.coordinators,
             opts.edges,
+            if opts.regions > 1 {
+                format!(" in each of {} regions", opts.regions)
+            } else {
+                String::new()
+            },
             date_in(day_zone, wall_us() + base_offset_us)?,
             cross_at
         ),
@@ -250,6 +287,87 @@ pub type ReplicaLog = (
 pub struct Ledger {
     /// Every coordinator's log.
     pub replicas: Vec<ReplicaLog>,
+    /// Each replica's region (the same order).
+    pub regions: Vec<String>,
+}
+
+/// Every region's balances: `(region, balances)`, home first.
+type Snapshot = Vec<(String, Vec<pb::Balance>)>;
+
+/// Each region's balances by bucket name.
+fn per_region(snap: &Snapshot) -> Vec<(String, BTreeMap<String, pb::Balance>)> {
+    snap.iter().map(|(r, b)| (r.clone(), by_name(b))).collect()
+}
+
+/// The regions' balances summed per bucket: settled, leased, in doubt, rights and available
+/// added; the budget is the home's (the only region that sets one).
+fn aggregate(snap: &Snapshot) -> BTreeMap<String, pb::Balance> {
+    let mut out: BTreeMap<String, pb::Balance> = BTreeMap::new();
+    for (_, balances) in snap {
+        for (name, b) in by_name(balances) {
+            let e = out.entry(name).or_insert_with(|| pb::Balance {
+                bucket: b.bucket.clone(),
+                ..Default::default()
+            });
+            e.budget_micros = e.budget_micros.max(b.budget_micros);
+            e.rights_micros += b.rights_micros;
+            e.settled_micros += b.settled_micros;
+            e.leased_micros += b.leased_micros;
+            e.in_doubt_micros += b.in_doubt_micros;
+            e.available_micros += b.available_micros;
+        }
+    }
+    out
+}
+
+/// Every region's balances, listed linearizably at one of its nodes.
+async fn snapshot(by_region: &[(String, Coords)]) -> Result<Snapshot> {
+    let mut out = Vec::new();
+    for (region, coords) in by_region {
+        out.push((
+            region.clone(),
+            coords.list_buckets(Duration::from_secs(20)).await?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Polls every region's `RegionStatus` (at whichever node leads) in rounds, until a round in
+/// which all agree has been followed by two more, or `limit` passes.
+async fn converge_rounds(
+    by_region: &[(String, Coords)],
+    rec: &Recorder,
+    limit: Duration,
+) -> Vec<check::converge::Observation> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut agreed_rounds = 0;
+    let regions: Vec<String> = by_region.iter().map(|(r, _)| r.clone()).collect();
+    for round in 0.. {
+        let mut this = Vec::new();
+        for (_, coords) in by_region {
+            for i in 0..coords.nodes.len() {
+                let r = coords
+                    .admin(i)
+                    .region_status(pb::RegionStatusRequest::default())
+                    .await;
+                if let Ok(r) = r.map(tonic::Response::into_inner)
+                    && r.not_leader.is_none()
+                {
+                    this.extend(check::converge::observations(round, rec.now_us(), &r));
+                    break;
+                }
+            }
+        }
+        out.extend(this);
+        let (v, _) = check::converge::check(&regions, &out, 0, u64::MAX);
+        agreed_rounds = if v.held { agreed_rounds + 1 } else { 0 };
+        if agreed_rounds >= 3 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    out
 }
 
 /// A balance snapshot's buckets by name.
@@ -273,19 +391,37 @@ fn drive(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (addrs, edge_urls, log_dir) = {
+    let (regions, addrs, edge_urls, edge_regions, log_dir) = {
         let t = topo.lock().unwrap_or_else(|p| p.into_inner());
+        let regions = t.regions();
+        let addrs: Vec<Vec<(String, String)>> = regions
+            .iter()
+            .map(|r| {
+                t.coordinators_of(r)
+                    .map(|n| (n.name.clone(), n.addr()))
+                    .collect()
+            })
+            .collect();
         (
-            t.coordinators()
-                .map(|n| (n.name.clone(), n.addr()))
-                .collect::<Vec<_>>(),
+            regions,
+            addrs,
             t.edges()
                 .map(|n| format!("http://{}", n.addr()))
                 .collect::<Vec<_>>(),
+            t.edges().map(|n| n.region.clone()).collect::<Vec<_>>(),
             dir.join("nodes"),
         )
     };
-    let coords = rt.block_on(async { Coords::new(&addrs, Duration::from_secs(2)) })?;
+    let multi = regions.len() > 1;
+    // Per region, home first. One region's history and samples name no region.
+    let by_region: Vec<(String, Coords)> = rt.block_on(async {
+        regions
+            .iter()
+            .zip(&addrs)
+            .map(|(r, a)| Ok((r.clone(), Coords::new(a, Duration::from_secs(2))?)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let coords = by_region[0].1.clone();
     let scale = i64::from(opts.rate.max(1));
     let step = |c: &exchange::Campaign| c.step_micros * scale / 300;
     // Budgets: the harness's own record of what it asked for (the largest, should an answer
@@ -325,6 +461,12 @@ fn drive(
     let ex = Exchange::new(
         exchange::Settings {
             edges: edge_urls.clone(),
+            edge_regions,
+            weights: regions
+                .iter()
+                .zip(REGION_WEIGHTS.iter().copied().chain(std::iter::repeat(10)))
+                .map(|(r, w)| (r.clone(), w))
+                .collect(),
             rate: opts.rate,
             duration: opts.time_limit,
             seed: opts.seed,
@@ -357,7 +499,8 @@ fn drive(
         let mut readers = Vec::new();
         for r in 0..2u64 {
             readers.push(tokio::spawn(read_loop(
-                coords.clone(),
+                by_region.clone(),
+                multi,
                 rec.clone(),
                 escrow.clone(),
                 stop_reads.clone(),
@@ -367,7 +510,7 @@ fn drive(
         // Budget raises and progress lines while the nemesis works.
         let mut k = 1u64;
         let mut next_progress = Duration::from_secs(5);
-        let mut healed: Option<(Vec<pb::Balance>, Duration)> = None;
+        let mut healed: Option<(Snapshot, Duration)> = None;
         while start.elapsed() < opts.time_limit {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = start.elapsed();
@@ -389,7 +532,7 @@ fn drive(
                 k += 1;
             }
             if healed.is_none() && nemesis.is_finished() {
-                let snap = coords.list_buckets(Duration::from_secs(20)).await?;
+                let snap = snapshot(&by_region).await?;
                 healed = Some((snap, start.elapsed()));
                 progress(
                     start,
@@ -424,10 +567,7 @@ fn drive(
             Some(h) => h,
             None => {
                 abort.store(true, Ordering::Relaxed);
-                (
-                    coords.list_buckets(Duration::from_secs(20)).await?,
-                    start.elapsed(),
-                )
+                (snapshot(&by_region).await?, start.elapsed())
             }
         };
         anyhow::Ok(healed)
@@ -446,46 +586,66 @@ fn drive(
         start,
         "quiescence: waiting for every replica to hold the same log",
     );
-    let (final_balances, ledger) = rt.block_on(async {
+    let load_done_us = rec.now_us();
+    let (final_balances, ledger, rounds) = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut heads = Vec::new();
-            for i in 0..coords.nodes.len() {
-                heads.push(coords.head(i).await.ok());
-            }
-            let same = heads.iter().all(|h| h.is_some() && *h == heads[0]);
-            if same || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let balances = coords.list_buckets(Duration::from_secs(20)).await?;
-        let mut replicas = Vec::new();
-        for (i, (name, _)) in coords.nodes.iter().enumerate() {
-            let records = coords.read_log(i).await.unwrap_or_default();
-            let mut v = Verifier::new();
-            let mut verified = Ok(());
-            let mut entries = Vec::new();
-            let region: shared::RegionId = topology::REGION.parse()?;
-            for r in &records {
-                if let Err(f) = v.live_record(name, &region, r) {
-                    verified = Err(format!("{f:?}"));
+        for (_, coords) in &by_region {
+            loop {
+                let mut heads = Vec::new();
+                for i in 0..coords.nodes.len() {
+                    heads.push(coords.head(i).await.ok());
+                }
+                let same = heads.iter().all(|h| h.is_some() && *h == heads[0]);
+                if same || Instant::now() > deadline {
                     break;
                 }
-                match shared::log::record::decode(r) {
-                    Ok(e) => entries.push(e),
-                    Err(e) => {
-                        verified = Err(e);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        // I5: rounds of every region's counters until they agree (and a little after).
+        let rounds = if multi {
+            converge_rounds(&by_region, &rec, CONVERGE_BOUND * 3).await
+        } else {
+            Vec::new()
+        };
+        let balances = snapshot(&by_region).await?;
+        let mut replicas = Vec::new();
+        let mut replica_regions = Vec::new();
+        for (region_name, coords) in &by_region {
+            let region: shared::RegionId = region_name.parse()?;
+            for (i, (name, _)) in coords.nodes.iter().enumerate() {
+                let records = coords.read_log(i).await.unwrap_or_default();
+                let mut v = Verifier::new();
+                let mut verified = Ok(());
+                let mut entries = Vec::new();
+                for r in &records {
+                    if let Err(f) = v.live_record(name, &region, r) {
+                        verified = Err(format!("{f:?}"));
                         break;
                     }
+                    match shared::log::record::decode(r) {
+                        Ok(e) => entries.push(e),
+                        Err(e) => {
+                            verified = Err(e);
+                            break;
+                        }
+                    }
                 }
+                if records.is_empty() {
+                    verified = Err("its log could not be read".into());
+                }
+                replicas.push((name.clone(), entries, verified));
+                replica_regions.push(region_name.clone());
             }
-            if records.is_empty() {
-                verified = Err("its log could not be read".into());
-            }
-            replicas.push((name.clone(), entries, verified));
         }
-        anyhow::Ok((balances, Ledger { replicas }))
+        anyhow::Ok((
+            balances,
+            Ledger {
+                replicas,
+                regions: replica_regions,
+            },
+            rounds,
+        ))
     })?;
     drop(rt);
     let ops = rec.ops();
@@ -503,9 +663,14 @@ fn drive(
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
         escrow: &escrow.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        heal: &by_name(&heal_snapshot),
+        heal: &aggregate(&heal_snapshot),
+        heal_regions: &per_region(&heal_snapshot),
         heal_at,
-        end: &by_name(&final_balances),
+        end: &aggregate(&final_balances),
+        end_regions: &per_region(&final_balances),
+        rounds: &rounds,
+        load_done_us,
+        regions: &regions,
         ledger: &ledger,
         base_offset_us,
         cross_at,
@@ -519,7 +684,8 @@ fn drive(
 /// Linearizable balance reads of random lifetime buckets at random coordinators, recorded for
 /// I7 and sampled for I2, until `stop`.
 async fn read_loop(
-    coords: Coords,
+    by_region: Vec<(String, Coords)>,
+    multi: bool,
     rec: Arc<Recorder>,
     escrow: Arc<Mutex<Vec<check::budget::Escrow>>>,
     stop: Arc<AtomicBool>,
@@ -527,6 +693,7 @@ async fn read_loop(
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
     while !stop.load(Ordering::Relaxed) {
+        let (region, coords) = &by_region[rng.usize(..by_region.len())];
         let i = rng.usize(..coords.nodes.len());
         let c = &CAMPAIGNS[rng.usize(..CAMPAIGNS.len())];
         let bucket = format!("{}/lifetime", c.name);
@@ -535,6 +702,7 @@ async fn read_loop(
             bucket: bucket.clone(),
             value,
             index,
+            region: if multi { region.clone() } else { String::new() },
         };
         rec.record(&process, OpType::Invoke, call(None, None));
         let r = coords
@@ -556,7 +724,7 @@ async fn read_loop(
                     .unwrap_or_else(|p| p.into_inner())
                     .push(check::budget::Escrow {
                         at_us: rec.now_us(),
-                        region: topology::REGION.into(),
+                        region: region.clone(),
                         bucket: bucket.clone(),
                         rights: b.rights_micros,
                         settled: b.settled_micros,

@@ -39,12 +39,22 @@ pub struct Inputs<'a> {
     pub budget_events: &'a [(u64, String, i64)],
     /// Balance samples.
     pub escrow: &'a [Escrow],
-    /// Balances when the last fault healed.
+    /// Balances when the last fault healed (summed over regions).
     pub heal: &'a BTreeMap<String, pb::Balance>,
     /// When that was.
     pub heal_at: Duration,
-    /// Balances at the end.
+    /// Balances at the end (summed over regions).
     pub end: &'a BTreeMap<String, pb::Balance>,
+    /// Each region's balances when the last fault healed.
+    pub heal_regions: &'a [(String, BTreeMap<String, pb::Balance>)],
+    /// Each region's balances at the end.
+    pub end_regions: &'a [(String, BTreeMap<String, pb::Balance>)],
+    /// Rounds of every region's counters after the load (I5; empty with one region).
+    pub rounds: &'a [crate::check::converge::Observation],
+    /// When the load (and its notices) ended, µs since the start.
+    pub load_done_us: u64,
+    /// The regions, home first.
+    pub regions: &'a [String],
     /// The replicas' logs.
     pub ledger: &'a Ledger,
     /// Every process's clock offset.
@@ -57,7 +67,7 @@ pub struct Inputs<'a> {
 
 /// What is left to do after the processes stopped.
 pub struct Pending {
-    replicas: Vec<chains::Replica>,
+    replicas: Vec<(String, chains::Replica)>,
     body: String,
     buckets: serde_json::Value,
 }
@@ -70,18 +80,34 @@ impl std::fmt::Debug for Pending {
 
 /// Runs every checker but the offline half of I4, and draws the plots.
 pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
-    let longest = i
-        .ledger
-        .replicas
-        .iter()
-        .max_by_key(|r| r.1.len())
-        .map(|r| r.1.as_slice())
-        .unwrap_or_default();
-    let f = facts(longest);
+    let multi = i.regions.len() > 1;
+    // Each region's facts, from its longest replica. Keyed as the history names regions: by
+    // name with several, by "" with one.
+    let key = |r: &str| if multi { r.to_string() } else { String::new() };
+    let mut by_region: BTreeMap<String, crate::run::Facts> = BTreeMap::new();
+    for region in i.regions {
+        let longest = i
+            .ledger
+            .replicas
+            .iter()
+            .zip(&i.ledger.regions)
+            .filter(|(_, r)| *r == region)
+            .map(|(rep, _)| rep)
+            .max_by_key(|r| r.1.len())
+            .map(|r| r.1.as_slice())
+            .unwrap_or_default();
+        by_region.insert(key(region), facts(longest));
+    }
+    let lease_buckets = |region: &str, lease: u64| -> Option<Vec<String>> {
+        by_region
+            .get(region)
+            .and_then(|f| f.leases.get(&lease))
+            .map(|l| l.1.clone())
+    };
     // Budgets per bucket: lifetime as the harness set them; a day's as its campaign's daily
     // budget, for every day the ledger opened.
     let mut budgets = i.budgets.clone();
-    for (campaign, buckets) in f.leases.values() {
+    for (campaign, buckets) in by_region.values().flat_map(|f| f.leases.values()) {
         let daily = CAMPAIGNS
             .iter()
             .find(|c| c.name == campaign)
@@ -100,22 +126,22 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         .unwrap_or_else(|p| p.into_inner())
         .values()
         .flat_map(|b| {
-            let buckets = f
-                .leases
-                .get(&b.lease)
-                .map(|l| l.1.clone())
+            let buckets = lease_buckets(&b.region, b.lease)
                 .unwrap_or_else(|| vec![format!("{}/lifetime", b.campaign)]);
             buckets.into_iter().map(move |k| (k, b.amount))
         })
         .collect();
     let i1 = check::budget::billed_within_budget(&budgets, &billed);
-    // I2: every sample, plus both snapshots.
+    // I2: every sample, plus both snapshots of every region.
     let mut samples = i.escrow.to_vec();
-    for (at, snap) in [(i.heal_at, i.heal), (Duration::MAX, i.end)] {
-        for (name, b) in snap {
+    for (at, snaps) in [(i.heal_at, i.heal_regions), (Duration::MAX, i.end_regions)] {
+        for (region, name, b) in snaps
+            .iter()
+            .flat_map(|(r, s)| s.iter().map(move |(n, b)| (r, n, b)))
+        {
             samples.push(Escrow {
                 at_us: u64::try_from(at.as_micros()).unwrap_or(u64::MAX),
-                region: super::topology::REGION.into(),
+                region: region.clone(),
                 bucket: name.clone(),
                 rights: b.rights_micros,
                 settled: b.settled_micros,
@@ -125,7 +151,11 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         }
     }
     let i2 = check::budget::escrow_within_rights(&budgets, &samples);
-    let i3 = check::notices::check(i.completed, &f.events);
+    let events: Vec<check::notices::LedgerEvent> = by_region
+        .values()
+        .flat_map(|f| f.events.iter().cloned())
+        .collect();
+    let i3 = check::notices::check(i.completed, &events);
     // I6: buckets whose demand after the heal was at least twice what was left of them.
     let heal_s = usize::try_from(i.heal_at.as_secs()).unwrap_or(usize::MAX);
     let end_wall = i.load_start_wall_us
@@ -154,17 +184,46 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         });
     }
     let (i6, utilization) = check::progress::check(&spends, i.opts.min_utilization_ppm);
-    let i7 = check::linear::check(&f.timelines, i.completed);
-    let replicas: Vec<chains::Replica> = i
+    // I7 per region: each region's log orders its own writes and reads.
+    let i7 = check::combine(
+        "I7",
+        by_region
+            .iter()
+            .map(|(region, f)| {
+                let mine: Vec<Completed> = i
+                    .completed
+                    .iter()
+                    .filter(|c| crate::history::region_of(c) == Some(region.as_str()))
+                    .cloned()
+                    .collect();
+                (region.clone(), check::linear::check(&f.timelines, &mine))
+            })
+            .collect(),
+    );
+    let replicas: Vec<(String, chains::Replica)> = i
         .ledger
         .replicas
         .iter()
-        .map(|(name, entries, verified)| chains::Replica {
-            node: name.clone(),
-            hashes: entries.iter().map(|(_, h)| *h).collect(),
-            verified: verified.clone(),
+        .zip(&i.ledger.regions)
+        .map(|((name, entries, verified), region)| {
+            (
+                region.clone(),
+                chains::Replica {
+                    node: name.clone(),
+                    hashes: entries.iter().map(|(_, h)| *h).collect(),
+                    verified: verified.clone(),
+                },
+            )
         })
         .collect();
+    let i5 = multi.then(|| {
+        check::converge::check(
+            i.regions,
+            i.rounds,
+            i.load_done_us,
+            u64::try_from(super::CONVERGE_BOUND.as_micros()).unwrap_or(u64::MAX),
+        )
+    });
     // The plots and the report's body.
     let spend_svg = spend_plot(i);
     std::fs::write(i.dir.join("spend.svg"), spend_svg)?;
@@ -242,9 +301,17 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
     let outcome = Outcome {
         dir: i.dir.to_path_buf(),
         passed: false,
-        verdicts: vec![i1, i2, i3, i6, i7],
+        verdicts: {
+            let mut v = vec![i1, i2, i3];
+            if let Some((i5, _)) = &i5 {
+                v.push(i5.clone());
+            }
+            v.extend([i6, i7]);
+            v
+        },
         faults: i.injected.to_vec(),
         utilization_ppm: utilization,
+        converged_ms: i5.as_ref().and_then(|(_, t)| *t).map(|us| us / 1000),
         crashed: Vec::new(),
     };
     Ok((
@@ -267,7 +334,7 @@ pub fn finish(
     schedule: &Schedule,
 ) -> Result<PathBuf> {
     let mut replicas = pending.replicas;
-    for r in &mut replicas {
+    for (_, r) in &mut replicas {
         if let Some((_, ok, out)) = offline.iter().find(|(n, _, _)| *n == r.node)
             && !ok
             && r.verified.is_ok()
@@ -277,7 +344,23 @@ pub fn finish(
             ));
         }
     }
-    let i4 = chains::check(&replicas);
+    // I4 per region: a region's replicas hold one chain; regions' chains differ.
+    let mut regions: Vec<String> = replicas.iter().map(|(r, _)| r.clone()).collect();
+    regions.dedup();
+    let i4 = check::combine(
+        "I4",
+        regions
+            .iter()
+            .map(|region| {
+                let mine: Vec<chains::Replica> = replicas
+                    .iter()
+                    .filter(|(r, _)| r == region)
+                    .map(|(_, rep)| rep.clone())
+                    .collect();
+                (region.clone(), chains::check(&mine))
+            })
+            .collect(),
+    );
     outcome.verdicts.insert(3, i4);
     let faults_ok = !outcome.faults.is_empty() && outcome.faults.iter().all(|f| f.observed);
     outcome.passed =
@@ -292,6 +375,7 @@ pub fn finish(
         "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
         "faults_scheduled": schedule.windows.len(),
         "utilization_ppm": outcome.utilization_ppm,
+        "converged_ms": outcome.converged_ms,
         "crashed": outcome.crashed,
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
@@ -350,6 +434,14 @@ pub fn finish(
             md,
             "\nUtilization (lowest bucket whose demand exceeded its budget): **{}**.",
             percent(u)
+        );
+    }
+    if let Some(ms) = outcome.converged_ms {
+        let _ = writeln!(
+            md,
+            "\nEvery region's counters were equal for good {}.{:03} s after the load ended (I5).",
+            ms / 1000,
+            ms % 1000
         );
     }
     let _ = writeln!(

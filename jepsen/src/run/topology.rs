@@ -19,8 +19,21 @@ pub const SETTLEMENT_WINDOW_MS: u64 = 2_000;
 pub const MARGIN_MS: u64 = 1_000;
 /// How long reclaimed money waits in doubt for late notices.
 pub const LATE_ACCEPTANCE_MS: u64 = 10_000;
-/// The region's name.
+/// The region's name in a run of one region.
 pub const REGION: &str = "jepsen";
+/// The regions' names in a run of several.
+pub const REGIONS: [&str; 3] = ["eu-1", "us-1", "ap-1"];
+/// How often a region's leader pushes its state to its peers in a run of several.
+pub const PUSH_INTERVAL_MS: u64 = 500;
+
+/// The names of the regions of a run of `n`.
+pub fn region_names(n: usize) -> Vec<String> {
+    if n <= 1 {
+        vec![REGION.to_string()]
+    } else {
+        REGIONS.iter().take(n).map(|r| (*r).to_string()).collect()
+    }
+}
 
 /// What a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +46,10 @@ pub enum Role {
 
 /// One process of the topology.
 pub struct Node {
-    /// `coordinator-1`, `edge-2`.
+    /// `coordinator-1`, `edge-2` (in a run of several regions: `eu-1-coordinator-1`).
     pub name: String,
+    /// Its region.
+    pub region: String,
     /// Its role.
     pub role: Role,
     /// Its own address: it listens there and its outgoing connections leave from it.
@@ -75,9 +90,11 @@ pub struct Plan<'a> {
     pub dir: &'a Path,
     /// The binaries.
     pub bin_dir: &'a Path,
-    /// Coordinators.
+    /// Regions (at most [`REGIONS`]`.len()`).
+    pub regions: usize,
+    /// Coordinators per region.
     pub coordinators: usize,
-    /// Edges.
+    /// Edges per region.
     pub edges: usize,
     /// Wall-clock offset of every process, µs.
     pub base_offset_us: i64,
@@ -85,12 +102,22 @@ pub struct Plan<'a> {
     pub planted_bug: Option<&'a str>,
 }
 
-fn coordinator_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 10 + i as u8)
+fn coordinator_ip(region: usize, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, region as u8, 10 + i as u8)
 }
 
-fn edge_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 20 + i as u8)
+fn edge_ip(region: usize, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, region as u8, 20 + i as u8)
+}
+
+/// A node's name in a run of `regions`: `coordinator-1`, or with several regions
+/// `eu-1-coordinator-1`.
+pub fn node_name(regions: usize, region: &str, what: &str, i: usize) -> String {
+    if regions <= 1 {
+        format!("{what}-{i}")
+    } else {
+        format!("{region}-{what}-{i}")
+    }
 }
 
 /// Writes a skew file: the base offset plus `offset_us`, running at `rate_ppm`.
@@ -127,75 +154,115 @@ impl Topology {
             bin_dir: plan.bin_dir.to_path_buf(),
             base_offset_us: plan.base_offset_us,
         };
-        let members: Vec<String> = (1..=plan.coordinators)
-            .map(|i| format!("\"{i}\" = \"{}:7001\"", coordinator_ip(i)))
-            .collect();
-        for i in 1..=plan.coordinators {
-            let name = format!("coordinator-{i}");
-            let ip = coordinator_ip(i);
-            let data_dir = nodes_dir.join(&name);
-            let config = nodes_dir.join(format!("{name}.toml"));
-            let init = if i == 1 {
-                format!("[init_members]\n{}\n", members.join("\n"))
+        let regions = region_names(plan.regions);
+        if plan.regions > REGIONS.len() {
+            bail!("at most {} regions", REGIONS.len());
+        }
+        let peers_of = |k: usize| -> String {
+            let mut out = String::new();
+            for (p, name) in regions.iter().enumerate() {
+                if p == k {
+                    continue;
+                }
+                let addrs: Vec<String> = (1..=plan.coordinators)
+                    .map(|i| format!("\"{}:7001\"", coordinator_ip(p, i)))
+                    .collect();
+                out.push_str(&format!("{name} = [{}]\n", addrs.join(", ")));
+            }
+            out
+        };
+        for (k, region) in regions.iter().enumerate() {
+            let members: Vec<String> = (1..=plan.coordinators)
+                .map(|i| format!("\"{i}\" = \"{}:7001\"", coordinator_ip(k, i)))
+                .collect();
+            let sync = if regions.len() > 1 {
+                format!(
+                    "[regions]\npush_interval_ms = {PUSH_INTERVAL_MS}\nhorizon_ms = 5000\n\
+                     ask_interval_ms = 250\n\n[regions.peers]\n{}\n",
+                    peers_of(k)
+                )
             } else {
                 String::new()
             };
-            std::fs::write(
-                &config,
-                format!(
-                    "region = \"{REGION}\"\nnode_id = {i}\nlisten = \"{ip}:7001\"\n\
-                     metrics_listen = \"{ip}:9101\"\noutgoing_address = \"{ip}\"\n\
-                     data_dir = \"{}\"\nsegment_entries = 200\n\n\
-                     [leases]\nduration_ms = {LEASE_DURATION_MS}\n\
-                     settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
-                     late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{init}",
-                    data_dir.display()
-                ),
-            )?;
-            let (clock_file, proc) =
-                launch(plan, &name, "coordinator", config, "info,openraft=warn")?;
-            t.nodes.push(Node {
-                name,
-                role: Role::Coordinator,
-                ip,
-                port: 7001,
-                metrics: format!("{ip}:9101"),
-                clock_file,
-                data_dir,
-                proc,
-            });
+            for i in 1..=plan.coordinators {
+                let name = node_name(regions.len(), region, "coordinator", i);
+                let ip = coordinator_ip(k, i);
+                let data_dir = nodes_dir.join(&name);
+                let config = nodes_dir.join(format!("{name}.toml"));
+                let init = if i == 1 {
+                    format!("[init_members]\n{}\n", members.join("\n"))
+                } else {
+                    String::new()
+                };
+                std::fs::write(
+                    &config,
+                    format!(
+                        "region = \"{region}\"\nnode_id = {i}\nlisten = \"{ip}:7001\"\n\
+                         metrics_listen = \"{ip}:9101\"\noutgoing_address = \"{ip}\"\n\
+                         data_dir = \"{}\"\nsegment_entries = 200\n\n\
+                         [leases]\nduration_ms = {LEASE_DURATION_MS}\n\
+                         settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
+                         late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{sync}{init}",
+                        data_dir.display()
+                    ),
+                )?;
+                let (clock_file, proc) =
+                    launch(plan, &name, "coordinator", config, "info,openraft=warn")?;
+                t.nodes.push(Node {
+                    name,
+                    region: region.clone(),
+                    role: Role::Coordinator,
+                    ip,
+                    port: 7001,
+                    metrics: format!("{ip}:9101"),
+                    clock_file,
+                    data_dir,
+                    proc,
+                });
+            }
         }
-        t.wait_for_leader(Duration::from_secs(30))?;
-        let coordinators: Vec<String> = t
-            .coordinators()
-            .map(|n| format!("\"{}\"", n.addr()))
-            .collect();
-        for e in 1..=plan.edges {
-            let name = format!("edge-{e}");
-            let ip = edge_ip(e);
-            let config = nodes_dir.join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "edge_id = \"{name}\"\nlisten = \"{ip}:8080\"\noutgoing_address = \"{ip}\"\n\
-                     coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
-                     margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
-                     batch_max_delay_ms = 50\n\
-                     notice_base_url = \"http://{ip}:8080\"\n",
-                    coordinators.join(", ")
-                ),
-            )?;
-            let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
-            t.nodes.push(Node {
-                name,
-                role: Role::Edge,
-                ip,
-                port: 8080,
-                metrics: format!("{ip}:8080"),
-                clock_file,
-                data_dir: PathBuf::new(),
-                proc,
-            });
+        for region in &regions {
+            t.wait_for_leader(region, Duration::from_secs(30))?;
+        }
+        for (k, region) in regions.iter().enumerate() {
+            let coordinators: Vec<String> = t
+                .coordinators_of(region)
+                .map(|n| format!("\"{}\"", n.addr()))
+                .collect();
+            // Each region signs its notices with its own key.
+            let key: String = format!("jepsen-notice-key-{region}")
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            for e in 1..=plan.edges {
+                let name = node_name(regions.len(), region, "edge", e);
+                let ip = edge_ip(k, e);
+                let config = nodes_dir.join(format!("{name}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "edge_id = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:8080\"\n\
+                         outgoing_address = \"{ip}\"\n\
+                         coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
+                         margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
+                         batch_max_delay_ms = 50\nnotice_key_hex = \"{key}\"\n\
+                         notice_base_url = \"http://{ip}:8080\"\n",
+                        coordinators.join(", ")
+                    ),
+                )?;
+                let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
+                t.nodes.push(Node {
+                    name,
+                    region: region.clone(),
+                    role: Role::Edge,
+                    ip,
+                    port: 8080,
+                    metrics: format!("{ip}:8080"),
+                    clock_file,
+                    data_dir: PathBuf::new(),
+                    proc,
+                });
+            }
         }
         Ok(t)
     }
@@ -208,6 +275,27 @@ impl Topology {
     /// The edges.
     pub fn edges(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.role == Role::Edge)
+    }
+
+    /// The coordinators of `region`.
+    pub fn coordinators_of<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a Node> {
+        self.coordinators().filter(move |n| n.region == region)
+    }
+
+    /// The edges of `region`.
+    pub fn edges_of<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a Node> {
+        self.edges().filter(move |n| n.region == region)
+    }
+
+    /// The regions, home first.
+    pub fn regions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in self.coordinators() {
+            if !out.contains(&n.region) {
+                out.push(n.region.clone());
+            }
+        }
+        out
     }
 
     /// The node called `name`.
@@ -241,10 +329,17 @@ impl Topology {
             .collect()
     }
 
-    /// Runs `budgetctl` against the first coordinator; its stdout, or an error quoting stderr.
+    /// Runs `budgetctl` against the first coordinator (of the home region); its stdout, or an
+    /// error quoting stderr.
     pub fn budgetctl(&self, args: &[&str]) -> Result<String> {
+        let home = self.regions().first().cloned().context("no coordinator")?;
+        self.budgetctl_in(&home, args)
+    }
+
+    /// Runs `budgetctl` against the first coordinator of `region`.
+    pub fn budgetctl_in(&self, region: &str, args: &[&str]) -> Result<String> {
         let endpoint = self
-            .coordinators()
+            .coordinators_of(region)
             .next()
             .map(Node::addr)
             .context("no coordinator")?;
@@ -264,10 +359,10 @@ impl Topology {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn wait_for_leader(&self, limit: Duration) -> Result<()> {
+    fn wait_for_leader(&self, region: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            let last = match self.budgetctl(&["status", "--json"]) {
+            let last = match self.budgetctl_in(region, &["status", "--json"]) {
                 Ok(out) => {
                     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
                     if v["leader"].as_u64().unwrap_or(0) > 0 {
@@ -278,7 +373,7 @@ impl Topology {
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
-                bail!("no leader within {limit:?}: {}", last.trim());
+                bail!("{region}: no leader within {limit:?}: {}", last.trim());
             }
             std::thread::sleep(Duration::from_millis(200));
         }

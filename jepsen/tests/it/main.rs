@@ -21,6 +21,12 @@ fn bin_dir() -> PathBuf {
 }
 
 fn results(out: &Path) -> serde_json::Value {
+    results_of(out, "coordinator-1")
+}
+
+/// A run's `results.json`, after checking that its files are there (`first` names its first
+/// coordinator).
+fn results_of(out: &Path, first: &str) -> serde_json::Value {
     let run = std::fs::read_dir(out)
         .expect("the run folder exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -37,7 +43,7 @@ fn results(out: &Path) -> serde_json::Value {
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{} is missing or empty", p.display());
     }
-    assert!(run.join("nodes/coordinator-1.log").is_file());
+    assert!(run.join(format!("nodes/{first}.log")).is_file());
     let text = std::fs::read_to_string(run.join("results.json")).expect("results.json");
     serde_json::from_str(&text).expect("results.json is JSON")
 }
@@ -104,14 +110,15 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.md"));
 }
 
-/// Each planted bug, the faults and seed of the run that catches it, and the invariant that
-/// must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills an
-/// edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
+/// Each planted bug, the regions, faults and seed of the run that catches it, and the invariant
+/// that must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills
+/// an edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
 /// shows.)
-const PLANTED: [(&str, &str, &str, &str); 3] = [
-    ("dedup-by-auction", "partition", "11", "I3"),
-    ("reclaim-early", "partition,pause", "5", "I1"),
-    ("ack-before-commit", "kill", "84", "I3"),
+const PLANTED: [(&str, &str, &str, &str, &str); 4] = [
+    ("dedup-by-auction", "1", "partition", "11", "I3"),
+    ("reclaim-early", "1", "partition,pause", "5", "I1"),
+    ("ack-before-commit", "1", "kill", "84", "I3"),
+    ("merge-lowers-own-rows", "2", "region-partition", "3", "I1"),
 ];
 
 #[test]
@@ -145,12 +152,14 @@ fn every_planted_bug_is_caught_with_its_seed() {
         .expect("cargo runs");
     assert!(status.success(), "building with the planted bugs failed");
     let bins = target.join("debug");
-    for (bug, nemesis, seed, invariant) in PLANTED {
+    for (bug, regions, nemesis, seed, invariant) in PLANTED {
         let out = tempfile::tempdir().unwrap();
         let o = jepsen(
             &bins,
             out.path(),
             &[
+                "--regions",
+                regions,
                 "--time-limit",
                 "80",
                 "--nemesis",
@@ -161,7 +170,12 @@ fn every_planted_bug_is_caught_with_its_seed() {
                 bug,
             ],
         );
-        let r = results(out.path());
+        let first = if regions == "1" {
+            "coordinator-1"
+        } else {
+            "eu-1-coordinator-1"
+        };
+        let r = results_of(out.path(), first);
         assert_eq!(o.status.code(), Some(1), "{bug}: the run must fail: {r:#}");
         assert_eq!(r["passed"], false);
         assert_eq!(r["seed"].as_u64(), seed.parse().ok());
@@ -182,5 +196,43 @@ fn every_planted_bug_is_caught_with_its_seed() {
             stderr.contains(&format!("FAILED (seed {seed})")),
             "the seed is reported"
         );
+    }
+}
+
+#[test]
+fn a_short_run_of_two_regions_under_region_faults_passes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = jepsen(
+        &bin_dir(),
+        out.path(),
+        &[
+            "--regions",
+            "2",
+            "--time-limit",
+            "100",
+            "--nemesis",
+            "region-partition,region-kill,kill",
+            "--seed",
+            "2",
+        ],
+    );
+    let r = results_of(out.path(), "eu-1-coordinator-1");
+    assert_eq!(o.status.code(), Some(0), "{r:#}");
+    let faults = r["faults"].as_array().unwrap();
+    for kind in ["region-partition", "region-kill"] {
+        assert!(
+            faults
+                .iter()
+                .any(|f| f["window"]["fault"]["kind"] == kind && f["observed"] == true),
+            "no {kind} fault reached its target: {faults:#?}"
+        );
+    }
+    let inv = r["invariants"].as_array().unwrap();
+    let names: Vec<&str> = inv.iter().filter_map(|v| v["invariant"].as_str()).collect();
+    assert_eq!(names, ["I1", "I2", "I3", "I4", "I5", "I6", "I7"]);
+    for v in inv {
+        assert_eq!(v["held"], true, "{v:#}");
+        assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
     }
 }
