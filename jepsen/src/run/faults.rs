@@ -54,13 +54,20 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
         .map_or(String::new(), |(_, b)| b.to_string()))
 }
 
-/// The `clock_wall_us` a node reports on `/metrics`, and the harness's wall clock then.
-fn read_clock(metrics: &str) -> Result<(i64, i64)> {
-    let body = http_get(metrics, "/metrics")?;
-    let now = SystemTime::now()
+fn harness_wall_us() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// The `clock_wall_us` a node reports on `/metrics`, and the harness's wall clock just before
+/// and just after the request (the node read its clock somewhere in between: a node starved
+/// of CPU answers late, and only the two bounds together say what its clock said).
+fn read_clock(metrics: &str) -> Result<(i64, i64, i64)> {
+    let before = harness_wall_us();
+    let body = http_get(metrics, "/metrics")?;
+    let after = harness_wall_us();
     let v = body
         .lines()
         .find_map(|l| {
@@ -70,7 +77,7 @@ fn read_clock(metrics: &str) -> Result<(i64, i64)> {
         })
         .and_then(|v| v.trim().parse::<i64>().ok())
         .context("no clock_wall_us in /metrics")?;
-    Ok((v, now))
+    Ok((v, before, after))
 }
 
 /// Runs the schedule against `topo`, recording each window as a `nemesis` operation. Returns
@@ -270,14 +277,18 @@ fn look(
             };
             let base = t.base_offset_us;
             let node = t.node_mut(n)?;
-            let (theirs, ours) = read_clock(&node.metrics)?;
-            let seen = theirs - ours - base;
-            // The rate error moves it by at most 10 % of the 300 ms since injection; allow a
-            // second for scheduling.
-            let ok = (seen - offset_us).abs() <= 1_000_000;
+            let (theirs, before, after) = read_clock(&node.metrics)?;
+            // The node read its clock between `before` and `after` (harness time), so its
+            // offset lies between these two, give or take the rate error (at most 10 % of the
+            // 300 ms since injection) and a second for scheduling.
+            let (low, high) = (theirs - after - base, theirs - before - base);
+            let ok = *offset_us >= low - 1_000_000 && *offset_us <= high + 1_000_000;
             (
                 ok,
-                format!("{n} reports its clock {seen} µs off (fault {offset_us} µs)"),
+                format!(
+                    "{n} reports its clock {low}..{high} µs off (fault {offset_us} µs; the read took {} ms)",
+                    (after - before) / 1000
+                ),
             )
         }
         Active::Net(_) | Active::Delay(_) => (true, String::new()),
