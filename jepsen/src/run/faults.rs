@@ -37,7 +37,8 @@ enum Active {
     Killed(String),
     KilledAll(Vec<String>),
     Paused(String),
-    Clock(String),
+    /// The node, and how far off its clock was just before (µs, a range: see `read_clock`).
+    Clock(String, (i64, i64)),
 }
 
 /// `GET path` from `addr` over plain HTTP/1.0, with short timeouts: the body.
@@ -238,8 +239,14 @@ fn inject(
         } => {
             let base = t.base_offset_us;
             let n = t.node_mut(node)?;
+            // A clock that ran at a wrong rate in an earlier window keeps the drift it built
+            // up (as a real one would until corrected), so the proof is that the clock *moved*
+            // by the offset: its reading before is the baseline.
+            let before = read_clock(&n.metrics)
+                .map(|(theirs, b, a)| (theirs - a - base, theirs - b - base))
+                .unwrap_or((0, 0));
             write_skew(&n.clock_file, base.saturating_add(*offset_us), *rate_ppm)?;
-            Active::Clock(node.clone())
+            Active::Clock(node.clone(), before)
         }
     })
 }
@@ -271,7 +278,7 @@ fn look(
             let s = t.node_mut(n)?.proc.state();
             (s == State::Stopped, format!("{n} after SIGSTOP: {s:?}"))
         }
-        Active::Clock(n) => {
+        Active::Clock(n, (low0, high0)) => {
             let Fault::Clock { offset_us, .. } = fault else {
                 bail!("a clock window without a clock fault")
             };
@@ -279,15 +286,16 @@ fn look(
             let node = t.node_mut(n)?;
             let (theirs, before, after) = read_clock(&node.metrics)?;
             // The node read its clock between `before` and `after` (harness time), so its
-            // offset lies between these two, give or take the rate error (at most 10 % of the
-            // 300 ms since injection) and a second for scheduling.
+            // offset lies between these two; it moved by the difference from its offset before
+            // the fault, give or take the rate error (at most 10 % of the 300 ms since
+            // injection) and a second for scheduling.
             let (low, high) = (theirs - after - base, theirs - before - base);
-            let ok = *offset_us >= low - 1_000_000 && *offset_us <= high + 1_000_000;
+            let (moved_low, moved_high) = (low - high0, high - low0);
+            let ok = *offset_us >= moved_low - 1_000_000 && *offset_us <= moved_high + 1_000_000;
             (
                 ok,
                 format!(
-                    "{n} reports its clock {low}..{high} µs off (fault {offset_us} µs; the read took {} ms)",
-                    (after - before) / 1000
+                    "{n}'s clock moved {moved_low}..{moved_high} µs (fault {offset_us} µs; it was {low0}..{high0} µs off before)"
                 ),
             )
         }
@@ -350,7 +358,7 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
             let s = node.proc.state();
             (s == State::Live, format!("resumed: {s:?}"))
         }
-        Active::Clock(n) => {
+        Active::Clock(n, _) => {
             let base = t.base_offset_us;
             let node = t.node_mut(&n)?;
             write_skew(&node.clock_file, base, 0)?;
