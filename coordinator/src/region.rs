@@ -22,7 +22,9 @@
 //!   smallest lease), it asks the peer that holds the most for twice the mark. The donor
 //!   ([`Sync::donate`]) transfers only what exceeds its own need (its own rate times
 //!   `horizon`), through a `TransferRights` command in its own log, and pushes its state to the
-//!   asker at once. The home region opens a day's bucket when asked for its rights.
+//!   asker at once. The home region opens a day's bucket when asked for its rights. Crumbs
+//!   (less than one bid) go whole, but only towards the region that holds more, so that the
+//!   crumbs of several regions add up to a bid in one of them.
 //!
 //! Nothing here guards money: the ledger checks every transfer and merge. Times are this
 //! node's monotonic clock, for ages and rates only.
@@ -696,6 +698,36 @@ pub enum DonateError {
     Unavailable(String),
 }
 
+/// What a donor that `have`s of a bucket and expects to `need` within the horizon gives an
+/// asker that `want`s, when one bid costs `unit` (all in micros).
+///
+/// Above one bid, it gives what exceeds its need, and only whole bids' worth. Less than one bid
+/// funds nothing here: the crumbs of several regions must add up to a bid somewhere (`./dev
+/// run` left 0.0039 of a 3.00 budget split between two regions below a 0.0025 bid each). They
+/// flow one way only, to the region that holds more (`asker_holds_more`): when both regions bid
+/// and each gave all it had to the other, they swapped places on every tick for ever (a
+/// two-region jepsen run left 0.001412 + 0.001737 unspent against a 0.002 bid). A donor that is
+/// not `bidding` gives its crumbs to anyone; it does not ask for them back.
+fn to_give(
+    have: i64,
+    need: i64,
+    want: i64,
+    unit: i64,
+    bidding: bool,
+    asker_holds_more: bool,
+) -> i64 {
+    if have < unit {
+        if !bidding || asker_holds_more {
+            have.min(want).max(0)
+        } else {
+            0
+        }
+    } else {
+        let give = (have - need).min(want);
+        if give < unit { 0 } else { give }
+    }
+}
+
 impl Sync {
     /// The settled rate of `key` in micros per second over the last [`RATE_WINDOW`], as this
     /// leader sampled it (0 until it has two samples).
@@ -746,6 +778,8 @@ impl Sync {
             .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
         let want = shared::proto::nonneg_micros("want_micros", r.want_micros)
             .map_err(|e| DonateError::Invalid(e.to_string()))?;
+        let theirs = shared::proto::nonneg_micros("have_micros", r.have_micros)
+            .map_err(|e| DonateError::Invalid(e.to_string()))?;
         let idem = crate::api::request_key(r.idempotency_key.as_ref())
             .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
         if node.raft.metrics().borrow().current_leader != Some(node.id) {
@@ -769,16 +803,17 @@ impl Sync {
             };
             (have, unit)
         });
-        // Less than one bid funds nothing here: such crumbs all go to whoever asks, so that
-        // the crumbs of several regions can add up to a bid somewhere (`./dev run` left 0.0039
-        // of a 3.00 budget split between two regions below a 0.0025 bid each).
-        let give = if have.micros() < unit {
-            have.micros().min(want.micros())
-        } else {
-            let spare = have.micros() - self.need(&key, lease_min).micros();
-            let give = spare.min(want.micros());
-            if give < unit { 0 } else { give }
-        };
+        // Who holds more: ties go to the lower region name.
+        let asker_holds_more = (theirs.micros(), std::cmp::Reverse(&to))
+            > (have.micros(), std::cmp::Reverse(&self.region));
+        let give = to_give(
+            have.micros(),
+            self.need(&key, lease_min).micros(),
+            want.micros(),
+            unit,
+            self.demand.is_recent(&key.campaign, DEMAND_WINDOW),
+            asker_holds_more,
+        );
         if give <= 0 {
             return Ok((Money::ZERO, 0));
         }
@@ -810,8 +845,9 @@ impl Sync {
         }
     }
 
-    /// Asks `peer` for `want` of `key`. Returns what it transferred.
-    async fn ask(&self, peer: &RegionId, key: &BucketKey, want: Money) -> Money {
+    /// Asks `peer` for `want` of `key`, telling it we `have` that much. Returns what it
+    /// transferred.
+    async fn ask(&self, peer: &RegionId, key: &BucketKey, want: Money, have: Money) -> Money {
         let request = pb::RightsRequest {
             from_region: self.region.to_string(),
             bucket: Some(pb::BucketKey {
@@ -822,6 +858,7 @@ impl Sync {
             idempotency_key: Some(pb::IdempotencyKey {
                 key: fresh_key().0.to_vec(),
             }),
+            have_micros: have.micros(),
         };
         let mut targets: VecDeque<String> = self.targets(peer).into();
         let mut tried = Vec::new();
@@ -851,8 +888,8 @@ impl Sync {
     }
 
     /// One leader tick: samples settled spend, builds the state to push, and returns the
-    /// buckets short of rights with what to ask for and whom to ask, in order.
-    fn tick(&self, node: &Node) -> Vec<(BucketKey, Money, Vec<RegionId>)> {
+    /// buckets short of rights with what to ask for, what they have, and whom to ask, in order.
+    fn tick(&self, node: &Node) -> Vec<(BucketKey, Money, Money, Vec<RegionId>)> {
         let now = Instant::now();
         let wanted = self.demand.recent(DEMAND_WINDOW);
         let (state, settled, views) = node.state.read(|m| {
@@ -945,7 +982,7 @@ impl Sync {
             self.lock()
                 .next_ask
                 .insert(key.clone(), now + self.settings.ask_interval.max(TICK));
-            asks.push((key, want, holders));
+            asks.push((key, want, available, holders));
         }
         asks
     }
@@ -979,16 +1016,17 @@ pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
         let asks = sync.tick(&node);
         sync.wake.notify_waiters();
         while asking.try_join_next().is_some() {}
-        for (key, want, holders) in asks {
+        for (key, want, have, holders) in asks {
             let s = sync.clone();
             asking.spawn(async move {
-                let mut want = want;
+                let (mut want, mut have) = (want, have);
                 for peer in holders {
-                    let got = s.ask(&peer, &key, want).await;
+                    let got = s.ask(&peer, &key, want, have).await;
                     if got.micros() > 0 {
                         tracing::info!(peer = %peer, bucket = %key, %got, "a peer region sent rights");
                     }
                     want = Money::from_micros(want.micros() - got.micros());
+                    have = Money::from_micros(have.micros().saturating_add(got.micros()));
                     if want.micros() <= 0 {
                         break;
                     }
@@ -1141,5 +1179,43 @@ impl Sync {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_give;
+
+    const BID: i64 = 2_000;
+
+    #[test]
+    fn crumbs_of_two_bidding_regions_flow_one_way_only() {
+        // eu-1 holds 1,412 and us-1 1,737, both bid, and each asks the other.
+        let eu_gives = to_give(1_412, 1_000, 5_000, BID, true, true);
+        let us_gives = to_give(1_737, 1_000, 5_000, BID, true, false);
+        assert_eq!((eu_gives, us_gives), (1_412, 0));
+        // A tie has one winner too.
+        let a = to_give(1_500, 1_000, 5_000, BID, true, true);
+        let b = to_give(1_500, 1_000, 5_000, BID, true, false);
+        assert_eq!((a, b), (1_500, 0));
+    }
+
+    #[test]
+    fn a_region_that_does_not_bid_gives_its_crumbs_to_anyone_up_to_the_want() {
+        assert_eq!(to_give(1_737, 0, 5_000, BID, false, false), 1_737);
+        assert_eq!(to_give(1_737, 0, 700, BID, false, false), 700);
+        assert_eq!(to_give(0, 0, 700, BID, false, true), 0);
+    }
+
+    #[test]
+    fn above_one_bid_only_whole_bids_beyond_the_need_are_given() {
+        // 10,000 held, 7,000 needed: 3,000 spare, capped by the want.
+        assert_eq!(to_give(10_000, 7_000, 50_000, BID, true, true), 3_000);
+        assert_eq!(to_give(10_000, 7_000, 2_500, BID, true, true), 2_500);
+        // Spare under one bid: nothing, whoever holds more.
+        assert_eq!(to_give(10_000, 8_500, 50_000, BID, true, true), 0);
+        assert_eq!(to_give(10_000, 8_500, 50_000, BID, false, true), 0);
+        // Needing more than it has.
+        assert_eq!(to_give(10_000, 20_000, 50_000, BID, true, true), 0);
     }
 }

@@ -375,9 +375,19 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
     let tmp = tempfile::tempdir().unwrap();
-    let (eu, us) = pair(tmp.path()).await;
-    // Stop us-1 first, so that only the forged state speaks for it.
-    us.shutdown().await;
+    // us-1 is a peer that never runs, so that only the forged states speak for it (a real
+    // us-1, even stopped at once, could have pushed its own head first, and a head witnessed
+    // less than `witness_refresh` ago is not written again).
+    let nobody = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let eu = start(
+        "eu-1",
+        &tmp.path().join("eu"),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        BTreeMap::from([(rid("us-1"), vec![gone])]),
+    )
+    .await;
     let mut admin = campaign_at(&eu.addr, 5_000, None).await;
     let before = eu.node.state.read(|m| m.ledger().all_rows());
     let mut sync = pb::region_sync_client::RegionSyncClient::new(channel(&eu.addr).await);
@@ -485,24 +495,40 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
     eu.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (eu, us) = pair(tmp.path()).await;
-    // 3,000 in all, a bid costs 2,000: split 1,500 / 1,500, neither region can fund a bid.
-    let _admin = campaign_at(&eu.addr, 3_000, None).await;
+/// eu-1 transfers `micros` of c1's lifetime rights to us-1 by hand.
+async fn give_us(eu: &RegionNode, micros: i64) {
     let split = coordinator::ledger::Command::TransferRights {
         key: coordinator::ledger::RequestKey([9; 16]),
         campaign: "c1".parse().unwrap(),
         bucket: Bucket::Lifetime,
         to: rid("us-1"),
-        amount: Money::from_micros(1_500),
+        amount: Money::from_micros(micros),
     };
     let (reply, _) = eu.node.propose(split).await.unwrap();
     assert!(
         matches!(reply, coordinator::ledger::Reply::Transferred { .. }),
         "{reply:?}"
     );
+}
+
+/// The rights of c1's lifetime bucket that `node`'s region holds.
+fn held(node: &RegionNode) -> Money {
+    node.node.state.read(|m| {
+        let key = shared::bucket::BucketKey {
+            campaign: "c1".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+        };
+        m.ledger().bucket(&key).unwrap().counter.available()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    // 3,000 in all, a bid costs 2,000: split 1,500 / 1,500, neither region can fund a bid.
+    let _admin = campaign_at(&eu.addr, 3_000, None).await;
+    give_us(&eu, 1_500).await;
     let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut n = 100;
@@ -517,14 +543,43 @@ async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(lease.amount_micros >= 2_000, "{lease:?}");
-    let held = us.node.state.read(|m| {
-        let key = shared::bucket::BucketKey {
-            campaign: "c1".parse().unwrap(),
-            bucket: Bucket::Lifetime,
-        };
-        m.ledger().bucket(&key).unwrap().counter.available()
-    });
-    assert_eq!(held, Money::from_micros(3_000), "all of it, in us-1");
+    assert_eq!(held(&us), Money::from_micros(3_000), "all of it, in us-1");
+    us.shutdown().await;
+    eu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crumbs_in_two_regions_that_both_bid_come_together_instead_of_swapping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (eu, us) = pair(tmp.path()).await;
+    // 3,149 in all, a bid costs 2,000: split 1,412 (eu-1) / 1,737 (us-1), as a two-region
+    // jepsen run left them. Both regions bid, so both ask the other for its crumbs; when each
+    // gave all it had, they swapped places on every tick and no bid was ever funded.
+    let _admin = campaign_at(&eu.addr, 3_149, None).await;
+    give_us(&eu, 1_737).await;
+    let mut regions = [
+        pb::lease_api_client::LeaseApiClient::new(channel(&eu.addr).await),
+        pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 100;
+    let (winner, lease) = 'bids: loop {
+        for (i, leases) in regions.iter_mut().enumerate() {
+            n += 1;
+            match ask(leases, n).await {
+                Some(pb::grant_lease_reply::Result::Lease(l)) => break 'bids (i, l),
+                Some(pb::grant_lease_reply::Result::Refused(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "the crumbs never came together");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lease.amount_micros >= 2_000, "{lease:?}");
+    // The larger holder (us-1) gathers them: eu-1 gives, us-1 never gives back.
+    assert_eq!(winner, 1, "{lease:?}");
+    assert_eq!(held(&us), Money::from_micros(3_149), "all of it, in us-1");
+    assert_eq!(held(&eu), Money::ZERO);
     us.shutdown().await;
     eu.shutdown().await;
 }
