@@ -240,6 +240,12 @@ fn main() -> ExitCode {
                     o.crashed.join(", ")
                 );
             }
+            if !o.unread.is_empty() {
+                eprintln!(
+                    "regions whose balances could not be read: {}",
+                    o.unread.join("; ")
+                );
+            }
             let seen = o.faults.iter().filter(|f| f.observed).count();
             eprintln!(
                 "faults: {seen} of {} seen to reach their target",

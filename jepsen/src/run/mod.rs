@@ -82,6 +82,9 @@ pub struct Outcome {
     pub converged_ms: Option<u64>,
     /// Processes that exited by themselves during the run (a crash fails the run).
     pub crashed: Vec<String>,
+    /// Regions whose balances could not be read at the heal or at the end, with why (this
+    /// fails the run too: a region that lost every node still owes its report).
+    pub unread: Vec<String>,
 }
 
 /// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
@@ -320,16 +323,25 @@ fn aggregate(snap: &Snapshot) -> BTreeMap<String, pb::Balance> {
     out
 }
 
-/// Every region's balances, listed linearizably at one of its nodes.
-async fn snapshot(by_region: &[(String, Coords)]) -> Result<Snapshot> {
+/// Every region's balances, listed linearizably at one of its nodes. A region none of whose
+/// nodes answers (it died, or never healed) has no balances; `unread` says which and why.
+async fn snapshot(by_region: &[(String, Coords)], unread: &mut Vec<String>) -> Snapshot {
     let mut out = Vec::new();
     for (region, coords) in by_region {
-        out.push((
-            region.clone(),
-            coords.list_buckets(Duration::from_secs(20)).await?,
-        ));
+        let balances = match coords.list_buckets(Duration::from_secs(20)).await {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!("{region}: {e:#}");
+                eprintln!("jepsen: the balances of {why}");
+                if !unread.iter().any(|u| u.starts_with(&format!("{region}:"))) {
+                    unread.push(why);
+                }
+                Vec::new()
+            }
+        };
+        out.push((region.clone(), balances));
     }
-    Ok(out)
+    out
 }
 
 /// Polls every region's `RegionStatus` (at whichever node leads) in rounds, until a round in
@@ -491,6 +503,7 @@ fn drive(
     let escrow: Arc<Mutex<Vec<check::budget::Escrow>>> = Arc::default();
     let stop_reads = Arc::new(AtomicBool::new(false));
     let last_raise_at = opts.time_limit.saturating_sub(TAIL + RAISE_EVERY / 2);
+    let mut unread = Vec::new();
     let (heal_snapshot, heal_at) = rt.block_on(async {
         let exchange = {
             let ex = ex.clone();
@@ -532,7 +545,7 @@ fn drive(
                 k += 1;
             }
             if healed.is_none() && nemesis.is_finished() {
-                let snap = snapshot(&by_region).await?;
+                let snap = snapshot(&by_region, &mut unread).await;
                 healed = Some((snap, start.elapsed()));
                 progress(
                     start,
@@ -567,7 +580,7 @@ fn drive(
             Some(h) => h,
             None => {
                 abort.store(true, Ordering::Relaxed);
-                (snapshot(&by_region).await?, start.elapsed())
+                (snapshot(&by_region, &mut unread).await, start.elapsed())
             }
         };
         anyhow::Ok(healed)
@@ -608,7 +621,7 @@ fn drive(
         } else {
             Vec::new()
         };
-        let balances = snapshot(&by_region).await?;
+        let balances = snapshot(&by_region, &mut unread).await;
         let mut replicas = Vec::new();
         let mut replica_regions = Vec::new();
         for (region_name, coords) in &by_region {
@@ -678,6 +691,7 @@ fn drive(
     };
     let (mut outcome, pending) = report::check_all(&inputs)?;
     outcome.crashed = crashed;
+    outcome.unread = unread;
     Ok((outcome, pending))
 }
 

@@ -313,6 +313,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         utilization_ppm: utilization,
         converged_ms: i5.as_ref().and_then(|(_, t)| *t).map(|us| us / 1000),
         crashed: Vec::new(),
+        unread: Vec::new(),
     };
     Ok((
         outcome,
@@ -363,8 +364,10 @@ pub fn finish(
     );
     outcome.verdicts.insert(3, i4);
     let faults_ok = !outcome.faults.is_empty() && outcome.faults.iter().all(|f| f.observed);
-    outcome.passed =
-        faults_ok && outcome.crashed.is_empty() && outcome.verdicts.iter().all(|v| v.held);
+    outcome.passed = faults_ok
+        && outcome.crashed.is_empty()
+        && outcome.unread.is_empty()
+        && outcome.verdicts.iter().all(|v| v.held);
     let results = serde_json::json!({
         "seed": opts.seed,
         "time_limit_secs": opts.time_limit.as_secs(),
@@ -377,6 +380,7 @@ pub fn finish(
         "utilization_ppm": outcome.utilization_ppm,
         "converged_ms": outcome.converged_ms,
         "crashed": outcome.crashed,
+        "unread": outcome.unread,
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
         "buckets_micros": pending.buckets,
@@ -427,6 +431,13 @@ pub fn finish(
             md,
             "\n**Processes that exited by themselves** (see their logs): {}.",
             outcome.crashed.join(", ")
+        );
+    }
+    if !outcome.unread.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Regions whose balances could not be read** (their buckets are missing from the checks above): {}.",
+            outcome.unread.join("; ")
         );
     }
     if let Some(u) = outcome.utilization_ppm {

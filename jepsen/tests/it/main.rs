@@ -113,15 +113,15 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
 /// Each planted bug, the regions, faults and seed of the run that catches it, and the invariant
 /// that must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills
 /// an edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
-/// shows.) `merge-lowers-own-rows` is not here yet: a run with it was caught by I1, I2, I5 and
-/// I7 by hand (`--regions 2 --nemesis region-partition --seed 3`), but in another run the
-/// corrupted ledger tripped its own invariant assertion on every replica of the home region,
-/// and the harness, unable to read that region, made no report. It returns when the harness
-/// reports a region that died.
-const PLANTED: [(&str, &str, &str, &str, &str); 3] = [
+/// shows.) `merge-lowers-own-rows` corrupts the home region's counters at a heal. Depending on
+/// timing the region goes on with them, or its replicas stop on the ledger's own invariant
+/// check and the report names the region it could not read. Either way the regions never agree
+/// again (I5); three runs by hand also failed I7 and I6, and two of them I1.
+const PLANTED: [(&str, &str, &str, &str, &str); 4] = [
     ("dedup-by-auction", "1", "partition", "11", "I3"),
     ("reclaim-early", "1", "partition,pause", "5", "I1"),
     ("ack-before-commit", "1", "kill", "84", "I3"),
+    ("merge-lowers-own-rows", "2", "region-partition", "3", "I5"),
 ];
 
 #[test]
@@ -202,11 +202,9 @@ fn every_planted_bug_is_caught_with_its_seed() {
     }
 }
 
-/// Not in the default run yet: a fresh-clone CI run of it failed I6 once (`east/day`: 0.002361
-/// of 0.600000 left, more than one bid, was never spent after the heal; cause not yet found),
-/// after passing three times by hand. Run it with `cargo test -p jepsen --test it -- --ignored`.
+/// (A fresh-clone CI run of it once failed I6: two regions that both bid swapped their crumbs
+/// of a day, each under one bid, on every tick; crumbs now flow to the larger holder only.)
 #[test]
-#[ignore = "I6 failed once in CI: a day's last two bids not spent across regions (issue 7)"]
 fn a_short_run_of_two_regions_under_region_faults_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = tempfile::tempdir().unwrap();
