@@ -78,6 +78,10 @@ impl Kind {
         if text.trim() == "all" {
             return Ok(Kind::ALL.to_vec());
         }
+        // A baseline run: no faults at all (a measurement, never a chaos pass).
+        if text.trim() == "none" {
+            return Ok(Vec::new());
+        }
         let mut kinds = Vec::new();
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             let kind = Kind::ALL
@@ -91,7 +95,7 @@ impl Kind {
                         .map(|k| k.as_str())
                         .collect();
                     format!(
-                        "no fault kind '{word}': say all, or some of {}",
+                        "no fault kind '{word}': say all, none, or some of {}",
                         names.join(", ")
                     )
                 })?;
@@ -602,6 +606,8 @@ mod tests {
         let e = Kind::parse_list("kill,flood").unwrap_err();
         assert!(e.contains("flood") && e.contains("partition"), "{e}");
         assert!(Kind::parse_list("").is_err());
+        assert_eq!(Kind::parse_list(" none ").unwrap(), Vec::new());
+        assert!(Kind::parse_list("none,kill").is_err());
     }
 
     #[test]

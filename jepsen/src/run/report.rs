@@ -363,7 +363,10 @@ pub fn finish(
             .collect(),
     );
     outcome.verdicts.insert(3, i4);
-    let faults_ok = !outcome.faults.is_empty() && outcome.faults.iter().all(|f| f.observed);
+    // A baseline (`--nemesis none`) passes on its invariants alone; it says so everywhere.
+    let baseline = opts.kinds.is_empty();
+    let faults_ok =
+        (baseline || !outcome.faults.is_empty()) && outcome.faults.iter().all(|f| f.observed);
     outcome.passed = faults_ok
         && outcome.crashed.is_empty()
         && outcome.unread.is_empty()
@@ -375,6 +378,7 @@ pub fn finish(
         "rate": opts.rate,
         "planted_bug": opts.planted_bug,
         "passed": outcome.passed,
+        "baseline": baseline,
         "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
         "faults_scheduled": schedule.windows.len(),
         "utilization_ppm": outcome.utilization_ppm,
@@ -393,16 +397,30 @@ pub fn finish(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Run seed {} — {}\n\n`jepsen run --seed {} --time-limit {} --nemesis {}{}`\n",
+        "# Run seed {} — {}\n\n`jepsen run{} --seed {} --time-limit {} --nemesis {}{}`\n",
         opts.seed,
-        if outcome.passed { "PASSED" } else { "FAILED" },
+        match (outcome.passed, baseline) {
+            (true, false) => "PASSED",
+            (false, false) => "FAILED",
+            (true, true) => "BASELINE, no faults: every invariant held",
+            (false, true) => "BASELINE, no faults: FAILED",
+        },
+        if opts.regions > 1 {
+            format!(" --regions {}", opts.regions)
+        } else {
+            String::new()
+        },
         opts.seed,
         opts.time_limit.as_secs(),
-        opts.kinds
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        if baseline {
+            "none".to_string()
+        } else {
+            opts.kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
         opts.planted_bug
             .as_ref()
             .map(|b| format!(" --planted-bug {b}"))

@@ -83,6 +83,8 @@ pub fn tally(dir: &Path) -> Result<Tally> {
             v["time_limit_secs"].to_string(),
             if nemesis.len() == 8 {
                 "all".to_string()
+            } else if nemesis.is_empty() {
+                "none".to_string()
             } else {
                 nemesis.join(",")
             },
