@@ -69,6 +69,30 @@ fn jepsen(bin_dir: &Path, out: &Path, args: &[&str]) -> std::process::Output {
     o
 }
 
+/// A run that must pass: exit 0, every fault kind in `kinds` injected and seen to reach its
+/// target, and the invariants `names`, in order, each held having checked something.
+fn assert_passed(o: &std::process::Output, r: &serde_json::Value, kinds: &[&str], names: &[&str]) {
+    assert_eq!(o.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["baseline"], false);
+    let faults = r["faults"].as_array().unwrap();
+    for kind in kinds {
+        assert!(
+            faults
+                .iter()
+                .any(|f| f["window"]["fault"]["kind"] == *kind && f["observed"] == true),
+            "no {kind} fault reached its target: {faults:#?}"
+        );
+    }
+    let inv = r["invariants"].as_array().unwrap();
+    let got: Vec<&str> = inv.iter().filter_map(|v| v["invariant"].as_str()).collect();
+    assert_eq!(got, names);
+    for v in inv {
+        assert_eq!(v["held"], true, "{v:#}");
+        assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
+    }
+}
+
 #[test]
 fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,26 +110,12 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
         ],
     );
     let r = results(out.path());
-    assert_eq!(o.status.code(), Some(0), "{r:#}");
-    assert_eq!(r["passed"], true);
-    // Every kind asked for was injected and seen to reach its target.
-    let faults = r["faults"].as_array().unwrap();
-    for kind in ["partition", "kill", "pause", "clock"] {
-        assert!(
-            faults
-                .iter()
-                .any(|f| f["window"]["fault"]["kind"] == kind && f["observed"] == true),
-            "no {kind} fault reached its target: {faults:#?}"
-        );
-    }
-    // Every invariant was checked against something, and held.
-    let inv = r["invariants"].as_array().unwrap();
-    let names: Vec<&str> = inv.iter().filter_map(|v| v["invariant"].as_str()).collect();
-    assert_eq!(names, ["I1", "I2", "I3", "I4", "I6", "I7"]);
-    for v in inv {
-        assert_eq!(v["held"], true, "{v:#}");
-        assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
-    }
+    assert_passed(
+        &o,
+        &r,
+        &["partition", "kill", "pause", "clock"],
+        &["I1", "I2", "I3", "I4", "I6", "I7"],
+    );
     // The report's path is printed.
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.md"));
 }
@@ -223,21 +233,12 @@ fn a_short_run_of_two_regions_under_region_faults_passes() {
         ],
     );
     let r = results_of(out.path(), "eu-1-coordinator-1");
-    assert_eq!(o.status.code(), Some(0), "{r:#}");
-    let faults = r["faults"].as_array().unwrap();
-    for kind in ["region-partition", "region-kill"] {
-        assert!(
-            faults
-                .iter()
-                .any(|f| f["window"]["fault"]["kind"] == kind && f["observed"] == true),
-            "no {kind} fault reached its target: {faults:#?}"
-        );
-    }
-    let inv = r["invariants"].as_array().unwrap();
-    let names: Vec<&str> = inv.iter().filter_map(|v| v["invariant"].as_str()).collect();
-    assert_eq!(names, ["I1", "I2", "I3", "I4", "I5", "I6", "I7"]);
-    for v in inv {
-        assert_eq!(v["held"], true, "{v:#}");
-        assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
-    }
+    assert_passed(
+        &o,
+        &r,
+        &["region-partition", "region-kill", "kill"],
+        &["I1", "I2", "I3", "I4", "I5", "I6", "I7"],
+    );
+    // I5 says how long the regions took to agree after the load.
+    assert!(r["converged_ms"].as_u64().is_some(), "{r:#}");
 }
