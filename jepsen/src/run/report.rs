@@ -379,6 +379,7 @@ pub fn finish(
         "planted_bug": opts.planted_bug,
         "passed": outcome.passed,
         "baseline": baseline,
+        "regions": opts.regions,
         "faults_injected": outcome.faults.iter().filter(|f| f.observed).count(),
         "faults_scheduled": schedule.windows.len(),
         "utilization_ppm": outcome.utilization_ppm,

@@ -36,14 +36,22 @@ pub fn tally(dir: &Path) -> Result<Tally> {
     let mut failed = 0;
     let mut faults: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut violations: BTreeMap<String, u64> = BTreeMap::new();
-    let mut lowest: Option<i64> = None;
+    // Lowest utilization: runs with faults, and baselines (`--nemesis none`) apart.
+    let (mut lowest, mut lowest_baseline): (Option<i64>, Option<i64>) = (None, None);
+    let (mut baselines, mut slowest_converge) = (0usize, None::<u64>);
     let _ = writeln!(
         text,
-        "{:>8} {:>6} {:>14} {:>7} {:>12}  failed invariants",
-        "seed", "secs", "nemesis", "faults", "utilization"
+        "{:>8} {:>7} {:>6} {:>14} {:>7} {:>12} {:>8}  failed invariants",
+        "seed", "regions", "secs", "nemesis", "faults", "utilization", "I5 ms"
     );
     for (_, v) in &runs {
         let passed = v["passed"] == true;
+        let baseline = v["baseline"] == true;
+        baselines += usize::from(baseline);
+        let converged = v["converged_ms"].as_u64();
+        if let Some(ms) = converged {
+            slowest_converge = Some(slowest_converge.map_or(ms, |s| s.max(ms)));
+        }
         failed += usize::from(!passed);
         let mut bad = Vec::new();
         for i in v["invariants"].as_array().into_iter().flatten() {
@@ -68,7 +76,12 @@ pub fn tally(dir: &Path) -> Result<Tally> {
         }
         let u = v["utilization_ppm"].as_i64();
         if let Some(u) = u {
-            lowest = Some(lowest.map_or(u, |l| l.min(u)));
+            let l = if baseline {
+                &mut lowest_baseline
+            } else {
+                &mut lowest
+            };
+            *l = Some(l.map_or(u, |l| l.min(u)));
         }
         let nemesis: Vec<&str> = v["nemesis"]
             .as_array()
@@ -76,12 +89,22 @@ pub fn tally(dir: &Path) -> Result<Tally> {
             .flatten()
             .filter_map(|k| k.as_str())
             .collect();
+        let regions = v["regions"].as_u64().unwrap_or_else(|| regions_of(v));
+        let every = crate::nemesis::Kind::ALL
+            .iter()
+            .chain(if regions > 1 {
+                &crate::nemesis::Kind::REGION[..]
+            } else {
+                &[]
+            })
+            .all(|k| nemesis.contains(&k.as_str()));
         let _ = writeln!(
             text,
-            "{:>8} {:>6} {:>14} {:>3}/{:<3} {:>12}  {}",
+            "{:>8} {:>7} {:>6} {:>14} {:>3}/{:<3} {:>12} {:>8}  {}",
             v["seed"].to_string(),
+            regions,
             v["time_limit_secs"].to_string(),
-            if nemesis.len() == 8 {
+            if every {
                 "all".to_string()
             } else if nemesis.is_empty() {
                 "none".to_string()
@@ -91,6 +114,7 @@ pub fn tally(dir: &Path) -> Result<Tally> {
             v["faults_injected"].to_string(),
             v["faults_scheduled"].to_string(),
             u.map_or("-".into(), percent),
+            converged.map_or("-".into(), |ms| ms.to_string()),
             match (passed, bad.is_empty()) {
                 (true, _) => "-".to_string(),
                 (false, true) => "none (a fault was not seen to reach its target)".to_string(),
@@ -105,6 +129,12 @@ pub fn tally(dir: &Path) -> Result<Tally> {
         runs.len() - failed,
         failed
     );
+    if baselines > 0 {
+        let _ = writeln!(
+            text,
+            "{baselines} of them baselines (--nemesis none): measurements, not chaos passes."
+        );
+    }
     let _ = writeln!(
         text,
         "Faults (injected and seen to reach their target / scheduled): {}.",
@@ -126,7 +156,34 @@ pub fn tally(dir: &Path) -> Result<Tally> {
     if let Some(l) = lowest {
         let _ = writeln!(text, "Lowest utilization: {}.", percent(l));
     }
+    if let Some(l) = lowest_baseline {
+        let _ = writeln!(text, "Lowest utilization of the baselines: {}.", percent(l));
+    }
+    if let Some(ms) = slowest_converge {
+        let _ = writeln!(
+            text,
+            "Slowest convergence of the regions after the load (I5): {ms} ms."
+        );
+    }
     Ok(Tally { text, failed })
+}
+
+/// The regions of a run whose `results.json` predates its `regions` field: the distinct
+/// regions its nodes' names start with (`eu-1-coordinator-1`), or 1.
+fn regions_of(v: &serde_json::Value) -> u64 {
+    let names: std::collections::BTreeSet<&str> = v["data_directories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            d["node"]
+                .as_str()?
+                .split_once("-coordinator-")
+                .map(|(r, _)| r)
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    names.len().max(1) as u64
 }
 
 #[cfg(test)]
@@ -159,5 +216,48 @@ mod tests {
         assert!(t.text.contains("Violations: I1 1."), "{}", t.text);
         assert!(t.text.contains("99.0001 %"), "{}", t.text);
         assert!(tally(&dir.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn baselines_and_regions_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", 3, true, true);
+        let d = dir.path().join("b");
+        std::fs::create_dir_all(&d).unwrap();
+        let v = serde_json::json!({
+            "seed": 4, "time_limit_secs": 120, "passed": true, "baseline": true, "regions": 3,
+            "nemesis": [], "faults_injected": 0, "faults_scheduled": 0,
+            "utilization_ppm": 980_000, "converged_ms": 13,
+            "invariants": [{"invariant": "I5", "held": true, "violations": 0}],
+            "faults": [],
+        });
+        std::fs::write(d.join("results.json"), v.to_string()).unwrap();
+        let t = tally(dir.path()).unwrap();
+        assert_eq!(t.failed, 0);
+        assert!(t.text.contains("1 of them baselines"), "{}", t.text);
+        assert!(
+            t.text.contains("Lowest utilization: 99.0003 %."),
+            "{}",
+            t.text
+        );
+        assert!(
+            t.text
+                .contains("Lowest utilization of the baselines: 98.0000 %."),
+            "{}",
+            t.text
+        );
+        assert!(t.text.contains("(I5): 13 ms."), "{}", t.text);
+        let row = t
+            .text
+            .lines()
+            .find(|l| l.trim_start().starts_with('4'))
+            .unwrap();
+        assert!(row.contains(" 3 ") && row.contains("none"), "{row}");
+        // Older results name their regions only through their nodes.
+        let old = serde_json::json!({"data_directories": [
+            {"node": "eu-1-coordinator-1"}, {"node": "us-1-coordinator-2"}, {"node": "eu-1-coordinator-3"}]});
+        assert_eq!(regions_of(&old), 2);
+        let one = serde_json::json!({"data_directories": [{"node": "coordinator-1"}]});
+        assert_eq!(regions_of(&one), 1);
     }
 }
