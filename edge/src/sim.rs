@@ -1,7 +1,8 @@
 //! A small simulated exchange: it sends real-shaped OpenRTB 2.6 requests to the edges at a
 //! fixed rate, runs a second-price auction of each bid against a synthetic competitor, sends the
-//! win and billing (or loss) notice to a random edge — any edge may settle any notice — retrying
-//! until acknowledged, and keeps its own record of what it billed. Once a second it prints a
+//! win and billing (or loss) notice to the edge that bid, retrying at any edge of its region
+//! until acknowledged, and keeps its own record of what it billed. With regions, it can move
+//! most of its traffic from one region to the next (`focus_every`). Once a second it prints a
 //! status line: requests, bids, wins, and per campaign what it billed against the budget.
 //!
 //! Bounded: it stops after `duration` or `max_requests`, whichever comes first.
@@ -24,6 +25,12 @@ use crate::openrtb::BidResponse;
 pub struct SimConfig {
     /// Edge base URLs.
     pub edges: Vec<String>,
+    /// The region of each edge, in the same order (empty: no regions). A notice is retried
+    /// only at edges of the region of the edge that bid: another region's edges refuse it.
+    pub regions: Vec<String>,
+    /// Move the traffic between regions: 80 % of the requests go to one region's edges at a
+    /// time, the next region's every this long (None: spread evenly over the edges).
+    pub focus_every: Option<Duration>,
     /// Coordinators, for budgets in the status line (empty: none); the first that answers.
     pub coordinators: Vec<String>,
     /// Requests per second.
@@ -90,6 +97,35 @@ fn request(rng: &mut fastrand::Rng, id: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The region the traffic is focused on `elapsed` into the run, if it moves.
+pub fn focus(cfg: &SimConfig, elapsed: Duration) -> Option<&str> {
+    let every = cfg.focus_every?.as_millis().max(1);
+    let mut names: Vec<&str> = cfg.regions.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < 2 {
+        return None;
+    }
+    let phase = usize::try_from(elapsed.as_millis() / every).unwrap_or(0);
+    Some(names[phase % names.len()])
+}
+
+/// The index of the edge for the next request: 80 % of them go to the focused region's edges
+/// when the traffic moves, the rest (and all, when it does not) to any edge.
+fn pick_edge(cfg: &SimConfig, rng: &mut fastrand::Rng, elapsed: Duration) -> usize {
+    if let Some(f) = focus(cfg, elapsed)
+        && rng.u8(..10) < 8
+    {
+        let of: Vec<usize> = (0..cfg.edges.len())
+            .filter(|i| cfg.regions.get(*i).map(String::as_str) == Some(f))
+            .collect();
+        if !of.is_empty() {
+            return of[rng.usize(..of.len())];
+        }
+    }
+    rng.usize(..cfg.edges.len())
+}
+
 /// A CPM in decimal from micros per impression.
 fn cpm(micros: i64) -> String {
     format!("{}.{:03}", micros / 1000, micros % 1000)
@@ -114,15 +150,27 @@ pub async fn run(cfg: SimConfig) -> Arc<Tally> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut n = 0u64;
+    // Where each edge's notices may be retried: the edges of its region.
+    let retry: Vec<Arc<Vec<String>>> = (0..cfg.edges.len())
+        .map(|i| {
+            Arc::new(
+                (0..cfg.edges.len())
+                    .filter(|j| cfg.regions.get(*j) == cfg.regions.get(i))
+                    .map(|j| cfg.edges[j].clone())
+                    .collect(),
+            )
+        })
+        .collect();
     while started.elapsed() < cfg.duration && n < cfg.max_requests {
         tick.tick().await;
         n += 1;
         let id = format!("sim-{}-{n}", cfg.seed);
         let body = request(&mut rng, &id);
-        let edge = cfg.edges[rng.usize(..cfg.edges.len())].clone();
+        let i = pick_edge(&cfg, &mut rng, started.elapsed());
+        let edge = cfg.edges[i].clone();
         let competitor = rng.i64(0..3_000);
         let seed = rng.u64(..);
-        let (http, tally, edges) = (http.clone(), tally.clone(), cfg.edges.clone());
+        let (http, tally, edges) = (http.clone(), tally.clone(), retry[i].clone());
         tasks.spawn(
             async move { auction(&http, &tally, &edges, &edge, body, competitor, seed).await },
         );
@@ -178,8 +226,8 @@ async fn auction(
         } else {
             (false, 0)
         };
-        // A notice goes to the edge that bid; a retry goes to any edge (any edge may settle
-        // any notice).
+        // A notice goes to the edge that bid; a retry goes to any edge of its region (any of
+        // them may settle it).
         let path = |url: &str| url.find("/notice/").map_or(url, |i| &url[i..]).to_string();
         let seed = rng.u64(..);
         if won {
@@ -245,8 +293,9 @@ async fn status_loop(cfg: SimConfig, tally: Arc<Tally>, started: Instant) {
 
 async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
     let billed = tally.billed.lock().await.clone();
+    let focus = focus(cfg, started.elapsed()).map_or(String::new(), |f| format!(" focus={f}"));
     let mut line = format!(
-        "t={:>3}s requests={} bids={} wins={} billed={}",
+        "t={:>3}s{focus} requests={} bids={} wins={} billed={}",
         started.elapsed().as_secs(),
         tally.requests.load(Ordering::Relaxed),
         tally.bids.load(Ordering::Relaxed),
@@ -315,4 +364,64 @@ async fn budget(coordinators: &[String], campaign: &str) -> Option<(i64, i64)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(focus_every: Option<Duration>) -> SimConfig {
+        SimConfig {
+            edges: ["a", "b", "c", "d"].map(String::from).to_vec(),
+            regions: ["us-1", "eu-1", "us-1", "ap-1"].map(String::from).to_vec(),
+            focus_every,
+            coordinators: Vec::new(),
+            rate: 1,
+            duration: Duration::from_secs(1),
+            max_requests: 1,
+            seed: 1,
+            status: false,
+        }
+    }
+
+    #[test]
+    fn the_traffic_moves_from_region_to_region_in_name_order() {
+        let c = cfg(Some(Duration::from_secs(15)));
+        let at = |s| focus(&c, Duration::from_secs(s));
+        assert_eq!(
+            [at(0), at(14), at(15), at(30), at(45)],
+            [
+                Some("ap-1"),
+                Some("ap-1"),
+                Some("eu-1"),
+                Some("us-1"),
+                Some("ap-1")
+            ]
+        );
+        assert_eq!(focus(&cfg(None), Duration::ZERO), None);
+        let mut one = cfg(Some(Duration::from_secs(15)));
+        one.regions = vec!["eu-1".into(); 4];
+        assert_eq!(focus(&one, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn most_requests_go_to_the_focused_regions_edges() {
+        let c = cfg(Some(Duration::from_secs(15)));
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut to = [0u32; 4];
+        for _ in 0..10_000 {
+            to[pick_edge(&c, &mut rng, Duration::from_secs(31))] += 1;
+        }
+        // us-1 (edges a and c) has the focus: 80 % + its share (2 of 4) of the other 20 %.
+        let us = to[0] + to[2];
+        assert!((8_800..9_200).contains(&us), "{to:?}");
+        assert!(to[1] > 0 && to[3] > 0, "{to:?}");
+        // Without a focus, spread evenly.
+        let even = cfg(None);
+        let mut to = [0u32; 4];
+        for _ in 0..10_000 {
+            to[pick_edge(&even, &mut rng, Duration::from_secs(31))] += 1;
+        }
+        assert!(to.iter().all(|n| (2_300..2_700).contains(n)), "{to:?}");
+    }
 }

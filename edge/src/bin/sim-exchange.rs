@@ -8,15 +8,21 @@ use edge::sim::{SimConfig, run};
 
 /// A simulated exchange: sends OpenRTB 2.6 bid requests to the edges at a fixed rate, runs a
 /// second-price auction of each bid against a synthetic competitor, sends win and billing (or
-/// loss) notices to a random edge until acknowledged, and prints a status line every second:
-/// requests, bids, wins, and per campaign what it billed against the budget and the ledger.
-/// Stops by itself after --duration-secs or --max-requests.
+/// loss) notices to the edge that bid (retrying at the edges of its region) until
+/// acknowledged, and prints a status line every second: requests, bids, wins, and per campaign
+/// what it billed against the budget and the ledger. Stops by itself after --duration-secs or
+/// --max-requests.
 #[derive(Debug, Parser)]
 #[command(name = "sim-exchange", version)]
 struct Args {
-    /// An edge's base URL; repeat for each (default http://127.0.0.1:8080).
-    #[arg(long = "edge", value_name = "URL")]
+    /// An edge's base URL, optionally after its region (`eu-1=http://127.0.0.1:8081`); repeat
+    /// for each (default http://127.0.0.1:8080).
+    #[arg(long = "edge", value_name = "[REGION=]URL")]
     edges: Vec<String>,
+    /// Move the traffic between regions: every SECS, the next region's edges (in name order)
+    /// get 80 % of the requests. Needs edges of two regions or more; 0: spread evenly.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    focus_every: u64,
     /// A coordinator (HOST:PORT) to read budgets from; repeat; none: no budgets shown.
     #[arg(long = "coordinator", value_name = "HOST:PORT")]
     coordinators: Vec<String>,
@@ -40,11 +46,37 @@ fn main() -> ExitCode {
         eprintln!("sim-exchange: --rate must be 1 to 100000");
         return ExitCode::from(2);
     }
-    let edges = if args.edges.is_empty() {
-        vec!["http://127.0.0.1:8080".to_owned()]
-    } else {
-        args.edges
-    };
+    let (mut edges, mut regions) = (Vec::new(), Vec::new());
+    for e in &args.edges {
+        match e.split_once('=') {
+            Some((region, url)) if !region.contains("://") => {
+                if region.is_empty() || url.is_empty() {
+                    eprintln!("sim-exchange: --edge {e}: say REGION=URL or URL");
+                    return ExitCode::from(2);
+                }
+                regions.push(region.to_owned());
+                edges.push(url.to_owned());
+            }
+            _ => edges.push(e.clone()),
+        }
+    }
+    if !regions.is_empty() && regions.len() != edges.len() {
+        eprintln!("sim-exchange: name the region of every --edge, or of none");
+        return ExitCode::from(2);
+    }
+    if edges.is_empty() {
+        edges.push("http://127.0.0.1:8080".to_owned());
+    }
+    let focus_every = (args.focus_every > 0).then(|| Duration::from_secs(args.focus_every));
+    let mut names = regions.clone();
+    names.sort_unstable();
+    names.dedup();
+    if focus_every.is_some() && names.len() < 2 {
+        eprintln!(
+            "sim-exchange: --focus-every needs edges of two regions or more (--edge REGION=URL)"
+        );
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,6 +89,8 @@ fn main() -> ExitCode {
     };
     let tally = rt.block_on(run(SimConfig {
         edges,
+        regions,
+        focus_every,
         coordinators: args.coordinators,
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),

@@ -24,6 +24,8 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
     }
     let tally = run(SimConfig {
         edges: edges.iter().map(|(_, base)| base.clone()).collect(),
+        regions: vec![],
+        focus_every: None,
         coordinators: vec![],
         rate: 300,
         duration: Duration::from_secs(12),
