@@ -332,7 +332,7 @@ async fn snapshot(by_region: &[(String, Coords)], unread: &mut Vec<String>) -> S
             Ok(b) => b,
             Err(e) => {
                 let why = format!("{region}: {e:#}");
-                eprintln!("jepsen: the balances of {why}");
+                eprintln!("jepsen: could not read the balances of {why}");
                 if !unread.iter().any(|u| u.starts_with(&format!("{region}:"))) {
                     unread.push(why);
                 }
