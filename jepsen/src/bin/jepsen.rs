@@ -59,7 +59,7 @@ enum Command {
         min_utilization: u8,
         /// Regions of 3 coordinators and 2 edges each (1–3), syncing rights; campaigns are
         /// homed in the first and the exchange sends 50/35/15 % of its requests to them.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 3)]
         regions: usize,
     },
     /// Print the fault schedule (JSON) that `run` would follow with these options, without
@@ -75,7 +75,7 @@ enum Command {
         #[arg(long)]
         seed: u64,
         /// As for `run`.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 3)]
         regions: usize,
     },
     /// Tally the runs under a folder (each run's results.json): runs, passes, faults injected

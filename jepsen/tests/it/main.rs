@@ -101,6 +101,8 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
         &bin_dir(),
         out.path(),
         &[
+            "--regions",
+            "1",
             "--time-limit",
             "100",
             "--nemesis",
@@ -122,7 +124,7 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
 
 /// Each planted bug, the regions, faults and seed of the run that catches it, and the invariant
 /// that must say so. (`ack-before-commit` loses charges only when an edge dies: seed 84 kills
-/// an edge three times in 80 s, as `jepsen schedule --time-limit 80 --nemesis kill --seed 84`
+/// an edge three times in 80 s, as `jepsen schedule --regions 1 --time-limit 80 --nemesis kill --seed 84`
 /// shows.) `merge-lowers-own-rows` corrupts the home region's counters at a heal. Depending on
 /// timing the region goes on with them, or its replicas stop on the ledger's own invariant
 /// check and the report names the region it could not read. Either way the regions never agree
