@@ -511,6 +511,31 @@ async fn give_us(eu: &RegionNode, micros: i64) {
     );
 }
 
+/// Edges of every region in `bidding` ask for leases of c1 in turn until one is granted
+/// (within 20 s): which region (its index) and the lease.
+async fn first_lease(bidding: &[&RegionNode]) -> (usize, pb::Lease) {
+    let mut clients = Vec::new();
+    for r in bidding {
+        clients.push(pb::lease_api_client::LeaseApiClient::new(
+            channel(&r.addr).await,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 100;
+    loop {
+        for (i, leases) in clients.iter_mut().enumerate() {
+            n += 1;
+            match ask(leases, n).await {
+                Some(pb::grant_lease_reply::Result::Lease(l)) => return (i, l),
+                Some(pb::grant_lease_reply::Result::Refused(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "the crumbs never came together");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The rights of c1's lifetime bucket that `node`'s region holds.
 fn held(node: &RegionNode) -> Money {
     node.node.state.read(|m| {
@@ -529,19 +554,7 @@ async fn crumbs_below_one_bid_in_two_regions_add_up_to_a_bid_in_one() {
     // 3,000 in all, a bid costs 2,000: split 1,500 / 1,500, neither region can fund a bid.
     let _admin = campaign_at(&eu.addr, 3_000, None).await;
     give_us(&eu, 1_500).await;
-    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut n = 100;
-    let lease = loop {
-        n += 1;
-        match ask(&mut leases, n).await {
-            Some(pb::grant_lease_reply::Result::Lease(l)) => break l,
-            Some(pb::grant_lease_reply::Result::Refused(_)) => {}
-            other => panic!("{other:?}"),
-        }
-        assert!(Instant::now() < deadline, "the crumbs never came together");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, lease) = first_lease(&[&us]).await;
     assert!(lease.amount_micros >= 2_000, "{lease:?}");
     assert_eq!(held(&us), Money::from_micros(3_000), "all of it, in us-1");
     us.shutdown().await;
@@ -557,24 +570,7 @@ async fn crumbs_in_two_regions_that_both_bid_come_together_instead_of_swapping()
     // gave all it had, they swapped places on every tick and no bid was ever funded.
     let _admin = campaign_at(&eu.addr, 3_149, None).await;
     give_us(&eu, 1_737).await;
-    let mut regions = [
-        pb::lease_api_client::LeaseApiClient::new(channel(&eu.addr).await),
-        pb::lease_api_client::LeaseApiClient::new(channel(&us.addr).await),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut n = 100;
-    let (winner, lease) = 'bids: loop {
-        for (i, leases) in regions.iter_mut().enumerate() {
-            n += 1;
-            match ask(leases, n).await {
-                Some(pb::grant_lease_reply::Result::Lease(l)) => break 'bids (i, l),
-                Some(pb::grant_lease_reply::Result::Refused(_)) => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!(Instant::now() < deadline, "the crumbs never came together");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (winner, lease) = first_lease(&[&eu, &us]).await;
     assert!(lease.amount_micros >= 2_000, "{lease:?}");
     // The larger holder (us-1) gathers them: eu-1 gives, us-1 never gives back.
     assert_eq!(winner, 1, "{lease:?}");
