@@ -21,7 +21,8 @@ use shared::RegionId;
 use shared::proto::v1::RaftMessage;
 use shared::proto::v1::raft_transport_client::RaftTransportClient;
 use shared::proto::v1::raft_transport_server::RaftTransport;
-use tonic::transport::{Channel, Endpoint};
+use shared::tls::{TlsError, Transport};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::raft::TypeConfig;
@@ -34,15 +35,23 @@ pub struct Network {
     region: RegionId,
     me: u64,
     outgoing: Option<IpAddr>,
+    transport: Transport,
 }
 
 impl Network {
-    /// The network of node `me` of `region`, its connections from `outgoing` when set.
-    pub fn new(region: RegionId, me: u64, outgoing: Option<IpAddr>) -> Network {
+    /// The network of node `me` of `region`, its connections from `outgoing` when set, over
+    /// `transport`.
+    pub fn new(
+        region: RegionId,
+        me: u64,
+        outgoing: Option<IpAddr>,
+        transport: Transport,
+    ) -> Network {
         Network {
             region,
             me,
             outgoing,
+            transport,
         }
     }
 }
@@ -54,6 +63,7 @@ pub struct Conn {
     target: u64,
     addr: String,
     outgoing: Option<IpAddr>,
+    transport: Transport,
     client: Option<RaftTransportClient<Channel>>,
 }
 
@@ -67,6 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             outgoing: self.outgoing,
+            transport: self.transport.clone(),
             client: None,
         }
     }
@@ -82,11 +93,13 @@ enum Rpc {
 type NetErr<E> = RPCError<u64, BasicNode, RaftError<u64, E>>;
 
 impl Conn {
-    fn client(&mut self) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+    fn client(&mut self) -> Result<RaftTransportClient<Channel>, TlsError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr))?
+        let channel = self
+            .transport
+            .endpoint(&self.addr)?
             .connect_timeout(CONNECT_TIMEOUT)
             .local_address(self.outgoing)
             .connect_lazy();
@@ -232,7 +245,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let region: RegionId = "r".parse().unwrap();
-        let mut net = Network::new(region, 1, Some("127.0.0.3".parse().unwrap()));
+        let mut net = Network::new(
+            region,
+            1,
+            Some("127.0.0.3".parse().unwrap()),
+            Transport::Plaintext,
+        );
         let mut conn = net.new_client(2, &BasicNode { addr }).await;
         let call = tokio::spawn(async move {
             let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);

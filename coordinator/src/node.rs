@@ -12,6 +12,7 @@ use raft_store::{LogStore, StateStore, open_db};
 use shared::RegionId;
 use shared::clock::Clock;
 use shared::proto::v1::raft_transport_server::RaftTransportServer;
+use shared::tls::{Role, Transport};
 use tokio::net::TcpListener;
 
 use crate::ledger::{Command, Params, Reply};
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     pub outgoing: Option<std::net::IpAddr>,
     /// Peer regions and how to sync with them (none: a region on its own).
     pub sync: crate::region::Settings,
+    /// How its gRPC links are carried: mutual TLS, or plaintext for local development.
+    pub transport: Transport,
 }
 
 impl NodeConfig {
@@ -61,9 +64,33 @@ impl NodeConfig {
             clock: Clock::system(),
             outgoing: None,
             sync: crate::region::Settings::default(),
+            transport: Transport::Plaintext,
         }
     }
 }
+
+/// Which roles each gRPC service admits (with TLS; DESIGN §10).
+pub struct Access {
+    /// Raft between the nodes of a region.
+    pub raft: &'static [Role],
+    /// Leases, spend reports and the campaign list: edges; operators list campaigns.
+    pub lease: &'static [Role],
+    /// Campaigns, budgets, balances, membership.
+    pub admin: &'static [Role],
+    /// The financial log, read only.
+    pub audit: &'static [Role],
+    /// Pushes and rights transfers between regions.
+    pub region_sync: &'static [Role],
+}
+
+/// The coordinator's access rules.
+pub const ACCESS: Access = Access {
+    raft: &[Role::Coordinator],
+    lease: &[Role::Edge, Role::Operator],
+    admin: &[Role::Operator],
+    audit: &[Role::Auditor, Role::Operator],
+    region_sync: &[Role::Coordinator],
+};
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +144,8 @@ pub struct Node {
     pub clock: Clock,
     /// Its side of region sync (peers, alarms, demand).
     pub sync: Arc<crate::region::Sync>,
+    /// How its gRPC links are carried.
+    pub transport: Transport,
 }
 
 impl Node {
@@ -152,7 +181,12 @@ impl Node {
         let raft = Raft::new(
             cfg.id,
             Arc::new(config),
-            Network::new(cfg.region.clone(), cfg.id, cfg.outgoing),
+            Network::new(
+                cfg.region.clone(),
+                cfg.id,
+                cfg.outgoing,
+                cfg.transport.clone(),
+            ),
             log,
             state.clone(),
         )
@@ -166,9 +200,11 @@ impl Node {
             metrics,
             data_dir: cfg.data_dir.clone(),
             clock: cfg.clock.clone(),
+            transport: cfg.transport.clone(),
             sync: Arc::new(crate::region::Sync::new(cfg.region.clone(), {
                 let mut s = cfg.sync.clone();
                 s.outgoing = s.outgoing.or(cfg.outgoing);
+                s.transport = cfg.transport.clone();
                 s
             })),
         })
@@ -235,36 +271,48 @@ impl Node {
         .max_encoding_message_size(64 << 20)
     }
 
-    /// Serves the node's gRPC services (Raft transport, lease, admin, audit) on `listener`
-    /// until `shutdown` resolves.
+    /// Serves the node's gRPC services (Raft transport, lease, admin, audit, region sync) on
+    /// `listener` until `shutdown` resolves. With TLS, each service admits only the roles in
+    /// [`ACCESS`].
     pub async fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), tonic::transport::Error> {
+    ) -> anyhow::Result<()> {
+        use shared::proto::v1::{
+            admin_server::AdminServer, audit_server::AuditServer, lease_api_server::LeaseApiServer,
+            region_sync_server::RegionSyncServer,
+        };
+        use tonic::service::interceptor::InterceptedService as Guarded;
         let api = crate::api::Api::new(self.clone());
-        tonic::transport::Server::builder()
-            .add_service(self.raft_service())
-            .add_service(shared::proto::v1::lease_api_server::LeaseApiServer::new(
-                api.clone(),
+        let t = &self.transport;
+        t.server(tonic::transport::Server::builder())?
+            .add_service(Guarded::new(self.raft_service(), t.guard(ACCESS.raft)))
+            .add_service(Guarded::new(
+                LeaseApiServer::new(api.clone()),
+                t.guard(ACCESS.lease),
             ))
-            .add_service(shared::proto::v1::admin_server::AdminServer::new(
-                api.clone(),
+            .add_service(Guarded::new(
+                AdminServer::new(api.clone()),
+                t.guard(ACCESS.admin),
             ))
-            .add_service(shared::proto::v1::audit_server::AuditServer::new(
-                api.clone(),
+            .add_service(Guarded::new(
+                AuditServer::new(api.clone()),
+                t.guard(ACCESS.audit),
             ))
-            .add_service(
-                shared::proto::v1::region_sync_server::RegionSyncServer::new(api)
+            .add_service(Guarded::new(
+                RegionSyncServer::new(api)
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
-            )
+                t.guard(ACCESS.region_sync),
+            ))
             .serve_with_incoming_shutdown(
                 // No Nagle: a small reply must not wait for the client's delayed ACK (40 ms).
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Seals every full segment of `segment_entries` financial-log records not yet sealed into

@@ -42,7 +42,7 @@ use shared::proto::v1 as pb;
 use shared::proto::v1::region_sync_client::RegionSyncClient;
 use shared::{CampaignId, Money, RegionId};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::ledger::{Command, Ledger, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey};
 use crate::node::{Node, ProposeError};
@@ -75,6 +75,8 @@ pub struct Settings {
     pub ask_interval: Duration,
     /// Source IP of connections to peers.
     pub outgoing: Option<IpAddr>,
+    /// How connections to peers are carried (the node's own transport).
+    pub transport: shared::tls::Transport,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             horizon: Duration::from_secs(10),
             ask_interval: Duration::from_millis(500),
             outgoing: None,
+            transport: shared::tls::Transport::Plaintext,
         }
     }
 }
@@ -385,16 +388,14 @@ impl Sync {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
         // HTTP/2 pings find a connection that a partition killed within seconds: without them
         // the channel kept it, and a healed link waited for TCP's retransmission backoff (a
         // two-region run with a 37 s isolation converged only 20.8 s after the load ended).
-        let channel = Endpoint::from_shared(url)
-            .map_err(|e| format!("{addr}: {e}"))?
+        let channel = self
+            .settings
+            .transport
+            .endpoint(addr)
+            .map_err(|e| e.to_string())?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(1))

@@ -46,6 +46,9 @@ pub struct Config {
     pub segment_entries: u64,
     /// Peer regions and region sync (DESIGN §7). No peers: a region on its own.
     pub regions: RegionsConfig,
+    /// Mutual TLS: the CA, this node's certificate (role `coordinator`) and its key. Required
+    /// unless the `--insecure-plaintext` flag is given (there is no such key in the file).
+    pub tls: shared::tls::TlsFiles,
 }
 
 /// Region sync: the peer regions and how often to talk to them.
@@ -126,6 +129,7 @@ impl Default for Config {
             leases: LeaseConfig::default(),
             segment_entries: 10_000,
             regions: RegionsConfig::default(),
+            tls: shared::tls::TlsFiles::default(),
         }
     }
 }
@@ -386,14 +390,24 @@ pub async fn archive_loop(
     }
 }
 
-/// Runs a node until `shutdown` resolves: storage, Raft, gRPC on `listener`, the reclaim loop;
-/// initializes a new region if members are configured.
+/// Runs a node until `shutdown` resolves: storage, Raft, gRPC on `listener` over `transport`,
+/// the reclaim loop; initializes a new region if members are configured.
 pub async fn run(
     config: Config,
+    transport: shared::tls::Transport,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (mut node_cfg, windows, members) = config.validate()?;
+    node_cfg.transport = transport;
+    if node_cfg.transport.is_tls() {
+        tracing::info!(ca = %config.tls.ca_file.display(), cert = %config.tls.cert_file.display(), "mutual TLS on every gRPC link");
+    } else {
+        tracing::warn!(
+            "INSECURE: gRPC in plaintext (--insecure-plaintext); any peer that can connect may \
+             call every API, admin included. For local development and tests only"
+        );
+    }
     node_cfg.clock = shared::clock::Clock::from_env();
     if node_cfg.clock.is_skewable() {
         tracing::warn!(

@@ -73,6 +73,9 @@ pub struct Config {
     /// Source IP of calls to the coordinators; empty: the system chooses. (The chaos harness
     /// gives each process its own `127.0.0.x` and partitions them by it.)
     pub outgoing_address: String,
+    /// Mutual TLS to the coordinators: the CA, this edge's certificate (role `edge`) and key.
+    /// Required unless `--insecure-plaintext`.
+    pub tls: shared::tls::TlsFiles,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             notice_timeout_ms: 10_000,
             coordinator_timeout_ms: 2_000,
             outgoing_address: String::new(),
+            tls: shared::tls::TlsFiles::default(),
         }
     }
 }
@@ -136,6 +140,9 @@ pub struct Settings {
     pub margin: Duration,
     /// Source IP of calls to the coordinators.
     pub outgoing: Option<std::net::IpAddr>,
+    /// How it calls the coordinators. `validate` leaves it plaintext; the `edge` binary sets
+    /// it from `[tls]`, or keeps plaintext only with `--insecure-plaintext`.
+    pub transport: shared::tls::Transport,
 }
 
 impl Config {
@@ -243,6 +250,7 @@ impl Config {
             settlement_window: Duration::from_millis(self.settlement_window_ms),
             margin: Duration::from_millis(self.margin_ms),
             outgoing,
+            transport: shared::tls::Transport::Plaintext,
         })
     }
 }

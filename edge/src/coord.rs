@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shared::proto::v1 as pb;
 use shared::proto::v1::lease_api_client::LeaseApiClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A call that did not get an answer from a leader.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,7 @@ pub struct Coordinators {
     next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     outgoing: Option<std::net::IpAddr>,
+    transport: shared::tls::Transport,
 }
 
 /// The three shapes a write reply takes.
@@ -47,11 +48,12 @@ pub enum Answer<T> {
 
 impl Coordinators {
     /// Coordinators at `endpoints` (`host:port`), each call bounded by `timeout`, called from
-    /// `outgoing` when set.
+    /// `outgoing` when set, over `transport`.
     pub fn new(
         endpoints: Vec<String>,
         timeout: Duration,
         outgoing: Option<std::net::IpAddr>,
+        transport: shared::tls::Transport,
     ) -> Coordinators {
         Coordinators {
             endpoints,
@@ -60,6 +62,7 @@ impl Coordinators {
             next: std::sync::atomic::AtomicUsize::new(0),
             timeout,
             outgoing,
+            transport,
         }
     }
 
@@ -68,13 +71,10 @@ impl Coordinators {
         if let Some(c) = ch.get(addr) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let c = Endpoint::from_shared(uri)
-            .map_err(|e| format!("{addr}: {e}"))?
+        let c = self
+            .transport
+            .endpoint(addr)
+            .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.timeout)
             .tcp_nodelay(true)
@@ -203,6 +203,7 @@ mod outgoing_tests {
             vec![addr],
             Duration::from_secs(2),
             Some("127.0.0.4".parse().unwrap()),
+            shared::tls::Transport::Plaintext,
         );
         let call = tokio::spawn(async move {
             let _ = c.campaigns(0).await;

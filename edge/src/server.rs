@@ -37,6 +37,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         cfg.coordinators.clone(),
         Duration::from_millis(cfg.coordinator_timeout_ms),
         settings.outgoing,
+        settings.transport.clone(),
     ));
     let metrics = Arc::new(Metrics::new());
     let settler = Settler::start(

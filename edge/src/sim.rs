@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub focus_every: Option<Duration>,
     /// Coordinators, for budgets in the status line (empty: none); the first that answers.
     pub coordinators: Vec<String>,
+    /// How to call them (an operator's certificate, or plaintext).
+    pub transport: shared::tls::Transport,
     /// Requests per second.
     pub rate: u32,
     /// Stop after this long.
@@ -303,7 +305,7 @@ async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
         Money::from_micros(tally.billed_total.load(Ordering::Relaxed)),
     );
     for (campaign, micros) in &billed {
-        let budget = budget(&cfg.coordinators, campaign).await;
+        let budget = budget(&cfg.transport, &cfg.coordinators, campaign).await;
         match budget {
             Some((budget, settled)) => line.push_str(&format!(
                 " | {campaign} {} of {} (ledger {})",
@@ -320,9 +322,13 @@ async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
 /// A campaign's lifetime budget and settled spend, from the first coordinator that answers
 /// (the leader; balance reads are linearizable). With peer regions, the spend settled in every
 /// region as the coordinators' region last heard of it (a sync interval behind, at most).
-async fn budget(coordinators: &[String], campaign: &str) -> Option<(i64, i64)> {
+async fn budget(
+    transport: &shared::tls::Transport,
+    coordinators: &[String],
+    campaign: &str,
+) -> Option<(i64, i64)> {
     for addr in coordinators {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        let Ok(endpoint) = transport.endpoint(addr) else {
             continue;
         };
         let Ok(channel) = endpoint
@@ -376,6 +382,7 @@ mod tests {
             regions: ["us-1", "eu-1", "us-1", "ap-1"].map(String::from).to_vec(),
             focus_every,
             coordinators: Vec::new(),
+            transport: shared::tls::Transport::Plaintext,
             rate: 1,
             duration: Duration::from_secs(1),
             max_requests: 1,

@@ -24,6 +24,8 @@ pub mod proto;
 #[cfg(feature = "grpc")]
 pub mod shutdown;
 pub mod targeting;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use bucket::{Bucket, BucketKey, CampaignZone};
 pub use id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, RegionId};

@@ -41,6 +41,10 @@ struct Args {
     /// Initialize a new region with these members; repeat for each (ID=HOST:PORT).
     #[arg(long = "init", value_name = "ID=HOST:PORT")]
     init: Vec<String>,
+    /// Serve and call gRPC without TLS, with no certificate checks: for local development and
+    /// tests only. Without it, the `[tls]` files are required.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -108,6 +112,17 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
+    let transport = match shared::tls::Transport::from_config(
+        &config.tls,
+        args.insecure_plaintext,
+        &[shared::tls::Role::Coordinator],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,7 +137,7 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
-        run(config, listener, shutdown_signal()).await
+        run(config, transport, listener, shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,9 +6,12 @@
 //! refused, no leader found); 2 usage or I/O error.
 
 mod audit;
+mod certs;
 mod ops;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,19 @@ pub struct Cli {
         value_name = "HOST:PORT"
     )]
     endpoint: String,
+    /// The deployment's CA certificate (PEM), for mutual TLS with the coordinators.
+    #[arg(long, global = true, env = "BUDGETCTL_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Your certificate (role operator, or auditor for `audit` reads).
+    #[arg(long, global = true, env = "BUDGETCTL_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Your certificate's private key.
+    #[arg(long, global = true, env = "BUDGETCTL_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Talk to coordinators without TLS (they must run with --insecure-plaintext): local
+    /// development only.
+    #[arg(long, global = true, env = "BUDGETCTL_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +60,9 @@ enum Command {
     /// Initialize a region, add or remove nodes.
     #[command(subcommand)]
     Cluster(ops::ClusterCommand),
+    /// Make the deployment's CA and sign each process's certificate. Needs no server.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// The region's members, leader, term and applied index, and every bucket's money; with
     /// peer regions, every region's created / transferred / settled / leased / in doubt /
     /// available per bucket and the age of the last sync with each peer.
@@ -69,27 +88,91 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or I/O error.
 pub const EXIT_USAGE: u8 = 2;
 
-/// Connects to a coordinator at `endpoint` (`HOST:PORT` or a URL). The error names the
-/// endpoint.
+/// The TLS flags, set once in `main`.
+#[derive(Clone, Debug, Default)]
+struct TlsArgs {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure_plaintext: bool,
+}
+
+static TLS_ARGS: OnceLock<TlsArgs> = OnceLock::new();
+/// How this run talks to coordinators; made on the first connection, so that the commands
+/// that need no server need no certificates.
+static TRANSPORT: OnceLock<Result<shared::tls::Transport, String>> = OnceLock::new();
+
+fn make_transport(a: &TlsArgs) -> Result<shared::tls::Transport, String> {
+    use shared::tls::{Role, Transport};
+    let given = [&a.ca, &a.cert, &a.key];
+    match (given.iter().all(|f| f.is_none()), a.insecure_plaintext) {
+        (true, true) => Ok(Transport::Plaintext),
+        (false, true) => Err("both --ca/--cert/--key and --insecure-plaintext: choose one".into()),
+        (true, false) => Err("no TLS: pass --ca, --cert and --key (or set BUDGETCTL_CA, \
+                              BUDGETCTL_CERT, BUDGETCTL_KEY), or --insecure-plaintext for a \
+                              local development region"
+            .into()),
+        (false, false) => {
+            let read = |flag: &str, f: &Option<PathBuf>| match f {
+                None => Err(format!(
+                    "{flag} is missing (--ca, --cert and --key go together)"
+                )),
+                Some(p) => std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display())),
+            };
+            let (ca, cert, key) = (
+                read("--ca", &a.ca)?,
+                read("--cert", &a.cert)?,
+                read("--key", &a.key)?,
+            );
+            Transport::from_pem(&ca, &cert, &key, &[Role::Operator, Role::Auditor])
+                .map_err(|e| format!("--cert: {e}"))
+        }
+    }
+}
+
+fn transport() -> Result<shared::tls::Transport, String> {
+    TRANSPORT
+        .get_or_init(|| make_transport(&TLS_ARGS.get().cloned().unwrap_or_default()))
+        .clone()
+}
+
+/// Connects to a coordinator at `endpoint` (`HOST:PORT`, or a URL whose scheme matches the
+/// TLS flags). The error names the endpoint.
 pub(crate) async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, String> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("endpoint {url}: {e}"))?
+    transport()?
+        .endpoint(endpoint)
+        .map_err(|e| e.to_string())?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(30))
         .connect()
         .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))
+        .map_err(|e| format!("cannot reach {endpoint}: {}", causes(&e)))
+}
+
+/// An error and its causes, `: `-separated (tonic's own text is only "transport error"; the
+/// TLS reason is further down).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        next = c.source();
+    }
+    text
 }
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = TLS_ARGS.set(TlsArgs {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        insecure_plaintext: cli.insecure_plaintext,
+    });
     match cli.command {
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Audit(cmd) => audit::run(&cli.endpoint, cmd),
         Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
         Command::Status { json } => ops::status(&cli.endpoint, json),

@@ -71,7 +71,7 @@ fn a_skew_file_reaches_the_running_node() {
     .unwrap();
     let metrics = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["--region", "skew", "--node-id", "1"])
+        .args(["--region", "skew", "--node-id", "1", "--insecure-plaintext"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--metrics-listen")

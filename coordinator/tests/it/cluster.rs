@@ -659,7 +659,8 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     region.heads_at(applied).await;
     for r in &region.nodes {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
-            .args(["--endpoint", &r.addr, "audit", "verify", "--json"])
+            .args(["--insecure-plaintext", "--endpoint", &r.addr])
+            .args(["audit", "verify", "--json"])
             .output()
             .unwrap();
         assert_eq!(
@@ -671,7 +672,8 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["summary"]["head_hash"], hex::encode(head_hash));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
-            .args(["--endpoint", &r.addr, "audit", "head", "--json"])
+            .args(["--insecure-plaintext", "--endpoint", &r.addr])
+            .args(["audit", "head", "--json"])
             .output()
             .unwrap();
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -775,6 +777,7 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
 
 fn budgetctl(addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+        .arg("--insecure-plaintext")
         .arg("--endpoint")
         .arg(addr)
         .args(args)

@@ -4,3 +4,4 @@ mod audit;
 mod clock;
 mod cluster;
 mod regions;
+mod tls;

@@ -41,7 +41,7 @@ async fn start(
         witness_refresh: Duration::from_secs(1),
         horizon: Duration::from_secs(2),
         ask_interval: Duration::from_millis(200),
-        outgoing: None,
+        ..Settings::default()
     };
     let node = Arc::new(Node::start(&cfg).await.unwrap());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -340,7 +340,7 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
     // What an operator sees: every region's figures for the bucket, the peer, no alarm.
     let budgetctl = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
-            .args(["--endpoint", eu.addr.as_str()])
+            .args(["--insecure-plaintext", "--endpoint", eu.addr.as_str()])
             .args(args)
             .output()
             .unwrap();

@@ -51,6 +51,10 @@ struct Args {
     /// Source IP of calls to the coordinators (default: the system chooses).
     #[arg(long, value_name = "IP")]
     outgoing_address: Option<String>,
+    /// Call the coordinators without TLS (they must run with it too): for local development
+    /// and tests only. Without it, the `[tls]` files are required.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let settings = match config.validate() {
+    let mut settings = match config.validate() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("edge: {e}");
@@ -117,6 +121,25 @@ fn main() -> ExitCode {
     if args.print_config {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
+    }
+    settings.transport = match shared::tls::Transport::from_config(
+        &config.tls,
+        args.insecure_plaintext,
+        &[shared::tls::Role::Edge],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("edge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if settings.transport.is_tls() {
+        tracing::info!(cert = %config.tls.cert_file.display(), "mutual TLS to the coordinators");
+    } else {
+        tracing::warn!(
+            "INSECURE: calling the coordinators in plaintext (--insecure-plaintext): for local \
+             development and tests only"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

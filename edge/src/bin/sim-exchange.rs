@@ -26,6 +26,16 @@ struct Args {
     /// A coordinator (HOST:PORT) to read budgets from; repeat; none: no budgets shown.
     #[arg(long = "coordinator", value_name = "HOST:PORT")]
     coordinators: Vec<String>,
+    /// The CA certificate, for mutual TLS with the coordinators (with --cert and --key, an
+    /// operator's); without them the budgets are read in plaintext.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    ca: Option<std::path::PathBuf>,
+    /// An operator's certificate.
+    #[arg(long, value_name = "FILE", requires = "ca")]
+    cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[arg(long, value_name = "FILE", requires = "ca")]
+    key: Option<std::path::PathBuf>,
     /// Bid requests per second.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -77,6 +87,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let transport = match (&args.ca, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = shared::tls::TlsFiles {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            };
+            match shared::tls::Transport::from_config(&files, false, &[shared::tls::Role::Operator])
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sim-exchange: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => shared::tls::Transport::Plaintext,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,6 +120,7 @@ fn main() -> ExitCode {
         regions,
         focus_every,
         coordinators: args.coordinators,
+        transport,
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         max_requests: args.max_requests,

@@ -200,6 +200,7 @@ impl EdgeProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
             .arg("--config")
             .arg(&path)
+            .arg("--insecure-plaintext")
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();

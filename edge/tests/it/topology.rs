@@ -27,6 +27,7 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         regions: vec![],
         focus_every: None,
         coordinators: vec![],
+        transport: shared::tls::Transport::Plaintext,
         rate: 300,
         duration: Duration::from_secs(12),
         max_requests: 3_600,

@@ -344,6 +344,7 @@ impl Topology {
             .map(Node::addr)
             .context("no coordinator")?;
         let out = Command::new(self.bin_dir.join("budgetctl"))
+            .arg("--insecure-plaintext")
             .arg("--endpoint")
             .arg(&endpoint)
             .args(args)
@@ -416,7 +417,11 @@ fn launch(
     let proc = Proc::start(Spec {
         name: name.to_string(),
         program: plan.bin_dir.join(program),
-        args: vec!["--config".into(), config.into()],
+        args: vec![
+            "--config".into(),
+            config.into(),
+            "--insecure-plaintext".into(),
+        ],
         env: env(&clock_file, plan.planted_bug, log_filter),
         log: nodes_dir.join(format!("{name}.log")),
     })?;

@@ -1,0 +1,451 @@
+//! Mutual TLS: a real three-node region whose every link is TLS with client certificates, and
+//! each role refused where it has no business, with nothing changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::node::{Node, NodeConfig};
+use shared::proto::v1 as pb;
+use shared::tls::{Authority, Role, Transport, Validity};
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// A CA and the certificates it signed, as files (the binaries read files).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Authority,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create("test CA", Validity::days(2).unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a certificate; returns its (certificate, key) files.
+    fn issue(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
+        let c = self
+            .ca
+            .issue(
+                role,
+                name,
+                &["127.0.0.1".into()],
+                Validity::days(2).unwrap(),
+            )
+            .unwrap();
+        let (cert, key) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, c.cert_pem).unwrap();
+        std::fs::write(&key, c.key_pem).unwrap();
+        (cert, key)
+    }
+
+    fn transport(&self, role: Role, name: &str) -> Transport {
+        let (cert, key) = self.issue(role, name);
+        Transport::from_pem(
+            self.ca.cert_pem().as_bytes(),
+            &std::fs::read(cert).unwrap(),
+            &std::fs::read(key).unwrap(),
+            &[role],
+        )
+        .unwrap()
+    }
+}
+
+struct Region {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Arc<Node>>,
+    addrs: Vec<String>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Three nodes whose Raft, and every API, are mutual TLS.
+async fn region(pki: &Pki) -> Region {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let (mut nodes, mut stops) = (Vec::new(), Vec::new());
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut cfg = NodeConfig::new(
+            "eu-1".parse().unwrap(),
+            id,
+            tmp.path().join(format!("n{id}")),
+        );
+        cfg.heartbeat = Duration::from_millis(150);
+        cfg.election_timeout = (Duration::from_millis(1_500), Duration::from_millis(3_000));
+        cfg.transport = pki.transport(Role::Coordinator, &format!("eu-1-node-{id}"));
+        let node = Arc::new(Node::start(&cfg).await.unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(l, async move { rx.await.unwrap_or(()) })
+                .await
+                .unwrap();
+        });
+        nodes.push(node);
+        stops.push(tx);
+    }
+    let members: BTreeMap<u64, String> = (1..=3).zip(addrs.iter().cloned()).collect();
+    nodes[0].initialize(members).await.unwrap();
+    Region {
+        _tmp: tmp,
+        nodes,
+        addrs,
+        stops,
+    }
+}
+
+impl Region {
+    /// Waits for a leader: Raft's votes and heartbeats went over mutual TLS.
+    async fn leader_addr(&self) -> String {
+        let m = self.nodes[0]
+            .raft
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .unwrap();
+        let id = m.current_leader.unwrap();
+        self.addrs[(id - 1) as usize].clone()
+    }
+
+    async fn stop(self) {
+        for n in &self.nodes {
+            n.shutdown().await;
+        }
+        for s in self.stops {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn budgetctl(pki: &Pki, who: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_budgetctl"));
+    c.env_remove("BUDGETCTL_CA")
+        .env_remove("BUDGETCTL_CERT")
+        .env_remove("BUDGETCTL_KEY")
+        .env_remove("BUDGETCTL_INSECURE_PLAINTEXT")
+        .args(["--endpoint", endpoint]);
+    if let Some(name) = who {
+        let dir = pki.dir.path();
+        c.arg("--ca")
+            .arg(pki.ca_file())
+            .arg("--cert")
+            .arg(dir.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.join(format!("{name}.key")));
+    }
+    c.args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What a refused caller must not have changed: the financial log's head and the campaigns.
+async fn state(operator: &Transport, addr: &str) -> (u64, Vec<u8>, Vec<String>) {
+    let ch = operator.endpoint(addr).unwrap().connect().await.unwrap();
+    let head = pb::audit_client::AuditClient::new(ch.clone())
+        .head(pb::HeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let campaigns = pb::lease_api_client::LeaseApiClient::new(ch)
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .campaigns
+        .into_iter()
+        .map(|c| c.campaign)
+        .collect();
+    (head.seq, head.hash, campaigns)
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) {
+    match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => panic!("{what}: expected PermissionDenied, got {other:?}"),
+    }
+}
+
+fn evil_campaign() -> pb::UpsertCampaignRequest {
+    pb::UpsertCampaignRequest {
+        idempotency_key: Some(pb::IdempotencyKey { key: vec![7; 16] }),
+        config: Some(pb::CampaignConfig {
+            campaign: "evil".into(),
+            time_zone: "UTC".into(),
+            bid_cpm_micros: 1_000_000,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_role_calls_only_its_own_apis_and_a_refusal_changes_nothing() {
+    let pki = Pki::new();
+    let r = region(&pki).await;
+    let leader = r.leader_addr().await;
+    pki.issue(Role::Operator, "operator");
+    pki.issue(Role::Auditor, "auditor");
+
+    // The operator, through the real CLI over mutual TLS.
+    for args in [
+        &["campaign", "create", "spring", "--bid-cpm", "2.00"][..],
+        &["campaign", "set-budget", "spring", "5.00"],
+    ] {
+        let out = budgetctl(&pki, Some("operator"), &leader, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let operator = pki.transport(Role::Operator, "operator-2");
+    let before = state(&operator, &leader).await;
+    assert_eq!(before.2, vec!["spring".to_string()]);
+
+    // An edge: leases yes, admin, Raft and region sync no.
+    let edge = pki.transport(Role::Edge, "edge-1");
+    let ch = edge.endpoint(&leader).unwrap().connect().await.unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+    denied(
+        admin.upsert_campaign(evil_campaign()).await,
+        "edge upserts a campaign",
+    );
+    denied(
+        admin
+            .cluster_status(pb::ClusterStatusRequest::default())
+            .await,
+        "edge reads the cluster status",
+    );
+    denied(
+        pb::raft_transport_client::RaftTransportClient::new(ch.clone())
+            .vote(pb::RaftMessage {
+                region: "eu-1".into(),
+                from_node: 9,
+                payload: vec![],
+            })
+            .await,
+        "edge sends a Raft vote",
+    );
+    denied(
+        pb::region_sync_client::RegionSyncClient::new(ch.clone())
+            .push_state(pb::RegionState {
+                from_region: "us-1".into(),
+                ..Default::default()
+            })
+            .await,
+        "edge pushes a region state",
+    );
+    denied(
+        pb::audit_client::AuditClient::new(ch.clone())
+            .head(pb::HeadRequest {})
+            .await,
+        "edge reads the log head",
+    );
+    let listed = pb::lease_api_client::LeaseApiClient::new(ch)
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+        .await
+        .expect("an edge lists campaigns");
+    assert_eq!(listed.into_inner().campaigns.len(), 1);
+
+    // An auditor: the log yes, anything else no.
+    let auditor = pki.transport(Role::Auditor, "auditor-2");
+    let ch = auditor.endpoint(&leader).unwrap().connect().await.unwrap();
+    pb::audit_client::AuditClient::new(ch.clone())
+        .head(pb::HeadRequest {})
+        .await
+        .expect("an auditor reads the log head");
+    denied(
+        pb::admin_client::AdminClient::new(ch.clone())
+            .upsert_campaign(evil_campaign())
+            .await,
+        "auditor upserts a campaign",
+    );
+    denied(
+        pb::lease_api_client::LeaseApiClient::new(ch)
+            .grant_lease(pb::GrantLeaseRequest {
+                idempotency_key: Some(pb::IdempotencyKey { key: vec![8; 16] }),
+                edge: "edge-1".into(),
+                campaign: "spring".into(),
+                want_micros: 1_000_000,
+            })
+            .await,
+        "auditor asks for a lease",
+    );
+    let out = budgetctl(&pki, Some("auditor"), &leader, &["audit", "head"]);
+    assert!(out.status.success(), "auditor audit head: {}", text(&out));
+    let out = budgetctl(
+        &pki,
+        Some("auditor"),
+        &leader,
+        &["campaign", "set-budget", "spring", "50.00"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("auditor"), "{}", text(&out));
+
+    // A coordinator's certificate is for Raft and region sync, not for the admin API.
+    let node_cert = pki.transport(Role::Coordinator, "eu-1-node-9");
+    let ch = node_cert
+        .endpoint(&leader)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    denied(
+        pb::admin_client::AdminClient::new(ch)
+            .upsert_campaign(evil_campaign())
+            .await,
+        "coordinator upserts a campaign",
+    );
+
+    assert_eq!(
+        state(&operator, &leader).await,
+        before,
+        "a refusal changed something"
+    );
+    r.stop().await;
+}
+
+/// Calls the audit head at `addr` through `endpoint`; Ok if it answered.
+async fn try_head(endpoint: Result<Endpoint, String>) -> Result<(), String> {
+    let ch = endpoint?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    pb::audit_client::AuditClient::new(ch)
+        .head(pb::HeadRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("call: {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_without_a_certificate_of_this_ca_is_refused() {
+    let pki = Pki::new();
+    let r = region(&pki).await;
+    let leader = r.leader_addr().await;
+    let operator = pki.transport(Role::Operator, "operator");
+    try_head(operator.endpoint(&leader).map_err(|e| e.0))
+        .await
+        .expect("the operator is served");
+    let before = state(&operator, &leader).await;
+
+    // Plaintext to a TLS server.
+    let e = try_head(Transport::Plaintext.endpoint(&leader).map_err(|e| e.0)).await;
+    assert!(e.is_err(), "plaintext was served");
+    // TLS that trusts the CA but shows no certificate.
+    let ca = Certificate::from_pem(pki.ca.cert_pem());
+    let no_cert = Endpoint::from_shared(format!("https://{leader}"))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(ca))
+        .map_err(|e| e.to_string());
+    assert!(
+        try_head(no_cert).await.is_err(),
+        "a client without a certificate was served"
+    );
+    // A certificate of another CA, with the very same role and name.
+    let other = Pki::new();
+    let stranger = Transport::from_pem(
+        pki.ca.cert_pem().as_bytes(),
+        &std::fs::read(other.issue(Role::Operator, "operator").0).unwrap(),
+        &std::fs::read(other.dir.path().join("operator.key")).unwrap(),
+        &[],
+    )
+    .unwrap();
+    let e = try_head(stranger.endpoint(&leader).map_err(|e| e.0)).await;
+    assert!(e.is_err(), "another CA's certificate was served");
+    // A client of another deployment does not trust this one's servers either.
+    let outsider = other.transport(Role::Operator, "outsider");
+    let e = try_head(outsider.endpoint(&leader).map_err(|e| e.0)).await;
+    assert!(e.is_err(), "a server of another CA was trusted");
+
+    // The CLI says what is missing.
+    let out = budgetctl(&pki, None, &leader, &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--insecure-plaintext"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(
+        state(&operator, &leader).await,
+        before,
+        "a refusal changed something"
+    );
+    r.stop().await;
+}
+
+fn coordinator_with(args: &[&str], tls: Option<(&Path, &Path, &Path)>) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"\"\ndata_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    if let Some((ca, cert, key)) = tls {
+        text.push_str(&format!(
+            "[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_coordinator_will_not_start_without_tls_unless_told_and_not_with_another_roles_certificate() {
+    let out = coordinator_with(&[], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--insecure-plaintext"),
+        "{}",
+        text(&out)
+    );
+
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(Role::Edge, "edge-1");
+    let out = coordinator_with(&[], Some((&pki.ca_file(), &cert, &key)));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("grants the role edge"),
+        "{}",
+        text(&out)
+    );
+
+    let out = coordinator_with(
+        &["--insecure-plaintext"],
+        Some((&pki.ca_file(), &cert, &key)),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("choose one"), "{}", text(&out));
+}
