@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use shared::bucket::Bucket;
 use shared::proto::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A lazily connected channel per coordinator.
 #[derive(Clone)]
@@ -16,11 +16,17 @@ pub struct Coords {
 }
 
 impl Coords {
-    /// Channels to `addrs` (`(name, ip:port)`), each call bounded by `timeout`.
-    pub fn new(addrs: &[(String, String)], timeout: Duration) -> Result<Coords> {
+    /// Channels to `addrs` (`(name, ip:port)`) over `transport`, each call bounded by
+    /// `timeout`.
+    pub fn new(
+        addrs: &[(String, String)],
+        transport: &shared::tls::Transport,
+        timeout: Duration,
+    ) -> Result<Coords> {
         let mut nodes = Vec::new();
         for (name, addr) in addrs {
-            let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            let ch = transport
+                .endpoint(addr)?
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(timeout)
                 .connect_lazy();

@@ -403,7 +403,7 @@ fn drive(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (regions, addrs, edge_urls, edge_regions, log_dir) = {
+    let (regions, addrs, edge_urls, edge_regions, log_dir, topo_operator) = {
         let t = topo.lock().unwrap_or_else(|p| p.into_inner());
         let regions = t.regions();
         let addrs: Vec<Vec<(String, String)>> = regions
@@ -422,6 +422,7 @@ fn drive(
                 .collect::<Vec<_>>(),
             t.edges().map(|n| n.region.clone()).collect::<Vec<_>>(),
             dir.join("nodes"),
+            t.operator.clone(),
         )
     };
     let multi = regions.len() > 1;
@@ -430,7 +431,12 @@ fn drive(
         regions
             .iter()
             .zip(&addrs)
-            .map(|(r, a)| Ok((r.clone(), Coords::new(a, Duration::from_secs(2))?)))
+            .map(|(r, a)| {
+                Ok((
+                    r.clone(),
+                    Coords::new(a, &topo_operator, Duration::from_secs(2))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()
     })?;
     let coords = by_region[0].1.clone();

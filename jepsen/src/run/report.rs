@@ -494,7 +494,8 @@ pub fn finish(
     let _ = writeln!(
         md,
         "## Files\n\n`history.jsonl` (every operation), `schedule.json`, `results.json`, \
-         `nodes/*.log` (each process's log), `nodes/coordinator-*/` (data directories).\n"
+         `nodes/*.log` (each process's log), `nodes/coordinator-*/` (data directories), \
+         `pki/` (the run's CA and certificates: every gRPC link was mutual TLS).\n"
     );
     let path = outcome.dir.join("report.md");
     std::fs::write(&path, md)?;

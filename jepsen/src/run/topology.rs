@@ -82,6 +82,10 @@ pub struct Topology {
     /// The wall-clock offset every process starts with (µs), so that a campaign's day ends
     /// during the run.
     pub base_offset_us: i64,
+    /// The run's CA and certificates: every gRPC link is mutual TLS, as deployed.
+    pub pki: PathBuf,
+    /// The harness's own certificate (role operator), for its calls to the coordinators.
+    pub operator: shared::tls::Transport,
 }
 
 /// What to start.
@@ -149,10 +153,13 @@ impl Topology {
         }
         let nodes_dir = plan.dir.join("nodes");
         std::fs::create_dir_all(&nodes_dir)?;
+        let pki = Pki::new(plan.dir.join("pki"))?;
         let mut t = Topology {
             nodes: Vec::new(),
             bin_dir: plan.bin_dir.to_path_buf(),
             base_offset_us: plan.base_offset_us,
+            operator: pki.transport(shared::tls::Role::Operator, "jepsen", &[])?,
+            pki: pki.dir.clone(),
         };
         let regions = region_names(plan.regions);
         if plan.regions > REGIONS.len() {
@@ -202,8 +209,9 @@ impl Topology {
                          data_dir = \"{}\"\nsegment_entries = 200\n\n\
                          [leases]\nduration_ms = {LEASE_DURATION_MS}\n\
                          settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
-                         late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{sync}{init}",
-                        data_dir.display()
+                         late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{sync}{init}{}",
+                        data_dir.display(),
+                        pki.issue(shared::tls::Role::Coordinator, &name, &[ip.to_string()])?,
                     ),
                 )?;
                 let (clock_file, proc) =
@@ -246,8 +254,9 @@ impl Topology {
                          coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
                          margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
                          batch_max_delay_ms = 50\nnotice_key_hex = \"{key}\"\n\
-                         notice_base_url = \"http://{ip}:8080\"\n",
-                        coordinators.join(", ")
+                         notice_base_url = \"http://{ip}:8080\"\n{}",
+                        coordinators.join(", "),
+                        pki.issue(shared::tls::Role::Edge, &name, &[])?,
                     ),
                 )?;
                 let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
@@ -344,7 +353,12 @@ impl Topology {
             .map(Node::addr)
             .context("no coordinator")?;
         let out = Command::new(self.bin_dir.join("budgetctl"))
-            .arg("--insecure-plaintext")
+            .arg("--ca")
+            .arg(self.pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki.join("jepsen.pem"))
+            .arg("--key")
+            .arg(self.pki.join("jepsen.key"))
             .arg("--endpoint")
             .arg(&endpoint)
             .args(args)
@@ -404,6 +418,58 @@ impl Topology {
 
 /// Starts `program --config CONFIG` as node `name`, with its own skew file (at the run's base
 /// offset) and its log in the run's `nodes/` folder.
+/// The run's certificate authority and the certificates it signed, as files in `dir`.
+struct Pki {
+    dir: PathBuf,
+    ca: shared::tls::Authority,
+}
+
+impl Pki {
+    fn new(dir: PathBuf) -> Result<Pki> {
+        std::fs::create_dir_all(&dir)?;
+        // Valid from 1975 to 4096: the run moves clocks, and certificate expiry is not what it
+        // tests.
+        let ca =
+            shared::tls::Authority::create("jepsen run CA", shared::tls::Validity::unbounded())?;
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+        Ok(Pki { dir, ca })
+    }
+
+    /// Writes `name`'s certificate and key; returns the `[tls]` section that uses them.
+    fn issue(&self, role: shared::tls::Role, name: &str, hosts: &[String]) -> Result<String> {
+        let c = self
+            .ca
+            .issue(role, name, hosts, shared::tls::Validity::unbounded())?;
+        let (cert, key) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, c.cert_pem)?;
+        std::fs::write(&key, c.key_pem)?;
+        Ok(format!(
+            "\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.dir.join("ca.pem").display(),
+            cert.display(),
+            key.display()
+        ))
+    }
+
+    fn transport(
+        &self,
+        role: shared::tls::Role,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<shared::tls::Transport> {
+        self.issue(role, name, hosts)?;
+        Ok(shared::tls::Transport::from_pem(
+            self.ca.cert_pem().as_bytes(),
+            &std::fs::read(self.dir.join(format!("{name}.pem")))?,
+            &std::fs::read(self.dir.join(format!("{name}.key")))?,
+            &[role],
+        )?)
+    }
+}
+
 fn launch(
     plan: &Plan,
     name: &str,
@@ -417,11 +483,7 @@ fn launch(
     let proc = Proc::start(Spec {
         name: name.to_string(),
         program: plan.bin_dir.join(program),
-        args: vec![
-            "--config".into(),
-            config.into(),
-            "--insecure-plaintext".into(),
-        ],
+        args: vec!["--config".into(), config.into()],
         env: env(&clock_file, plan.planted_bug, log_filter),
         log: nodes_dir.join(format!("{name}.log")),
     })?;
