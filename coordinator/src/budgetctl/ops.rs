@@ -625,6 +625,13 @@ pub(crate) enum ClusterCommand {
         /// Its node number.
         id: u64,
     },
+    /// Is the node at --endpoint healthy: a voter of a region with a leader, its applied index
+    /// caught up with the leader's? Exits 0 if so, 1 if not (a rolling restart waits on it).
+    Health {
+        /// Keep asking for up to this many seconds until it is.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
@@ -670,6 +677,20 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                     if learner { "learner" } else { "voter" }
                 ))
             }
+            ClusterCommand::Health { wait } => {
+                super::transport().map_err(|e| (EXIT_USAGE, e))?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+                loop {
+                    let why = match health(endpoint).await {
+                        Ok(text) => return Ok(text),
+                        Err(why) => why,
+                    };
+                    if std::time::Instant::now() >= deadline {
+                        return Err((EXIT_FAILED, format!("{endpoint}: not healthy: {why}")));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
             ClusterCommand::Remove { id } => {
                 let leader = leader_of(endpoint).await?;
                 let mut c = AdminClient::new(channel(&leader).await?);
@@ -680,6 +701,49 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
             }
         }
     }))
+}
+
+/// One look at the node at `endpoint`: why it is not healthy, or a line saying that it is.
+async fn health(endpoint: &str) -> Result<String, String> {
+    async fn status(addr: &str) -> Result<pb::ClusterStatusReply, String> {
+        let ch = super::connect(addr).await?;
+        AdminClient::new(ch)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("{addr}: {}", s.message()))
+    }
+    let me = status(endpoint).await?;
+    let member = me
+        .members
+        .iter()
+        .find(|m| m.node == me.node)
+        .ok_or_else(|| format!("node {} is not a member of a region (yet)", me.node))?;
+    if !member.voter {
+        return Err(format!("node {} is a learner, not yet a voter", me.node));
+    }
+    let leader = me
+        .members
+        .iter()
+        .find(|m| m.node == me.leader_node)
+        .ok_or("no leader")?;
+    let target = if leader.node == me.node {
+        me.last_applied_index
+    } else {
+        status(&leader.addr).await?.last_applied_index
+    };
+    // Read again after the leader: caught up means up to where the leader was a moment ago.
+    let now = status(endpoint).await?;
+    if now.last_applied_index < target {
+        return Err(format!(
+            "applied index {}, the leader's {target}: catching up",
+            now.last_applied_index
+        ));
+    }
+    Ok(format!(
+        "node {} of {}: healthy: leader node {}, term {}, applied index {} (the leader's was {target})",
+        now.node, now.region, now.leader_node, now.term, now.last_applied_index
+    ))
 }
 
 /// The leader's view of every region (`RegionStatus`), for `status` and `regions`.

@@ -219,6 +219,18 @@ async fn each_role_calls_only_its_own_apis_and_a_refusal_changes_nothing() {
         let out = budgetctl(&pki, Some("operator"), &leader, args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
+    // Every node is healthy (a voter, caught up with the leader): what a rolling restart
+    // waits for.
+    for addr in &r.addrs {
+        let out = budgetctl(
+            &pki,
+            Some("operator"),
+            addr,
+            &["cluster", "health", "--wait", "20"],
+        );
+        assert!(out.status.success(), "{addr}: {}", text(&out));
+        assert!(text(&out).contains("healthy"), "{}", text(&out));
+    }
     let operator = pki.transport(Role::Operator, "operator-2");
     let before = state(&operator, &leader).await;
     assert_eq!(before.2, vec!["spring".to_string()]);
@@ -396,6 +408,44 @@ async fn a_peer_without_a_certificate_of_this_ca_is_refused() {
         "a refusal changed something"
     );
     r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_a_member_of_a_region_is_not_healthy() {
+    let pki = Pki::new();
+    pki.issue(Role::Operator, "operator");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), 1, tmp.path().join("n1"));
+    cfg.transport = pki.transport(Role::Coordinator, "eu-1-node-1");
+    let node = Arc::new(Node::start(&cfg).await.unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = node.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve(l, async move { rx.await.unwrap_or(()) })
+            .await
+            .unwrap();
+    });
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            budgetctl(
+                &pki,
+                Some("operator"),
+                &addr,
+                &["cluster", "health", "--wait", "1"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not a member"), "{}", text(&out));
+    node.shutdown().await;
+    let _ = tx.send(());
+    server.await.unwrap();
 }
 
 fn coordinator_with(args: &[&str], tls: Option<(&Path, &Path, &Path)>) -> Output {
