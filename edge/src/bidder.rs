@@ -48,6 +48,8 @@ pub struct Edge {
     pub settler: Settler,
     /// Bid requests being handled.
     pub in_flight: AtomicUsize,
+    /// A coordinator has answered a campaign poll (the edge is connected, campaigns or not).
+    pub polled: std::sync::atomic::AtomicBool,
 }
 
 /// What a bid request gets.

@@ -30,6 +30,8 @@ pub async fn poll_campaigns(
         match coords.campaigns(known).await {
             Ok(reply) => {
                 failures = 0;
+                edge.polled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 if !reply.unchanged {
                     let built = {
                         let mut slots = edge.slots.lock().unwrap_or_else(|p| p.into_inner());

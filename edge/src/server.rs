@@ -60,6 +60,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         ask: ask_tx,
         settler,
         in_flight: Default::default(),
+        polled: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::manager::poll_campaigns(
@@ -221,8 +222,12 @@ async fn notice(
 
 async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     let catalog = edge.catalog.load();
-    if catalog.version == 0 {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no campaigns loaded yet\n").into_response();
+    if !edge.polled.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the coordinators yet\n",
+        )
+            .into_response();
     }
     let leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
     (
