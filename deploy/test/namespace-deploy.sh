@@ -53,6 +53,10 @@ cleanup() {
     mkdir -p "$work/hosts/$name/logs"
     nsenter -t "$pid" -m sh -c 'cat /var/log/budget/coordinator.log 2>/dev/null' >"$work/hosts/$name/logs/coordinator.log" || true
     nsenter -t "$pid" -m sh -c 'cat /var/log/budget/edge.log 2>/dev/null' >"$work/hosts/$name/logs/edge.log" || true
+    # The data directory (for `budgetctl audit verify` and a look at the entries) and the
+    # processes that ran there.
+    nsenter -t "$pid" -m tar -C /var/lib/budget -cf - . >"$work/hosts/$name/data.tar" 2>/dev/null || true
+    ip netns pids "$prefix-$name" 2>/dev/null | xargs -r ps -o pid,ppid,lstart,args -p >"$work/hosts/$name/processes.txt" 2>&1 || true
   done
   # Only processes inside the namespaces this run made: sshd, the services, their supervisors.
   for ns in "${started_ns[@]}"; do
