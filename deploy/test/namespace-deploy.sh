@@ -250,10 +250,12 @@ for h in "${hosts[@]}"; do
   [ "$group" = edges ] && edges+=(--edge "$region=http://$ip:8080")
   [ "$group" = coordinators ] && coords+=(--coordinator "$ip:7001")
 done
-exchange() { # NAME SECS: bids through every edge; its output to NAME.log
+exchange() { # NAME SECS SEED: bids through every edge; its output to NAME.log. Each run needs
+  # its own seed: the same seed sends the same auction ids, whose charges the ledger rightly
+  # counts once (exactly once per event key), while the exchange would count them again.
   in_ns "$ctl" "$bin/sim-exchange" "${edges[@]}" "${coords[@]:0:2}" --ca "$pki/ca.pem" \
     --cert "$pki/ansible-operator.pem" --key "$pki/ansible-operator.key" \
-    --rate 100 --duration-secs "$2" >"$work/$1.log" 2>&1
+    --rate 100 --duration-secs "$2" --seed "$3" >"$work/$1.log" 2>&1
 }
 billed() { # NAME: what the exchange billed for spring, micros
   tail -1 "$work/$1.log" | grep -o 'spring [0-9.]*' | awk '{split($2, p, "."); print p[1] * 1000000 + p[2]}'
@@ -279,11 +281,11 @@ agree() { # NAME ENDPOINT: the ledger, read at ENDPOINT, comes to what the excha
   log "$1: billed $want micros = settled in the ledger read at $2 (budget 2000000)"
 }
 
-exchange bids 15 || fail "the exchange lost notices ($work/bids.log)"
+exchange bids 15 1 || fail "the exchange lost notices ($work/bids.log)"
 agree bids "$c2"
 
 log "rolling restart of every coordinator and edge while the exchange bids"
-exchange rolling 120 &
+exchange rolling 120 2 &
 load=$!
 playbook playbook-rolling rolling.yml
 wait "$load" || fail "the exchange lost notices during the rolling restart ($work/rolling.log)"
