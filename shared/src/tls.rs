@@ -24,7 +24,8 @@ pub enum Role {
     Coordinator,
     /// An edge bidder: the lease API only.
     Edge,
-    /// An operator (`budgetctl`): the admin API, the audit API, and the lease API's reads.
+    /// An operator (`budgetctl`): the admin API, the audit API and the lease API (`budgetctl`
+    /// lists campaigns through it).
     Operator,
     /// An auditor: reads the financial log through the audit API, nothing else.
     Auditor,
