@@ -182,3 +182,73 @@ async fn a_notice_retried_after_its_lease_was_released_still_settles() {
     assert!(want > 0);
     assert_eq!(region.settled("c1"), want, "settled, not recorded as late");
 }
+
+/// Rotating the notice key (issue 8): while a rotation runs, the previous key's notices settle;
+/// once the key is retired, its notices are refused with nothing settled, replayed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notices_signed_with_a_retired_key_are_refused_and_settle_nothing() {
+    let mut region = Region::start().await;
+    region.campaign("c1", 2_000_000, 10_000_000).await;
+    let http = HttpClient::new(Duration::from_secs(5));
+    let (k1, k2, k3) = ("11".repeat(16), "22".repeat(16), "33".repeat(16));
+    let keyed = |name: &str, current: &str, previous: &str| {
+        let mut c = edge_config(name, &region.addrs);
+        c.notice_key_hex = current.into();
+        c.notice_previous_key_hex = previous.into();
+        c
+    };
+    // Before the rotation: edge A signs with K1.
+    let (_a, a_base) = edge_in_process(keyed("edge-a", &k1, "")).await;
+    let old = bids(&http, &a_base, "k1", 3).await;
+    // During it: edge B signs with K2 and still accepts K1.
+    let (_b, b_base) = edge_in_process(keyed("edge-b", &k2, &k1)).await;
+    let new = bids(&http, &b_base, "k2", 1).await;
+    let first = &old[0].seatbid[0].bid[0];
+    assert_eq!(
+        http.get(&win_url(first, 1_500, &b_base))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        region.settled("c1"),
+        1_500,
+        "the previous key's notice settles"
+    );
+
+    // After it: edge C signs with K3 and accepts K2; K1 is retired.
+    let (_c, c_base) = edge_in_process(keyed("edge-c", &k3, &k2)).await;
+    for bid in &old {
+        let r = http
+            .get(&win_url(&bid.seatbid[0].bid[0], 1_700, &c_base))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("signature"),
+            "refused for its signature: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(
+        region.settled("c1"),
+        1_500,
+        "a retired key's notices settle nothing"
+    );
+    let page = http.get(&format!("{c_base}/metrics")).await.unwrap();
+    assert!(String::from_utf8_lossy(&page.body).contains("bad_signature"));
+
+    // The K2 notice settles at C, once, however often it is replayed.
+    let current = &new[0].seatbid[0].bid[0];
+    for _ in 0..3 {
+        assert_eq!(
+            http.get(&win_url(current, 1_200, &c_base))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(region.settled("c1"), 2_700);
+}
