@@ -41,11 +41,14 @@ pub async fn poll_campaigns(
                     for s in skipped {
                         tracing::warn!(campaign = %s.campaign, reason = %s.reason, "campaign left out");
                     }
-                    tracing::info!(
-                        version = reply.version,
-                        campaigns = catalog.campaigns.len(),
-                        "campaigns loaded"
-                    );
+                    // A region with no campaigns answers version 0 to every poll: not news.
+                    if reply.version != known {
+                        tracing::info!(
+                            version = reply.version,
+                            campaigns = catalog.campaigns.len(),
+                            "campaigns loaded"
+                        );
+                    }
                     edge.metrics
                         .campaigns
                         .set(i64::try_from(catalog.campaigns.len()).unwrap_or(i64::MAX));
