@@ -10,9 +10,11 @@
 # playbook a second time and requires it to change nothing, checks the systemd units with
 # `systemd-analyze verify`, creates a campaign through one coordinator, bids through the edges,
 # reads the spend through another coordinator. Then it adds a fourth coordinator to the first
-# region the way deploy/README.md tells an operator to (the host in the inventory, then
+# region the way README.md's "Deploy" tells an operator to (the host in the inventory, then
 # `site.yml --limit` it), runs rolling.yml while the exchange bids, and checks through the new
-# node that every bill is in the ledger, none lost, none over the budget.
+# node that every bill is in the ledger, none lost, none over the budget. Last, an auditor pulls
+# and verifies the live log (and may not write), and backup.yml archives every coordinator's data
+# directory, whose financial log must verify offline.
 #
 # Needs root, iproute2, openssh-server, systemd (for systemd-analyze), and ansible-core on the
 # controller's python; `./dev deploy-test` installs them. BIN_DIR: the binaries (target/debug).
@@ -172,6 +174,8 @@ inventory() {
   echo "    common_service_manager: supervisor"
   echo "    common_binaries_src: $work/bin"
   echo "    certs_dir: $work/pki"
+  echo "    coordinator_backup_dest: $work/backups"
+  echo "    coordinator_segment_entries: 200"
   echo "    coordinator_lease_duration_ms: 5000"
   echo "    coordinator_settlement_window_ms: 2000"
   echo "    coordinator_margin_ms: 500"
@@ -322,4 +326,36 @@ coordinators=$(WITH_ADDED=1 inventory | grep -c 'budget_node_id')
 restarts=$(grep -c 'RUNNING HANDLER \[coordinator : Restart the coordinator under the supervisor\]' "$work/playbook-rolling.log" || true)
 [ "$restarts" = "$coordinators" ] || fail "rolling.yml restarted $restarts of $coordinators coordinators"
 log "rolling.yml restarted $restarts coordinators one at a time; nothing lost"
+
+# An auditor: pulls and verifies the live log; may not write.
+"$bin/budgetctl" certs issue --ca-dir "$pki" --role auditor --name deploy-test-auditor >/dev/null
+auditor() { in_ns "$ctl" "$bin/budgetctl" --ca "$pki/ca.pem" --cert "$pki/deploy-test-auditor.pem" \
+  --key "$pki/deploy-test-auditor.key" "$@"; }
+auditor --endpoint "$c2" audit verify >"$work/audit-live.txt" 2>&1 ||
+  fail "the auditor's verification of the live log at $c2: $(cat "$work/audit-live.txt")"
+if auditor --endpoint "$c1" campaign set-budget spring 9.00 >"$work/audit-write.txt" 2>&1; then
+  fail "an auditor's certificate changed a budget"
+fi
+grep -qi "auditor" "$work/audit-write.txt" || fail "the auditor's refusal does not name the role: $(cat "$work/audit-write.txt")"
+log "an auditor verified the live log at $c2; its budget change was refused"
+
+# Backups: one archive per coordinator on the controller; the nodes healthy again; an unpacked
+# archive's financial log verifies offline.
+playbook backup backup.yml
+for h in "${hosts[@]}"; do
+  read -r name _ group _ _ <<<"$h"
+  [ "$group" = coordinators ] || continue
+  n=$(find "$work/backups/$name" -name '*.tar.gz' 2>/dev/null | wc -l)
+  [ "$n" = 1 ] || fail "backup.yml left $n archives of $name in $work/backups/$name"
+done
+mkdir -p "$work/unpacked"
+tar -C "$work/unpacked" -xzf "$(find "$work/backups/eu1-coord-2" -name '*.tar.gz')"
+"$bin/budgetctl" audit verify "$work/unpacked" >"$work/audit-backup.txt" 2>&1 ||
+  fail "eu1-coord-2's backup does not verify: $(cat "$work/audit-backup.txt")"
+for c in "$c1" "$c2" "$c4"; do
+  ctl_budgetctl --endpoint "$c" cluster health >/dev/null 2>&1 || fail "$c is not healthy after backup.yml"
+done
+got=$(settled "$c1")
+[ "$got" = "$billed_before" ] || fail "after backup.yml the ledger at $c1 says $got, the exchanges billed $billed_before"
+log "backup.yml archived $coordinators coordinators; eu1-coord-2's archive verifies offline ($(grep -m1 '^  entries' "$work/audit-backup.txt" | tr -s ' ' | sed 's/^ //'))"
 log "PASSED"
