@@ -732,6 +732,21 @@ impl pb::audit_server::Audit for Api {
 }
 
 impl Api {
+    /// With TLS, a region's counters and requests come only from that region's coordinators:
+    /// the caller's certificate must name the region the message speaks for.
+    fn check_sender<T>(request: &Request<T>, from_region: &str) -> Result<(), Status> {
+        match request.extensions().get::<shared::tls::Peer>() {
+            // Plaintext: nothing to check (local development only).
+            None => Ok(()),
+            Some(peer) if peer.region.as_deref() == Some(from_region) => Ok(()),
+            Some(peer) => Err(Status::permission_denied(format!(
+                "{:?} is a coordinator of region {}; it may not speak for region {from_region}",
+                peer.name,
+                peer.region.as_deref().unwrap_or("(none)")
+            ))),
+        }
+    }
+
     fn unknown_peer(&self, r: &shared::RegionId) -> Status {
         Status::permission_denied(format!(
             "region {r} is not a configured peer of region {}",
@@ -748,6 +763,7 @@ impl pb::region_sync_server::RegionSync for Api {
     ) -> Result<Response<pb::PushAck>, Status> {
         use crate::region::ReceiveError as E;
         use pb::push_ack::Result as R;
+        Self::check_sender(&request, &request.get_ref().from_region)?;
         let result = match self
             .node
             .sync
@@ -772,6 +788,7 @@ impl pb::region_sync_server::RegionSync for Api {
     ) -> Result<Response<pb::RightsReply>, Status> {
         use crate::region::DonateError as E;
         use pb::rights_reply::Result as R;
+        Self::check_sender(&request, &request.get_ref().from_region)?;
         let (result, seq) = match self
             .node
             .sync

@@ -287,7 +287,11 @@ impl Node {
         let api = crate::api::Api::new(self.clone());
         let t = &self.transport;
         t.server(tonic::transport::Server::builder())?
-            .add_service(Guarded::new(self.raft_service(), t.guard(ACCESS.raft)))
+            .add_service(Guarded::new(
+                self.raft_service(),
+                // Raft only from this region's own coordinators.
+                t.guard_in_region(ACCESS.raft, self.region.as_str()),
+            ))
             .add_service(Guarded::new(
                 LeaseApiServer::new(api.clone()),
                 t.guard(ACCESS.lease),

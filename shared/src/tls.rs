@@ -4,7 +4,10 @@
 //! signed by that CA. A server requires a client certificate: the TLS handshake refuses a peer
 //! without one, or with one the CA did not sign. Then each service admits only the roles it
 //! serves ([`Guard`]). The role is a URI subject-alternative name, `urn:budget:role:<role>`,
-//! written by [`Authority::issue`] (`budgetctl certs`).
+//! written by [`Authority::issue`] (`budgetctl certs`). A coordinator's certificate also names
+//! its region, `urn:budget:region:<region>`: Raft admits only coordinators of its own region,
+//! and region sync only a peer region's coordinators speaking for that region, so that one
+//! region's certificate cannot write another region's log or counter rows.
 //!
 //! Plaintext exists for local development and tests, and only when a flag says so:
 //! [`Transport::from_config`] refuses a process that has neither certificates nor the flag.
@@ -74,6 +77,22 @@ impl std::str::FromStr for Role {
 /// A certificate grants the role named after this prefix in a URI subject-alternative name.
 pub const ROLE_URI_PREFIX: &str = "urn:budget:role:";
 
+/// A coordinator's certificate names its region after this prefix in a URI
+/// subject-alternative name.
+pub const REGION_URI_PREFIX: &str = "urn:budget:region:";
+
+/// Who a certificate says its holder is. A [`Guard`] puts the caller's into the request's
+/// extensions, for services that check more than the role (region sync).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The role it grants.
+    pub role: Role,
+    /// The subject's common name.
+    pub name: String,
+    /// The region, for a coordinator.
+    pub region: Option<String>,
+}
+
 /// A TLS setting that cannot be used, with what is wrong in words an operator can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -118,6 +137,7 @@ pub struct Mtls {
     identity: Identity,
     role: Role,
     name: String,
+    region: Option<String>,
 }
 
 impl fmt::Debug for Transport {
@@ -178,7 +198,7 @@ impl Transport {
             .map_err(|e| err(format!("the CA certificate does not parse: {e}")))?;
         let (_, leaf) = x509_parser::pem::parse_x509_pem(cert_pem)
             .map_err(|e| err(format!("the certificate is not PEM: {e}")))?;
-        let (role, name) = role_of(&leaf.contents)?;
+        let Peer { role, name, region } = peer_of(&leaf.contents)?;
         if !expect.is_empty() && !expect.contains(&role) {
             let want: Vec<&str> = expect.iter().map(|r| r.as_str()).collect();
             return Err(err(format!(
@@ -191,6 +211,7 @@ impl Transport {
             identity: Identity::from_pem(cert_pem, key_pem),
             role,
             name,
+            region,
         })))
     }
 
@@ -204,6 +225,15 @@ impl Transport {
         match self {
             Transport::Plaintext => None,
             Transport::Mtls(m) => Some(m.role),
+        }
+    }
+
+    /// The region this process's certificate names (`None` in plaintext, and for the roles
+    /// other than coordinator).
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Transport::Plaintext => None,
+            Transport::Mtls(m) => m.region.as_deref(),
         }
     }
 
@@ -262,6 +292,15 @@ impl Transport {
         Guard {
             enforce: self.is_tls(),
             allowed,
+            region: None,
+        }
+    }
+
+    /// Like [`Transport::guard`], and the caller's certificate must also name `region`.
+    pub fn guard_in_region(&self, allowed: &'static [Role], region: &str) -> Guard {
+        Guard {
+            region: Some(Arc::from(region)),
+            ..self.guard(allowed)
         }
     }
 }
@@ -269,6 +308,13 @@ impl Transport {
 /// Reads the role from a DER certificate: the one `urn:budget:role:` URI among its
 /// subject-alternative names. Also returns the subject's common name, for messages.
 pub fn role_of(der: &[u8]) -> Result<(Role, String), TlsError> {
+    peer_of(der).map(|p| (p.role, p.name))
+}
+
+/// Reads who a DER certificate says its holder is: its role (the one `urn:budget:role:` URI),
+/// its common name, and its region (the one `urn:budget:region:` URI, which a coordinator's
+/// certificate must have and the others must not).
+pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| err(format!("the certificate does not parse: {e}")))?;
     let name = cert
@@ -281,13 +327,15 @@ pub fn role_of(der: &[u8]) -> Result<(Role, String), TlsError> {
     let sans = cert
         .subject_alternative_name()
         .map_err(|e| err(format!("{name:?}: subject alternative names: {e}")))?;
-    let mut roles = sans
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|g| match g {
-            x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(ROLE_URI_PREFIX),
-            _ => None,
-        });
+    let uris = |prefix: &'static str| {
+        sans.iter()
+            .flat_map(|s| s.value.general_names.iter())
+            .filter_map(move |g| match g {
+                x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(prefix),
+                _ => None,
+            })
+    };
+    let mut roles = uris(ROLE_URI_PREFIX);
     let role = match (roles.next(), roles.next()) {
         (Some(r), None) => r.parse()?,
         (None, _) => return Err(err(format!("{name:?}: the certificate grants no role"))),
@@ -297,7 +345,28 @@ pub fn role_of(der: &[u8]) -> Result<(Role, String), TlsError> {
             )));
         }
     };
-    Ok((role, name))
+    let mut regions = uris(REGION_URI_PREFIX);
+    let region = match (regions.next(), regions.next(), role) {
+        (Some(r), None, Role::Coordinator) => Some(r.to_string()),
+        (None, _, Role::Coordinator) => {
+            return Err(err(format!(
+                "{name:?}: a coordinator's certificate must name its region \
+                 (budgetctl certs issue --region)"
+            )));
+        }
+        (None, _, _) => None,
+        (Some(_), Some(_), _) => {
+            return Err(err(format!(
+                "{name:?}: the certificate names more than one region"
+            )));
+        }
+        (Some(_), None, _) => {
+            return Err(err(format!(
+                "{name:?}: only a coordinator's certificate names a region"
+            )));
+        }
+    };
+    Ok(Peer { role, name, region })
 }
 
 /// What `budgetctl certs show` prints about a certificate.
@@ -307,6 +376,8 @@ pub struct Described {
     pub name: String,
     /// The role it grants.
     pub role: Role,
+    /// The region, for a coordinator.
+    pub region: Option<String>,
     /// Host names and IP addresses it is valid for.
     pub hosts: Vec<String>,
     /// Valid from (UTC).
@@ -324,7 +395,7 @@ fn parse_pem(pem: &[u8]) -> Result<x509_parser::pem::Pem, TlsError> {
 /// Reads a PEM certificate's name, role, hosts and validity.
 pub fn describe(pem: &[u8]) -> Result<Described, TlsError> {
     let pem = parse_pem(pem)?;
-    let (role, name) = role_of(&pem.contents)?;
+    let Peer { role, name, region } = peer_of(&pem.contents)?;
     let cert = pem
         .parse_x509()
         .map_err(|e| err(format!("the certificate does not parse: {e}")))?;
@@ -348,6 +419,7 @@ pub fn describe(pem: &[u8]) -> Result<Described, TlsError> {
     Ok(Described {
         name,
         role,
+        region,
         hosts,
         not_before: v.not_before.to_string(),
         not_after: v.not_after.to_string(),
@@ -372,10 +444,11 @@ pub fn check_signed_by(cert_pem: &[u8], ca_pem: &[u8]) -> Result<(), TlsError> {
 pub struct Guard {
     enforce: bool,
     allowed: &'static [Role],
+    region: Option<Arc<str>>,
 }
 
 impl tonic::service::Interceptor for Guard {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if !self.enforce {
             return Ok(request);
         }
@@ -385,14 +458,24 @@ impl tonic::service::Interceptor for Guard {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let (role, name) = role_of(leaf).map_err(|e| Status::permission_denied(e.0))?;
-        if self.allowed.contains(&role) {
-            Ok(request)
-        } else {
-            Err(Status::permission_denied(format!(
-                "{name:?} holds the role {role}, which may not call this service"
-            )))
+        let peer = peer_of(leaf).map_err(|e| Status::permission_denied(e.0))?;
+        if !self.allowed.contains(&peer.role) {
+            return Err(Status::permission_denied(format!(
+                "{:?} holds the role {}, which may not call this service",
+                peer.name, peer.role
+            )));
         }
+        if let Some(want) = &self.region
+            && peer.region.as_deref() != Some(&**want)
+        {
+            return Err(Status::permission_denied(format!(
+                "{:?} is a coordinator of region {}; this service serves region {want} only",
+                peer.name,
+                peer.region.as_deref().unwrap_or("(none)")
+            )));
+        }
+        request.extensions_mut().insert(peer);
+        Ok(request)
     }
 }
 
@@ -408,6 +491,28 @@ pub struct Issued {
     pub cert_pem: String,
     /// Its private key. Keep it readable by the process's own user only.
     pub key_pem: String,
+}
+
+impl Issued {
+    /// Writes the pair to `dir/NAME.pem` and `dir/NAME.key` (mode 0600), replacing what is
+    /// there (tests and harnesses; `budgetctl certs` refuses to overwrite). Returns the paths.
+    pub fn write_to(&self, dir: &Path, name: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &self.cert_pem)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key)?
+            .write_all(self.key_pem.as_bytes())?;
+        Ok((cert, key))
+    }
 }
 
 /// When a certificate is valid, in whole UTC days.
@@ -502,19 +607,39 @@ impl Authority {
     }
 
     /// A certificate for `name` granting `role`, valid for the host names and IP addresses in
-    /// `hosts` (a server's clients check that the address they dialled is among them).
+    /// `hosts` (a server's clients check that the address they dialled is among them). A
+    /// coordinator's names its `region`; the other roles' name none.
     pub fn issue(
         &self,
         role: Role,
         name: &str,
+        region: Option<&str>,
         hosts: &[String],
         valid: Validity,
     ) -> Result<Issued, TlsError> {
         let mut params =
             rcgen::CertificateParams::new(hosts.to_vec()).map_err(gen_err("host names"))?;
-        let uri = rcgen::string::Ia5String::try_from(role.uri())
-            .map_err(|e| err(format!("role URI: {e}")))?;
-        params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        let region_uri = match (role, region) {
+            (Role::Coordinator, Some(r)) if !r.is_empty() => {
+                Some(format!("{REGION_URI_PREFIX}{r}"))
+            }
+            (Role::Coordinator, _) => {
+                return Err(err(format!(
+                    "{name:?}: a coordinator's certificate must name its region"
+                )));
+            }
+            (_, None) => None,
+            (_, Some(_)) => {
+                return Err(err(format!(
+                    "{name:?}: only a coordinator's certificate names a region, not a {role}'s"
+                )));
+            }
+        };
+        for uri in std::iter::once(role.uri()).chain(region_uri) {
+            let uri = rcgen::string::Ia5String::try_from(uri)
+                .map_err(|e| err(format!("URI name: {e}")))?;
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
@@ -552,27 +677,73 @@ mod tests {
     fn an_issued_certificate_carries_its_role_and_name() {
         let ca = ca();
         for role in Role::ALL {
+            let region = (role == Role::Coordinator).then_some("eu-1");
             let c = ca
                 .issue(
                     role,
                     "node-1",
+                    region,
                     &["127.0.0.1".into()],
                     Validity::days(2).unwrap(),
                 )
                 .unwrap();
             let (_, pem) = x509_parser::pem::parse_x509_pem(c.cert_pem.as_bytes()).unwrap();
             assert_eq!(
-                role_of(&pem.contents).unwrap(),
-                (role, "node-1".to_string())
+                peer_of(&pem.contents).unwrap(),
+                Peer {
+                    role,
+                    name: "node-1".to_string(),
+                    region: region.map(String::from)
+                }
             );
         }
+    }
+
+    #[test]
+    fn a_coordinator_certificate_names_one_region_and_the_others_none() {
+        let ca = ca();
+        let days = || Validity::days(2).unwrap();
+        let e = ca
+            .issue(Role::Coordinator, "n", None, &[], days())
+            .err()
+            .unwrap();
+        assert!(e.0.contains("must name its region"), "{e}");
+        let e = ca
+            .issue(Role::Edge, "e", Some("eu-1"), &[], days())
+            .err()
+            .unwrap();
+        assert!(e.0.contains("only a coordinator"), "{e}");
+        // A coordinator certificate made without the region (by another tool) is refused too.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(Role::Coordinator.uri()).unwrap(),
+        ));
+        let cert = params.self_signed(&key).unwrap();
+        let e = peer_of(cert.der()).unwrap_err();
+        assert!(e.0.contains("must name its region"), "{e}");
+        let c = ca
+            .issue(Role::Coordinator, "n", Some("us-1"), &[], days())
+            .unwrap();
+        let t = Transport::from_pem(
+            ca.cert_pem().as_bytes(),
+            c.cert_pem.as_bytes(),
+            c.key_pem.as_bytes(),
+            &[Role::Coordinator],
+        )
+        .unwrap();
+        assert_eq!(t.region(), Some("us-1"));
+        assert_eq!(
+            describe(c.cert_pem.as_bytes()).unwrap().region.as_deref(),
+            Some("us-1")
+        );
     }
 
     #[test]
     fn a_process_refuses_a_certificate_of_another_role() {
         let ca = ca();
         let c = ca
-            .issue(Role::Edge, "edge-1", &[], Validity::days(2).unwrap())
+            .issue(Role::Edge, "edge-1", None, &[], Validity::days(2).unwrap())
             .unwrap();
         let e = Transport::from_pem(
             ca.cert_pem().as_bytes(),
@@ -638,6 +809,7 @@ mod tests {
             .issue(
                 Role::Coordinator,
                 "eu-1-node-2",
+                Some("eu-1"),
                 &["10.0.0.2".into(), "node2.eu".into()],
                 Validity::days(2).unwrap(),
             )
@@ -658,7 +830,13 @@ mod tests {
         let ca = ca();
         let again = Authority::load(ca.cert_pem(), &ca.key_pem()).unwrap();
         let c = again
-            .issue(Role::Auditor, "audit", &[], Validity::days(1).unwrap())
+            .issue(
+                Role::Auditor,
+                "audit",
+                None,
+                &[],
+                Validity::days(1).unwrap(),
+            )
             .unwrap();
         assert!(
             Transport::from_pem(

@@ -123,6 +123,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A coordinator certificate names its region; Raft and region sync check it on every call.
+    if let Some(theirs) = transport.region()
+        && theirs != config.region
+    {
+        eprintln!(
+            "coordinator: {}: the certificate is for region {theirs}; this node serves region {}",
+            config.tls.cert_file.display(),
+            config.region
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

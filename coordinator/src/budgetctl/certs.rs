@@ -41,6 +41,11 @@ pub enum CertsCommand {
         /// Its name: the common name and the file name (e.g. eu-1-node-2).
         #[arg(long)]
         name: String,
+        /// A coordinator's region (required for coordinators, refused for the other roles):
+        /// Raft admits only its own region's coordinators, and region sync takes a region's
+        /// counters only from that region's.
+        #[arg(long, value_parser = parse_region)]
+        region: Option<shared::RegionId>,
         /// A host name or IP address clients dial it by; repeat for each. Coordinators need
         /// every address their peers, edges and operators use.
         #[arg(long = "host", value_name = "HOST")]
@@ -66,6 +71,10 @@ fn parse_role(s: &str) -> std::result::Result<Role, String> {
     s.parse().map_err(|e: shared::tls::TlsError| e.0)
 }
 
+fn parse_region(s: &str) -> std::result::Result<shared::RegionId, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
 /// Runs a `certs` command.
 pub fn run(cmd: CertsCommand) -> ExitCode {
     let result = match cmd {
@@ -74,10 +83,19 @@ pub fn run(cmd: CertsCommand) -> ExitCode {
             ca_dir,
             role,
             name,
+            region,
             hosts,
             days,
             out,
-        } => issue(&ca_dir, role, &name, &hosts, days, out.as_deref()),
+        } => issue(
+            &ca_dir,
+            role,
+            &name,
+            region.as_ref().map(|r| r.as_str()),
+            &hosts,
+            days,
+            out.as_deref(),
+        ),
         CertsCommand::Show { file, ca } => show(&file, ca.as_deref()),
     };
     match result {
@@ -144,6 +162,7 @@ fn issue(
     ca_dir: &Path,
     role: Role,
     name: &str,
+    region: Option<&str>,
     hosts: &[String],
     days: u32,
     out: Option<&Path>,
@@ -162,6 +181,17 @@ fn issue(
             "a coordinator needs --host for each name or address it is dialled by",
         ));
     }
+    match (role, region) {
+        (Role::Coordinator, None) => {
+            return Err(usage("a coordinator needs --region, the region it serves"));
+        }
+        (Role::Coordinator, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(usage(format!(
+                "--region is for coordinators only, not for a {role}"
+            )));
+        }
+    }
     let ca = Authority::load(
         &read(&ca_dir.join("ca.pem"))?,
         &read(&ca_dir.join("ca.key"))?,
@@ -175,7 +205,13 @@ fn issue(
     refuse_existing(&[&cert, &key])?;
     std::fs::create_dir_all(out).map_err(|e| usage(format!("{}: {e}", out.display())))?;
     let issued = ca
-        .issue(role, name, hosts, Validity::days(days).map_err(usage)?)
+        .issue(
+            role,
+            name,
+            region,
+            hosts,
+            Validity::days(days).map_err(usage)?,
+        )
         .map_err(usage)?;
     write_new(&key, &issued.key_pem, 0o600)?;
     write_new(&cert, &issued.cert_pem, 0o644)?;
@@ -190,9 +226,10 @@ fn show(file: &Path, ca: Option<&Path>) -> Result<String> {
     let pem = std::fs::read(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
     let info = shared::tls::describe(&pem).map_err(|e| (EXIT_FAILED, e.0))?;
     let mut text = format!(
-        "name:   {}\nrole:   {}\nhosts:  {}\nvalid:  {} to {}",
+        "name:   {}\nrole:   {}\nregion: {}\nhosts:  {}\nvalid:  {} to {}",
         info.name,
         info.role,
+        info.region.as_deref().unwrap_or("-"),
         if info.hosts.is_empty() {
             "-".to_string()
         } else {

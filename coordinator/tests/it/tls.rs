@@ -31,28 +31,32 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    /// Issues a certificate; returns its (certificate, key) files.
+    /// Issues a certificate (a coordinator's for region eu-1); returns its (certificate, key)
+    /// files.
     fn issue(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
-        let c = self
-            .ca
+        self.issue_in(role, name, (role == Role::Coordinator).then_some("eu-1"))
+    }
+
+    fn issue_in(&self, role: Role, name: &str, region: Option<&str>) -> (PathBuf, PathBuf) {
+        self.ca
             .issue(
                 role,
                 name,
+                region,
                 &["127.0.0.1".into()],
                 Validity::days(2).unwrap(),
             )
-            .unwrap();
-        let (cert, key) = (
-            self.dir.path().join(format!("{name}.pem")),
-            self.dir.path().join(format!("{name}.key")),
-        );
-        std::fs::write(&cert, c.cert_pem).unwrap();
-        std::fs::write(&key, c.key_pem).unwrap();
-        (cert, key)
+            .unwrap()
+            .write_to(self.dir.path(), name)
+            .unwrap()
     }
 
     fn transport(&self, role: Role, name: &str) -> Transport {
         let (cert, key) = self.issue(role, name);
+        self.transport_of(role, &cert, &key)
+    }
+
+    fn transport_of(&self, role: Role, cert: &Path, key: &Path) -> Transport {
         Transport::from_pem(
             self.ca.cert_pem().as_bytes(),
             &std::fs::read(cert).unwrap(),
@@ -324,10 +328,74 @@ async fn each_role_calls_only_its_own_apis_and_a_refusal_changes_nothing() {
         .await
         .unwrap();
     denied(
-        pb::admin_client::AdminClient::new(ch)
+        pb::admin_client::AdminClient::new(ch.clone())
             .upsert_campaign(evil_campaign())
             .await,
         "coordinator upserts a campaign",
+    );
+    // Our own region's coordinator passes the guard of Raft: its empty vote is refused for
+    // what it is, not for who sent it.
+    let vote = || pb::RaftMessage {
+        region: "eu-1".into(),
+        from_node: 9,
+        payload: vec![],
+    };
+    let ours = pb::raft_transport_client::RaftTransportClient::new(ch.clone())
+        .vote(vote())
+        .await;
+    assert!(
+        !matches!(&ours, Err(s) if s.code() == tonic::Code::PermissionDenied),
+        "eu-1's own coordinator was refused Raft: {ours:?}"
+    );
+    // A coordinator of another region: no Raft here, and in region sync it speaks for its own
+    // region only.
+    let (cert, key) = pki.issue_in(Role::Coordinator, "us-1-node-1", Some("us-1"));
+    let foreign = pki.transport_of(Role::Coordinator, &cert, &key);
+    let ch = foreign.endpoint(&leader).unwrap().connect().await.unwrap();
+    let got = pb::raft_transport_client::RaftTransportClient::new(ch.clone())
+        .vote(vote())
+        .await;
+    assert!(
+        matches!(&got, Err(s) if s.code() == tonic::Code::PermissionDenied
+            && s.message().contains("serves region eu-1 only")),
+        "us-1's coordinator sent eu-1 a Raft vote: {got:?}"
+    );
+    let mut sync = pb::region_sync_client::RegionSyncClient::new(ch);
+    for claimed in ["eu-1", "ap-1"] {
+        let got = sync
+            .push_state(pb::RegionState {
+                from_region: claimed.into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            matches!(&got, Err(s) if s.code() == tonic::Code::PermissionDenied
+                && s.message().contains(&format!("may not speak for region {claimed}"))),
+            "us-1's coordinator pushed a state as {claimed}: {got:?}"
+        );
+        let got = sync
+            .request_rights(pb::RightsRequest {
+                from_region: claimed.into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            matches!(&got, Err(s) if s.code() == tonic::Code::PermissionDenied
+                && s.message().contains(&format!("may not speak for region {claimed}"))),
+            "us-1's coordinator asked for rights as {claimed}: {got:?}"
+        );
+    }
+    // Speaking for itself it passes the certificate check, and is refused as a region that is
+    // not a peer of this one.
+    let got = sync
+        .push_state(pb::RegionState {
+            from_region: "us-1".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(&got, Err(s) if s.message().contains("not a configured peer")),
+        "us-1 as itself: {got:?}"
     );
 
     assert_eq!(
@@ -498,4 +566,14 @@ fn the_coordinator_will_not_start_without_tls_unless_told_and_not_with_another_r
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("choose one"), "{}", text(&out));
+
+    // A coordinator's certificate of another region.
+    let (cert, key) = pki.issue_in(Role::Coordinator, "us-1-node-1", Some("us-1"));
+    let out = coordinator_with(&["--region", "eu-1"], Some((&pki.ca_file(), &cert, &key)));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("the certificate is for region us-1; this node serves region eu-1"),
+        "{}",
+        text(&out)
+    );
 }

@@ -211,7 +211,12 @@ impl Topology {
                          settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
                          late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{sync}{init}{}",
                         data_dir.display(),
-                        pki.issue(shared::tls::Role::Coordinator, &name, &[ip.to_string()])?,
+                        pki.issue(
+                            shared::tls::Role::Coordinator,
+                            &name,
+                            Some(region.as_str()),
+                            &[ip.to_string()]
+                        )?,
                     ),
                 )?;
                 let (clock_file, proc) =
@@ -256,7 +261,7 @@ impl Topology {
                          batch_max_delay_ms = 50\nnotice_key_hex = \"{key}\"\n\
                          notice_base_url = \"http://{ip}:8080\"\n{}",
                         coordinators.join(", "),
-                        pki.issue(shared::tls::Role::Edge, &name, &[])?,
+                        pki.issue(shared::tls::Role::Edge, &name, None, &[])?,
                     ),
                 )?;
                 let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
@@ -435,17 +440,25 @@ impl Pki {
         Ok(Pki { dir, ca })
     }
 
-    /// Writes `name`'s certificate and key; returns the `[tls]` section that uses them.
-    fn issue(&self, role: shared::tls::Role, name: &str, hosts: &[String]) -> Result<String> {
-        let c = self
+    /// Writes `name`'s certificate and key (a coordinator's names its `region`); returns the
+    /// `[tls]` section that uses them.
+    fn issue(
+        &self,
+        role: shared::tls::Role,
+        name: &str,
+        region: Option<&str>,
+        hosts: &[String],
+    ) -> Result<String> {
+        let (cert, key) = self
             .ca
-            .issue(role, name, hosts, shared::tls::Validity::unbounded())?;
-        let (cert, key) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert, c.cert_pem)?;
-        std::fs::write(&key, c.key_pem)?;
+            .issue(
+                role,
+                name,
+                region,
+                hosts,
+                shared::tls::Validity::unbounded(),
+            )?
+            .write_to(&self.dir, name)?;
         Ok(format!(
             "\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             self.dir.join("ca.pem").display(),
@@ -460,7 +473,7 @@ impl Pki {
         name: &str,
         hosts: &[String],
     ) -> Result<shared::tls::Transport> {
-        self.issue(role, name, hosts)?;
+        self.issue(role, name, None, hosts)?;
         Ok(shared::tls::Transport::from_pem(
             self.ca.cert_pem().as_bytes(),
             &std::fs::read(self.dir.join(format!("{name}.pem")))?,
