@@ -281,3 +281,78 @@ async fn gzip_versions_tmax_and_shedding() {
         String::from_utf8_lossy(&page.body).contains("edge_bid_requests_total{outcome=\"shed\"} 1")
     );
 }
+
+/// Oversized requests (issue 8): a bid body over `max_body_bytes`, plain or inflated from gzip,
+/// is refused with 413, and a notice query over `notice::QUERY_MAX` with 400; none of them
+/// reserves, spends or bids anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_and_change_nothing() {
+    let (edge, base) = open_edge().await;
+    let http = HttpClient::new(Duration::from_secs(10));
+    let url = format!("{base}/openrtb2/bid");
+    let limit = edge.settings.config.max_body_bytes;
+    let unreserved = || {
+        edge.leases.lock().unwrap()[&LeaseId(7)]
+            .reservoir
+            .unreserved()
+    };
+    // Bid requests by outcome, from the edge's own metrics.
+    let outcomes = || async {
+        let page = http.get(&format!("{base}/metrics")).await.unwrap();
+        let page = String::from_utf8_lossy(&page.body).into_owned();
+        let count = |outcome: &str| {
+            page.lines()
+                .find(|l| {
+                    l.starts_with("edge_bid_requests_total{")
+                        && l.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (count("bid"), count("too_large"))
+    };
+    let before = unreserved();
+    let (bids_before, large_before) = outcomes().await;
+
+    // A real request, padded with spaces (still valid JSON) to one byte over the limit.
+    let mut body = std::fs::read(samples().join("iab/2.6-req-01-simple-banner.json")).unwrap();
+    body.resize(limit + 1, b' ');
+    let r = http.post(&url, &[], body.clone()).await.unwrap();
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&body).unwrap();
+    let r = http
+        .post(&url, &[("content-encoding", "gzip")], gz.finish().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    // At the limit exactly it is read, and bid on: the refusals above were for the size.
+    body.truncate(limit);
+    let r = http.post(&url, &[], body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bid: BidResponse = serde_json::from_slice(&r.body).unwrap();
+    let spent_on_the_bid = before - unreserved();
+    assert!(spent_on_the_bid > 0, "the control bid reserved nothing");
+
+    // A correctly signed notice of that bid, padded past the query limit: refused, unsettled.
+    let nurl = &bid.seatbid[0].bid[0].nurl;
+    let path = &nurl[nurl.find("/notice/").unwrap()..];
+    let padded = format!(
+        "{base}{}&pad={}",
+        path.replace("${AUCTION_PRICE}", "0.5"),
+        "x".repeat(notice::QUERY_MAX)
+    );
+    let r = http.get(&padded).await.unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        before - unreserved(),
+        spent_on_the_bid,
+        "an oversized request reserved or released money"
+    );
+    let (bids, large) = outcomes().await;
+    assert_eq!(bids - bids_before, 1, "only the control request was bid on");
+    assert!(
+        large > large_before,
+        "the inflated body was not counted as too large"
+    );
+}
