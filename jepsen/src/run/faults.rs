@@ -43,6 +43,16 @@ enum Active {
 
 /// `GET path` from `addr` over plain HTTP/1.0, with short timeouts: the body.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    http_request(addr, path).map(|(_, body)| body)
+}
+
+/// True if `GET path` at `addr` is answered with status 200.
+pub fn http_ok(addr: &str, path: &str) -> bool {
+    http_request(addr, path).is_ok_and(|(status, _)| status == 200)
+}
+
+/// `GET path` at `addr`: the status code and the body.
+fn http_request(addr: &str, path: &str) -> Result<(u16, String)> {
     let sock: std::net::SocketAddr = addr.parse().context("address")?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -50,9 +60,17 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string()))
+    // "HTTP/1.1 200 OK": the second word.
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    Ok((
+        status,
+        out.split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string()),
+    ))
 }
 
 fn harness_wall_us() -> i64 {

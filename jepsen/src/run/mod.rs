@@ -462,11 +462,12 @@ fn drive(
         }
         anyhow::Ok(())
     })?;
-    // Edges take a moment to load the campaigns; wait until each answers /healthz.
+    // Edges take a moment to reach a coordinator; wait until each says it is healthy (200:
+    // a coordinator answered its campaign poll).
     for url in &edge_urls {
         let addr = url.trim_start_matches("http://");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while faults::http_get(addr, "/healthz").is_err() {
+        while !faults::http_ok(addr, "/healthz") {
             if Instant::now() > deadline {
                 bail!("edge {addr} did not come up");
             }
