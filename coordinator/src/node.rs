@@ -294,7 +294,8 @@ impl Node {
             ))
             .add_service(Guarded::new(
                 LeaseApiServer::new(api.clone()),
-                t.guard(ACCESS.lease),
+                // Leases only to this region's edges (operators name no region).
+                t.guard_in_region(ACCESS.lease, self.region.as_str()),
             ))
             .add_service(Guarded::new(
                 AdminServer::new(api.clone()),

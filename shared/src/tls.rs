@@ -4,10 +4,11 @@
 //! signed by that CA. A server requires a client certificate: the TLS handshake refuses a peer
 //! without one, or with one the CA did not sign. Then each service admits only the roles it
 //! serves ([`Guard`]). The role is a URI subject-alternative name, `urn:budget:role:<role>`,
-//! written by [`Authority::issue`] (`budgetctl certs`). A coordinator's certificate also names
-//! its region, `urn:budget:region:<region>`: Raft admits only coordinators of its own region,
-//! and region sync only a peer region's coordinators speaking for that region, so that one
-//! region's certificate cannot write another region's log or counter rows.
+//! written by [`Authority::issue`] (`budgetctl certs`). A coordinator's or an edge's certificate
+//! also names its region, `urn:budget:region:<region>`: Raft admits only coordinators of its
+//! own region, the lease API only edges of its own region, and region sync only a peer
+//! region's coordinators speaking for that region. So one region's certificate cannot write
+//! another region's log or counter rows, nor hold its leases.
 //!
 //! Plaintext exists for local development and tests, and only when a flag says so:
 //! [`Transport::from_config`] refuses a process that has neither certificates nor the flag.
@@ -77,7 +78,7 @@ impl std::str::FromStr for Role {
 /// A certificate grants the role named after this prefix in a URI subject-alternative name.
 pub const ROLE_URI_PREFIX: &str = "urn:budget:role:";
 
-/// A coordinator's certificate names its region after this prefix in a URI
+/// A coordinator's or an edge's certificate names its region after this prefix in a URI
 /// subject-alternative name.
 pub const REGION_URI_PREFIX: &str = "urn:budget:region:";
 
@@ -89,8 +90,16 @@ pub struct Peer {
     pub role: Role,
     /// The subject's common name.
     pub name: String,
-    /// The region, for a coordinator.
+    /// The region, for a coordinator or an edge.
     pub region: Option<String>,
+}
+
+impl Role {
+    /// True for the roles whose certificates name a region: coordinator and edge. Operators
+    /// and auditors serve the whole deployment.
+    pub fn has_region(self) -> bool {
+        matches!(self, Role::Coordinator | Role::Edge)
+    }
 }
 
 /// A TLS setting that cannot be used, with what is wrong in words an operator can act on.
@@ -228,8 +237,8 @@ impl Transport {
         }
     }
 
-    /// The region this process's certificate names (`None` in plaintext, and for the roles
-    /// other than coordinator).
+    /// The region this process's certificate names (`None` in plaintext, and for operators
+    /// and auditors).
     pub fn region(&self) -> Option<&str> {
         match self {
             Transport::Plaintext => None,
@@ -296,7 +305,8 @@ impl Transport {
         }
     }
 
-    /// Like [`Transport::guard`], and the caller's certificate must also name `region`.
+    /// Like [`Transport::guard`], and a caller whose certificate names a region (a coordinator
+    /// or an edge) must name `region`.
     pub fn guard_in_region(&self, allowed: &'static [Role], region: &str) -> Guard {
         Guard {
             region: Some(Arc::from(region)),
@@ -313,7 +323,7 @@ pub fn role_of(der: &[u8]) -> Result<(Role, String), TlsError> {
 
 /// Reads who a DER certificate says its holder is: its role (the one `urn:budget:role:` URI),
 /// its common name, and its region (the one `urn:budget:region:` URI, which a coordinator's
-/// certificate must have and the others must not).
+/// and an edge's certificate must have and the others must not).
 pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| err(format!("the certificate does not parse: {e}")))?;
@@ -336,7 +346,7 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
             })
     };
     let mut roles = uris(ROLE_URI_PREFIX);
-    let role = match (roles.next(), roles.next()) {
+    let role: Role = match (roles.next(), roles.next()) {
         (Some(r), None) => r.parse()?,
         (None, _) => return Err(err(format!("{name:?}: the certificate grants no role"))),
         (Some(_), Some(_)) => {
@@ -346,23 +356,23 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
         }
     };
     let mut regions = uris(REGION_URI_PREFIX);
-    let region = match (regions.next(), regions.next(), role) {
-        (Some(r), None, Role::Coordinator) => Some(r.to_string()),
-        (None, _, Role::Coordinator) => {
+    let region = match (regions.next(), regions.next(), role.has_region()) {
+        (Some(r), None, true) => Some(r.to_string()),
+        (None, _, true) => {
             return Err(err(format!(
-                "{name:?}: a coordinator's certificate must name its region \
+                "{name:?}: a {role}'s certificate must name its region \
                  (budgetctl certs issue --region)"
             )));
         }
-        (None, _, _) => None,
+        (None, _, false) => None,
         (Some(_), Some(_), _) => {
             return Err(err(format!(
                 "{name:?}: the certificate names more than one region"
             )));
         }
-        (Some(_), None, _) => {
+        (Some(_), None, false) => {
             return Err(err(format!(
-                "{name:?}: only a coordinator's certificate names a region"
+                "{name:?}: a {role}'s certificate names no region"
             )));
         }
     };
@@ -465,13 +475,12 @@ impl tonic::service::Interceptor for Guard {
                 peer.name, peer.role
             )));
         }
-        if let Some(want) = &self.region
-            && peer.region.as_deref() != Some(&**want)
+        if let (Some(want), Some(theirs)) = (&self.region, &peer.region)
+            && theirs.as_str() != &**want
         {
             return Err(Status::permission_denied(format!(
-                "{:?} is a coordinator of region {}; this service serves region {want} only",
-                peer.name,
-                peer.region.as_deref().unwrap_or("(none)")
+                "{:?} is a {} of region {theirs}; this service serves region {want} only",
+                peer.name, peer.role
             )));
         }
         request.extensions_mut().insert(peer);
@@ -608,7 +617,7 @@ impl Authority {
 
     /// A certificate for `name` granting `role`, valid for the host names and IP addresses in
     /// `hosts` (a server's clients check that the address they dialled is among them). A
-    /// coordinator's names its `region`; the other roles' name none.
+    /// coordinator's and an edge's name their `region`; an operator's and an auditor's none.
     pub fn issue(
         &self,
         role: Role,
@@ -619,19 +628,17 @@ impl Authority {
     ) -> Result<Issued, TlsError> {
         let mut params =
             rcgen::CertificateParams::new(hosts.to_vec()).map_err(gen_err("host names"))?;
-        let region_uri = match (role, region) {
-            (Role::Coordinator, Some(r)) if !r.is_empty() => {
-                Some(format!("{REGION_URI_PREFIX}{r}"))
-            }
-            (Role::Coordinator, _) => {
+        let region_uri = match (role.has_region(), region) {
+            (true, Some(r)) if !r.is_empty() => Some(format!("{REGION_URI_PREFIX}{r}")),
+            (true, _) => {
                 return Err(err(format!(
-                    "{name:?}: a coordinator's certificate must name its region"
+                    "{name:?}: a {role}'s certificate must name its region"
                 )));
             }
-            (_, None) => None,
-            (_, Some(_)) => {
+            (false, None) => None,
+            (false, Some(_)) => {
                 return Err(err(format!(
-                    "{name:?}: only a coordinator's certificate names a region, not a {role}'s"
+                    "{name:?}: a {role}'s certificate names no region"
                 )));
             }
         };
@@ -677,7 +684,7 @@ mod tests {
     fn an_issued_certificate_carries_its_role_and_name() {
         let ca = ca();
         for role in Role::ALL {
-            let region = (role == Role::Coordinator).then_some("eu-1");
+            let region = role.has_region().then_some("eu-1");
             let c = ca
                 .issue(
                     role,
@@ -700,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn a_coordinator_certificate_names_one_region_and_the_others_none() {
+    fn coordinator_and_edge_certificates_name_one_region_and_the_others_none() {
         let ca = ca();
         let days = || Validity::days(2).unwrap();
         let e = ca
@@ -708,11 +715,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.0.contains("must name its region"), "{e}");
+        let e = ca.issue(Role::Edge, "e", None, &[], days()).err().unwrap();
+        assert!(e.0.contains("must name its region"), "{e}");
         let e = ca
-            .issue(Role::Edge, "e", Some("eu-1"), &[], days())
+            .issue(Role::Operator, "o", Some("eu-1"), &[], days())
             .err()
             .unwrap();
-        assert!(e.0.contains("only a coordinator"), "{e}");
+        assert!(e.0.contains("names no region"), "{e}");
         // A coordinator certificate made without the region (by another tool) is refused too.
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
@@ -743,7 +752,13 @@ mod tests {
     fn a_process_refuses_a_certificate_of_another_role() {
         let ca = ca();
         let c = ca
-            .issue(Role::Edge, "edge-1", None, &[], Validity::days(2).unwrap())
+            .issue(
+                Role::Edge,
+                "edge-1",
+                Some("eu-1"),
+                &[],
+                Validity::days(2).unwrap(),
+            )
             .unwrap();
         let e = Transport::from_pem(
             ca.cert_pem().as_bytes(),

@@ -41,9 +41,10 @@ pub enum CertsCommand {
         /// Its name: the common name and the file name (e.g. eu-1-node-2).
         #[arg(long)]
         name: String,
-        /// A coordinator's region (required for coordinators, refused for the other roles):
-        /// Raft admits only its own region's coordinators, and region sync takes a region's
-        /// counters only from that region's.
+        /// The region of a coordinator or an edge (required for them, refused for operators
+        /// and auditors): Raft admits only its own region's coordinators, the lease API only
+        /// its own region's edges, and region sync takes a region's counters only from that
+        /// region's coordinators.
         #[arg(long, value_parser = parse_region)]
         region: Option<shared::RegionId>,
         /// A host name or IP address clients dial it by; repeat for each. Coordinators need
@@ -181,14 +182,16 @@ fn issue(
             "a coordinator needs --host for each name or address it is dialled by",
         ));
     }
-    match (role, region) {
-        (Role::Coordinator, None) => {
-            return Err(usage("a coordinator needs --region, the region it serves"));
-        }
-        (Role::Coordinator, Some(_)) | (_, None) => {}
-        (_, Some(_)) => {
+    match (role.has_region(), region) {
+        (true, None) => {
             return Err(usage(format!(
-                "--region is for coordinators only, not for a {role}"
+                "a {role} needs --region, the region it serves"
+            )));
+        }
+        (true, Some(_)) | (false, None) => {}
+        (false, Some(_)) => {
+            return Err(usage(format!(
+                "--region is for coordinators and edges, not for an {role}"
             )));
         }
     }

@@ -31,10 +31,10 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    /// Issues a certificate (a coordinator's for region eu-1); returns its (certificate, key)
-    /// files.
+    /// Issues a certificate (a coordinator's or an edge's for region eu-1); returns its
+    /// (certificate, key) files.
     fn issue(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
-        self.issue_in(role, name, (role == Role::Coordinator).then_some("eu-1"))
+        self.issue_in(role, name, role.has_region().then_some("eu-1"))
     }
 
     fn issue_in(&self, role: Role, name: &str, region: Option<&str>) -> (PathBuf, PathBuf) {
@@ -283,6 +283,33 @@ async fn each_role_calls_only_its_own_apis_and_a_refusal_changes_nothing() {
         .await
         .expect("an edge lists campaigns");
     assert_eq!(listed.into_inner().campaigns.len(), 1);
+    // An edge of another region: no leases here, not even the campaign list.
+    let (cert, key) = pki.issue_in(Role::Edge, "us-1-edge-1", Some("us-1"));
+    let foreign_edge = pki.transport_of(Role::Edge, &cert, &key);
+    let ch = foreign_edge
+        .endpoint(&leader)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut leases = pb::lease_api_client::LeaseApiClient::new(ch);
+    let got = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+        .await;
+    assert!(
+        matches!(&got, Err(s) if s.code() == tonic::Code::PermissionDenied
+            && s.message().contains("serves region eu-1 only")),
+        "us-1's edge listed eu-1's campaigns: {got:?}"
+    );
+    let got = leases
+        .grant_lease(pb::GrantLeaseRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key: vec![9; 16] }),
+            edge: "us-1-edge-1".into(),
+            campaign: "spring".into(),
+            want_micros: 1_000_000,
+        })
+        .await;
+    denied(got, "us-1's edge asks eu-1 for a lease");
 
     // An auditor: the log yes, anything else no.
     let auditor = pki.transport(Role::Auditor, "auditor-2");

@@ -133,6 +133,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An edge's certificate names its region; the coordinators lease only to their own.
+    if let Some(theirs) = settings.transport.region()
+        && theirs != config.region
+    {
+        eprintln!(
+            "edge: {}: the certificate is for region {theirs}; this edge bids for region {}",
+            config.tls.cert_file.display(),
+            config.region
+        );
+        return ExitCode::from(2);
+    }
     if settings.transport.is_tls() {
         tracing::info!(cert = %config.tls.cert_file.display(), "mutual TLS to the coordinators");
     } else {

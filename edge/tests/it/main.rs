@@ -3,4 +3,5 @@
 mod harness;
 mod samples;
 mod settle;
+mod tls;
 mod topology;

@@ -261,7 +261,7 @@ impl Topology {
                          batch_max_delay_ms = 50\nnotice_key_hex = \"{key}\"\n\
                          notice_base_url = \"http://{ip}:8080\"\n{}",
                         coordinators.join(", "),
-                        pki.issue(shared::tls::Role::Edge, &name, None, &[])?,
+                        pki.issue(shared::tls::Role::Edge, &name, Some(region.as_str()), &[])?,
                     ),
                 )?;
                 let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
