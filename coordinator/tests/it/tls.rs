@@ -505,6 +505,48 @@ async fn a_peer_without_a_certificate_of_this_ca_is_refused() {
     r.stop().await;
 }
 
+/// Only a coordinator's certificate carries the server-authentication key usage: a client
+/// refuses a server that shows any other certificate of the deployment's CA, even one issued for
+/// the very address it dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_showing_a_certificate_other_than_a_coordinators_is_not_trusted() {
+    let pki = Pki::new();
+    let operator = pki.transport(Role::Operator, "operator");
+    for (role, name) in [
+        (Role::Coordinator, "eu-1-node-1"),
+        (Role::Edge, "edge-1"),
+        (Role::Operator, "server-operator"),
+        (Role::Auditor, "server-auditor"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), 1, tmp.path().join("n1"));
+        cfg.transport = pki.transport(role, name);
+        let node = Arc::new(Node::start(&cfg).await.unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        let server = tokio::spawn(async move {
+            serving
+                .serve(l, async move { rx.await.unwrap_or(()) })
+                .await
+                .unwrap();
+        });
+        let got = try_head(operator.endpoint(&addr).map_err(|e| e.0)).await;
+        if role == Role::Coordinator {
+            got.unwrap_or_else(|e| panic!("a coordinator's certificate was not trusted: {e}"));
+        } else {
+            assert!(
+                got.is_err(),
+                "a server showing a {role}'s certificate was trusted"
+            );
+        }
+        node.shutdown().await;
+        let _ = tx.send(());
+        server.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_is_not_a_member_of_a_region_is_not_healthy() {
     let pki = Pki::new();
