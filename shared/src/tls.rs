@@ -360,7 +360,7 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
         (Some(r), None, true) => Some(r.to_string()),
         (None, _, true) => {
             return Err(err(format!(
-                "{name:?}: a {role}'s certificate must name its region \
+                "{name:?}: a certificate of role {role} must name its region \
                  (budgetctl certs issue --region)"
             )));
         }
@@ -372,7 +372,7 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, TlsError> {
         }
         (Some(_), None, false) => {
             return Err(err(format!(
-                "{name:?}: a {role}'s certificate names no region"
+                "{name:?}: a certificate of role {role} names no region"
             )));
         }
     };
@@ -632,13 +632,13 @@ impl Authority {
             (true, Some(r)) if !r.is_empty() => Some(format!("{REGION_URI_PREFIX}{r}")),
             (true, _) => {
                 return Err(err(format!(
-                    "{name:?}: a {role}'s certificate must name its region"
+                    "{name:?}: a certificate of role {role} must name its region (--region)"
                 )));
             }
             (false, None) => None,
             (false, Some(_)) => {
                 return Err(err(format!(
-                    "{name:?}: a {role}'s certificate names no region"
+                    "{name:?}: a certificate of role {role} names no region"
                 )));
             }
         };

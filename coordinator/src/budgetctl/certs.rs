@@ -182,19 +182,6 @@ fn issue(
             "a coordinator needs --host for each name or address it is dialled by",
         ));
     }
-    match (role.has_region(), region) {
-        (true, None) => {
-            return Err(usage(format!(
-                "a {role} needs --region, the region it serves"
-            )));
-        }
-        (true, Some(_)) | (false, None) => {}
-        (false, Some(_)) => {
-            return Err(usage(format!(
-                "--region is for coordinators and edges, not for an {role}"
-            )));
-        }
-    }
     let ca = Authority::load(
         &read(&ca_dir.join("ca.pem"))?,
         &read(&ca_dir.join("ca.key"))?,
