@@ -73,6 +73,13 @@ fn apply_cost() {
         index: i,
         time_us: 1_793_534_400_000_000,
     };
+    l.apply(
+        stamp(0),
+        &Command::SetParams {
+            key: RequestKey([9; 16]),
+            params: Params::default(),
+        },
+    );
     let config = CampaignConfig {
         zone: "UTC".into(),
         bid_cpm: Money::from_micros(1_000_000),
@@ -113,10 +120,12 @@ fn apply_cost() {
             lease: LeaseId(1),
             events: (0..BATCH)
                 .map(|i| SpendEvent {
+                    bid: b * BATCH as u64 + i as u64 + 1,
                     key: format!("adx/{b}-{i}/1").parse().expect("key"),
                     amount: Money::from_micros(1_000),
                 })
                 .collect(),
+            losses: Vec::new(),
         })
         .collect();
     let start = Instant::now();
@@ -240,6 +249,7 @@ async fn main() {
                 n += 1;
                 let events = (0..BATCH)
                     .map(|i| pb::SpendEvent {
+                        bid: (n - 1) * BATCH as u64 + i as u64 + 1,
                         key: Some(pb::EventKey {
                             exchange: "adx".into(),
                             auction_id: format!("r{r}-b{n}-{i:04}"),
@@ -253,6 +263,7 @@ async fn main() {
                     edge: format!("e{r}"),
                     lease_id: lease.lease_id,
                     events,
+                    losses: Vec::new(),
                 };
                 if let Some(pb::report_spend_reply::Result::Settled(s)) = leases
                     .report_spend(req)

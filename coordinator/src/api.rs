@@ -211,18 +211,25 @@ impl pb::lease_api_server::LeaseApi for Api {
                 Reply::LeaseGranted {
                     lease,
                     amount,
-                    duration_ms,
                     buckets,
+                    terms,
                 },
                 _,
             )) => R::Lease(pb::Lease {
                 lease_id: lease.0,
                 amount_micros: amount.micros(),
-                duration_ms,
+                duration_ms: terms.duration_ms,
                 buckets: buckets.iter().map(pb::Bucket::from).collect(),
+                terms: Some(crate::wire::terms_to_wire(&terms)),
             }),
             Ok((Reply::Refused(Refusal::NoRights { .. }), _)) => {
                 R::Refused(pb::Refusal::NoRights as i32)
+            }
+            Ok((Reply::Refused(Refusal::RulesNotRecorded), _)) => {
+                // Retriable: the region's first leader records its rules at once.
+                return Err(Status::failed_precondition(
+                    Refusal::RulesNotRecorded.to_string(),
+                ));
             }
             Ok((Reply::Refused(Refusal::Paused { .. }), _)) => {
                 R::Refused(pb::Refusal::Paused as i32)
@@ -253,6 +260,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             edge: r.edge.parse().map_err(wire("edge"))?,
             lease: LeaseId(r.lease_id),
             events,
+            losses: crate::wire::losses_from_wire(&r.losses)?,
         };
         use pb::report_spend_reply::Result as R;
         let result = match self.propose(command).await? {
@@ -263,15 +271,35 @@ impl pb::lease_api_server::LeaseApi for Api {
                     duplicates,
                     anomalies,
                     log_seq,
+                    conflicts,
+                    lost,
+                    unknown_bids,
                 },
                 index,
-            )) => R::Settled(pb::SpendSettled {
-                settled_events: settled,
-                duplicate_events: duplicates,
-                anomalies,
-                log_seq: log_seq.unwrap_or(0),
-                raft_index: index,
-            }),
+            )) => {
+                self.node
+                    .metrics
+                    .report_findings(anomalies, conflicts, unknown_bids);
+                if conflicts > 0 || unknown_bids > 0 {
+                    tracing::warn!(
+                        lease = r.lease_id,
+                        edge = %r.edge,
+                        conflicts,
+                        unknown_bids,
+                        "a spend report contradicts what the ledger knew of its bids"
+                    );
+                }
+                R::Settled(pb::SpendSettled {
+                    settled_events: settled,
+                    duplicate_events: duplicates,
+                    anomalies,
+                    log_seq: log_seq.unwrap_or(0),
+                    raft_index: index,
+                    conflicts,
+                    lost,
+                    unknown_bids,
+                })
+            }
             Ok((Reply::Refused(Refusal::UnknownLease { lease }), _)) => {
                 return Err(Status::not_found(format!("unknown lease {lease}")));
             }
@@ -293,6 +321,8 @@ impl pb::lease_api_server::LeaseApi for Api {
             edge: r.edge.parse().map_err(wire("edge"))?,
             lease: LeaseId(r.lease_id),
             unreserved: Money::from_micros(r.unreserved_micros),
+            bids: r.bids,
+            in_doubt: crate::wire::parts_from_wire(&r.in_doubt)?,
         };
         use pb::release_lease_reply::Result as R;
         let result = match self.propose(command).await? {
@@ -464,12 +494,11 @@ impl pb::admin_server::Admin for Api {
                 .filter(|(_, l)| r.campaign.is_empty() || l.campaign.as_str() == r.campaign)
                 .filter(|(_, l)| r.include_closed || l.state != crate::ledger::LeaseState::Closed)
                 .map(|(id, l)| {
-                    let (state, in_doubt) = match l.state {
-                        crate::ledger::LeaseState::Open => ("open", 0),
-                        crate::ledger::LeaseState::InDoubt { remaining } => {
-                            ("in_doubt", remaining.micros())
+                    let parts = match &l.state {
+                        crate::ledger::LeaseState::InDoubt { parts } => {
+                            crate::wire::parts_to_wire(parts)
                         }
-                        crate::ledger::LeaseState::Closed => ("closed", 0),
+                        _ => Vec::new(),
                     };
                     pb::LeaseInfo {
                         lease_id: id.0,
@@ -477,10 +506,13 @@ impl pb::admin_server::Admin for Api {
                         campaign: l.campaign.to_string(),
                         amount_micros: l.amount.micros(),
                         spent_micros: l.spent.micros(),
-                        state: state.into(),
-                        in_doubt_micros: in_doubt,
-                        duration_ms: l.duration_ms,
+                        state: l.state.name().into(),
+                        in_doubt_micros: l.state.in_doubt().micros(),
+                        duration_ms: l.terms.duration_ms,
                         granted_at_index: l.granted_at_index,
+                        in_doubt_parts: parts,
+                        lost_micros: l.lost.micros(),
+                        bids: l.bids.unwrap_or(0),
                     }
                 })
                 .collect()
@@ -551,6 +583,29 @@ impl pb::admin_server::Admin for Api {
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn get_params(
+        &self,
+        _: Request<pb::GetParamsRequest>,
+    ) -> Result<Response<pb::RegionParams>, Status> {
+        let read_at = self.linearizable().await?;
+        let reply = self.node.state.read(|m| {
+            let l = m.ledger();
+            crate::wire::params_to_wire(l.params(), l.params_recorded(), read_at)
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn set_params(
+        &self,
+        request: Request<pb::SetParamsRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        let params = r.params.as_ref().ok_or_else(|| bad("params: missing"))?;
+        let params = crate::wire::params_from_wire(params)?;
+        self.admin(Command::SetParams { key, params }).await
     }
 
     async fn cluster_status(

@@ -10,12 +10,11 @@
 //! - [`reclaim`]: the leader's lease timers on its monotonic clock, which decide when to propose
 //!   reclaiming leases and returning in-doubt money.
 //! - [`api`]: the gRPC services of a node: lease API, admin API, audit API.
+//! - [`wire`]: conversions between the gRPC messages and the ledger's types.
 //! - [`server`]: the `coordinator` process: configuration, the leader's reclaim loop, shutdown.
 //! - [`archive`]: sealed segment files of the financial log in the data directory.
-//! - [`budgetctl`]: the operator and auditor CLI (today: `audit verify`, `audit prove`,
-//!   `audit check-proof`, which need no server).
-//!
-//! Not built yet: cross-region sync.
+//! - [`region`]: cross-region sync (DESIGN §7): pushes, merges, rebalancing, status.
+//! - [`budgetctl`]: the operator and auditor CLI.
 
 pub mod api;
 pub mod archive;
@@ -28,3 +27,4 @@ pub mod raft;
 pub mod reclaim;
 pub mod region;
 pub mod server;
+pub mod wire;

@@ -25,6 +25,11 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    finding: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
     store: &'static str,
 }
@@ -50,6 +55,7 @@ struct AgeLabels {
 pub struct Metrics {
     registry: Registry,
     commands: Family<CommandLabels, Counter>,
+    spend_findings: Family<FindingLabels, Counter>,
     lease_grants: Counter,
     lease_granted_micros: Counter,
     sync_seconds: Family<StoreLabels, Histogram>,
@@ -82,6 +88,7 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::ExpireInDoubt { .. } => "expire_in_doubt",
         Command::TransferRights { .. } => "transfer_rights",
         Command::MergeRemote { .. } => "merge_remote",
+        Command::SetParams { .. } => "set_params",
     }
 }
 
@@ -100,6 +107,14 @@ impl Metrics {
             "commands",
             "Commands proposed by this node, by kind and result",
             commands.clone(),
+        );
+        let spend_findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "spend_findings",
+            "Spend-report events the leader did not settle as reported: anomaly (recorded in \
+             the log, not settled), conflict (contradicts an earlier report of the same bid), \
+             unknown_bid (a bid number the lease never had)",
+            spend_findings.clone(),
         );
         let lease_grants = Counter::default();
         registry.register(
@@ -197,6 +212,7 @@ impl Metrics {
             region_transferred_micros,
             region_sync_age_ms,
             commands,
+            spend_findings,
             lease_grants,
             lease_granted_micros,
             sync_seconds,
@@ -208,6 +224,21 @@ impl Metrics {
             settled_micros,
             clock_wall_us,
             open_leases,
+        }
+    }
+
+    /// Counts what a spend report's reply found: anomalies, conflicts, unknown bids.
+    pub fn report_findings(&self, anomalies: u32, conflicts: u32, unknown_bids: u32) {
+        for (finding, n) in [
+            ("anomaly", anomalies),
+            ("conflict", conflicts),
+            ("unknown_bid", unknown_bids),
+        ] {
+            if n > 0 {
+                self.spend_findings
+                    .get_or_create(&FindingLabels { finding })
+                    .inc_by(u64::from(n));
+            }
         }
     }
 

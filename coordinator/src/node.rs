@@ -15,7 +15,7 @@ use shared::proto::v1::raft_transport_server::RaftTransportServer;
 use shared::tls::{Role, Transport};
 use tokio::net::TcpListener;
 
-use crate::ledger::{Command, Params, Reply};
+use crate::ledger::{Command, Params, Reply, RequestKey};
 use crate::network::{Network, RaftService};
 use crate::raft::{LedgerMachine, Proposal, TypeConfig};
 
@@ -28,8 +28,10 @@ pub struct NodeConfig {
     pub id: u64,
     /// Where its RocksDB lives.
     pub data_dir: PathBuf,
-    /// The state machine's rules (must be the same on every node of the region).
-    pub params: Params,
+    /// The rules this node records for a new region when it first leads it (`[leases]`). A
+    /// region's rules are replicated state: every replica starts from the same defaults and
+    /// applies the `SetParams` entries of the log, whatever its own file says.
+    pub init_params: Params,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
     /// Raft election timeout range.
@@ -56,7 +58,7 @@ impl NodeConfig {
             region,
             id,
             data_dir,
-            params: Params::default(),
+            init_params: Params::default(),
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             snapshot_every: 10_000,
@@ -126,6 +128,72 @@ pub enum ProposeError {
     Fatal(String),
 }
 
+/// The idempotency key of the first leader's `SetParams`: the same on every node, so that two
+/// nodes leading one after the other record the rules once.
+const INIT_PARAMS_KEY: RequestKey = RequestKey(*b"params-at-init\0\0");
+
+/// How often a node looks whether its region's rules are recorded.
+const PARAMS_TICK: Duration = Duration::from_millis(200);
+
+/// The region's rules (DESIGN §4, replicated): the first leader of a new region records `init`
+/// (its `[leases]`) with `SetParams`; until then the ledger grants no lease. Every node, once
+/// it has applied the rules, says once if its own file differs, and stops. Ends when Raft
+/// stops.
+async fn record_params(
+    raft: Raft<TypeConfig>,
+    state: StateStore<TypeConfig, LedgerMachine>,
+    clock: Clock,
+    id: u64,
+    region: RegionId,
+    init: Params,
+) {
+    let mut tick = tokio::time::interval(PARAMS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if raft.metrics().borrow().running_state.is_err() {
+            return;
+        }
+        let (recorded, current) = state.read(|m| {
+            let l = m.ledger();
+            (l.params_recorded(), l.params().clone())
+        });
+        if recorded {
+            if current != init {
+                tracing::warn!(
+                    %region,
+                    node = id,
+                    file = ?init,
+                    region_rules = ?current,
+                    "this node's [leases] differ from the region's replicated rules, which it \
+                     follows (`budgetctl cluster params` shows them, `budgetctl cluster params \
+                     set` changes them)"
+                );
+            }
+            return;
+        }
+        if raft.metrics().borrow().current_leader != Some(id) {
+            continue;
+        }
+        let command = Command::SetParams {
+            key: INIT_PARAMS_KEY,
+            params: init.clone(),
+        };
+        let proposal = Proposal {
+            time_us: clock.wall_us(),
+            command,
+        };
+        match raft.client_write(proposal).await {
+            Ok(_) => {
+                tracing::info!(%region, node = id, params = ?init, "recorded the new region's rules")
+            }
+            Err(e) => {
+                tracing::warn!(%region, node = id, error = %e, "recording the region's rules failed; trying again")
+            }
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     /// Its number.
@@ -146,6 +214,8 @@ pub struct Node {
     pub sync: Arc<crate::region::Sync>,
     /// How its gRPC links are carried.
     pub transport: Transport,
+    /// The rules its file gives a new region (recorded by the first leader).
+    init_params: Params,
 }
 
 impl Node {
@@ -163,7 +233,8 @@ impl Node {
         let log = LogStore::<TypeConfig>::new(db.clone()).with_sync_observer(observer.clone());
         let state = StateStore::open(
             db,
-            LedgerMachine::new(cfg.region.clone(), cfg.params.clone()),
+            // The same defaults on every replica: the region's rules come from its log.
+            LedgerMachine::new(cfg.region.clone(), Params::default()),
         )?
         .with_sync_observer(observer);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -192,6 +263,14 @@ impl Node {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        tokio::spawn(record_params(
+            raft.clone(),
+            state.clone(),
+            cfg.clock.clone(),
+            cfg.id,
+            cfg.region.clone(),
+            cfg.init_params.clone(),
+        ));
         Ok(Node {
             id: cfg.id,
             region: cfg.region.clone(),
@@ -201,6 +280,7 @@ impl Node {
             data_dir: cfg.data_dir.clone(),
             clock: cfg.clock.clone(),
             transport: cfg.transport.clone(),
+            init_params: cfg.init_params.clone(),
             sync: Arc::new(crate::region::Sync::new(cfg.region.clone(), {
                 let mut s = cfg.sync.clone();
                 s.outgoing = s.outgoing.or(cfg.outgoing);
@@ -221,7 +301,23 @@ impl Node {
 
     /// Proposes `command`, stamped with this node's wall-clock time, and waits until it is
     /// applied. Returns the reply and the Raft index it was applied at.
+    ///
+    /// In a new region whose rules are not recorded yet, the leader first records its own
+    /// (the same `SetParams` as the background task, so it is applied once), so that the
+    /// first grant does not race the rules.
     pub async fn propose(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
+        let recorded = self.state.read(|m| m.ledger().params_recorded());
+        if !recorded && !matches!(command, Command::SetParams { .. }) {
+            self.write(Command::SetParams {
+                key: INIT_PARAMS_KEY,
+                params: self.init_params.clone(),
+            })
+            .await?;
+        }
+        self.write(command).await
+    }
+
+    async fn write(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
         let time_us = self.clock.wall_us();
         let kind = crate::metrics::command_kind(&command);
         let result = self.raft.client_write(Proposal { time_us, command }).await;

@@ -83,8 +83,9 @@ impl Machine<TypeConfig> for LedgerMachine {
 
     fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), AnyError> {
         let region = self.ledger.region().clone();
-        let params = self.ledger.params().clone();
-        self.ledger = Ledger::load(region, params, rows).map_err(|e| AnyError::new(&e))?;
+        // Rules recorded in the log come back with the rows; before that, the defaults.
+        self.ledger =
+            Ledger::load(region, Params::default(), rows).map_err(|e| AnyError::new(&e))?;
         Ok(())
     }
 }
@@ -118,6 +119,10 @@ mod tests {
             targeting: Default::default(),
         };
         vec![
+            Command::SetParams {
+                key: key(9),
+                params: Params::default(),
+            },
             Command::UpsertCampaign {
                 key: key(1),
                 campaign: "c1".parse().unwrap(),
@@ -140,15 +145,22 @@ mod tests {
                 edge: "e1".parse().unwrap(),
                 lease: shared::LeaseId(1),
                 events: vec![SpendEvent {
+                    bid: 1,
                     key: "adx/a1/1".parse().unwrap(),
                     amount: Money::from_micros(1_200),
                 }],
+                losses: vec![],
             },
             Command::ReleaseLease {
                 batch: BatchId([5; 16]),
                 edge: "e1".parse().unwrap(),
                 lease: shared::LeaseId(1),
                 unreserved: Money::from_micros(300),
+                bids: 2,
+                in_doubt: vec![shared::log::entry::DoubtPart {
+                    wait_ms: 60_000,
+                    amount: Money::from_micros(3_500),
+                }],
             },
         ]
     }
@@ -164,7 +176,7 @@ mod tests {
         let head = {
             let mut sm = StateStore::open(open_db(dir.path()).unwrap(), machine()).unwrap();
             let cmds = commands();
-            let (first, rest) = cmds.split_at(3);
+            let (first, rest) = cmds.split_at(4);
             // Two batches, as openraft would hand them over.
             sm.apply(
                 first
@@ -178,7 +190,7 @@ mod tests {
                 .apply(
                     rest.iter()
                         .enumerate()
-                        .map(|(i, c)| entry(i as u64 + 4, time_us, c.clone())),
+                        .map(|(i, c)| entry(i as u64 + 5, time_us, c.clone())),
                 )
                 .await
                 .unwrap();
@@ -195,13 +207,13 @@ mod tests {
             assert_eq!(m.ledger().chain().head(), head);
             assert_eq!(
                 m.ledger().chain().next_seq(),
-                5,
-                "budget, day budget, grant, spend, release"
+                6,
+                "rules, budget, day budget, grant, spend, release"
             );
         });
         // The stored records are a chain from genesis that the auditor's verifier accepts.
         let records = sm.log_records(0, 100).unwrap();
-        assert_eq!(records.len(), 5);
+        assert_eq!(records.len(), 6);
         let mut w = SegmentWriter::new(&"eu-1".parse().unwrap(), 0, genesis());
         let mut hash = genesis();
         for (_, rec) in &records {
@@ -211,6 +223,6 @@ mod tests {
         let mut v = Verifier::new();
         v.segment("eu-1-00000000000000000000.seg", &w.seal().unwrap())
             .unwrap();
-        assert_eq!(v.finish(Some(&head)).unwrap().entries, 5);
+        assert_eq!(v.finish(Some(&head)).unwrap().entries, 6);
     }
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::ledger::{Command, LeaseState, Params};
 use crate::node::{Node, NodeConfig};
-use crate::reclaim::{MonoClock, Timers, Windows};
+use crate::reclaim::{MonoClock, Part, Timers};
 
 /// The whole configuration of one node.
 #[derive(Clone, Debug, Deserialize)]
@@ -40,7 +40,9 @@ pub struct Config {
     pub init_members: BTreeMap<String, String>,
     /// Raft timing.
     pub raft: RaftConfig,
-    /// Lease rules.
+    /// The lease and reclaim rules a new region starts with. Once a region exists its rules
+    /// are replicated state (`budgetctl cluster params`), the same on every node; a node whose
+    /// file differs says so at start and follows the region's.
     pub leases: LeaseConfig,
     /// Financial-log records per sealed segment file in `<data_dir>/segments/`.
     pub segment_entries: u64,
@@ -97,22 +99,51 @@ pub struct RaftConfig {
     pub logs_kept_after_snapshot: u64,
 }
 
-/// Lease rules (DESIGN §5). Must be the same on every node of a region.
+/// Lease rules (DESIGN §5) for a new region: the first leader of a region records them in its
+/// log (`params_set`). Afterwards they change only through `budgetctl cluster params set`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeaseConfig {
     /// How long an edge may reserve under a lease.
     pub duration_ms: u64,
-    /// `W`: the longest an exchange may take to send a notice.
+    /// `W`: how long an edge keeps a lease after its spending window for the first notices of
+    /// its bids before releasing it.
     pub settlement_window_ms: u64,
-    /// Allowance for clock rate error (≥ duration × max rate error).
+    /// Allowance for clock rate error (≥ duration × clock_rate_error_ppm).
     pub margin_ms: u64,
-    /// How long reclaimed money waits in doubt for late notices.
+    /// How long in-doubt money waits for late notices past its bids' deadlines.
     pub late_acceptance_ms: u64,
+    /// The `exp` assumed for an impression that has none.
+    pub default_exp_ms: u64,
+    /// The longest `exp` bid on (OpenRTB: seconds between the auction and the impression).
+    pub max_exp_ms: u64,
+    /// The longest `tmax` bid on.
+    pub max_tmax_ms: u64,
+    /// The largest clock rate error between two machines, parts per million.
+    pub clock_rate_error_ppm: u32,
     /// One lease takes at most `available / share_divisor`.
-    pub share_divisor: i64,
+    pub share_divisor: u32,
     /// … but at least this many micros (or what is left).
     pub min_micros: i64,
+}
+
+impl LeaseConfig {
+    /// The region rules these settings give (retention from the defaults).
+    pub fn params(&self) -> Params {
+        Params {
+            lease_duration_ms: self.duration_ms,
+            settlement_window_ms: self.settlement_window_ms,
+            margin_ms: self.margin_ms,
+            late_acceptance_ms: self.late_acceptance_ms,
+            default_exp_ms: self.default_exp_ms,
+            max_exp_ms: self.max_exp_ms,
+            max_tmax_ms: self.max_tmax_ms,
+            clock_rate_error_ppm: self.clock_rate_error_ppm,
+            lease_share_divisor: self.share_divisor,
+            lease_min: Money::from_micros(self.min_micros),
+            ..Params::default()
+        }
+    }
 }
 
 impl Default for Config {
@@ -151,9 +182,13 @@ impl Default for LeaseConfig {
         let p = Params::default();
         LeaseConfig {
             duration_ms: p.lease_duration_ms,
-            settlement_window_ms: 10_000,
-            margin_ms: 2_000,
-            late_acceptance_ms: 60_000,
+            settlement_window_ms: p.settlement_window_ms,
+            margin_ms: p.margin_ms,
+            late_acceptance_ms: p.late_acceptance_ms,
+            default_exp_ms: p.default_exp_ms,
+            max_exp_ms: p.max_exp_ms,
+            max_tmax_ms: p.max_tmax_ms,
+            clock_rate_error_ppm: p.clock_rate_error_ppm,
             share_divisor: p.lease_share_divisor,
             min_micros: p.lease_min.micros(),
         }
@@ -167,7 +202,7 @@ pub struct ConfigError(pub String);
 
 impl Config {
     /// Checks everything once, at start-up; returns the node's settings.
-    pub fn validate(&self) -> Result<(NodeConfig, Windows, BTreeMap<u64, String>), ConfigError> {
+    pub fn validate(&self) -> Result<(NodeConfig, BTreeMap<u64, String>), ConfigError> {
         let err = |m: String| ConfigError(m);
         let region: RegionId = self
             .region
@@ -186,12 +221,8 @@ impl Config {
                     .into(),
             ));
         }
-        let l = &self.leases;
-        if l.duration_ms == 0 || l.share_divisor < 1 || l.min_micros < 1 {
-            return Err(err(
-                "leases: duration_ms, share_divisor and min_micros must be positive".into(),
-            ));
-        }
+        let params = self.leases.params();
+        params.validate().map_err(|e| err(format!("leases: {e}")))?;
         let mut members = BTreeMap::new();
         for (id, addr) in &self.init_members {
             let id: u64 = id
@@ -206,12 +237,7 @@ impl Config {
             )));
         }
         let mut node = NodeConfig::new(region, self.node_id, self.data_dir.clone());
-        node.params = Params {
-            lease_duration_ms: l.duration_ms,
-            lease_share_divisor: l.share_divisor,
-            lease_min: Money::from_micros(l.min_micros),
-            ..Params::default()
-        };
+        node.init_params = params;
         node.heartbeat = Duration::from_millis(r.heartbeat_ms);
         node.election_timeout = (
             Duration::from_millis(r.election_timeout_min_ms),
@@ -254,27 +280,47 @@ impl Config {
         node.sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
         node.snapshot_every = r.snapshot_every;
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
-        let windows = Windows {
-            settlement: Duration::from_millis(l.settlement_window_ms),
-            margin: Duration::from_millis(l.margin_ms),
-            late_acceptance: Duration::from_millis(l.late_acceptance_ms),
-        };
-        Ok((node, windows, members))
+        Ok((node, members))
     }
 }
 
 /// How often the leader checks its lease timers.
 pub const RECLAIM_TICK: Duration = Duration::from_millis(200);
 
+/// What the leader's timers need of the ledger: open leases with their reclaim waits, in-doubt
+/// parts with theirs (from each lease's own terms).
+type Timed = (Vec<(LeaseId, Duration)>, Vec<(Part, Duration)>);
+
+fn timed(node: &Node) -> Timed {
+    node.state.read(|m| {
+        let mut open = Vec::new();
+        let mut doubt = Vec::new();
+        for (id, l) in m.ledger().leases() {
+            match &l.state {
+                LeaseState::Open => {
+                    open.push((*id, Duration::from_millis(l.terms.reclaim_wait_ms())))
+                }
+                LeaseState::InDoubt { parts } => {
+                    for p in parts {
+                        let wait = Duration::from_millis(l.terms.doubt_wait_ms(p.wait_ms));
+                        doubt.push(((*id, p.wait_ms), wait));
+                    }
+                }
+                LeaseState::Closed => {}
+            }
+        }
+        (open, doubt)
+    })
+}
+
 /// One tick of the leader's reclaim loop at `now`: keeps `timers` in line with the ledger
 /// while this node leads, and proposes `ReclaimLeases` / `ExpireInDoubt` for what is due.
-/// Returns the leases it proposed to reclaim and to expire.
+/// Returns the leases it proposed to reclaim and the parts it proposed to expire.
 pub async fn reclaim_step(
     node: &Node,
     timers: &mut Timers,
-    windows: Windows,
     now: crate::reclaim::Mono,
-) -> (Vec<LeaseId>, Vec<LeaseId>) {
+) -> (Vec<LeaseId>, Vec<Part>) {
     let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
     if !leading {
         if timers.is_leading() {
@@ -283,18 +329,7 @@ pub async fn reclaim_step(
         }
         return (Vec::new(), Vec::new());
     }
-    let (open, in_doubt): (Vec<(LeaseId, Duration)>, Vec<LeaseId>) = node.state.read(|m| {
-        let mut open = Vec::new();
-        let mut doubt = Vec::new();
-        for (id, l) in m.ledger().leases() {
-            match l.state {
-                LeaseState::Open => open.push((*id, Duration::from_millis(l.duration_ms))),
-                LeaseState::InDoubt { .. } => doubt.push(*id),
-                LeaseState::Closed => {}
-            }
-        }
-        (open, doubt)
-    });
+    let (open, in_doubt) = timed(node);
     if !timers.is_leading() {
         tracing::info!(
             node = node.id,
@@ -302,7 +337,7 @@ pub async fn reclaim_step(
             in_doubt = in_doubt.len(),
             "became leader: every lease wait starts over"
         );
-        timers.became_leader(now, windows, open.iter().copied(), in_doubt.iter().copied());
+        timers.became_leader(now, open.iter().copied(), in_doubt.iter().copied());
     } else {
         timers.sync(now, &open, &in_doubt);
     }
@@ -315,21 +350,30 @@ pub async fn reclaim_step(
             })
             .await
         {
-            // Applied: the late-acceptance window starts now.
-            Ok(_) => reclaim.iter().for_each(|id| timers.reclaimed(now, *id)),
+            // Applied: each lease's rest waits from now for the longest hold of its bids.
+            Ok(_) => {
+                let (_, parts) = timed(node);
+                for id in &reclaim {
+                    let part = parts
+                        .iter()
+                        .find(|((l, _), _)| l == id)
+                        .map(|((_, w), d)| (*w, *d));
+                    timers.reclaimed(now, *id, part);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "reclaim proposal failed; retrying next tick"),
         }
     }
     let expire = timers.due_expiries(now);
     if !expire.is_empty() {
-        tracing::info!(leases = ?expire, "late-acceptance windows over: returning in-doubt money");
+        tracing::info!(parts = ?expire, "in-doubt waits over: returning what late notices left");
         match node
             .propose(Command::ExpireInDoubt {
-                leases: expire.clone(),
+                parts: expire.clone(),
             })
             .await
         {
-            Ok(_) => expire.iter().for_each(|id| timers.closed(*id)),
+            Ok(_) => expire.iter().for_each(|p| timers.expired(*p)),
             Err(e) => {
                 tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick")
             }
@@ -342,7 +386,6 @@ pub async fn reclaim_step(
 /// fires.
 pub async fn reclaim_loop(
     node: Arc<Node>,
-    windows: Windows,
     clock: Arc<dyn MonoClock>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -354,7 +397,7 @@ pub async fn reclaim_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        reclaim_step(&node, &mut timers, windows, clock.now()).await;
+        reclaim_step(&node, &mut timers, clock.now()).await;
     }
 }
 
@@ -398,7 +441,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (mut node_cfg, windows, members) = config.validate()?;
+    let (mut node_cfg, members) = config.validate()?;
     node_cfg.transport = transport;
     if node_cfg.transport.is_tls() {
         tracing::info!(ca = %config.tls.ca_file.display(), cert = %config.tls.cert_file.display(), "mutual TLS on every gRPC link");
@@ -459,7 +502,6 @@ pub async fn run(
     ));
     let reclaim = tokio::spawn(reclaim_loop(
         node.clone(),
-        windows,
         Arc::new(node.clock.clone()),
         stop_rx.clone(),
     ));
@@ -492,10 +534,10 @@ mod tests {
 
     #[test]
     fn defaults_are_a_working_configuration() {
-        let (node, windows, members) = Config::default().validate().unwrap();
+        let (node, members) = Config::default().validate().unwrap();
         assert_eq!(node.id, 1);
         assert_eq!(node.region.as_str(), "local");
-        assert_eq!(windows.settlement, Duration::from_secs(10));
+        assert_eq!(node.init_params, Params::default());
         assert!(members.is_empty());
         // An empty file is the defaults.
         let c = parse("").unwrap();
@@ -515,11 +557,11 @@ mod tests {
             "#,
         )
         .unwrap();
-        let (node, _, members) = c.validate().unwrap();
+        let (node, members) = c.validate().unwrap();
         assert_eq!((node.region.as_str(), node.id), ("eu-1", 2));
-        assert_eq!(node.params.lease_duration_ms, 5_000);
+        assert_eq!(node.init_params.lease_duration_ms, 5_000);
         assert_eq!(
-            node.params.lease_share_divisor,
+            node.init_params.lease_share_divisor,
             Params::default().lease_share_divisor
         );
         assert_eq!(members.len(), 2);
@@ -552,7 +594,15 @@ mod tests {
             "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 400",
             "raft",
         );
-        refused("[leases]\nshare_divisor = 0", "leases");
+        refused("[leases]\nshare_divisor = 0", "lease_share_divisor");
+        refused(
+            "[leases]\nduration_ms = 30000\nmargin_ms = 1\nclock_rate_error_ppm = 1000",
+            "margin_ms",
+        );
+        refused(
+            "[leases]\ndefault_exp_ms = 7200000\nmax_exp_ms = 3600000",
+            "default_exp_ms",
+        );
         refused(
             "node_id = 3\ninit_members = { 1 = \"a:1\" }",
             "does not include this node",

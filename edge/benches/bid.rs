@@ -477,7 +477,7 @@ fn main() {
         } else {
             edge::openrtb::Version::V26
         };
-        let out = edge.bid(&s.body, version, Instant::now());
+        let out = edge.bid(0, &s.body, version, Instant::now());
         assert!(matches!(out, edge::bidder::BidOutcome::Bid(_)));
     }
     println!(

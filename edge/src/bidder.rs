@@ -5,8 +5,10 @@
 //! network: a campaign without a lease (or with too little left) does not bid, and a lease is
 //! asked for in the background.
 //!
-//! Notice: verify → give back the unspent part of the reservation (once, and only for a lease
-//! this edge holds) → queue the charge → answer after its batch is committed.
+//! Notice: verify → if this edge holds the lease, give back the unspent part of the
+//! reservation (once) → queue the charge (or, for a loss elsewhere, the loss) → answer after
+//! its batch is committed. Which notice charges depends on the exchange: its billing notice,
+//! or for an exchange that bills every win, its win notice.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -21,7 +23,7 @@ use shared::{LeaseId, Money};
 use tokio::sync::mpsc;
 
 use crate::catalog::{Candidate, Catalog, Slots};
-use crate::config::Settings;
+use crate::config::{Billing, Settings};
 use crate::lease::{ActiveLease, Slot};
 use crate::metrics::{Metrics, Outcome};
 use crate::notice::{self, Fields, Kind, Price};
@@ -68,11 +70,45 @@ struct Reserved {
     lease: Arc<ActiveLease>,
     imp: usize,
     cand: Candidate,
+    /// Our bid's number under the lease.
+    bid: u64,
+    /// Its `exp` class.
+    class: usize,
+    /// The `exp` it was bid with, seconds (the impression's, or the lease's default).
+    exp_s: i64,
+}
+
+/// Why nothing was bid, when nothing was: the most telling reason seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Skipped {
+    /// No campaign matched, had a lease with room, or passed pacing.
+    NoMatch,
+    /// The request's `tmax` is longer than the region bids on.
+    TmaxTooLong,
+    /// An impression's `exp` is longer than the region bids on.
+    ExpTooLong,
+}
+
+impl Skipped {
+    fn outcome(self) -> &'static str {
+        match self {
+            Skipped::NoMatch => "no_match",
+            Skipped::TmaxTooLong => "tmax_too_long",
+            Skipped::ExpTooLong => "exp_too_long",
+        }
+    }
 }
 
 impl Edge {
-    /// Answers one bid request whose body arrived at `start`.
-    pub fn bid(&self, body: &[u8], version: Version, start: Instant) -> BidOutcome {
+    /// Answers one bid request of exchange `exchange` (an index into the settings' exchanges)
+    /// whose body arrived at `start`.
+    pub fn bid(
+        &self,
+        exchange: usize,
+        body: &[u8],
+        version: Version,
+        start: Instant,
+    ) -> BidOutcome {
         let req = match openrtb::parse(body, version) {
             Ok(r) => r,
             Err(e) => return BidOutcome::Invalid(e.0),
@@ -93,14 +129,10 @@ impl Edge {
         let deadline = start + Duration::from_millis(budget);
         let catalog = self.catalog.load();
         let now = self.clock.mono();
-        let w_secs = i64::try_from(self.settings.settlement_window.as_secs()).unwrap_or(i64::MAX);
         let mut reserved: Vec<Reserved> = Vec::new();
+        let mut skipped = Skipped::NoMatch;
         let mut cands = Vec::new();
         for (i, imp) in req.imp.iter().enumerate() {
-            // A notice for this impression could come after the lease's settlement window.
-            if imp.exp.is_some_and(|e| e > w_secs) {
-                continue;
-            }
             catalog.candidates(&req, imp, &self.settings.currencies, &mut cands);
             for cand in cands.drain(..) {
                 let campaign = &catalog.campaigns[cand.campaign as usize];
@@ -113,7 +145,17 @@ impl Edge {
                     self.ask(campaign.slot_index, &campaign.slot);
                     continue;
                 };
-                if lease.try_reserve(cand.price_micros, now) {
+                // Notices of this bid may come until the auction (at most tmax after the
+                // request) plus the impression's exp: both within what the lease allows.
+                if u128::from(tmax) > lease.terms.max_tmax.as_millis() {
+                    skipped = skipped.max(Skipped::TmaxTooLong);
+                    continue;
+                }
+                let Some(class) = lease.class_of(imp.exp) else {
+                    skipped = skipped.max(Skipped::ExpTooLong);
+                    continue;
+                };
+                if let Some(bid) = lease.try_reserve(cand.price_micros, now, class) {
                     self.metrics.reservation_taken.inc();
                     self.metrics
                         .reserved_micros
@@ -122,10 +164,16 @@ impl Edge {
                     if used >= i64::from(cfg.renew_at_used_percent) * 10 || now >= lease.renew_at {
                         self.ask(campaign.slot_index, &campaign.slot);
                     }
+                    let exp_s = imp.exp.unwrap_or_else(|| {
+                        i64::try_from(lease.terms.default_exp.as_secs()).unwrap_or(i64::MAX)
+                    });
                     reserved.push(Reserved {
                         lease: lease.clone(),
                         imp: i,
                         cand,
+                        bid,
+                        class,
+                        exp_s: exp_s.max(0),
                     });
                     break;
                 }
@@ -134,18 +182,23 @@ impl Edge {
             }
         }
         if reserved.is_empty() {
-            return BidOutcome::NoBid("no_match");
+            return BidOutcome::NoBid(skipped.outcome());
         }
+        let unsend = |reserved: &[Reserved]| {
+            for r in reserved {
+                r.lease.unsent(r.cand.price_micros, r.class);
+            }
+        };
         if Instant::now() >= deadline {
             // Never sent: no notice will come; the reservations go back.
-            for r in &reserved {
-                r.lease.reservoir.give_back(r.cand.price_micros);
-            }
+            unsend(&reserved);
             return BidOutcome::NoBid("late");
         }
         let first_price = req.first_price();
         let base = &self.settings.notice_base;
         let signer = &self.settings.signer;
+        let exchange_id = self.settings.exchanges[exchange].id.as_str();
+        let region = &cfg.region;
         let bids = reserved
             .iter()
             .map(|r| {
@@ -154,15 +207,19 @@ impl Edge {
                 let fields = |kind| Fields {
                     kind,
                     lease: r.lease.id,
+                    bid: r.bid,
+                    hold_s: crate::lease::EXP_CLASSES_S[r.class],
                     campaign: campaign.id.as_str(),
-                    exchange: self.settings.exchange.as_str(),
+                    exchange: exchange_id,
                     auction: &req.id,
                     imp: imp_id,
                     bid_micros: r.cand.price_micros,
                     first_price,
                 };
                 Bid {
-                    id: format!("{}-{}", r.lease.id.0, imp_id),
+                    // Our bid's id: region, lease and number (what `budgetctl audit prove
+                    // --bid` takes, without the region).
+                    id: format!("{region}/{}.{}", r.lease.id.0, r.bid),
                     impid: Cow::Borrowed(imp_id),
                     price: openrtb::cpm_number(r.cand.price_micros),
                     nurl: fields(Kind::Win).url(base, signer),
@@ -174,6 +231,8 @@ impl Edge {
                     w: r.cand.w,
                     h: r.cand.h,
                     adomain: vec![format!("{}.example", campaign.id)],
+                    // OpenRTB 2.6 `bid.exp`: how long we wait for the impression.
+                    exp: Some(r.exp_s),
                 }
             })
             .collect();
@@ -190,9 +249,7 @@ impl Edge {
         match serde_json::to_writer(&mut out, &resp) {
             Ok(()) => BidOutcome::Bid(out),
             Err(_) => {
-                for r in &reserved {
-                    r.lease.reservoir.give_back(r.cand.price_micros);
-                }
+                unsend(&reserved);
                 BidOutcome::NoBid("encode")
             }
         }
@@ -233,12 +290,26 @@ impl Edge {
                 })
                 .inc();
         }
+        // Which notice charges is the exchange's choice. One this edge does not bid on (another
+        // edge of the region does) is taken to bill every win: charging a win that was never
+        // billed holds money back, never overspends.
+        let billing = self
+            .settings
+            .exchanges
+            .iter()
+            .find(|x| x.id.as_str() == n.key.exchange())
+            .map_or(Billing::Nurl, |x| x.billing);
+        if kind == Kind::Win && billing == Billing::Burl {
+            // The bid won; it is billed (or not) by its billing notice, until its deadline.
+            self.metrics.notice(kind.as_str(), "won");
+            return (200, "ok won\n".into());
+        }
         if matches!(
             n.price,
             Price::Missing | Price::Unreplaced | Price::Unreadable
         ) && kind != Kind::Loss
         {
-            tracing::info!(lease = %n.lease, key = %n.key, case = n.price.as_str(), "clearing price unreadable; the bid price is spent");
+            tracing::info!(lease = %n.lease, bid = n.bid_no, key = %n.key, case = n.price.as_str(), "clearing price unreadable; the bid price is spent");
         }
         let spend = n.spend();
         // Give back what will not be spent, once, if the lease is ours.
@@ -248,26 +319,44 @@ impl Edge {
             .unwrap_or_else(|p| p.into_inner())
             .get(&n.lease)
             .cloned();
-        if let Some(lease) = held
-            && lease.first_notice(&n.key)
-        {
-            let back = n.bid.micros() - spend.map_or(0, Money::micros);
-            lease.reservoir.give_back(back);
-            if back > 0 {
-                self.metrics
-                    .reservations
-                    .get_or_create(&Outcome {
-                        outcome: "given_back",
-                    })
-                    .inc();
+        if let Some(lease) = &held {
+            if n.bid_no > lease.bids() {
+                self.metrics.notice(kind.as_str(), "unknown_bid");
+                tracing::warn!(lease = %n.lease, bid = n.bid_no, made = lease.bids(), key = %n.key,
+                    "a signed notice names a bid this edge never made under the lease");
+            }
+            if lease.first_notice(n.bid_no) {
+                let back = n.bid.micros() - spend.map_or(0, Money::micros);
+                lease.reservoir.give_back(back);
+                lease.resolved(n.class, n.bid.micros());
+                if back > 0 {
+                    self.metrics
+                        .reservations
+                        .get_or_create(&Outcome {
+                            outcome: "given_back",
+                        })
+                        .inc();
+                }
             }
         }
         let Some(amount) = spend else {
+            if held.is_none() {
+                // A loss for a lease another edge holds, or one already released: the ledger
+                // returns what the bid's reservation holds there.
+                self.settler.lost(
+                    n.lease,
+                    crate::settle::Lost {
+                        bid: n.bid_no,
+                        amount: n.bid,
+                    },
+                );
+            }
             self.metrics.notice(kind.as_str(), "loss");
             return (200, "ok\n".into());
         };
         self.metrics.notices_pending.inc();
         let event = SpendEvent {
+            bid: n.bid_no,
             key: n.key.clone(),
             amount,
         };
@@ -289,9 +378,13 @@ impl Edge {
                 // The index lets a test order this charge among linearizable balance reads.
                 (200, format!("ok index={index}\n"))
             }
-            Ok(Err(())) => {
+            Ok(Err(crate::settle::Failed::Stopping)) => {
                 self.metrics.notice(kind.as_str(), "stopping");
                 (503, "the edge is stopping; send the notice again\n".into())
+            }
+            Ok(Err(crate::settle::Failed::Refused(why))) => {
+                self.metrics.notice(kind.as_str(), "refused");
+                (409, format!("the region refused the charge: {why}\n"))
             }
             Err(_) => {
                 // The batch is still being retried; the exchange's retry is deduplicated.

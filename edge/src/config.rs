@@ -2,7 +2,6 @@
 //! optional), then command-line flags, which win. Unknown keys are an error.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Deserialize;
 use shared::{EdgeId, ExchangeId, Money};
@@ -27,10 +26,8 @@ pub struct Config {
     pub listen: String,
     /// The region's coordinators (`host:port`), any number; writes find the leader.
     pub coordinators: Vec<String>,
-    /// The exchange this edge bids on (part of every spend event's key).
-    pub exchange: String,
-    /// Path of the OpenRTB endpoint.
-    pub bid_path: String,
+    /// The exchanges this edge bids on, each at its own path (`[[exchanges]]`).
+    pub exchanges: Vec<ExchangeConfig>,
     /// Base URL of notices as the exchange will call them; empty: `http://<listen>`.
     pub notice_base_url: String,
     /// Our seat id in responses.
@@ -44,10 +41,6 @@ pub struct Config {
     pub notice_key_hex: String,
     /// The previous key, still accepted during a rotation; empty: none.
     pub notice_previous_key_hex: String,
-    /// `W`: the longest the exchange takes to send a notice. Must equal the coordinators'.
-    pub settlement_window_ms: u64,
-    /// Subtracted from every lease's spending window (≥ duration × max clock rate error).
-    pub margin_ms: u64,
     /// How much to ask for per lease, micros (the coordinator grants at most a share).
     pub lease_want_micros: i64,
     /// Ask for a new lease when this share of the current one is reserved, percent.
@@ -85,16 +78,13 @@ impl Default for Config {
             region: "local".into(),
             listen: "127.0.0.1:8080".into(),
             coordinators: vec!["127.0.0.1:7001".into()],
-            exchange: "sim".into(),
-            bid_path: "/openrtb2/bid".into(),
+            exchanges: vec![ExchangeConfig::default()],
             notice_base_url: String::new(),
             seat: "budget".into(),
             currency: "USD".into(),
             currencies: BTreeMap::new(),
             notice_key_hex: String::new(),
             notice_previous_key_hex: String::new(),
-            settlement_window_ms: 10_000,
-            margin_ms: 2_000,
             lease_want_micros: 50_000_000,
             renew_at_used_percent: 70,
             max_concurrent_bids: 1_024,
@@ -112,6 +102,61 @@ impl Default for Config {
     }
 }
 
+/// Which of an exchange's notices is its billing event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Billing {
+    /// The billing notice (`burl`, OpenRTB 2.5+) charges; a win notice only says the bid won
+    /// (the impression may never become billable).
+    Burl,
+    /// The win notice (`nurl`) charges: the exchange bills every win. A billing notice, if it
+    /// sends one too, is the same charge.
+    Nurl,
+}
+
+impl Billing {
+    /// The label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billing::Burl => "burl",
+            Billing::Nurl => "nurl",
+        }
+    }
+}
+
+/// One exchange this edge bids on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    /// Its name: part of every charge's exchange ids, and signed into its notices.
+    pub id: String,
+    /// Path of its OpenRTB endpoint.
+    pub bid_path: String,
+    /// Which notice it bills by.
+    pub billing: Billing,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            id: "sim".into(),
+            bid_path: "/openrtb2/bid".into(),
+            billing: Billing::Burl,
+        }
+    }
+}
+
+/// An exchange, checked.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// Its id.
+    pub id: ExchangeId,
+    /// Its endpoint's path.
+    pub bid_path: String,
+    /// Which notice it bills by.
+    pub billing: Billing,
+}
+
 /// A configuration that does not make sense.
 #[derive(Debug, thiserror::Error)]
 #[error("config: {0}")]
@@ -124,8 +169,8 @@ pub struct Settings {
     pub config: Config,
     /// The edge's id.
     pub edge: EdgeId,
-    /// The exchange's id.
-    pub exchange: ExchangeId,
+    /// The exchanges, in the configured order.
+    pub exchanges: Vec<Exchange>,
     /// Notice base URL.
     pub notice_base: String,
     /// Floors' currencies.
@@ -134,10 +179,6 @@ pub struct Settings {
     pub signer: Signer,
     /// The development key is in use.
     pub dev_key: bool,
-    /// `W`.
-    pub settlement_window: Duration,
-    /// The margin.
-    pub margin: Duration,
     /// Source IP of calls to the coordinators.
     pub outgoing: Option<std::net::IpAddr>,
     /// How it calls the coordinators. `validate` leaves it plaintext; the `edge` binary sets
@@ -157,18 +198,38 @@ impl Config {
             .region
             .parse()
             .map_err(|e| err(format!("region: {e}")))?;
-        let exchange: ExchangeId = self
-            .exchange
-            .parse()
-            .map_err(|e| err(format!("exchange: {e}")))?;
         if self.coordinators.is_empty() {
             return Err(err("coordinators: at least one is needed".into()));
         }
-        if !self.bid_path.starts_with('/') || self.bid_path.starts_with("/notice") {
-            return Err(err(format!(
-                "bid_path {:?}: must start with / and not be /notice",
-                self.bid_path
-            )));
+        if self.exchanges.is_empty() {
+            return Err(err("exchanges: at least one is needed".into()));
+        }
+        let mut exchanges: Vec<Exchange> = Vec::new();
+        for (i, x) in self.exchanges.iter().enumerate() {
+            let id: ExchangeId =
+                x.id.parse()
+                    .map_err(|e| err(format!("exchanges[{i}].id: {e}")))?;
+            let reserved = ["/notice", "/healthz", "/metrics"];
+            if !x.bid_path.starts_with('/') || reserved.iter().any(|r| x.bid_path.starts_with(r)) {
+                return Err(err(format!(
+                    "exchanges[{i}].bid_path {:?}: must start with / and not be /notice, /healthz or /metrics",
+                    x.bid_path
+                )));
+            }
+            if let Some(other) = exchanges
+                .iter()
+                .find(|o| o.id == id || o.bid_path == x.bid_path)
+            {
+                return Err(err(format!(
+                    "exchanges[{i}]: {} at {} repeats the id or path of {} at {}",
+                    x.id, x.bid_path, other.id, other.bid_path
+                )));
+            }
+            exchanges.push(Exchange {
+                id,
+                bid_path: x.bid_path.clone(),
+                billing: x.billing,
+            });
         }
         if self.currency.len() != 3 {
             return Err(err(format!(
@@ -242,13 +303,11 @@ impl Config {
         Ok(Settings {
             config: self.clone(),
             edge,
-            exchange,
+            exchanges,
             notice_base,
             currencies,
             signer: Signer::new(region.as_str(), key, previous),
             dev_key: self.notice_key_hex.is_empty(),
-            settlement_window: Duration::from_millis(self.settlement_window_ms),
-            margin: Duration::from_millis(self.margin_ms),
             outgoing,
             transport: shared::tls::Transport::Plaintext,
         })
@@ -281,5 +340,24 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("outgoing_address"));
         let bad: Result<Config, _> = toml::from_str("listn = \"x\"");
         assert!(bad.unwrap_err().to_string().contains("listn"));
+        // Exchanges: each with its own id and path, and the notice it bills by.
+        let c: Config = toml::from_str(
+            "[[exchanges]]\nid = \"adx\"\nbid_path = \"/openrtb2/adx\"\nbilling = \"nurl\"\n\
+             [[exchanges]]\nid = \"pbs\"\nbid_path = \"/openrtb2/pbs\"\n",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.exchanges.len(), 2);
+        assert_eq!(s.exchanges[0].billing, Billing::Nurl);
+        assert_eq!(s.exchanges[1].billing, Billing::Burl);
+        let twice: Config = toml::from_str(
+            "[[exchanges]]\nid = \"adx\"\n[[exchanges]]\nid = \"adx\"\nbid_path = \"/b\"\n",
+        )
+        .unwrap();
+        assert!(twice.validate().unwrap_err().0.contains("repeats"));
+        let notice: Config = toml::from_str("[[exchanges]]\nbid_path = \"/notice/x\"\n").unwrap();
+        assert!(notice.validate().unwrap_err().0.contains("bid_path"));
+        let billing: Result<Config, _> = toml::from_str("[[exchanges]]\nbilling = \"lurl\"\n");
+        assert!(billing.unwrap_err().to_string().contains("lurl"));
     }
 }

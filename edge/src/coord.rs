@@ -21,6 +21,10 @@ pub enum CallError {
         /// The last error seen.
         last: String,
     },
+    /// The leader refused the call for good (a bad argument, an unknown lease): sending it
+    /// again will not help. Definite: nothing was applied.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Tries of one call before giving up (each try moves to another node or to the leader named).
@@ -136,12 +140,14 @@ impl Coordinators {
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                 }
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::NotFound
+                    ) =>
+                {
                     // A definite refusal: retrying will not help.
-                    return Err(CallError::Unavailable {
-                        tries: attempt + 1,
-                        last: s.message().to_owned(),
-                    });
+                    return Err(CallError::Refused(s.message().to_owned()));
                 }
                 Err(s) => {
                     last = format!("{addr}: {}", s.message());

@@ -10,7 +10,7 @@ use shared::{LeaseId, Money};
 use crate::bidder::Edge;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::lease::ActiveLease;
+use crate::lease::{ActiveLease, Terms};
 
 /// Gives `edge` one campaign, `anything`, that bids 1.00 CPM (up to 50.00 above a floor) on any
 /// impression, and a lease `id` of `micros` for that campaign, spendable for `window`.
@@ -33,9 +33,7 @@ pub fn bid_on_anything(edge: &Edge, id: LeaseId, micros: i64, window: Duration) 
         0,
         Money::from_micros(micros),
         edge.clock.mono(),
-        window,
-        Duration::from_secs(1),
-        Duration::from_secs(10),
+        Terms::new(window, Duration::from_secs(10), Duration::from_secs(1)),
     ));
     edge.leases
         .lock()

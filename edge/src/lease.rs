@@ -1,18 +1,72 @@
 //! Leases as the edge holds them (DESIGN §5): the money granted, the spending window on this
-//! edge's monotonic clock, and the reservations taken under it.
+//! edge's monotonic clock, the reservations taken under it, and how long each may still be
+//! billed.
 //!
 //! A campaign's [`Slot`] points at its current lease; bids read it without a lock
 //! (`ArcSwapOption`). Older leases of the campaign stay alive, out of the slot, until their
 //! settlement window ends and they are released.
+//!
+//! **Reservations live until their deadlines.** A bid on an impression may be billed until the
+//! impression's `exp` after the auction, and the auction comes at most `tmax` after the
+//! request. The edge numbers its bids per lease and sorts each reservation by its `exp` into
+//! one of [`EXP_CLASSES_S`] (rounded up): at the release it tells the ledger, per class, what
+//! its bids without a notice still hold and how long their deadlines are from now, and the
+//! ledger holds each part that long (ARCHITECTURE.md).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use shared::{EventKey, LeaseId, Money};
+use shared::{LeaseId, Money};
 
 use crate::reserve::Reservoir;
+
+/// The `exp` classes, seconds: a reservation is held for the smallest class at least its
+/// impression's `exp`. The common values exchanges send (60, 300, 600, 1800, 3600 s) are
+/// classes of their own, so they are held no longer than they say.
+pub const EXP_CLASSES_S: [u32; 34] = [
+    1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 360, 420, 480, 600, 720, 900, 1200,
+    1500, 1800, 2400, 3000, 3600, 5400, 7200, 10_800, 14_400, 21_600, 43_200, 86_400,
+];
+
+/// The class of an `exp` of `secs` seconds: the smallest class at least `secs` (`None` above
+/// a day, which no region allows).
+pub fn exp_class(secs: u64) -> Option<usize> {
+    EXP_CLASSES_S.iter().position(|c| u64::from(*c) >= secs)
+}
+
+/// The rules a lease was granted under (the region's replicated parameters at the grant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Terms {
+    /// How long the edge may reserve, from before it sent the grant request.
+    pub duration: Duration,
+    /// `W`: how long the edge keeps the lease after its spending window before releasing it.
+    pub settlement_window: Duration,
+    /// Taken off the spending window for clock rate error.
+    pub margin: Duration,
+    /// The `exp` assumed for an impression that has none.
+    pub default_exp: Duration,
+    /// The longest `exp` bid on.
+    pub max_exp: Duration,
+    /// The longest `tmax` bid on.
+    pub max_tmax: Duration,
+}
+
+impl Terms {
+    /// Terms for tests and fixtures: a lease of `duration`, W, and a margin, with exchange
+    /// traffic's defaults (`exp` 300 s when absent, up to an hour; `tmax` up to 5 s).
+    pub fn new(duration: Duration, settlement_window: Duration, margin: Duration) -> Terms {
+        Terms {
+            duration,
+            settlement_window,
+            margin,
+            default_exp: Duration::from_secs(300),
+            max_exp: Duration::from_secs(3_600),
+            max_tmax: Duration::from_secs(5),
+        }
+    }
+}
 
 /// One lease held by this edge.
 #[derive(Debug)]
@@ -26,27 +80,26 @@ pub struct ActiveLease {
     /// Reservations may be taken while the monotonic clock reads less than this:
     /// send time of the grant + duration − margin.
     pub spend_until: Duration,
-    /// When the edge releases it: `spend_until + W`. Notices of its bids arrive before.
+    /// When the edge releases it: `spend_until + W`. The first notices of its bids arrive
+    /// before; later ones settle against what the release holds in doubt.
     pub release_at: Duration,
     /// Past this (70 % of the spending window by default) a new lease is asked for.
     pub renew_at: Duration,
-    /// Event keys this edge has already settled or seen lost under this lease, as hashes: a
-    /// reservation is given back at most once.
+    /// The rules it was granted under.
+    pub terms: Terms,
+    /// Bids numbered so far: bid `n` is the `n`-th reservation taken (1, 2, 3, …).
+    bids: AtomicU64,
+    /// What bids without a notice here hold, by `exp` class (micros).
+    held: [AtomicI64; EXP_CLASSES_S.len()],
+    /// Bids this edge has already seen a notice for: a reservation is given back at most
+    /// once.
     seen: Mutex<foldhash::HashSet<u64>>,
 }
 
 impl ActiveLease {
-    /// A lease granted with `amount`, sent at `sent` (monotonic) with the grant's `duration`.
-    pub fn new(
-        id: LeaseId,
-        slot: u32,
-        amount: Money,
-        sent: Duration,
-        duration: Duration,
-        margin: Duration,
-        settlement_window: Duration,
-    ) -> ActiveLease {
-        let spend_until = (sent + duration).saturating_sub(margin);
+    /// A lease granted with `amount`, sent at `sent` (monotonic), under `terms`.
+    pub fn new(id: LeaseId, slot: u32, amount: Money, sent: Duration, terms: Terms) -> ActiveLease {
+        let spend_until = (sent + terms.duration).saturating_sub(terms.margin);
         let window = spend_until.saturating_sub(sent);
         ActiveLease {
             renew_at: sent + window * 7 / 10,
@@ -54,27 +107,89 @@ impl ActiveLease {
             slot,
             reservoir: Reservoir::new(amount.micros()),
             spend_until,
-            release_at: spend_until + settlement_window,
+            release_at: spend_until + terms.settlement_window,
+            terms,
+            bids: AtomicU64::new(0),
+            held: std::array::from_fn(|_| AtomicI64::new(0)),
             seen: Mutex::new(foldhash::HashSet::default()),
         }
     }
 
-    /// Takes `price` micros for a bid at monotonic time `now`: only inside the spending window.
+    /// The `exp` class a bid on an impression with `exp` seconds (or none) is held in, or why
+    /// it may not be bid on under this lease (`exp` longer than the lease's longest).
     #[inline]
-    pub fn try_reserve(&self, price: i64, now: Duration) -> bool {
-        now < self.spend_until && self.reservoir.try_reserve(price)
+    pub fn class_of(&self, exp: Option<i64>) -> Option<usize> {
+        let ms = match exp {
+            Some(s) => u64::try_from(s).unwrap_or(0).saturating_mul(1_000),
+            None => u64::try_from(self.terms.default_exp.as_millis()).unwrap_or(u64::MAX),
+        };
+        if u128::from(ms) > self.terms.max_exp.as_millis() {
+            return None;
+        }
+        exp_class(ms.div_ceil(1_000))
     }
 
-    /// Records that this edge handled a notice for `key`; true the first time. Only then may
+    /// Takes `price` micros for a bid at monotonic time `now`, held in `class`: only inside the
+    /// spending window. The reservation is one atomic operation; then the bid gets its number
+    /// and its class its price (bookkeeping for the release, not a decision).
+    #[inline]
+    pub fn try_reserve(&self, price: i64, now: Duration, class: usize) -> Option<u64> {
+        if now >= self.spend_until || !self.reservoir.try_reserve(price) {
+            return None;
+        }
+        self.held[class].fetch_add(price, Ordering::Relaxed);
+        Some(self.bids.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// A bid that was never sent (the request ran out of time): its reservation comes back
+    /// whole and it holds nothing.
+    pub fn unsent(&self, price: i64, class: usize) {
+        self.held[class].fetch_sub(price, Ordering::Relaxed);
+        self.reservoir.give_back(price);
+    }
+
+    /// How many bids were made under it.
+    pub fn bids(&self) -> u64 {
+        self.bids.load(Ordering::Relaxed)
+    }
+
+    /// Records that this edge handled a notice for `bid`; true the first time. Only then may
     /// the unspent part of its reservation be given back.
-    pub fn first_notice(&self, key: &EventKey) -> bool {
-        use std::hash::BuildHasher;
-        // Fixed seed: the same key hashes alike for the lease's whole life.
-        let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key.to_string());
+    pub fn first_notice(&self, bid: u64) -> bool {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(h)
+            .insert(bid)
+    }
+
+    /// A notice came for a bid of `class` with bid price `price`: it holds nothing any more
+    /// (what it spent is settled, the rest is given back by the caller).
+    pub fn resolved(&self, class: usize, price: i64) {
+        if let Some(h) = self.held.get(class) {
+            h.fetch_sub(price, Ordering::Relaxed);
+        }
+    }
+
+    /// What the bids without a notice here still hold, by how long their deadlines may be
+    /// from `now` (ms, waits increasing): the latest bid was made before `spend_until`, its
+    /// auction at most `max_tmax` later, its impression at most its class's `exp` (never past
+    /// the lease's longest) after that.
+    pub fn in_doubt(&self, now: Duration) -> Vec<(u64, i64)> {
+        let mut parts: Vec<(u64, i64)> = Vec::new();
+        for (i, h) in self.held.iter().enumerate() {
+            let amount = h.load(Ordering::Relaxed);
+            if amount <= 0 {
+                continue;
+            }
+            let exp = Duration::from_secs(u64::from(EXP_CLASSES_S[i])).min(self.terms.max_exp);
+            let deadline = self.spend_until + self.terms.max_tmax + exp;
+            let wait = u64::try_from(deadline.saturating_sub(now).as_millis()).unwrap_or(u64::MAX);
+            match parts.last_mut() {
+                Some(last) if last.0 == wait => last.1 += amount,
+                _ => parts.push((wait, amount)),
+            }
+        }
+        parts
     }
 }
 
@@ -112,23 +227,86 @@ impl Slot {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reservations_only_inside_the_spending_window() {
-        let l = ActiveLease::new(
+    fn lease() -> ActiveLease {
+        ActiveLease::new(
             LeaseId(1),
             0,
             Money::from_micros(10_000),
             Duration::from_secs(100),
-            Duration::from_secs(30),
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
+            Terms::new(
+                Duration::from_secs(30),
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            ),
+        )
+    }
+
+    #[test]
+    fn reservations_only_inside_the_spending_window_numbered_from_one() {
+        let l = lease();
         assert_eq!(l.spend_until, Duration::from_secs(128));
         assert_eq!(l.release_at, Duration::from_secs(138));
-        assert!(l.try_reserve(5_000, Duration::from_secs(127)));
-        assert!(!l.try_reserve(1, Duration::from_secs(128)));
-        let k = EventKey::from_parts("x", "a", "1").unwrap();
-        assert!(l.first_notice(&k));
-        assert!(!l.first_notice(&k));
+        let class = l.class_of(Some(60)).unwrap();
+        assert_eq!(
+            l.try_reserve(5_000, Duration::from_secs(127), class),
+            Some(1)
+        );
+        assert_eq!(l.try_reserve(1, Duration::from_secs(127), class), Some(2));
+        assert_eq!(l.try_reserve(1, Duration::from_secs(128), class), None);
+        assert_eq!(l.try_reserve(9_000, Duration::from_secs(127), class), None);
+        assert_eq!(l.bids(), 2);
+        assert!(l.first_notice(1));
+        assert!(!l.first_notice(1));
+    }
+
+    #[test]
+    fn exp_classes_round_up_and_refuse_what_is_too_long() {
+        let l = lease();
+        let secs = |c: Option<usize>| c.map(|i| EXP_CLASSES_S[i]);
+        assert_eq!(secs(l.class_of(Some(60))), Some(60));
+        assert_eq!(secs(l.class_of(Some(61))), Some(90));
+        assert_eq!(secs(l.class_of(Some(3_600))), Some(3_600));
+        assert_eq!(secs(l.class_of(Some(0))), Some(1));
+        assert_eq!(secs(l.class_of(Some(-4))), Some(1));
+        assert_eq!(secs(l.class_of(None)), Some(300), "the default exp");
+        assert_eq!(
+            l.class_of(Some(3_601)),
+            None,
+            "longer than the lease allows"
+        );
+        assert_eq!(l.class_of(Some(i64::MAX)), None);
+        assert!(EXP_CLASSES_S.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_release_holds_each_class_until_its_bids_deadlines() {
+        let l = lease();
+        let at = Duration::from_secs(120);
+        let c60 = l.class_of(Some(60)).unwrap();
+        let c300 = l.class_of(None).unwrap();
+        let c3600 = l.class_of(Some(3_000)).unwrap();
+        l.try_reserve(1_000, at, c60).unwrap();
+        l.try_reserve(2_000, at, c300).unwrap();
+        let b = l.try_reserve(3_000, at, c300).unwrap();
+        l.try_reserve(4_000, at, c3600).unwrap();
+        // A notice for the 3,000 bid: it holds nothing any more.
+        l.resolved(c300, 3_000);
+        assert!(l.first_notice(b));
+        // Released at 138 s: the last bid could have been at 128 s, its auction 5 s later,
+        // its impression exp later.
+        assert_eq!(
+            l.in_doubt(Duration::from_secs(138)),
+            vec![(55_000, 1_000), (295_000, 2_000), (2_995_000, 4_000)]
+        );
+        assert_eq!(l.reservoir.unreserved(), 0);
+        // The whole lease is reserved: no further bid.
+        assert_eq!(l.try_reserve(1, at, c60), None);
+        // A bid never sent holds nothing, and its money can be bid again.
+        let l = lease();
+        let c = l.class_of(Some(10)).unwrap();
+        l.try_reserve(500, at, c).unwrap();
+        l.unsent(500, c);
+        assert_eq!(l.in_doubt(Duration::from_secs(138)), vec![]);
+        assert_eq!(l.reservoir.unreserved(), 10_000);
     }
 }

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use crate::bidder::Edge;
 use crate::catalog::Catalog;
 use crate::coord::{Answer, Coordinators, hint};
-use crate::lease::ActiveLease;
+use crate::lease::{ActiveLease, Terms};
 use crate::metrics::Outcome;
+use crate::settle::Release;
 
 /// Polls the coordinators for campaigns every `poll_interval_ms`, rebuilding the catalog when
 /// their version moves and updating pacing each time. Ends when `stop` fires.
@@ -176,14 +177,13 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
     let now_ms = |edge: &Edge| u64::try_from(edge.clock.mono().as_millis()).unwrap_or(u64::MAX);
     match result {
         Ok(Ok(l)) if l.amount_micros > 0 => {
+            let terms = terms_of(&l);
             let lease = Arc::new(ActiveLease::new(
                 LeaseId(l.lease_id),
                 index,
                 Money::from_micros(l.amount_micros),
                 sent,
-                Duration::from_millis(l.duration_ms),
-                edge.settings.margin,
-                edge.settings.settlement_window,
+                terms,
             ));
             let held = {
                 let mut leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner());
@@ -231,6 +231,30 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
     slot.asking.store(false, Ordering::Release);
 }
 
+/// A granted lease's terms. A coordinator that sends none (an older one) gets the rules it
+/// had then: the lease's duration, W 10 s, a 2 s margin, no `exp` longer than W.
+fn terms_of(l: &pb::Lease) -> Terms {
+    let ms = Duration::from_millis;
+    match &l.terms {
+        Some(t) => Terms {
+            duration: ms(t.duration_ms),
+            settlement_window: ms(t.settlement_window_ms),
+            margin: ms(t.margin_ms),
+            default_exp: ms(t.default_exp_ms),
+            max_exp: ms(t.max_exp_ms),
+            max_tmax: ms(t.max_tmax_ms),
+        },
+        None => Terms {
+            duration: ms(l.duration_ms),
+            settlement_window: ms(10_000),
+            margin: ms(2_000),
+            default_exp: ms(0),
+            max_exp: ms(10_000),
+            max_tmax: ms(5_000),
+        },
+    }
+}
+
 /// Takes leases whose spending window has passed out of their slots, and releases those whose
 /// settlement window has passed too.
 fn retire(edge: &Arc<Edge>) {
@@ -257,7 +281,15 @@ fn retire(edge: &Arc<Edge>) {
                 }
             }
             if now >= l.release_at {
-                done.push((*id, l.reservoir.unreserved()));
+                // What the bids without a notice hold first, then the reservoir: a notice
+                // handled between the two reads is counted held, never lost.
+                let in_doubt = l.in_doubt(now);
+                let release = Release {
+                    unreserved: l.reservoir.unreserved(),
+                    bids: l.bids(),
+                    in_doubt,
+                };
+                done.push((*id, release));
                 return false;
             }
             true
@@ -266,10 +298,10 @@ fn retire(edge: &Arc<Edge>) {
             .leases_held
             .set(i64::try_from(leases.len()).unwrap_or(i64::MAX));
     }
-    for (id, unreserved) in done {
+    for (id, release) in done {
         let settler = edge.settler.clone();
         tokio::spawn(async move {
-            if let Some(closed) = settler.release(id, unreserved).await {
+            if let Some(closed) = settler.release(id, release).await {
                 tracing::debug!(lease = %id, spent = closed.spent_micros, returned = closed.returned_micros, "lease released");
             }
         });
@@ -277,8 +309,8 @@ fn retire(edge: &Arc<Edge>) {
 }
 
 /// At shutdown: stop reserving. Leases are not released early: notices for bids already made
-/// may still come (to any edge) within `W`, so the leases are left to the leader's reclaim,
-/// which waits for exactly that.
+/// may still come (to any edge) until their deadlines, so the leases are left to the leader's
+/// reclaim, which waits for exactly that.
 async fn stop_bidding(edge: &Edge) {
     let slots = edge
         .slots

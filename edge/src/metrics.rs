@@ -44,8 +44,11 @@ pub struct Metrics {
     pub notice_prices: Family<Outcome, Counter>,
     /// Seconds from a batch's first send to its acknowledgement.
     pub batch_commit_seconds: Histogram,
-    /// Spend batches by result: committed, retried.
+    /// Spend batches by result: committed, retried, refused.
     pub batches: Family<Outcome, Counter>,
+    /// What the ledger did not settle as reported, from its replies: anomaly, conflict,
+    /// unknown_bid.
+    pub findings: Family<Outcome, Counter>,
     /// Notices waiting for their batch to commit.
     pub notices_pending: Gauge<i64, AtomicI64>,
     /// Campaigns in the catalog.
@@ -69,9 +72,11 @@ pub struct Metrics {
 }
 
 /// Every outcome label of `bid_requests`.
-const REQUEST_OUTCOMES: [&str; 9] = [
+const REQUEST_OUTCOMES: [&str; 11] = [
     "bid",
     "no_match",
+    "exp_too_long",
+    "tmax_too_long",
     "currency",
     "tmax",
     "late",
@@ -171,6 +176,7 @@ impl Metrics {
             notice_prices: Family::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
             batches: Family::default(),
+            findings: Family::default(),
             notices_pending: Gauge::default(),
             campaigns: Gauge::default(),
             catalog_version: Gauge::default(),
@@ -226,6 +232,12 @@ impl Metrics {
         );
         r.register("batches", "Spend batches by result", m.batches.clone());
         r.register(
+            "spend_findings",
+            "Charges the ledger did not settle as reported: anomaly (recorded, not settled), \
+             conflict (contradicts an earlier report of the same bid), unknown_bid",
+            m.findings.clone(),
+        );
+        r.register(
             "notices_pending",
             "Notices waiting for their batch",
             m.notices_pending.clone(),
@@ -262,6 +274,21 @@ impl Metrics {
             // An outcome missing from the list: counted, through the family's lock.
             None => {
                 self.bid_requests.get_or_create(&Outcome { outcome }).inc();
+            }
+        }
+    }
+
+    /// Counts what a batch's reply found.
+    pub fn findings(&self, anomalies: u32, conflicts: u32, unknown_bids: u32) {
+        for (outcome, n) in [
+            ("anomaly", anomalies),
+            ("conflict", conflicts),
+            ("unknown_bid", unknown_bids),
+        ] {
+            if n > 0 {
+                self.findings
+                    .get_or_create(&Outcome { outcome })
+                    .inc_by(u64::from(n));
             }
         }
     }

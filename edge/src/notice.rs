@@ -1,9 +1,9 @@
 //! Win, billing and loss notices.
 //!
 //! When we bid, each notice URL names everything needed to settle the impression without any
-//! state at the edge that receives it: the region, the lease, campaign, exchange, auction and
-//! imp ids, the bid price, whether the auction was first-price, and an HMAC-SHA256 over all of
-//! it. Lease ids are numbered per region, so an edge refuses a notice of another region before
+//! state at the edge that receives it: the region, the lease and our bid's number under it
+//! (the charge's identity), the `exp` class it is held in, campaign, exchange, auction and imp
+//! ids, the bid price, whether the auction was first-price, and an HMAC-SHA256 over all of it. Lease ids are numbered per region, so an edge refuses a notice of another region before
 //! anything else (the exchange retries elsewhere): settled here, it would land on a lease of
 //! ours that happens to share the number. The
 //! exchange appends nothing we trust except the clearing price (`${AUCTION_PRICE}`) and the loss
@@ -89,11 +89,14 @@ impl Signer {
     fn mac(&self, key: &HmacSha256, fields: &Fields<'_>) -> [u8; SIG_BYTES] {
         let mut m = key.clone();
         let (mut lease, mut bid) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (mut number, mut class) = (itoa::Buffer::new(), itoa::Buffer::new());
         // Length-prefixed fields: no two different notices share the signed bytes.
         for part in [
             self.region.as_str(),
             fields.kind.as_str(),
             lease.format(fields.lease.0),
+            number.format(fields.bid),
+            class.format(fields.hold_s),
             fields.campaign,
             fields.exchange,
             fields.auction,
@@ -128,6 +131,11 @@ pub struct Fields<'a> {
     pub kind: Kind,
     /// The lease the bid was reserved under.
     pub lease: LeaseId,
+    /// Our bid's number under the lease: with the lease, the charge's identity.
+    pub bid: u64,
+    /// The `exp` class (seconds, one of [`crate::lease::EXP_CLASSES_S`]) its reservation is
+    /// held in.
+    pub hold_s: u32,
     /// The campaign.
     pub campaign: &'a str,
     /// The exchange.
@@ -164,6 +172,10 @@ impl Fields<'_> {
         u.extend(utf8_percent_encode(&signer.region, QUERY));
         u.push_str("&l=");
         u.push_str(num.format(self.lease.0));
+        u.push_str("&n=");
+        u.push_str(num.format(self.bid));
+        u.push_str("&h=");
+        u.push_str(num.format(self.hold_s));
         for (name, value) in [
             ("&c=", self.campaign),
             ("&x=", self.exchange),
@@ -221,6 +233,10 @@ pub struct Notice {
     pub kind: Kind,
     /// Its lease.
     pub lease: LeaseId,
+    /// Our bid's number under the lease.
+    pub bid_no: u64,
+    /// The index of its `exp` class in [`crate::lease::EXP_CLASSES_S`].
+    pub class: usize,
     /// Its campaign.
     pub campaign: String,
     /// The impression's key: exchange, auction, imp.
@@ -293,8 +309,8 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     if query.len() > QUERY_MAX {
         return Err(Refused::Malformed("query"));
     }
-    let mut p: [Option<&str>; 10] = [None; 10];
-    const NAMES: [&str; 10] = ["l", "c", "x", "a", "i", "b", "f", "s", "p", "g"];
+    let mut p: [Option<&str>; 12] = [None; 12];
+    const NAMES: [&str; 12] = ["l", "c", "x", "a", "i", "b", "f", "s", "p", "g", "n", "h"];
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if let Some(n) = NAMES.iter().position(|name| *name == k) {
@@ -320,6 +336,12 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
         });
     }
     let lease: u64 = need(0)?.parse().map_err(|_| Refused::Malformed("l"))?;
+    let bid_no: u64 = need(10)?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or(Refused::Malformed("n"))?;
+    let hold_s: u32 = need(11)?.parse().map_err(|_| Refused::Malformed("h"))?;
     let campaign = decode(1)?;
     let exchange = decode(2)?;
     let auction = decode(3)?;
@@ -334,6 +356,8 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     let fields = Fields {
         kind,
         lease: LeaseId(lease),
+        bid: bid_no,
+        hold_s,
         campaign: &campaign,
         exchange: &exchange,
         auction: &auction,
@@ -344,6 +368,11 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     if !signer.verify(&fields, &sig) {
         return Err(Refused::BadSignature);
     }
+    // Signed by us: a class we use.
+    let class = crate::lease::EXP_CLASSES_S
+        .iter()
+        .position(|c| *c == hold_s)
+        .ok_or(Refused::Malformed("h"))?;
     // Signed by us: these were valid when we bid.
     let key =
         EventKey::from_parts(&exchange, &auction, &imp).map_err(|_| Refused::Malformed("a"))?;
@@ -363,6 +392,8 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     Ok(Notice {
         kind,
         lease: LeaseId(lease),
+        bid_no,
+        class,
         campaign,
         key,
         bid,
@@ -404,6 +435,8 @@ mod tests {
         Fields {
             kind,
             lease: LeaseId(42),
+            bid: 7,
+            hold_s: 300,
             campaign: "shoes",
             exchange: "sim",
             auction: "auc/1 &x=2",
@@ -425,6 +458,7 @@ mod tests {
     fn a_signed_notice_round_trips_with_awkward_ids() {
         let n = parse(Kind::Win, &called(Kind::Win, "1.75"), &signer()).unwrap();
         assert_eq!(n.key.auction_id(), "auc/1 &x=2");
+        assert_eq!((n.bid_no, crate::lease::EXP_CLASSES_S[n.class]), (7, 300));
         assert_eq!(n.price, Price::Cleared(Money::from_micros(1750)));
         assert_eq!(n.spend(), Some(Money::from_micros(1750)));
         let loss = parse(Kind::Loss, &called(Kind::Loss, ""), &signer()).unwrap();
@@ -495,6 +529,19 @@ mod tests {
             parse(Kind::Win, &twice, &signer()).unwrap_err(),
             Refused::Malformed("l")
         );
+        // Our bid's number and its class are signed like the rest.
+        assert_eq!(
+            parse(Kind::Win, &q.replace("n=7", "n=8"), &signer()).unwrap_err(),
+            Refused::BadSignature
+        );
+        assert_eq!(
+            parse(Kind::Win, &q.replace("h=300", "h=3600"), &signer()).unwrap_err(),
+            Refused::BadSignature
+        );
+        assert_eq!(
+            parse(Kind::Win, &q.replace("n=7", "n=0"), &signer()).unwrap_err(),
+            Refused::Malformed("n")
+        );
     }
 
     #[test]
@@ -560,7 +607,7 @@ mod props {
         fn a_flipped_byte_never_verifies_as_something_else(at in 0usize..200, to in 0u8..128) {
             let signer = Signer::new("eu-1", b"region-key".to_vec(), None);
             let f = Fields {
-                kind: Kind::Bill, lease: LeaseId(9), campaign: "c1", exchange: "sim",
+                kind: Kind::Bill, lease: LeaseId(9), bid: 3, hold_s: 60, campaign: "c1", exchange: "sim",
                 auction: "a-1", imp: "1", bid_micros: 2500, first_price: false,
             };
             let url = f.url("http://e", &signer);
@@ -572,6 +619,7 @@ mod props {
             let Ok(changed) = String::from_utf8(bytes) else { return Ok(()) };
             if let Ok(n) = parse(Kind::Bill, &changed, &signer) {
                 prop_assert_eq!(n.lease, LeaseId(9));
+                prop_assert_eq!((n.bid_no, n.class), (3, 9));
                 prop_assert_eq!(n.bid.micros(), 2500);
                 prop_assert_eq!(n.key.to_string(), EventKey::from_parts("sim", "a-1", "1").unwrap().to_string());
             }

@@ -440,6 +440,13 @@ fn validate(req: &BidRequest<'_>) -> Result<(), Invalid> {
             "no more than one of request.site, request.app or request.dooh may be present",
         ));
     }
+    if let Some(i) = req
+        .imp
+        .iter()
+        .position(|imp| imp.exp.is_some_and(|e| e < 0))
+    {
+        return Err(invalid(format!("imp[{i}].exp must not be negative")));
+    }
     if req.tmax.is_some_and(|t| t < 0) {
         return Err(invalid("request.tmax must not be negative"));
     }
@@ -698,6 +705,9 @@ pub struct Bid<'a> {
     pub h: Option<i64>,
     /// Advertiser domains.
     pub adomain: Vec<String>,
+    /// OpenRTB 2.6: seconds we are willing to wait between the auction and the impression.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exp: Option<i64>,
 }
 
 /// A price of `micros` per impression as an OpenRTB CPM number: micros per impression / 1000

@@ -80,9 +80,14 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
 /// The HTTP routes of an edge.
 pub fn router(edge: Arc<Edge>) -> axum::Router {
     let limit = edge.settings.config.max_body_bytes;
-    axum::Router::new()
-        .route(&edge.settings.config.bid_path.clone(), post(bid))
-        .route("/notice/{kind}", get(notice).post(notice))
+    let mut r = axum::Router::new();
+    for (i, x) in edge.settings.exchanges.iter().enumerate() {
+        r = r.route(
+            &x.bid_path,
+            post(move |state, headers, body| bid(state, i, headers, body)),
+        );
+    }
+    r.route("/notice/{kind}", get(notice).post(notice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -104,8 +109,21 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     let (edge, stop) = start(settings, clock);
+    let exchanges: Vec<String> = edge
+        .settings
+        .exchanges
+        .iter()
+        .map(|x| {
+            format!(
+                "{} at {} (bills by {})",
+                x.id,
+                x.bid_path,
+                x.billing.as_str()
+            )
+        })
+        .collect();
     tracing::info!(%addr, edge = %edge.settings.edge, coordinators = ?edge.settings.config.coordinators,
-        bid_path = %edge.settings.config.bid_path, "edge serving");
+        ?exchanges, "edge serving");
     serve(listener, edge, shutdown).await?;
     let _ = stop.send(true);
     tracing::info!("edge stopped");
@@ -130,7 +148,12 @@ pub async fn serve(
         .await
 }
 
-async fn bid(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn bid(
+    State(edge): State<Arc<Edge>>,
+    exchange: usize,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let start = Instant::now();
     let m = &edge.metrics;
     let limit = edge.settings.config.max_concurrent_bids;
@@ -139,13 +162,19 @@ async fn bid(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> 
         m.request("shed");
         return StatusCode::NO_CONTENT.into_response();
     }
-    let response = answer(&edge, &headers, &body, start);
+    let response = answer(&edge, exchange, &headers, &body, start);
     edge.in_flight.fetch_sub(1, Ordering::AcqRel);
     m.bid_seconds.observe(start.elapsed());
     response
 }
 
-fn answer(edge: &Edge, headers: &HeaderMap, body: &Bytes, start: Instant) -> Response {
+fn answer(
+    edge: &Edge,
+    exchange: usize,
+    headers: &HeaderMap,
+    body: &Bytes,
+    start: Instant,
+) -> Response {
     let m = &edge.metrics;
     let bad = |outcome: &'static str, why: String| {
         m.request(outcome);
@@ -187,7 +216,7 @@ fn answer(edge: &Edge, headers: &HeaderMap, body: &Bytes, start: Instant) -> Res
     } else {
         body
     };
-    match edge.bid(bytes, version, start) {
+    match edge.bid(exchange, bytes, version, start) {
         BidOutcome::Bid(json) => {
             m.request("bid");
             ([(header::CONTENT_TYPE, "application/json")], json).into_response()

@@ -5,7 +5,9 @@
 //! dedup by event key settles it once.
 //!
 //! A lease is released only after every batch of it has been acknowledged, so that no report
-//! of this edge reaches a closed lease.
+//! of this edge reaches a closed lease. Loss notices for leases this edge does not hold ride in
+//! the same batches (best effort: a loss that never reaches the ledger only keeps its bid's
+//! money in doubt until the bid's deadline).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shared::log::SpendEvent;
 use shared::proto::v1 as pb;
-use shared::{BatchId, EdgeId, LeaseId};
+use shared::{BatchId, EdgeId, LeaseId, Money};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -29,16 +31,52 @@ pub struct BatchLimits {
     pub max_delay: Duration,
 }
 
+/// A bid the exchange reported lost, for a lease this edge does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The bid's number under its lease.
+    pub bid: u64,
+    /// Its bid price.
+    pub amount: Money,
+}
+
+/// What a lease's release tells the ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Release {
+    /// What its reservoir holds: never reserved, or given back by notices.
+    pub unreserved: i64,
+    /// How many bids it made.
+    pub bids: u64,
+    /// What its bids without a notice hold, by wait (ms, increasing).
+    pub in_doubt: Vec<(u64, i64)>,
+}
+
+/// Why a charge was not committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failed {
+    /// The settler is gone (the process is stopping): the exchange sends the notice again.
+    Stopping,
+    /// The region refused the batch for good (an unknown lease): sending it again will not
+    /// help.
+    Refused(String),
+}
+
+type Waiter = oneshot::Sender<Result<u64, Failed>>;
+
 /// What the settler is asked to do.
 enum Job {
     Spend {
         lease: LeaseId,
         event: SpendEvent,
-        done: oneshot::Sender<u64>,
+        done: Waiter,
+    },
+    Loss {
+        lease: LeaseId,
+        lost: Lost,
     },
     Release {
         lease: LeaseId,
-        unreserved: i64,
+        release: Release,
         done: oneshot::Sender<Option<pb::LeaseClosed>>,
     },
 }
@@ -66,26 +104,32 @@ impl Settler {
     }
 
     /// Queues one charge; resolves when its batch is committed, with the Raft index that
-    /// applied the batch. `Err`: the settler is gone (the process is stopping); the notice must
-    /// not be acknowledged.
-    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, ()> {
+    /// applied the batch. `Err`: not committed (the process is stopping, or the region refused
+    /// the batch); the notice must not be acknowledged.
+    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, Failed> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Spend { lease, event, done })
             .await
-            .map_err(|_| ())?;
-        wait.await.map_err(|_| ())
+            .map_err(|_| Failed::Stopping)?;
+        wait.await.unwrap_or(Err(Failed::Stopping))
+    }
+
+    /// Queues a loss for a lease this edge does not hold; never waits (a full queue drops it:
+    /// the bid's money then waits for its deadline, which is safe).
+    pub fn lost(&self, lease: LeaseId, lost: Lost) {
+        let _ = self.tx.try_send(Job::Loss { lease, lost });
     }
 
     /// Releases a lease after its batches are committed; the coordinator's answer, or `None`
-    /// when it was never obtained. `unreserved`: what the lease's reservoir holds (never
-    /// reserved, or given back by notices); only that returns to the region at once.
-    pub async fn release(&self, lease: LeaseId, unreserved: i64) -> Option<pb::LeaseClosed> {
+    /// when it was never obtained. Only what the lease's reservoir holds returns to the region
+    /// at once; what its bids without a notice hold waits in doubt, each part for its wait.
+    pub async fn release(&self, lease: LeaseId, release: Release) -> Option<pb::LeaseClosed> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Release {
                 lease,
-                unreserved,
+                release,
                 done,
             })
             .await
@@ -96,8 +140,24 @@ impl Settler {
 
 struct Pending {
     events: Vec<SpendEvent>,
-    waiters: Vec<oneshot::Sender<u64>>,
+    losses: Vec<Lost>,
+    waiters: Vec<Waiter>,
     since: Instant,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            events: Vec::new(),
+            losses: Vec::new(),
+            waiters: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len().max(self.losses.len())
+    }
 }
 
 async fn run(
@@ -119,21 +179,27 @@ async fn run(
                 let Some(job) = job else { break };
                 match job {
                     Job::Spend { lease, event, done } => {
-                        let p = pending.entry(lease).or_insert_with(|| Pending {
-                            events: Vec::new(),
-                            waiters: Vec::new(),
-                            since: Instant::now(),
-                        });
+                        let p = pending.entry(lease).or_insert_with(Pending::new);
                         p.events.push(event);
                         p.waiters.push(done);
-                        if p.events.len() >= limits.max_events
+                        if p.len() >= limits.max_events
                             && let Some(p) = pending.remove(&lease)
                         {
                             let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
                             in_flight.entry(lease).or_default().push(h);
                         }
                     }
-                    Job::Release { lease, unreserved, done } => {
+                    Job::Loss { lease, lost } => {
+                        let p = pending.entry(lease).or_insert_with(Pending::new);
+                        p.losses.push(lost);
+                        if p.len() >= limits.max_events
+                            && let Some(p) = pending.remove(&lease)
+                        {
+                            let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                            in_flight.entry(lease).or_default().push(h);
+                        }
+                    }
+                    Job::Release { lease, release: rel, done } => {
                         let mut handles = in_flight.remove(&lease).unwrap_or_default();
                         if let Some(p) = pending.remove(&lease) {
                             handles.push(send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng)));
@@ -144,7 +210,7 @@ async fn run(
                             for h in handles {
                                 let _ = h.await;
                             }
-                            let _ = done.send(release(&ctx, lease, batch, unreserved).await);
+                            let _ = done.send(release(&ctx, lease, batch, rel).await);
                         });
                     }
                 }
@@ -181,6 +247,14 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
             edge: edge.to_string(),
             lease_id: lease.0,
             events: p.events.iter().map(pb::SpendEvent::from).collect(),
+            losses: p
+                .losses
+                .iter()
+                .map(|l| pb::LostBid {
+                    bid: l.bid,
+                    amount_micros: l.amount.micros(),
+                })
+                .collect(),
         };
         let started = Instant::now();
         let mut attempt = 0;
@@ -204,9 +278,12 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
                 Ok(settled) => {
                     tracing::debug!(%lease, %batch, events = p.events.len(), settled = settled.settled_events,
                         duplicates = settled.duplicate_events, anomalies = settled.anomalies, "batch committed");
-                    if settled.anomalies > 0 {
-                        tracing::warn!(%lease, %batch, anomalies = settled.anomalies, "the ledger recorded anomalies for this batch");
+                    if settled.anomalies > 0 || settled.conflicts > 0 || settled.unknown_bids > 0 {
+                        tracing::warn!(%lease, %batch, anomalies = settled.anomalies,
+                            conflicts = settled.conflicts, unknown_bids = settled.unknown_bids,
+                            "the ledger found charges it did not settle as reported (anomalies: recorded, not settled; conflicts: contradict an earlier report of their bid)");
                     }
+                    metrics.findings(settled.anomalies, settled.conflicts, settled.unknown_bids);
                     metrics
                         .batch_commit_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -217,7 +294,22 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
                         })
                         .inc();
                     for w in p.waiters {
-                        let _ = w.send(settled.raft_index);
+                        let _ = w.send(Ok(settled.raft_index));
+                    }
+                    return;
+                }
+                Err(crate::coord::CallError::Refused(why)) => {
+                    // Definite: nothing was applied, and sending it again would not change
+                    // that. Its notices are answered with the refusal (counted and logged: a
+                    // signed notice for a lease the region does not know is never normal).
+                    metrics
+                        .batches
+                        .get_or_create(&Outcome { outcome: "refused" })
+                        .inc();
+                    tracing::error!(%lease, %batch, events = p.events.len(), error = %why,
+                        "the region refused a spend batch; its notices are refused");
+                    for w in p.waiters {
+                        let _ = w.send(Err(Failed::Refused(why.clone())));
                     }
                     return;
                 }
@@ -242,14 +334,23 @@ async fn release(
     ctx: &Ctx,
     lease: LeaseId,
     batch: BatchId,
-    unreserved: i64,
+    rel: Release,
 ) -> Option<pb::LeaseClosed> {
     let (edge, coords, metrics) = &**ctx;
     let request = pb::ReleaseLeaseRequest {
         batch_id: batch.0.to_vec(),
         edge: edge.to_string(),
         lease_id: lease.0,
-        unreserved_micros: unreserved,
+        unreserved_micros: rel.unreserved,
+        bids: rel.bids,
+        in_doubt: rel
+            .in_doubt
+            .iter()
+            .map(|(wait_ms, amount)| pb::DoubtPart {
+                wait_ms: *wait_ms,
+                amount_micros: *amount,
+            })
+            .collect(),
     };
     for attempt in 0..10 {
         let r = coords
@@ -276,6 +377,10 @@ async fn release(
                     })
                     .inc();
                 return Some(closed);
+            }
+            Err(crate::coord::CallError::Refused(why)) => {
+                tracing::error!(%lease, error = %why, "the region refused the release; the leader will reclaim the lease");
+                break;
             }
             Err(e) => {
                 tracing::warn!(%lease, error = %e, "release not acknowledged; trying again");

@@ -84,6 +84,7 @@ impl From<&SpendEvent> for v1::SpendEvent {
                 imp_id: e.key.imp_id().to_string(),
             }),
             amount_micros: e.amount.micros(),
+            bid: e.bid,
         }
     }
 }
@@ -101,7 +102,14 @@ impl TryFrom<&v1::SpendEvent> for SpendEvent {
             k.imp_id.clone(),
         )
         .map_err(wire("event.key"))?;
+        if e.bid == 0 {
+            return Err(WireError {
+                field: "event.bid",
+                problem: "bid numbers start at 1".into(),
+            });
+        }
         Ok(SpendEvent {
+            bid: e.bid,
             key,
             amount: nonneg_micros("event.amount_micros", e.amount_micros)?,
         })
@@ -204,6 +212,7 @@ mod tests {
     #[test]
     fn spend_events_cross_the_wire_and_bad_ones_are_named() {
         let event = SpendEvent {
+            bid: 4,
             key: "adx/a-1/1".parse().unwrap(),
             amount: Money::from_micros(1500),
         };
@@ -216,6 +225,9 @@ mod tests {
             SpendEvent::try_from(&bad).unwrap_err().field,
             "event.amount_micros"
         );
+        let mut bad = back.clone();
+        bad.bid = 0;
+        assert_eq!(SpendEvent::try_from(&bad).unwrap_err().field, "event.bid");
         let mut bad = back.clone();
         bad.key.as_mut().unwrap().exchange = "a/b".into();
         assert_eq!(

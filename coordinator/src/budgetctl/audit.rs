@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use shared::EventKey;
-use shared::log::proof::{self, InclusionProof, ProveError};
+use shared::log::proof::{self, ChargeRef, InclusionProof, ProveError};
 use shared::log::verify::{ArchiveError, Failure, Summary, verify_path_observed};
 use shared::log::{Hash, parse_hash};
 
@@ -36,13 +36,22 @@ pub(crate) enum AuditCommand {
     /// Print a proof (JSON) that one charge is in the log, leading to the archive's head.
     ///
     /// Verifies the whole archive first. The proof reveals the charge, its spend batch's body,
-    /// and one digest per later entry: nothing of any other charge.
+    /// and one digest per later entry: nothing of any other charge. Name the charge by our bid
+    /// (--bid, one charge at most) or by the exchange's ids (--event): exchanges reuse ids, so
+    /// those may name several charges; then each is listed by its bid id and none is written
+    /// until --bid picks one.
+    #[command(group(clap::ArgGroup::new("charge").required(true).args(["bid", "event"])))]
     Prove {
         /// A directory of sealed segments, or one segment file.
         path: PathBuf,
-        /// The charge: EXCHANGE/AUCTION_ID/IMP_ID (the auction id may hold '/', the others not).
+        /// The charge of our bid LEASE.BID (as a notice's `l` and `n` name it; `12.7`: bid 7
+        /// of lease 12).
+        #[arg(long, value_name = "LEASE.BID", value_parser = ChargeRef::parse_bid)]
+        bid: Option<ChargeRef>,
+        /// The charge with these exchange ids: EXCHANGE/AUCTION_ID/IMP_ID (the auction id may
+        /// hold '/', the others not).
         #[arg(long, value_name = "EXCHANGE/AUCTION/IMP")]
-        event: EventKey,
+        event: Option<EventKey>,
         /// Prove against the head at this seq instead of the archive's last entry.
         #[arg(long, value_name = "SEQ")]
         head_seq: Option<u64>,
@@ -97,10 +106,19 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
         },
         AuditCommand::Prove {
             path,
+            bid,
             event,
             head_seq,
             output,
-        } => prove(&archive_dir(path), &event, head_seq, output),
+        } => {
+            let which = match (bid, event) {
+                (Some(b), _) => b,
+                (None, Some(e)) => ChargeRef::Exchange(e),
+                // clap's group requires one of them.
+                (None, None) => return usage_error("name the charge with --bid or --event"),
+            };
+            prove(&archive_dir(path), &which, head_seq, output)
+        }
         AuditCommand::Head { json } => head(endpoint, json),
         AuditCommand::CheckProof { proof, head, json } => check_proof(&proof, &head, json),
     }
@@ -265,11 +283,11 @@ fn failure_text(path: &std::path::Path, f: &Failure, partial: &Summary) -> Strin
 
 fn prove(
     path: &std::path::Path,
-    event: &EventKey,
+    which: &ChargeRef,
     head_seq: Option<u64>,
     output: Option<PathBuf>,
 ) -> ExitCode {
-    let proof = match proof::prove(path, event, head_seq) {
+    let mut proofs = match proof::prove(path, which, head_seq) {
         Ok(p) => p,
         Err(ProveError::Archive(e)) => return usage_error(e),
         Err(e) => {
@@ -277,6 +295,21 @@ fn prove(
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    if proofs.len() > 1 {
+        eprintln!(
+            "budgetctl: {} charges {which} (the exchange reused its ids); prove one with --bid:",
+            proofs.len()
+        );
+        for p in &proofs {
+            let lease = p.lease().map_or(0, |l| l.0);
+            eprintln!(
+                "  --bid {lease}.{}   {} at entry {}",
+                p.event.bid, p.event.amount, p.entry_seq
+            );
+        }
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let proof = proofs.remove(0);
     // Serialising a proof cannot fail: it holds strings, numbers and arrays only.
     let text = serde_json::to_string_pretty(&proof).unwrap_or_default() + "\n";
     match output {
@@ -285,8 +318,9 @@ fn prove(
                 return usage_error(format!("{}: {e}", file.display()));
             }
             eprintln!(
-                "wrote proof of {} (entry {}, head seq {} {}) to {}",
+                "wrote proof of the charge {which} ({}, bid {}; entry {}, head seq {} {}) to {}",
                 proof.event.key,
+                proof.event.bid,
                 proof.entry_seq,
                 proof.head_seq,
                 hex::encode(proof.head_hash),
@@ -321,12 +355,13 @@ fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
                 print_json(&serde_json::json!({ "ok": true, "charge": charge }));
             } else {
                 println!(
-                    "OK: charge {} of {} is in region {}'s log at entry {} (lease {}), under head {} at seq {}",
+                    "OK: charge {} of {} for bid {}.{} is in region {}'s log at entry {}, under head {} at seq {}",
                     charge.event.key,
                     charge.event.amount,
+                    charge.lease.0,
+                    charge.event.bid,
                     charge.region,
                     charge.entry_seq,
-                    charge.lease,
                     hex::encode(charge.head_hash),
                     charge.head_seq
                 );

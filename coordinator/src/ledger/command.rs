@@ -4,10 +4,13 @@
 use serde::{Deserialize, Serialize};
 use shared::bucket::{Bucket, BucketKey};
 use shared::crdt::CounterRows;
-use shared::log::entry::hex_hash;
+use shared::log::entry::{DoubtPart, hex_hash};
 use shared::log::{Hash, SpendEvent};
 use shared::targeting::Targeting;
 use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
+
+use super::Params;
+use super::lease::Terms;
 
 /// The client-chosen idempotency key of a command: a replay returns the first reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -103,29 +106,46 @@ pub enum Command {
         campaign: CampaignId,
         want: Money,
     },
-    /// Settles a batch of charges under a lease. The batch id is the idempotency key.
+    /// Settles a batch of charges under a lease, and records bids the exchange reported lost.
+    /// The batch id is the idempotency key.
     ReportSpend {
         batch: BatchId,
         edge: EdgeId,
         lease: LeaseId,
         events: Vec<SpendEvent>,
+        /// Loss notices of the lease's bids that reached an edge that does not hold the lease
+        /// (or came after it was released).
+        #[serde(default)]
+        losses: Vec<LostBid>,
     },
-    /// The edge is done with the lease: what it never reserved returns to the region, the rest
-    /// of the unspent amount waits in doubt for late notices.
+    /// The edge is done with the lease: what it never reserved returns to the region; what it
+    /// reserved for bids whose notices have not come waits in doubt, each part until the
+    /// deadlines of its bids have passed.
     ReleaseLease {
         batch: BatchId,
         edge: EdgeId,
         lease: LeaseId,
-        /// What the edge never reserved or was given back: returned at once. The rest of the
-        /// unspent amount goes in doubt, as on a reclaim.
+        /// What the edge never reserved or was given back: returned at once.
         unreserved: Money,
+        /// How many bids it made under the lease.
+        #[serde(default)]
+        bids: u64,
+        /// Its reservations still waiting for notices, by how long their deadlines are from
+        /// the release (waits strictly increasing). The ledger holds the lease's unspent rest
+        /// in these parts, the longest waits first.
+        #[serde(default)]
+        in_doubt: Vec<DoubtPart>,
     },
     /// Proposed by the leader for leases whose reclaim wait has passed on its own monotonic
-    /// clock (DESIGN §5). Open leases among them close; their remainder goes in doubt.
+    /// clock (DESIGN §5). Open leases among them close; their remainder goes in doubt for the
+    /// longest hold of the lease's bids.
     ReclaimLeases { leases: Vec<LeaseId> },
-    /// Proposed by the leader when a reclaimed lease's late-acceptance window has passed on its
-    /// monotonic clock: the in-doubt remainder returns to the region.
-    ExpireInDoubt { leases: Vec<LeaseId> },
+    /// Proposed by the leader when in-doubt parts' waits have passed on its monotonic clock:
+    /// each named part (lease, the part's `wait_ms`) returns what it still holds.
+    ExpireInDoubt { parts: Vec<(LeaseId, u64)> },
+    /// Sets the region's lease and reclaim rules: `cluster init`, or an operator's change.
+    /// Leases already granted keep the terms they were granted under.
+    SetParams { key: RequestKey, params: Params },
     /// Gives unleased rights of a bucket to another region.
     TransferRights {
         key: RequestKey,
@@ -146,6 +166,15 @@ pub enum Command {
         #[serde(with = "hex_hash")]
         remote_head: Hash,
     },
+}
+
+/// A bid the exchange reported lost: its number under the lease and its bid price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostBid {
+    /// The bid's number under the lease.
+    pub bid: u64,
+    /// Its bid price: what its reservation held.
+    pub amount: Money,
 }
 
 /// Why a command changed nothing. A business answer, not a failure of the system.
@@ -177,6 +206,10 @@ pub enum Refusal {
     /// A peer's state was refused as evidence of data loss.
     #[error("state from region {from} refused: {reason}")]
     MergeRefused { from: RegionId, reason: String },
+    /// A new region grants no lease until its rules are recorded in its log (its first
+    /// leader does that at once).
+    #[error("the region's lease rules are not recorded yet; its leader records them")]
+    RulesNotRecorded,
     /// The campaign's settings and budgets are changed only in its home region.
     #[error("campaign {campaign} is homed in region {home}: change it there")]
     NotHome {
@@ -199,16 +232,31 @@ pub enum Reply {
     LeaseGranted {
         lease: LeaseId,
         amount: Money,
-        duration_ms: u64,
         buckets: Vec<Bucket>,
+        /// The rules the edge holds it under.
+        terms: Terms,
     },
     /// A spend batch was settled. `log_seq` is its spend-batch entry, if any event settled.
     SpendSettled {
         settled: u32,
+        /// Charges of bids already charged at the same price (retries, repeated notices).
         duplicates: u32,
+        /// Charges recorded as anomalies, not settled.
         anomalies: u32,
         log_seq: Option<u64>,
+        /// Reports that contradict what was known of a bid: a charge at another price than
+        /// its first, a charge of a bid reported lost, a loss of a bid already charged.
+        #[serde(default)]
+        conflicts: u32,
+        /// Bids newly recorded as lost.
+        #[serde(default)]
+        lost: u32,
+        /// Events naming a bid number the lease never had (above the count its release gave).
+        #[serde(default)]
+        unknown_bids: u32,
     },
+    /// The region's rules are now these.
+    ParamsSet { params: Params },
     /// The lease is closed: `spent` in all, `returned` to the region by this command.
     LeaseClosed { spent: Money, returned: Money },
     /// Leases reclaimed (or in-doubt amounts returned) by this command.

@@ -1,25 +1,123 @@
-//! Leases: the record the ledger keeps, and how big a new one is.
+//! Leases: the record the ledger keeps, the terms an edge holds one under, and how big a new
+//! one is.
 
 use serde::{Deserialize, Serialize};
 use shared::bucket::Bucket;
-use shared::{CampaignId, EdgeId, EventKey, Money};
+use shared::log::entry::DoubtPart;
+use shared::{CampaignId, EdgeId, Money};
 
-use super::Params;
 use super::command::RequestKey;
+use super::{Mark, Params};
 
 /// Where a lease is in its life (DESIGN §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LeaseState {
     /// The edge may spend under it.
     Open,
-    /// Reclaimed by the leader; `remaining` is held for late notices.
+    /// Released with bids still within their deadlines, or reclaimed: `parts` is held for
+    /// their notices, each part until its own wait is over. Waits strictly increase; every
+    /// part holds money.
     InDoubt {
-        /// What late notices may still settle against.
-        remaining: Money,
+        /// What late notices may still settle against, by wait.
+        parts: Vec<DoubtPart>,
     },
-    /// Released, or its late-acceptance window is over.
+    /// Released with nothing in doubt, or every part's wait is over.
     Closed,
+}
+
+impl LeaseState {
+    /// The money in doubt.
+    pub fn in_doubt(&self) -> Money {
+        match self {
+            LeaseState::InDoubt { parts } => {
+                // Parts are parts of one lease amount: their sum fits.
+                Money::checked_sum(parts.iter().map(|p| p.amount)).unwrap_or(Money::MAX)
+            }
+            _ => Money::ZERO,
+        }
+    }
+
+    /// The state's name, as `budgetctl` and the lease API show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LeaseState::Open => "open",
+            LeaseState::InDoubt { .. } => "in_doubt",
+            LeaseState::Closed => "closed",
+        }
+    }
+}
+
+/// The timing rules a lease was granted under: the region's [`Params`] at the grant. The edge
+/// spends and releases by them, and the leader reclaims and expires by them, even if the
+/// region's rules change while the lease lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    /// How long the edge may reserve, from before it sent the grant request, ms.
+    pub duration_ms: u64,
+    /// `W`: how long the edge keeps the lease after its spending window, ms.
+    pub settlement_window_ms: u64,
+    /// Taken off the spending window for clock rate error, ms.
+    pub margin_ms: u64,
+    /// How long in-doubt money waits past its bids' deadlines, ms.
+    pub late_acceptance_ms: u64,
+    /// The `exp` assumed for an impression that has none, ms.
+    pub default_exp_ms: u64,
+    /// The longest `exp` bid on, ms.
+    pub max_exp_ms: u64,
+    /// The longest `tmax` bid on, ms.
+    pub max_tmax_ms: u64,
+    /// The clock rate error allowed for, ppm.
+    pub clock_rate_error_ppm: u32,
+}
+
+impl Terms {
+    /// The terms of a lease granted under `p`.
+    pub fn of(p: &Params) -> Terms {
+        Terms {
+            duration_ms: p.lease_duration_ms,
+            settlement_window_ms: p.settlement_window_ms,
+            margin_ms: p.margin_ms,
+            late_acceptance_ms: p.late_acceptance_ms,
+            default_exp_ms: p.default_exp_ms,
+            max_exp_ms: p.max_exp_ms,
+            max_tmax_ms: p.max_tmax_ms,
+            clock_rate_error_ppm: p.clock_rate_error_ppm,
+        }
+    }
+
+    /// The longest any bid of the lease may be billed after it was made: its auction comes at
+    /// most `tmax` after the request, its impression at most `exp` after the auction.
+    pub fn max_hold_ms(&self) -> u64 {
+        self.max_exp_ms.saturating_add(self.max_tmax_ms)
+    }
+
+    /// How long the leader waits, on its own monotonic clock, before it reclaims a lease the
+    /// edge never released (DESIGN §5): `duration + W + margin`.
+    pub fn reclaim_wait_ms(&self) -> u64 {
+        self.duration_ms
+            .saturating_add(self.settlement_window_ms)
+            .saturating_add(self.margin_ms)
+    }
+
+    /// How long the leader waits, on its own monotonic clock from when it saw the part, before
+    /// it returns an in-doubt part that holds for `wait_ms` (as the edge measured it at the
+    /// release, or the longest hold for a reclaim).
+    ///
+    /// The edge measured `wait_ms` from its last possible bid on its own clock; over the
+    /// lease's life (at most `duration + W`, and a second for the release to be sent) its
+    /// clock may have run slow by the rate error `r`, so the deadline may be up to
+    /// `r × (duration + W + 1 s)` later in real time. The leader then adds the late-acceptance
+    /// window, and stretches the whole by `1 + r` for its own clock running fast:
+    /// `(wait + late + r × (duration + W + 1 s)) × (1 + r)`. Rounded up; saturating.
+    pub fn doubt_wait_ms(&self, wait_ms: u64) -> u64 {
+        let r = u128::from(self.clock_rate_error_ppm);
+        let life = u128::from(self.duration_ms) + u128::from(self.settlement_window_ms) + 1_000;
+        let drift = (life * r).div_ceil(1_000_000);
+        let base = u128::from(wait_ms) + u128::from(self.late_acceptance_ms) + drift;
+        let stretched = (base * (1_000_000 + r)).div_ceil(1_000_000);
+        u64::try_from(stretched).unwrap_or(u64::MAX)
+    }
 }
 
 /// One lease.
@@ -35,17 +133,25 @@ pub struct Lease {
     pub amount: Money,
     /// Settled under it so far.
     pub spent: Money,
+    /// Bid prices of its bids the exchange reported lost while it was open: they will never
+    /// be charged, so they return to the region when the lease closes.
+    pub lost: Money,
     /// Open, in doubt or closed.
     pub state: LeaseState,
-    /// How long the edge may reserve under it.
-    pub duration_ms: u64,
+    /// The rules it was granted under.
+    pub terms: Terms,
     /// The Raft index that granted it.
     pub granted_at_index: u64,
-    /// Event keys charged under it (dropped with the lease), one list per report that charged
-    /// any. Not persisted in the lease's row: each list is a row of its own (written once, when
-    /// charged), and the lists are rebuilt at load from those rows, which name their lease.
+    /// How many bids the edge made under it (numbered `1..=bids`), once it said so at the
+    /// release.
+    pub bids: Option<u64>,
+    /// What each report learnt of its bids (dropped with the lease), one list per report that
+    /// charged, recorded or lost any: each bid's number and its [`Mark`] (a later list may
+    /// mark a bid again: the last mark counts). Not persisted in the lease's row: each list is
+    /// a row of its own (written once), and the lists are rebuilt at load from those rows,
+    /// which name their lease.
     #[serde(skip)]
-    pub events: Vec<Vec<EventKey>>,
+    pub events: Vec<Vec<(u64, Mark)>>,
     /// Idempotency keys of its commands (dropped with the lease). Not persisted in the lease's
     /// row: rebuilt at load from the request rows, which name their lease.
     #[serde(skip)]
@@ -69,7 +175,7 @@ pub fn size(want: Money, available: Money, last_spent: Option<Money>, p: &Params
         Some(s) => s.checked_mul(2).unwrap_or(Money::MAX).max(p.lease_min),
         None => want,
     };
-    let share = Money::from_micros(available.micros() / p.lease_share_divisor.max(1));
+    let share = Money::from_micros(available.micros() / i64::from(p.lease_share_divisor.max(1)));
     let cap = share.max(available.min(p.lease_min));
     want.min(target).min(cap).min(available)
 }
@@ -94,6 +200,28 @@ mod tests {
             m(expected),
             "want {want} available {available} last {last:?}"
         );
+    }
+
+    #[test]
+    fn doubt_waits_cover_rate_error_and_the_late_window() {
+        let t = Terms::of(&Params {
+            lease_duration_ms: 30_000,
+            settlement_window_ms: 10_000,
+            late_acceptance_ms: 60_000,
+            clock_rate_error_ppm: 100_000,
+            ..Params::default()
+        });
+        // (300 s + 60 s + 10 % of 41 s) × 1.1 = (360 + 4.1) × 1.1 s.
+        assert_eq!(t.doubt_wait_ms(300_000), 400_510);
+        let exact = Terms::of(&Params {
+            clock_rate_error_ppm: 0,
+            late_acceptance_ms: 0,
+            ..Params::default()
+        });
+        assert_eq!(exact.doubt_wait_ms(1_234), 1_234);
+        assert_eq!(t.doubt_wait_ms(u64::MAX), u64::MAX);
+        assert_eq!(t.reclaim_wait_ms(), 30_000 + 10_000 + 2_000);
+        assert_eq!(t.max_hold_ms(), 3_600_000 + 5_000);
     }
 
     #[test]

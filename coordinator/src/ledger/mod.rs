@@ -18,11 +18,15 @@
 //! from all rows at start-up.
 //!
 //! Leases (DESIGN §5): granted against the lifetime bucket and the day's bucket at once, for
-//! `min(want, policy share, available)` ([`lease::size`]). Spend under a lease never exceeds it:
-//! an event that would is an `over_lease` anomaly, recorded in the log, not settled. The leader
-//! reclaims leases and expires in-doubt money by proposing [`Command::ReclaimLeases`] and
-//! [`Command::ExpireInDoubt`] when its own monotonic timers say so (`crate::reclaim`); `apply`
-//! only carries the decision out.
+//! `min(want, policy share, available)` ([`lease::size`]), under the region's [`Params`] of the
+//! moment (the lease keeps them as its [`Terms`]). Spend under a lease never exceeds it: an
+//! event that would is an `over_lease` anomaly, recorded in the log, not settled. A charge is
+//! our bid's: `(lease, bid number)`; a bid is charged once, whatever ids the exchange gave it.
+//! A release returns what the edge never reserved and holds the rest in doubt in parts, each
+//! until the deadlines of the bids it holds for have passed (ARCHITECTURE.md, "Reservations
+//! live until their deadlines"). The leader reclaims leases and expires in-doubt parts by
+//! proposing [`Command::ReclaimLeases`] and [`Command::ExpireInDoubt`] when its own monotonic
+//! timers say so (`crate::reclaim`); `apply` only carries the decision out.
 
 pub mod command;
 pub mod lease;
@@ -32,49 +36,154 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use shared::bucket::{Bucket, BucketKey, CampaignZone};
 use shared::crdt::{CounterState, RegionCounter};
 use shared::log::entry::{
-    Anomaly, AnomalyKind, BATCH_EVENTS_MAX, BUCKETS_MAX, BudgetSet, InDoubtReturned, LeaseGranted,
-    LeaseReclaimed, LeaseReleased, Received, RemoteMerged, RightsTransferred, SpendBatch,
+    Anomaly, AnomalyKind, BATCH_EVENTS_MAX, BUCKETS_MAX, BidsLost, BudgetSet, DOUBT_PARTS_MAX,
+    DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased, ParamsSet, Received,
+    RemoteMerged, RightsTransferred, SpendBatch,
 };
 use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
 use shared::targeting::Pacing;
-use shared::{BatchId, CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
+use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
 
 pub use command::{
-    CampaignConfig, Command, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey, Stamp,
+    CampaignConfig, Command, LostBid, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey,
+    Stamp,
 };
-pub use lease::{Lease, LeaseState};
+pub use lease::{Lease, LeaseState, Terms};
+/// The region's lease and reclaim rules: replicated state, set by [`Command::SetParams`] and
+/// recorded in the log (`params_set`), so that every replica applies the same ones.
+pub use shared::log::entry::LeaseParams as Params;
 
-/// Tunable rules of the state machine. Part of the replicated state: every replica must use the
-/// same values, so they come from the region's configuration at creation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Params {
-    /// How long an edge may reserve under a lease.
-    pub lease_duration_ms: u64,
-    /// One lease takes at most `available / lease_share_divisor` …
-    pub lease_share_divisor: i64,
-    /// … but never less than this (or what is left), so that the last micros get spent.
-    pub lease_min: Money,
-    /// Closed leases remembered for dedup and late notices, oldest dropped first.
-    pub closed_leases_retained: usize,
-    /// Idempotency keys remembered, oldest dropped first.
-    pub requests_retained: usize,
+/// What the ledger knows of one of our bids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mark {
+    /// Charged this amount (settled, or recorded as an anomaly).
+    Charged(Money),
+    /// The exchange reported it lost; its reservation held this bid price.
+    Lost(Money),
 }
 
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            lease_duration_ms: 30_000,
-            lease_share_divisor: 4,
-            // 0.1 currency units: about a hundred bids at a 1.00 CPM.
-            lease_min: Money::from_micros(100_000),
-            closed_leases_retained: 100_000,
-            requests_retained: 1_000_000,
+/// Where a bucket's money is: the parts its rights are split into (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pool {
+    /// Not leased, spent, burned or in doubt: free for new leases and transfers.
+    Available,
+    /// Held by open leases.
+    Leased,
+    /// Held by closed leases for notices still to come.
+    InDoubt,
+    /// Spent (this region's settled counter row).
+    Settled,
+}
+
+/// Moves `amount` from one part of each of `lease`'s buckets to another: the one place money
+/// moves between a bucket's parts. A lease's buckets exist for as long as it does (a grant
+/// creates or finds them, nothing removes them), so a missing one is a broken invariant: it
+/// panics, and the replica stops rather than carry on with a ledger that does not add up.
+fn shift(
+    buckets: &mut BTreeMap<BucketKey, BucketState>,
+    changes: &mut Changes,
+    lease: &Lease,
+    from: Pool,
+    to: Pool,
+    amount: Money,
+) {
+    assert!(
+        from != Pool::Settled,
+        "ledger invariant broken: spent money moved"
+    );
+    if amount.micros() == 0 {
+        return;
+    }
+    assert!(
+        amount.micros() > 0,
+        "ledger invariant broken: a negative amount {amount} moved"
+    );
+    for b in &lease.buckets {
+        let k = BucketKey {
+            campaign: lease.campaign.clone(),
+            bucket: *b,
+        };
+        let s = buckets
+            .get_mut(&k)
+            .unwrap_or_else(|| panic!("ledger invariant broken: a lease names missing bucket {k}"));
+        match from {
+            Pool::Available | Pool::Settled => {}
+            Pool::Leased => s.leased = sub(s.leased, amount),
+            Pool::InDoubt => s.in_doubt = sub(s.in_doubt, amount),
+        }
+        match to {
+            Pool::Available => {}
+            Pool::Leased => s.leased = add(s.leased, amount),
+            Pool::InDoubt => s.in_doubt = add(s.in_doubt, amount),
+            // The amount was leased (or is in doubt) from this bucket, so the rights are here.
+            Pool::Settled => s.counter.settle(amount).unwrap_or_else(|e| {
+                panic!("ledger invariant broken: settling {amount} in {k}: {e}")
+            }),
+        }
+        changes.buckets.insert(k);
+    }
+}
+
+/// Takes `amount` from in-doubt `parts`, the shortest waits first; parts left empty are
+/// removed. Returns what was taken (less than `amount` when the parts hold less).
+///
+/// Shortest first is what keeps every deadline covered: at any moment, the money still held
+/// for waits of at least `t` must cover the bids whose deadlines are at least `t` away. A
+/// charge (or a loss) of one bid lowers what those bids need by its bid price and what is held
+/// by at most as much; taking it from the shortest waits leaves the longer ones as they were
+/// as far as the shorter parts reach, and past that the bid itself was among what they held
+/// for (the argument in full: ARCHITECTURE.md).
+fn take_from_parts(parts: &mut Vec<DoubtPart>, amount: Money) -> Money {
+    let mut left = amount;
+    for p in parts.iter_mut() {
+        if left.micros() == 0 {
+            break;
+        }
+        let t = p.amount.min(left);
+        p.amount = sub(p.amount, t);
+        left = sub(left, t);
+    }
+    parts.retain(|p| p.amount.micros() > 0);
+    sub(amount, left)
+}
+
+/// Holds `total` in parts shaped like the edge's `reported` ones (waits strictly increasing),
+/// the longest waits first, each at most what the edge said it holds; what the edge's parts do
+/// not cover waits `max_hold_ms`, the longest any bid of the lease may be billed.
+fn allocate_doubt(total: Money, reported: &[DoubtPart], max_hold_ms: u64) -> Vec<DoubtPart> {
+    let mut left = total;
+    let mut parts: Vec<DoubtPart> = Vec::with_capacity(reported.len() + 1);
+    for r in reported.iter().rev() {
+        if left.micros() == 0 {
+            break;
+        }
+        let a = r.amount.min(left);
+        left = sub(left, a);
+        parts.push(DoubtPart {
+            wait_ms: r.wait_ms,
+            amount: a,
+        });
+    }
+    if left.micros() > 0 {
+        match parts.first_mut() {
+            Some(p) if p.wait_ms == max_hold_ms => p.amount = add(p.amount, left),
+            _ => parts.insert(
+                0,
+                DoubtPart {
+                    wait_ms: max_hold_ms,
+                    amount: left,
+                },
+            ),
         }
     }
+    parts.reverse();
+    parts
 }
 
 /// A campaign and its settings.
@@ -167,6 +276,8 @@ pub struct Changes {
     pub uncharged: Vec<(LeaseId, u32)>,
     /// Velocities updated.
     pub velocity: BTreeSet<(EdgeId, CampaignId)>,
+    /// The region's rules changed.
+    pub params: bool,
 }
 
 /// The result of applying one command.
@@ -198,6 +309,7 @@ pub struct Remembered {
 pub struct Ledger {
     region: RegionId,
     params: Params,
+    params_recorded: bool,
     chain: Chain,
     campaigns: BTreeMap<CampaignId, Campaign>,
     /// Grows with every change to any campaign's settings or state; edges poll by it.
@@ -205,14 +317,14 @@ pub struct Ledger {
     buckets: BTreeMap<BucketKey, BucketState>,
     leases: BTreeMap<LeaseId, Lease>,
     next_lease: u64,
-    /// Every event key settled or recorded as an anomaly, with its lease: the dedup table.
-    /// Hashed, as the largest table and the one every event looks up. Nothing iterates it, so
-    /// its order reaches no row, entry or reply, and `apply` stays deterministic although the
-    /// hasher's seed is random: the seed only keeps exchanges, who choose auction ids, from
-    /// crafting ids that collide (an unseeded hash such as FxHash would let them slow every
-    /// apply down). foldhash, seeded per process, measured within noise of FxHash on these
-    /// keys; std's SipHash measured slower (BENCHMARKS.md).
-    charged: std::collections::HashMap<EventKey, LeaseId, foldhash::fast::RandomState>,
+    /// What is known of every bid charged, recorded as an anomaly, or reported lost, by
+    /// `(lease, bid number)`: the dedup table. Bid numbers are ours (the edge numbers its bids),
+    /// so no exchange can choose keys that collide in the hash. Nothing iterates it, so its
+    /// order reaches no row, entry or reply.
+    charged: FxHashMap<(LeaseId, u64), Mark>,
+    /// Exchange ids charged, for the planted bug `dedup-by-exchange-ids` only (test builds with
+    /// it active); always empty otherwise.
+    planted_keys: std::collections::HashSet<String>,
     /// Replies by idempotency key, with the order they were remembered in.
     requests: BTreeMap<RequestKey, Remembered>,
     /// `(order, key)` oldest first. May hold stale entries (keys forgotten with their lease, or
@@ -261,13 +373,15 @@ impl Ledger {
         Ledger {
             region,
             params,
+            params_recorded: false,
             chain: Chain::new(),
             campaigns: BTreeMap::new(),
             campaigns_version: 0,
             buckets: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
-            charged: std::collections::HashMap::default(),
+            charged: FxHashMap::default(),
+            planted_keys: std::collections::HashSet::new(),
             requests: BTreeMap::new(),
             request_order: VecDeque::new(),
             closed: VecDeque::new(),
@@ -286,6 +400,12 @@ impl Ledger {
     /// The rules it applies.
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The region's rules have been recorded in its log (`SetParams`); until then it runs by
+    /// the defaults it was built with.
+    pub fn params_recorded(&self) -> bool {
+        self.params_recorded
     }
 
     /// The financial log's chain position (next seq, head hash).
@@ -370,15 +490,19 @@ impl Ledger {
                 edge,
                 lease,
                 events,
-            } => self.report(*batch, edge, *lease, events, &mut out),
+                losses,
+            } => self.report(*batch, edge, *lease, events, losses, &mut out),
             Command::ReleaseLease {
                 batch,
                 edge,
                 lease,
                 unreserved,
-            } => self.release(*batch, edge, *lease, *unreserved, &mut out),
+                bids,
+                in_doubt,
+            } => self.release(*batch, edge, *lease, *unreserved, *bids, in_doubt, &mut out),
             Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out)),
-            Command::ExpireInDoubt { leases } => Ok(self.expire(leases, &mut out)),
+            Command::ExpireInDoubt { parts } => Ok(self.expire(parts, &mut out)),
+            Command::SetParams { params, .. } => self.set_params(params, &mut out),
             Command::TransferRights {
                 campaign,
                 bucket,
@@ -467,7 +591,8 @@ impl Ledger {
         );
         self.request_order.push_back((self.order_seq, key));
         self.changes.requests.insert(key);
-        while self.requests.len() > self.params.requests_retained {
+        let retained = usize::try_from(self.params.requests_retained).unwrap_or(usize::MAX);
+        while self.requests.len() > retained {
             let Some((order, old)) = self.request_order.pop_front() else {
                 break;
             };
@@ -622,6 +747,10 @@ impl Ledger {
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
         positive("want", want)?;
+        // Every replica grants by the rules in the log, never by its own defaults.
+        if !self.params_recorded {
+            return Err(Refusal::RulesNotRecorded);
+        }
         let c = self.campaign_or_refuse(campaign)?;
         if c.paused {
             return Err(Refusal::Paused {
@@ -703,7 +832,7 @@ impl Ledger {
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
         self.changes.leases.insert(id);
-        let duration_ms = self.params.lease_duration_ms;
+        let terms = Terms::of(&self.params);
         self.leases.insert(
             id,
             Lease {
@@ -712,9 +841,11 @@ impl Ledger {
                 buckets: buckets.clone(),
                 amount,
                 spent: Money::ZERO,
+                lost: Money::ZERO,
                 state: LeaseState::Open,
-                duration_ms,
+                terms,
                 granted_at_index: stamp.index,
+                bids: None,
                 events: Vec::new(),
                 requests: Vec::new(),
                 retired: None,
@@ -726,33 +857,39 @@ impl Ledger {
             campaign: campaign.clone(),
             buckets: buckets.clone(),
             amount,
-            duration_ms,
+            duration_ms: terms.duration_ms,
         }));
         Ok(Reply::LeaseGranted {
             lease: id,
             amount,
-            duration_ms,
             buckets,
+            terms,
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &mut self,
         batch: BatchId,
         edge: &EdgeId,
         lease_id: LeaseId,
         events: &[SpendEvent],
+        losses: &[LostBid],
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
-        if events.is_empty() {
-            return Err(invalid("events", "a spend report holds at least one event"));
+        if events.is_empty() && losses.is_empty() {
+            return Err(invalid(
+                "events",
+                "a spend report holds at least one event or loss",
+            ));
         }
-        if events.len() > BATCH_EVENTS_MAX {
+        if events.len() > BATCH_EVENTS_MAX || losses.len() > BATCH_EVENTS_MAX {
             return Err(invalid(
                 "events",
                 format!(
-                    "{} events, at most {BATCH_EVENTS_MAX} per report",
-                    events.len()
+                    "{} events and {} losses, at most {BATCH_EVENTS_MAX} of each per report",
+                    events.len(),
+                    losses.len()
                 ),
             ));
         }
@@ -762,13 +899,23 @@ impl Ledger {
                 format!("{}: negative amount {}", e.key, e.amount),
             ));
         }
+        if events.iter().any(|e| e.bid == 0) || losses.iter().any(|l| l.bid == 0) {
+            return Err(invalid("events", "bid numbers start at 1"));
+        }
+        if let Some(l) = losses.iter().find(|l| l.amount.is_negative()) {
+            return Err(invalid(
+                "losses",
+                format!("bid {}: negative amount {}", l.bid, l.amount),
+            ));
+        }
         let Some(lease) = self.leases.get(&lease_id) else {
             if lease_id.0 == 0 || lease_id.0 >= self.next_lease {
                 return Err(Refusal::UnknownLease { lease: lease_id });
             }
             // A lease closed so long ago that it is forgotten: the charges were billed, so they
-            // are recorded as late.
-            for e in dedup_within(events) {
+            // are recorded as late. Losses of it change nothing.
+            let mut seen = BTreeSet::new();
+            for e in events.iter().filter(|e| seen.insert(e.bid)) {
                 out.push(Payload::Anomaly(Anomaly {
                     rule: AnomalyKind::LateSpend,
                     lease: lease_id,
@@ -781,83 +928,171 @@ impl Ledger {
                 duplicates: 0,
                 anomalies: n,
                 log_seq: None,
+                conflicts: 0,
+                lost: 0,
+                unknown_bids: 0,
             });
         };
-        // Plan.
-        let mut headroom = match lease.state {
-            LeaseState::Open => sub(lease.amount, lease.spent),
-            LeaseState::InDoubt { remaining } => remaining,
+        // Plan: what each event and loss does, against the lease as it is.
+        let open = lease.state == LeaseState::Open;
+        let closed = lease.state == LeaseState::Closed;
+        // What charges may still take: an open lease's unspent amount less its bids known lost
+        // (they return at the release); a closed lease's in-doubt parts.
+        let mut headroom = match &lease.state {
+            LeaseState::Open => sub(sub(lease.amount, lease.spent), lease.lost),
+            s @ LeaseState::InDoubt { .. } => s.in_doubt(),
             LeaseState::Closed => Money::ZERO,
         };
-        let mut seen: FxHashSet<&EventKey> = FxHashSet::default();
+        let mut lost_delta: i128 = 0;
+        let mut marks: Vec<(u64, Mark)> = Vec::new();
+        let mut known: FxHashMap<u64, Mark> = FxHashMap::default();
         let mut settle: Vec<SpendEvent> = Vec::new();
         let mut anomalies: Vec<(AnomalyKind, SpendEvent)> = Vec::new();
-        let mut duplicates = 0u32;
+        let (mut duplicates, mut conflicts, mut unknown_bids) = (0u32, 0u32, 0u32);
         for e in events {
-            if self.charged.contains_key(&e.key)
-                || !seen.insert(&e.key)
-                || self.planted_auction_dup(&e.key, &seen)
-            {
-                duplicates += 1;
-            } else if lease.state == LeaseState::Closed {
-                anomalies.push((AnomalyKind::LateSpend, e.clone()));
-            } else if e.amount <= headroom {
-                headroom = sub(headroom, e.amount);
-                settle.push(e.clone());
-            } else {
-                anomalies.push((AnomalyKind::OverLease, e.clone()));
+            if lease.bids.is_some_and(|n| e.bid > n) {
+                unknown_bids += 1;
+            }
+            let prior = known
+                .get(&e.bid)
+                .or_else(|| self.charged.get(&(lease_id, e.bid)))
+                .copied()
+                .or_else(|| self.planted_exchange_ids_dup(lease_id, e, &settle));
+            let mark = Mark::Charged(e.amount);
+            match prior {
+                Some(Mark::Charged(a)) if a == e.amount => duplicates += 1,
+                Some(Mark::Charged(_)) => {
+                    // Another price for a bid already charged: the first stands.
+                    conflicts += 1;
+                    anomalies.push((AnomalyKind::Conflict, e.clone()));
+                }
+                Some(Mark::Lost(bid_price)) if open => {
+                    // Reported lost, now billed: the exchange's reports disagree; what it bills
+                    // is what counts. Its reservation is still in the lease: undo the loss.
+                    conflicts += 1;
+                    lost_delta -= i128::from(bid_price.micros());
+                    headroom = add(headroom, bid_price);
+                    if e.amount <= headroom {
+                        headroom = sub(headroom, e.amount);
+                        settle.push(e.clone());
+                    } else {
+                        anomalies.push((AnomalyKind::OverLease, e.clone()));
+                    }
+                    marks.push((e.bid, mark));
+                    known.insert(e.bid, mark);
+                }
+                Some(Mark::Lost(_)) => {
+                    // Its money went back when the loss came: nothing holds for it now.
+                    conflicts += 1;
+                    anomalies.push((AnomalyKind::Conflict, e.clone()));
+                    marks.push((e.bid, mark));
+                    known.insert(e.bid, mark);
+                }
+                None => {
+                    if closed {
+                        anomalies.push((AnomalyKind::LateSpend, e.clone()));
+                    } else if e.amount <= headroom {
+                        headroom = sub(headroom, e.amount);
+                        settle.push(e.clone());
+                    } else {
+                        anomalies.push((AnomalyKind::OverLease, e.clone()));
+                    }
+                    marks.push((e.bid, mark));
+                    known.insert(e.bid, mark);
+                }
+            }
+        }
+        let mut lost_bids = 0u32;
+        let mut lost_total = Money::ZERO;
+        for l in losses {
+            let prior = known
+                .get(&l.bid)
+                .or_else(|| self.charged.get(&(lease_id, l.bid)))
+                .copied();
+            match prior {
+                Some(Mark::Charged(_)) => conflicts += 1,
+                Some(Mark::Lost(_)) => duplicates += 1,
+                None => {
+                    // An open lease holds it until the release; never more than it has left.
+                    let held = if open {
+                        let a = l.amount.min(headroom);
+                        headroom = sub(headroom, a);
+                        lost_delta += i128::from(a.micros());
+                        a
+                    } else {
+                        l.amount
+                    };
+                    let mark = Mark::Lost(held);
+                    lost_bids += 1;
+                    lost_total = add(lost_total, l.amount);
+                    marks.push((l.bid, mark));
+                    known.insert(l.bid, mark);
+                }
             }
         }
         // Act.
         let total = Money::checked_sum(settle.iter().map(|e| e.amount))
             .unwrap_or_else(|_| panic!("events within a lease overflow"));
-        let lease = self
-            .leases
+        if shared::planted::active("dedup-by-exchange-ids") {
+            self.planted_keys
+                .extend(settle.iter().map(|e| e.key.to_string()));
+        }
+        let Ledger {
+            leases,
+            buckets,
+            changes,
+            charged,
+            ..
+        } = self;
+        let lease = leases
             .get_mut(&lease_id)
             .unwrap_or_else(|| unreachable!("looked up above"));
-        if total.micros() > 0 {
-            for b in &lease.buckets {
-                let k = BucketKey {
-                    campaign: lease.campaign.clone(),
-                    bucket: *b,
-                };
-                let s = self
-                    .buckets
-                    .get_mut(&k)
-                    .unwrap_or_else(|| panic!("lease {lease_id} names missing bucket {k}"));
-                // The amount was leased (or is in doubt) from this bucket, so the rights are here.
-                s.counter
-                    .settle(total)
-                    .unwrap_or_else(|e| panic!("settling {total} in {k}: {e}"));
-                match lease.state {
-                    LeaseState::Open => s.leased = sub(s.leased, total),
-                    LeaseState::InDoubt { .. } => s.in_doubt = sub(s.in_doubt, total),
-                    LeaseState::Closed => unreachable!("nothing settles under a closed lease"),
-                }
-                self.changes.buckets.insert(k);
+        let mut returned = Money::ZERO;
+        match &mut lease.state {
+            LeaseState::Open => {
+                shift(buckets, changes, lease, Pool::Leased, Pool::Settled, total);
+                let lost = i128::from(lease.lost.micros()) + lost_delta;
+                lease.lost = Money::from_micros(i64::try_from(lost).unwrap_or(i64::MAX));
             }
-            lease.spent = add(lease.spent, total);
-            if let LeaseState::InDoubt { remaining } = lease.state {
-                lease.state = LeaseState::InDoubt {
-                    remaining: sub(remaining, total),
+            LeaseState::InDoubt { parts } => {
+                let mut parts = std::mem::take(parts);
+                let took = take_from_parts(&mut parts, total);
+                assert_eq!(
+                    took, total,
+                    "ledger invariant broken: settled past the doubt"
+                );
+                // Lost bids cannot be charged: what they held goes back now.
+                returned = take_from_parts(&mut parts, lost_total);
+                shift(buckets, changes, lease, Pool::InDoubt, Pool::Settled, total);
+                shift(
+                    buckets,
+                    changes,
+                    lease,
+                    Pool::InDoubt,
+                    Pool::Available,
+                    returned,
+                );
+                lease.state = if parts.is_empty() {
+                    LeaseState::Closed
+                } else {
+                    LeaseState::InDoubt { parts }
                 };
             }
+            LeaseState::Closed => {}
         }
-        let charged: Vec<EventKey> = settle
-            .iter()
-            .chain(anomalies.iter().map(|(_, e)| e))
-            .map(|e| e.key.clone())
-            .collect();
-        if !charged.is_empty() {
-            for k in &charged {
-                self.charged.insert(k.clone(), lease_id);
-            }
+        lease.spent = add(lease.spent, total);
+        for (bid, mark) in &marks {
+            charged.insert((lease_id, *bid), *mark);
+        }
+        let marked = !marks.is_empty();
+        if marked {
             // At most one list per report, so a lease cannot approach u32::MAX lists.
             let i = u32::try_from(lease.events.len()).unwrap_or(u32::MAX);
-            lease.events.push(charged);
-            self.changes.charged.push((lease_id, i));
+            lease.events.push(marks);
+            changes.charged.push((lease_id, i));
         }
-        self.changes.leases.insert(lease_id);
+        changes.leases.insert(lease_id);
+        let now_closed = lease.state == LeaseState::Closed && !closed;
         let log_seq = (!settle.is_empty()).then(|| self.chain.next_seq());
         let settled = u32::try_from(settle.len()).unwrap_or(u32::MAX);
         let n_anomalies = u32::try_from(anomalies.len()).unwrap_or(u32::MAX);
@@ -876,42 +1111,69 @@ impl Ledger {
                 event,
             }));
         }
+        if lost_bids > 0 {
+            out.push(Payload::BidsLost(BidsLost {
+                lease: lease_id,
+                batch,
+                count: lost_bids,
+                bid_total: lost_total,
+                returned: returned.min(lost_total),
+            }));
+        }
+        if now_closed {
+            self.retire(lease_id);
+        }
         Ok(Reply::SpendSettled {
             settled,
             duplicates,
             anomalies: n_anomalies,
             log_seq,
+            conflicts,
+            lost: lost_bids,
+            unknown_bids,
         })
     }
 
-    /// The planted bug `dedup-by-auction` (`shared::planted`, test builds only): an impression
-    /// counts as a duplicate of the auction's first one, as if events were keyed without the
-    /// impression id.
-    fn planted_auction_dup(&self, key: &EventKey, seen: &FxHashSet<&EventKey>) -> bool {
-        if !shared::planted::active("dedup-by-auction") || key.imp_id() == "1" {
-            return false;
+    /// The planted bug `dedup-by-exchange-ids` (`shared::planted`, test builds only): a charge
+    /// counts as a duplicate of any earlier one with the same exchange ids, as the ledger did
+    /// before a charge was our bid's, so two bids of ours on an auction whose ids the exchange
+    /// reused settle once.
+    fn planted_exchange_ids_dup(
+        &self,
+        _lease: LeaseId,
+        e: &SpendEvent,
+        settling: &[SpendEvent],
+    ) -> Option<Mark> {
+        if !shared::planted::active("dedup-by-exchange-ids") {
+            return None;
         }
-        EventKey::from_parts(key.exchange(), key.auction_id(), "1")
-            .is_ok_and(|first| self.charged.contains_key(&first) || seen.contains(&first))
+        let key = e.key.to_string();
+        (self.planted_keys.contains(&key) || settling.iter().any(|s| s.key == e.key))
+            .then_some(Mark::Charged(e.amount))
     }
 
-    /// The edge is done with a lease. Notices for its bids may still be on their way: the
-    /// exchange retries an unacknowledged notice at any edge, possibly after W. So only what the
-    /// edge never reserved (or was given back) returns now; the rest of the unspent amount waits
-    /// in doubt for the late-acceptance window, like a reclaimed lease's. (A release that
-    /// returned everything let a late notice land on a closed lease: billed, not debited, and
-    /// the budget overspent. The harness found it: seeds 1 and 2 of the long form.)
+    /// The edge is done with a lease. What it never reserved (or was given back) returns now,
+    /// with the bids known lost; what it reserved for bids whose notices it has not seen waits
+    /// in doubt — notices may still come, to any edge, until each bid's deadline. The edge
+    /// says how long: `in_doubt` holds its reservations by wait. The ledger holds the lease's
+    /// unspent rest in those parts, the longest waits first, and whatever they do not cover
+    /// for the longest hold any bid may have. (A release that returned everything let a late
+    /// notice land on a closed lease: billed, not debited, and the budget overspent. The
+    /// harness found it: seeds 1 and 2 of the long form.)
+    #[allow(clippy::too_many_arguments)]
     fn release(
         &mut self,
         batch: BatchId,
         edge: &EdgeId,
         lease_id: LeaseId,
         unreserved: Money,
+        bids: u64,
+        reported: &[DoubtPart],
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
         let lease = self
             .leases
-            .get_mut(&lease_id)
+            .get(&lease_id)
             .ok_or(Refusal::UnknownLease { lease: lease_id })?;
         if lease.edge != *edge {
             return Err(invalid(
@@ -925,37 +1187,87 @@ impl Ledger {
                 returned: Money::ZERO,
             });
         }
-        let rest = sub(lease.amount, lease.spent);
-        let returned = unreserved.max(Money::ZERO).min(rest);
-        let doubt = sub(rest, returned);
-        for b in &lease.buckets {
-            let k = BucketKey {
-                campaign: lease.campaign.clone(),
-                bucket: *b,
-            };
-            if let Some(s) = self.buckets.get_mut(&k) {
-                s.leased = sub(s.leased, rest);
-                s.in_doubt = add(s.in_doubt, doubt);
-            }
-            self.changes.buckets.insert(k);
+        if reported.len() > DOUBT_PARTS_MAX {
+            return Err(invalid(
+                "in_doubt",
+                format!("{} parts, at most {DOUBT_PARTS_MAX}", reported.len()),
+            ));
         }
-        lease.state = if doubt.micros() > 0 {
-            LeaseState::InDoubt { remaining: doubt }
+        let max_hold = lease.terms.max_hold_ms();
+        for (i, p) in reported.iter().enumerate() {
+            if p.amount.micros() <= 0 {
+                return Err(invalid("in_doubt", format!("part {i} holds {}", p.amount)));
+            }
+            if i > 0 && p.wait_ms <= reported[i - 1].wait_ms {
+                return Err(invalid("in_doubt", "waits must strictly increase"));
+            }
+            if p.wait_ms > max_hold {
+                return Err(invalid(
+                    "in_doubt",
+                    format!(
+                        "part {i} waits {} ms, longer than any bid of the lease may ({max_hold} ms)",
+                        p.wait_ms
+                    ),
+                ));
+            }
+        }
+        let rest = sub(sub(lease.amount, lease.spent), lease.lost);
+        let back = unreserved.max(Money::ZERO).min(rest);
+        let doubt = sub(rest, back);
+        let parts = if shared::planted::active("release-returns-held") {
+            // The planted bug (test builds only): only what exceeds the edge's parts is held,
+            // as if the reservations within their deadlines were free.
+            let covered = Money::checked_sum(reported.iter().map(|p| p.amount)).unwrap_or(doubt);
+            allocate_doubt(sub(doubt, covered.min(doubt)), &[], max_hold)
         } else {
-            LeaseState::Closed
+            allocate_doubt(doubt, reported, max_hold)
         };
-        self.changes.leases.insert(lease_id);
+        let held = Money::checked_sum(parts.iter().map(|p| p.amount)).unwrap_or(doubt);
+        let returned = add(lease.lost, sub(rest, held));
+        let Ledger {
+            leases,
+            buckets,
+            changes,
+            last_spent,
+            ..
+        } = self;
+        let lease = leases
+            .get_mut(&lease_id)
+            .unwrap_or_else(|| unreachable!("looked up above"));
+        shift(
+            buckets,
+            changes,
+            lease,
+            Pool::Leased,
+            Pool::Available,
+            returned,
+        );
+        shift(buckets, changes, lease, Pool::Leased, Pool::InDoubt, held);
+        lease.state = if parts.is_empty() {
+            LeaseState::Closed
+        } else {
+            LeaseState::InDoubt {
+                parts: parts.clone(),
+            }
+        };
+        lease.bids = Some(bids);
+        // The lost bids' money went back with `returned`.
+        lease.lost = Money::ZERO;
+        changes.leases.insert(lease_id);
         let spent = lease.spent;
         let who = (lease.edge.clone(), lease.campaign.clone());
-        self.last_spent.insert(who.clone(), spent);
-        self.changes.velocity.insert(who);
+        last_spent.insert(who.clone(), spent);
+        changes.velocity.insert(who);
+        let closed = parts.is_empty();
         out.push(Payload::LeaseReleased(LeaseReleased {
             lease: lease_id,
             batch,
             spent,
             returned,
+            bids,
+            in_doubt: parts,
         }));
-        if doubt.micros() == 0 {
+        if closed {
             self.retire(lease_id);
         }
         Ok(Reply::LeaseClosed { spent, returned })
@@ -964,86 +1276,142 @@ impl Ledger {
     fn reclaim(&mut self, ids: &[LeaseId], out: &mut Vec<Payload>) -> Reply {
         let mut count = 0u32;
         for id in dedup_ids(ids) {
-            let Some(lease) = self.leases.get_mut(&id) else {
+            let Ledger {
+                leases,
+                buckets,
+                changes,
+                last_spent,
+                ..
+            } = self;
+            let Some(lease) = leases.get_mut(&id) else {
                 continue;
             };
             if lease.state != LeaseState::Open {
                 continue;
             }
-            let rest = sub(lease.amount, lease.spent);
-            for b in &lease.buckets {
-                let k = BucketKey {
-                    campaign: lease.campaign.clone(),
-                    bucket: *b,
-                };
-                if let Some(s) = self.buckets.get_mut(&k) {
-                    s.leased = sub(s.leased, rest);
-                    s.in_doubt = add(s.in_doubt, rest);
+            // Bids known lost return now; every other bid may still be billed until the
+            // longest hold any of them may have.
+            let returned = lease.lost;
+            let rest = sub(sub(lease.amount, lease.spent), lease.lost);
+            let wait_ms = lease.terms.max_hold_ms();
+            shift(
+                buckets,
+                changes,
+                lease,
+                Pool::Leased,
+                Pool::Available,
+                returned,
+            );
+            shift(buckets, changes, lease, Pool::Leased, Pool::InDoubt, rest);
+            lease.lost = Money::ZERO;
+            lease.state = if rest.micros() > 0 {
+                LeaseState::InDoubt {
+                    parts: vec![DoubtPart {
+                        wait_ms,
+                        amount: rest,
+                    }],
                 }
-                self.changes.buckets.insert(k);
-            }
-            lease.state = LeaseState::InDoubt { remaining: rest };
-            self.changes.leases.insert(id);
+            } else {
+                LeaseState::Closed
+            };
+            changes.leases.insert(id);
             let who = (lease.edge.clone(), lease.campaign.clone());
-            self.last_spent.insert(who.clone(), lease.spent);
-            self.changes.velocity.insert(who);
+            last_spent.insert(who.clone(), lease.spent);
+            changes.velocity.insert(who);
             out.push(Payload::LeaseReclaimed(LeaseReclaimed {
                 lease: id,
                 spent: lease.spent,
+                returned,
                 in_doubt: rest,
+                wait_ms,
             }));
+            if rest.micros() == 0 {
+                self.retire(id);
+            }
             count += 1;
         }
         Reply::LeasesClosed { count }
     }
 
-    fn expire(&mut self, ids: &[LeaseId], out: &mut Vec<Payload>) -> Reply {
+    fn expire(&mut self, due: &[(LeaseId, u64)], out: &mut Vec<Payload>) -> Reply {
         let mut count = 0u32;
-        for id in dedup_ids(ids) {
-            let Some(lease) = self.leases.get_mut(&id) else {
+        let due: BTreeSet<(LeaseId, u64)> = due.iter().copied().collect();
+        for (id, wait_ms) in due {
+            let Ledger {
+                leases,
+                buckets,
+                changes,
+                ..
+            } = self;
+            let Some(lease) = leases.get_mut(&id) else {
                 continue;
             };
-            let LeaseState::InDoubt { remaining } = lease.state else {
+            let LeaseState::InDoubt { parts } = &mut lease.state else {
                 continue;
             };
-            for b in &lease.buckets {
-                let k = BucketKey {
-                    campaign: lease.campaign.clone(),
-                    bucket: *b,
-                };
-                if let Some(s) = self.buckets.get_mut(&k) {
-                    s.in_doubt = sub(s.in_doubt, remaining);
-                }
-                self.changes.buckets.insert(k);
+            let Some(i) = parts.iter().position(|p| p.wait_ms == wait_ms) else {
+                continue;
+            };
+            let part = parts.remove(i);
+            let now_closed = parts.is_empty();
+            if now_closed {
+                lease.state = LeaseState::Closed;
             }
-            lease.state = LeaseState::Closed;
-            self.changes.leases.insert(id);
+            shift(
+                buckets,
+                changes,
+                lease,
+                Pool::InDoubt,
+                Pool::Available,
+                part.amount,
+            );
+            changes.leases.insert(id);
             out.push(Payload::InDoubtReturned(InDoubtReturned {
                 lease: id,
-                returned: remaining,
+                wait_ms,
+                returned: part.amount,
             }));
-            self.retire(id);
+            if now_closed {
+                self.retire(id);
+            }
             count += 1;
         }
         Reply::LeasesClosed { count }
+    }
+
+    fn set_params(&mut self, params: &Params, out: &mut Vec<Payload>) -> Result<Reply, Refusal> {
+        params.validate().map_err(|e| invalid("params", e))?;
+        // The first rules are always recorded, so that every log says what its region ran by.
+        if *params != self.params || !self.params_recorded {
+            self.params = params.clone();
+            self.params_recorded = true;
+            self.changes.params = true;
+            out.push(Payload::ParamsSet(ParamsSet {
+                params: params.clone(),
+            }));
+        }
+        Ok(Reply::ParamsSet {
+            params: params.clone(),
+        })
     }
 
     /// A lease is fully closed: remember it for a while (dedup, late notices), then forget it
-    /// with its event keys and request keys.
+    /// with its bids and request keys.
     fn retire(&mut self, id: LeaseId) {
         self.order_seq += 1;
         if let Some(lease) = self.leases.get_mut(&id) {
             lease.retired = Some(self.order_seq);
         }
         self.closed.push_back(id);
-        while self.closed.len() > self.params.closed_leases_retained {
+        let retained = usize::try_from(self.params.closed_leases_retained).unwrap_or(usize::MAX);
+        while self.closed.len() > retained {
             let Some(old) = self.closed.pop_front() else {
                 break;
             };
             self.changes.leases.insert(old);
             if let Some(lease) = self.leases.remove(&old) {
-                for k in lease.events.iter().flatten() {
-                    self.charged.remove(k);
+                for (bid, _) in lease.events.iter().flatten() {
+                    self.charged.remove(&(old, *bid));
                 }
                 let rows = u32::try_from(lease.events.len()).unwrap_or(u32::MAX);
                 self.changes.uncharged.push((old, rows));
@@ -1281,8 +1649,33 @@ impl Ledger {
         let mut leased: BTreeMap<BucketKey, Money> = BTreeMap::new();
         let mut in_doubt: BTreeMap<BucketKey, Money> = BTreeMap::new();
         for (id, l) in &self.leases {
-            if l.spent > l.amount {
-                return Err(format!("lease {id} spent {} of {}", l.spent, l.amount));
+            if l.spent.checked_add(l.lost).map_or(true, |s| s > l.amount) {
+                return Err(format!(
+                    "lease {id} spent {} and lost {} of {}",
+                    l.spent, l.lost, l.amount
+                ));
+            }
+            if l.state != LeaseState::Open && l.lost.micros() != 0 {
+                return Err(format!("closed lease {id} still counts {} lost", l.lost));
+            }
+            if let LeaseState::InDoubt { parts } = &l.state {
+                if parts.is_empty() {
+                    return Err(format!("lease {id} is in doubt with no part"));
+                }
+                for (i, p) in parts.iter().enumerate() {
+                    if p.amount.micros() <= 0 || (i > 0 && p.wait_ms <= parts[i - 1].wait_ms) {
+                        return Err(format!(
+                            "lease {id}: in-doubt parts out of shape: {parts:?}"
+                        ));
+                    }
+                }
+                if l.state.in_doubt() > sub(l.amount, l.spent) {
+                    return Err(format!(
+                        "lease {id} holds {} in doubt, more than its unspent {}",
+                        l.state.in_doubt(),
+                        sub(l.amount, l.spent)
+                    ));
+                }
             }
             for b in &l.buckets {
                 let k = BucketKey {
@@ -1292,14 +1685,14 @@ impl Ledger {
                 if !self.buckets.contains_key(&k) {
                     return Err(format!("lease {id} names missing bucket {k}"));
                 }
-                match l.state {
+                match &l.state {
                     LeaseState::Open => {
                         let e = leased.entry(k).or_default();
                         *e = add(*e, sub(l.amount, l.spent));
                     }
-                    LeaseState::InDoubt { remaining } => {
+                    s @ LeaseState::InDoubt { .. } => {
                         let e = in_doubt.entry(k).or_default();
-                        *e = add(*e, remaining);
+                        *e = add(*e, s.in_doubt());
                     }
                     LeaseState::Closed => {}
                 }
@@ -1319,12 +1712,13 @@ impl Ledger {
             let want_doubt = in_doubt.get(k).copied().unwrap_or_default();
             if b.in_doubt != want_doubt {
                 return Err(format!(
-                    "{k}: in doubt {} but reclaimed leases hold {want_doubt}",
+                    "{k}: in doubt {} but closed leases hold {want_doubt}",
                     b.in_doubt
                 ));
             }
             b.counter.validate()?;
         }
+        self.params.validate()?;
         Ok(())
     }
 }
@@ -1337,6 +1731,7 @@ fn request_key(cmd: &Command) -> Option<RequestKey> {
         | Command::Resume { key, .. }
         | Command::GrantLease { key, .. }
         | Command::TransferRights { key, .. } => Some(*key),
+        Command::SetParams { key, .. } => Some(*key),
         Command::ReportSpend { batch, .. } | Command::ReleaseLease { batch, .. } => {
             Some(RequestKey::from(*batch))
         }
@@ -1349,9 +1744,4 @@ fn request_key(cmd: &Command) -> Option<RequestKey> {
 fn dedup_ids(ids: &[LeaseId]) -> Vec<LeaseId> {
     let set: BTreeSet<LeaseId> = ids.iter().copied().collect();
     set.into_iter().collect()
-}
-
-fn dedup_within(events: &[SpendEvent]) -> Vec<&SpendEvent> {
-    let mut seen = BTreeSet::new();
-    events.iter().filter(|e| seen.insert(&e.key)).collect()
 }

@@ -1,12 +1,12 @@
 //! The ledger as key-value rows: what the store writes after each apply (only the rows the
 //! apply changed), and how a ledger is rebuilt from all of them at start-up or from a snapshot.
 //!
-//! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `c/`
-//! campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key, `e/` event keys charged
-//! by one report (lease id and list number, big-endian), `v/` velocity.
+//! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `p` the
+//! region's rules, `c/` campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key,
+//! `e/` bids one report charged or lost (lease id and list number, big-endian), `v/` velocity.
 //!
-//! Charged event keys, the dedup table, are the bulk of the writes: one row per report (up to
-//! 1,000 keys), not one per key, so that a batch costs one RocksDB insert, not a thousand.
+//! Charged bids, the dedup table, are the bulk of the writes: one row per report (up to 1,000
+//! bids), not one per bid, so that a batch costs one RocksDB insert, not a thousand.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use shared::bucket::{BucketKey, CampaignZone};
 use shared::log::entry::hex_hash;
 use shared::log::{Chain, Hash};
-use shared::{CampaignId, EdgeId, EventKey, LeaseId, Money, RegionId};
+use shared::{CampaignId, EdgeId, LeaseId, Money, RegionId};
 
 use super::{
-    BucketState, Campaign, CampaignConfig, Changes, Lease, Ledger, Params, Reply, RequestKey,
+    BucketState, Campaign, CampaignConfig, Changes, Lease, Ledger, Mark, Params, Reply, RequestKey,
     Witness,
 };
 
@@ -25,6 +25,7 @@ use super::{
 pub type RowWrite = (Vec<u8>, Option<Vec<u8>>);
 
 const META: &[u8] = b"m";
+const PARAMS: &[u8] = b"p";
 
 #[derive(Serialize, Deserialize)]
 struct MetaRow {
@@ -82,13 +83,13 @@ struct RequestRow {
 #[derive(Deserialize)]
 struct ChargedRow {
     lease: LeaseId,
-    keys: Vec<EventKey>,
+    bids: Vec<(u64, Mark)>,
 }
 
 #[derive(Serialize)]
 struct ChargedRowRef<'a> {
     lease: LeaseId,
-    keys: &'a [EventKey],
+    bids: &'a [(u64, Mark)],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,8 +163,8 @@ pub enum LoadError {
     /// A key with no known table.
     #[error("row {0:?} belongs to no table")]
     UnknownTable(String),
-    /// A row of charged event keys with a malformed key, or that is not its lease's next list.
-    #[error("charged keys: {0}")]
+    /// A row of charged bids with a malformed key, or that is not its lease's next list.
+    #[error("charged bids: {0}")]
     Charged(String),
     /// The meta row is missing.
     #[error("no meta row: not a ledger")]
@@ -203,6 +204,9 @@ impl Ledger {
     /// row. Written with the apply's log entries in one batch.
     pub fn rows(&self, changes: &Changes) -> Vec<RowWrite> {
         let mut out = vec![self.meta_row()];
+        if changes.params {
+            out.push((PARAMS.to_vec(), Some(json(&self.params))));
+        }
         for id in &changes.campaigns {
             let v = self.campaigns.get(id).map(|c| {
                 json(&CampaignRow {
@@ -245,14 +249,14 @@ impl Ledger {
         }
         for &(lease, i) in &changes.charged {
             // A list charged and forgotten in one command is deleted below.
-            let keys = self
+            let bids = self
                 .leases
                 .get(&lease)
                 .and_then(|l| l.events.get(i as usize));
-            if let Some(keys) = keys {
+            if let Some(bids) = bids {
                 out.push((
                     charged_key(lease, i),
-                    Some(json(&ChargedRowRef { lease, keys })),
+                    Some(json(&ChargedRowRef { lease, bids })),
                 ));
             }
         }
@@ -293,6 +297,7 @@ impl Ledger {
                 .collect(),
             uncharged: Vec::new(),
             velocity: self.last_spent.keys().cloned().collect(),
+            params: self.params_recorded,
         };
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = self
             .rows(&everything)
@@ -304,7 +309,7 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger of `region` from all its rows (in any order). An empty set of rows is
-    /// a new, empty ledger.
+    /// a new, empty ledger with `params`; a ledger whose rules were set has them in its rows.
     pub fn load(
         region: RegionId,
         params: Params,
@@ -315,7 +320,9 @@ impl Ledger {
         let mut any = false;
         let mut requests: Vec<(u64, RequestKey)> = Vec::new();
         let mut retired: Vec<(u64, LeaseId)> = Vec::new();
-        let mut charged: Vec<(LeaseId, u32, Vec<EventKey>)> = Vec::new();
+        // A lease's charged bids, one row per batch: (lease, batch, its marks).
+        type ChargedBatch = (LeaseId, u32, Vec<(u64, Mark)>);
+        let mut charged: Vec<ChargedBatch> = Vec::new();
         for (k, v) in rows {
             any = true;
             let bad = |source| LoadError::Row {
@@ -335,6 +342,9 @@ impl Ledger {
                 l.order_seq = m.order_seq;
                 l.witnessed = m.witnessed;
                 saw_meta = true;
+            } else if k == PARAMS {
+                l.params = serde_json::from_slice(&v).map_err(bad)?;
+                l.params_recorded = true;
             } else if k.starts_with(b"c/") {
                 let r: CampaignRow = serde_json::from_slice(&v).map_err(bad)?;
                 let zone = CampaignZone::new(&r.config.zone).map_err(|e| LoadError::Campaign {
@@ -382,7 +392,7 @@ impl Ledger {
                 let (lease, i) = parse_charged_key(&k)
                     .filter(|(lease, _)| *lease == r.lease)
                     .ok_or_else(|| LoadError::Charged(String::from_utf8_lossy(&k).into_owned()))?;
-                charged.push((lease, i, r.keys));
+                charged.push((lease, i, r.bids));
             } else if k.starts_with(b"v/") {
                 let r: VelocityRow = serde_json::from_slice(&v).map_err(bad)?;
                 l.last_spent.insert((r.edge, r.campaign), r.spent);
@@ -395,13 +405,14 @@ impl Ledger {
         if any && !saw_meta {
             return Err(LoadError::NoMeta);
         }
-        // Each lease's lists of event keys and request keys are not in its row (they would make
-        // every write of a busy lease grow with its history); rebuild them from the rows that
-        // name the lease. Event-key lists come back in their numbered order, one per row, so
-        // that the rows they make again are the rows that were written; the order of request
-        // keys does not matter (they are only ever removed as a whole).
+        // Each lease's lists of bids and request keys are not in its row (they would make every
+        // write of a busy lease grow with its history); rebuild them from the rows that name
+        // the lease. Bid lists come back in their numbered order, one per row, so that the rows
+        // they make again are the rows that were written and a bid marked twice keeps its last
+        // mark; the order of request keys does not matter (they are only ever removed as a
+        // whole).
         charged.sort_by_key(|(lease, i, _)| (*lease, *i));
-        for (id, i, keys) in charged {
+        for (id, i, bids) in charged {
             // A lease's lists are numbered from 0 with no gap, and die with the lease.
             let lease = l
                 .leases
@@ -410,10 +421,10 @@ impl Ledger {
                 .ok_or_else(|| {
                     LoadError::Charged(format!("list {i} of lease {id} does not follow its others"))
                 })?;
-            for k in &keys {
-                l.charged.insert(k.clone(), id);
+            for (bid, mark) in &bids {
+                l.charged.insert((id, *bid), *mark);
             }
-            lease.events.push(keys);
+            lease.events.push(bids);
         }
         for (_, key) in &requests {
             let lease = l.requests.get(key).and_then(|r| r.lease);

@@ -293,10 +293,75 @@ fn prove_then_check_proof() {
     ]);
     assert_eq!(code(&o), 1);
     assert!(
-        stderr(&o).contains("no charge adx/nope/1"),
+        stderr(&o).contains("no charge with exchange ids adx/nope/1"),
         "{}",
         stderr(&o)
     );
+}
+
+/// Exchanges reuse their ids: asked by them, `audit prove` lists every charge that carries
+/// them by our bid id and writes nothing; asked by one of those bid ids, it proves that one.
+#[test]
+fn prove_by_exchange_ids_lists_every_bid_that_carries_them() {
+    let sample_cfg = shared::log::sample::SampleConfig::default();
+    let reused = shared::log::sample::generate(&sample_cfg)
+        .unwrap()
+        .reused_ids;
+    let (lease, bid, key) = reused.first().cloned().expect("the sample reuses ids");
+    let dir = tempfile::tempdir().unwrap();
+    let proof = dir.path().join("proof.json");
+    let o = budgetctl(&[
+        "audit",
+        "prove",
+        sample().to_str().unwrap(),
+        "--event",
+        &key.to_string(),
+        "-o",
+        proof.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let listed: Vec<&str> = stderr(&o)
+        .leak()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--bid "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(listed.len() >= 2, "{listed:?}");
+    let mine = format!("{}.{bid}", lease.0);
+    assert!(listed.contains(&mine.as_str()), "{mine} not in {listed:?}");
+    assert!(!proof.exists(), "no proof is written until --bid picks one");
+    let head = head_of_sample();
+    for b in &listed {
+        let o = budgetctl(&[
+            "audit",
+            "prove",
+            sample().to_str().unwrap(),
+            "--bid",
+            b,
+            "-o",
+            proof.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let o = budgetctl(&[
+            "audit",
+            "check-proof",
+            proof.to_str().unwrap(),
+            "--head",
+            &head,
+        ]);
+        assert_eq!(code(&o), 0, "{}", stdout(&o));
+        let (l, n) = b.split_once('.').unwrap();
+        assert!(
+            stdout(&o).contains(&format!("for bid {l}.{n} "))
+                && stdout(&o).contains(&key.to_string()),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // A bid id that is not one: a usage error naming the form.
+    let o = budgetctl(&["audit", "prove", sample().to_str().unwrap(), "--bid", "12"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("LEASE.BID"), "{}", stderr(&o));
 }
 
 #[test]

@@ -178,9 +178,11 @@ fn report(n: u64) -> Command {
         edge: "e1".parse().unwrap(),
         lease: LeaseId(1),
         events: vec![SpendEvent {
+            bid: n,
             key: format!("adx/auction-{n}/1").parse().unwrap(),
             amount: Money::from_micros(1_000),
         }],
+        losses: vec![],
     }
 }
 
@@ -528,29 +530,38 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         panic!("no lease: {r:?}")
     };
     assert_eq!(lease.amount_micros, 10_000);
-    let event = |auction: &str, amount: i64| pb::SpendEvent {
+    // Bid `n`'s charge; the exchange's ids are the same for bids 1 and 4 (it reused them).
+    let event = |bid: u64, amount: i64| pb::SpendEvent {
         key: Some(pb::EventKey {
             exchange: "adx".into(),
-            auction_id: auction.into(),
+            auction_id: format!("a{}", if bid == 4 { 1 } else { bid }),
             imp_id: "1".into(),
         }),
         amount_micros: amount,
+        bid,
     };
     let report = |batch: u8, events: Vec<pb::SpendEvent>| pb::ReportSpendRequest {
         batch_id: vec![batch; 16],
         edge: "e2".into(),
         lease_id: lease.lease_id,
         events,
+        losses: vec![],
     };
     let bad = leases
-        .report_spend(report(20, vec![event("a1", -1)]))
+        .report_spend(report(20, vec![event(1, -1)]))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     let bad = leases
+        .report_spend(report(20, vec![event(0, 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("bid"), "{bad:?}");
+    let bad = leases
         .report_spend(pb::ReportSpendRequest {
             lease_id: 999,
-            ..report(21, vec![event("a1", 1)])
+            ..report(21, vec![event(1, 1)])
         })
         .await
         .unwrap_err();
@@ -568,10 +579,10 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         .report_spend(report(
             22,
             vec![
-                event("a1", 3_000),
-                event("a2", 2_000),
-                event("a1", 3_000),
-                event("a3", 6_000),
+                event(1, 3_000),
+                event(2, 2_000),
+                event(1, 3_000),
+                event(3, 6_000),
             ],
         ))
         .await
@@ -590,6 +601,8 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
             edge: "e1".into(),
             lease_id: lease.lease_id,
             unreserved_micros: 5_000,
+            bids: 3,
+            in_doubt: vec![],
         })
         .await
         .unwrap()
@@ -687,7 +700,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
     use coordinator::ledger::LeaseState;
-    use coordinator::reclaim::{Mono, Timers, Windows};
+    use coordinator::reclaim::{Mono, Timers};
     use coordinator::server::reclaim_step;
     let mut region = region().await;
     for c in setup_commands() {
@@ -695,31 +708,35 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
     }
     let leader = region.leader().await;
     let node = region.nodes[leader].node.clone();
-    let windows = Windows {
-        settlement: Duration::from_secs(10),
-        margin: Duration::from_secs(2),
-        late_acceptance: Duration::from_secs(60),
-    };
+    // The region's rules (the defaults): 30 s leases, W 10 s, margin 2 s, late acceptance
+    // 60 s, exp up to an hour, tmax up to 5 s, clock rate error 1,000 ppm.
+    let terms = node
+        .state
+        .read(|m| m.ledger().lease(LeaseId(1)).unwrap().terms);
+    assert_eq!(terms.reclaim_wait_ms(), 42_000);
+    // A reclaimed lease's rest waits for the longest hold of its bids (an hour and 5 s),
+    // stretched for rate error, then the late-acceptance window.
+    let held_secs = terms.doubt_wait_ms(terms.max_hold_ms()).div_ceil(1_000);
     let at = |secs: u64| Mono(Duration::from_secs(1_000 + secs));
     let lease_state = |n: &Node| {
         n.state
-            .read(|m| m.ledger().lease(LeaseId(1)).map(|l| l.state))
+            .read(|m| m.ledger().lease(LeaseId(1)).map(|l| l.state.clone()))
     };
     let mut timers = Timers::new();
     // The leader's first tick sees the open lease: its wait starts now.
     assert_eq!(
-        reclaim_step(&node, &mut timers, windows, at(0)).await,
+        reclaim_step(&node, &mut timers, at(0)).await,
         (vec![], vec![])
     );
     // 30 s lease + 10 s W + 2 s margin = 42 s: not at 41 s.
     assert_eq!(
-        reclaim_step(&node, &mut timers, windows, at(41)).await,
+        reclaim_step(&node, &mut timers, at(41)).await,
         (vec![], vec![])
     );
     assert_eq!(lease_state(&node), Some(LeaseState::Open));
     // At 42 s it is reclaimed, through the log: every replica holds it in doubt.
     assert_eq!(
-        reclaim_step(&node, &mut timers, windows, at(42)).await,
+        reclaim_step(&node, &mut timers, at(42)).await,
         (vec![LeaseId(1)], vec![])
     );
     let index = node.state.applied_index();
@@ -731,20 +748,20 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
             r.node.id
         );
     }
-    // The late-acceptance window (60 s from the reclaim) ends at 102 s.
+    // Its wait (from the reclaim at 42 s) ends `held_secs` later, not a second before.
     assert_eq!(
-        reclaim_step(&node, &mut timers, windows, at(101)).await,
+        reclaim_step(&node, &mut timers, at(42 + held_secs - 1)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut timers, windows, at(102)).await,
-        (vec![], vec![LeaseId(1)])
+        reclaim_step(&node, &mut timers, at(42 + held_secs)).await,
+        (vec![], vec![(LeaseId(1), terms.max_hold_ms())])
     );
     assert_eq!(lease_state(&node), Some(LeaseState::Closed));
     // A follower's step does nothing, whatever its clock says.
     let follower = &region.nodes[(leader + 1) % 3].node;
     assert_eq!(
-        reclaim_step(follower, &mut Timers::new(), windows, at(10_000)).await,
+        reclaim_step(follower, &mut Timers::new(), at(100_000)).await,
         (vec![], vec![])
     );
     // A new leader restarts every wait: a fresh lease granted now is not reclaimed by the new
@@ -759,15 +776,15 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
         .await;
     let mut fresh = Timers::new();
     assert_eq!(
-        reclaim_step(&node, &mut fresh, windows, at(5_000)).await,
+        reclaim_step(&node, &mut fresh, at(50_000)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut fresh, windows, at(5_041)).await,
+        reclaim_step(&node, &mut fresh, at(50_041)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut fresh, windows, at(5_042)).await.0,
+        reclaim_step(&node, &mut fresh, at(50_042)).await.0,
         vec![LeaseId(2)]
     );
     for r in &mut region.nodes {

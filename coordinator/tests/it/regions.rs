@@ -34,7 +34,7 @@ async fn start(
 ) -> RegionNode {
     let addr = listener.local_addr().unwrap().to_string();
     let mut cfg = NodeConfig::new(rid(region), 1, dir.to_path_buf());
-    cfg.params.lease_min = Money::from_micros(2_000);
+    cfg.init_params.lease_min = Money::from_micros(2_000);
     cfg.sync = Settings {
         peers,
         push_interval: Duration::from_millis(200),
@@ -177,6 +177,7 @@ async fn spend_whole(
                 imp_id: "1".into(),
             }),
             amount_micros: 2_000,
+            bid: u64::try_from(i).unwrap() + 1,
         })
         .collect();
     if !events.is_empty() {
@@ -186,6 +187,7 @@ async fn spend_whole(
                 edge: "e1".into(),
                 lease_id: lease.lease_id,
                 events,
+                losses: vec![],
             })
             .await
             .unwrap();
@@ -196,6 +198,8 @@ async fn spend_whole(
             edge: "e1".into(),
             lease_id: lease.lease_id,
             unreserved_micros: lease.amount_micros - bids * 2_000,
+            bids: u64::try_from(bids).unwrap(),
+            in_doubt: vec![],
         })
         .await
         .unwrap();

@@ -14,8 +14,10 @@ use shared::clock::Clock;
 /// Settings come from `--config FILE` (TOML; every key has a default, unknown keys are an
 /// error; `--print-config` shows them all), then from these flags, which win.
 ///
-/// Routes: POST <bid_path> (default /openrtb2/bid) for bid requests; GET /notice/{win,bill,loss}
-/// for the exchange's notices; GET /healthz; GET /metrics.
+/// Routes: POST <bid_path> of each exchange (`[[exchanges]]`; default one, `sim`, at
+/// /openrtb2/bid, billing by its billing notice) for bid requests; GET /notice/{win,bill,loss}
+/// for the exchanges' notices; GET /healthz; GET /metrics. The lease timings (spending window,
+/// W, margin, the longest `exp` and `tmax` bid on) are the region's, sent with every lease.
 #[derive(Debug, Parser)]
 #[command(name = "edge", version)]
 struct Args {
@@ -34,7 +36,8 @@ struct Args {
     /// A coordinator of the region; repeat for each (default 127.0.0.1:7001).
     #[arg(long = "coordinator", value_name = "HOST:PORT")]
     coordinators: Vec<String>,
-    /// The exchange's name, part of every charge's key (default sim).
+    /// The exchange's name, part of every charge's exchange ids (default sim). Renames the
+    /// first of `[[exchanges]]`.
     #[arg(long)]
     exchange: Option<String>,
     /// Notice-signing key, hex (default: a development key, with a warning).
@@ -45,9 +48,6 @@ struct Args {
         hide_env_values = true
     )]
     notice_key_hex: Option<String>,
-    /// Settlement window W in ms; must equal the coordinators' (default 10000).
-    #[arg(long, value_name = "MS")]
-    settlement_window_ms: Option<u64>,
     /// Source IP of calls to the coordinators (default: the system chooses).
     #[arg(long, value_name = "IP")]
     outgoing_address: Option<String>,
@@ -82,13 +82,16 @@ fn load(args: &Args) -> Result<Config, String> {
         config.coordinators = args.coordinators.clone();
     }
     if let Some(v) = &args.exchange {
-        config.exchange = v.clone();
+        match config.exchanges.first_mut() {
+            Some(x) => x.id = v.clone(),
+            None => config.exchanges.push(edge::config::ExchangeConfig {
+                id: v.clone(),
+                ..Default::default()
+            }),
+        }
     }
     if let Some(v) = &args.notice_key_hex {
         config.notice_key_hex = v.clone();
-    }
-    if let Some(v) = args.settlement_window_ms {
-        config.settlement_window_ms = v;
     }
     if let Some(v) = &args.outgoing_address {
         config.outgoing_address = v.clone();

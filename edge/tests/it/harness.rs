@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use coordinator::ledger::{CampaignConfig, Command, LeaseState, Reply, RequestKey};
 use coordinator::node::{Node, NodeConfig, ProposeError};
-use coordinator::reclaim::Windows;
 use coordinator::server::reclaim_loop;
 use edge::bidder::Edge;
 use edge::config::Config;
@@ -106,15 +105,19 @@ impl Region {
 
     /// A lease's state as node 1 has applied it.
     pub fn lease_state(&self, id: u64) -> Option<LeaseState> {
-        self.nodes[0]
-            .state
-            .read(|m| m.ledger().lease(shared::LeaseId(id)).map(|l| l.state))
+        self.nodes[0].state.read(|m| {
+            m.ledger()
+                .lease(shared::LeaseId(id))
+                .map(|l| l.state.clone())
+        })
     }
 }
 
 async fn serve(id: u64, dir: &Path, listener: TcpListener, lease_ms: u64) -> Arc<Node> {
     let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), id, dir.to_path_buf());
-    cfg.params.lease_duration_ms = lease_ms;
+    // Short windows (W = 1 s, and impressions' exp 2 s when absent, at most 10 s), so that money
+    // a released lease holds in doubt comes back within the test.
+    cfg.init_params = rules(lease_ms);
     cfg.heartbeat = Duration::from_millis(150);
     cfg.election_timeout = (Duration::from_millis(1_500), Duration::from_millis(3_000));
     let node = Arc::new(Node::start(&cfg).await.unwrap());
@@ -125,21 +128,30 @@ async fn serve(id: u64, dir: &Path, listener: TcpListener, lease_ms: u64) -> Arc
             .await
             .unwrap();
     });
-    // The leader's reclaim and in-doubt expiry, with short windows (W = 1 s, as the fast tests'
-    // edges use), so that money a released lease holds in doubt comes back within the test.
-    let windows = Windows {
-        settlement: Duration::from_millis(1_000),
-        margin: Duration::from_millis(200),
-        late_acceptance: Duration::from_millis(1_000),
-    };
+    // The leader's reclaim and in-doubt expiry.
     let (keep, stop) = tokio::sync::watch::channel(false);
     let timed = node.clone();
     tokio::spawn(async move {
         let _keep = keep;
         let clock = Arc::new(timed.clock.clone());
-        reclaim_loop(timed, windows, clock, stop).await;
+        reclaim_loop(timed, clock, stop).await;
     });
     node
+}
+
+/// The test region's rules: leases of `lease_ms`, W 1 s, late acceptance 1 s, `exp` 2 s when an
+/// impression has none and at most 10 s, `tmax` at most 1 s.
+pub fn rules(lease_ms: u64) -> coordinator::ledger::Params {
+    coordinator::ledger::Params {
+        lease_duration_ms: lease_ms,
+        settlement_window_ms: 1_000,
+        margin_ms: 200,
+        late_acceptance_ms: 1_000,
+        default_exp_ms: 2_000,
+        max_exp_ms: 10_000,
+        max_tmax_ms: 1_000,
+        ..Default::default()
+    }
 }
 
 /// An edge's configuration for a test: fast polls, the region's coordinators.

@@ -256,7 +256,7 @@ async fn gzip_versions_tmax_and_shedding() {
         before
     );
 
-    // An impression whose notice may come after W is not bid on.
+    // An impression that may be shown an hour later is bid on, held until its deadline...
     req["tmax"] = 500.into();
     req["imp"][0]["exp"] = 3600.into();
     assert_eq!(
@@ -264,7 +264,25 @@ async fn gzip_versions_tmax_and_shedding() {
             .await
             .unwrap()
             .status,
+        200
+    );
+    // ...and one past the region's maximum is not (its own outcome, not `no_match`).
+    req["imp"][0]["exp"] = 3601.into();
+    assert_eq!(
+        http.post(&url, &[], serde_json::to_vec(&req).unwrap())
+            .await
+            .unwrap()
+            .status,
         204
+    );
+    let page = http.get(&format!("{base}/metrics")).await.unwrap();
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("edge_bid_requests_total{")
+                && l.contains("outcome=\"exp_too_long\"")
+                && l.ends_with(" 1")),
+        "the impression past the maximum is counted as exp_too_long"
     );
 
     // Past the concurrency limit: 204 at once.

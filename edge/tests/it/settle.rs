@@ -46,9 +46,10 @@ async fn bids(http: &HttpClient, base: &str, prefix: &str, n: usize) -> Vec<BidR
     panic!("only {} bids of {n}", out.len());
 }
 
-/// The win notice URL of a bid with the exchange's price substituted, pointed at `base`.
+/// The billing notice URL (`burl`: the test exchange bills by it, as Prebid Server does) of a
+/// bid with the exchange's price substituted, pointed at `base`.
 fn win_url(bid: &edge::openrtb::Bid, price_micros: i64, base: &str) -> String {
-    let path = &bid.nurl[bid.nurl.find("/notice/").unwrap()..];
+    let path = &bid.burl[bid.burl.find("/notice/").unwrap()..];
     let price = format!("{}.{:03}", price_micros / 1000, price_micros % 1000);
     format!("{base}{}", path.replace("${AUCTION_PRICE}", &price))
 }
@@ -143,10 +144,7 @@ async fn a_notice_retried_after_its_lease_was_released_still_settles() {
     let mut region = Region::start_with(1_000).await;
     region.campaign("c1", 2_000_000, 10_000_000).await;
     let http = HttpClient::new(Duration::from_secs(5));
-    let mut quick = edge_config("edge-a", &region.addrs);
-    quick.settlement_window_ms = 300;
-    quick.margin_ms = 100;
-    let (_a, a_base) = edge_in_process(quick).await;
+    let (_a, a_base) = edge_in_process(edge_config("edge-a", &region.addrs)).await;
     let (_b, b_base) = edge_in_process(edge_config("edge-b", &region.addrs)).await;
     let won = bids(&http, &a_base, "late", 3).await;
     let lease: u64 = {

@@ -17,8 +17,6 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
     let mut edges = Vec::new();
     for name in ["edge-1", "edge-2"] {
         let mut c = edge_config(name, &region.addrs);
-        c.settlement_window_ms = 1_000;
-        c.margin_ms = 200;
         c.lease_want_micros = 100_000;
         edges.push(edge_in_process(c).await);
     }

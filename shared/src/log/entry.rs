@@ -78,11 +78,15 @@ pub enum Kind {
     RemoteMerged = 8,
     /// Spend that broke a rule (over a lease, after the late window) — recorded, not hidden.
     Anomaly = 9,
+    /// Bids reported lost by the exchange (loss notices); what they held goes back early.
+    BidsLost = 10,
+    /// The region's lease and reclaim rules were set (at `cluster init` or by an operator).
+    ParamsSet = 11,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::BudgetSet,
         Kind::LeaseGranted,
         Kind::SpendBatch,
@@ -92,6 +96,8 @@ impl Kind {
         Kind::RightsTransferred,
         Kind::RemoteMerged,
         Kind::Anomaly,
+        Kind::BidsLost,
+        Kind::ParamsSet,
     ];
 
     /// The kind with byte `b`.
@@ -111,13 +117,23 @@ impl Kind {
             Kind::RightsTransferred => "rights_transferred",
             Kind::RemoteMerged => "remote_merged",
             Kind::Anomaly => "anomaly",
+            Kind::BidsLost => "bids_lost",
+            Kind::ParamsSet => "params_set",
         }
     }
 }
 
-/// One settled charge: the event key and the amount billed.
+/// One settled charge: our bid it pays for, the exchange's ids of the impression, and the amount
+/// billed.
+///
+/// The charge's identity is our bid's: `(lease, bid)`, the lease named by the batch or anomaly
+/// that carries the event and the bid's number within it (an edge numbers its bids under a
+/// lease 1, 2, 3, …). The exchange's ids are kept for the auditor, but they are the exchange's
+/// to choose and may repeat: two bids of ours with the same ids are two charges.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendEvent {
+    /// Our bid's number within its lease, ≥ 1.
+    pub bid: u64,
     /// Exchange, auction id, impression id.
     pub key: EventKey,
     /// The clearing price charged, in micros; never negative.
@@ -125,18 +141,21 @@ pub struct SpendEvent {
 }
 
 impl SpendEvent {
-    /// Canonical bytes: exchange, auction id, impression id (strings), amount (`i64`).
+    /// Canonical bytes: exchange, auction id, impression id (strings), bid number (`u64`),
+    /// amount (`i64`).
     pub fn encode(&self, w: &mut Writer) {
         w.str(self.key.exchange());
         w.str(self.key.auction_id());
         w.str(self.key.imp_id());
+        w.u64(self.bid);
         w.money(self.amount);
     }
 
-    /// The length of [`SpendEvent::encode`]'s bytes: three `u16`-prefixed strings and an `i64`.
+    /// The length of [`SpendEvent::encode`]'s bytes: three `u16`-prefixed strings, a `u64` and
+    /// an `i64`.
     pub fn encoded_len(&self) -> usize {
         let k = &self.key;
-        6 + k.exchange().len() + k.auction_id().len() + k.imp_id().len() + 8
+        6 + k.exchange().len() + k.auction_id().len() + k.imp_id().len() + 8 + 8
     }
 
     /// The canonical bytes alone.
@@ -153,9 +172,10 @@ impl SpendEvent {
         let auction = r.str("event auction id")?;
         let imp = r.str("event imp id")?;
         let key = EventKey::new(exchange, auction, imp)?;
+        let bid = bid_number(&mut r, "event bid")?;
         let amount = r.money_nonneg("event amount")?;
         r.finish("event")?;
-        Ok(SpendEvent { key, amount })
+        Ok(SpendEvent { bid, key, amount })
     }
 
     /// Checks that `bytes` are one canonical event and returns its amount, without allocating.
@@ -181,10 +201,25 @@ impl SpendEvent {
         let printable = |b: u8| (0x20..0x7f).contains(&b);
         field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;
         field(crate::id::OPENRTB_ID_MAX_BYTES, printable)?;
+        if r.u64("").ok()? == 0 {
+            return None;
+        }
         let amount = r.money_nonneg("").ok()?;
         r.finish("").ok()?;
         Some(amount)
     }
+}
+
+/// A bid number: ≥ 1 (an edge numbers a lease's bids from 1).
+fn bid_number(r: &mut Reader<'_>, what: &'static str) -> Result<u64, DecodeError> {
+    let n = r.u64(what)?;
+    if n == 0 {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: "bid numbers start at 1".into(),
+        });
+    }
+    Ok(n)
 }
 
 /// `BudgetSet`: a bucket's budget changed from `before` to `after`; `after − before` of rights
@@ -253,7 +288,22 @@ impl SpendBatch {
     }
 }
 
-/// `LeaseReleased`: the edge is done with `lease`; `returned` went back to the region.
+/// Money of a closed lease held for notices still to come: `amount` waits `wait_ms` (measured
+/// from when the entry was applied, stretched by the leader for clock rate error) before it
+/// returns to the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoubtPart {
+    /// How long the bids it holds for may still be billed, ms from the release.
+    pub wait_ms: u64,
+    /// What it holds; positive.
+    pub amount: Money,
+}
+
+/// The most in-doubt parts one release may hold.
+pub const DOUBT_PARTS_MAX: usize = 64;
+
+/// `LeaseReleased`: the edge is done with `lease`; `returned` went back to the region, and
+/// `in_doubt` waits for the notices of bids still within their deadlines.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseReleased {
     /// The lease.
@@ -264,6 +314,10 @@ pub struct LeaseReleased {
     pub spent: Money,
     /// The unspent amount returned.
     pub returned: Money,
+    /// How many bids the edge made under the lease (numbered 1 to `bids`).
+    pub bids: u64,
+    /// What is held, by how long it waits: waits strictly increasing, amounts positive.
+    pub in_doubt: Vec<DoubtPart>,
 }
 
 /// `LeaseReclaimed`: the leader closed `lease`; `in_doubt` is held for late notices.
@@ -273,15 +327,22 @@ pub struct LeaseReclaimed {
     pub lease: LeaseId,
     /// Spend settled under it so far.
     pub spent: Money,
-    /// The unreported remainder, now in doubt.
+    /// Returned to the region now: the bids reported lost while it was open.
+    pub returned: Money,
+    /// The rest, now in doubt.
     pub in_doubt: Money,
+    /// How long it waits, ms: the longest any of the lease's bids may still be billed.
+    pub wait_ms: u64,
 }
 
-/// `InDoubtReturned`: the late-acceptance window of `lease` ended; `returned` is available again.
+/// `InDoubtReturned`: the part of `lease`'s in-doubt money that waited `wait_ms` is over;
+/// `returned` is available again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InDoubtReturned {
     /// The lease.
     pub lease: LeaseId,
+    /// The part's wait, ms (as in its `lease_released` or `lease_reclaimed` entry).
+    pub wait_ms: u64,
     /// What returned to the region.
     pub returned: Money,
 }
@@ -333,6 +394,31 @@ pub enum AnomalyKind {
     OverLease = 1,
     /// The notice came after the lease's late-acceptance window.
     LateSpend = 2,
+    /// A charge for one of our bids that contradicts what was already known of it: another
+    /// price than its first charge, or a bid the exchange reported lost (on a lease whose
+    /// money for it has gone back). Not settled.
+    Conflict = 3,
+}
+
+impl AnomalyKind {
+    /// The kind with byte `b`.
+    pub fn from_u8(b: u8) -> Option<AnomalyKind> {
+        match b {
+            1 => Some(AnomalyKind::OverLease),
+            2 => Some(AnomalyKind::LateSpend),
+            3 => Some(AnomalyKind::Conflict),
+            _ => None,
+        }
+    }
+
+    /// The snake_case name used in reports, metrics and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::OverLease => "over_lease",
+            AnomalyKind::LateSpend => "late_spend",
+            AnomalyKind::Conflict => "conflict",
+        }
+    }
 }
 
 /// `Anomaly`: a charge that broke a rule, recorded so that it is seen.
@@ -344,6 +430,152 @@ pub struct Anomaly {
     pub lease: LeaseId,
     /// The charge.
     pub event: SpendEvent,
+}
+
+/// `BidsLost`: the exchange reported `count` bids under `lease` lost (loss notices reported in
+/// batch `batch`); their reservations, `bid_total` in all, can no longer be charged. `returned`
+/// of it went back to the region now (from the lease's in-doubt money); the rest is deducted
+/// when the lease is released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BidsLost {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The edge's batch id.
+    pub batch: BatchId,
+    /// How many bids, newly known lost.
+    pub count: u32,
+    /// Their bid prices, summed.
+    pub bid_total: Money,
+    /// What returned to the region by this entry.
+    pub returned: Money,
+}
+
+/// The region's lease and reclaim rules: replicated state, the same on every replica, changed
+/// only by a `params_set` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseParams {
+    /// How long an edge may reserve under a lease, ms.
+    pub lease_duration_ms: u64,
+    /// `W`: how long an edge keeps a lease after its spending window for the first notices of
+    /// its bids before releasing it, ms.
+    pub settlement_window_ms: u64,
+    /// Taken off every spending window for clock rate error: at least
+    /// `lease_duration_ms × clock_rate_error_ppm / 10⁶`, ms.
+    pub margin_ms: u64,
+    /// How long in-doubt money waits for late notices past the deadlines of its bids, ms.
+    pub late_acceptance_ms: u64,
+    /// The `exp` assumed for an impression that has none, ms.
+    pub default_exp_ms: u64,
+    /// The longest `exp` bid on; impressions with a longer one are skipped, ms.
+    pub max_exp_ms: u64,
+    /// The longest `tmax` bid on (a bid's deadline counts from the auction, at most `tmax`
+    /// after the request), ms.
+    pub max_tmax_ms: u64,
+    /// The largest clock rate error allowed for between two machines, parts per million.
+    pub clock_rate_error_ppm: u32,
+    /// One lease takes at most `available / lease_share_divisor` …
+    pub lease_share_divisor: u32,
+    /// … but never less than this (or what is left), so that the last micros get spent.
+    pub lease_min: Money,
+    /// Closed leases remembered for dedup and late notices, oldest forgotten first.
+    pub closed_leases_retained: u64,
+    /// Idempotency keys remembered, oldest forgotten first.
+    pub requests_retained: u64,
+}
+
+impl Default for LeaseParams {
+    /// Rules for real exchange traffic: 30 s leases, impressions with `exp` up to an hour.
+    fn default() -> Self {
+        LeaseParams {
+            lease_duration_ms: 30_000,
+            settlement_window_ms: 10_000,
+            margin_ms: 2_000,
+            late_acceptance_ms: 60_000,
+            default_exp_ms: 300_000,
+            max_exp_ms: 3_600_000,
+            max_tmax_ms: 5_000,
+            clock_rate_error_ppm: 1_000,
+            lease_share_divisor: 4,
+            // 0.1 currency units: about a hundred bids at a 1.00 CPM.
+            lease_min: Money::from_micros(100_000),
+            closed_leases_retained: 100_000,
+            requests_retained: 1_000_000,
+        }
+    }
+}
+
+/// The longest `exp` a region may allow, ms: one day.
+pub const MAX_EXP_LIMIT_MS: u64 = 86_400_000;
+
+impl LeaseParams {
+    /// Checks that the rules make sense together; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("lease_duration_ms", self.lease_duration_ms),
+            ("max_tmax_ms", self.max_tmax_ms),
+            ("lease_share_divisor", u64::from(self.lease_share_divisor)),
+            ("closed_leases_retained", self.closed_leases_retained),
+            ("requests_retained", self.requests_retained),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name}: must be positive"));
+            }
+        }
+        if self.lease_min.micros() < 1 {
+            return Err(format!(
+                "lease_min: must be positive, got {}",
+                self.lease_min
+            ));
+        }
+        if self.clock_rate_error_ppm >= 200_000 {
+            return Err(format!(
+                "clock_rate_error_ppm: {} is 20 % or more; clocks that far off are broken",
+                self.clock_rate_error_ppm
+            ));
+        }
+        let least_margin = (u128::from(self.lease_duration_ms)
+            * u128::from(self.clock_rate_error_ppm))
+        .div_ceil(1_000_000);
+        if u128::from(self.margin_ms) < least_margin {
+            return Err(format!(
+                "margin_ms: {} is less than lease_duration_ms × clock_rate_error_ppm = {least_margin}",
+                self.margin_ms
+            ));
+        }
+        if self.margin_ms >= self.lease_duration_ms {
+            return Err(format!(
+                "margin_ms: {} leaves no spending window of a {} ms lease",
+                self.margin_ms, self.lease_duration_ms
+            ));
+        }
+        if self.max_exp_ms > MAX_EXP_LIMIT_MS {
+            return Err(format!(
+                "max_exp_ms: {} is more than a day ({MAX_EXP_LIMIT_MS})",
+                self.max_exp_ms
+            ));
+        }
+        if self.default_exp_ms > self.max_exp_ms {
+            return Err(format!(
+                "default_exp_ms: {} is more than max_exp_ms {}",
+                self.default_exp_ms, self.max_exp_ms
+            ));
+        }
+        if self.max_tmax_ms > 60_000 {
+            return Err(format!(
+                "max_tmax_ms: {} is more than a minute",
+                self.max_tmax_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `ParamsSet`: the region's rules are now `params`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamsSet {
+    /// The rules.
+    pub params: LeaseParams,
 }
 
 /// The kind-specific part of an entry.
@@ -368,6 +600,10 @@ pub enum Payload {
     RemoteMerged(RemoteMerged),
     /// See [`Anomaly`].
     Anomaly(Anomaly),
+    /// See [`BidsLost`].
+    BidsLost(BidsLost),
+    /// See [`ParamsSet`].
+    ParamsSet(ParamsSet),
 }
 
 /// Why a payload could not be encoded.
@@ -392,6 +628,9 @@ pub enum EncodeError {
     /// The events' total overflows.
     #[error(transparent)]
     Money(#[from] MoneyError),
+    /// A value the format does not allow.
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 fn nonneg(what: &'static str, m: Money) -> Result<(), EncodeError> {
@@ -423,6 +662,8 @@ impl Payload {
             Payload::RightsTransferred(_) => Kind::RightsTransferred,
             Payload::RemoteMerged(_) => Kind::RemoteMerged,
             Payload::Anomaly(_) => Kind::Anomaly,
+            Payload::BidsLost(_) => Kind::BidsLost,
+            Payload::ParamsSet(_) => Kind::ParamsSet,
         }
     }
 
@@ -472,17 +713,41 @@ impl Payload {
                 w.batch(&p.batch);
                 w.money(p.spent);
                 w.money(p.returned);
+                w.u64(p.bids);
+                w.u32(count_u32(
+                    "in-doubt parts",
+                    p.in_doubt.len(),
+                    DOUBT_PARTS_MAX,
+                )?);
+                let mut last: Option<u64> = None;
+                for part in &p.in_doubt {
+                    if part.amount.micros() <= 0 {
+                        return Err(EncodeError::Invalid("an in-doubt part holds no money"));
+                    }
+                    if last.is_some_and(|l| part.wait_ms <= l) {
+                        return Err(EncodeError::Invalid(
+                            "in-doubt parts must have strictly increasing waits",
+                        ));
+                    }
+                    last = Some(part.wait_ms);
+                    w.u64(part.wait_ms);
+                    w.money(part.amount);
+                }
             }
             Payload::LeaseReclaimed(p) => {
                 nonneg("spent", p.spent)?;
+                nonneg("returned", p.returned)?;
                 nonneg("in doubt", p.in_doubt)?;
                 w.u64(p.lease.0);
                 w.money(p.spent);
+                w.money(p.returned);
                 w.money(p.in_doubt);
+                w.u64(p.wait_ms);
             }
             Payload::InDoubtReturned(p) => {
                 nonneg("returned", p.returned)?;
                 w.u64(p.lease.0);
+                w.u64(p.wait_ms);
                 w.money(p.returned);
             }
             Payload::RightsTransferred(p) => {
@@ -506,9 +771,47 @@ impl Payload {
             }
             Payload::Anomaly(p) => {
                 nonneg("event amount", p.event.amount)?;
+                if p.event.bid == 0 {
+                    return Err(EncodeError::Invalid("bid numbers start at 1"));
+                }
                 w.u8(p.rule as u8);
                 w.u64(p.lease.0);
                 p.event.encode(&mut w);
+            }
+            Payload::BidsLost(p) => {
+                nonneg("bid total", p.bid_total)?;
+                nonneg("returned", p.returned)?;
+                if p.count == 0 {
+                    return Err(EncodeError::Invalid(
+                        "a bids_lost entry names at least one bid",
+                    ));
+                }
+                if p.returned > p.bid_total {
+                    return Err(EncodeError::Invalid(
+                        "more returned than the lost bids held",
+                    ));
+                }
+                w.u64(p.lease.0);
+                w.batch(&p.batch);
+                w.u32(p.count);
+                w.money(p.bid_total);
+                w.money(p.returned);
+            }
+            Payload::ParamsSet(p) => {
+                let q = &p.params;
+                nonneg("lease min", q.lease_min)?;
+                w.u64(q.lease_duration_ms);
+                w.u64(q.settlement_window_ms);
+                w.u64(q.margin_ms);
+                w.u64(q.late_acceptance_ms);
+                w.u64(q.default_exp_ms);
+                w.u64(q.max_exp_ms);
+                w.u64(q.max_tmax_ms);
+                w.u32(q.clock_rate_error_ppm);
+                w.u32(q.lease_share_divisor);
+                w.money(q.lease_min);
+                w.u64(q.closed_leases_retained);
+                w.u64(q.requests_retained);
             }
         }
         Ok(w.into_bytes())
@@ -572,19 +875,50 @@ impl Payload {
                     events: Vec::new(),
                 })
             }
-            Kind::LeaseReleased => Payload::LeaseReleased(LeaseReleased {
-                lease: LeaseId(r.u64("lease")?),
-                batch: r.batch("batch id")?,
-                spent: r.money_nonneg("spent")?,
-                returned: r.money_nonneg("returned")?,
-            }),
+            Kind::LeaseReleased => {
+                let lease = LeaseId(r.u64("lease")?);
+                let batch = r.batch("batch id")?;
+                let spent = r.money_nonneg("spent")?;
+                let returned = r.money_nonneg("returned")?;
+                let bids = r.u64("bids")?;
+                let n = bounded(r.u32("part count")?, DOUBT_PARTS_MAX, "part count")?;
+                let mut in_doubt: Vec<DoubtPart> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let wait_ms = r.u64("part wait")?;
+                    let amount = r.money_nonneg("part amount")?;
+                    if amount.micros() == 0 {
+                        return Err(DecodeError::Invalid {
+                            what: "part amount",
+                            detail: "an in-doubt part holds no money".into(),
+                        });
+                    }
+                    if in_doubt.last().is_some_and(|l| wait_ms <= l.wait_ms) {
+                        return Err(DecodeError::Invalid {
+                            what: "part wait",
+                            detail: "in-doubt parts must have strictly increasing waits".into(),
+                        });
+                    }
+                    in_doubt.push(DoubtPart { wait_ms, amount });
+                }
+                Payload::LeaseReleased(LeaseReleased {
+                    lease,
+                    batch,
+                    spent,
+                    returned,
+                    bids,
+                    in_doubt,
+                })
+            }
             Kind::LeaseReclaimed => Payload::LeaseReclaimed(LeaseReclaimed {
                 lease: LeaseId(r.u64("lease")?),
                 spent: r.money_nonneg("spent")?,
+                returned: r.money_nonneg("returned")?,
                 in_doubt: r.money_nonneg("in doubt")?,
+                wait_ms: r.u64("wait")?,
             }),
             Kind::InDoubtReturned => Payload::InDoubtReturned(InDoubtReturned {
                 lease: LeaseId(r.u64("lease")?),
+                wait_ms: r.u64("wait")?,
                 returned: r.money_nonneg("returned")?,
             }),
             Kind::RightsTransferred => Payload::RightsTransferred(RightsTransferred {
@@ -614,16 +948,11 @@ impl Payload {
                 })
             }
             Kind::Anomaly => {
-                let rule = match r.u8("anomaly rule")? {
-                    1 => AnomalyKind::OverLease,
-                    2 => AnomalyKind::LateSpend,
-                    k => {
-                        return Err(DecodeError::Invalid {
-                            what: "anomaly rule",
-                            detail: format!("unknown anomaly rule {k}"),
-                        });
-                    }
-                };
+                let k = r.u8("anomaly rule")?;
+                let rule = AnomalyKind::from_u8(k).ok_or_else(|| DecodeError::Invalid {
+                    what: "anomaly rule",
+                    detail: format!("unknown anomaly rule {k}"),
+                })?;
                 let lease = LeaseId(r.u64("lease")?);
                 let rest = r.take(r.remaining(), "event")?;
                 Payload::Anomaly(Anomaly {
@@ -632,6 +961,48 @@ impl Payload {
                     event: SpendEvent::decode(rest)?,
                 })
             }
+            Kind::BidsLost => {
+                let lease = LeaseId(r.u64("lease")?);
+                let batch = r.batch("batch id")?;
+                let count = r.u32("count")?;
+                if count == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "count",
+                        detail: "a bids_lost entry names at least one bid".into(),
+                    });
+                }
+                let bid_total = r.money_nonneg("bid total")?;
+                let returned = r.money_nonneg("returned")?;
+                if returned > bid_total {
+                    return Err(DecodeError::Invalid {
+                        what: "returned",
+                        detail: format!("{returned} returned of lost bids holding {bid_total}"),
+                    });
+                }
+                Payload::BidsLost(BidsLost {
+                    lease,
+                    batch,
+                    count,
+                    bid_total,
+                    returned,
+                })
+            }
+            Kind::ParamsSet => Payload::ParamsSet(ParamsSet {
+                params: LeaseParams {
+                    lease_duration_ms: r.u64("lease duration")?,
+                    settlement_window_ms: r.u64("settlement window")?,
+                    margin_ms: r.u64("margin")?,
+                    late_acceptance_ms: r.u64("late acceptance")?,
+                    default_exp_ms: r.u64("default exp")?,
+                    max_exp_ms: r.u64("max exp")?,
+                    max_tmax_ms: r.u64("max tmax")?,
+                    clock_rate_error_ppm: r.u32("clock rate error")?,
+                    lease_share_divisor: r.u32("lease share divisor")?,
+                    lease_min: r.money_nonneg("lease min")?,
+                    closed_leases_retained: r.u64("closed leases retained")?,
+                    requests_retained: r.u64("requests retained")?,
+                },
+            }),
         };
         r.finish("payload")?;
         Ok((payload, summary))
@@ -783,6 +1154,7 @@ mod tests {
 
     fn event(auction: &str, amount: i64) -> SpendEvent {
         SpendEvent {
+            bid: 7,
             key: EventKey::new("adx".parse().unwrap(), auction, "1").unwrap(),
             amount: Money::from_micros(amount),
         }
@@ -795,7 +1167,7 @@ mod tests {
             assert_eq!(*k as u8, i as u8 + 1);
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(10), None);
+        assert_eq!(Kind::from_u8(12), None);
     }
 
     #[test]
@@ -817,6 +1189,7 @@ mod tests {
         assert!(SpendEvent::check(&longer).is_err());
         // Non-ASCII ids are valid and take the slow path; DEL is a control character.
         let unicode = SpendEvent {
+            bid: 1,
             key: EventKey::new("adx".parse().unwrap(), "enchère-1", "1").unwrap(),
             amount: Money::from_micros(9),
         };
@@ -824,6 +1197,12 @@ mod tests {
             SpendEvent::check(&unicode.to_bytes()),
             Ok(Money::from_micros(9))
         );
+        // Bid numbers start at 1.
+        let mut zero = good.clone();
+        let n = zero.len();
+        zero[n - 16..n - 8].fill(0);
+        assert!(SpendEvent::check(&zero).is_err());
+        assert!(SpendEvent::decode(&zero).is_err());
         let mut del = event("a-1", 1).to_bytes();
         let i = del.iter().position(|b| *b == b'-').unwrap();
         del[i] = 0x7f;
@@ -844,11 +1223,49 @@ mod tests {
         );
         let neg = InDoubtReturned {
             lease: LeaseId(1),
+            wait_ms: 0,
             returned: Money::from_micros(-1),
         };
         assert_eq!(
             Payload::InDoubtReturned(neg).encode(),
             Err(EncodeError::Negative("returned"))
         );
+    }
+
+    #[test]
+    fn in_doubt_parts_are_canonical() {
+        let part = |wait_ms, micros| DoubtPart {
+            wait_ms,
+            amount: Money::from_micros(micros),
+        };
+        let released = |in_doubt| {
+            Payload::LeaseReleased(LeaseReleased {
+                lease: LeaseId(3),
+                batch: BatchId([1; 16]),
+                spent: Money::from_micros(5),
+                returned: Money::from_micros(6),
+                bids: 4,
+                in_doubt,
+            })
+        };
+        let good = released(vec![part(1_000, 10), part(60_000, 20)]);
+        let bytes = good.encode().unwrap();
+        assert_eq!(
+            Payload::decode(Kind::LeaseReleased, &bytes).unwrap().0,
+            good
+        );
+        for bad in [
+            vec![part(60_000, 20), part(1_000, 10)],
+            vec![part(1_000, 10), part(1_000, 20)],
+            vec![part(1_000, 0)],
+        ] {
+            assert!(released(bad.clone()).encode().is_err(), "{bad:?}");
+        }
+        // The same refusals on the decoding side: swap the two parts' bytes.
+        let mut swapped = bytes.clone();
+        let parts = bytes.len() - 32;
+        swapped[parts..parts + 16].copy_from_slice(&bytes[parts + 16..]);
+        swapped[parts + 16..].copy_from_slice(&bytes[parts..parts + 16]);
+        assert!(Payload::decode(Kind::LeaseReleased, &swapped).is_err());
     }
 }

@@ -55,6 +55,19 @@ pub struct InclusionProof {
     pub head_hash: Hash,
 }
 
+impl InclusionProof {
+    /// The lease whose batch holds the charge, as the entry body says (`None` if the body does
+    /// not parse as a spend batch; [`check`] says why). With `event.bid`, the charge's bid id.
+    pub fn lease(&self) -> Option<LeaseId> {
+        let body = hex::decode(&self.entry_body_hex).ok()?;
+        let parsed = BodyRef::parse(&body).ok()?;
+        match Payload::decode(parsed.kind, parsed.payload).ok()? {
+            (Payload::SpendBatch(b), _) => Some(b.lease),
+            _ => None,
+        }
+    }
+}
+
 /// What a proof that checks out establishes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProvenCharge {
@@ -77,6 +90,54 @@ pub struct ProvenCharge {
     pub head_hash: Hash,
 }
 
+/// Which charge to prove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeRef {
+    /// Our bid: the lease and the bid's number within it. At most one charge has it.
+    Bid {
+        /// The lease.
+        lease: LeaseId,
+        /// The bid's number.
+        bid: u64,
+    },
+    /// The exchange's ids of the impression. They are the exchange's to choose and may repeat,
+    /// so several charges (of different bids of ours) may carry them.
+    Exchange(EventKey),
+}
+
+impl std::fmt::Display for ChargeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChargeRef::Bid { lease, bid } => write!(f, "of bid {}.{bid}", lease.0),
+            ChargeRef::Exchange(key) => write!(f, "with exchange ids {key}"),
+        }
+    }
+}
+
+impl ChargeRef {
+    /// Our bid's id as `budgetctl` writes it: `LEASE.BID` (`12.7`: bid 7 of lease 12).
+    pub fn parse_bid(s: &str) -> Result<ChargeRef, String> {
+        let bad = || format!("{s:?} is not a bid id LEASE.BID (two positive numbers, as in 12.7)");
+        let (l, b) = s.split_once('.').ok_or_else(bad)?;
+        let lease: u64 = l.parse().map_err(|_| bad())?;
+        let bid: u64 = b.parse().map_err(|_| bad())?;
+        if lease == 0 || bid == 0 {
+            return Err(bad());
+        }
+        Ok(ChargeRef::Bid {
+            lease: LeaseId(lease),
+            bid,
+        })
+    }
+
+    fn matches(&self, lease: LeaseId, e: &SpendEvent) -> bool {
+        match self {
+            ChargeRef::Bid { lease: l, bid } => *l == lease && e.bid == *bid,
+            ChargeRef::Exchange(key) => e.key == *key,
+        }
+    }
+}
+
 /// Why a proof could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ProveError {
@@ -88,7 +149,7 @@ pub enum ProveError {
     Failed(Failure),
     /// The charge is not in the archive (up to the head asked for).
     #[error("no charge {0} in the archive")]
-    NotFound(EventKey),
+    NotFound(ChargeRef),
     /// The head asked for is not in the archive.
     #[error("the archive ends at seq {last:?}; no head at seq {wanted}")]
     NoSuchHead {
@@ -110,13 +171,15 @@ pub enum ProofError {
     Invalid(String),
 }
 
-/// Makes a proof that charge `key` is in the archive at `path`, leading to the head at seq
-/// `head_seq` (default: the archive's last entry). Verifies the whole archive first.
+/// Makes a proof for every charge that `which` selects in the archive at `path` (one at most for
+/// [`ChargeRef::Bid`], any number for [`ChargeRef::Exchange`]), each leading to the head at seq
+/// `head_seq` (default: the archive's last entry). Verifies the whole archive first. Proofs come
+/// in log order; none found is [`ProveError::NotFound`].
 pub fn prove(
     path: &Path,
-    key: &EventKey,
+    which: &ChargeRef,
     head_seq: Option<u64>,
-) -> Result<InclusionProof, ProveError> {
+) -> Result<Vec<InclusionProof>, ProveError> {
     /// The proof minus what is known only at the end (region, head).
     struct Found {
         event: SpendEvent,
@@ -129,45 +192,58 @@ pub fn prove(
         entry_body_hex: String,
         later_body_digests: Vec<String>,
     }
-    let mut found: Option<Found> = None;
+    let mut found: Vec<Found> = Vec::new();
     let mut head: Option<(u64, Hash)> = None;
     let mut observe = |v: &super::verify::Verified<'_>| {
         if head_seq.is_some_and(|h| v.seq > h) {
             return;
         }
         head = Some((v.seq, *v.hash));
-        if let Some(f) = &mut found {
-            f.later_body_digests.push(hex::encode(v.body_digest));
-            return;
+        let digest = hex::encode(v.body_digest);
+        for f in &mut found {
+            f.later_body_digests.push(digest.clone());
         }
         if v.kind != Kind::SpendBatch {
             return;
         }
-        // The verifier checked the events section; split it and look for the key.
+        let Ok((Payload::SpendBatch(batch), _)) =
+            BodyRef::parse(v.body).and_then(|b| Payload::decode(b.kind, b.payload))
+        else {
+            return;
+        };
+        // The verifier checked the events section; split it and look for the charge.
         let events = super::record::split_events(v.events);
-        let hit = events.iter().enumerate().find_map(|(i, b)| {
-            SpendEvent::decode(b)
-                .ok()
-                .filter(|e| e.key == *key)
-                .map(|e| (i, e))
-        });
-        let Some((index, event)) = hit else { return };
+        let hits: Vec<(usize, SpendEvent)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                SpendEvent::decode(b)
+                    .ok()
+                    .filter(|e| which.matches(batch.lease, e))
+                    .map(|e| (i, e))
+            })
+            .collect();
+        if hits.is_empty() {
+            return;
+        }
         let leaves: Vec<Hash> = events.iter().map(|b| merkle::leaf_hash(b)).collect();
-        found = Some(Found {
-            event,
-            event_hex: hex::encode(events[index]),
-            leaf_index: index as u64,
-            tree_size: leaves.len() as u64,
-            audit_path: merkle::audit_path(&leaves, index)
-                .unwrap_or_default()
-                .iter()
-                .map(hex::encode)
-                .collect(),
-            entry_seq: v.seq,
-            entry_prev_hash: *v.prev_hash,
-            entry_body_hex: hex::encode(v.body),
-            later_body_digests: Vec::new(),
-        });
+        for (index, event) in hits {
+            found.push(Found {
+                event,
+                event_hex: hex::encode(events[index]),
+                leaf_index: index as u64,
+                tree_size: leaves.len() as u64,
+                audit_path: merkle::audit_path(&leaves, index)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(hex::encode)
+                    .collect(),
+                entry_seq: v.seq,
+                entry_prev_hash: *v.prev_hash,
+                entry_body_hex: hex::encode(v.body),
+                later_body_digests: Vec::new(),
+            });
+        }
     };
     let summary = match verify_path_observed(path, None, &mut observe)? {
         Ok(s) => s,
@@ -181,24 +257,30 @@ pub fn prove(
             last: summary.last_seq,
         });
     }
-    let (Some(f), Some(region), Some((head_seq, head_hash))) = (found, summary.region, head) else {
-        return Err(ProveError::NotFound(key.clone()));
+    let (Some(region), Some((head_seq, head_hash))) = (summary.region, head) else {
+        return Err(ProveError::NotFound(which.clone()));
     };
-    Ok(InclusionProof {
-        format: PROOF_FORMAT.to_string(),
-        region,
-        event: f.event,
-        event_hex: f.event_hex,
-        leaf_index: f.leaf_index,
-        tree_size: f.tree_size,
-        audit_path: f.audit_path,
-        entry_seq: f.entry_seq,
-        entry_prev_hash: f.entry_prev_hash,
-        entry_body_hex: f.entry_body_hex,
-        later_body_digests: f.later_body_digests,
-        head_seq,
-        head_hash,
-    })
+    if found.is_empty() {
+        return Err(ProveError::NotFound(which.clone()));
+    }
+    Ok(found
+        .into_iter()
+        .map(|f| InclusionProof {
+            format: PROOF_FORMAT.to_string(),
+            region: region.clone(),
+            event: f.event,
+            event_hex: f.event_hex,
+            leaf_index: f.leaf_index,
+            tree_size: f.tree_size,
+            audit_path: f.audit_path,
+            entry_seq: f.entry_seq,
+            entry_prev_hash: f.entry_prev_hash,
+            entry_body_hex: f.entry_body_hex,
+            later_body_digests: f.later_body_digests,
+            head_seq,
+            head_hash,
+        })
+        .collect())
 }
 
 fn unhex(what: &str, s: &str) -> Result<Vec<u8>, ProofError> {
@@ -224,8 +306,8 @@ pub fn check(proof: &InclusionProof, trusted_head: &Hash) -> Result<ProvenCharge
         .map_err(|e| ProofError::Malformed(format!("event_hex: {e}")))?;
     if event != proof.event {
         return Err(invalid(format!(
-            "event {} is not what event_hex holds ({})",
-            proof.event.key, event.key
+            "event {} (bid {}) is not what event_hex holds ({}, bid {})",
+            proof.event.key, proof.event.bid, event.key, event.bid
         )));
     }
     let path = proof

@@ -68,6 +68,7 @@ mod tests {
 
     fn event(auction: &str, micros: i64) -> SpendEvent {
         SpendEvent {
+            bid: 1,
             key: EventKey::from_parts("x", auction, "1").unwrap(),
             amount: Money::from_micros(micros),
         }

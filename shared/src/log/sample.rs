@@ -1,6 +1,7 @@
 //! A deterministic generator of realistic archives: one region's ledger simulated from a seed —
-//! budgets set, leases granted, spend batches settled, leases released or reclaimed, in-doubt
-//! money returned, rights transferred, peers merged, anomalies recorded — cut into sealed
+//! budgets set, leases granted, spend batches settled, bids lost, leases released (with money
+//! in doubt for bids still within their deadlines) or reclaimed, in-doubt money returned,
+//! rights transferred, peers merged, anomalies recorded — cut into sealed
 //! segments. The same seed gives the same bytes, so `testdata/sample-archive` can be checked
 //! against its generator.
 
@@ -11,8 +12,9 @@ use crate::id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, Regi
 use crate::money::Money;
 
 use super::entry::{
-    Anomaly, AnomalyKind, BudgetSet, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased,
-    Payload, Received, RemoteMerged, RightsTransferred, SpendBatch, SpendEvent,
+    Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
+    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Payload, Received, RemoteMerged,
+    RightsTransferred, SpendBatch, SpendEvent,
 };
 use super::segment::{SegmentWriter, WriteError, segment_file_name};
 use super::{Chain, Hash};
@@ -58,14 +60,52 @@ pub struct SampleArchive {
     pub segments: Vec<SampleSegment>,
     /// The last entry's hash.
     pub head: Hash,
-    /// A few charges that are in the log (one per hundred batches), for proof examples.
-    pub some_charges: Vec<EventKey>,
+    /// A few charges that are in the log (one per hundred batches), for proof examples: the
+    /// lease, our bid's number and the exchange's ids.
+    pub some_charges: Vec<(LeaseId, u64, EventKey)>,
+    /// Charges whose exchange ids an earlier charge of another bid carried already (exchanges
+    /// reuse ids): the later charge's lease, bid number and the ids.
+    pub reused_ids: Vec<(LeaseId, u64, EventKey)>,
 }
 
 struct Lease {
     campaign: usize,
     amount: Money,
     spent: Money,
+    /// Bids numbered so far.
+    bids: u64,
+}
+
+/// Splits `rest` into up to three in-doubt parts with increasing waits (a release's bids still
+/// within their deadlines), the longest first to get money.
+fn doubt_parts(rng: &mut fastrand::Rng, rest: Money) -> Vec<DoubtPart> {
+    const WAITS_MS: [u64; 5] = [45_000, 290_000, 595_000, 1_795_000, 3_595_000];
+    let n = rng
+        .usize(0..=3)
+        .min(usize::try_from(rest.micros()).unwrap_or(0));
+    let mut waits: Vec<u64> = Vec::new();
+    while waits.len() < n {
+        let w = WAITS_MS[rng.usize(0..WAITS_MS.len())] + rng.u64(0..5_000);
+        if !waits.contains(&w) {
+            waits.push(w);
+        }
+    }
+    waits.sort_unstable();
+    let mut left = rest.micros();
+    let mut parts = Vec::with_capacity(n);
+    for (i, wait_ms) in waits.iter().enumerate() {
+        let amount = if i + 1 == n {
+            left
+        } else {
+            rng.i64(1..=left - (n - 1 - i) as i64)
+        };
+        left -= amount;
+        parts.push(DoubtPart {
+            wait_ms: *wait_ms,
+            amount: Money::from_micros(amount),
+        });
+    }
+    parts
 }
 
 struct Camp {
@@ -117,7 +157,7 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
     let mut term = 3u64;
     let mut index = 17u64;
     let mut leases: BTreeMap<LeaseId, Lease> = BTreeMap::new();
-    let mut in_doubt: Vec<(LeaseId, usize, Money)> = Vec::new();
+    let mut in_doubt: Vec<(LeaseId, usize, DoubtPart)> = Vec::new();
     let mut next_lease = 1u64;
     let mut peer_seq: Vec<u64> = vec![0; peers.len()];
 
@@ -125,6 +165,8 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
     let mut writer = SegmentWriter::new(&region, 0, chain.head());
     let mut seg_target = rng.u64(cfg.segment_entries.0..=cfg.segment_entries.1);
     let mut some_charges = Vec::new();
+    let mut reused_ids = Vec::new();
+    let mut recent_keys: Vec<EventKey> = Vec::new();
     let mut batches = 0u64;
 
     while chain.next_seq() < cfg.entries {
@@ -136,12 +178,18 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
         let seq = chain.next_seq();
         let c = rng.usize(0..camps.len());
         let roll = rng.u32(0..100);
-        let payload = if seq < camps.len() as u64
+        let first_budgets = 1..=camps.len() as u64;
+        let payload = if seq == 0 {
+            // The region's rules, set at `cluster init`.
+            Payload::ParamsSet(ParamsSet {
+                params: LeaseParams::default(),
+            })
+        } else if first_budgets.contains(&seq)
             || (roll < 3 && camps[c].available < Money::from_micros(5_000_000))
         {
             // Set (or raise) the lifetime budget: new rights in this region.
-            let c = if seq < camps.len() as u64 {
-                seq as usize
+            let c = if first_budgets.contains(&seq) {
+                seq as usize - 1
             } else {
                 c
             };
@@ -169,6 +217,7 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                     campaign: c,
                     amount,
                     spent: Money::ZERO,
+                    bids: 0,
                 },
             );
             let day = camp
@@ -198,6 +247,8 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                     break;
                 }
                 l.spent = after;
+                // Bids without a notice yet, or lost, take numbers too.
+                l.bids += 1 + rng.u64(0..3);
                 let auction = format!(
                     "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
                     rng.u32(..),
@@ -206,13 +257,32 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                     rng.u16(..),
                     rng.u64(..) & 0xffff_ffff_ffff
                 );
-                let key = EventKey::new(
+                let fresh = EventKey::new(
                     exchanges[rng.usize(0..exchanges.len())].clone(),
                     auction,
                     (1 + rng.u8(0..4)).to_string(),
                 )
                 .unwrap_or_else(|_| unreachable!("generated ids are valid"));
-                events.push(SpendEvent { key, amount: price });
+                // One charge in fifty carries the ids of an earlier one: an exchange reusing its
+                // auction ids. It is another bid of ours, so another charge.
+                let key = if !recent_keys.is_empty() && rng.u32(0..50) == 0 {
+                    let k = recent_keys[rng.usize(0..recent_keys.len())].clone();
+                    reused_ids.push((lease, l.bids, k.clone()));
+                    k
+                } else {
+                    if recent_keys.len() < 64 {
+                        recent_keys.push(fresh.clone());
+                    } else {
+                        let i = rng.usize(0..64);
+                        recent_keys[i] = fresh.clone();
+                    }
+                    fresh
+                };
+                events.push(SpendEvent {
+                    bid: l.bids,
+                    key,
+                    amount: price,
+                });
             }
             if events.is_empty() {
                 // The lease is exhausted: release it.
@@ -227,11 +297,14 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                     batch: BatchId::random(&mut rng),
                     spent: l.spent,
                     returned,
+                    bids: l.bids,
+                    in_doubt: Vec::new(),
                 })
             } else {
                 batches += 1;
                 if batches % 100 == 1 {
-                    some_charges.push(events[rng.usize(0..events.len())].key.clone());
+                    let e = &events[rng.usize(0..events.len())];
+                    some_charges.push((lease, e.bid, e.key.clone()));
                 }
                 Payload::SpendBatch(SpendBatch {
                     lease,
@@ -248,33 +321,70 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
             let l = leases.remove(&lease).unwrap_or_else(|| unreachable!());
             let rest = l.amount.checked_sub(l.spent).unwrap_or(Money::ZERO);
             if rng.u32(0..4) == 0 {
-                in_doubt.push((lease, l.campaign, rest));
+                let wait_ms = 3_605_000;
+                if rest.micros() > 0 {
+                    let part = DoubtPart {
+                        wait_ms,
+                        amount: rest,
+                    };
+                    in_doubt.push((lease, l.campaign, part));
+                }
                 Payload::LeaseReclaimed(LeaseReclaimed {
                     lease,
                     spent: l.spent,
+                    returned: Money::ZERO,
                     in_doubt: rest,
+                    wait_ms,
                 })
             } else {
+                // Some of what is left waits for bids still within their deadlines.
+                let held = Money::from_micros(rng.i64(0..=rest.micros() / 2));
+                let parts = doubt_parts(&mut rng, held);
+                let held: Money =
+                    Money::checked_sum(parts.iter().map(|p| p.amount)).unwrap_or(Money::ZERO);
+                let returned = rest.checked_sub(held).unwrap_or(Money::ZERO);
                 camps[l.campaign].available = camps[l.campaign]
                     .available
-                    .checked_add(rest)
+                    .checked_add(returned)
                     .unwrap_or(Money::MAX);
+                for p in &parts {
+                    in_doubt.push((lease, l.campaign, *p));
+                }
                 Payload::LeaseReleased(LeaseReleased {
                     lease,
                     batch: BatchId::random(&mut rng),
                     spent: l.spent,
-                    returned: rest,
+                    returned,
+                    bids: l.bids,
+                    in_doubt: parts,
                 })
             }
+        } else if roll < 85 && !leases.is_empty() {
+            // Loss notices for a few bids of an open lease: deducted at its release.
+            let pick = rng.usize(0..leases.len());
+            let (&lease, l) = leases
+                .iter_mut()
+                .nth(pick)
+                .unwrap_or_else(|| unreachable!());
+            let count = rng.u32(1..4);
+            l.bids += u64::from(count);
+            Payload::BidsLost(BidsLost {
+                lease,
+                batch: BatchId::random(&mut rng),
+                count,
+                bid_total: Money::from_micros(i64::from(count) * rng.i64(200..12_000)),
+                returned: Money::ZERO,
+            })
         } else if roll < 88 && !in_doubt.is_empty() {
-            let (lease, campaign, amount) = in_doubt.remove(0);
+            let (lease, campaign, part) = in_doubt.remove(0);
             camps[campaign].available = camps[campaign]
                 .available
-                .checked_add(amount)
+                .checked_add(part.amount)
                 .unwrap_or(Money::MAX);
             Payload::InDoubtReturned(InDoubtReturned {
                 lease,
-                returned: amount,
+                wait_ms: part.wait_ms,
+                returned: part.amount,
             })
         } else if roll < 92 && camps[c].available.micros() > 2_000_000 {
             let amount = Money::from_micros(rng.i64(1..camps[c].available.micros() / 2));
@@ -310,11 +420,11 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                 received,
             })
         } else {
-            let rule = if rng.bool() {
-                AnomalyKind::LateSpend
-            } else {
-                AnomalyKind::OverLease
-            };
+            let rule = [
+                AnomalyKind::LateSpend,
+                AnomalyKind::OverLease,
+                AnomalyKind::Conflict,
+            ][rng.usize(0..3)];
             let key = EventKey::new(
                 exchanges[rng.usize(0..exchanges.len())].clone(),
                 format!("late-{seq}"),
@@ -325,6 +435,7 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                 rule,
                 lease: LeaseId(rng.u64(1..next_lease.max(2))),
                 event: SpendEvent {
+                    bid: rng.u64(1..500),
                     key,
                     amount: Money::from_micros(rng.i64(200..12_000)),
                 },
@@ -354,5 +465,6 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
         segments,
         head: chain.head(),
         some_charges,
+        reused_ids,
     })
 }

@@ -1,15 +1,26 @@
 //! Proofs of single charges, made from the sample archive and checked offline.
 
-use shared::EventKey;
 use shared::log::Hash;
-use shared::log::proof::{InclusionProof, ProofError, ProveError, check, prove};
+use shared::log::proof::{ChargeRef, InclusionProof, ProofError, ProveError, check, prove};
 use shared::log::sample::{SampleConfig, generate};
 use shared::log::verify::verify_path_observed;
 
 use crate::sample_dir;
 
-fn charges() -> Vec<EventKey> {
-    generate(&SampleConfig::default()).unwrap().some_charges
+fn charges() -> Vec<ChargeRef> {
+    generate(&SampleConfig::default())
+        .unwrap()
+        .some_charges
+        .into_iter()
+        .map(|(lease, bid, _)| ChargeRef::Bid { lease, bid })
+        .collect()
+}
+
+/// The one proof of a charge selected by our bid id.
+fn one(which: &ChargeRef, head: Option<u64>) -> Result<InclusionProof, ProveError> {
+    let mut proofs = prove(&sample_dir(), which, head)?;
+    assert_eq!(proofs.len(), 1, "one charge per bid id");
+    Ok(proofs.remove(0))
 }
 
 fn head() -> Hash {
@@ -22,10 +33,13 @@ fn proofs_of_charges_check_out_against_the_head() {
     let keys = charges();
     assert!(keys.len() >= 10);
     for key in keys.iter().step_by(7) {
-        let proof = prove(&sample_dir(), key, None).unwrap();
+        let proof = one(key, None).unwrap();
         assert_eq!(proof.head_hash, head);
         let charge = check(&proof, &head).unwrap();
-        assert_eq!(&charge.event.key, key);
+        let ChargeRef::Bid { lease, bid } = key else {
+            unreachable!()
+        };
+        assert_eq!((charge.lease, charge.event.bid), (*lease, *bid));
         assert_eq!(charge.entry_seq, proof.entry_seq);
         // The JSON form round-trips.
         let json = serde_json::to_string(&proof).unwrap();
@@ -37,7 +51,7 @@ fn proofs_of_charges_check_out_against_the_head() {
 #[test]
 fn a_proof_to_an_earlier_head_checks_against_that_head_only() {
     let key = &charges()[3];
-    let full = prove(&sample_dir(), key, None).unwrap();
+    let full = one(key, None).unwrap();
     let upto = full.entry_seq + 5;
     let mut head_at = None;
     verify_path_observed(&sample_dir(), None, &mut |v| {
@@ -48,7 +62,7 @@ fn a_proof_to_an_earlier_head_checks_against_that_head_only() {
     .unwrap()
     .unwrap();
     let head_at = head_at.unwrap();
-    let proof = prove(&sample_dir(), key, Some(upto)).unwrap();
+    let proof = one(key, Some(upto)).unwrap();
     assert_eq!(proof.head_seq, upto);
     assert_eq!(proof.later_body_digests.len(), 5);
     assert!(check(&proof, &head_at).is_ok());
@@ -65,7 +79,7 @@ fn a_proof_to_an_earlier_head_checks_against_that_head_only() {
 #[test]
 fn every_tampered_part_of_a_proof_is_refused() {
     let head = head();
-    let proof = prove(&sample_dir(), &charges()[5], None).unwrap();
+    let proof = one(&charges()[5], None).unwrap();
     assert!(
         proof.tree_size > 1,
         "pick a charge in a batch of several events"
@@ -120,11 +134,54 @@ fn every_tampered_part_of_a_proof_is_refused() {
     assert!(check(&proof, &head).is_ok());
 }
 
+/// Exchanges choose their ids and reuse them: the sample archive has charges of different bids
+/// of ours with the same exchange ids. Asked by those ids, `prove` finds every one; asked by our
+/// bid id, exactly one.
+#[test]
+fn exchange_ids_may_name_several_charges_and_each_proves() {
+    let head = head();
+    let sample = generate(&SampleConfig::default()).unwrap();
+    let (lease, bid, key) = sample
+        .reused_ids
+        .first()
+        .cloned()
+        .expect("the sample reuses ids");
+    let proofs = prove(&sample_dir(), &ChargeRef::Exchange(key.clone()), None).unwrap();
+    assert!(proofs.len() >= 2, "{} proofs for {key}", proofs.len());
+    let mut bids = Vec::new();
+    for p in &proofs {
+        let c = check(p, &head).unwrap();
+        assert_eq!(c.event.key, key);
+        bids.push((c.lease, c.event.bid));
+    }
+    bids.sort();
+    bids.dedup();
+    assert_eq!(
+        bids.len(),
+        proofs.len(),
+        "each proof is another bid's charge"
+    );
+    assert!(bids.contains(&(lease, bid)));
+    let mine = one(&ChargeRef::Bid { lease, bid }, None).unwrap();
+    assert_eq!(check(&mine, &head).unwrap().event.key, key);
+}
+
 #[test]
 fn no_proof_for_an_absent_charge_or_from_a_damaged_archive() {
-    let absent: EventKey = "adx/no-such-auction/1".parse().unwrap();
+    let absent = ChargeRef::Exchange("adx/no-such-auction/1".parse().unwrap());
     assert!(matches!(
         prove(&sample_dir(), &absent, None),
+        Err(ProveError::NotFound(_))
+    ));
+    let ChargeRef::Bid { lease, .. } = charges()[0] else {
+        unreachable!()
+    };
+    let no_such_bid = ChargeRef::Bid {
+        lease,
+        bid: 1 << 40,
+    };
+    assert!(matches!(
+        prove(&sample_dir(), &no_such_bid, None),
         Err(ProveError::NotFound(_))
     ));
     let dir = std::env::temp_dir().join(format!("prove-damaged-{}", std::process::id()));

@@ -5,8 +5,9 @@
 use jiff::civil::date;
 use serde_json::{Value, json};
 use shared::log::entry::{
-    Anomaly, AnomalyKind, BudgetSet, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased,
-    Received, RemoteMerged, RightsTransferred, SpendBatch, body_digest, genesis,
+    Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
+    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Received, RemoteMerged,
+    RightsTransferred, SpendBatch, body_digest, genesis,
 };
 use shared::log::merkle;
 use shared::log::segment::{SegmentWriter, segment_file_name};
@@ -29,14 +30,17 @@ fn m(micros: i64) -> Money {
 fn events() -> Vec<SpendEvent> {
     vec![
         SpendEvent {
+            bid: 3,
             key: n("adx/auction-1/1"),
             amount: m(1_500),
         },
         SpendEvent {
+            bid: 5,
             key: n("adx/auction-2/1"),
             amount: m(2_250),
         },
         SpendEvent {
+            bid: 6,
             key: n("openx/a/b/2"),
             amount: m(900),
         },
@@ -71,15 +75,29 @@ fn payloads() -> Vec<Payload> {
             lease: n("L1"),
             batch: BatchId(*b"batch-0000000002"),
             spent: m(4_650),
-            returned: m(4_995_350),
+            returned: m(4_992_350),
+            bids: 7,
+            in_doubt: vec![
+                DoubtPart {
+                    wait_ms: 295_000,
+                    amount: m(1_000),
+                },
+                DoubtPart {
+                    wait_ms: 3_605_000,
+                    amount: m(2_000),
+                },
+            ],
         }),
         Payload::LeaseReclaimed(LeaseReclaimed {
             lease: n("L2"),
             spent: m(0),
+            returned: m(500),
             in_doubt: m(2_000_000),
+            wait_ms: 3_605_000,
         }),
         Payload::InDoubtReturned(InDoubtReturned {
             lease: n("L2"),
+            wait_ms: 3_605_000,
             returned: m(2_000_000),
         }),
         Payload::RightsTransferred(RightsTransferred {
@@ -102,9 +120,20 @@ fn payloads() -> Vec<Payload> {
             rule: AnomalyKind::LateSpend,
             lease: n("L2"),
             event: SpendEvent {
+                bid: 12,
                 key: n("adx/auction-9/1"),
                 amount: m(700),
             },
+        }),
+        Payload::BidsLost(BidsLost {
+            lease: n("L1"),
+            batch: BatchId(*b"batch-0000000003"),
+            count: 2,
+            bid_total: m(5_000),
+            returned: m(1_000),
+        }),
+        Payload::ParamsSet(ParamsSet {
+            params: LeaseParams::default(),
         }),
     ]
 }
