@@ -1,7 +1,13 @@
 //! A small simulated exchange: it sends real-shaped OpenRTB 2.6 requests to the edges at a
 //! fixed rate, runs a second-price auction of each bid against a synthetic competitor, sends the
 //! win and billing (or loss) notice to the edge that bid, retrying at any edge of its region
-//! until acknowledged, and keeps its own record of what it billed. With regions, it can move
+//! until acknowledged, and keeps its own record of what it billed.
+//!
+//! Its traffic is shaped like a real exchange's, not like our edge would want it: impressions
+//! carry `exp` (10 % none, 5 % two hours, the rest 60 s to an hour), 3 % of requests reuse an
+//! earlier auction's id and 2 % replay an earlier request byte for byte, 7 in 10 lost bids hear
+//! so with an IAB loss reason code, one win in twenty is never billed, and a third of the bills
+//! come late (within the impression's `exp`, at most 10 s in a demo). With regions, it can move
 //! most of its traffic from one region to the next (`focus_every`). Once a second it prints a
 //! status line: requests, bids, wins, and per campaign what it billed against the budget.
 //!
@@ -43,6 +49,12 @@ pub struct SimConfig {
     pub max_requests: u64,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Every `exp` is divided by this (at least 1 s): 1 sends real ones (a minute to two
+    /// hours), 360 the same mix in seconds (for tests whose region's longest `exp` is 10 s).
+    pub exp_scale: u64,
+    /// The prefix of its auction ids (unique per run unless the seed is given: a second run
+    /// against the same region must not look like a replay of the first).
+    pub run_id: String,
     /// Print a status line every second.
     pub status: bool,
 }
@@ -58,6 +70,14 @@ pub struct Tally {
     pub wins: AtomicU64,
     /// Notices that were never acknowledged.
     pub notices_lost: AtomicU64,
+    /// Requests that reused an earlier auction's id.
+    pub reused_ids: AtomicU64,
+    /// Requests replayed byte for byte.
+    pub replays: AtomicU64,
+    /// Loss notices sent.
+    pub losses: AtomicU64,
+    /// Wins never billed.
+    pub unbilled: AtomicU64,
     /// Micros billed per campaign (acknowledged billing notices).
     pub billed: Mutex<BTreeMap<String, i64>>,
     /// All micros billed.
@@ -73,10 +93,22 @@ const DOMAINS: [&str; 4] = [
 const COUNTRIES: [&str; 3] = ["USA", "FRA", "DEU"];
 const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
 
-fn request(rng: &mut fastrand::Rng, id: &str) -> Vec<u8> {
+/// An impression's `exp`, seconds: none for 10 %, two hours (past the default maximum) for
+/// 5 %, else a common value from a minute to an hour.
+fn exp(rng: &mut fastrand::Rng, scale: u64) -> Option<u64> {
+    const COMMON: [u64; 5] = [60, 300, 900, 1_800, 3_600];
+    let s = match rng.u8(..100) {
+        0..10 => return None,
+        10..15 => 7_200,
+        _ => COMMON[rng.usize(..COMMON.len())],
+    };
+    Some((s / scale.max(1)).max(1))
+}
+
+fn request(rng: &mut fastrand::Rng, id: &str, exp_scale: u64) -> Vec<u8> {
     let (w, h) = SIZES[rng.usize(..SIZES.len())];
     let floor_milli = rng.u32(..800);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "id": id,
         "at": 2,
         "tmax": 120,
@@ -96,8 +128,17 @@ fn request(rng: &mut fastrand::Rng, id: &str) -> Vec<u8> {
         "device": {"devicetype": 2, "geo": {"country": COUNTRIES[rng.usize(..COUNTRIES.len())]}},
         "user": {"id": format!("u{}", rng.u32(..100_000))},
     });
+    if let Some(e) = exp(rng, exp_scale) {
+        body["imp"][0]["exp"] = e.into();
+    }
     serde_json::to_vec(&body).unwrap_or_default()
 }
+
+/// The earlier requests a new one may reuse or replay.
+const REMEMBERED: usize = 1_000;
+
+/// The longest a demo's bill comes late.
+const LATEST_BILL: Duration = Duration::from_secs(10);
 
 /// The region the traffic is focused on `elapsed` into the run, if it moves.
 pub fn focus(cfg: &SimConfig, elapsed: Duration) -> Option<&str> {
@@ -152,6 +193,8 @@ pub async fn run(cfg: SimConfig) -> Arc<Tally> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut n = 0u64;
+    let mut earlier: std::collections::VecDeque<(String, Vec<u8>)> =
+        std::collections::VecDeque::with_capacity(REMEMBERED);
     // Where each edge's notices may be retried: the edges of its region.
     let retry: Vec<Arc<Vec<String>>> = (0..cfg.edges.len())
         .map(|i| {
@@ -166,8 +209,24 @@ pub async fn run(cfg: SimConfig) -> Arc<Tally> {
     while started.elapsed() < cfg.duration && n < cfg.max_requests {
         tick.tick().await;
         n += 1;
-        let id = format!("sim-{}-{n}", cfg.seed);
-        let body = request(&mut rng, &id);
+        let roll = rng.u8(..100);
+        let body = if roll < 2 && !earlier.is_empty() {
+            tally.replays.fetch_add(1, Ordering::Relaxed);
+            earlier[rng.usize(..earlier.len())].1.clone()
+        } else {
+            let id = if roll < 5 && !earlier.is_empty() {
+                tally.reused_ids.fetch_add(1, Ordering::Relaxed);
+                earlier[rng.usize(..earlier.len())].0.clone()
+            } else {
+                format!("sim-{}-{n}", cfg.run_id)
+            };
+            let body = request(&mut rng, &id, cfg.exp_scale);
+            if earlier.len() == REMEMBERED {
+                earlier.pop_front();
+            }
+            earlier.push_back((id, body.clone()));
+            body
+        };
         let i = pick_edge(&cfg, &mut rng, started.elapsed());
         let edge = cfg.edges[i].clone();
         let competitor = rng.i64(0..3_000);
@@ -237,6 +296,21 @@ async fn auction(
             let win = path(&bid.nurl).replace("${AUCTION_PRICE}", &cpm(clearing));
             let bill = path(&bid.burl).replace("${AUCTION_PRICE}", &cpm(clearing));
             let _ = deliver(http, tally, edges, edge, &win, seed).await;
+            if rng.u8(..20) == 0 {
+                // Won, never shown: no bill.
+                tally.unbilled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if rng.u8(..3) == 0 {
+                // Shown later, within the impression's `exp` (at most LATEST_BILL here).
+                let exp = bid
+                    .exp
+                    .and_then(|e| u64::try_from(e).ok())
+                    .unwrap_or(300)
+                    .max(1);
+                let latest = Duration::from_secs(exp).min(LATEST_BILL);
+                tokio::time::sleep(latest.mul_f64(rng.f64())).await;
+            }
             if deliver(http, tally, edges, edge, &bill, seed ^ 1).await {
                 *tally
                     .billed
@@ -246,10 +320,14 @@ async fn auction(
                     .or_default() += clearing;
                 tally.billed_total.fetch_add(clearing, Ordering::Relaxed);
             }
-        } else {
+        } else if rng.u8(..10) < 7 {
+            // Lost, and told so: mostly to a higher bid (102), sometimes the impression
+            // opportunity expired (2).
+            let code = if rng.u8(..100) < 85 { "102" } else { "2" };
             let loss = path(&bid.lurl)
                 .replace("${AUCTION_PRICE}", &cpm(competitor_micros))
-                .replace("${AUCTION_LOSS}", "102");
+                .replace("${AUCTION_LOSS}", code);
+            tally.losses.fetch_add(1, Ordering::Relaxed);
             let _ = deliver(http, tally, edges, edge, &loss, seed).await;
         }
     }
@@ -387,6 +465,8 @@ mod tests {
             duration: Duration::from_secs(1),
             max_requests: 1,
             seed: 1,
+            run_id: "1".into(),
+            exp_scale: 1,
             status: false,
         }
     }

@@ -30,7 +30,10 @@ pub enum Call {
     /// The exchange sends an edge the billing notice of one won impression. `ok`: the edge
     /// acknowledged it (settled); `fail`: the edge refused it; `info`: no answer.
     Notice {
-        /// `EXCHANGE/AUCTION/IMP`.
+        /// Our bid, as the bid response named it (`Bid.id`: `REGION/LEASE.N`): the charge's
+        /// identity. Two bids may carry the same exchange ids; each is billed on its own.
+        bid: String,
+        /// `EXCHANGE/AUCTION/IMP`: the exchange's ids, which it may reuse.
         event: String,
         /// The campaign charged.
         campaign: String,

@@ -7,9 +7,13 @@
 //! - `reclaim-early` (coordinator): the leader reclaims a lease halfway through its duration,
 //!   without waiting for the edge's window, `W` and the margin, and puts nothing in doubt for
 //!   late notices.
-//! - `dedup-by-auction` (coordinator ledger): spend events are deduplicated by exchange and
-//!   auction id only, missing the impression id, so a second impression of one auction is
-//!   dropped as a duplicate.
+//! - `dedup-by-exchange-ids` (coordinator ledger): spend is deduplicated by the exchange's
+//!   ids (exchange, auction, impression) instead of by our bid, as the ledger once did: a new
+//!   bid that carries an auction id seen before is dropped as a duplicate though the exchange
+//!   billed it. Only an exchange that reuses its ids (as real ones do) shows it.
+//! - `release-returns-held` (coordinator ledger): a lease's release returns the reservations
+//!   still within their bids' deadlines at once, as if no notice could come for them; only an
+//!   exchange whose notices come late within a long `exp` shows it.
 //! - `ack-before-commit` (edge): a billing notice is acknowledged before its spend batch is
 //!   committed, so a crash loses charges the exchange was told were recorded.
 //! - `merge-lowers-own-rows` (coordinator, region sync): a peer's state replaces this region's
@@ -20,9 +24,10 @@
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 4] = [
+pub const BUGS: [&str; 5] = [
     "reclaim-early",
-    "dedup-by-auction",
+    "dedup-by-exchange-ids",
+    "release-returns-held",
     "ack-before-commit",
     "merge-lowers-own-rows",
 ];

@@ -625,6 +625,15 @@ pub(crate) enum ClusterCommand {
         /// Its node number.
         id: u64,
     },
+    /// The region's lease rules, as its log records them (replicated: the same on every node);
+    /// `params set` changes them.
+    Params {
+        #[command(subcommand)]
+        set: Option<ParamsCommand>,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Is the node at --endpoint healthy: a voter of a region with a leader, its applied index
     /// caught up with the leader's? Exits 0 if so, 1 if not (a rolling restart waits on it).
     Health {
@@ -632,6 +641,178 @@ pub(crate) enum ClusterCommand {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ParamsCommand {
+    /// Change the flags given, keep the rest: one logged command (a `params_set` entry) that
+    /// every replica applies. Leases already granted keep the terms they were granted under;
+    /// the coordinators refuse rules that break a rule of DESIGN §5 (e.g. a margin below the
+    /// lease duration × the clock rate error).
+    Set {
+        /// How long a lease may be spent from, ms.
+        #[arg(long, value_name = "MS")]
+        lease_duration_ms: Option<u64>,
+        /// W: how long after its spending window a lease's notices may still come, ms.
+        #[arg(long, value_name = "MS")]
+        settlement_window_ms: Option<u64>,
+        /// The reclaim margin, ms.
+        #[arg(long, value_name = "MS")]
+        margin_ms: Option<u64>,
+        /// How long past a bid's deadline its notice is still accepted, ms.
+        #[arg(long, value_name = "MS")]
+        late_acceptance_ms: Option<u64>,
+        /// The `exp` of an impression that has none, ms.
+        #[arg(long, value_name = "MS")]
+        default_exp_ms: Option<u64>,
+        /// The longest `exp` bid on, ms (at most a day).
+        #[arg(long, value_name = "MS")]
+        max_exp_ms: Option<u64>,
+        /// The longest `tmax` allowed for, ms.
+        #[arg(long, value_name = "MS")]
+        max_tmax_ms: Option<u64>,
+        /// The clock rate error the waits allow for, ppm.
+        #[arg(long, value_name = "PPM")]
+        clock_rate_error_ppm: Option<u32>,
+        /// A lease takes at most available / this.
+        #[arg(long, value_name = "N")]
+        lease_share_divisor: Option<u32>,
+        /// The smallest lease, as a decimal amount (e.g. 0.10).
+        #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
+        lease_min: Option<Money>,
+    },
+}
+
+/// The region's rules as `budgetctl cluster params` prints them.
+fn params_text(p: &pb::RegionParams) -> String {
+    let m = |micros: i64| Money::from_micros(micros).to_string();
+    let mut out = format!(
+        "rules of the region{}\n",
+        if p.recorded {
+            format!(
+                " (recorded in its log; read at raft index {})",
+                p.read_at_index
+            )
+        } else {
+            " (not recorded yet: its first leader records them; these are the defaults)".into()
+        }
+    );
+    for (k, v) in [
+        ("lease_duration_ms", p.lease_duration_ms.to_string()),
+        ("settlement_window_ms", p.settlement_window_ms.to_string()),
+        ("margin_ms", p.margin_ms.to_string()),
+        ("late_acceptance_ms", p.late_acceptance_ms.to_string()),
+        ("default_exp_ms", p.default_exp_ms.to_string()),
+        ("max_exp_ms", p.max_exp_ms.to_string()),
+        ("max_tmax_ms", p.max_tmax_ms.to_string()),
+        ("clock_rate_error_ppm", p.clock_rate_error_ppm.to_string()),
+        ("lease_share_divisor", p.lease_share_divisor.to_string()),
+        ("lease_min", m(p.lease_min_micros)),
+        (
+            "closed_leases_retained",
+            p.closed_leases_retained.to_string(),
+        ),
+        ("requests_retained", p.requests_retained.to_string()),
+    ] {
+        out.push_str(&format!("  {k:<24} {v}\n"));
+    }
+    out.pop();
+    out
+}
+
+/// The rules, read at the leader (a linearizable read).
+async fn get_params(endpoint: &str) -> Result<pb::RegionParams, (u8, String)> {
+    let leader = leader_of(endpoint).await?;
+    let mut c = admin(&leader).await.map_err(|e| (EXIT_USAGE, e))?;
+    c.get_params(pb::GetParamsRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| (EXIT_FAILED, s.message().to_string()))
+}
+
+async fn params(
+    endpoint: &str,
+    set: Option<ParamsCommand>,
+    json: bool,
+) -> Result<String, (u8, String)> {
+    let mut p = get_params(endpoint).await?;
+    let Some(ParamsCommand::Set {
+        lease_duration_ms,
+        settlement_window_ms,
+        margin_ms,
+        late_acceptance_ms,
+        default_exp_ms,
+        max_exp_ms,
+        max_tmax_ms,
+        clock_rate_error_ppm,
+        lease_share_divisor,
+        lease_min,
+    }) = set
+    else {
+        return Ok(if json {
+            serde_json::json!({
+                "recorded": p.recorded,
+                "read_at_index": p.read_at_index,
+                "lease_duration_ms": p.lease_duration_ms,
+                "settlement_window_ms": p.settlement_window_ms,
+                "margin_ms": p.margin_ms,
+                "late_acceptance_ms": p.late_acceptance_ms,
+                "default_exp_ms": p.default_exp_ms,
+                "max_exp_ms": p.max_exp_ms,
+                "max_tmax_ms": p.max_tmax_ms,
+                "clock_rate_error_ppm": p.clock_rate_error_ppm,
+                "lease_share_divisor": p.lease_share_divisor,
+                "lease_min_micros": p.lease_min_micros,
+                "closed_leases_retained": p.closed_leases_retained,
+                "requests_retained": p.requests_retained,
+            })
+            .to_string()
+        } else {
+            params_text(&p)
+        });
+    };
+    let before = p;
+    let put = |field: &mut u64, v: Option<u64>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    put(&mut p.lease_duration_ms, lease_duration_ms);
+    put(&mut p.settlement_window_ms, settlement_window_ms);
+    put(&mut p.margin_ms, margin_ms);
+    put(&mut p.late_acceptance_ms, late_acceptance_ms);
+    put(&mut p.default_exp_ms, default_exp_ms);
+    put(&mut p.max_exp_ms, max_exp_ms);
+    put(&mut p.max_tmax_ms, max_tmax_ms);
+    if let Some(v) = clock_rate_error_ppm {
+        p.clock_rate_error_ppm = v;
+    }
+    if let Some(v) = lease_share_divisor {
+        p.lease_share_divisor = v;
+    }
+    if let Some(v) = lease_min {
+        p.lease_min_micros = v.micros();
+    }
+    if p == before {
+        return Err((
+            EXIT_USAGE,
+            "params set: give at least one flag to change (budgetctl cluster params set --help)"
+                .into(),
+        ));
+    }
+    let k = key();
+    let applied = write(endpoint, |mut c| {
+        let r = pb::SetParamsRequest {
+            idempotency_key: Some(k.clone()),
+            params: Some(p),
+        };
+        async move { c.set_params(r).await }
+    })
+    .await?;
+    Ok(format!(
+        "region rules changed ({applied})\n{}",
+        params_text(&get_params(endpoint).await?)
+    ))
 }
 
 pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
@@ -691,6 +872,7 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
             }
+            ClusterCommand::Params { set, json } => params(endpoint, set, json).await,
             ClusterCommand::Remove { id } => {
                 let leader = leader_of(endpoint).await?;
                 let mut c = AdminClient::new(channel(&leader).await?);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::ledger::{CampaignConfig, Command, Reply, RequestKey};
+use coordinator::ledger::{CampaignConfig, Command, Params, Reply, RequestKey};
 use coordinator::node::{Node, NodeConfig, ProposeError};
 use shared::bucket::{Bucket, BucketKey};
 use shared::log::SpendEvent;
@@ -24,8 +24,14 @@ struct Running {
 }
 
 async fn run(id: u64, dir: &Path, listener: TcpListener) -> Running {
+    run_with(id, dir, listener, Params::default()).await
+}
+
+/// A node whose file's `[leases]` are `file`.
+async fn run_with(id: u64, dir: &Path, listener: TcpListener, file: Params) -> Running {
     let addr = listener.local_addr().unwrap().to_string();
     let mut cfg = NodeConfig::new("eu-1".parse().unwrap(), id, dir.to_path_buf());
+    cfg.init_params = file;
     // Snapshots every 20 entries, keeping no log behind them: a node that falls behind can
     // only catch up by installing a snapshot.
     cfg.snapshot_every = 20;
@@ -66,6 +72,11 @@ struct Region {
 }
 
 async fn region() -> Region {
+    region_with(|_| Params::default()).await
+}
+
+/// A region whose node `id` has the file `file(id)`.
+async fn region_with(file: impl Fn(u64) -> Params) -> Region {
     let tmp = tempfile::tempdir().unwrap();
     let mut listeners = Vec::new();
     for _ in 0..3 {
@@ -74,7 +85,8 @@ async fn region() -> Region {
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let dir = tmp.path().join(format!("n{}", i + 1));
-        nodes.push(run(i as u64 + 1, &dir, l).await);
+        let id = i as u64 + 1;
+        nodes.push(run_with(id, &dir, l, file(id)).await);
     }
     let members: BTreeMap<u64, String> =
         nodes.iter().map(|r| (r.node.id, r.addr.clone())).collect();
@@ -196,12 +208,23 @@ fn settled(r: &Running) -> Money {
         .read(|m| m.ledger().bucket(&key).map_or(Money::ZERO, |b| b.settled()))
 }
 
+/// Every node's file gives a new region different lease rules; the region follows one set,
+/// recorded in its log, so that its replicas grant alike and write the same bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_replica_of_a_region_holds_the_same_chain() {
-    let mut region = region().await;
+    let file = |id: u64| Params {
+        lease_duration_ms: 20_000 + 5_000 * id,
+        late_acceptance_ms: 30_000 + id,
+        ..Params::default()
+    };
+    let mut region = region_with(file).await;
+    let mut granted = None;
     for c in setup_commands() {
-        region.propose(c).await;
+        if let Reply::LeaseGranted { terms, .. } = region.propose(c).await {
+            granted = Some(terms);
+        }
     }
+    let terms = granted.expect("the lease was granted");
     for n in 100..110 {
         assert!(matches!(
             region.propose(report(n)).await,
@@ -226,6 +249,15 @@ async fn every_replica_of_a_region_holds_the_same_chain() {
         heads.windows(2).all(|w| w[0] == w[1]),
         "replicas differ: (node, applied, chain length) {detail:?}, wanted index {index}"
     );
+    // One node's file is the region's rules, on every replica, and the lease's terms.
+    let rules: Vec<Params> = region
+        .nodes
+        .iter()
+        .map(|r| r.node.state.read(|m| m.ledger().params().clone()))
+        .collect();
+    assert!(rules.windows(2).all(|w| w[0] == w[1]), "{rules:?}");
+    assert!((1..=3).any(|id| rules[0] == file(id)), "{:?}", rules[0]);
+    assert_eq!(terms.duration_ms, rules[0].lease_duration_ms);
     // A follower does not apply a proposal; it names the leader.
     let follower = (leader + 1) % 3;
     match region.nodes[follower].node.propose(report(999)).await {
@@ -844,6 +876,42 @@ async fn operators_run_a_region_with_budgetctl() {
         "{out}"
     );
     assert!(out.contains("active"), "{out}");
+    // The region's rules: recorded (the campaign commands above waited for them), shown on
+    // any node, changed only where a flag says so, refused when they break a rule.
+    let (code, out, err) = run(&["cluster", "params", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let before: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(before["recorded"], true, "{before}");
+    assert_eq!(before["max_exp_ms"], 3_600_000);
+    let (code, out, err) = run(&["cluster", "params", "set", "--late-acceptance-ms", "45000"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("late_acceptance_ms") && out.contains("45000"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["cluster", "params", "--json"]);
+    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(after["late_acceptance_ms"], 45_000);
+    for k in [
+        "lease_duration_ms",
+        "margin_ms",
+        "max_exp_ms",
+        "lease_min_micros",
+    ] {
+        assert_eq!(after[k], before[k], "{k} changed");
+    }
+    let (code, _, err) = run(&["cluster", "params", "set"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at least one flag"), "{err}");
+    let (code, _, err) = run(&["cluster", "params", "set", "--margin-ms", "1"]);
+    assert_eq!(
+        code, 1,
+        "a margin below duration × rate error is refused: {err}"
+    );
+    assert!(err.contains("margin"), "{err}");
+    let (_, out, _) = run(&["cluster", "params", "--json"]);
+    let kept: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(kept["margin_ms"], before["margin_ms"]);
     assert_eq!(run(&["campaign", "pause", "spring"]).0, 0);
     assert!(run(&["campaign", "list"]).1.contains("paused"));
     assert_eq!(run(&["campaign", "resume", "spring"]).0, 0);

@@ -9,7 +9,9 @@ use edge::sim::{SimConfig, run};
 /// A simulated exchange: sends OpenRTB 2.6 bid requests to the edges at a fixed rate, runs a
 /// second-price auction of each bid against a synthetic competitor, sends win and billing (or
 /// loss) notices to the edge that bid (retrying at the edges of its region) until
-/// acknowledged, and prints a status line every second: requests, bids, wins, and per campaign
+/// acknowledged. Its traffic is shaped like a real exchange's: impressions with `exp` from a
+/// minute to two hours (or none), reused auction ids and replayed requests, loss notices with
+/// IAB reason codes, wins never billed and bills that come late. It prints a status line every second: requests, bids, wins, and per campaign
 /// what it billed against the budget and the ledger. Stops by itself after --duration-secs or
 /// --max-requests.
 #[derive(Debug, Parser)]
@@ -45,13 +47,23 @@ struct Args {
     /// Stop after this many requests.
     #[arg(long, default_value_t = 1_000_000)]
     max_requests: u64,
-    /// Seed of every random choice (same seed, same requests).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Divide every impression's `exp` by this (1: real ones, a minute to two hours; e.g. 360
+    /// against a region whose longest `exp` is 10 s).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    exp_scale: u64,
+    /// Seed of every random choice: the same seed, the same requests, auction ids and all
+    /// (a second run with one seed replays the first's ids, as a misbehaving exchange would).
+    /// Without it, a random seed and auction ids unique to this run.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.exp_scale == 0 {
+        eprintln!("sim-exchange: --exp-scale must be at least 1");
+        return ExitCode::from(2);
+    }
     if args.rate == 0 || args.rate > 100_000 {
         eprintln!("sim-exchange: --rate must be 1 to 100000");
         return ExitCode::from(2);
@@ -115,6 +127,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (seed, run_id) = match args.seed {
+        Some(s) => (s, s.to_string()),
+        None => {
+            let s = fastrand::u64(..);
+            (s, format!("{s:016x}"))
+        }
+    };
     let tally = rt.block_on(run(SimConfig {
         edges,
         regions,
@@ -124,7 +143,9 @@ fn main() -> ExitCode {
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         max_requests: args.max_requests,
-        seed: args.seed,
+        seed,
+        run_id,
+        exp_scale: args.exp_scale,
         status: true,
     }));
     let lost = tally

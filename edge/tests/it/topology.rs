@@ -27,12 +27,28 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         coordinators: vec![],
         transport: shared::tls::Transport::Plaintext,
         rate: 300,
-        duration: Duration::from_secs(12),
-        max_requests: 3_600,
+        // Long enough for money that bids without a notice hold (up to their 10 s `exp` and
+        // the late acceptance) to come back and be spent again.
+        duration: Duration::from_secs(25),
+        max_requests: 7_500,
         seed: 7,
+        run_id: "7".into(),
+        // The harness's region bids on `exp` up to 10 s: the real mix in seconds.
+        exp_scale: 360,
         status: false,
     })
     .await;
+    // It behaved as a real exchange does: ids reused, requests replayed, losses told.
+    for (what, n) in [
+        ("reused ids", &tally.reused_ids),
+        ("replays", &tally.replays),
+        ("loss notices", &tally.losses),
+    ] {
+        assert!(
+            n.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "no {what}"
+        );
+    }
     let lost = tally
         .notices_lost
         .load(std::sync::atomic::Ordering::Relaxed);

@@ -51,7 +51,8 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
         /// Run with a planted bug (binaries built with `--features shared/planted-bugs`):
-        /// reclaim-early, dedup-by-auction, ack-before-commit or merge-lowers-own-rows.
+        /// reclaim-early, dedup-by-exchange-ids, release-returns-held, ack-before-commit or
+        /// merge-lowers-own-rows.
         #[arg(long)]
         planted_bug: Option<String>,
         /// Required utilization of a bucket whose demand exceeded its budget, in percent.

@@ -187,6 +187,7 @@ mod tests {
 
     fn write(p: &str, a: u64, b: u64, index: u64) -> Completed {
         let n = |index| Call::Notice {
+            bid: format!("r/1.{p}"),
             event: format!("adx/{p}/1"),
             campaign: "c".into(),
             amount: 100,

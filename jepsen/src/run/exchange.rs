@@ -1,11 +1,24 @@
 //! The simulated exchange of a run, instrumented: it is the truth the checkers hold the system
-//! to. It sends OpenRTB 2.6 requests to the edges, runs a second-price auction of each bid
-//! against a synthetic competitor, and sends billing notices (sometimes also the win notice) to
-//! any edge: some at once, some late within `W`, some twice, each retried at a random edge until
-//! one acknowledges it or the notice's deadline passes. Every delivery attempt is an operation of
-//! the history; what was acknowledged is what the exchange billed.
+//! to. It behaves as real exchanges do, not as our edge would like them to:
+//!
+//! - two exchanges: `adx` bills by `burl` (as Prebid Server does: a win notice, when sent,
+//!   charges nothing) and `nx` bills by `nurl` (every win is charged);
+//! - impressions carry `exp` (OpenRTB 2.6 §3.2.4): absent for some, most within the region's
+//!   maximum, some above it (not biddable: the edge must skip them);
+//! - ids are the exchange's, not ours to trust: some requests reuse an earlier auction's id,
+//!   some are replays of an earlier request, byte for byte; each bid of ours is billed on its
+//!   own;
+//! - a second-price auction of each bid against a synthetic competitor; a share of lost bids
+//!   get a loss notice with an IAB loss reason code; some wins are never billed (the
+//!   impression was not shown);
+//! - billing notices come at once or late, anywhere within the impression's `exp`, some twice,
+//!   each retried at a random edge of the bid's region until one acknowledges it or the bid's
+//!   deadline (auction + `exp`) passes.
+//!
+//! Every delivery attempt of a charging notice is an operation of the history; what was
+//! acknowledged is what the exchange billed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,9 +136,87 @@ impl Recorder {
     }
 }
 
+/// How an exchange bills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Billing {
+    /// By the billing notice (`burl`).
+    Burl,
+    /// By the win notice (`nurl`).
+    Nurl,
+}
+
+/// One exchange of the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Venue {
+    /// Its id in the edges' `[[exchanges]]` (and in every charge's exchange ids).
+    pub id: &'static str,
+    /// Its OpenRTB endpoint at the edges.
+    pub path: &'static str,
+    /// How it bills.
+    pub billing: Billing,
+    /// Its share of the requests, percent.
+    pub share: u32,
+}
+
+/// The run's exchanges.
+pub const VENUES: [Venue; 2] = [
+    Venue {
+        id: "adx",
+        path: "/openrtb2/bid",
+        billing: Billing::Burl,
+        share: 70,
+    },
+    Venue {
+        id: "nx",
+        path: "/openrtb2/nx",
+        billing: Billing::Nurl,
+        share: 30,
+    },
+];
+
+/// The `[[exchanges]]` of an edge's configuration for [`VENUES`].
+pub fn edge_exchanges_toml() -> String {
+    VENUES
+        .iter()
+        .map(|v| {
+            let billing = match v.billing {
+                Billing::Burl => "burl",
+                Billing::Nurl => "nurl",
+            };
+            format!(
+                "\n[[exchanges]]\nid = \"{}\"\nbid_path = \"{}\"\nbilling = \"{billing}\"\n",
+                v.id, v.path
+            )
+        })
+        .collect()
+}
+
+/// The mix of `exp` the exchange sends, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpMix {
+    /// What the region assumes when an impression has no `exp`.
+    pub default_s: u64,
+    /// The longest the region bids on.
+    pub max_s: u64,
+}
+
+impl ExpMix {
+    /// An impression's `exp`: absent for 10 %, above the maximum for 5 %, else 1 s to the
+    /// maximum.
+    fn draw(self, rng: &mut fastrand::Rng) -> Option<u64> {
+        match rng.u8(..100) {
+            0..10 => None,
+            10..15 => Some(rng.u64(self.max_s + 1..=self.max_s * 4)),
+            _ => Some(rng.u64(1..=self.max_s)),
+        }
+    }
+}
+
 /// One impression the exchange billed (an edge acknowledged its notice).
 #[derive(Clone, Debug)]
 pub struct Billed {
+    /// Our bid, `REGION/LEASE.N`.
+    pub bid: String,
     /// `EXCHANGE/AUCTION/IMP`.
     pub event: String,
     /// The campaign.
@@ -145,17 +236,29 @@ pub struct Billed {
 pub struct Tally {
     /// Requests sent.
     pub requests: AtomicU64,
+    /// Requests that reused an earlier auction's id with new impressions.
+    pub reused_ids: AtomicU64,
+    /// Requests that replayed an earlier request byte for byte.
+    pub replays: AtomicU64,
+    /// Impressions offered whose `exp` is past the region's maximum.
+    pub exp_too_long: AtomicU64,
+    /// Bids received for such impressions (the edge must not bid on them).
+    pub bids_past_max_exp: AtomicU64,
     /// Bids received.
     pub bids: AtomicU64,
     /// Auctions our bidder won.
     pub wins: AtomicU64,
+    /// Wins never billed (the impression was not shown).
+    pub unbilled_wins: AtomicU64,
+    /// Loss notices sent.
+    pub losses: AtomicU64,
     /// Notice deliveries attempted.
     pub deliveries: AtomicU64,
     /// Notices given up at their deadline, unacknowledged.
     pub abandoned: AtomicU64,
     /// Requests with no answer (timeouts, refused connections).
     pub unanswered: AtomicU64,
-    /// Billed impressions, by event (a duplicate delivery bills once).
+    /// Billed impressions, by our bid (a duplicate delivery bills once).
     pub billed: Mutex<BTreeMap<String, Billed>>,
     /// Answered bid requests: (ms since the start, latency µs).
     pub latencies: Mutex<Vec<(u32, u32)>>,
@@ -200,17 +303,19 @@ pub struct Settings {
     pub weights: Vec<(String, u32)>,
     /// Requests per second.
     pub rate: u32,
-    /// Send requests for this long.
+    /// Send requests for at most this long (until [`Exchange::stop`]).
     pub duration: Duration,
     /// Seed of every choice.
     pub seed: u64,
-    /// `W`: notices are sent at most this late.
-    pub settlement_window: Duration,
-    /// A notice is retried until this long after its auction, then given up.
-    pub notice_deadline: Duration,
+    /// The `exp` it sends.
+    pub exp: ExpMix,
 }
 
 const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
+
+/// IAB loss reason codes (OpenRTB 2.5 list 5.25) the exchange sends: lost to a
+/// higher bid, mostly; sometimes the impression opportunity expired.
+const LOSS_CODES: [(&str, u8); 2] = [("102", 85), ("2", 15)];
 
 /// An edge for a new request: a region by weight, then one of its edges.
 fn pick_edge(rng: &mut fastrand::Rng, s: &Settings) -> usize {
@@ -234,16 +339,45 @@ fn pick_edge(rng: &mut fastrand::Rng, s: &Settings) -> usize {
     }
 }
 
-fn request(rng: &mut fastrand::Rng, id: &str, country: &str, imps: usize) -> Vec<u8> {
-    let imp: Vec<serde_json::Value> = (1..=imps)
-        .map(|i| {
+/// A venue by share.
+fn pick_venue(rng: &mut fastrand::Rng) -> usize {
+    let mut at = rng.u32(..VENUES.iter().map(|v| v.share).sum::<u32>().max(1));
+    for (i, v) in VENUES.iter().enumerate() {
+        if at < v.share {
+            return i;
+        }
+        at -= v.share;
+    }
+    0
+}
+
+/// One auction's request as the exchange keeps it: enough to replay it or reuse its id.
+#[derive(Clone)]
+struct Sent {
+    id: String,
+    venue: usize,
+    campaign: usize,
+    body: Vec<u8>,
+    /// Each impression's `exp` as sent (`None`: absent).
+    exps: Vec<Option<u64>>,
+}
+
+fn request(rng: &mut fastrand::Rng, id: &str, country: &str, exps: &[Option<u64>]) -> Vec<u8> {
+    let imp: Vec<serde_json::Value> = exps
+        .iter()
+        .enumerate()
+        .map(|(i, exp)| {
             let (w, h) = SIZES[rng.usize(..SIZES.len())];
-            serde_json::json!({
-                "id": i.to_string(),
+            let mut imp = serde_json::json!({
+                "id": (i + 1).to_string(),
                 "bidfloor": f64::from(rng.u32(..500)) / 1000.0,
                 "bidfloorcur": "USD",
                 "banner": {"w": w, "h": h, "format": [{"w": w, "h": h}]},
-            })
+            });
+            if let Some(e) = exp {
+                imp["exp"] = (*e).into();
+            }
+            imp
         })
         .collect();
     let body = serde_json::json!({
@@ -277,6 +411,9 @@ fn param(url: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The earlier requests a new one may reuse or replay.
+const REMEMBERED: usize = 2_000;
+
 /// The exchange.
 pub struct Exchange {
     settings: Settings,
@@ -284,6 +421,24 @@ pub struct Exchange {
     rec: Arc<Recorder>,
     /// What it saw.
     pub tally: Arc<Tally>,
+    /// Set to stop sending requests before `duration` ends.
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// One notice to send.
+struct Notice {
+    url: String,
+    /// What it charges (`None`: a win notice of a `burl` exchange, or a loss notice: not part
+    /// of the history).
+    amount: Option<i64>,
+    /// Our bid (`Bid.id`).
+    bid: String,
+    /// How long after the auction it is sent.
+    delay: Duration,
+    /// First to the edge that bid (else to any edge of its region).
+    to_bidder: bool,
+    /// Retried until this long after the auction (the bid's deadline), then given up.
+    deadline: Duration,
 }
 
 impl Exchange {
@@ -294,7 +449,13 @@ impl Exchange {
             http: HttpClient::new(Duration::from_secs(3)),
             rec,
             tally: Arc::new(Tally::default()),
+            stop: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stops sending new requests (the auctions under way finish their notices).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Sends requests for the configured time, then waits for every auction's notices to be
@@ -307,15 +468,43 @@ impl Exchange {
             tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(s.rate.max(1))));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut tasks = tokio::task::JoinSet::new();
+        let mut earlier: VecDeque<Sent> = VecDeque::with_capacity(REMEMBERED);
         let mut n = 0u64;
-        while started.elapsed() < s.duration {
+        while started.elapsed() < s.duration && !self.stop.load(Ordering::Relaxed) {
             tick.tick().await;
             n += 1;
-            let id = format!("j{}-{n}", s.seed);
-            let campaign = &CAMPAIGNS[rng.usize(..CAMPAIGNS.len())];
-            let imps = if rng.u8(..5) == 0 { 2 } else { 1 };
-            let body = request(&mut rng, &id, campaign.country, imps);
-            let competitors: Vec<i64> = (0..imps).map(|_| rng.i64(0..3_000)).collect();
+            let roll = rng.u8(..100);
+            let sent = if roll < 2 && !earlier.is_empty() {
+                // A replay: the same request again, byte for byte.
+                self.tally.replays.fetch_add(1, Ordering::Relaxed);
+                earlier[rng.usize(..earlier.len())].clone()
+            } else {
+                let (id, venue) = if roll < 5 && !earlier.is_empty() {
+                    // A new auction under an id the exchange used before.
+                    self.tally.reused_ids.fetch_add(1, Ordering::Relaxed);
+                    let e = &earlier[rng.usize(..earlier.len())];
+                    (e.id.clone(), e.venue)
+                } else {
+                    (format!("j{}-{n}", s.seed), pick_venue(&mut rng))
+                };
+                let campaign = rng.usize(..CAMPAIGNS.len());
+                let imps = if rng.u8(..5) == 0 { 2 } else { 1 };
+                let exps: Vec<Option<u64>> = (0..imps).map(|_| s.exp.draw(&mut rng)).collect();
+                let body = request(&mut rng, &id, CAMPAIGNS[campaign].country, &exps);
+                Sent {
+                    id,
+                    venue,
+                    campaign,
+                    body,
+                    exps,
+                }
+            };
+            if earlier.len() == REMEMBERED {
+                earlier.pop_front();
+            }
+            earlier.push_back(sent.clone());
+            let campaign = &CAMPAIGNS[sent.campaign];
+            let competitors: Vec<i64> = sent.exps.iter().map(|_| rng.i64(0..3_000)).collect();
             let second = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
             {
                 let mut d = self.tally.demand.lock().unwrap_or_else(|p| p.into_inner());
@@ -324,8 +513,9 @@ impl Exchange {
                 if v.len() <= at {
                     v.resize(at + 1, 0);
                 }
-                for c in &competitors {
-                    if campaign.bid_micros > *c {
+                for (c, exp) in competitors.iter().zip(&sent.exps) {
+                    let biddable = exp.is_none_or(|e| e <= s.exp.max_s);
+                    if biddable && campaign.bid_micros > *c {
                         v[at] += c + 1;
                     }
                 }
@@ -333,23 +523,30 @@ impl Exchange {
             let edge = pick_edge(&mut rng, s);
             let seed = rng.u64(..);
             let me = self.clone();
-            tasks.spawn(async move { me.auction(edge, body, competitors, seed).await });
+            tasks.spawn(async move { me.auction(edge, sent, competitors, seed).await });
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn auction(&self, edge: usize, body: Vec<u8>, competitors: Vec<i64>, seed: u64) {
+    async fn auction(&self, edge: usize, sent: Sent, competitors: Vec<i64>, seed: u64) {
         let s = &self.settings;
         let t = &self.tally;
+        let venue = VENUES[sent.venue];
         t.requests.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
+        let too_long = sent
+            .exps
+            .iter()
+            .filter(|e| e.is_some_and(|e| e > s.exp.max_s))
+            .count();
+        t.exp_too_long.fetch_add(too_long as u64, Ordering::Relaxed);
+        let at = Instant::now();
         let r = self
             .http
             .post(
-                &format!("{}/openrtb2/bid", s.edges[edge]),
+                &format!("{}{}", s.edges[edge], venue.path),
                 &[("x-openrtb-version", "2.6")],
-                body,
+                sent.body,
             )
             .await;
         let Ok(r) = r else {
@@ -357,7 +554,7 @@ impl Exchange {
             return;
         };
         let at_ms = u32::try_from(self.rec.now_us() / 1000).unwrap_or(u32::MAX);
-        let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let us = u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX);
         t.latencies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -376,41 +573,113 @@ impl Exchange {
                 continue;
             };
             let imp: usize = bid.impid.parse().unwrap_or(1);
+            let exp = sent.exps.get(imp.wrapping_sub(1)).copied().flatten();
+            if exp.is_some_and(|e| e > s.exp.max_s) {
+                t.bids_past_max_exp.fetch_add(1, Ordering::Relaxed);
+            }
+            // The bid's deadline: the impression may be shown until `exp` after the auction.
+            let deadline = Duration::from_secs(exp.unwrap_or(s.exp.default_s));
             let competitor = competitors.get(imp.wrapping_sub(1)).copied().unwrap_or(0);
             let ours = price.micros();
+            let id = bid.id.clone();
             if ours <= competitor {
-                let loss = bid
-                    .lurl
-                    .replace("${AUCTION_PRICE}", &cpm(competitor))
-                    .replace("${AUCTION_LOSS}", "102");
-                notices.push((loss, None, Duration::ZERO, true));
+                // Lost. Seven in ten losers hear so, with a reason code.
+                if rng.u8(..10) < 7 {
+                    let mut at = rng.u8(..100);
+                    let code = LOSS_CODES
+                        .iter()
+                        .find(|(_, share)| {
+                            let hit = at < *share;
+                            at = at.saturating_sub(*share);
+                            hit
+                        })
+                        .map_or("102", |(c, _)| c);
+                    let loss = bid
+                        .lurl
+                        .replace("${AUCTION_PRICE}", &cpm(competitor))
+                        .replace("${AUCTION_LOSS}", code);
+                    t.losses.fetch_add(1, Ordering::Relaxed);
+                    notices.push(Notice {
+                        url: loss,
+                        amount: None,
+                        bid: id,
+                        delay: Duration::from_millis(rng.u64(..500)),
+                        to_bidder: true,
+                        deadline,
+                    });
+                }
                 continue;
             }
             t.wins.fetch_add(1, Ordering::Relaxed);
             // Second price: the runner-up's price plus one micro, at most our bid.
             let clearing = (competitor + 1).min(ours);
             let fill = |u: &str| u.replace("${AUCTION_PRICE}", &cpm(clearing));
-            if rng.u8(..10) < 3 {
-                notices.push((fill(&bid.nurl), Some(clearing), Duration::ZERO, true));
+            // Shown (and billed) at once or later within `exp`; one in twenty never.
+            if rng.u8(..20) == 0 {
+                t.unbilled_wins.fetch_add(1, Ordering::Relaxed);
+                if venue.billing == Billing::Burl && rng.bool() {
+                    notices.push(Notice {
+                        url: fill(&bid.nurl),
+                        amount: None,
+                        bid: id,
+                        delay: Duration::ZERO,
+                        to_bidder: true,
+                        deadline,
+                    });
+                }
+                continue;
             }
-            // Late within W for a third of them (never later than 90 % of W).
+            // A third are shown later, anywhere within `exp` (most of them after the lease
+            // that bid has been released, as with real `exp`s of minutes against leases of
+            // seconds).
             let late = if rng.u8(..3) == 0 {
-                s.settlement_window.mul_f64(rng.f64() * 0.9)
+                deadline.mul_f64(rng.f64() * 0.9)
             } else {
                 Duration::ZERO
             };
-            notices.push((fill(&bid.burl), Some(clearing), late, true));
+            let charging = match venue.billing {
+                Billing::Burl => {
+                    if rng.u8(..10) < 3 {
+                        // The win notice, which charges nothing here.
+                        notices.push(Notice {
+                            url: fill(&bid.nurl),
+                            amount: None,
+                            bid: id.clone(),
+                            delay: Duration::ZERO,
+                            to_bidder: true,
+                            deadline,
+                        });
+                    }
+                    fill(&bid.burl)
+                }
+                Billing::Nurl => fill(&bid.nurl),
+            };
+            notices.push(Notice {
+                url: charging.clone(),
+                amount: Some(clearing),
+                bid: id.clone(),
+                delay: late,
+                to_bidder: true,
+                deadline,
+            });
             if rng.u8(..10) == 0 {
-                // The same billing notice again, a little later, to any edge.
-                let again = late + Duration::from_millis(rng.u64(..300));
-                notices.push((fill(&bid.burl), Some(clearing), again, false));
+                // The same charging notice again, a little later, to any edge.
+                notices.push(Notice {
+                    url: charging,
+                    amount: Some(clearing),
+                    bid: id,
+                    delay: late + Duration::from_millis(rng.u64(..300)),
+                    to_bidder: false,
+                    deadline,
+                });
             }
         }
         let mut sends = tokio::task::JoinSet::new();
-        for (url, amount, delay, to_bidder) in notices {
-            let path = url
+        for n in notices {
+            let path = n
+                .url
                 .find("/notice/")
-                .map_or(url.clone(), |i| url[i..].to_string());
+                .map_or(n.url.clone(), |i| n.url[i..].to_string());
             let http = self.http.clone();
             let rec = self.rec.clone();
             let tally = self.tally.clone();
@@ -422,28 +691,29 @@ impl Exchange {
                 .map(|e| s.edges[e].clone())
                 .collect();
             let own = edges.iter().position(|u| *u == s.edges[edge]).unwrap_or(0);
-            let deadline = sent + s.notice_deadline;
             let seed = rng.u64(..);
             // First to the edge that bid (as a real exchange calls the URL it was given), or,
             // for a duplicate, to any edge of its region; retries go to any edge of its region.
-            let first = if to_bidder {
+            let first = if n.to_bidder {
                 own
             } else {
                 rng.usize(..edges.len())
             };
+            let deadline = at + n.deadline;
             sends.spawn(async move {
-                tokio::time::sleep(delay).await;
-                match amount {
+                tokio::time::sleep(n.delay).await;
+                match n.amount {
                     Some(a) => {
                         let to = Route {
                             first,
                             deadline,
                             seed,
                         };
-                        deliver(&http, &rec, &tally, &edges, &path, a, to).await;
+                        deliver(&http, &rec, &tally, &edges, &path, &n.bid, a, to).await;
                     }
                     None => {
-                        // A loss notice: best effort, not part of the history.
+                        // A win notice that charges nothing, or a loss notice: best effort,
+                        // not part of the history.
                         let _ = http.get(&format!("{}{path}", edges[first])).await;
                     }
                 }
@@ -460,14 +730,16 @@ struct Route {
     seed: u64,
 }
 
-/// Sends a win or billing notice to `to.first`, then to random edges, until one acknowledges it
-/// or the deadline passes. Every attempt is one operation of the history.
+/// Sends a charging notice of our bid `bid` to `to.first`, then to random edges, until one
+/// acknowledges it or the deadline passes. Every attempt is one operation of the history.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     http: &HttpClient,
     rec: &Recorder,
     tally: &Tally,
     edges: &[String],
     path: &str,
+    bid: &str,
     amount: i64,
     to: Route,
 ) {
@@ -493,6 +765,7 @@ async fn deliver(
     };
     let event = format!("{x}/{a}/{i}");
     let call = |index| Call::Notice {
+        bid: bid.to_string(),
         event: event.clone(),
         campaign: campaign.clone(),
         amount,
@@ -522,7 +795,8 @@ async fn deliver(
                     .and_then(|(_, n)| n.trim().parse::<u64>().ok());
                 rec.record(&process, OpType::Ok, call(index));
                 let mut billed = tally.billed.lock().unwrap_or_else(|p| p.into_inner());
-                billed.entry(event.clone()).or_insert(Billed {
+                billed.entry(bid.to_string()).or_insert(Billed {
+                    bid: bid.to_string(),
                     event: event.clone(),
                     campaign: campaign.clone(),
                     lease,
@@ -555,5 +829,35 @@ mod tests {
         assert_eq!(param(url, "l").as_deref(), Some("7"));
         assert_eq!(param(url, "q"), None);
         assert_eq!(cpm(2_501), "2.501");
+    }
+
+    #[test]
+    fn the_exp_mix_has_absent_long_and_too_long_impressions() {
+        let mix = ExpMix {
+            default_s: 5,
+            max_s: 15,
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let draws: Vec<Option<u64>> = (0..10_000).map(|_| mix.draw(&mut rng)).collect();
+        let absent = draws.iter().filter(|e| e.is_none()).count();
+        let too_long = draws.iter().filter(|e| e.is_some_and(|e| e > 15)).count();
+        let at_max = draws.iter().filter(|e| **e == Some(15)).count();
+        assert!((800..1_200).contains(&absent), "{absent}");
+        assert!((350..650).contains(&too_long), "{too_long}");
+        assert!(at_max > 500, "{at_max}");
+        assert!(
+            draws
+                .iter()
+                .all(|e| e.is_none_or(|e| (1..=32).contains(&e)))
+        );
+    }
+
+    #[test]
+    fn the_edges_get_both_exchanges() {
+        let toml = edge_exchanges_toml();
+        assert!(toml.contains("id = \"adx\"") && toml.contains("billing = \"burl\""));
+        assert!(
+            toml.contains("bid_path = \"/openrtb2/nx\"") && toml.contains("billing = \"nurl\"")
+        );
     }
 }

@@ -90,6 +90,8 @@ pub struct Outcome {
 /// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
 /// doubt and be spent again.
 const TAIL: Duration = Duration::from_secs(30);
+/// The longest the load goes on past the time limit for held money to come back and be spent.
+const DRAIN_MAX: Duration = Duration::from_secs(40);
 /// Budgets are raised this often while faults run, so that spending meets the limit again and
 /// again.
 const RAISE_EVERY: Duration = Duration::from_secs(20);
@@ -487,12 +489,12 @@ fn drive(
                 .map(|(r, w)| (r.clone(), w))
                 .collect(),
             rate: opts.rate,
-            duration: opts.time_limit,
+            duration: opts.time_limit + DRAIN_MAX,
             seed: opts.seed,
-            settlement_window: Duration::from_millis(topology::SETTLEMENT_WINDOW_MS),
-            notice_deadline: Duration::from_millis(
-                topology::SETTLEMENT_WINDOW_MS + topology::LATE_ACCEPTANCE_MS - 1_000,
-            ),
+            exp: exchange::ExpMix {
+                default_s: topology::DEFAULT_EXP_S,
+                max_s: topology::MAX_EXP_S,
+            },
         },
         rec.clone(),
     );
@@ -577,6 +579,64 @@ fn drive(
                 );
             }
         }
+        // The drain: the load goes on past the time limit, for at most DRAIN_MAX, until every
+        // bucket whose demand exceeds what is left of it is spent to the required utilization.
+        // Money that bids without a notice hold comes back only when their deadlines pass (up
+        // to `exp` and the late acceptance later); a budget is spent when demand outlasts that,
+        // and the run ends as soon as it is.
+        if let Some((at_heal, heal_at)) = &healed {
+            let heal_s = usize::try_from(heal_at.as_secs()).unwrap_or(usize::MAX);
+            let heal = aggregate(at_heal);
+            let drain_from = start.elapsed();
+            let mut first = true;
+            loop {
+                let snap = snapshot(&by_region, &mut Vec::new()).await;
+                let now = aggregate(&snap);
+                let wall = wall_us() + base_offset_us;
+                let short: Vec<String> = CAMPAIGNS
+                    .iter()
+                    .filter_map(|c| {
+                        let bucket = report::binding_bucket(c, wall).ok()?;
+                        let b = now.get(&bucket)?;
+                        let settled_at_heal = heal.get(&bucket).map_or(0, |b| b.settled_micros);
+                        let left_at_heal = (b.budget_micros - settled_at_heal).max(1);
+                        let wanted = ex.tally.demand_since(c.name, heal_s) >= 2 * left_at_heal;
+                        let enough =
+                            check::progress::utilization_ppm(b.settled_micros, b.budget_micros)
+                                >= opts.min_utilization_ppm
+                                || b.budget_micros - b.settled_micros < c.bid_micros;
+                        (wanted && !enough).then_some(bucket)
+                    })
+                    .collect();
+                let drained = start.elapsed() - drain_from;
+                if short.is_empty() || drained >= DRAIN_MAX {
+                    progress(
+                        start,
+                        format!(
+                            "load stops after a drain of {} ms{}",
+                            drained.as_millis(),
+                            if short.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (still short: {})", short.join(", "))
+                            }
+                        ),
+                    );
+                    break;
+                }
+                if std::mem::take(&mut first) {
+                    progress(
+                        start,
+                        format!(
+                            "time limit; the load goes on while {} is short of its budget",
+                            short.join(", ")
+                        ),
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        ex.stop();
         progress(start, "load done; waiting for the last notices");
         exchange.await?;
         stop_reads.store(true, Ordering::Relaxed);
@@ -772,8 +832,8 @@ pub struct Facts {
     pub timelines: BTreeMap<String, check::linear::Timeline>,
 }
 
-/// Reads the facts out of `entries`.
-pub fn facts(entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
+/// Reads the facts out of `region`'s `entries`.
+pub fn facts(region: &str, entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
     let mut f = Facts {
         leases: BTreeMap::new(),
         events: Vec::new(),
@@ -795,6 +855,7 @@ pub fn facts(entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
                 let total: i64 = b.events.iter().map(|x| x.amount.micros()).sum();
                 for x in &b.events {
                     f.events.push(check::notices::LedgerEvent {
+                        bid: format!("{region}/{}.{}", b.lease.0, x.bid),
                         event: x.key.to_string(),
                         amount: x.amount.micros(),
                         seq: e.seq,
@@ -817,6 +878,7 @@ pub fn facts(entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
                 }
             }
             Payload::Anomaly(a) => f.events.push(check::notices::LedgerEvent {
+                bid: format!("{region}/{}.{}", a.lease.0, a.event.bid),
                 event: a.event.key.to_string(),
                 amount: a.event.amount.micros(),
                 seq: e.seq,

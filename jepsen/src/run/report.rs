@@ -70,12 +70,22 @@ pub struct Pending {
     replicas: Vec<(String, chains::Replica)>,
     body: String,
     buckets: serde_json::Value,
+    exchange: serde_json::Value,
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pending")
     }
+}
+
+/// The bucket that limits `c`'s spend at wall time `wall_us` (the harness's skewed wall
+/// clock): its lifetime, or for a campaign with a daily budget, that day's.
+pub fn binding_bucket(c: &super::exchange::Campaign, wall_us: i64) -> Result<String> {
+    Ok(match c.daily_micros {
+        Some(_) => format!("{}/day:{}", c.name, date_in(c.zone, wall_us)?),
+        None => format!("{}/lifetime", c.name),
+    })
 }
 
 /// Runs every checker but the offline half of I4, and draws the plots.
@@ -96,7 +106,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             .max_by_key(|r| r.1.len())
             .map(|r| r.1.as_slice())
             .unwrap_or_default();
-        by_region.insert(key(region), facts(longest));
+        by_region.insert(key(region), facts(region, longest));
     }
     let lease_buckets = |region: &str, lease: u64| -> Option<Vec<String>> {
         by_region
@@ -158,16 +168,11 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
     let i3 = check::notices::check(i.completed, &events);
     // I6: buckets whose demand after the heal was at least twice what was left of them.
     let heal_s = usize::try_from(i.heal_at.as_secs()).unwrap_or(usize::MAX);
-    let end_wall = i.load_start_wall_us
-        + i64::try_from(i.opts.time_limit.as_micros()).unwrap_or(0)
-        + i.base_offset_us;
+    let end_wall =
+        i.load_start_wall_us + i64::try_from(i.load_done_us).unwrap_or(0) + i.base_offset_us;
     let mut spends = Vec::new();
     for c in &CAMPAIGNS {
-        let bucket = match c.daily_micros {
-            // Its binding limit is the day's budget: the day the load ended in.
-            Some(_) => format!("{}/day:{}", c.name, date_in(c.zone, end_wall)?),
-            None => format!("{}/lifetime", c.name),
-        };
+        let bucket = binding_bucket(c, end_wall)?;
         let Some(end) = i.end.get(&bucket) else {
             continue;
         };
@@ -233,17 +238,53 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = writeln!(
         body,
-        "## Load\n\n{} requests, {} bids, {} wins, {} notice deliveries ({} abandoned at their \
-         deadline), {} requests unanswered. Demand exceeds budgets by design: budgets are raised \
-         every {} s while faults run, and each raise is spent to the limit.\n",
+        "## Load\n\n{} requests ({} reusing an earlier auction's id, {} replayed byte for \
+         byte), {} bids, {} wins ({} never billed), {} loss notices, {} charging notice \
+         deliveries ({} abandoned at their bid's deadline), {} requests unanswered. {} \
+         impressions had an `exp` past the region's maximum; {} of them were bid on (must be 0). \
+         Demand exceeds budgets by design: budgets are raised every {} s while faults run, and \
+         each raise is spent to the limit.\n",
         t.requests.load(Relaxed),
+        t.reused_ids.load(Relaxed),
+        t.replays.load(Relaxed),
         t.bids.load(Relaxed),
         t.wins.load(Relaxed),
+        t.unbilled_wins.load(Relaxed),
+        t.losses.load(Relaxed),
         t.deliveries.load(Relaxed),
         t.abandoned.load(Relaxed),
         t.unanswered.load(Relaxed),
+        t.exp_too_long.load(Relaxed),
+        t.bids_past_max_exp.load(Relaxed),
         super::RAISE_EVERY.as_secs()
     );
+    let (billed_bids, sharing) = {
+        let billed = t.billed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_event: BTreeMap<&str, u64> = BTreeMap::new();
+        for b in billed.values() {
+            *by_event.entry(b.event.as_str()).or_default() += 1;
+        }
+        (
+            billed.len(),
+            by_event.values().filter(|n| **n > 1).sum::<u64>(),
+        )
+    };
+    let exchange = serde_json::json!({
+        "requests": t.requests.load(Relaxed),
+        "reused_ids": t.reused_ids.load(Relaxed),
+        "replays": t.replays.load(Relaxed),
+        "bids": t.bids.load(Relaxed),
+        "wins": t.wins.load(Relaxed),
+        "unbilled_wins": t.unbilled_wins.load(Relaxed),
+        "losses": t.losses.load(Relaxed),
+        "deliveries": t.deliveries.load(Relaxed),
+        "abandoned": t.abandoned.load(Relaxed),
+        "unanswered": t.unanswered.load(Relaxed),
+        "exp_too_long": t.exp_too_long.load(Relaxed),
+        "bids_past_max_exp": t.bids_past_max_exp.load(Relaxed),
+        "billed_bids": billed_bids,
+        "billed_bids_sharing_exchange_ids": sharing,
+    });
     let billed_by = t.billed_by_campaign();
     let _ = writeln!(
         body,
@@ -321,6 +362,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             replicas,
             body,
             buckets,
+            exchange,
         },
     ))
 }
@@ -389,6 +431,7 @@ pub fn finish(
         "invariants": outcome.verdicts,
         "faults": outcome.faults,
         "buckets_micros": pending.buckets,
+        "exchange": pending.exchange,
         "data_directories": offline.iter().map(|(n, ok, out)| serde_json::json!({"node": n, "verified": ok, "output": out})).collect::<Vec<_>>(),
     });
     std::fs::write(

@@ -17,8 +17,15 @@ pub const LEASE_DURATION_MS: u64 = 5_000;
 pub const SETTLEMENT_WINDOW_MS: u64 = 2_000;
 /// At least the lease duration × the largest clock rate error the nemesis injects (10 %).
 pub const MARGIN_MS: u64 = 1_000;
-/// How long reclaimed money waits in doubt for late notices.
-pub const LATE_ACCEPTANCE_MS: u64 = 10_000;
+/// How long past a bid's deadline the region still accepts its notice.
+pub const LATE_ACCEPTANCE_MS: u64 = 5_000;
+/// The `exp` of an impression that has none, seconds (the stand-in, in a run of minutes, for
+/// the 300 s a region defaults to).
+pub const DEFAULT_EXP_S: u64 = 5;
+/// The longest `exp` bid on, seconds (the stand-in for the default 3600 s).
+pub const MAX_EXP_S: u64 = 15;
+/// The clock rate error the region's rules allow for: the nemesis skews rates by up to 10 %.
+pub const CLOCK_RATE_ERROR_PPM: u32 = 100_000;
 /// The region's name in a run of one region.
 pub const REGION: &str = "jepsen";
 /// The regions' names in a run of several.
@@ -209,8 +216,12 @@ impl Topology {
                          data_dir = \"{}\"\nsegment_entries = 200\n\n\
                          [leases]\nduration_ms = {LEASE_DURATION_MS}\n\
                          settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
-                         late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\n{sync}{init}{}",
+                         late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\
+                         default_exp_ms = {}\nmax_exp_ms = {}\n\
+                         clock_rate_error_ppm = {CLOCK_RATE_ERROR_PPM}\n\n{sync}{init}{}",
                         data_dir.display(),
+                        DEFAULT_EXP_S * 1_000,
+                        MAX_EXP_S * 1_000,
                         pki.issue(
                             shared::tls::Role::Coordinator,
                             &name,
@@ -256,11 +267,12 @@ impl Topology {
                     format!(
                         "edge_id = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:8080\"\n\
                          outgoing_address = \"{ip}\"\n\
-                         coordinators = [{}]\nsettlement_window_ms = {SETTLEMENT_WINDOW_MS}\n\
-                         margin_ms = {MARGIN_MS}\nlease_want_micros = 400000\npoll_interval_ms = 500\n\
+                         coordinators = [{}]\n\
+                         lease_want_micros = 400000\npoll_interval_ms = 500\n\
                          batch_max_delay_ms = 50\nnotice_key_hex = \"{key}\"\n\
-                         notice_base_url = \"http://{ip}:8080\"\n{}",
+                         notice_base_url = \"http://{ip}:8080\"\n{}{}",
                         coordinators.join(", "),
+                        super::exchange::edge_exchanges_toml(),
                         pki.issue(shared::tls::Role::Edge, &name, Some(region.as_str()), &[])?,
                     ),
                 )?;
