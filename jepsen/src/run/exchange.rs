@@ -848,7 +848,7 @@ mod tests {
         assert!(
             draws
                 .iter()
-                .all(|e| e.is_none_or(|e| (1..=32).contains(&e)))
+                .all(|e| e.is_none_or(|e| (1..=mix.max_s * 4).contains(&e)))
         );
     }
 

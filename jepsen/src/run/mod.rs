@@ -91,7 +91,10 @@ pub struct Outcome {
 /// doubt and be spent again.
 const TAIL: Duration = Duration::from_secs(30);
 /// The longest the load goes on past the time limit for held money to come back and be spent.
-const DRAIN_MAX: Duration = Duration::from_secs(40);
+/// 40 s was too short for two regions under region kills (seed 2 stopped at 91 % of a
+/// bucket, still spending): a region keeps the rights its own rate needs, and money held by
+/// bids without a notice comes back only at their deadlines, so the last of a budget trickles.
+const DRAIN_MAX: Duration = Duration::from_secs(90);
 /// Budgets are raised this often while faults run, so that spending meets the limit again and
 /// again.
 const RAISE_EVERY: Duration = Duration::from_secs(20);

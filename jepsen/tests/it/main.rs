@@ -144,9 +144,12 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
 /// timing the region goes on with them, or its replicas stop on the ledger's own invariant
 /// check and the report names the region it could not read. Either way the regions never agree
 /// again (I5); three runs by hand also failed I7 and I6, and two of them I1.
+/// `release-returns-held` gives an edge back money its bids still hold: the bills that follow
+/// find nothing to charge and are kept only as anomalies (I3); one run of seed 11 also
+/// overspent (I1), the next did not, so the table names I3.
 const PLANTED: [(&str, &str, &str, &str, &str); 5] = [
     ("dedup-by-exchange-ids", "1", "partition", "11", "I3"),
-    ("release-returns-held", "1", "partition", "11", "I1"),
+    ("release-returns-held", "1", "partition", "11", "I3"),
     ("reclaim-early", "1", "partition,pause", "5", "I1"),
     ("ack-before-commit", "1", "kill", "84", "I3"),
     ("merge-lowers-own-rows", "2", "region-partition", "3", "I5"),
