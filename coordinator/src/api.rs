@@ -215,13 +215,23 @@ impl pb::lease_api_server::LeaseApi for Api {
                     terms,
                 },
                 _,
-            )) => R::Lease(pb::Lease {
-                lease_id: lease.0,
-                amount_micros: amount.micros(),
-                duration_ms: terms.duration_ms,
-                buckets: buckets.iter().map(pb::Bucket::from).collect(),
-                terms: Some(crate::wire::terms_to_wire(&terms)),
-            }),
+            )) => {
+                // When this node saw the grant applied, on its monotonic clock: the start of
+                // the lease's reclaim wait, for the harness's check of the rule.
+                tracing::debug!(
+                    target: "budget::timeline",
+                    lease = lease.0,
+                    mono_ms = u64::try_from(self.node.clock.mono().as_millis()).unwrap_or(u64::MAX),
+                    "lease granted"
+                );
+                R::Lease(pb::Lease {
+                    lease_id: lease.0,
+                    amount_micros: amount.micros(),
+                    duration_ms: terms.duration_ms,
+                    buckets: buckets.iter().map(pb::Bucket::from).collect(),
+                    terms: Some(crate::wire::terms_to_wire(&terms)),
+                })
+            }
             Ok((Reply::Refused(Refusal::NoRights { .. }), _)) => {
                 R::Refused(pb::Refusal::NoRights as i32)
             }

@@ -15,10 +15,12 @@
 //! - [`archive`]: sealed segment files of the financial log in the data directory.
 //! - [`region`]: cross-region sync (DESIGN §7): pushes, merges, rebalancing, status.
 //! - [`budgetctl`]: the operator and auditor CLI.
+//! - [`fail_stop`]: a panic anywhere stops the process.
 
 pub mod api;
 pub mod archive;
 pub mod budgetctl;
+pub mod fail_stop;
 pub mod ledger;
 pub mod metrics;
 pub mod network;

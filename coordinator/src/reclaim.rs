@@ -79,9 +79,16 @@ impl Timers {
         in_doubt: impl IntoIterator<Item = (Part, Duration)>,
     ) {
         self.leading = true;
+        // The planted bug `reclaim-no-restart` counts the waits of the leases it inherits from
+        // this process's start, as if it had been timing them all along.
+        let from = if shared::planted::active("reclaim-no-restart") {
+            Mono(Duration::ZERO)
+        } else {
+            now
+        };
         self.open = open
             .into_iter()
-            .map(|(id, wait)| (id, now.after(planted_reclaim(wait))))
+            .map(|(id, wait)| (id, from.after(planted_reclaim(wait))))
             .collect();
         self.in_doubt = in_doubt
             .into_iter()

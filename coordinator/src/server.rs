@@ -335,6 +335,7 @@ pub async fn reclaim_step(
             node = node.id,
             open = open.len(),
             in_doubt = in_doubt.len(),
+            mono_ms = mono_ms(now),
             "became leader: every lease wait starts over"
         );
         timers.became_leader(now, open.iter().copied(), in_doubt.iter().copied());
@@ -343,7 +344,24 @@ pub async fn reclaim_step(
     }
     let reclaim = timers.due_reclaims(now);
     if !reclaim.is_empty() {
-        tracing::info!(leases = ?reclaim, "reclaiming leases whose edges never released them");
+        // The waits each lease's terms ask for, from the ledger (not the timers), so that a
+        // checker of the reclaim rule can hold these moments to them.
+        let waits: Vec<String> = reclaim
+            .iter()
+            .map(|id| {
+                let wait = open
+                    .iter()
+                    .find(|(l, _)| l == id)
+                    .map_or(0, |(_, w)| w.as_millis());
+                format!("{}:{wait}", id.0)
+            })
+            .collect();
+        tracing::info!(
+            leases = ?reclaim,
+            mono_ms = mono_ms(now),
+            waits_ms = %waits.join(","),
+            "reclaiming leases whose edges never released them"
+        );
         match node
             .propose(Command::ReclaimLeases {
                 leases: reclaim.clone(),
@@ -380,6 +398,11 @@ pub async fn reclaim_step(
         }
     }
     (reclaim, expire)
+}
+
+/// A monotonic reading in whole ms, for the logs a checker reads.
+fn mono_ms(now: crate::reclaim::Mono) -> u64 {
+    u64::try_from(now.0.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The leader's reclaim loop: [`reclaim_step`] every [`RECLAIM_TICK`] on `clock`, until `stop`

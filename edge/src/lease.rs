@@ -204,6 +204,12 @@ pub struct Slot {
     pub asking: AtomicBool,
     /// Do not ask for a lease before this monotonic time, ms (after a refusal).
     pub retry_after_ms: AtomicU64,
+    /// The grant asked for and never answered: its idempotency key and when it was first
+    /// sent. The next ask reuses both, so that a grant applied after its answer was lost is
+    /// found again instead of orphaned (an orphan holds its money until the leader reclaims
+    /// it, then in doubt until its bids' deadlines: under leader churn a region once held 68
+    /// such leases at once and spending all but stopped).
+    pending: Mutex<Option<(Vec<u8>, Duration)>>,
 }
 
 impl Slot {
@@ -213,6 +219,20 @@ impl Slot {
             throttle_ppm: AtomicU32::new(1_000_000),
             ..Slot::default()
         }
+    }
+
+    /// The idempotency key and first send time of the next grant request at monotonic `now`:
+    /// those of the last request if it was never answered, else new ones. The spending window
+    /// counts from the first send: the grant may have been applied right after it.
+    pub fn grant_key(&self, now: Duration) -> (Vec<u8>, Duration) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.get_or_insert_with(|| ((0..16).map(|_| fastrand::u8(..)).collect(), now))
+            .clone()
+    }
+
+    /// The grant request was answered (a lease or a refusal): the next one is a new request.
+    pub fn grant_answered(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Pacing lets this bid through.
@@ -226,6 +246,19 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unanswered_grant_is_asked_again_with_its_key_and_first_send_time() {
+        let slot = Slot::new();
+        let (k1, t1) = slot.grant_key(Duration::from_secs(1));
+        let (k2, t2) = slot.grant_key(Duration::from_secs(9));
+        assert_eq!((&k1, t1), (&k2, t2));
+        assert_eq!(k1.len(), 16);
+        slot.grant_answered();
+        let (k3, t3) = slot.grant_key(Duration::from_secs(12));
+        assert_ne!(k3, k1);
+        assert_eq!(t3, Duration::from_secs(12));
+    }
 
     fn lease() -> ActiveLease {
         ActiveLease::new(

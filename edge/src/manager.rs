@@ -149,15 +149,15 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
         let slots = edge.slots.lock().unwrap_or_else(|p| p.into_inner());
         (slots.name(index).clone(), slots.all[index as usize].clone())
     };
-    let key: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+    // The spending window is measured from before the request leaves (DESIGN §5): from the
+    // first send of a request asked again after an answer was lost.
+    let (key, sent) = slot.grant_key(edge.clock.mono());
     let request = pb::GrantLeaseRequest {
         idempotency_key: Some(pb::IdempotencyKey { key }),
         edge: edge.settings.edge.to_string(),
         campaign: name.to_string(),
         want_micros: edge.settings.config.lease_want_micros,
     };
-    // The spending window is measured from before the request leaves (DESIGN §5).
-    let sent = edge.clock.mono();
     let result = coords
         .call(|mut c| {
             let request = request.clone();
@@ -175,6 +175,9 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
         })
         .await;
     let now_ms = |edge: &Edge| u64::try_from(edge.clock.mono().as_millis()).unwrap_or(u64::MAX);
+    if result.is_ok() {
+        slot.grant_answered();
+    }
     match result {
         Ok(Ok(l)) if l.amount_micros > 0 => {
             let terms = terms_of(&l);

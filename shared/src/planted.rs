@@ -7,6 +7,9 @@
 //! - `reclaim-early` (coordinator): the leader reclaims a lease halfway through its duration,
 //!   without waiting for the edge's window, `W` and the margin, and puts nothing in doubt for
 //!   late notices.
+//! - `reclaim-no-restart` (coordinator): a new leader does not restart the reclaim waits of
+//!   the leases it inherits; it counts them from its own process's start, so a node elected
+//!   long after it started reclaims every open lease at once.
 //! - `dedup-by-exchange-ids` (coordinator ledger): spend is deduplicated by the exchange's
 //!   ids (exchange, auction, impression) instead of by our bid, as the ledger once did: a new
 //!   bid that carries an auction id seen before is dropped as a duplicate though the exchange
@@ -24,8 +27,9 @@
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 5] = [
+pub const BUGS: [&str; 6] = [
     "reclaim-early",
+    "reclaim-no-restart",
     "dedup-by-exchange-ids",
     "release-returns-held",
     "ack-before-commit",

@@ -92,6 +92,7 @@ fn load(args: &Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    coordinator::fail_stop::install("coordinator");
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

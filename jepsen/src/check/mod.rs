@@ -7,6 +7,7 @@ pub mod converge;
 pub mod linear;
 pub mod notices;
 pub mod progress;
+pub mod reclaim;
 
 use serde::Serialize;
 
@@ -16,7 +17,7 @@ pub const EVIDENCE_MAX: usize = 20;
 /// What one checker concluded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
-    /// `I1` … `I7`.
+    /// `I1` … `I8`.
     pub invariant: &'static str,
     /// True only if the checker examined something and found no violation.
     pub held: bool,

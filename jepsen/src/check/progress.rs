@@ -54,7 +54,9 @@ pub fn check(buckets: &[Spend], min_ppm: i64) -> (Verdict, Option<i64>) {
                     micros(b.at_heal),
                     micros(b.budget)
                 ));
-            } else if u < min_ppm {
+            } else if u < min_ppm && b.budget - b.at_end >= b.unit.max(1) {
+                // (Less than one impression left is as spent as a bucket can be, whatever
+                // share of a small budget that is.)
                 violations.push(format!(
                     "{}: spent {} of its budget ({} of {}), below the {} required",
                     b.bucket,
@@ -107,6 +109,14 @@ mod tests {
         // Less left than one impression costs is exhausted too; one impression more is not.
         assert!(check(&[spend(997_501, 997_501)], 950_000).0.held);
         assert!(!check(&[spend(997_500, 997_500)], 950_000).0.held);
+        // At 99.9 % required, a budget of 300 bids with less than one bid left is spent; one
+        // bid left is not.
+        let mut small = spend(0, 598_001);
+        small.budget = 600_000;
+        small.unit = 2_000;
+        assert!(check(&[small.clone()], 999_000).0.held);
+        small.at_end = 598_000;
+        assert!(!check(&[small], 999_000).0.held);
         // No bucket with excess demand: nothing to check.
         let mut idle = spend(0, 0);
         idle.demand_exceeds = false;

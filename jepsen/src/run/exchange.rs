@@ -258,7 +258,11 @@ pub struct Tally {
     pub abandoned: AtomicU64,
     /// Requests with no answer (timeouts, refused connections).
     pub unanswered: AtomicU64,
-    /// Billed impressions, by our bid (a duplicate delivery bills once).
+    /// Every impression the exchange billed, by our bid, acknowledged or not: what it charged
+    /// the advertiser, and what I1 holds to the budget (a duplicate delivery bills once;
+    /// `at_us` is when it first sent the notice).
+    pub made: Mutex<BTreeMap<String, Billed>>,
+    /// The bills an edge acknowledged, by our bid (`at_us`: the acknowledgement).
     pub billed: Mutex<BTreeMap<String, Billed>>,
     /// Answered bid requests: (ms since the start, latency µs).
     pub latencies: Mutex<Vec<(u32, u32)>>,
@@ -275,15 +279,10 @@ impl Tally {
             .map_or(0, |v| v.iter().skip(from_s).sum::<i64>())
     }
 
-    /// Billed micros per campaign.
+    /// Billed micros per campaign (every bill made, acknowledged or not).
     pub fn billed_by_campaign(&self) -> BTreeMap<String, i64> {
         let mut out = BTreeMap::new();
-        for b in self
-            .billed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for b in self.made.lock().unwrap_or_else(|p| p.into_inner()).values() {
             *out.entry(b.campaign.clone()).or_insert(0) += b.amount;
         }
         out
@@ -772,6 +771,23 @@ async fn deliver(
         index,
         region: region.clone(),
     };
+    // The bill is made now, whatever becomes of its notice: a real exchange charges the
+    // impression, not our acknowledgement.
+    let bill_at = |at_us| Billed {
+        bid: bid.to_string(),
+        event: event.clone(),
+        campaign: campaign.clone(),
+        lease,
+        region: region.clone(),
+        amount,
+        at_us,
+    };
+    tally
+        .made
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(bid.to_string())
+        .or_insert(bill_at(rec.now_us()));
     let mut attempt = 0u32;
     loop {
         if Instant::now() >= deadline {
@@ -795,15 +811,9 @@ async fn deliver(
                     .and_then(|(_, n)| n.trim().parse::<u64>().ok());
                 rec.record(&process, OpType::Ok, call(index));
                 let mut billed = tally.billed.lock().unwrap_or_else(|p| p.into_inner());
-                billed.entry(bid.to_string()).or_insert(Billed {
-                    bid: bid.to_string(),
-                    event: event.clone(),
-                    campaign: campaign.clone(),
-                    lease,
-                    region: region.clone(),
-                    amount,
-                    at_us: rec.now_us(),
-                });
+                billed
+                    .entry(bid.to_string())
+                    .or_insert(bill_at(rec.now_us()));
                 return;
             }
             Ok(r) if r.status == 400 => {

@@ -79,6 +79,99 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// Every coordinator's log in `nodes`: (node name, text), by name.
+fn coordinator_logs(nodes: &Path) -> Vec<(String, String)> {
+    let mut logs: Vec<(String, String)> = std::fs::read_dir(nodes)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let node = name.strip_suffix(".log")?.to_string();
+            node.contains("coordinator")
+                .then(|| Some((node, std::fs::read_to_string(e.path()).ok()?)))
+                .flatten()
+        })
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// The first panic in a process's log: its `panicked at` line and the message after it.
+pub fn first_panic(log: &str) -> Option<String> {
+    let mut lines = log.lines();
+    let at = lines.find(|l| l.contains("panicked at"))?;
+    let message = lines.next().unwrap_or("").trim();
+    Some(format!("panicked: {} {message}", at.trim()))
+}
+
+/// How the last raise of one budget was spent: ms after the raise at which the bills reached
+/// 99 % and 99.9 % of the budget, and of the last bill (`None`: never).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpendTimes {
+    pub to_99_ms: Option<u64>,
+    pub to_99_9_ms: Option<u64>,
+    pub last_bill_ms: Option<u64>,
+}
+
+/// Spend times of a budget raised to `budget` at `raised_us`, from every bill `(µs, micros)`
+/// of its campaign over the run (bills before the raise count towards the total).
+pub fn spend_times(bills: &[(u64, i64)], raised_us: u64, budget: i64) -> SpendTimes {
+    let mut bills = bills.to_vec();
+    bills.sort_unstable();
+    let after = |t: u64| t.saturating_sub(raised_us) / 1000;
+    let (mut sum, mut to_99, mut to_999) = (0i64, None, None);
+    for &(t, m) in &bills {
+        sum += m;
+        // sum ≥ 99 % of budget, in integers.
+        if to_99.is_none() && sum.saturating_mul(100) >= budget.saturating_mul(99) {
+            to_99 = Some(after(t));
+        }
+        if to_999.is_none() && sum.saturating_mul(1000) >= budget.saturating_mul(999) {
+            to_999 = Some(after(t));
+        }
+    }
+    SpendTimes {
+        to_99_ms: to_99,
+        to_99_9_ms: to_999,
+        last_bill_ms: bills.last().map(|(t, _)| after(*t)),
+    }
+}
+
+/// Every campaign's lifetime spend times, keyed by bucket, for `results.json`.
+fn lifetime_spend_times(i: &Inputs) -> serde_json::Value {
+    let billed = i.tally.made.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = serde_json::Map::new();
+    for c in &CAMPAIGNS {
+        let Some((raised_us, budget)) = i
+            .budget_events
+            .iter()
+            .filter(|(_, name, _)| name == c.name)
+            .map(|(t, _, b)| (*t, *b))
+            .max_by_key(|(t, _)| *t)
+        else {
+            continue;
+        };
+        let bills: Vec<(u64, i64)> = billed
+            .values()
+            .filter(|b| b.campaign == c.name)
+            .map(|b| (b.at_us, b.amount))
+            .collect();
+        let t = spend_times(&bills, raised_us, budget);
+        out.insert(
+            format!("{}/lifetime", c.name),
+            serde_json::json!({
+                "budget_micros": budget,
+                "raised_at_ms": raised_us / 1000,
+                "to_99_ms": t.to_99_ms,
+                "to_99_9_ms": t.to_99_9_ms,
+                "last_bill_ms": t.last_bill_ms,
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
 /// The bucket that limits `c`'s spend at wall time `wall_us` (the harness's skewed wall
 /// clock): its lifetime, or for a campaign with a daily budget, that day's.
 pub fn binding_bucket(c: &super::exchange::Campaign, wall_us: i64) -> Result<String> {
@@ -128,10 +221,10 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             }
         }
     }
-    // I1: what the exchange billed, per bucket the lease debited.
+    // I1: what the exchange billed, acknowledged or not, per bucket the lease debited.
     let billed: Vec<(String, i64)> = i
         .tally
-        .billed
+        .made
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
@@ -269,7 +362,30 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             by_event.values().filter(|n| **n > 1).sum::<u64>(),
         )
     };
+    // Bills made that no edge acknowledged: the exchange charged them all the same.
+    let (made, unacked, unacked_micros) = {
+        let made = t.made.lock().unwrap_or_else(|p| p.into_inner());
+        let acked = t.billed.lock().unwrap_or_else(|p| p.into_inner());
+        let un: Vec<&super::exchange::Billed> = made
+            .values()
+            .filter(|b| !acked.contains_key(&b.bid))
+            .collect();
+        (
+            made.len(),
+            un.len(),
+            un.iter().map(|b| b.amount).sum::<i64>(),
+        )
+    };
+    let _ = writeln!(
+        body,
+        "The exchange billed {made} impressions; {unacked} of those bills ({}) were never \
+         acknowledged, and count against the budget all the same (I1).\n",
+        micros(unacked_micros)
+    );
     let exchange = serde_json::json!({
+        "bills_made": made,
+        "bills_unacknowledged": unacked,
+        "bills_unacknowledged_micros": unacked_micros,
         "requests": t.requests.load(Relaxed),
         "reused_ids": t.reused_ids.load(Relaxed),
         "replays": t.replays.load(Relaxed),
@@ -284,6 +400,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         "bids_past_max_exp": t.bids_past_max_exp.load(Relaxed),
         "billed_bids": billed_bids,
         "billed_bids_sharing_exchange_ids": sharing,
+        "spend_times": lifetime_spend_times(i),
     });
     let billed_by = t.billed_by_campaign();
     let _ = writeln!(
@@ -321,9 +438,29 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         i.cross_at,
         i.base_offset_us / 1_000_000
     );
+    let times = lifetime_spend_times(i);
     let _ = writeln!(
         body,
-        "![spend against budget](spend.svg)\n\n![bid latency](latency.svg)\n"
+        "After each lifetime budget's last raise (ms): when the exchange had billed 99 % and \
+         99.9 % of it, and its last bill. Money held by bids that never got a notice comes back \
+         only at their deadlines; this is how long the last of a budget took.\n\n\
+         | bucket | budget | raised at (s) | 99 % | 99.9 % | last bill |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let ms = |v: &serde_json::Value| v.as_u64().map_or("—".to_string(), |m| m.to_string());
+    for (bucket, t) in times.as_object().into_iter().flatten() {
+        let _ = writeln!(
+            body,
+            "| {bucket} | {} | {} | {} | {} | {} |",
+            micros(t["budget_micros"].as_i64().unwrap_or(0)),
+            t["raised_at_ms"].as_u64().unwrap_or(0) / 1000,
+            ms(&t["to_99_ms"]),
+            ms(&t["to_99_9_ms"]),
+            ms(&t["last_bill_ms"]),
+        );
+    }
+    let _ = writeln!(
+        body,
+        "\n![spend against budget](spend.svg)\n\n![bid latency](latency.svg)\n"
     );
     let snapshot = |s: &BTreeMap<String, pb::Balance>| -> serde_json::Value {
         s.iter()
@@ -339,6 +476,8 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             .into()
     };
     let buckets = serde_json::json!({"at_heal": snapshot(i.heal), "at_end": snapshot(i.end)});
+    // I8: the reclaim rule, from every coordinator's own log.
+    let i8 = check::reclaim::check(&coordinator_logs(&i.dir.join("nodes")));
     let outcome = Outcome {
         dir: i.dir.to_path_buf(),
         passed: false,
@@ -347,7 +486,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             if let Some((i5, _)) = &i5 {
                 v.push(i5.clone());
             }
-            v.extend([i6, i7]);
+            v.extend([i6, i7, i8]);
             v
         },
         faults: i.injected.to_vec(),
@@ -470,6 +609,23 @@ pub fn finish(
             .map(|b| format!(" --planted-bug {b}"))
             .unwrap_or_default()
     );
+    // A process that stopped by itself comes first: what follows is its consequence.
+    if !outcome.crashed.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Processes that stopped by themselves\n\nRead this first: the checks below \
+             see what these stops caused.\n"
+        );
+        for name in &outcome.crashed {
+            let log = outcome.dir.join("nodes").join(format!("{name}.log"));
+            let why = std::fs::read_to_string(&log)
+                .ok()
+                .and_then(|text| first_panic(&text))
+                .unwrap_or_else(|| "no panic in its log".to_string());
+            let _ = writeln!(md, "- **{name}**: {}", why.replace('|', "\\|"));
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(
         md,
         "## Invariants\n\n| invariant | held | checked | violations | first evidence |\n|---|---|---:|---:|---|"
@@ -486,13 +642,6 @@ pub fn finish(
                 .first()
                 .map_or("", String::as_str)
                 .replace('|', "\\|")
-        );
-    }
-    if !outcome.crashed.is_empty() {
-        let _ = writeln!(
-            md,
-            "\n**Processes that exited by themselves** (see their logs): {}.",
-            outcome.crashed.join(", ")
         );
     }
     if !outcome.unread.is_empty() {
@@ -582,7 +731,7 @@ fn spend_plot(i: &Inputs) -> String {
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="840" height="{height}" font-family="sans-serif" font-size="11">"#
     );
-    let billed = i.tally.billed.lock().unwrap_or_else(|p| p.into_inner());
+    let billed = i.tally.made.lock().unwrap_or_else(|p| p.into_inner());
     for (k, c) in CAMPAIGNS.iter().enumerate() {
         let y0 = 20.0 + ph * k as f64;
         let mut bills: Vec<(u64, i64)> = billed
@@ -694,5 +843,41 @@ mod tests {
     fn polylines_hold_every_point() {
         let p = polyline(&[(1.0, 2.0), (3.5, 4.25)], "red");
         assert!(p.contains("1.0,2.0 3.5,4.2"), "{p}");
+    }
+
+    #[test]
+    fn a_crashed_process_is_explained_by_its_first_panic() {
+        let log = "INFO start\nthread 'tokio-rt-worker' (12) panicked at coordinator/src/ledger/mod.rs:9:5:\nrelease returns more than held\nnote: run with RUST_BACKTRACE\nthread 'x' panicked at b.rs:1:1:\nsecond\n";
+        let why = first_panic(log).unwrap();
+        assert!(
+            why.contains("ledger/mod.rs:9:5") && why.ends_with("release returns more than held"),
+            "{why}"
+        );
+        assert_eq!(first_panic("INFO fine\n"), None);
+    }
+
+    #[test]
+    fn spend_times_count_from_the_raise_and_every_bill_before_it() {
+        // 600 billed before the raise at 10 s; the raise to 1,000 is spent by bills at 11 s
+        // (990: 99 %), 14 s (999: 99.9 %) and 20 s (1,000), given out of order.
+        let bills = [
+            (20_000_000, 1),
+            (5_000_000, 600),
+            (14_000_000, 9),
+            (11_000_000, 390),
+        ];
+        let t = spend_times(&bills, 10_000_000, 1_000);
+        assert_eq!(
+            t,
+            SpendTimes {
+                to_99_ms: Some(1_000),
+                to_99_9_ms: Some(4_000),
+                last_bill_ms: Some(10_000),
+            }
+        );
+        // Short of 99.9 %: that time is unknown, not the last bill's.
+        let t = spend_times(&bills[1..3], 10_000_000, 1_000);
+        assert_eq!((t.to_99_ms, t.to_99_9_ms), (None, None));
+        assert_eq!(spend_times(&[], 0, 1).last_bill_ms, None);
     }
 }
