@@ -139,46 +139,66 @@ impl Edge {
                 if !campaign.slot.paced_in() {
                     continue;
                 }
-                let guard = campaign.slot.current.load();
-                let Some(lease) = guard.as_ref() else {
-                    self.metrics.reservation_no_lease.inc();
-                    self.ask(campaign.slot_index, &campaign.slot);
-                    continue;
-                };
-                // Notices of this bid may come until the auction (at most tmax after the
-                // request) plus the impression's exp: both within what the lease allows.
-                if u128::from(tmax) > lease.terms.max_tmax.as_millis() {
-                    skipped = skipped.max(Skipped::TmaxTooLong);
-                    continue;
-                }
-                let Some(class) = lease.class_of(imp.exp) else {
-                    skipped = skipped.max(Skipped::ExpTooLong);
-                    continue;
-                };
-                if let Some(bid) = lease.try_reserve(cand.price_micros, now, class) {
-                    self.metrics.reservation_taken.inc();
-                    self.metrics
-                        .reserved_micros
-                        .inc_by(cand.price_micros.unsigned_abs());
-                    let used = lease.reservoir.used_permille();
-                    if used >= i64::from(cfg.renew_at_used_percent) * 10 || now >= lease.renew_at {
-                        self.ask(campaign.slot_index, &campaign.slot);
+                // What is left of the lease the current one replaced goes first.
+                let previous = campaign.slot.previous.load();
+                let from_previous = previous.as_ref().and_then(|p| {
+                    if u128::from(tmax) > p.terms.max_tmax.as_millis() {
+                        return None;
                     }
-                    let exp_s = imp.exp.unwrap_or_else(|| {
-                        i64::try_from(lease.terms.default_exp.as_secs()).unwrap_or(i64::MAX)
-                    });
-                    reserved.push(Reserved {
-                        lease: lease.clone(),
-                        imp: i,
-                        cand,
-                        bid,
-                        class,
-                        exp_s: exp_s.max(0),
-                    });
-                    break;
-                }
-                self.metrics.reservation_exhausted.inc();
-                self.ask(campaign.slot_index, &campaign.slot);
+                    let class = p.class_of(imp.exp)?;
+                    let bid = p.try_reserve(cand.price_micros, now, class)?;
+                    Some((p.clone(), bid, class))
+                });
+                let (lease, bid, class) = match from_previous {
+                    Some(taken) => taken,
+                    None => {
+                        let guard = campaign.slot.current.load();
+                        let Some(lease) = guard.as_ref() else {
+                            self.metrics.reservation_no_lease.inc();
+                            self.ask(campaign.slot_index, &campaign.slot);
+                            continue;
+                        };
+                        // Notices of this bid may come until the auction (at most tmax after
+                        // the request) plus the impression's exp: both within what the lease
+                        // allows.
+                        if u128::from(tmax) > lease.terms.max_tmax.as_millis() {
+                            skipped = skipped.max(Skipped::TmaxTooLong);
+                            continue;
+                        }
+                        let Some(class) = lease.class_of(imp.exp) else {
+                            skipped = skipped.max(Skipped::ExpTooLong);
+                            continue;
+                        };
+                        let Some(bid) = lease.try_reserve(cand.price_micros, now, class) else {
+                            self.metrics.reservation_exhausted.inc();
+                            self.ask(campaign.slot_index, &campaign.slot);
+                            continue;
+                        };
+                        let used = lease.reservoir.used_permille();
+                        if used >= i64::from(cfg.renew_at_used_percent) * 10
+                            || now >= lease.renew_at
+                        {
+                            self.ask(campaign.slot_index, &campaign.slot);
+                        }
+                        (lease.clone(), bid, class)
+                    }
+                };
+                self.metrics.reservation_taken.inc();
+                self.metrics
+                    .reserved_micros
+                    .inc_by(cand.price_micros.unsigned_abs());
+                let exp_s = imp.exp.unwrap_or_else(|| {
+                    i64::try_from(lease.terms.default_exp.as_secs()).unwrap_or(i64::MAX)
+                });
+                reserved.push(Reserved {
+                    lease,
+                    imp: i,
+                    cand,
+                    bid,
+                    class,
+                    exp_s: exp_s.max(0),
+                });
+                break;
             }
         }
         if reserved.is_empty() {

@@ -198,6 +198,11 @@ impl ActiveLease {
 pub struct Slot {
     /// The lease bids reserve from.
     pub current: ArcSwapOption<ActiveLease>,
+    /// The lease `current` replaced, while its spending window is open: bids take what is left
+    /// of it (and what its loss notices gave back) first. Without it, that money waited unused
+    /// for the old lease's release, and near the end of a budget most of what was left sat
+    /// there (a fault-free run spent the last 1 % of a budget over two minutes).
+    pub previous: ArcSwapOption<ActiveLease>,
     /// Bids allowed by pacing, in parts per million (1,000,000: all).
     pub throttle_ppm: AtomicU32,
     /// A lease (or a renewal) has been asked for and not yet answered.

@@ -197,6 +197,12 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
                 .leases_held
                 .set(i64::try_from(held).unwrap_or(i64::MAX));
             let previous = slot.current.swap(Some(lease.clone()));
+            // The replaced lease keeps bidding from what it has left until its window ends.
+            if let Some(p) = &previous
+                && edge.clock.mono() < p.spend_until
+            {
+                slot.previous.store(Some(p.clone()));
+            }
             let event = if previous.is_some() {
                 "renewed"
             } else {
@@ -282,6 +288,9 @@ fn retire(edge: &Arc<Edge>) {
                         .get_or_create(&Outcome { outcome: "expired" })
                         .inc();
                 }
+                if slot.previous.load().as_ref().is_some_and(|p| p.id == *id) {
+                    slot.previous.store(None);
+                }
             }
             if now >= l.release_at {
                 // What the bids without a notice hold first, then the reservoir: a notice
@@ -323,5 +332,6 @@ async fn stop_bidding(edge: &Edge) {
         .clone();
     for s in slots {
         s.current.store(None);
+        s.previous.store(None);
     }
 }
