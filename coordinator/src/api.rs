@@ -214,16 +214,26 @@ impl pb::lease_api_server::LeaseApi for Api {
                     buckets,
                     terms,
                 },
-                _,
+                index,
             )) => {
                 // When this node saw the grant applied, on its monotonic clock: the start of
-                // the lease's reclaim wait, for the harness's check of the rule.
-                tracing::debug!(
-                    target: "budget::timeline",
-                    lease = lease.0,
-                    mono_ms = u64::try_from(self.node.clock.mono().as_millis()).unwrap_or(u64::MAX),
-                    "lease granted"
-                );
+                // the lease's reclaim wait, for the harness's check of the rule. A retried
+                // request answered from memory was applied before (maybe under another
+                // leader): not logged, its time would be later than the grant's.
+                let fresh = self.node.state.read(|m| {
+                    m.ledger()
+                        .lease(lease)
+                        .is_some_and(|l| l.granted_at_index == index)
+                });
+                if fresh {
+                    tracing::debug!(
+                        target: "budget::timeline",
+                        lease = lease.0,
+                        mono_ms = u64::try_from(self.node.clock.mono().as_millis())
+                            .unwrap_or(u64::MAX),
+                        "lease granted"
+                    );
+                }
                 R::Lease(pb::Lease {
                     lease_id: lease.0,
                     amount_micros: amount.micros(),
