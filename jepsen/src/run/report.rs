@@ -362,6 +362,8 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             by_event.values().filter(|n| **n > 1).sum::<u64>(),
         )
     };
+    // How long each budget's last raise took to spend (the report's table and results.json).
+    let times = lifetime_spend_times(i);
     // Bills made that no edge acknowledged: the exchange charged them all the same.
     let (made, unacked, unacked_micros) = {
         let made = t.made.lock().unwrap_or_else(|p| p.into_inner());
@@ -400,7 +402,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         "bids_past_max_exp": t.bids_past_max_exp.load(Relaxed),
         "billed_bids": billed_bids,
         "billed_bids_sharing_exchange_ids": sharing,
-        "spend_times": lifetime_spend_times(i),
+        "spend_times": times.clone(),
     });
     let billed_by = t.billed_by_campaign();
     let _ = writeln!(
@@ -438,7 +440,6 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         i.cross_at,
         i.base_offset_us / 1_000_000
     );
-    let times = lifetime_spend_times(i);
     let _ = writeln!(
         body,
         "After each lifetime budget's last raise (ms): when the exchange had billed 99 % and \
