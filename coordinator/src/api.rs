@@ -362,6 +362,44 @@ impl pb::lease_api_server::LeaseApi for Api {
         }))
     }
 
+    async fn check_in(
+        &self,
+        request: Request<pb::CheckInRequest>,
+    ) -> Result<Response<pb::CheckInReply>, Status> {
+        let r = request.into_inner();
+        let command = Command::CheckIn {
+            edge: r.edge.parse().map_err(wire("edge"))?,
+            incarnation: r.incarnation,
+            covers: r.covers_index,
+        };
+        use pb::check_in_reply::Result as R;
+        let result = match self.propose(command).await? {
+            Err(leader) => R::NotLeader(not_leader(leader)),
+            Ok((
+                Reply::CheckedIn {
+                    incarnation,
+                    accepted,
+                },
+                index,
+            )) => {
+                if !accepted {
+                    tracing::info!(edge = %r.edge, sent = r.incarnation, registered = incarnation,
+                        "a check-in of an edge process older than the registered one changed nothing");
+                }
+                R::CheckedIn(pb::CheckedIn {
+                    raft_index: index,
+                    incarnation,
+                    accepted,
+                })
+            }
+            Ok((Reply::Refused(why), _)) => return Err(bad(why)),
+            Ok((other, _)) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(Response::new(pb::CheckInReply {
+            result: Some(result),
+        }))
+    }
+
     async fn list_active_campaigns(
         &self,
         request: Request<pb::ListActiveCampaignsRequest>,

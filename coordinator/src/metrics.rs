@@ -88,6 +88,8 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::ExpireInDoubt { .. } => "expire_in_doubt",
         Command::TransferRights { .. } => "transfer_rights",
         Command::MergeRemote { .. } => "merge_remote",
+        Command::CheckIn { .. } => "check_in",
+        Command::RetireEdge { .. } => "retire_edge",
         Command::SetParams { .. } => "set_params",
     }
 }

@@ -57,6 +57,8 @@ pub struct Timers {
     open: BTreeMap<LeaseId, Mono>,
     /// When each in-doubt part's wait ends.
     in_doubt: BTreeMap<Part, Mono>,
+    /// The edges due parts were last found waiting for (`edge@covers`), for logging changes.
+    waiting: Vec<String>,
 }
 
 impl Timers {
@@ -175,6 +177,15 @@ impl Timers {
             .filter(|(_, end)| **end <= now)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// Notes the edges due parts wait for; true when that differs from the last note.
+    pub fn waiting_for(&mut self, edges: Vec<String>) -> bool {
+        if edges == self.waiting {
+            return false;
+        }
+        self.waiting = edges;
+        true
     }
 
     /// How many leases and parts are timed (for metrics and tests).

@@ -382,22 +382,68 @@ pub async fn reclaim_step(
             Err(e) => tracing::warn!(error = %e, "reclaim proposal failed; retrying next tick"),
         }
     }
-    let expire = timers.due_expiries(now);
+    let due = timers.due_expiries(now);
+    let expire = ready_to_expire(node, due, timers);
     if !expire.is_empty() {
         tracing::info!(parts = ?expire, "in-doubt waits over: returning what late notices left");
-        match node
+        // The timers keep each part until the ledger no longer holds it: a part whose edges
+        // have not all checked in since it fell due stays in doubt, and is named again.
+        if let Err(e) = node
             .propose(Command::ExpireInDoubt {
                 parts: expire.clone(),
             })
             .await
         {
-            Ok(_) => expire.iter().for_each(|p| timers.expired(*p)),
-            Err(e) => {
-                tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick")
-            }
+            tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick")
         }
     }
     (reclaim, expire)
+}
+
+/// Of the parts whose waits are over, those worth proposing now: not yet marked due, or marked
+/// at an index every registered edge has checked in past. Logs (once per change) which edges
+/// the others wait for.
+fn ready_to_expire(node: &Node, due: Vec<Part>, timers: &mut Timers) -> Vec<Part> {
+    if due.is_empty() {
+        timers.waiting_for(Vec::new());
+        return due;
+    }
+    node.state.read(|m| {
+        let ledger = m.ledger();
+        let covered = ledger.edges_covered();
+        let mut held_back = 0usize;
+        let mut lowest_mark = u64::MAX;
+        let ready: Vec<Part> = due
+            .into_iter()
+            .filter(|(id, wait_ms)| {
+                let mark = ledger.lease(*id).and_then(|l| l.due.get(wait_ms).copied());
+                match mark {
+                    Some(m) if m > covered => {
+                        held_back += 1;
+                        lowest_mark = lowest_mark.min(m);
+                        false
+                    }
+                    _ => true,
+                }
+            })
+            .collect();
+        let behind: Vec<String> = if held_back == 0 {
+            Vec::new()
+        } else {
+            ledger
+                .edges()
+                .iter()
+                .filter(|(_, c)| c.covers < lowest_mark)
+                .map(|(e, c)| format!("{e}@{}", c.covers))
+                .collect()
+        };
+        let list = behind.join(",");
+        if timers.waiting_for(behind) && !list.is_empty() {
+            tracing::info!(parts = held_back, due_at = lowest_mark, edges = %list,
+                "in-doubt money due, waiting for these edges to check in (they may hold unsettled notices)");
+        }
+        ready
+    })
 }
 
 /// A monotonic reading in whole ms, for the logs a checker reads.

@@ -302,6 +302,14 @@ impl Edge {
                 return (status, e.to_string());
             }
         };
+        // Accepted from here: a check-in of this process waits until the charge is queued.
+        let Some(accepting) = self.settler.accept().await else {
+            self.metrics.notice(kind.as_str(), "unregistered");
+            return (
+                503,
+                "the edge is not registered with its region yet; send the notice again\n".into(),
+            );
+        };
         if n.price != Price::FirstPrice {
             self.metrics
                 .notice_prices
@@ -388,9 +396,20 @@ impl Edge {
             self.metrics.notices_pending.dec();
             return (200, "ok\n".into());
         }
-        let wait = self.settler.spend(n.lease, event);
+        let wait = match self.settler.submit(n.lease, event).await {
+            Ok(wait) => wait,
+            Err(_) => {
+                self.metrics.notices_pending.dec();
+                self.metrics.notice(kind.as_str(), "stopping");
+                return (503, "the edge is stopping; send the notice again\n".into());
+            }
+        };
+        drop(accepting);
         let timeout = Duration::from_millis(self.settings.config.notice_timeout_ms);
-        let r = tokio::time::timeout(timeout, wait).await;
+        let r = tokio::time::timeout(timeout, async {
+            wait.await.unwrap_or(Err(crate::settle::Failed::Stopping))
+        })
+        .await;
         self.metrics.notices_pending.dec();
         match r {
             Ok(Ok(index)) => {

@@ -61,6 +61,10 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// A notice waits this long for its batch before answering 503 (the exchange retries).
     pub notice_timeout_ms: u64,
+    /// How often the edge checks in with its region, ms: in-doubt money whose deadlines have
+    /// passed returns only once every registered edge has checked in since (it may hold
+    /// notices it accepted and could not settle yet).
+    pub check_in_interval_ms: u64,
     /// Timeout of one call to a coordinator, ms.
     pub coordinator_timeout_ms: u64,
     /// Source IP of calls to the coordinators; empty: the system chooses. (The chaos harness
@@ -95,6 +99,7 @@ impl Default for Config {
             batch_max_delay_ms: 5,
             poll_interval_ms: 1_000,
             notice_timeout_ms: 10_000,
+            check_in_interval_ms: 500,
             coordinator_timeout_ms: 2_000,
             outgoing_address: String::new(),
             tls: shared::tls::TlsFiles::default(),
@@ -275,6 +280,9 @@ impl Config {
             return Err(err(
                 "batch_max_events: 1 to 1000 (the ledger's limit)".into()
             ));
+        }
+        if self.check_in_interval_ms == 0 || self.check_in_interval_ms > 60_000 {
+            return Err(err("check_in_interval_ms: 1 to 60000".into()));
         }
         if self.max_concurrent_bids == 0
             || self.lease_want_micros <= 0

@@ -63,6 +63,13 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         polled: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::settle::check_in_loop(
+        edge.settler.clone(),
+        edge.settings.edge.clone(),
+        coords.clone(),
+        Duration::from_millis(edge.settings.config.check_in_interval_ms),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::manager::poll_campaigns(
         edge.clone(),
         coords.clone(),
@@ -255,6 +262,13 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "no answer from the coordinators yet\n",
+        )
+            .into_response();
+    }
+    if !edge.settler.registered() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered with the region yet: notices are refused until it is\n",
         )
             .into_response();
     }

@@ -5,12 +5,23 @@
 //! dedup by event key settles it once.
 //!
 //! A lease is released only after every batch of it has been acknowledged, so that no report
-//! of this edge reaches a closed lease. Loss notices for leases this edge does not hold ride in
+//! of this edge reaches a closed lease.
+//!
+//! **Check-ins.** The region returns in-doubt money whose deadlines have passed only once every
+//! registered edge has checked in since ([`crate`]'s coordinator side: `Command::CheckIn`): an
+//! edge cut off from the region holds the notices it accepted until the cut heals, and their
+//! money must still be there. A check-in says "every notice this process accepted before it
+//! learnt that index `covers` was committed is in a committed batch". The settler makes that
+//! true: it reads `covers` (the highest committed index it has been told of), waits for the
+//! notice handlers that accepted a notice before then to queue it ([`Settler::accept`]), sends
+//! every queued charge, waits until every batch sent so far is acknowledged, and only then
+//! sends the check-in. An edge registers its process this way before it accepts any notice. Loss notices for leases this edge does not hold ride in
 //! the same batches (best effort: a loss that never reaches the ledger only keeps its bid's
 //! money in doubt until the bid's deadline).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shared::log::SpendEvent;
@@ -79,12 +90,37 @@ enum Job {
         release: Release,
         done: oneshot::Sender<Option<pb::LeaseClosed>>,
     },
+    /// Send every queued charge now; answer with the seal number of the last batch sent.
+    Flush {
+        done: oneshot::Sender<u64>,
+    },
+}
+
+/// What the settler, the notice handlers and the check-ins share.
+struct Shared {
+    /// The highest Raft index this process has been told was committed.
+    learned: AtomicU64,
+    /// Notice handlers hold it (read) from accepting a notice until its charge is queued; a
+    /// check-in takes it (write) once, after reading `learned`, to wait for them.
+    gate: tokio::sync::RwLock<()>,
+    /// The seal numbers of the batches sent and not yet answered for good.
+    outstanding: tokio::sync::watch::Sender<BTreeSet<u64>>,
+    /// This process is registered with the region: it may accept notices.
+    registered: AtomicBool,
+    /// This process's incarnation (raised above the registered one if that is higher).
+    incarnation: AtomicU64,
 }
 
 /// The handle notices and the lease manager use.
 #[derive(Clone)]
 pub struct Settler {
     tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+/// Held by a notice handler from accepting a notice until its charge is queued.
+pub struct Accepting<'a> {
+    _guard: tokio::sync::RwLockReadGuard<'a, ()>,
 }
 
 /// Jobs queued before senders wait (back-pressure on notices, never dropped).
@@ -99,20 +135,129 @@ impl Settler {
         metrics: Arc<Metrics>,
     ) -> Settler {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, edge, coords, limits, metrics));
-        Settler { tx }
+        let shared = Arc::new(Shared {
+            learned: AtomicU64::new(0),
+            gate: tokio::sync::RwLock::new(()),
+            outstanding: tokio::sync::watch::Sender::new(BTreeSet::new()),
+            registered: AtomicBool::new(false),
+            incarnation: AtomicU64::new(first_incarnation()),
+        });
+        tokio::spawn(run(rx, edge, coords, limits, metrics, shared.clone()));
+        Settler { tx, shared }
     }
 
-    /// Queues one charge; resolves when its batch is committed, with the Raft index that
-    /// applied the batch. `Err`: not committed (the process is stopping, or the region refused
-    /// the batch); the notice must not be acknowledged.
-    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, Failed> {
+    /// A notice handler calls this before it looks at a notice, and keeps the guard until the
+    /// notice's charge is queued ([`Settler::submit`]). `None`: this process is not registered
+    /// with its region yet, and must not accept notices (answer 503: the exchange sends again).
+    pub async fn accept(&self) -> Option<Accepting<'_>> {
+        if !self.shared.registered.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Accepting {
+            _guard: self.shared.gate.read().await,
+        })
+    }
+
+    /// True once this process is registered with its region.
+    pub fn registered(&self) -> bool {
+        self.shared.registered.load(Ordering::Acquire)
+    }
+
+    /// Queues one charge; the receiver resolves when its batch is committed, with the Raft
+    /// index that applied the batch. `Err`: not committed (the process is stopping, or the
+    /// region refused the batch); the notice must not be acknowledged.
+    pub async fn submit(
+        &self,
+        lease: LeaseId,
+        event: SpendEvent,
+    ) -> Result<oneshot::Receiver<Result<u64, Failed>>, Failed> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Spend { lease, event, done })
             .await
             .map_err(|_| Failed::Stopping)?;
+        Ok(wait)
+    }
+
+    /// [`Settler::submit`], then waits for the commit.
+    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, Failed> {
+        let wait = self.submit(lease, event).await?;
         wait.await.unwrap_or(Err(Failed::Stopping))
+    }
+
+    /// One check-in (module docs): `Some(index)` of the committed check-in, `None` when the
+    /// region could not be reached (or refused it) within `patience`.
+    pub async fn check_in(
+        &self,
+        edge: &EdgeId,
+        coords: &Coordinators,
+        patience: Duration,
+    ) -> Option<u64> {
+        let covers = self.shared.learned.load(Ordering::Acquire);
+        // Every handler that accepted a notice before `covers` was read has queued its charge.
+        drop(self.shared.gate.write().await);
+        let (done, sealed) = oneshot::channel();
+        self.tx.send(Job::Flush { done }).await.ok()?;
+        let sealed = sealed.await.ok()?;
+        let deadline = Instant::now() + patience;
+        let mut outstanding = self.shared.outstanding.subscribe();
+        let settled = outstanding.wait_for(|o| o.first().is_none_or(|first| *first > sealed));
+        tokio::time::timeout_at(deadline.into(), settled)
+            .await
+            .ok()?
+            .ok()?;
+        let mut attempt = 0;
+        while Instant::now() < deadline {
+            let incarnation = self.shared.incarnation.load(Ordering::Acquire);
+            let request = pb::CheckInRequest {
+                edge: edge.to_string(),
+                incarnation,
+                covers_index: covers,
+            };
+            let r = coords
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move {
+                        let reply = c.check_in(request).await?.into_inner();
+                        Ok(match reply.result {
+                            Some(pb::check_in_reply::Result::CheckedIn(c)) => Answer::Done(c),
+                            Some(pb::check_in_reply::Result::NotLeader(n)) => {
+                                Answer::NotLeader(hint(&n))
+                            }
+                            None => Answer::NotLeader(None),
+                        })
+                    }
+                })
+                .await;
+            match r {
+                Ok(c) if c.accepted => {
+                    self.shared
+                        .learned
+                        .fetch_max(c.raft_index, Ordering::AcqRel);
+                    if !self.shared.registered.swap(true, Ordering::AcqRel) {
+                        tracing::info!(%edge, incarnation, index = c.raft_index,
+                            "registered with the region: accepting notices");
+                    }
+                    return Some(c.raft_index);
+                }
+                Ok(c) => {
+                    // An older process of this edge is registered under a higher number (a
+                    // clock that went back): start above it. Only before registering, since a
+                    // registered process is the highest.
+                    tracing::warn!(%edge, ours = incarnation, registered = c.incarnation,
+                        "an earlier process of this edge is registered above this one; starting above it");
+                    self.shared
+                        .incarnation
+                        .fetch_max(c.incarnation.saturating_add(1), Ordering::AcqRel);
+                }
+                Err(e) => {
+                    tracing::debug!(%edge, error = %e, "check-in not acknowledged; trying again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+        None
     }
 
     /// Queues a loss for a lease this edge does not hold; never waits (a full queue drops it:
@@ -160,16 +305,33 @@ impl Pending {
     }
 }
 
+/// A new process's incarnation: its start in microseconds of wall time, so that a restart is
+/// (almost always) above the process before it. When it is not (a clock set back), the region
+/// says so and the process starts above the registered one: nothing here relies on clocks.
+fn first_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Job>,
     edge: EdgeId,
     coords: Arc<Coordinators>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 ) {
     let mut pending: BTreeMap<LeaseId, Pending> = BTreeMap::new();
     let mut in_flight: BTreeMap<LeaseId, Vec<JoinHandle<()>>> = BTreeMap::new();
-    let ctx = Arc::new((edge, coords, metrics));
+    let mut seal = 0u64;
+    let ctx = Arc::new(Ctx {
+        edge,
+        coords,
+        metrics,
+        shared,
+    });
+
     let mut rng = fastrand::Rng::new();
     let mut tick = tokio::time::interval(limits.max_delay.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,7 +347,7 @@ async fn run(
                         if p.len() >= limits.max_events
                             && let Some(p) = pending.remove(&lease)
                         {
-                            let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
                             in_flight.entry(lease).or_default().push(h);
                         }
                     }
@@ -195,14 +357,14 @@ async fn run(
                         if p.len() >= limits.max_events
                             && let Some(p) = pending.remove(&lease)
                         {
-                            let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
                             in_flight.entry(lease).or_default().push(h);
                         }
                     }
                     Job::Release { lease, release: rel, done } => {
                         let mut handles = in_flight.remove(&lease).unwrap_or_default();
                         if let Some(p) = pending.remove(&lease) {
-                            handles.push(send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng)));
+                            handles.push(send(&ctx, &mut seal, lease, p, &mut rng));
                         }
                         let batch = BatchId::random(&mut rng);
                         let ctx = ctx.clone();
@@ -212,6 +374,13 @@ async fn run(
                             }
                             let _ = done.send(release(&ctx, lease, batch, rel).await);
                         });
+                    }
+                    Job::Flush { done } => {
+                        for (lease, p) in std::mem::take(&mut pending) {
+                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
+                            in_flight.entry(lease).or_default().push(h);
+                        }
+                        let _ = done.send(seal);
                     }
                 }
             }
@@ -223,7 +392,7 @@ async fn run(
                     .collect();
                 for lease in due {
                     if let Some(p) = pending.remove(&lease) {
-                        let h = send_batch(ctx.clone(), lease, p, BatchId::random(&mut rng));
+                        let h = send(&ctx, &mut seal, lease, p, &mut rng);
                         in_flight.entry(lease).or_default().push(h);
                     }
                 }
@@ -236,12 +405,54 @@ async fn run(
     }
 }
 
-type Ctx = Arc<(EdgeId, Arc<Coordinators>, Arc<Metrics>)>;
+/// Sends `p` as a new batch, numbered (`seal`) for the check-ins that wait for it.
+fn send(
+    ctx: &Arc<Ctx>,
+    seal: &mut u64,
+    lease: LeaseId,
+    p: Pending,
+    rng: &mut fastrand::Rng,
+) -> JoinHandle<()> {
+    *seal += 1;
+    let n = *seal;
+    ctx.shared.outstanding.send_modify(|o| {
+        o.insert(n);
+    });
+    send_batch(ctx.clone(), lease, p, BatchId::random(rng), n)
+}
+
+/// What every batch task needs.
+struct Ctx {
+    edge: EdgeId,
+    coords: Arc<Coordinators>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+}
+
+impl Ctx {
+    /// Batch `seal` is answered for good (committed, or refused and so never applied).
+    fn answered(&self, seal: u64) {
+        self.shared.outstanding.send_modify(|o| {
+            o.remove(&seal);
+        });
+    }
+}
 
 /// Sends one batch with its id until the leader acknowledges it, then answers its waiters.
-fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandle<()> {
+fn send_batch(
+    ctx: Arc<Ctx>,
+    lease: LeaseId,
+    p: Pending,
+    batch: BatchId,
+    seal: u64,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let (edge, coords, metrics) = &*ctx;
+        let Ctx {
+            edge,
+            coords,
+            metrics,
+            ..
+        } = &*ctx;
         let request = pb::ReportSpendRequest {
             batch_id: batch.0.to_vec(),
             edge: edge.to_string(),
@@ -293,6 +504,10 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
                             outcome: "committed",
                         })
                         .inc();
+                    ctx.shared
+                        .learned
+                        .fetch_max(settled.raft_index, Ordering::AcqRel);
+                    ctx.answered(seal);
                     for w in p.waiters {
                         let _ = w.send(Ok(settled.raft_index));
                     }
@@ -308,6 +523,7 @@ fn send_batch(ctx: Ctx, lease: LeaseId, p: Pending, batch: BatchId) -> JoinHandl
                         .inc();
                     tracing::error!(%lease, %batch, events = p.events.len(), error = %why,
                         "the region refused a spend batch; its notices are refused");
+                    ctx.answered(seal);
                     for w in p.waiters {
                         let _ = w.send(Err(Failed::Refused(why.clone())));
                     }
@@ -336,7 +552,12 @@ async fn release(
     batch: BatchId,
     rel: Release,
 ) -> Option<pb::LeaseClosed> {
-    let (edge, coords, metrics) = &**ctx;
+    let Ctx {
+        edge,
+        coords,
+        metrics,
+        ..
+    } = ctx;
     let request = pb::ReleaseLeaseRequest {
         batch_id: batch.0.to_vec(),
         edge: edge.to_string(),
@@ -396,4 +617,40 @@ async fn release(
         .inc();
     tracing::warn!(%lease, "lease not released; the leader will reclaim it");
     None
+}
+
+/// Checks in every `every` until `stop` fires: at once at start (the registration that lets
+/// this process accept notices), then on the interval. A check-in that cannot finish within
+/// ten intervals (the region unreachable) is given up and the next one starts.
+pub async fn check_in_loop(
+    settler: Settler,
+    edge: EdgeId,
+    coords: Arc<Coordinators>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let patience = every.saturating_mul(10).max(Duration::from_secs(1));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            r = settler.check_in(&edge, &coords, patience) => {
+                match (r, failing) {
+                    (None, false) => {
+                        failing = true;
+                        tracing::warn!(%edge, "cannot check in with the region; in-doubt money there waits for this edge");
+                    }
+                    (Some(index), true) => {
+                        failing = false;
+                        tracing::info!(%edge, index, "checked in with the region again");
+                    }
+                    _ => {}
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -22,18 +22,22 @@
 //! - `merge-lowers-own-rows` (coordinator, region sync): a peer's state replaces this region's
 //!   own counter rows even where they are lower, which every peer's lagging copy is: settled
 //!   spend and transfers are forgotten and their rights spent again.
+//! - `return-before-check-in` (coordinator ledger): in-doubt money returns when its wait is
+//!   over on the leader's clock, without waiting for the edges to check in: notices an edge
+//!   accepted while cut off from the region find their money spent again.
 
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 6] = [
+pub const BUGS: [&str; 7] = [
     "reclaim-early",
     "reclaim-no-restart",
     "dedup-by-exchange-ids",
     "release-returns-held",
     "ack-before-commit",
     "merge-lowers-own-rows",
+    "return-before-check-in",
 ];
 
 /// True if this process runs with the bug `name`.

@@ -140,9 +140,24 @@ pub enum Command {
     /// clock (DESIGN §5). Open leases among them close; their remainder goes in doubt for the
     /// longest hold of the lease's bids.
     ReclaimLeases { leases: Vec<LeaseId> },
-    /// Proposed by the leader when in-doubt parts' waits have passed on its monotonic clock:
-    /// each named part (lease, the part's `wait_ms`) returns what it still holds.
+    /// Proposed by the leader when in-doubt parts' waits have passed on its monotonic clock.
+    /// Each named part (lease, the part's `wait_ms`) returns what it still holds once every
+    /// registered edge has checked in covering the index at which a first `ExpireInDoubt`
+    /// named it (that entry marks it due); until then the part waits, and the leader names
+    /// it again when the edges have.
     ExpireInDoubt { parts: Vec<(LeaseId, u64)> },
+    /// An edge's check-in: every notice the edge process `incarnation` accepted before it
+    /// learnt that Raft index `covers` was committed is in a spend batch committed before this
+    /// command. An edge registers this way (`covers` 0) before it accepts any notice. A
+    /// check-in of an incarnation older than the registered one changes nothing.
+    CheckIn {
+        edge: EdgeId,
+        incarnation: u64,
+        covers: u64,
+    },
+    /// The operator says an edge is gone for good: in-doubt money stops waiting for its
+    /// check-ins. Notices it accepted and never reported are lost with it.
+    RetireEdge { key: RequestKey, edge: EdgeId },
     /// Sets the region's lease and reclaim rules: `cluster init`, or an operator's change.
     /// Leases already granted keep the terms they were granted under.
     SetParams { key: RequestKey, params: Params },
@@ -276,6 +291,11 @@ pub enum Reply {
         #[serde(default)]
         stale: bool,
     },
+    /// An edge's check-in: the incarnation registered now, and whether this one is it (an
+    /// older incarnation is told the registered one, and starts above it).
+    CheckedIn { incarnation: u64, accepted: bool },
+    /// An edge was retired (`known`: it was registered).
+    EdgeRetired { known: bool },
     /// Nothing changed, and why.
     Refused(Refusal),
     /// The reply to Raft entries that carry no command (blank and membership entries). Never

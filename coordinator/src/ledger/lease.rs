@@ -158,6 +158,11 @@ pub struct Lease {
     pub requests: Vec<RequestKey>,
     /// When it was fully closed, in the ledger's order of retirements (oldest forgotten first).
     pub retired: Option<u64>,
+    /// In-doubt parts whose wait the leader found over, by the part's `wait_ms`: the Raft
+    /// index of the `ExpireInDoubt` that found it so. A part returns only once every
+    /// registered edge has checked in covering that index ([`crate::ledger::EdgeCheck`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub due: std::collections::BTreeMap<u64, u64>,
 }
 
 /// How much to lease: `min(want, target, cap)`, where

@@ -276,6 +276,8 @@ pub struct Changes {
     pub uncharged: Vec<(LeaseId, u32)>,
     /// Velocities updated.
     pub velocity: BTreeSet<(EdgeId, CampaignId)>,
+    /// Edges registered, checked in or retired.
+    pub edges: BTreeSet<EdgeId>,
     /// The region's rules changed.
     pub params: bool,
 }
@@ -339,6 +341,26 @@ pub struct Ledger {
     last_spent: BTreeMap<(EdgeId, CampaignId), Money>,
     /// The last log head each peer region showed us.
     witnessed: BTreeMap<RegionId, Witness>,
+    /// Every edge that registered, with its last check-in: what in-doubt money waits for.
+    edges: BTreeMap<EdgeId, EdgeCheck>,
+}
+
+/// An edge's registration and its last check-in ([`Command::CheckIn`]).
+///
+/// Why in-doubt money waits for it: a reservation's deadline passing on the leader's clock
+/// proves the exchange sent its notices in time, not that they were settled. An edge cut off
+/// from the region holds the notices it accepted, unsettled, for as long as the cut lasts;
+/// returning their money at the deadline and leasing it again would spend it twice. So a part
+/// found due at index `i` returns only once every registered edge has checked in covering an
+/// index `≥ i`: it learnt of a commit at or after `i` (so after the deadline, in real time),
+/// and every notice it had accepted before learning it is settled. No clock is compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeCheck {
+    /// The registered process of the edge (a restarted edge is a new one: what the old one
+    /// held died with it unanswered, so the exchange sent it again).
+    pub incarnation: u64,
+    /// The highest index it has checked in covering.
+    pub covers: u64,
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> Refusal {
@@ -389,6 +411,7 @@ impl Ledger {
             changes: Changes::default(),
             last_spent: BTreeMap::new(),
             witnessed: BTreeMap::new(),
+            edges: BTreeMap::new(),
         }
     }
 
@@ -453,6 +476,17 @@ impl Ledger {
         self.leases.iter()
     }
 
+    /// Every registered edge with its last check-in.
+    pub fn edges(&self) -> &BTreeMap<EdgeId, EdgeCheck> {
+        &self.edges
+    }
+
+    /// The index every registered edge has checked in covering: an in-doubt part marked due
+    /// at or below it returns on the next `ExpireInDoubt` that names it.
+    pub fn edges_covered(&self) -> u64 {
+        self.edges_cover()
+    }
+
     /// Applies one command. Deterministic: the same state, stamp and command give the same
     /// reply, entries and next state on every replica.
     pub fn apply(&mut self, stamp: Stamp, cmd: &Command) -> Applied {
@@ -501,7 +535,13 @@ impl Ledger {
                 in_doubt,
             } => self.release(*batch, edge, *lease, *unreserved, *bids, in_doubt, &mut out),
             Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out)),
-            Command::ExpireInDoubt { parts } => Ok(self.expire(parts, &mut out)),
+            Command::ExpireInDoubt { parts } => Ok(self.expire(stamp, parts, &mut out)),
+            Command::CheckIn {
+                edge,
+                incarnation,
+                covers,
+            } => Ok(self.check_in(edge, *incarnation, *covers)),
+            Command::RetireEdge { edge, .. } => Ok(self.retire_edge(edge)),
             Command::SetParams { params, .. } => self.set_params(params, &mut out),
             Command::TransferRights {
                 campaign,
@@ -849,6 +889,7 @@ impl Ledger {
                 events: Vec::new(),
                 requests: Vec::new(),
                 retired: None,
+                due: BTreeMap::new(),
             },
         );
         out.push(Payload::LeaseGranted(LeaseGranted {
@@ -1333,9 +1374,10 @@ impl Ledger {
         Reply::LeasesClosed { count }
     }
 
-    fn expire(&mut self, due: &[(LeaseId, u64)], out: &mut Vec<Payload>) -> Reply {
+    fn expire(&mut self, stamp: Stamp, due: &[(LeaseId, u64)], out: &mut Vec<Payload>) -> Reply {
         let mut count = 0u32;
         let due: BTreeSet<(LeaseId, u64)> = due.iter().copied().collect();
+        let covered = self.edges_cover();
         for (id, wait_ms) in due {
             let Ledger {
                 leases,
@@ -1352,6 +1394,17 @@ impl Ledger {
             let Some(i) = parts.iter().position(|p| p.wait_ms == wait_ms) else {
                 continue;
             };
+            // Due from the first entry that found it so; returned once every edge has
+            // checked in past that entry.
+            let marked = *lease.due.entry(wait_ms).or_insert(stamp.index);
+            if marked == stamp.index {
+                changes.leases.insert(id);
+            }
+            let flushed = shared::planted::active("return-before-check-in") || covered >= marked;
+            if !flushed {
+                continue;
+            }
+            lease.due.remove(&wait_ms);
             let part = parts.remove(i);
             let now_closed = parts.is_empty();
             if now_closed {
@@ -1377,6 +1430,55 @@ impl Ledger {
             count += 1;
         }
         Reply::LeasesClosed { count }
+    }
+
+    /// The index every registered edge has checked in covering (`u64::MAX` with no edge: no
+    /// notice can be held anywhere).
+    fn edges_cover(&self) -> u64 {
+        self.edges
+            .values()
+            .map(|e| e.covers)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn check_in(&mut self, edge: &EdgeId, incarnation: u64, covers: u64) -> Reply {
+        match self.edges.get_mut(edge) {
+            Some(e) if incarnation < e.incarnation => {
+                return Reply::CheckedIn {
+                    incarnation: e.incarnation,
+                    accepted: false,
+                };
+            }
+            Some(e) if incarnation == e.incarnation => {
+                if covers > e.covers {
+                    e.covers = covers;
+                    self.changes.edges.insert(edge.clone());
+                }
+            }
+            _ => {
+                self.edges.insert(
+                    edge.clone(),
+                    EdgeCheck {
+                        incarnation,
+                        covers,
+                    },
+                );
+                self.changes.edges.insert(edge.clone());
+            }
+        }
+        Reply::CheckedIn {
+            incarnation,
+            accepted: true,
+        }
+    }
+
+    fn retire_edge(&mut self, edge: &EdgeId) -> Reply {
+        let known = self.edges.remove(edge).is_some();
+        if known {
+            self.changes.edges.insert(edge.clone());
+        }
+        Reply::EdgeRetired { known }
     }
 
     fn set_params(&mut self, params: &Params, out: &mut Vec<Payload>) -> Result<Reply, Refusal> {
@@ -1730,13 +1832,15 @@ fn request_key(cmd: &Command) -> Option<RequestKey> {
         | Command::Pause { key, .. }
         | Command::Resume { key, .. }
         | Command::GrantLease { key, .. }
-        | Command::TransferRights { key, .. } => Some(*key),
+        | Command::TransferRights { key, .. }
+        | Command::RetireEdge { key, .. } => Some(*key),
         Command::SetParams { key, .. } => Some(*key),
         Command::ReportSpend { batch, .. } | Command::ReleaseLease { batch, .. } => {
             Some(RequestKey::from(*batch))
         }
         Command::ReclaimLeases { .. }
         | Command::ExpireInDoubt { .. }
+        | Command::CheckIn { .. }
         | Command::MergeRemote { .. } => None,
     }
 }

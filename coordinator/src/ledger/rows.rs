@@ -3,7 +3,7 @@
 //!
 //! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `p` the
 //! region's rules, `c/` campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key,
-//! `e/` bids one report charged or lost (lease id and list number, big-endian), `v/` velocity.
+//! `e/` bids one report charged or lost (lease id and list number, big-endian), `v/` velocity, `g/` registered edges.
 //!
 //! Charged bids, the dedup table, are the bulk of the writes: one row per report (up to 1,000
 //! bids), not one per bid, so that a batch costs one RocksDB insert, not a thousand.
@@ -93,6 +93,12 @@ struct ChargedRowRef<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
+struct EdgeRow {
+    edge: EdgeId,
+    check: super::EdgeCheck,
+}
+
+#[derive(Serialize, Deserialize)]
 struct VelocityRow {
     edge: EdgeId,
     campaign: CampaignId,
@@ -137,6 +143,10 @@ fn parse_charged_key(k: &[u8]) -> Option<(LeaseId, u32)> {
         LeaseId(u64::from_be_bytes(lease.try_into().ok()?)),
         u32::from_be_bytes(list.try_into().ok()?),
     ))
+}
+
+fn edge_key(edge: &EdgeId) -> Vec<u8> {
+    key(b"g/", edge.to_string().as_bytes())
 }
 
 fn velocity_key(edge: &EdgeId, campaign: &CampaignId) -> Vec<u8> {
@@ -278,6 +288,15 @@ impl Ledger {
                 });
             out.push((velocity_key(edge, campaign), v));
         }
+        for edge in &changes.edges {
+            let v = self.edges.get(edge).map(|check| {
+                json(&EdgeRow {
+                    edge: edge.clone(),
+                    check: *check,
+                })
+            });
+            out.push((edge_key(edge), v));
+        }
         out
     }
 
@@ -297,6 +316,7 @@ impl Ledger {
                 .collect(),
             uncharged: Vec::new(),
             velocity: self.last_spent.keys().cloned().collect(),
+            edges: self.edges.keys().cloned().collect(),
             params: self.params_recorded,
         };
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = self
@@ -396,6 +416,9 @@ impl Ledger {
             } else if k.starts_with(b"v/") {
                 let r: VelocityRow = serde_json::from_slice(&v).map_err(bad)?;
                 l.last_spent.insert((r.edge, r.campaign), r.spent);
+            } else if k.starts_with(b"g/") {
+                let r: EdgeRow = serde_json::from_slice(&v).map_err(bad)?;
+                l.edges.insert(r.edge, r.check);
             } else {
                 return Err(LoadError::UnknownTable(
                     String::from_utf8_lossy(&k).into_owned(),

@@ -897,6 +897,112 @@ fn a_release_holds_reservations_until_their_deadlines_longest_first() {
     h.check_reload();
 }
 
+/// Checks in `edge` as process `incarnation`, covering `covers`.
+fn check_in(h: &mut H, edge: &str, incarnation: u64, covers: u64) -> Reply {
+    h.run(Command::CheckIn {
+        edge: eid(edge),
+        incarnation,
+        covers,
+    })
+    .reply
+}
+
+#[test]
+fn in_doubt_money_waits_until_every_edge_checked_in_past_its_due_entry() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    h.budget("c1", Bucket::Lifetime, 100_000);
+    // Two edges register (covering nothing yet) before accepting notices.
+    assert_eq!(
+        check_in(&mut h, "e1", 7, 0),
+        Reply::CheckedIn {
+            incarnation: 7,
+            accepted: true
+        }
+    );
+    check_in(&mut h, "e2", 3, 0);
+    let (lease, _) = h.granted("e1", "c1", 10_000);
+    h.release_holding("e1", lease, 4_000, vec![part(60_000, 6_000)]);
+    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().in_doubt, m(6_000));
+    // The wait is over on the leader's clock: the first expiry only marks the part due.
+    let a = h.expire_all(lease);
+    let due_at = h.index;
+    assert_eq!(a.reply, Reply::LeasesClosed { count: 0 });
+    assert!(a.entries.is_empty(), "marking moves no money");
+    assert_eq!(h.l.lease(lease).unwrap().due.get(&60_000), Some(&due_at));
+    // e1 checks in past the mark, e2 only before it: still waiting (e2 may hold a notice).
+    check_in(&mut h, "e1", 7, due_at);
+    check_in(&mut h, "e2", 3, due_at - 1);
+    assert_eq!(h.l.edges_covered(), due_at - 1);
+    assert_eq!(h.expire_all(lease).reply, Reply::LeasesClosed { count: 0 });
+    // A notice e2 held through the cut settles against the part, as it must.
+    let a = h.report("e2", lease, vec![evb(9, "a9", 1_500)]);
+    assert!(matches!(
+        a.reply,
+        Reply::SpendSettled {
+            settled: 1,
+            anomalies: 0,
+            ..
+        }
+    ));
+    // A check-in of an older process of e2 changes nothing, and says which one is registered.
+    assert_eq!(
+        check_in(&mut h, "e2", 2, u64::MAX),
+        Reply::CheckedIn {
+            incarnation: 3,
+            accepted: false
+        }
+    );
+    assert_eq!(h.l.edges_covered(), due_at - 1);
+    // A lower `covers` from the registered process never lowers what it covers.
+    check_in(&mut h, "e1", 7, 1);
+    assert_eq!(h.l.edges()[&eid("e1")].covers, due_at);
+    h.check_reload();
+    // e2 restarted: its new process registers (covering nothing); then checks in past the mark.
+    check_in(&mut h, "e2", 4, 0);
+    assert_eq!(h.expire_all(lease).reply, Reply::LeasesClosed { count: 0 });
+    check_in(&mut h, "e2", 4, due_at);
+    let a = h.expire_all(lease);
+    assert_eq!(a.reply, Reply::LeasesClosed { count: 1 });
+    assert!(
+        matches!(&a.entries[0].0.payload, Payload::InDoubtReturned(r) if r.returned == m(4_500))
+    );
+    assert_eq!(h.l.lease(lease).unwrap().state, LeaseState::Closed);
+    assert!(h.l.lease(lease).unwrap().due.is_empty());
+    assert_eq!(h.available(&lifetime("c1")), m(100_000 - 1_500));
+    h.check_reload();
+}
+
+#[test]
+fn a_retired_edge_is_no_longer_waited_for() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    h.budget("c1", Bucket::Lifetime, 100_000);
+    check_in(&mut h, "gone", 1, 0);
+    let (lease, _) = h.granted("gone", "c1", 10_000);
+    h.run(Command::ReclaimLeases {
+        leases: vec![lease],
+    });
+    h.expire_all(lease);
+    assert_eq!(h.expire_all(lease).reply, Reply::LeasesClosed { count: 0 });
+    let key = h.key();
+    let a = h.run(Command::RetireEdge {
+        key,
+        edge: eid("gone"),
+    });
+    assert_eq!(a.reply, Reply::EdgeRetired { known: true });
+    assert!(h.l.edges().is_empty());
+    assert_eq!(h.expire_all(lease).reply, Reply::LeasesClosed { count: 1 });
+    assert_eq!(h.available(&lifetime("c1")), m(100_000));
+    // Retiring it again (a retried request) answers the same.
+    let a = h.run(Command::RetireEdge {
+        key,
+        edge: eid("gone"),
+    });
+    assert_eq!(a.reply, Reply::EdgeRetired { known: true });
+    h.check_reload();
+}
+
 #[test]
 fn what_the_edges_parts_do_not_cover_waits_for_the_longest_hold() {
     let mut h = H::new();
@@ -1690,6 +1796,12 @@ enum Step {
         c: usize,
         paused: bool,
     },
+    /// Edge `edge` checks in as process `incarnation`, covering `back` entries before now.
+    CheckIn {
+        edge: usize,
+        incarnation: u64,
+        back: u64,
+    },
     Clock {
         hours: i64,
     },
@@ -1732,6 +1844,11 @@ fn arb_step() -> impl Strategy<Value = Step> {
         (0..12u64, proptest::option::of(0..4usize))
             .prop_map(|(lease, pick)| Step::Expire { lease, pick }),
         (0..2usize, any::<bool>()).prop_map(|(c, paused)| Step::Pause { c, paused }),
+        (0..3usize, 1..4u64, 0..6u64).prop_map(|(edge, incarnation, back)| Step::CheckIn {
+            edge,
+            incarnation,
+            back
+        }),
         (1..30i64).prop_map(|hours| Step::Clock { hours }),
         Just(Step::Replay),
     ]
@@ -1790,6 +1907,11 @@ proptest! {
                     let campaign = cid(&format!("c{c}"));
                     if paused { Command::Pause { key: a.key(), campaign } } else { Command::Resume { key: a.key(), campaign } }
                 }
+                Step::CheckIn { edge, incarnation, back } => Command::CheckIn {
+                    edge: eid(&format!("e{edge}")),
+                    incarnation,
+                    covers: a.index.saturating_sub(back),
+                },
                 Step::Clock { hours } => {
                     a.time_us += hours * 3_600_000_000;
                     continue;

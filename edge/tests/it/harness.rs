@@ -171,6 +171,20 @@ pub async fn edge_in_process(config: Config) -> (Arc<Edge>, String) {
     (edge, format!("http://{addr}"))
 }
 
+/// [`edge_in_process`], once it is registered with its region (it accepts notices from then).
+pub async fn registered_edge(config: Config) -> (Arc<Edge>, String) {
+    let (edge, base) = edge_in_process(config).await;
+    let registered = async {
+        while !edge.settler.registered() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), registered)
+        .await
+        .expect("the edge registers with its region within 20 s");
+    (edge, base)
+}
+
 /// A free loopback port (bound, then let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

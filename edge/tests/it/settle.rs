@@ -8,7 +8,7 @@ use edge::openrtb::BidResponse;
 
 use coordinator::ledger::LeaseState;
 
-use crate::harness::{EdgeProcess, Region, edge_config, edge_in_process, metric};
+use crate::harness::{EdgeProcess, Region, edge_config, metric, registered_edge};
 
 fn request(auction: &str) -> Vec<u8> {
     format!(
@@ -66,7 +66,19 @@ async fn a_killed_edges_unanswered_notices_settle_exactly_once_through_another_e
     slow.batch_max_delay_ms = 600_000;
     slow.notice_timeout_ms = 600_000;
     let a = EdgeProcess::start(slow);
-    let (_b, b_base) = edge_in_process(edge_config("edge-b", &region.addrs)).await;
+    let (_b, b_base) = registered_edge(edge_config("edge-b", &region.addrs)).await;
+    // A is ready (registered with the region: it accepts notices) when its health says so.
+    let mut ready = false;
+    for _ in 0..800 {
+        if let Ok(r) = http.get(&format!("{}/healthz", a.base)).await
+            && r.status == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "edge A never became ready");
 
     let won = bids(&http, &a.base, "auction", 20).await;
     // Distinct clearing prices under the 2.000 bid: a charge counted twice or lost changes the sum.
@@ -144,8 +156,8 @@ async fn a_notice_retried_after_its_lease_was_released_still_settles() {
     let mut region = Region::start_with(1_000).await;
     region.campaign("c1", 2_000_000, 10_000_000).await;
     let http = HttpClient::new(Duration::from_secs(5));
-    let (_a, a_base) = edge_in_process(edge_config("edge-a", &region.addrs)).await;
-    let (_b, b_base) = edge_in_process(edge_config("edge-b", &region.addrs)).await;
+    let (_a, a_base) = registered_edge(edge_config("edge-a", &region.addrs)).await;
+    let (_b, b_base) = registered_edge(edge_config("edge-b", &region.addrs)).await;
     let won = bids(&http, &a_base, "late", 3).await;
     let lease: u64 = {
         let url = &won[0].seatbid[0].bid[0].nurl;
@@ -196,10 +208,10 @@ async fn notices_signed_with_a_retired_key_are_refused_and_settle_nothing() {
         c
     };
     // Before the rotation: edge A signs with K1.
-    let (_a, a_base) = edge_in_process(keyed("edge-a", &k1, "")).await;
+    let (_a, a_base) = registered_edge(keyed("edge-a", &k1, "")).await;
     let old = bids(&http, &a_base, "k1", 3).await;
     // During it: edge B signs with K2 and still accepts K1.
-    let (_b, b_base) = edge_in_process(keyed("edge-b", &k2, &k1)).await;
+    let (_b, b_base) = registered_edge(keyed("edge-b", &k2, &k1)).await;
     let new = bids(&http, &b_base, "k2", 1).await;
     let first = &old[0].seatbid[0].bid[0];
     assert_eq!(
@@ -216,7 +228,7 @@ async fn notices_signed_with_a_retired_key_are_refused_and_settle_nothing() {
     );
 
     // After it: edge C signs with K3 and accepts K2; K1 is retired.
-    let (_c, c_base) = edge_in_process(keyed("edge-c", &k3, &k2)).await;
+    let (_c, c_base) = registered_edge(keyed("edge-c", &k3, &k2)).await;
     for bid in &old {
         let r = http
             .get(&win_url(&bid.seatbid[0].bid[0], 1_700, &c_base))

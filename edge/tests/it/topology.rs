@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edge::sim::{SimConfig, run};
 
-use crate::harness::{Region, edge_config, edge_in_process};
+use crate::harness::{Region, edge_config, registered_edge};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_never_exceeded() {
@@ -18,7 +18,7 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
     for name in ["edge-1", "edge-2"] {
         let mut c = edge_config(name, &region.addrs);
         c.lease_want_micros = 100_000;
-        edges.push(edge_in_process(c).await);
+        edges.push(registered_edge(c).await);
     }
     let tally = run(SimConfig {
         edges: edges.iter().map(|(_, base)| base.clone()).collect(),

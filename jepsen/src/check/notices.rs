@@ -1,5 +1,8 @@
 //! I3: every notice an edge acknowledged is in the ledger exactly once, debited from its budget
-//! (not only recorded as an anomaly), and nothing else is.
+//! (not only recorded as an anomaly), and nothing else is. A bill recorded only as an anomaly
+//! fails the run whether or not it was acknowledged: the exchange sends every notice within its
+//! bid's deadline, before the late-acceptance window ends, so the ledger has no reason to find
+//! any of them late or over its lease; one that does is money billed and never debited.
 //!
 //! A charge is known by our bid (`REGION/LEASE.N`), not by the exchange's ids: exchanges reuse
 //! auction ids, replay whole requests, and two bids of ours may carry the same
@@ -98,10 +101,15 @@ pub fn check(history: &[Completed], ledger: &[LedgerEvent]) -> Verdict {
         }
         // An anomaly is in the log but debits nothing: an acknowledged bill recorded so is
         // money the exchange billed and the budget never paid.
-        if s.acked && !found.is_empty() && found.iter().all(|e| e.how == Charge::Anomaly) {
+        if !found.is_empty() && found.iter().all(|e| e.how == Charge::Anomaly) {
+            let who = if s.acked {
+                "an edge acknowledged it"
+            } else {
+                "the exchange billed it within its deadline (unacknowledged)"
+            };
             violations.push(format!(
-                "bid {bid} ({}): an edge acknowledged it, but the ledger holds it only as an \
-                 anomaly (log seq {}), debited from no budget",
+                "bid {bid} ({}): {who}, but the ledger holds it only as an anomaly (log seq \
+                 {}), debited from no budget",
                 s.event, found[0].seq
             ));
         }
@@ -221,8 +229,10 @@ mod tests {
         let v = check(&h, &[late.clone()]);
         assert!(!v.held);
         assert!(v.evidence[0].contains("anomaly"), "{v:?}");
-        // Unacknowledged, an anomaly is what the log should say of it.
-        assert!(check(&[notice("r/1.1", "x/a/1", 10, OpType::Info)], &[late]).held);
+        // Unacknowledged too: the exchange sent it in time, so it was billed and never debited.
+        let v = check(&[notice("r/1.1", "x/a/1", 10, OpType::Info)], &[late]);
+        assert!(!v.held);
+        assert!(v.evidence[0].contains("within its deadline"), "{v:?}");
     }
 
     #[test]
