@@ -666,6 +666,47 @@ impl pb::admin_server::Admin for Api {
         self.admin(Command::SetParams { key, params }).await
     }
 
+    async fn list_edges(
+        &self,
+        _: Request<pb::ListEdgesRequest>,
+    ) -> Result<Response<pb::ListEdgesReply>, Status> {
+        let read_at = self.linearizable().await?;
+        let reply = self.node.state.read(|m| {
+            let ledger = m.ledger();
+            let waiting = ledger.waiting_for_check_ins();
+            pb::ListEdgesReply {
+                edges: ledger
+                    .edges()
+                    .iter()
+                    .map(|(edge, c)| pb::EdgeInfo {
+                        edge: edge.to_string(),
+                        incarnation: c.incarnation,
+                        covers_index: c.covers,
+                    })
+                    .collect(),
+                covered_index: match ledger.edges_covered() {
+                    u64::MAX => 0,
+                    i => i,
+                },
+                parts_waiting: waiting.parts,
+                waiting_micros: waiting.money.micros(),
+                lowest_due_index: waiting.lowest_due.unwrap_or(0),
+                read_at_index: read_at,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn retire_edge(
+        &self,
+        request: Request<pb::RetireEdgeRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let r = request.into_inner();
+        let key = request_key(r.idempotency_key.as_ref())?;
+        let edge = r.edge.parse().map_err(wire("edge"))?;
+        self.admin(Command::RetireEdge { key, edge }).await
+    }
+
     async fn cluster_status(
         &self,
         _: Request<pb::ClusterStatusRequest>,

@@ -67,6 +67,9 @@ pub struct Metrics {
     settled_micros: Gauge<i64, AtomicI64>,
     clock_wall_us: Gauge<i64, AtomicI64>,
     open_leases: Gauge,
+    registered_edges: Gauge,
+    in_doubt_waiting_parts: Gauge,
+    in_doubt_waiting_micros: Gauge<i64, AtomicI64>,
     region_pushes: Family<PeerLabels, Counter>,
     region_alarms: Family<PeerLabels, Counter>,
     region_transfers: Family<DirectionLabels, Counter>,
@@ -168,6 +171,24 @@ impl Metrics {
         );
         let open_leases = Gauge::default();
         registry.register("open_leases", "Leases open now", open_leases.clone());
+        let registered_edges = Gauge::default();
+        registry.register(
+            "registered_edges",
+            "Edges registered with the region: in-doubt money waits for each one's check-in",
+            registered_edges.clone(),
+        );
+        let in_doubt_waiting_parts = Gauge::default();
+        registry.register(
+            "in_doubt_waiting_parts",
+            "In-doubt parts whose waits are over, held until every registered edge has checked              in past them (budgetctl edges list names the edges behind)",
+            in_doubt_waiting_parts.clone(),
+        );
+        let in_doubt_waiting_micros = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "in_doubt_waiting_micros",
+            "Money of the in-doubt parts that wait for edges' check-ins",
+            in_doubt_waiting_micros.clone(),
+        );
         let clock_wall_us = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "clock_wall_us",
@@ -226,6 +247,9 @@ impl Metrics {
             settled_micros,
             clock_wall_us,
             open_leases,
+            registered_edges,
+            in_doubt_waiting_parts,
+            in_doubt_waiting_micros,
         }
     }
 
@@ -326,6 +350,12 @@ impl Metrics {
                 .leases()
                 .filter(|(_, lease)| lease.state == LeaseState::Open)
                 .count();
+            self.registered_edges
+                .set(i64::try_from(l.edges().len()).unwrap_or(i64::MAX));
+            let waiting = l.waiting_for_check_ins();
+            self.in_doubt_waiting_parts
+                .set(i64::try_from(waiting.parts).unwrap_or(i64::MAX));
+            self.in_doubt_waiting_micros.set(waiting.money.micros());
             (head, settled, open)
         });
         self.log_head_seq.set(head);

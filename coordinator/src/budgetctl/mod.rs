@@ -57,6 +57,9 @@ enum Command {
     /// List leases.
     #[command(subcommand)]
     Leases(ops::LeasesCommand),
+    /// Registered edges and their check-ins; retire an edge that is gone for good.
+    #[command(subcommand)]
+    Edges(ops::EdgesCommand),
     /// Initialize a region, add or remove nodes.
     #[command(subcommand)]
     Cluster(ops::ClusterCommand),
@@ -181,5 +184,6 @@ pub fn main() -> ExitCode {
         }
         Command::Leases(cmd) => ops::leases(&cli.endpoint, cmd),
         Command::Cluster(cmd) => ops::cluster(&cli.endpoint, cmd),
+        Command::Edges(cmd) => ops::edges(&cli.endpoint, cmd),
     }
 }

@@ -1097,3 +1097,108 @@ fn regions_json(v: &pb::RegionStatusReply) -> serde_json::Value {
         "log_head": v.log_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
         "peers": peers, "alarms": v.alarms, "buckets": buckets})
 }
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EdgesCommand {
+    /// Registered edges and how far each has checked in. In-doubt money whose deadlines have
+    /// passed returns only once every registered edge has checked in past the entry that found
+    /// it due: an edge cut off from the region may hold notices it accepted. An edge far behind
+    /// the others is the one in-doubt money waits for.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop waiting for an edge that is gone for good (decommissioned, host lost). Notices it
+    /// accepted and never reported are lost with it: retire an edge only once its process is
+    /// stopped. A restarted edge registers again by itself; it needs no retiring.
+    Retire {
+        /// The edge's name, as `edges list` shows it.
+        edge: String,
+    },
+}
+
+pub(crate) fn edges(endpoint: &str, cmd: EdgesCommand) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    print_result(rt.block_on(async {
+        match cmd {
+            EdgesCommand::List { json } => {
+                let leader = leader_of(endpoint).await?;
+                let mut c = AdminClient::new(channel(&leader).await?);
+                let r = c
+                    .list_edges(pb::ListEdgesRequest {})
+                    .await
+                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+                    .into_inner();
+                Ok(edges_text(&r, json))
+            }
+            EdgesCommand::Retire { edge } => {
+                let k = key();
+                let applied = write(endpoint, |mut c| {
+                    let r = pb::RetireEdgeRequest {
+                        idempotency_key: Some(k.clone()),
+                        edge: edge.clone(),
+                    };
+                    async move { c.retire_edge(r).await }
+                })
+                .await?;
+                Ok(format!(
+                    "edge {edge} retired ({applied}): in-doubt money no longer waits for it"
+                ))
+            }
+        }
+    }))
+}
+
+fn edges_text(r: &pb::ListEdgesReply, json: bool) -> String {
+    if json {
+        let edges: Vec<serde_json::Value> = r
+            .edges
+            .iter()
+            .map(|e| {
+                serde_json::json!({"edge": e.edge, "incarnation": e.incarnation,
+                    "covers_index": e.covers_index})
+            })
+            .collect();
+        let v = serde_json::json!({"edges": edges, "covered_index": r.covered_index,
+            "parts_waiting": r.parts_waiting, "waiting_micros": r.waiting_micros,
+            "lowest_due_index": r.lowest_due_index, "read_at_index": r.read_at_index});
+        return serde_json::to_string_pretty(&v).unwrap_or_default();
+    }
+    let mut out = format!(
+        "{:<24} {:>20} {:>14} {}",
+        "edge", "incarnation", "checked in to", ""
+    );
+    for e in &r.edges {
+        let behind = r.lowest_due_index > 0 && e.covers_index < r.lowest_due_index;
+        out.push_str(&format!(
+            "\n{:<24} {:>20} {:>14} {}",
+            e.edge,
+            e.incarnation,
+            e.covers_index,
+            if behind {
+                "(in-doubt money waits for it)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if r.edges.is_empty() {
+        out.push_str("\n(no edge has registered)");
+    }
+    if r.parts_waiting > 0 {
+        out.push_str(&format!(
+            "\n{} in-doubt part(s), {}, are due and wait for the edges marked above to check in \
+             (due since raft index {}).",
+            r.parts_waiting,
+            Money::from_micros(r.waiting_micros),
+            r.lowest_due_index
+        ));
+    } else {
+        out.push_str("\nNo in-doubt money waits for a check-in.");
+    }
+    out.trim_end().to_string()
+}

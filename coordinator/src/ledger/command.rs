@@ -215,6 +215,9 @@ pub enum Refusal {
         available: Money,
         wanted: Money,
     },
+    /// No such registered edge.
+    #[error("no registered edge {edge} (budgetctl edges list shows them)")]
+    UnknownEdge { edge: EdgeId },
     /// A value out of its range.
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
@@ -294,8 +297,8 @@ pub enum Reply {
     /// An edge's check-in: the incarnation registered now, and whether this one is it (an
     /// older incarnation is told the registered one, and starts above it).
     CheckedIn { incarnation: u64, accepted: bool },
-    /// An edge was retired (`known`: it was registered).
-    EdgeRetired { known: bool },
+    /// A registered edge was retired.
+    EdgeRetired,
     /// Nothing changed, and why.
     Refused(Refusal),
     /// The reply to Raft entries that carry no command (blank and membership entries). Never

@@ -345,6 +345,17 @@ pub struct Ledger {
     edges: BTreeMap<EdgeId, EdgeCheck>,
 }
 
+/// In-doubt parts whose waits are over and that wait for edges' check-ins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// How many parts.
+    pub parts: u64,
+    /// Their money.
+    pub money: Money,
+    /// The lowest index one was found due at.
+    pub lowest_due: Option<u64>,
+}
+
 /// An edge's registration and its last check-in ([`Command::CheckIn`]).
 ///
 /// Why in-doubt money waits for it: a reservation's deadline passing on the leader's clock
@@ -487,6 +498,25 @@ impl Ledger {
         self.edges_cover()
     }
 
+    /// The in-doubt parts found due and still waiting for edges to check in: how many, their
+    /// money, and the lowest index one was found due at (for `budgetctl edges` and metrics).
+    pub fn waiting_for_check_ins(&self) -> Waiting {
+        let mut w = Waiting::default();
+        for lease in self.leases.values().filter(|l| !l.due.is_empty()) {
+            let LeaseState::InDoubt { parts } = &lease.state else {
+                continue;
+            };
+            for (wait_ms, at) in &lease.due {
+                if let Some(p) = parts.iter().find(|p| p.wait_ms == *wait_ms) {
+                    w.parts += 1;
+                    w.money = w.money.checked_add(p.amount).unwrap_or(Money::MAX);
+                    w.lowest_due = Some(w.lowest_due.map_or(*at, |l: u64| l.min(*at)));
+                }
+            }
+        }
+        w
+    }
+
     /// Applies one command. Deterministic: the same state, stamp and command give the same
     /// reply, entries and next state on every replica.
     pub fn apply(&mut self, stamp: Stamp, cmd: &Command) -> Applied {
@@ -541,7 +571,7 @@ impl Ledger {
                 incarnation,
                 covers,
             } => Ok(self.check_in(edge, *incarnation, *covers)),
-            Command::RetireEdge { edge, .. } => Ok(self.retire_edge(edge)),
+            Command::RetireEdge { edge, .. } => self.retire_edge(edge),
             Command::SetParams { params, .. } => self.set_params(params, &mut out),
             Command::TransferRights {
                 campaign,
@@ -1473,12 +1503,12 @@ impl Ledger {
         }
     }
 
-    fn retire_edge(&mut self, edge: &EdgeId) -> Reply {
-        let known = self.edges.remove(edge).is_some();
-        if known {
-            self.changes.edges.insert(edge.clone());
+    fn retire_edge(&mut self, edge: &EdgeId) -> Result<Reply, Refusal> {
+        if self.edges.remove(edge).is_none() {
+            return Err(Refusal::UnknownEdge { edge: edge.clone() });
         }
-        Reply::EdgeRetired { known }
+        self.changes.edges.insert(edge.clone());
+        Ok(Reply::EdgeRetired)
     }
 
     fn set_params(&mut self, params: &Params, out: &mut Vec<Payload>) -> Result<Reply, Refusal> {

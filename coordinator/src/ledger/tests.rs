@@ -990,7 +990,7 @@ fn a_retired_edge_is_no_longer_waited_for() {
         key,
         edge: eid("gone"),
     });
-    assert_eq!(a.reply, Reply::EdgeRetired { known: true });
+    assert_eq!(a.reply, Reply::EdgeRetired);
     assert!(h.l.edges().is_empty());
     assert_eq!(h.expire_all(lease).reply, Reply::LeasesClosed { count: 1 });
     assert_eq!(h.available(&lifetime("c1")), m(100_000));
@@ -999,7 +999,17 @@ fn a_retired_edge_is_no_longer_waited_for() {
         key,
         edge: eid("gone"),
     });
-    assert_eq!(a.reply, Reply::EdgeRetired { known: true });
+    assert_eq!(a.reply, Reply::EdgeRetired);
+    // A new request to retire it (or any edge never registered) is refused by name.
+    let key = h.key();
+    let a = h.run(Command::RetireEdge {
+        key,
+        edge: eid("gone"),
+    });
+    assert_eq!(
+        a.reply,
+        Reply::Refused(Refusal::UnknownEdge { edge: eid("gone") })
+    );
     h.check_reload();
 }
 

@@ -948,6 +948,29 @@ async fn operators_run_a_region_with_budgetctl() {
     let (_, out, _) = run(&["campaign", "show", "spring", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["budget_micros"].as_i64(), Some(100_000_000));
+    // Edges: none yet; one registers and checks in; the operator retires it, once.
+    let (code, out, err) = run(&["edges", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no edge has registered"), "{out}");
+    region
+        .propose(Command::CheckIn {
+            edge: "edge-9".parse().unwrap(),
+            incarnation: 4,
+            covers: 0,
+        })
+        .await;
+    let (code, out, err) = run(&["edges", "list", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["edges"][0]["edge"], "edge-9", "{j}");
+    assert_eq!(j["edges"][0]["incarnation"], 4, "{j}");
+    assert_eq!(j["parts_waiting"], 0, "{j}");
+    let (code, out, err) = run(&["edges", "retire", "edge-9"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("edge-9 retired"), "{out}");
+    let (code, _, err) = run(&["edges", "retire", "edge-9"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no registered edge edge-9"), "{err}");
     // No server there: a usage error naming the address.
     let (code, _, err) = budgetctl("127.0.0.1:1", &["status"]);
     assert_eq!(code, 2);
