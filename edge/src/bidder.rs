@@ -52,6 +52,36 @@ pub struct Edge {
     pub in_flight: AtomicUsize,
     /// A coordinator has answered a campaign poll (the edge is connected, campaigns or not).
     pub polled: std::sync::atomic::AtomicBool,
+    /// The last leases released, newest last (at most [`RELEASED_KEPT`]): `/debug/leases`.
+    pub released: Mutex<std::collections::VecDeque<LeaseRecord>>,
+}
+
+/// How many released leases `/debug/leases` remembers.
+pub const RELEASED_KEPT: usize = 1_000;
+
+/// One lease as `/debug/leases` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeaseRecord {
+    /// The lease.
+    pub lease: u64,
+    /// What it granted, micros.
+    pub amount: i64,
+    /// What was never reserved (the reservation counter, unclamped), micros.
+    pub unreserved: i64,
+    /// Bids made under it.
+    pub bids: u64,
+}
+
+impl LeaseRecord {
+    /// The record of `l` now.
+    pub fn of(l: &ActiveLease) -> LeaseRecord {
+        LeaseRecord {
+            lease: l.id.0,
+            amount: l.reservoir.amount(),
+            unreserved: l.reservoir.raw(),
+            bids: l.bids(),
+        }
+    }
 }
 
 /// What a bid request gets.

@@ -275,6 +275,7 @@ fn retire(edge: &Arc<Edge>) {
         .all
         .clone();
     let mut done = Vec::new();
+    let mut released = Vec::new();
     {
         let mut leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.retain(|id, l| {
@@ -293,11 +294,17 @@ fn retire(edge: &Arc<Edge>) {
                 }
             }
             if now >= l.release_at {
+                released.push(crate::bidder::LeaseRecord::of(l));
                 // What the bids without a notice hold first, then the reservoir: a notice
                 // handled between the two reads is counted held, never lost.
                 let in_doubt = l.in_doubt(now);
+                let counted_twice = if shared::planted::active("release-counts-held") {
+                    in_doubt.last().map_or(0, |p| p.1)
+                } else {
+                    0
+                };
                 let release = Release {
-                    unreserved: l.reservoir.unreserved(),
+                    unreserved: l.reservoir.unreserved() + counted_twice,
                     bids: l.bids(),
                     in_doubt,
                 };
@@ -309,6 +316,15 @@ fn retire(edge: &Arc<Edge>) {
         edge.metrics
             .leases_held
             .set(i64::try_from(leases.len()).unwrap_or(i64::MAX));
+    }
+    if !released.is_empty() {
+        let mut kept = edge.released.lock().unwrap_or_else(|p| p.into_inner());
+        for r in released {
+            if kept.len() == crate::bidder::RELEASED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(r);
+        }
     }
     for (id, release) in done {
         let settler = edge.settler.clone();

@@ -76,6 +76,9 @@ impl<C: Counter> Reservoir<C> {
         if before >= price {
             return true;
         }
+        if shared::planted::active("reserve-short") && before > 0 && before >= price - price / 50 {
+            return true;
+        }
         self.unreserved.fetch_add(price);
         false
     }
@@ -92,6 +95,14 @@ impl<C: Counter> Reservoir<C> {
     /// being given back).
     pub fn unreserved(&self) -> i64 {
         self.unreserved.load().max(0)
+    }
+
+    /// The counter as it stands, unclamped: once no take can start (the spending window is
+    /// over), what was never reserved. A negative value would be money reserved past the
+    /// lease, which [`Reservoir::try_reserve`] never grants; `/debug/leases` shows it so that
+    /// a harness can check it.
+    pub fn raw(&self) -> i64 {
+        self.unreserved.load()
     }
 
     /// Reserved so far, in parts per thousand of the amount.

@@ -61,6 +61,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         settler,
         in_flight: Default::default(),
         polled: Default::default(),
+        released: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::settle::check_in_loop(
@@ -97,6 +98,7 @@ pub fn router(edge: Arc<Edge>) -> axum::Router {
     r.route("/notice/{kind}", get(notice).post(notice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/debug/leases", get(debug_leases))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(edge)
 }
@@ -280,6 +282,31 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
             catalog.campaigns.len(),
             catalog.version
         ),
+    )
+        .into_response()
+}
+
+/// The leases this edge holds and the last ones it released: amount, what was never reserved
+/// and bids made. A harness checks that no lease was ever reserved past its amount.
+async fn debug_leases(State(edge): State<Arc<Edge>>) -> Response {
+    let open: Vec<crate::bidder::LeaseRecord> = edge
+        .leases
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|l| crate::bidder::LeaseRecord::of(l))
+        .collect();
+    let released: Vec<crate::bidder::LeaseRecord> = edge
+        .released
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let body = serde_json::json!({"edge": edge.settings.edge.to_string(), "open": open, "released": released});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
         .into_response()
 }

@@ -330,6 +330,7 @@ async fn run(
         coords,
         metrics,
         shared,
+        reuse: Default::default(),
     });
 
     let mut rng = fastrand::Rng::new();
@@ -347,8 +348,7 @@ async fn run(
                         if p.len() >= limits.max_events
                             && let Some(p) = pending.remove(&lease)
                         {
-                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
-                            in_flight.entry(lease).or_default().push(h);
+                            send(&ctx, &mut seal, &mut in_flight, lease, p, &mut rng);
                         }
                     }
                     Job::Loss { lease, lost } => {
@@ -357,15 +357,14 @@ async fn run(
                         if p.len() >= limits.max_events
                             && let Some(p) = pending.remove(&lease)
                         {
-                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
-                            in_flight.entry(lease).or_default().push(h);
+                            send(&ctx, &mut seal, &mut in_flight, lease, p, &mut rng);
                         }
                     }
                     Job::Release { lease, release: rel, done } => {
-                        let mut handles = in_flight.remove(&lease).unwrap_or_default();
                         if let Some(p) = pending.remove(&lease) {
-                            handles.push(send(&ctx, &mut seal, lease, p, &mut rng));
+                            send(&ctx, &mut seal, &mut in_flight, lease, p, &mut rng);
                         }
+                        let handles = in_flight.remove(&lease).unwrap_or_default();
                         let batch = BatchId::random(&mut rng);
                         let ctx = ctx.clone();
                         tokio::spawn(async move {
@@ -377,8 +376,7 @@ async fn run(
                     }
                     Job::Flush { done } => {
                         for (lease, p) in std::mem::take(&mut pending) {
-                            let h = send(&ctx, &mut seal, lease, p, &mut rng);
-                            in_flight.entry(lease).or_default().push(h);
+                            send(&ctx, &mut seal, &mut in_flight, lease, p, &mut rng);
                         }
                         let _ = done.send(seal);
                     }
@@ -392,8 +390,7 @@ async fn run(
                     .collect();
                 for lease in due {
                     if let Some(p) = pending.remove(&lease) {
-                        let h = send(&ctx, &mut seal, lease, p, &mut rng);
-                        in_flight.entry(lease).or_default().push(h);
+                        send(&ctx, &mut seal, &mut in_flight, lease, p, &mut rng);
                     }
                 }
                 for hs in in_flight.values_mut() {
@@ -405,20 +402,35 @@ async fn run(
     }
 }
 
-/// Sends `p` as a new batch, numbered (`seal`) for the check-ins that wait for it.
+/// Sends `p` as a new batch of `lease`, numbered (`seal`) for the check-ins that wait for it,
+/// and keeps its handle in `in_flight`.
 fn send(
     ctx: &Arc<Ctx>,
     seal: &mut u64,
+    in_flight: &mut BTreeMap<LeaseId, Vec<JoinHandle<()>>>,
     lease: LeaseId,
     p: Pending,
     rng: &mut fastrand::Rng,
-) -> JoinHandle<()> {
+) {
     *seal += 1;
     let n = *seal;
     ctx.shared.outstanding.send_modify(|o| {
         o.insert(n);
     });
-    send_batch(ctx.clone(), lease, p, BatchId::random(rng), n)
+    let handles = in_flight.entry(lease).or_default();
+    let mut id = BatchId::random(rng);
+    if shared::planted::active("batch-id-reuse") {
+        // A new batch takes the id of one of its lease still unanswered.
+        if let Some(i) = handles.iter().position(|h| !h.is_finished()) {
+            id = ctx.reuse.lock().unwrap_or_else(|p| p.into_inner())[&(lease, i)];
+        }
+        let i = handles.len();
+        ctx.reuse
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((lease, i), id);
+    }
+    handles.push(send_batch(ctx.clone(), lease, p, id, n));
 }
 
 /// What every batch task needs.
@@ -427,6 +439,8 @@ struct Ctx {
     coords: Arc<Coordinators>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
+    /// The ids of a lease's batches by position, for the planted bug `batch-id-reuse` only.
+    reuse: std::sync::Mutex<BTreeMap<(LeaseId, usize), BatchId>>,
 }
 
 impl Ctx {

@@ -38,6 +38,28 @@ pub enum Kind {
     RegionIsolate,
     /// Every process of one region is SIGKILLed, and all restarted when the window ends.
     RegionKill,
+    /// Faults aimed at the moments money moves (below): an edge cut off from its region's
+    /// coordinators for longer than its bids' deadlines, while the exchange still reaches it.
+    EdgeIsolate,
+    /// The leader is paused just after it grants a lease, for longer than the lease.
+    LeaderPause,
+    /// The coordinators' packets to an edge are dropped: its batches arrive, their
+    /// acknowledgements do not.
+    AckDrop,
+    /// The edge of a region holding the most unanswered notices is killed.
+    EdgeKill,
+    /// The exchange cannot reach an edge: its requests and notices go elsewhere or wait.
+    ExchangeCut,
+    /// The coordinators' packets to an edge wait seconds (grants and acknowledgements late).
+    SlowEdge,
+    /// An edge is cut off (its lease cannot be released), and the leader is paused just before
+    /// the lease's reclaim is due: a new leader must start the wait again.
+    ReclaimElection,
+    /// A follower's clock jumps and runs off-rate, then the leader is paused so that a new one
+    /// (perhaps the skewed one) is elected.
+    ClockElection,
+    /// An edge's clock jumps and runs fast or slow, within the bound.
+    EdgeClock,
 }
 
 impl Kind {
@@ -56,6 +78,25 @@ impl Kind {
     /// The kinds of runs of several regions.
     pub const REGION: [Kind; 3] = [Kind::RegionPartition, Kind::RegionIsolate, Kind::RegionKill];
 
+    /// The faults aimed at the money path (`--nemesis money`; all are in `all`).
+    pub const MONEY: [Kind; 9] = [
+        Kind::EdgeIsolate,
+        Kind::LeaderPause,
+        Kind::AckDrop,
+        Kind::EdgeKill,
+        Kind::ExchangeCut,
+        Kind::SlowEdge,
+        Kind::ReclaimElection,
+        Kind::ClockElection,
+        Kind::EdgeClock,
+    ];
+
+    /// Every kind `all` names: the node faults and the money-path faults (region faults are
+    /// added by runs of several regions).
+    pub fn all() -> Vec<Kind> {
+        Kind::ALL.iter().chain(&Kind::MONEY).copied().collect()
+    }
+
     /// Its name on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,37 +111,46 @@ impl Kind {
             Kind::RegionPartition => "region-partition",
             Kind::RegionIsolate => "region-isolate",
             Kind::RegionKill => "region-kill",
+            Kind::EdgeIsolate => "edge-isolate",
+            Kind::LeaderPause => "leader-pause",
+            Kind::AckDrop => "ack-drop",
+            Kind::EdgeKill => "edge-kill",
+            Kind::ExchangeCut => "exchange-cut",
+            Kind::SlowEdge => "slow-edge",
+            Kind::ReclaimElection => "reclaim-election",
+            Kind::ClockElection => "clock-election",
+            Kind::EdgeClock => "edge-clock",
         }
     }
 
-    /// Parses a comma-separated list (`partition,kill`), or `all`.
+    /// Parses a comma-separated list (`partition,kill`), `all`, or `money` (the money-path
+    /// kinds), which may stand in a list.
     pub fn parse_list(text: &str) -> Result<Vec<Kind>, String> {
         if text.trim() == "all" {
-            return Ok(Kind::ALL.to_vec());
+            return Ok(Kind::all());
         }
         // A baseline run: no faults at all (a measurement, never a chaos pass).
         if text.trim() == "none" {
             return Ok(Vec::new());
         }
         let mut kinds = Vec::new();
+        let every = || Kind::ALL.into_iter().chain(Kind::MONEY).chain(Kind::REGION);
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            let kind = Kind::ALL
-                .into_iter()
-                .chain(Kind::REGION)
-                .find(|k| k.as_str() == word)
-                .ok_or_else(|| {
-                    let names: Vec<_> = Kind::ALL
-                        .iter()
-                        .chain(&Kind::REGION)
-                        .map(|k| k.as_str())
-                        .collect();
+            let named: Vec<Kind> = if word == "money" {
+                Kind::MONEY.to_vec()
+            } else {
+                vec![every().find(|k| k.as_str() == word).ok_or_else(|| {
+                    let names: Vec<_> = every().map(|k| k.as_str()).collect();
                     format!(
-                        "no fault kind '{word}': say all, none, or some of {}",
+                        "no fault kind '{word}': say all, none, money, or some of {}",
                         names.join(", ")
                     )
-                })?;
-            if !kinds.contains(&kind) {
-                kinds.push(kind);
+                })?]
+            };
+            for kind in named {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
             }
         }
         if kinds.is_empty() {
@@ -201,6 +251,84 @@ pub enum Fault {
         /// Its nodes, coordinators first.
         nodes: Vec<String>,
     },
+    /// `edge` and its region's `coordinators` cannot reach each other; the exchange still
+    /// reaches the edge.
+    EdgeIsolate {
+        /// The edge.
+        edge: String,
+        /// Its region's coordinators.
+        coordinators: Vec<String>,
+    },
+    /// The leader among `coordinators` is paused right after it logs a grant, until the end of
+    /// the window.
+    LeaderPause {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+    },
+    /// Packets from `coordinators` to `edge` are dropped (acknowledgements lost, reports not).
+    AckDrop {
+        /// The edge.
+        edge: String,
+        /// Its region's coordinators.
+        coordinators: Vec<String>,
+    },
+    /// Of `edges`, the one with the most notices waiting for their batches is killed, and
+    /// restarted at the end of the window.
+    EdgeKill {
+        /// One region's edges.
+        edges: Vec<String>,
+    },
+    /// The exchange's packets to `edge` are dropped.
+    ExchangeCut {
+        /// The edge.
+        edge: String,
+    },
+    /// Packets from `coordinators` to `edge` wait `delay_ms` ± `jitter_ms`.
+    SlowEdge {
+        /// The edge.
+        edge: String,
+        /// Its region's coordinators.
+        coordinators: Vec<String>,
+        /// Mean delay.
+        delay_ms: u32,
+        /// Spread.
+        jitter_ms: u32,
+    },
+    /// `edge` is cut off from `coordinators` for the window; `pause_at_ms` into it, the leader
+    /// is paused for `pause_ms` (just before the edge's last lease falls due for reclaim).
+    ReclaimElection {
+        /// The edge.
+        edge: String,
+        /// Its region's coordinators.
+        coordinators: Vec<String>,
+        /// When the leader is paused, from the window's start.
+        pause_at_ms: u64,
+        /// For how long.
+        pause_ms: u64,
+    },
+    /// A follower among `coordinators` (the `follower`-th, counting from the leader) gets a
+    /// clock offset and rate for the window; then the leader is paused for `pause_ms`.
+    ClockElection {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+        /// Which follower, counting from the leader (1 or more).
+        follower: usize,
+        /// Wall-clock offset, µs.
+        offset_us: i64,
+        /// Rate error, ppm.
+        rate_ppm: i64,
+        /// How long the leader is paused.
+        pause_ms: u64,
+    },
+    /// `edge`'s clock is offset and runs at a different rate until the end of the window.
+    EdgeClock {
+        /// The edge.
+        edge: String,
+        /// Wall-clock offset, µs.
+        offset_us: i64,
+        /// Rate error, ppm.
+        rate_ppm: i64,
+    },
 }
 
 impl Fault {
@@ -218,6 +346,15 @@ impl Fault {
             Fault::RegionPartition { .. } => Kind::RegionPartition,
             Fault::RegionIsolate { .. } => Kind::RegionIsolate,
             Fault::RegionKill { .. } => Kind::RegionKill,
+            Fault::EdgeIsolate { .. } => Kind::EdgeIsolate,
+            Fault::LeaderPause { .. } => Kind::LeaderPause,
+            Fault::AckDrop { .. } => Kind::AckDrop,
+            Fault::EdgeKill { .. } => Kind::EdgeKill,
+            Fault::ExchangeCut { .. } => Kind::ExchangeCut,
+            Fault::SlowEdge { .. } => Kind::SlowEdge,
+            Fault::ReclaimElection { .. } => Kind::ReclaimElection,
+            Fault::ClockElection { .. } => Kind::ClockElection,
+            Fault::EdgeClock { .. } => Kind::EdgeClock,
         }
     }
 
@@ -235,6 +372,16 @@ impl Fault {
             Fault::RegionPartition { a, b, .. } => format!("{a}|{b}"),
             Fault::RegionIsolate { region, .. } => format!("{region}|*"),
             Fault::RegionKill { region, .. } => region.clone(),
+            Fault::EdgeIsolate { edge, .. }
+            | Fault::AckDrop { edge, .. }
+            | Fault::SlowEdge { edge, .. }
+            | Fault::ReclaimElection { edge, .. } => format!("{edge}|coordinators"),
+            Fault::LeaderPause { coordinators } | Fault::ClockElection { coordinators, .. } => {
+                format!("leader of {}", coordinators.join(","))
+            }
+            Fault::EdgeKill { edges } => format!("busiest of {}", edges.join(",")),
+            Fault::ExchangeCut { edge } => format!("exchange|{edge}"),
+            Fault::EdgeClock { edge, .. } => edge.clone(),
         }
     }
 }
@@ -334,10 +481,17 @@ impl Schedule {
                 None => params.kinds[rng.usize(..params.kinds.len())],
             };
             // (Drawn after the kind, so that schedules without it are what they always were.)
-            if kind == Kind::RegionIsolate {
+            if kind == Kind::RegionIsolate || kind == Kind::EdgeIsolate {
                 len = rng.u64(params.isolate_ms.0..=params.isolate_ms.1.max(params.isolate_ms.0));
                 if start + len > end {
                     // Too long for what is left: perhaps a shorter fault fits after the gap.
+                    t = start;
+                    continue;
+                }
+            }
+            if let Some((lo, hi)) = money_len_ms(kind) {
+                len = rng.u64(lo..=hi);
+                if start + len > end {
                     t = start;
                     continue;
                 }
@@ -372,6 +526,18 @@ impl Schedule {
     }
 }
 
+/// The length of the money-path faults whose length is their point (ms), drawn after the kind.
+fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
+    match kind {
+        // Longer than a lease (5 s in a run).
+        Kind::LeaderPause => Some((6_000, 9_000)),
+        // The lease's reclaim falls due 8 s after its grant: the pause lands before it.
+        Kind::ReclaimElection => Some((14_000, 18_000)),
+        Kind::ClockElection => Some((8_000, 12_000)),
+        _ => None,
+    }
+}
+
 /// One fault of `kind` over the topology; `None` when the topology cannot have it (a partition
 /// needs two nodes).
 fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
@@ -381,6 +547,9 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     }
     if Kind::REGION.contains(&kind) {
         return draw_region(rng, kind, p);
+    }
+    if Kind::MONEY.contains(&kind) {
+        return draw_money(rng, kind, p);
     }
     let any = |rng: &mut fastrand::Rng| all[rng.usize(..all.len())].clone();
     // Process and clock faults hit coordinators more often: they hold the state.
@@ -415,6 +584,15 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         },
         Kind::Kill => Fault::Kill { node: node(rng) },
         Kind::RegionPartition | Kind::RegionIsolate | Kind::RegionKill => return None,
+        Kind::EdgeIsolate
+        | Kind::LeaderPause
+        | Kind::AckDrop
+        | Kind::EdgeKill
+        | Kind::ExchangeCut
+        | Kind::SlowEdge
+        | Kind::ReclaimElection
+        | Kind::ClockElection
+        | Kind::EdgeClock => return None,
         Kind::Pause => Fault::Pause { node: node(rng) },
         Kind::Clock => {
             // Offsets of any size: up to a day either way, some tiny.
@@ -433,6 +611,79 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
                 rate_ppm: rng.i64(-bound..=bound),
             }
         }
+    })
+}
+
+/// The coordinators and edges of the region `node` belongs to (all of them in a run of one
+/// region).
+fn region_of<'a>(p: &'a Params, node: &str) -> (Vec<&'a String>, Vec<&'a String>) {
+    let in_region = |n: &&String| {
+        p.regions.is_empty()
+            || p.regions
+                .iter()
+                .any(|(_, nodes)| nodes.contains(n) && nodes.iter().any(|m| m == node))
+    };
+    (
+        p.coordinators.iter().filter(in_region).collect(),
+        p.edges.iter().filter(in_region).collect(),
+    )
+}
+
+/// A money-path fault; `None` when the topology has no edge or no coordinator.
+fn draw_money(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
+    if p.edges.is_empty() || p.coordinators.is_empty() {
+        return None;
+    }
+    let edge = p.edges[rng.usize(..p.edges.len())].clone();
+    let (coords, edges) = region_of(p, &edge);
+    let coordinators: Vec<String> = coords.into_iter().cloned().collect();
+    if coordinators.is_empty() {
+        return None;
+    }
+    let clock = |rng: &mut fastrand::Rng| {
+        let scale = [1_000_000i64, 60_000_000, 3_600_000_000][rng.usize(..3)];
+        let bound = p.max_rate_ppm.max(0);
+        (rng.i64(-scale..=scale), rng.i64(-bound..=bound))
+    };
+    Some(match kind {
+        Kind::EdgeIsolate => Fault::EdgeIsolate { edge, coordinators },
+        Kind::LeaderPause => Fault::LeaderPause { coordinators },
+        Kind::AckDrop => Fault::AckDrop { edge, coordinators },
+        Kind::EdgeKill => Fault::EdgeKill {
+            edges: edges.into_iter().cloned().collect(),
+        },
+        Kind::ExchangeCut => Fault::ExchangeCut { edge },
+        Kind::SlowEdge => Fault::SlowEdge {
+            edge,
+            coordinators,
+            delay_ms: rng.u32(500..=2_500),
+            jitter_ms: rng.u32(0..=300),
+        },
+        Kind::ReclaimElection => Fault::ReclaimElection {
+            edge,
+            coordinators,
+            pause_at_ms: rng.u64(6_000..=7_500),
+            pause_ms: rng.u64(2_000..=3_000),
+        },
+        Kind::ClockElection => {
+            let (offset_us, rate_ppm) = clock(rng);
+            Fault::ClockElection {
+                follower: rng.usize(1..coordinators.len().max(2)),
+                coordinators,
+                offset_us,
+                rate_ppm,
+                pause_ms: 3_000,
+            }
+        }
+        Kind::EdgeClock => {
+            let (offset_us, rate_ppm) = clock(rng);
+            Fault::EdgeClock {
+                edge,
+                offset_us,
+                rate_ppm,
+            }
+        }
+        _ => return None,
     })
 }
 
@@ -525,6 +776,82 @@ mod tests {
     }
 
     #[test]
+    fn money_faults_aim_at_an_edge_and_its_own_regions_coordinators() {
+        let mut p = Params::new(
+            9,
+            Duration::from_secs(3_600),
+            Kind::MONEY.to_vec(),
+            vec!["a-c1".into(), "a-c2".into(), "b-c1".into(), "b-c2".into()],
+            vec!["a-e1".into(), "a-e2".into(), "b-e1".into()],
+        );
+        p.regions = vec![
+            (
+                "a".into(),
+                vec!["a-c1".into(), "a-c2".into(), "a-e1".into(), "a-e2".into()],
+            ),
+            (
+                "b".into(),
+                vec!["b-c1".into(), "b-c2".into(), "b-e1".into()],
+            ),
+        ];
+        let s = Schedule::generate(&p);
+        assert_eq!(s.kinds().len(), Kind::MONEY.len(), "{s:#?}");
+        let region = |n: &str| n.split('-').next().unwrap().to_string();
+        for w in &s.windows {
+            let len = w.end_ms - w.start_ms;
+            match &w.fault {
+                Fault::EdgeIsolate { edge, coordinators }
+                | Fault::AckDrop { edge, coordinators }
+                | Fault::SlowEdge {
+                    edge, coordinators, ..
+                } => {
+                    assert!(edge.contains("-e"), "{w:?}");
+                    assert!(
+                        coordinators.iter().all(|c| region(c) == region(edge)),
+                        "{w:?}"
+                    );
+                    assert_eq!(coordinators.len(), 2, "{w:?}");
+                    if matches!(w.fault, Fault::EdgeIsolate { .. }) {
+                        assert!(len >= p.isolate_ms.0, "{w:?}");
+                    }
+                }
+                Fault::ReclaimElection {
+                    edge,
+                    coordinators,
+                    pause_at_ms,
+                    pause_ms,
+                } => {
+                    assert!(coordinators.iter().all(|c| region(c) == region(edge)));
+                    assert!(pause_at_ms + pause_ms < len, "{w:?}");
+                }
+                Fault::LeaderPause { coordinators } => {
+                    assert!(len > 5_000, "longer than a lease: {w:?}");
+                    let r = region(&coordinators[0]);
+                    assert!(coordinators.iter().all(|c| region(c) == r));
+                }
+                Fault::ClockElection {
+                    rate_ppm,
+                    follower,
+                    coordinators,
+                    ..
+                } => {
+                    assert!(rate_ppm.abs() <= p.max_rate_ppm, "{w:?}");
+                    assert!((1..coordinators.len()).contains(follower), "{w:?}");
+                }
+                Fault::EdgeClock { rate_ppm, edge, .. } => {
+                    assert!(rate_ppm.abs() <= p.max_rate_ppm, "{w:?}");
+                    assert!(edge.contains("-e"), "{w:?}");
+                }
+                Fault::EdgeKill { edges } => {
+                    let r = region(&edges[0]);
+                    assert!(edges.iter().all(|e| region(e) == r && e.contains("-e")));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
     fn a_seed_fixes_the_schedule_and_another_seed_changes_it() {
         let p = params(7, 600, Kind::ALL.to_vec());
         assert_eq!(Schedule::generate(&p), Schedule::generate(&p));
@@ -598,7 +925,11 @@ mod tests {
 
     #[test]
     fn kinds_parse_from_the_command_line() {
-        assert_eq!(Kind::parse_list("all").unwrap(), Kind::ALL.to_vec());
+        assert_eq!(Kind::parse_list("all").unwrap(), Kind::all());
+        assert!(Kind::all().contains(&Kind::EdgeIsolate));
+        let money = Kind::parse_list("kill,money").unwrap();
+        assert_eq!(money.len(), 1 + Kind::MONEY.len());
+        assert_eq!(money[0], Kind::Kill);
         assert_eq!(
             Kind::parse_list("kill, clock,kill").unwrap(),
             vec![Kind::Kill, Kind::Clock]

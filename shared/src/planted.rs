@@ -25,12 +25,23 @@
 //! - `return-before-check-in` (coordinator ledger): in-doubt money returns when its wait is
 //!   over on the leader's clock, without waiting for the edges to check in: notices an edge
 //!   accepted while cut off from the region find their money spent again.
+//! - `reserve-short` (edge): the reservation lets a bid through when a little less than its
+//!   price is left (up to 2 % short), so the lease's last bid takes money the lease never had.
+//! - `window-from-retry` (edge): a grant asked again after its answer was lost measures the
+//!   spending window from the last send instead of the first: when the grant was applied at
+//!   the first send, the edge bids past the window the leader reclaims by.
+//! - `batch-id-reuse` (edge): a new spend batch of a lease takes the id of one of the lease's
+//!   batches still unanswered; the region answers it as the retry it seems to be, and its
+//!   charges are acknowledged and never settled.
+//! - `release-counts-held` (edge): a lease's release counts the money its longest-`exp` bids
+//!   hold as never reserved too, so the region gets back more than the edge left unreserved
+//!   and those bids' bills find nothing held for them.
 
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 7] = [
+pub const BUGS: [&str; 11] = [
     "reclaim-early",
     "reclaim-no-restart",
     "dedup-by-exchange-ids",
@@ -38,6 +49,10 @@ pub const BUGS: [&str; 7] = [
     "ack-before-commit",
     "merge-lowers-own-rows",
     "return-before-check-in",
+    "reserve-short",
+    "window-from-retry",
+    "batch-id-reuse",
+    "release-counts-held",
 ];
 
 /// True if this process runs with the bug `name`.

@@ -20,8 +20,10 @@ struct Cli {
 enum Command {
     /// Start a real topology (per region 3 coordinators and 2 edges; a simulated exchange) in
     /// a private network namespace, drive load, inject the faults a seed fixes, heal, and check
-    /// I1–I4 and I6–I8 (and I5 with several regions; I8: every reclaim kept the reclaim
-    /// rule, read from the coordinators' logs). Writes a folder per run (history,
+    /// I1–I4 and I6–I10 (and I5 with several regions; I8: every reclaim kept the reclaim
+    /// rule, read from the coordinators' logs; I9: money conserved at every entry of every
+    /// replica's log; I10: bids and bills within their leases, as the exchange and the edges
+    /// saw them). Writes a folder per run (history,
     /// schedule, node logs, results.json, report.md with plots) and prints its path. Exit 0
     /// only if every invariant held and every fault was seen to reach its target; 1 otherwise;
     /// 2 if the run could not be made. `--nemesis none` is a baseline: no faults, for
@@ -34,8 +36,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         time_limit: u64,
         /// Fault kinds: all, none (a baseline), or a comma-separated list of partition,
-        /// one-way, loss, duplicate, delay, kill, pause, clock, and with several regions
-        /// region-partition, region-isolate, region-kill (all includes these then).
+        /// one-way, loss, duplicate, delay, kill, pause, clock; the faults aimed at the money
+        /// path (money names them all): edge-isolate (an edge cut off from its coordinators
+        /// for 20–40 s, the exchange still reaching it), leader-pause (the leader paused just
+        /// after a grant, longer than the lease), ack-drop (the acknowledgements to an edge
+        /// lost), edge-kill (the edge with the most unanswered notices killed), exchange-cut
+        /// (the exchange cannot reach an edge), slow-edge (grants and acknowledgements seconds
+        /// late), reclaim-election (a new leader just before a reclaim is due), clock-election
+        /// (a skewed follower, then an election), edge-clock (an edge's clock off and off-rate);
+        /// and with several regions region-partition, region-isolate, region-kill (all
+        /// includes these then).
         #[arg(long, default_value = "partition,kill,pause,clock")]
         nemesis: String,
         /// Fixes the fault schedule and the load (default: random, printed).

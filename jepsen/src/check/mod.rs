@@ -3,7 +3,9 @@
 
 pub mod budget;
 pub mod chains;
+pub mod conservation;
 pub mod converge;
+pub mod leases;
 pub mod linear;
 pub mod notices;
 pub mod progress;

@@ -8,12 +8,13 @@
 //! - ids are the exchange's, not ours to trust: some requests reuse an earlier auction's id,
 //!   some are replays of an earlier request, byte for byte; each bid of ours is billed on its
 //!   own;
-//! - a second-price auction of each bid against a synthetic competitor; a share of lost bids
-//!   get a loss notice with an IAB loss reason code; some wins are never billed (the
-//!   impression was not shown);
-//! - billing notices come at once or late, anywhere within the impression's `exp`, some twice,
-//!   each retried at a random edge of the bid's region until one acknowledges it or the bid's
-//!   deadline (auction + `exp`) passes.
+//! - a second-price auction of each bid against a synthetic competitor (a first-price one on
+//!   the third exchange, `fpx`); a share of lost bids get a loss notice with an IAB loss reason
+//!   code; some wins are never billed (the impression was not shown);
+//! - billing notices come at once or late, anywhere within the impression's `exp` (some at its
+//!   very end), some twice; most go first to the edge that bid, a fifth to another edge of its
+//!   region; each is retried at a random edge of the bid's region until one acknowledges it or
+//!   the bid's deadline (auction + `exp`) passes.
 //!
 //! Every delivery attempt of a charging notice is an operation of the history; what was
 //! acknowledged is what the exchange billed.
@@ -46,7 +47,8 @@ pub struct Campaign {
     pub bid_micros: i64,
     /// Daily budget, micros.
     pub daily_micros: Option<i64>,
-    /// Lifetime budget added at each raise, micros (at 300 requests/s; scaled with the rate).
+    /// Lifetime budget at the start and added at each raise, once the budget has run out,
+    /// micros (at 300 requests/s; scaled with the rate): a few seconds of its spending.
     pub step_micros: i64,
 }
 
@@ -60,7 +62,7 @@ pub const CAMPAIGNS: [Campaign; 3] = [
         bid_cpm: "2.50",
         bid_micros: 2_500,
         daily_micros: None,
-        step_micros: 1_000_000,
+        step_micros: 150_000,
     },
     Campaign {
         name: "east",
@@ -69,7 +71,7 @@ pub const CAMPAIGNS: [Campaign; 3] = [
         bid_cpm: "2.00",
         bid_micros: 2_000,
         daily_micros: Some(600_000),
-        step_micros: 1_500_000,
+        step_micros: 120_000,
     },
     Campaign {
         name: "west",
@@ -78,7 +80,7 @@ pub const CAMPAIGNS: [Campaign; 3] = [
         bid_cpm: "1.50",
         bid_micros: 1_500,
         daily_micros: None,
-        step_micros: 400_000,
+        step_micros: 60_000,
     },
 ];
 
@@ -156,21 +158,34 @@ pub struct Venue {
     pub billing: Billing,
     /// Its share of the requests, percent.
     pub share: u32,
+    /// A first-price auction (`at: 1`): a winner pays its bid. Otherwise second price.
+    pub first_price: bool,
 }
 
 /// The run's exchanges.
-pub const VENUES: [Venue; 2] = [
+pub const VENUES: [Venue; 3] = [
     Venue {
         id: "adx",
         path: "/openrtb2/bid",
         billing: Billing::Burl,
-        share: 70,
+        share: 50,
+        first_price: false,
     },
     Venue {
         id: "nx",
         path: "/openrtb2/nx",
         billing: Billing::Nurl,
-        share: 30,
+        share: 25,
+        first_price: false,
+    },
+    // First price: every charge is the whole reservation, so a bid that took a little more
+    // than its lease had left shows up as money billed past the lease.
+    Venue {
+        id: "fpx",
+        path: "/openrtb2/fp",
+        billing: Billing::Burl,
+        share: 25,
+        first_price: true,
     },
 ];
 
@@ -266,6 +281,10 @@ pub struct Tally {
     pub billed: Mutex<BTreeMap<String, Billed>>,
     /// Answered bid requests: (ms since the start, latency µs).
     pub latencies: Mutex<Vec<(u32, u32)>>,
+    /// Per lease that bid (`(region, lease)`; region empty in a run of one region): how many
+    /// bids came under it, and when the last request that got one was sent (µs since the
+    /// start). The reservation of a bid was made after its request was sent.
+    pub bids_by_lease: Mutex<BTreeMap<(String, u64), (u64, u64)>>,
     /// Winning demand per campaign and second: what the campaign would have paid had it bid on
     /// every request it targets (micros). The measure of "demand exceeds the budget".
     pub demand: Mutex<BTreeMap<&'static str, Vec<i64>>>,
@@ -361,7 +380,13 @@ struct Sent {
     exps: Vec<Option<u64>>,
 }
 
-fn request(rng: &mut fastrand::Rng, id: &str, country: &str, exps: &[Option<u64>]) -> Vec<u8> {
+fn request(
+    rng: &mut fastrand::Rng,
+    id: &str,
+    country: &str,
+    exps: &[Option<u64>],
+    first_price: bool,
+) -> Vec<u8> {
     let imp: Vec<serde_json::Value> = exps
         .iter()
         .enumerate()
@@ -381,7 +406,7 @@ fn request(rng: &mut fastrand::Rng, id: &str, country: &str, exps: &[Option<u64>
         .collect();
     let body = serde_json::json!({
         "id": id,
-        "at": 2,
+        "at": if first_price { 1 } else { 2 },
         "tmax": 200,
         "cur": ["USD"],
         "imp": imp,
@@ -390,6 +415,19 @@ fn request(rng: &mut fastrand::Rng, id: &str, country: &str, exps: &[Option<u64>
         "user": {"id": format!("u{}", rng.u32(..100_000))},
     });
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The lease of our bid `REGION/LEASE.N` (`Bid.id`), keyed as the history keys regions: the
+/// single region of a one-region run is "".
+pub fn lease_of_bid(id: &str) -> Option<(String, u64)> {
+    let (region, rest) = id.split_once('/')?;
+    let lease = rest.split_once('.')?.0.parse().ok()?;
+    let region = if region == super::topology::REGION {
+        String::new()
+    } else {
+        region.to_string()
+    };
+    Some((region, lease))
 }
 
 /// A CPM with three decimals, from micros per impression.
@@ -489,7 +527,13 @@ impl Exchange {
                 let campaign = rng.usize(..CAMPAIGNS.len());
                 let imps = if rng.u8(..5) == 0 { 2 } else { 1 };
                 let exps: Vec<Option<u64>> = (0..imps).map(|_| s.exp.draw(&mut rng)).collect();
-                let body = request(&mut rng, &id, CAMPAIGNS[campaign].country, &exps);
+                let body = request(
+                    &mut rng,
+                    &id,
+                    CAMPAIGNS[campaign].country,
+                    &exps,
+                    VENUES[venue].first_price,
+                );
                 Sent {
                     id,
                     venue,
@@ -540,6 +584,7 @@ impl Exchange {
             .count();
         t.exp_too_long.fetch_add(too_long as u64, Ordering::Relaxed);
         let at = Instant::now();
+        let sent_us = self.rec.now_us();
         let r = self
             .http
             .post(
@@ -568,6 +613,12 @@ impl Exchange {
         let mut notices = Vec::new();
         for bid in resp.seatbid.iter().flat_map(|b| &b.bid) {
             t.bids.fetch_add(1, Ordering::Relaxed);
+            if let Some(key) = lease_of_bid(&bid.id) {
+                let mut by = t.bids_by_lease.lock().unwrap_or_else(|p| p.into_inner());
+                let e = by.entry(key).or_insert((0, 0));
+                e.0 += 1;
+                e.1 = e.1.max(sent_us);
+            }
             let Ok(price) = Money::from_cpm_str(bid.price.get()) else {
                 continue;
             };
@@ -610,8 +661,13 @@ impl Exchange {
                 continue;
             }
             t.wins.fetch_add(1, Ordering::Relaxed);
-            // Second price: the runner-up's price plus one micro, at most our bid.
-            let clearing = (competitor + 1).min(ours);
+            // Second price: the runner-up's price plus one micro, at most our bid. First
+            // price: our bid.
+            let clearing = if venue.first_price {
+                ours
+            } else {
+                (competitor + 1).min(ours)
+            };
             let fill = |u: &str| u.replace("${AUCTION_PRICE}", &cpm(clearing));
             // Shown (and billed) at once or later within `exp`; one in twenty never.
             if rng.u8(..20) == 0 {
@@ -653,12 +709,20 @@ impl Exchange {
                 }
                 Billing::Nurl => fill(&bid.nurl),
             };
+            // One in five first goes to another edge of the region (DESIGN §6: any edge may
+            // settle any notice); one in twenty comes at the very end of `exp`, long after
+            // the lease that bid has ended, to any edge.
+            let (late, to_bidder) = match rng.u8(..20) {
+                0 => (deadline.mul_f64(0.9 + rng.f64() * 0.08), false),
+                1..=4 => (late, false),
+                _ => (late, true),
+            };
             notices.push(Notice {
                 url: charging.clone(),
                 amount: Some(clearing),
                 bid: id.clone(),
                 delay: late,
-                to_bidder: true,
+                to_bidder,
                 deadline,
             });
             if rng.u8(..10) == 0 {

@@ -41,6 +41,127 @@ enum Active {
     Clock(String, (i64, i64)),
 }
 
+/// The address the harness (the exchange, the readers) sends from.
+const HARNESS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
+
+/// The leader among `coordinators`, as the first of them that answers says (`raft_leader` on
+/// its `/metrics`: a node id; node `N` is named `…coordinator-N`).
+fn leader_of(t: &mut Topology, coordinators: &[String]) -> Result<String> {
+    for c in coordinators {
+        let Ok(body) = http_get(&t.node_mut(c)?.metrics, "/metrics") else {
+            continue;
+        };
+        let id = body.lines().find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            (name == "budget_raft_leader").then(|| value.trim().parse::<u64>().ok())?
+        });
+        if let Some(id) = id.filter(|id| *id > 0)
+            && let Some(name) = coordinators.iter().find(|n| n.ends_with(&format!("-{id}")))
+        {
+            return Ok(name.clone());
+        }
+    }
+    bail!(
+        "no coordinator of {} names a leader",
+        coordinators.join(",")
+    )
+}
+
+/// Waits (at most `patience`) for `node`'s log to show a new fresh grant; how long it took.
+fn next_grant(log: &std::path::Path, patience: Duration) -> Option<Duration> {
+    let from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let began = Instant::now();
+    while began.elapsed() < patience {
+        if let Ok(mut f) = std::fs::File::open(log) {
+            use std::io::Seek;
+            let mut tail = String::new();
+            if f.seek(std::io::SeekFrom::Start(from)).is_ok()
+                && f.read_to_string(&mut tail).is_ok()
+                && tail.contains("lease granted")
+            {
+                return Some(began.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// The number a metric `name` shows on `/metrics` at `addr`.
+fn metric(addr: &str, name: &str) -> Option<i64> {
+    let body = http_get(addr, "/metrics").ok()?;
+    body.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The step some money-path faults take inside their window: the leader among
+/// `coordinators` paused at `at` from the window's start, for `hold`.
+fn mid_step(fault: &Fault) -> Option<(Duration, Duration, &[String])> {
+    match fault {
+        Fault::ReclaimElection {
+            coordinators,
+            pause_at_ms,
+            pause_ms,
+            ..
+        } => Some((
+            Duration::from_millis(*pause_at_ms),
+            Duration::from_millis(*pause_ms),
+            coordinators,
+        )),
+        Fault::ClockElection {
+            coordinators,
+            pause_ms,
+            ..
+        } => Some((
+            Duration::from_millis(600),
+            Duration::from_millis(*pause_ms),
+            coordinators,
+        )),
+        _ => None,
+    }
+}
+
+/// Pauses the leader among `coordinators` for `hold` (or until `abort`): whether it was seen
+/// stopped and then live again, and what happened.
+fn pause_leader(
+    topo: &Arc<Mutex<Topology>>,
+    coordinators: &[String],
+    hold: Duration,
+    abort: &AtomicBool,
+) -> (bool, String) {
+    let paused = {
+        let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+        leader_of(&mut t, coordinators).and_then(|l| {
+            let n = t.node_mut(&l)?;
+            n.proc.pause()?;
+            Ok((l.clone(), n.proc.state()))
+        })
+    };
+    let (leader, state) = match paused {
+        Ok(p) => p,
+        Err(e) => return (false, format!("could not pause the leader: {e:#}")),
+    };
+    sleep_until(Instant::now() + hold, abort);
+    let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+    let after = t
+        .node_mut(&leader)
+        .and_then(|n| {
+            n.proc.resume()?;
+            Ok(n.proc.state())
+        })
+        .map_or_else(|e| format!("{e:#}"), |s| format!("{s:?}"));
+    let new_leader = leader_of(&mut t, coordinators).unwrap_or_else(|_| "none yet".into());
+    (
+        state == State::Stopped && after == "Live",
+        format!(
+            "leader {leader} paused {} ms ({state:?}), then {after}; leader now {new_leader}",
+            hold.as_millis()
+        ),
+    )
+}
+
 /// `GET path` from `addr` over plain HTTP/1.0, with short timeouts: the body.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     http_request(addr, path).map(|(_, body)| body)
@@ -126,7 +247,7 @@ pub fn run(
             let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
             inject(&w.fault, &mut t, &mut fw, k, len, log_dir)
         };
-        let active = match injected {
+        let (active, note) = match injected {
             Ok(a) => a,
             Err(e) => {
                 rec.record(&process, OpType::Info, call);
@@ -144,6 +265,10 @@ pub fn run(
             let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
             look(&active, &w.fault, &mut t, start)
         };
+        let mid = mid_step(&w.fault).map(|(at, hold, coordinators)| {
+            sleep_until(start + Duration::from_millis(w.start_ms) + at, abort);
+            pause_leader(topo, coordinators, hold, abort)
+        });
         sleep_until(start + Duration::from_millis(w.end_ms), abort);
         let healed = {
             let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,6 +285,15 @@ pub fn run(
                 (seen, proof)
             }
             (Err(e), _) | (_, Err(e)) => (false, format!("{e:#}")),
+        };
+        let (observed, proof) = match mid {
+            Some((seen, what)) => (observed && seen, format!("{proof}; {what}")),
+            None => (observed, proof),
+        };
+        let proof = if note.is_empty() {
+            proof
+        } else {
+            format!("{note}; {proof}")
         };
         rec.record(&process, OpType::Ok, call);
         out.push(Injected {
@@ -186,6 +320,7 @@ fn sleep_until(at: Instant, abort: &AtomicBool) -> bool {
     !abort.load(Ordering::Relaxed)
 }
 
+/// Puts `fault` in force: what heals it, and a note for its proof.
 fn inject(
     fault: &Fault,
     t: &mut Topology,
@@ -193,8 +328,9 @@ fn inject(
     k: usize,
     len: Duration,
     log_dir: &std::path::Path,
-) -> Result<Active> {
-    Ok(match fault {
+) -> Result<(Active, String)> {
+    let mut note = String::new();
+    let active = match fault {
         Fault::Partition { a, b } => {
             let (a, b) = (t.ips(a)?, t.ips(b)?);
             Active::Net(fw.partition(&a, &b)?.to_vec())
@@ -250,23 +386,116 @@ fn inject(
             t.node_mut(node)?.proc.pause()?;
             Active::Paused(node.clone())
         }
+        // A clock that ran at a wrong rate in an earlier window keeps the drift it built up
+        // (as a real one would until corrected), so the proof is that the clock *moved* by the
+        // offset: its reading before is the baseline.
         Fault::Clock {
             node,
             offset_us,
             rate_ppm,
+        } => skew(t, node, *offset_us, *rate_ppm)?,
+        Fault::EdgeIsolate { edge, coordinators }
+        | Fault::ReclaimElection {
+            edge, coordinators, ..
         } => {
-            let base = t.base_offset_us;
-            let n = t.node_mut(node)?;
-            // A clock that ran at a wrong rate in an earlier window keeps the drift it built
-            // up (as a real one would until corrected), so the proof is that the clock *moved*
-            // by the offset: its reading before is the baseline.
-            let before = read_clock(&n.metrics)
-                .map(|(theirs, b, a)| (theirs - a - base, theirs - b - base))
-                .unwrap_or((0, 0));
-            write_skew(&n.clock_file, base.saturating_add(*offset_us), *rate_ppm)?;
-            Active::Clock(node.clone(), before)
+            let (a, b) = (t.ips(std::slice::from_ref(edge))?, t.ips(coordinators)?);
+            Active::Net(fw.partition(&a, &b)?.to_vec())
         }
-    })
+        Fault::AckDrop { edge, coordinators } => Active::Net(vec![fw.apply(
+            &t.ips(coordinators)?,
+            &t.ips(std::slice::from_ref(edge))?,
+            Action::Drop,
+        )?]),
+        Fault::ExchangeCut { edge } => Active::Net(vec![fw.apply(
+            &[HARNESS_IP],
+            &t.ips(std::slice::from_ref(edge))?,
+            Action::Drop,
+        )?]),
+        Fault::SlowEdge {
+            edge,
+            coordinators,
+            delay_ms,
+            jitter_ms,
+        } => Active::Delay(Delay::start(
+            &t.bin_dir.join("chaos"),
+            u16::try_from(k % 1000).unwrap_or(0) + 1,
+            &t.ips(coordinators)?,
+            &t.ips(std::slice::from_ref(edge))?,
+            Duration::from_millis(u64::from(*delay_ms)),
+            Duration::from_millis(u64::from(*jitter_ms)),
+            len + Duration::from_secs(10),
+            log_dir.join(format!("delay-{k}.log")),
+        )?),
+        Fault::LeaderPause { coordinators } => {
+            let leader = leader_of(t, coordinators)?;
+            let waited = next_grant(
+                &log_dir.join(format!("{leader}.log")),
+                Duration::from_secs(3),
+            );
+            t.node_mut(&leader)?.proc.pause()?;
+            note = match waited {
+                Some(d) => format!(
+                    "leader {leader} paused {} ms after it granted",
+                    d.as_millis()
+                ),
+                None => format!("leader {leader} paused (no grant in 3 s)"),
+            };
+            Active::Paused(leader)
+        }
+        Fault::EdgeKill { edges } => {
+            let mut busiest: Option<(i64, &String)> = None;
+            for e in edges {
+                let pending = metric(&t.node_mut(e)?.metrics, "edge_notices_pending").unwrap_or(0);
+                if busiest.is_none_or(|(p, _)| pending > p) {
+                    busiest = Some((pending, e));
+                }
+            }
+            let (pending, edge) = busiest.context("no edge to kill")?;
+            t.node_mut(edge)?.proc.kill()?;
+            note = format!("{edge} killed with {pending} notices waiting for their batches");
+            Active::Killed(edge.clone())
+        }
+        Fault::ClockElection {
+            coordinators,
+            follower,
+            offset_us,
+            rate_ppm,
+            ..
+        } => {
+            let leader = leader_of(t, coordinators)?;
+            let at = coordinators.iter().position(|c| *c == leader).unwrap_or(0);
+            let node = coordinators[(at + follower.max(&1)) % coordinators.len()].clone();
+            note = format!("follower {node} skewed, then leader {leader} paused");
+            skew(t, &node, *offset_us, *rate_ppm)?
+        }
+        Fault::EdgeClock {
+            edge,
+            offset_us,
+            rate_ppm,
+        } => skew(t, edge, *offset_us, *rate_ppm)?,
+    };
+    Ok((active, note))
+}
+
+/// Offsets `node`'s clock by `offset_us` and makes it run at `rate_ppm`.
+fn skew(t: &mut Topology, node: &str, offset_us: i64, rate_ppm: i64) -> Result<Active> {
+    let base = t.base_offset_us;
+    let n = t.node_mut(node)?;
+    let before = read_clock(&n.metrics)
+        .map(|(theirs, b, a)| (theirs - a - base, theirs - b - base))
+        .unwrap_or((0, 0));
+    write_skew(&n.clock_file, base.saturating_add(offset_us), rate_ppm)?;
+    Ok(Active::Clock(node.to_string(), before))
+}
+
+/// The clock offset a fault applies, if it is a clock fault.
+fn clock_offset(fault: &Fault) -> Option<i64> {
+    match fault {
+        Fault::Clock { offset_us, .. }
+        | Fault::ClockElection { offset_us, .. }
+        | Fault::EdgeClock { offset_us, .. } => Some(*offset_us),
+        _ => None,
+    }
 }
 
 /// What can be seen while the fault is in force: a paused process is stopped, a killed one is
@@ -297,9 +526,10 @@ fn look(
             (s == State::Stopped, format!("{n} after SIGSTOP: {s:?}"))
         }
         Active::Clock(n, (low0, high0)) => {
-            let Fault::Clock { offset_us, .. } = fault else {
+            let Some(offset_us) = clock_offset(fault) else {
                 bail!("a clock window without a clock fault")
             };
+            let offset_us = &offset_us;
             let base = t.base_offset_us;
             let node = t.node_mut(n)?;
             let (theirs, before, after) = read_clock(&node.metrics)?;

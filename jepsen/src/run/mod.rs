@@ -95,9 +95,13 @@ const TAIL: Duration = Duration::from_secs(30);
 /// bucket, still spending): a region keeps the rights its own rate needs, and money held by
 /// bids without a notice comes back only at their deadlines, so the last of a budget trickles.
 const DRAIN_MAX: Duration = Duration::from_secs(90);
-/// Budgets are raised this often while faults run, so that spending meets the limit again and
-/// again.
-const RAISE_EVERY: Duration = Duration::from_secs(20);
+/// Budgets are small, and raised by one step each time one runs out (nothing left to lease in
+/// any region), at most this often, while faults run: so budgets end again and again, inside
+/// fault windows, and errors at the end of a budget are exercised many times a run, not only
+/// at its last second. The gap keeps each end in force for a while.
+const RAISE_GAP: Duration = Duration::from_secs(3);
+/// No raise this close to the quiet tail: the last raise is spent after the faults.
+const RAISE_STOP: Duration = Duration::from_secs(10);
 /// The regions' shares of the exchange's requests, home first: uneven on purpose, so that
 /// rights must move.
 const REGION_WEIGHTS: [u32; 3] = [50, 35, 15];
@@ -482,6 +486,7 @@ fn drive(
     let start = Instant::now();
     let history_file = std::fs::File::create(dir.join("history.jsonl"))?;
     let rec = Arc::new(Recorder::new(history_file, start));
+    let ex_edge_regions = edge_regions.clone();
     let ex = Exchange::new(
         exchange::Settings {
             edges: edge_urls.clone(),
@@ -514,7 +519,35 @@ fn drive(
     };
     let escrow: Arc<Mutex<Vec<check::budget::Escrow>>> = Arc::default();
     let stop_reads = Arc::new(AtomicBool::new(false));
-    let last_raise_at = opts.time_limit.saturating_sub(TAIL + RAISE_EVERY / 2);
+    // The leases the edges released, as each showed them (I10), read every 2 s.
+    let edge_leases: Arc<Mutex<BTreeMap<(String, u64), check::leases::EdgeLease>>> = Arc::default();
+    let edge_poller = {
+        let (edges, regions, out, stop) = (
+            edge_urls.clone(),
+            ex_edge_regions.clone(),
+            edge_leases.clone(),
+            stop_reads.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut last = false;
+            loop {
+                for (url, region) in edges.iter().zip(&regions) {
+                    poll_edge_leases(url.trim_start_matches("http://"), region, &out);
+                }
+                if last {
+                    return;
+                }
+                for _ in 0..20 {
+                    if stop.load(Ordering::Relaxed) {
+                        last = true;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    let last_raise_at = opts.time_limit.saturating_sub(TAIL + RAISE_STOP);
     let mut unread = Vec::new();
     let (heal_snapshot, heal_at) = rt.block_on(async {
         let exchange = {
@@ -533,19 +566,38 @@ fn drive(
             )));
         }
         // Budget raises and progress lines while the nemesis works.
-        let mut k = 1u64;
+        let mut last_raised = [Duration::ZERO; CAMPAIGNS.len()];
+        let mut next_raise_check = Duration::ZERO;
         let mut next_progress = Duration::from_secs(5);
         let mut healed: Option<(Snapshot, Duration)> = None;
         while start.elapsed() < opts.time_limit {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = start.elapsed();
-            if now >= RAISE_EVERY * k as u32 && now < last_raise_at {
-                for c in &CAMPAIGNS {
-                    let to = step(c) * (k as i64 + 1);
+            if now >= next_raise_check && now < last_raise_at {
+                next_raise_check = now + Duration::from_secs(1);
+                for (ci, c) in CAMPAIGNS.iter().enumerate() {
+                    if now.saturating_sub(last_raised[ci]) < RAISE_GAP {
+                        continue;
+                    }
+                    // Ended: what every region could still lease is under two bids.
+                    let Some(available) = available_everywhere(&by_region, c.name).await else {
+                        continue;
+                    };
+                    if available >= 2 * c.bid_micros {
+                        continue;
+                    }
+                    let key = format!("{}/lifetime", c.name);
+                    let to = budgets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(0)
+                        + step(c);
                     budgets
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(format!("{}/lifetime", c.name), to);
+                        .insert(key, to);
                     budget_events
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -553,8 +605,8 @@ fn drive(
                     if let Err(e) = coords.set_budget(c.name, to, Duration::from_secs(15)).await {
                         progress(start, format!("budget raise: {e:#}"));
                     }
+                    last_raised[ci] = now;
                 }
-                k += 1;
             }
             if healed.is_none() && nemesis.is_finished() {
                 let snap = snapshot(&by_region, &mut unread).await;
@@ -658,6 +710,9 @@ fn drive(
     let injected = nemesis
         .join()
         .map_err(|_| anyhow::anyhow!("the nemesis thread panicked"))??;
+    edge_poller
+        .join()
+        .map_err(|_| anyhow::anyhow!("the edge poller panicked"))?;
     let crashed = topo.lock().unwrap_or_else(|p| p.into_inner()).crashed();
     if !crashed.is_empty() {
         progress(
@@ -758,11 +813,79 @@ fn drive(
         base_offset_us,
         cross_at,
         load_start_wall_us: wall_us() - i64::try_from(start.elapsed().as_micros())?,
+        edge_leases: &edge_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     let (mut outcome, pending) = report::check_all(&inputs)?;
     outcome.crashed = crashed;
     outcome.unread = unread;
     Ok((outcome, pending))
+}
+
+/// Reads an edge's `/debug/leases` and keeps, per released lease, the lowest unreserved
+/// amount it showed (keyed `(region, lease)`, region "" in a run of one region). An edge that
+/// does not answer (killed, paused, cut off) is read next time.
+fn poll_edge_leases(
+    addr: &str,
+    region: &str,
+    out: &Mutex<BTreeMap<(String, u64), check::leases::EdgeLease>>,
+) {
+    let Ok(body) = faults::http_get(addr, "/debug/leases") else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return;
+    };
+    let edge = v["edge"].as_str().unwrap_or(addr).to_string();
+    let region = if region == topology::REGION {
+        String::new()
+    } else {
+        region.to_string()
+    };
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    for r in v["released"].as_array().into_iter().flatten() {
+        let (Some(lease), Some(amount), Some(unreserved)) = (
+            r["lease"].as_u64(),
+            r["amount"].as_i64(),
+            r["unreserved"].as_i64(),
+        ) else {
+            continue;
+        };
+        let e = out
+            .entry((region.clone(), lease))
+            .or_insert(check::leases::EdgeLease {
+                edge: edge.clone(),
+                amount,
+                unreserved,
+            });
+        e.unreserved = e.unreserved.min(unreserved);
+    }
+}
+
+/// What every region could still lease of `campaign`'s lifetime bucket, summed; `None` if a
+/// region could not be read.
+async fn available_everywhere(by_region: &[(String, Coords)], campaign: &str) -> Option<i64> {
+    let mut sum = 0;
+    for (_, coords) in by_region {
+        let mut read = None;
+        for i in 0..coords.nodes.len() {
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                coords.admin(i).get_balance(pb::GetBalanceRequest {
+                    bucket: Some(grpc::lifetime(campaign)),
+                }),
+            )
+            .await;
+            if let Ok(Ok(b)) = r {
+                read = Some(b.into_inner().available_micros);
+                break;
+            }
+        }
+        sum += read?;
+    }
+    Some(sum)
 }
 
 /// Linearizable balance reads of random lifetime buckets at random coordinators, recorded for
@@ -829,6 +952,10 @@ async fn read_loop(
 pub struct Facts {
     /// Lease id → `(campaign, ["campaign/bucket", …])`.
     pub leases: BTreeMap<u64, (String, Vec<String>)>,
+    /// Lease id → amount granted, micros.
+    pub granted: BTreeMap<u64, i64>,
+    /// Lease id → the Raft index of its release or reclaim.
+    pub closed_at: BTreeMap<u64, u64>,
     /// Charged events.
     pub events: Vec<check::notices::LedgerEvent>,
     /// Settled per bucket over Raft indexes.
@@ -839,6 +966,8 @@ pub struct Facts {
 pub fn facts(region: &str, entries: &[(shared::log::Entry, [u8; 32])]) -> Facts {
     let mut f = Facts {
         leases: BTreeMap::new(),
+        granted: BTreeMap::new(),
+        closed_at: BTreeMap::new(),
         events: Vec::new(),
         timelines: BTreeMap::new(),
     };
@@ -853,6 +982,13 @@ pub fn facts(region: &str, entries: &[(shared::log::Entry, [u8; 32])]) -> Facts 
                     .collect();
                 f.leases
                     .insert(g.lease.0, (g.campaign.to_string(), buckets));
+                f.granted.insert(g.lease.0, g.amount.micros());
+            }
+            Payload::LeaseReleased(r) => {
+                f.closed_at.entry(r.lease.0).or_insert(e.raft_index);
+            }
+            Payload::LeaseReclaimed(r) => {
+                f.closed_at.entry(r.lease.0).or_insert(e.raft_index);
             }
             Payload::SpendBatch(b) => {
                 let total: i64 = b.events.iter().map(|x| x.amount.micros()).sum();

@@ -16,7 +16,7 @@ use super::{Ledger, Options, Outcome, date_in, facts};
 use crate::check::budget::{Escrow, micros};
 use crate::check::progress::{Spend, percent};
 use crate::check::{self, chains};
-use crate::history::Completed;
+use crate::history::{Call, Completed, OpType};
 use crate::nemesis::Schedule;
 
 /// Everything a run recorded.
@@ -63,6 +63,9 @@ pub struct Inputs<'a> {
     pub cross_at: Duration,
     /// The harness's wall clock when the load started.
     pub load_start_wall_us: i64,
+    /// Leases as the edges showed them after releasing them (`/debug/leases`), by
+    /// `(region, lease)`.
+    pub edge_leases: &'a BTreeMap<(String, u64), crate::check::leases::EdgeLease>,
 }
 
 /// What is left to do after the processes stopped.
@@ -335,8 +338,8 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
          byte), {} bids, {} wins ({} never billed), {} loss notices, {} charging notice \
          deliveries ({} abandoned at their bid's deadline), {} requests unanswered. {} \
          impressions had an `exp` past the region's maximum; {} of them were bid on (must be 0). \
-         Demand exceeds budgets by design: budgets are raised every {} s while faults run, and \
-         each raise is spent to the limit.\n",
+         Demand exceeds budgets by design: budgets are small, and raised by a step each time \
+         one runs out (at most every {} s) while faults run.\n",
         t.requests.load(Relaxed),
         t.reused_ids.load(Relaxed),
         t.replays.load(Relaxed),
@@ -349,7 +352,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         t.unanswered.load(Relaxed),
         t.exp_too_long.load(Relaxed),
         t.bids_past_max_exp.load(Relaxed),
-        super::RAISE_EVERY.as_secs()
+        super::RAISE_GAP.as_secs()
     );
     let (billed_bids, sharing) = {
         let billed = t.billed.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,7 +387,32 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
          acknowledged, and count against the budget all the same (I1).\n",
         micros(unacked_micros)
     );
+    // Budgets that ran out (each raise after the first budget follows one), and how many of
+    // those ends came while a fault was in force.
+    let ends: Vec<u64> = i
+        .budget_events
+        .iter()
+        .filter(|(t, _, _)| *t > 0)
+        .map(|(t, _, _)| *t / 1000)
+        .collect();
+    let ends_in_faults = ends
+        .iter()
+        .filter(|t| {
+            i.schedule
+                .windows
+                .iter()
+                .any(|w| w.start_ms <= **t && **t <= w.end_ms + 1_000)
+        })
+        .count();
+    let _ = writeln!(
+        body,
+        "Budgets ran out {} times ({ends_in_faults} of them while a fault was in force) and were \
+         raised each time.\n",
+        ends.len()
+    );
     let exchange = serde_json::json!({
+        "budget_ends": ends.len(),
+        "budget_ends_in_faults": ends_in_faults,
         "bills_made": made,
         "bills_unacknowledged": unacked,
         "bills_unacknowledged_micros": unacked_micros,
@@ -479,6 +507,62 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
     let buckets = serde_json::json!({"at_heal": snapshot(i.heal), "at_end": snapshot(i.end)});
     // I8: the reclaim rule, from every coordinator's own log.
     let i8 = check::reclaim::check(&coordinator_logs(&i.dir.join("nodes")));
+    // I9: money conserved at every entry of every replica's log.
+    let logs: Vec<(String, Vec<shared::log::Entry>)> = i
+        .ledger
+        .replicas
+        .iter()
+        .map(|(node, entries, _)| {
+            (
+                node.clone(),
+                entries.iter().map(|(e, _)| e.clone()).collect(),
+            )
+        })
+        .collect();
+    let i9 = check::conservation::check(&logs);
+    drop(logs);
+    // I10: bids and bills within their leases, as the exchange and the edges saw them.
+    let i10 = {
+        let mut inputs = check::leases::Inputs::default();
+        for (region, f) in &by_region {
+            for (lease, amount) in &f.granted {
+                inputs.granted.insert((region.clone(), *lease), *amount);
+            }
+            for (lease, index) in &f.closed_at {
+                inputs.closed_at.insert((region.clone(), *lease), *index);
+            }
+        }
+        for b in t.made.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            *inputs
+                .billed
+                .entry((b.region.clone(), b.lease))
+                .or_default() += b.amount;
+        }
+        for (k, (_, last)) in t
+            .bids_by_lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            inputs.last_bid_sent_us.insert(k.clone(), *last);
+        }
+        for c in i.completed {
+            if let (
+                OpType::Ok,
+                Some(Call::Read {
+                    region,
+                    index: Some(ix),
+                    ..
+                }),
+            ) = (c.outcome, &c.completed)
+                && let Some(done) = c.complete_us
+            {
+                inputs.reads.push((region.clone(), *ix, done));
+            }
+        }
+        inputs.edges = i.edge_leases.clone();
+        check::leases::check(&inputs)
+    };
     let outcome = Outcome {
         dir: i.dir.to_path_buf(),
         passed: false,
@@ -487,7 +571,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             if let Some((i5, _)) = &i5 {
                 v.push(i5.clone());
             }
-            v.extend([i6, i7, i8]);
+            v.extend([i6, i7, i8, i9, i10]);
             v
         },
         faults: i.injected.to_vec(),

@@ -90,7 +90,7 @@ pub fn tally(dir: &Path) -> Result<Tally> {
             .filter_map(|k| k.as_str())
             .collect();
         let regions = v["regions"].as_u64().unwrap_or_else(|| regions_of(v));
-        let every = crate::nemesis::Kind::ALL
+        let every = crate::nemesis::Kind::all()
             .iter()
             .chain(if regions > 1 {
                 &crate::nemesis::Kind::REGION[..]

@@ -116,7 +116,7 @@ fn a_short_run_under_partition_kill_pause_and_clock_faults_passes() {
         &o,
         &r,
         &["partition", "kill", "pause", "clock"],
-        &["I1", "I2", "I3", "I4", "I6", "I7", "I8"],
+        &["I1", "I2", "I3", "I4", "I6", "I7", "I8", "I9", "I10"],
     );
     // The report's path is printed.
     assert!(String::from_utf8_lossy(&o.stdout).contains("report.md"));
@@ -261,7 +261,7 @@ fn a_short_run_of_two_regions_under_region_faults_passes() {
         &o,
         &r,
         &["region-partition", "region-kill", "kill"],
-        &["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I8"],
+        &["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I8", "I9", "I10"],
     );
     // I5 says how long the regions took to agree after the load.
     assert!(r["converged_ms"].as_u64().is_some(), "{r:#}");

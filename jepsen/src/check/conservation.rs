@@ -1,0 +1,536 @@
+//! I9: money is conserved at every step of every replica's financial log, not only at the end
+//! of a budget (as Jepsen's bank test checks every read, not only the last).
+//!
+//! Each replica's log is replayed entry by entry, with nothing but what the entries say
+//! (LOG_FORMAT.md §3), and after every entry:
+//!
+//! - **per lease**: granted = settled + returned + in doubt + still open, where "still open"
+//!   (`granted − settled − returned − in doubt`) is never negative, and is zero once the lease
+//!   is released or reclaimed; a release or reclaim says the lease's settled spend as it is;
+//!   each in-doubt part is never negative, and an `in_doubt_returned` returns exactly what
+//!   notices left of its part (no more: that would be money created; no less: money lost);
+//! - **per bucket of the region**: rights (budgets created here, minus burns and transfers out,
+//!   plus rights received) minus what every lease covering the bucket still holds or spent
+//!   (`granted − returned`) is never negative.
+//!
+//! An error that moves a few micros, anywhere in a run, shows here at the entry that made it.
+
+use std::collections::BTreeMap;
+
+use shared::log::{Entry, Payload};
+
+use super::Verdict;
+use super::budget::micros;
+
+/// One lease as the log has told it so far.
+#[derive(Debug, Default)]
+struct Lease {
+    granted: i64,
+    buckets: Vec<String>,
+    settled: i64,
+    returned: i64,
+    /// The in-doubt parts, by wait (ascending), once released or reclaimed.
+    parts: Vec<(u64, i64)>,
+    closed: bool,
+}
+
+impl Lease {
+    fn in_doubt(&self) -> i64 {
+        self.parts.iter().map(|p| p.1).sum()
+    }
+
+    fn open_rest(&self) -> i64 {
+        self.granted - self.settled - self.returned - self.in_doubt()
+    }
+
+    /// Takes `amount` from the parts, shortest wait first; what the parts could not cover.
+    fn take_from_parts(&mut self, mut amount: i64) -> i64 {
+        for p in &mut self.parts {
+            let t = amount.min(p.1);
+            p.1 -= t;
+            amount -= t;
+        }
+        self.parts.retain(|p| p.1 > 0);
+        amount
+    }
+}
+
+/// Replays one replica's `entries` (in seq order) and returns the violations, each naming the
+/// entry (`node`, seq) where money stopped adding up.
+pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut leases: BTreeMap<u64, Lease> = BTreeMap::new();
+    let mut rights: BTreeMap<String, i64> = BTreeMap::new();
+    // Per bucket, what leases covering it took and have not returned (granted − returned).
+    let mut used: BTreeMap<String, i64> = BTreeMap::new();
+    for e in entries {
+        let at = format!("{node} seq {}", e.seq);
+        let mut touched: Vec<u64> = Vec::new();
+        let returned_before: BTreeMap<u64, i64> = lease_ids(&e.payload)
+            .filter_map(|id| leases.get(&id).map(|l| (id, l.returned)))
+            .collect();
+        let mut buckets_touched: Vec<String> = Vec::new();
+        match &e.payload {
+            Payload::BudgetSet(b) => {
+                let k = format!("{}/{}", b.campaign, b.bucket);
+                *rights.entry(k.clone()).or_default() += b.after.micros() - b.before.micros();
+                buckets_touched.push(k);
+            }
+            Payload::RightsTransferred(t) => {
+                let k = format!("{}/{}", t.campaign, t.bucket);
+                *rights.entry(k.clone()).or_default() -= t.amount.micros();
+                buckets_touched.push(k);
+            }
+            Payload::RemoteMerged(m) => {
+                for r in &m.received {
+                    *rights
+                        .entry(format!("{}/{}", r.campaign, r.bucket))
+                        .or_default() += r.amount.micros();
+                }
+            }
+            Payload::LeaseGranted(g) => {
+                if leases.contains_key(&g.lease.0) {
+                    v.push(format!("{at}: lease {} granted twice", g.lease.0));
+                }
+                for b in &g.buckets {
+                    let k = format!("{}/{b}", g.campaign);
+                    *used.entry(k.clone()).or_default() += g.amount.micros();
+                    buckets_touched.push(k);
+                }
+                leases.insert(
+                    g.lease.0,
+                    Lease {
+                        granted: g.amount.micros(),
+                        buckets: g
+                            .buckets
+                            .iter()
+                            .map(|b| format!("{}/{b}", g.campaign))
+                            .collect(),
+                        ..Lease::default()
+                    },
+                );
+                touched.push(g.lease.0);
+            }
+            Payload::SpendBatch(b) => {
+                let total: i64 = b.events.iter().map(|x| x.amount.micros()).sum();
+                let Some(l) = leases.get_mut(&b.lease.0) else {
+                    v.push(format!(
+                        "{at}: spend under lease {} never granted",
+                        b.lease.0
+                    ));
+                    continue;
+                };
+                l.settled += total;
+                if l.closed {
+                    // Settled after the release or reclaim: out of the in-doubt parts.
+                    let short = l.take_from_parts(total);
+                    if short > 0 {
+                        v.push(format!(
+                            "{at}: lease {} settled {} after it closed, {} more than it held \
+                             in doubt",
+                            b.lease.0,
+                            micros(total),
+                            micros(short)
+                        ));
+                        // Count the shortfall as taken, so that one error is reported once.
+                        l.settled -= short;
+                    }
+                }
+                touched.push(b.lease.0);
+            }
+            Payload::BidsLost(x) => {
+                let Some(l) = leases.get_mut(&x.lease.0) else {
+                    v.push(format!(
+                        "{at}: bids lost of lease {} never granted",
+                        x.lease.0
+                    ));
+                    continue;
+                };
+                let returned = x.returned.micros();
+                if returned > x.bid_total.micros() || returned < 0 {
+                    v.push(format!(
+                        "{at}: lease {} returned {} for lost bids worth {}",
+                        x.lease.0,
+                        micros(returned),
+                        micros(x.bid_total.micros())
+                    ));
+                }
+                if returned > 0 {
+                    if !l.closed {
+                        v.push(format!(
+                            "{at}: lease {} returned {} of lost bids while open (it returns \
+                             them at its release)",
+                            x.lease.0,
+                            micros(returned)
+                        ));
+                    }
+                    let short = l.take_from_parts(returned);
+                    if short > 0 {
+                        v.push(format!(
+                            "{at}: lease {} returned {} for lost bids, {} more than it held \
+                             in doubt",
+                            x.lease.0,
+                            micros(returned),
+                            micros(short)
+                        ));
+                    }
+                    l.returned += returned - short;
+                }
+                touched.push(x.lease.0);
+            }
+            Payload::LeaseReleased(r) => {
+                let Some(l) = leases.get_mut(&r.lease.0) else {
+                    v.push(format!(
+                        "{at}: release of lease {} never granted",
+                        r.lease.0
+                    ));
+                    continue;
+                };
+                if l.closed {
+                    v.push(format!(
+                        "{at}: lease {} released after it closed",
+                        r.lease.0
+                    ));
+                }
+                if r.spent.micros() != l.settled {
+                    v.push(format!(
+                        "{at}: lease {} released saying {} spent; the log settled {}",
+                        r.lease.0,
+                        micros(r.spent.micros()),
+                        micros(l.settled)
+                    ));
+                }
+                l.returned += r.returned.micros();
+                l.parts = r
+                    .in_doubt
+                    .iter()
+                    .map(|p| (p.wait_ms, p.amount.micros()))
+                    .collect();
+                l.closed = true;
+                touched.push(r.lease.0);
+            }
+            Payload::LeaseReclaimed(r) => {
+                let Some(l) = leases.get_mut(&r.lease.0) else {
+                    v.push(format!(
+                        "{at}: reclaim of lease {} never granted",
+                        r.lease.0
+                    ));
+                    continue;
+                };
+                if l.closed {
+                    v.push(format!(
+                        "{at}: lease {} reclaimed after it closed",
+                        r.lease.0
+                    ));
+                }
+                if r.spent.micros() != l.settled {
+                    v.push(format!(
+                        "{at}: lease {} reclaimed saying {} spent; the log settled {}",
+                        r.lease.0,
+                        micros(r.spent.micros()),
+                        micros(l.settled)
+                    ));
+                }
+                l.returned += r.returned.micros();
+                l.parts = if r.in_doubt.micros() > 0 {
+                    vec![(r.wait_ms, r.in_doubt.micros())]
+                } else {
+                    Vec::new()
+                };
+                l.closed = true;
+                touched.push(r.lease.0);
+            }
+            Payload::InDoubtReturned(r) => {
+                let Some(l) = leases.get_mut(&r.lease.0) else {
+                    v.push(format!(
+                        "{at}: in-doubt return of lease {} never granted",
+                        r.lease.0
+                    ));
+                    continue;
+                };
+                let left = l.parts.iter().find(|p| p.0 == r.wait_ms).map_or(0, |p| p.1);
+                if r.returned.micros() != left {
+                    v.push(format!(
+                        "{at}: lease {} returned {} from its in-doubt part of wait {} ms, which \
+                         held {}",
+                        r.lease.0,
+                        micros(r.returned.micros()),
+                        r.wait_ms,
+                        micros(left)
+                    ));
+                }
+                l.parts.retain(|p| p.0 != r.wait_ms);
+                l.returned += r.returned.micros();
+                touched.push(r.lease.0);
+            }
+            Payload::Anomaly(_) | Payload::ParamsSet(_) => {}
+        }
+        for id in touched {
+            let Some(l) = leases.get(&id) else { continue };
+            let rest = l.open_rest();
+            if rest < 0 || (l.closed && rest != 0) {
+                v.push(format!(
+                    "{at}: lease {id} granted {} = settled {} + returned {} + in doubt {} + \
+                     open {} ({})",
+                    micros(l.granted),
+                    micros(l.settled),
+                    micros(l.returned),
+                    micros(l.in_doubt()),
+                    micros(rest),
+                    if l.closed {
+                        "closed: nothing may stay open"
+                    } else {
+                        "open: negative"
+                    }
+                ));
+            }
+        }
+        // Money a lease returned leaves its buckets' use.
+        for (id, before) in returned_before {
+            if let Some(l) = leases.get(&id) {
+                let d = l.returned - before;
+                for b in &l.buckets {
+                    *used.entry(b.clone()).or_default() -= d;
+                    buckets_touched.push(b.clone());
+                }
+            }
+        }
+        // Per bucket: what leases took and never returned fits in the region's rights.
+        buckets_touched.sort();
+        buckets_touched.dedup();
+        for bucket in buckets_touched {
+            let have = rights.get(&bucket).copied().unwrap_or(0);
+            let took = used.get(&bucket).copied().unwrap_or(0);
+            if took > have {
+                v.push(format!(
+                    "{at}: {bucket}: leases hold or spent {} of rights {} (available {})",
+                    micros(took),
+                    micros(have),
+                    micros(have - took)
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// The lease an entry names, if any.
+fn lease_ids(p: &Payload) -> impl Iterator<Item = u64> {
+    match p {
+        Payload::LeaseReleased(r) => Some(r.lease.0),
+        Payload::LeaseReclaimed(r) => Some(r.lease.0),
+        Payload::InDoubtReturned(r) => Some(r.lease.0),
+        Payload::BidsLost(r) => Some(r.lease.0),
+        _ => None,
+    }
+    .into_iter()
+}
+
+/// I9 over every replica: `(node, entries)`. Checked: entries replayed.
+pub fn check(replicas: &[(String, Vec<Entry>)]) -> Verdict {
+    let mut violations = Vec::new();
+    let mut checked = 0u64;
+    for (node, entries) in replicas {
+        checked += entries.len() as u64;
+        // One error tends to repeat at every later entry: the first few per replica say it.
+        violations.extend(replay(node, entries).into_iter().take(5));
+    }
+    Verdict::new("I9", checked, violations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::bucket::Bucket;
+    use shared::log::entry::{
+        BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed,
+        LeaseReleased, SpendBatch,
+    };
+    use shared::{BatchId, EventKey, LeaseId, Money};
+
+    fn m(n: i64) -> Money {
+        Money::from_micros(n)
+    }
+
+    fn log(payloads: Vec<Payload>) -> Vec<Entry> {
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Entry {
+                seq: i as u64,
+                prev_hash: [0; 32],
+                raft_term: 1,
+                raft_index: i as u64 + 1,
+                time_us: 0,
+                payload,
+            })
+            .collect()
+    }
+
+    fn budget(after: i64) -> Payload {
+        Payload::BudgetSet(BudgetSet {
+            campaign: "c".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+            before: m(0),
+            after: m(after),
+        })
+    }
+
+    fn grant(lease: u64, amount: i64) -> Payload {
+        Payload::LeaseGranted(LeaseGranted {
+            lease: LeaseId(lease),
+            edge: "e".parse().unwrap(),
+            campaign: "c".parse().unwrap(),
+            buckets: vec![Bucket::Lifetime],
+            amount: m(amount),
+            duration_ms: 5_000,
+        })
+    }
+
+    fn spend(lease: u64, amounts: &[i64]) -> Payload {
+        Payload::SpendBatch(SpendBatch {
+            lease: LeaseId(lease),
+            batch: BatchId([lease as u8; 16]),
+            edge: "e".parse().unwrap(),
+            events: amounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| shared::log::SpendEvent {
+                    bid: i as u64 + 1,
+                    key: EventKey::from_parts("x", &format!("a{i}"), "1").unwrap(),
+                    amount: m(*a),
+                })
+                .collect(),
+        })
+    }
+
+    fn release(lease: u64, spent: i64, returned: i64, parts: &[(u64, i64)]) -> Payload {
+        Payload::LeaseReleased(LeaseReleased {
+            lease: LeaseId(lease),
+            batch: BatchId([9; 16]),
+            spent: m(spent),
+            returned: m(returned),
+            bids: 10,
+            in_doubt: parts
+                .iter()
+                .map(|(w, a)| DoubtPart {
+                    wait_ms: *w,
+                    amount: m(*a),
+                })
+                .collect(),
+        })
+    }
+
+    fn expire(lease: u64, wait_ms: u64, returned: i64) -> Payload {
+        Payload::InDoubtReturned(InDoubtReturned {
+            lease: LeaseId(lease),
+            wait_ms,
+            returned: m(returned),
+        })
+    }
+
+    #[test]
+    fn a_lease_that_adds_up_at_every_step_passes() {
+        let entries = log(vec![
+            budget(10_000),
+            grant(1, 6_000),
+            spend(1, &[1_000, 500]),
+            release(1, 1_500, 2_500, &[(100, 1_000), (900, 1_000)]),
+            // A late notice takes from the shortest wait first; a loss returns at once.
+            spend(1, &[700]),
+            Payload::BidsLost(BidsLost {
+                lease: LeaseId(1),
+                batch: BatchId([7; 16]),
+                count: 1,
+                bid_total: m(400),
+                returned: m(400),
+            }),
+            expire(1, 100, 0),
+            expire(1, 900, 900),
+            grant(2, 4_000),
+            Payload::LeaseReclaimed(LeaseReclaimed {
+                lease: LeaseId(2),
+                spent: m(0),
+                returned: m(0),
+                in_doubt: m(4_000),
+                wait_ms: 20_000,
+            }),
+            expire(2, 20_000, 4_000),
+            grant(3, 10_000 - 2_200),
+        ]);
+        let v = replay("n1", &entries);
+        assert!(v.is_empty(), "{v:#?}");
+        let verdict = check(&[("n1".into(), entries)]);
+        assert!(verdict.held && verdict.checked == 12, "{verdict:?}");
+    }
+
+    #[test]
+    fn one_micro_too_many_anywhere_is_caught_at_its_entry() {
+        // A release that returns one micro more than the edge left unspent.
+        let v = replay(
+            "n1",
+            &log(vec![
+                budget(10_000),
+                grant(1, 6_000),
+                spend(1, &[1_000]),
+                release(1, 1_000, 4_001, &[(100, 1_000)]),
+            ]),
+        );
+        assert!(
+            v.iter().any(|e| e.starts_with("n1 seq 3: lease 1")),
+            "{v:#?}"
+        );
+        // An in-doubt part returned whole after a late notice took some of it.
+        let v = replay(
+            "n1",
+            &log(vec![
+                budget(10_000),
+                grant(1, 6_000),
+                release(1, 0, 5_000, &[(100, 1_000)]),
+                spend(1, &[300]),
+                expire(1, 100, 1_000),
+            ]),
+        );
+        assert!(
+            v.iter()
+                .any(|e| e.contains("seq 4") && e.contains("which held 0.000700")),
+            "{v:#?}"
+        );
+        // A grant past the region's rights (the second lease is one micro too big).
+        let v = replay(
+            "n1",
+            &log(vec![budget(10_000), grant(1, 6_000), grant(2, 4_001)]),
+        );
+        assert!(
+            v.iter()
+                .any(|e| e.contains("seq 2") && e.contains("available -0.000001")),
+            "{v:#?}"
+        );
+        // A charge after the release, past what the release held in doubt.
+        let v = replay(
+            "n1",
+            &log(vec![
+                budget(10_000),
+                grant(1, 6_000),
+                release(1, 0, 5_000, &[(100, 1_000)]),
+                spend(1, &[1_001]),
+            ]),
+        );
+        assert!(v.iter().any(|e| e.contains("seq 3")), "{v:#?}");
+        // A release that misstates what was settled.
+        let v = replay(
+            "n1",
+            &log(vec![
+                budget(10_000),
+                grant(1, 6_000),
+                spend(1, &[1_000]),
+                release(1, 999, 5_001, &[]),
+            ]),
+        );
+        assert!(
+            v.iter().any(|e| e.contains("saying 0.000999 spent")),
+            "{v:#?}"
+        );
+        assert!(!check(&[]).held, "no replica proves nothing");
+    }
+}
