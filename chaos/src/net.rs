@@ -33,7 +33,18 @@ pub enum Action {
     Loss(u8),
     /// Sends each packet twice.
     Duplicate,
+    /// Drops the TCP segments that carry data (IP length over [`DATA_MIN_LEN`]) and lets pure
+    /// acknowledgements through: the receiver's requests keep arriving and being served while
+    /// its answers are lost — an application's acknowledgement dropped, not its request. (A
+    /// plain drop of the answering direction also stops the TCP acknowledgements, and the
+    /// sender's requests stall behind its first unacknowledged segment.)
+    DropData,
 }
+
+/// The IP length above which [`Action::DropData`] takes a TCP segment to carry data: a pure
+/// acknowledgement, with timestamps and SACK blocks, is at most 80 bytes; an answer over TLS
+/// is longer than 100.
+pub const DATA_MIN_LEN: u16 = 100;
 
 /// A fault in force: which packets, what is done to them, and the rules that do it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +71,7 @@ impl fmt::Display for Fault {
             Action::Drop => "drop".to_string(),
             Action::Loss(p) => format!("loss {p}%"),
             Action::Duplicate => "duplicate".to_string(),
+            Action::DropData => "drop data".to_string(),
         };
         write!(f, "{what} {} -> {}", list(&self.from), list(&self.to))
     }
@@ -140,6 +152,9 @@ impl Firewall {
         };
         let rules: Vec<String> = match action {
             Action::Drop => vec![format!("{matches} counter drop")],
+            Action::DropData => vec![format!(
+                "{matches} meta l4proto tcp ip length > {DATA_MIN_LEN} counter drop"
+            )],
             Action::Loss(p) => vec![format!(
                 "{matches} numgen random mod 100 < {p} counter drop"
             )],

@@ -4,7 +4,7 @@
 //! are read from Raft and the ledger when scraped.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -65,7 +65,7 @@ pub struct Metrics {
     applied_index: Gauge,
     log_head_seq: Gauge,
     settled_micros: Gauge<i64, AtomicI64>,
-    clock_wall_us: Gauge<i64, AtomicI64>,
+    clock_wall_seconds: Gauge<f64, AtomicU64>,
     open_leases: Gauge,
     registered_edges: Gauge,
     in_doubt_waiting_parts: Gauge,
@@ -74,7 +74,7 @@ pub struct Metrics {
     region_alarms: Family<PeerLabels, Counter>,
     region_transfers: Family<DirectionLabels, Counter>,
     region_transferred_micros: Family<DirectionLabels, Counter>,
-    region_sync_age_ms: Family<AgeLabels, Gauge>,
+    region_sync_age_seconds: Family<AgeLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The label of a command's kind.
@@ -189,12 +189,12 @@ impl Metrics {
             "Money of the in-doubt parts that wait for edges' check-ins",
             in_doubt_waiting_micros.clone(),
         );
-        let clock_wall_us = Gauge::<i64, AtomicI64>::default();
+        let clock_wall_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
-            "clock_wall_us",
-            "This node's wall clock when scraped, in µs since the Unix epoch (skewed, if a \
-             fault-injection skew file drives it)",
-            clock_wall_us.clone(),
+            "clock_wall_seconds",
+            "This node's wall clock when scraped, in seconds since the Unix epoch, to the \
+             microsecond (skewed, if a fault-injection skew file drives it)",
+            clock_wall_seconds.clone(),
         );
         let region_pushes = Family::<PeerLabels, Counter>::default();
         registry.register(
@@ -220,12 +220,12 @@ impl Metrics {
             "Micros of rights moved between regions (out: given; in: received through merges)",
             region_transferred_micros.clone(),
         );
-        let region_sync_age_ms = Family::<AgeLabels, Gauge>::default();
+        let region_sync_age_seconds = Family::<AgeLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
-            "region_sync_age_ms",
-            "Milliseconds since the last acknowledged push to a peer (of=push) or the last push \
-             from it (of=receive); -1: never. On the leader.",
-            region_sync_age_ms.clone(),
+            "region_sync_age_seconds",
+            "Seconds since the last acknowledged push to a peer (of=push) or the last push from \
+             it (of=receive); -1: never. On the leader.",
+            region_sync_age_seconds.clone(),
         );
         Metrics {
             registry,
@@ -233,7 +233,7 @@ impl Metrics {
             region_alarms,
             region_transfers,
             region_transferred_micros,
-            region_sync_age_ms,
+            region_sync_age_seconds,
             commands,
             spend_findings,
             lease_grants,
@@ -245,7 +245,7 @@ impl Metrics {
             applied_index,
             log_head_seq,
             settled_micros,
-            clock_wall_us,
+            clock_wall_seconds,
             open_leases,
             registered_edges,
             in_doubt_waiting_parts,
@@ -360,23 +360,24 @@ impl Metrics {
         });
         self.log_head_seq.set(head);
         self.settled_micros.set(settled);
-        self.clock_wall_us.set(node.clock.wall_us());
+        self.clock_wall_seconds
+            .set(node.clock.wall_us() as f64 / 1e6);
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
         for (peer, push, receive) in node.sync.ages() {
             for (of, v) in [("push", push), ("receive", receive)] {
-                self.region_sync_age_ms
+                self.region_sync_age_seconds
                     .get_or_create(&AgeLabels {
                         peer: peer.to_string(),
                         of,
                     })
-                    .set(v);
+                    .set(if v < 0 { -1.0 } else { v as f64 / 1e3 });
             }
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        shared::exposition::to_prometheus_text(&out)
     }
 }
 
@@ -394,7 +395,7 @@ pub async fn serve(
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
+                        shared::exposition::CONTENT_TYPE,
                     )],
                     node.metrics.render(&node),
                 )

@@ -230,13 +230,8 @@ impl Slot {
     /// counts from the first send: the grant may have been applied right after it.
     pub fn grant_key(&self, now: Duration) -> (Vec<u8>, Duration) {
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let (key, first) = p
-            .get_or_insert_with(|| ((0..16).map(|_| fastrand::u8(..)).collect(), now))
-            .clone();
-        if shared::planted::active("window-from-retry") {
-            return (key, now);
-        }
-        (key, first)
+        p.get_or_insert_with(|| ((0..16).map(|_| fastrand::u8(..)).collect(), now))
+            .clone()
     }
 
     /// The grant request was answered (a lease or a refusal): the next one is a new request.

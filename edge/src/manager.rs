@@ -158,9 +158,14 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
         campaign: name.to_string(),
         want_micros: edge.settings.config.lease_want_micros,
     };
+    // (The planted bug `window-from-retry` notes when the attempt that was answered left.)
+    let attempt_sent = std::sync::Arc::new(std::sync::Mutex::new(sent));
     let result = coords
         .call(|mut c| {
             let request = request.clone();
+            if shared::planted::active("window-from-retry") {
+                *attempt_sent.lock().unwrap_or_else(|p| p.into_inner()) = edge.clock.mono();
+            }
             async move {
                 let reply = c.grant_lease(request).await?.into_inner();
                 Ok(match reply.result {
@@ -181,6 +186,7 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
     match result {
         Ok(Ok(l)) if l.amount_micros > 0 => {
             let terms = terms_of(&l);
+            let sent = *attempt_sent.lock().unwrap_or_else(|p| p.into_inner());
             let lease = Arc::new(ActiveLease::new(
                 LeaseId(l.lease_id),
                 index,

@@ -59,7 +59,7 @@ pub struct Metrics {
     pub leases_held: Gauge<i64, AtomicI64>,
     /// This edge's wall clock when scraped, µs since the Unix epoch (skewed, if a test skews
     /// it): how a fault-injection test sees that a clock fault reached the process.
-    pub clock_wall_us: Gauge<i64, AtomicI64>,
+    pub clock_wall_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// The bid path's counters, made once: `Family::get_or_create` takes a lock, and the bid
     /// path takes none. Each is a handle on its family's series.
     request_counters: Vec<(&'static str, Counter)>,
@@ -181,7 +181,7 @@ impl Metrics {
             campaigns: Gauge::default(),
             catalog_version: Gauge::default(),
             leases_held: Gauge::default(),
-            clock_wall_us: Gauge::default(),
+            clock_wall_seconds: Gauge::default(),
             registry: Registry::default(),
             request_counters: Vec::new(),
             reservation_taken: Counter::default(),
@@ -250,10 +250,10 @@ impl Metrics {
         );
         r.register("leases_held", "Leases held", m.leases_held.clone());
         r.register(
-            "clock_wall_us",
-            "This edge's wall clock when scraped, in µs since the Unix epoch (skewed, if a \
-             fault-injection test skews it)",
-            m.clock_wall_us.clone(),
+            "clock_wall_seconds",
+            "This edge's wall clock when scraped, in seconds since the Unix epoch, to the \
+             microsecond (skewed, if a fault-injection test skews it)",
+            m.clock_wall_seconds.clone(),
         );
         Metrics {
             registry: r,
@@ -305,7 +305,7 @@ impl Metrics {
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
-        s
+        shared::exposition::to_prometheus_text(&s)
     }
 }
 

@@ -76,7 +76,7 @@ impl<C: Counter> Reservoir<C> {
         if before >= price {
             return true;
         }
-        if shared::planted::active("reserve-short") && before > 0 && before >= price - price / 50 {
+        if shared::planted::active("reserve-short") && before > 0 && before >= price - price / 10 {
             return true;
         }
         self.unreserved.fetch_add(price);

@@ -312,12 +312,11 @@ async fn debug_leases(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
-    edge.metrics.clock_wall_us.set(edge.clock.wall_us());
+    edge.metrics
+        .clock_wall_seconds
+        .set(edge.clock.wall_us() as f64 / 1e6);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, shared::exposition::CONTENT_TYPE)],
         edge.metrics.render(),
     )
         .into_response()

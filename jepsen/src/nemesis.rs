@@ -43,8 +43,8 @@ pub enum Kind {
     EdgeIsolate,
     /// The leader is paused just after it grants a lease, for longer than the lease.
     LeaderPause,
-    /// The coordinators' packets to an edge are dropped: its batches arrive, their
-    /// acknowledgements do not.
+    /// The coordinators' answers to an edge are dropped (TCP's own acknowledgements pass): its
+    /// batches, grants and check-ins arrive and are applied, their answers do not.
     AckDrop,
     /// The edge of a region holding the most unanswered notices is killed.
     EdgeKill,
@@ -265,7 +265,7 @@ pub enum Fault {
         /// The region's coordinators.
         coordinators: Vec<String>,
     },
-    /// Packets from `coordinators` to `edge` are dropped (acknowledgements lost, reports not).
+    /// Data packets from `coordinators` to `edge` are dropped (answers lost, requests not).
     AckDrop {
         /// The edge.
         edge: String,
@@ -534,6 +534,9 @@ fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
         // The lease's reclaim falls due 8 s after its grant: the pause lands before it.
         Kind::ReclaimElection => Some((14_000, 18_000)),
         Kind::ClockElection => Some((8_000, 12_000)),
+        // Long enough that an answer lost at the start is asked for again and again, and that
+        // notices wait for their acknowledgements through several check-ins.
+        Kind::AckDrop => Some((8_000, 16_000)),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@
 //! - [`bucket`]: lifetime and daily buckets, days in the campaign's IANA time zone.
 //! - [`targeting`]: what a campaign bids on (formats, sizes, geo, lists, deals) and its pacing.
 //! - [`crdt`]: the bounded counter that splits a bucket's rights between regions.
+//! - [`exposition`]: Prometheus' text format from the metrics crate's OpenMetrics.
 //! - [`log`]: the financial log: entries, their canonical bytes and hash chain, Merkle proofs of
 //!   single charges, sealed segment files and their verification.
 //! - `proto` (feature `grpc`): the gRPC services, generated from `proto/` at build time.
@@ -15,6 +16,7 @@
 pub mod bucket;
 pub mod clock;
 pub mod crdt;
+pub mod exposition;
 pub mod id;
 pub mod log;
 pub mod money;

@@ -26,10 +26,11 @@
 //!   over on the leader's clock, without waiting for the edges to check in: notices an edge
 //!   accepted while cut off from the region find their money spent again.
 //! - `reserve-short` (edge): the reservation lets a bid through when a little less than its
-//!   price is left (up to 2 % short), so the lease's last bid takes money the lease never had.
-//! - `window-from-retry` (edge): a grant asked again after its answer was lost measures the
-//!   spending window from the last send instead of the first: when the grant was applied at
-//!   the first send, the edge bids past the window the leader reclaims by.
+//!   price is left (up to a tenth short), so the lease's last bid takes money the lease never had.
+//! - `window-from-retry` (edge): a grant whose answer was lost and that was sent again
+//!   measures its spending window from the attempt that was answered instead of the first:
+//!   when the grant was applied at the first, the edge bids past the window the leader
+//!   reclaims by.
 //! - `batch-id-reuse` (edge): a new spend batch of a lease takes the id of one of the lease's
 //!   batches still unanswered; the region answers it as the retry it seems to be, and its
 //!   charges are acknowledged and never settled.

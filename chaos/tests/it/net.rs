@@ -112,6 +112,103 @@ fn duplication_delivers_each_packet_twice() {
 }
 
 #[test]
+fn dropping_data_loses_the_answers_and_lets_the_requests_through() {
+    use std::io::{Read, Write};
+    if reran_in_private_netns("net::dropping_data_loses_the_answers_and_lets_the_requests_through")
+    {
+        return;
+    }
+    // A server on A counts 8-byte requests and answers each with 300 bytes.
+    let listener = std::net::TcpListener::bind((A, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut n = 0u32;
+        let mut req = [0u8; 8];
+        while c.read_exact(&mut req).is_ok() {
+            n += 1;
+            let _ = seen_tx.send(n);
+            if c.write_all(&[7u8; 300]).is_err() {
+                break;
+            }
+            if n == 40 {
+                break;
+            }
+        }
+        n
+    });
+    let mut c = connect_from_b(addr);
+    let mut fw = Firewall::new().unwrap();
+    let f = fw.apply(&[A], &[B], Action::DropData).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for i in 0..20u64 {
+        c.write_all(&i.to_be_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every request reached the server while its answers were being dropped.
+    let mut arrived = 0;
+    while arrived < 20 {
+        arrived = seen
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the requests arrive during the fault");
+    }
+    let mut buf = [0u8; 300];
+    assert!(c.read(&mut buf).is_err(), "no answer gets through");
+    assert!(fw.packets(&f).unwrap() > 0, "answers were dropped");
+    fw.heal(&f).unwrap();
+    // The answers come once healed (retransmitted), and the rest of the requests too.
+    for i in 20..40u64 {
+        c.write_all(&i.to_be_bytes()).unwrap();
+    }
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = 0usize;
+    while got < 40 * 300 {
+        got += c.read(&mut vec![0u8; 4096]).unwrap();
+    }
+    assert_eq!(server.join().unwrap(), 40);
+}
+
+/// A TCP connection to `addr` from B's address (std has no bind-before-connect, and on
+/// loopback the kernel would pick 127.0.0.1).
+fn connect_from_b(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let bind = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(B).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let std::net::SocketAddr::V4(v4) = addr else {
+            panic!("IPv4 only")
+        };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::bind(fd, (&raw const bind).cast(), len),
+            0,
+            "bind to {B}"
+        );
+        assert_eq!(libc::connect(fd, (&raw const to).cast(), len), 0, "connect");
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
 fn the_machines_own_namespace_is_refused() {
     if chaos::netns::reexecuted() {
         return;

@@ -24,7 +24,7 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-/// The node's `budget_clock_wall_us`, if its metrics answer.
+/// The node's `budget_clock_wall_seconds`, in µs, if its metrics answer.
 fn node_clock(metrics_port: u16) -> Option<i64> {
     let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -33,8 +33,9 @@ fn node_clock(metrics_port: u16) -> Option<i64> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.lines()
-        .find_map(|l| l.strip_prefix("budget_clock_wall_us "))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.strip_prefix("budget_clock_wall_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1e6).round() as i64)
 }
 
 /// Waits (bounded) until the node's clock is `offset` µs from ours, within a second.

@@ -72,4 +72,44 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         settled * 100 >= budget * 95,
         "only {settled} of {budget} spent"
     );
+    // After real traffic, every binary's metrics pass Prometheus' own linter.
+    let http = edge::http::HttpClient::new(Duration::from_secs(5));
+    for (_, base) in &edges {
+        let r = http.get(&format!("{base}/metrics")).await.unwrap();
+        assert_eq!(r.status, 200);
+        promtool_check(&String::from_utf8_lossy(&r.body), base);
+    }
+    for n in &region.nodes {
+        promtool_check(&n.metrics.render(n), &format!("coordinator {}", n.id));
+    }
+}
+
+/// `promtool check metrics` on a `/metrics` page: no finding. promtool comes with Debian's
+/// `prometheus` package, which `./dev setup` installs.
+fn promtool_check(page: &str, whose: &str) {
+    use std::io::Write;
+    assert!(
+        page.contains("# TYPE") && !page.contains("# EOF"),
+        "{whose}: not Prometheus text:\n{page}"
+    );
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (./dev setup installs Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{whose}: promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

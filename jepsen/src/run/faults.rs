@@ -201,7 +201,7 @@ fn harness_wall_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// The `clock_wall_us` a node reports on `/metrics`, and the harness's wall clock just before
+/// The `clock_wall_seconds` a node reports on `/metrics` (in µs), and the harness's wall clock just before
 /// and just after the request (the node read its clock somewhere in between: a node starved
 /// of CPU answers late, and only the two bounds together say what its clock said).
 fn read_clock(metrics: &str) -> Result<(i64, i64, i64)> {
@@ -211,12 +211,13 @@ fn read_clock(metrics: &str) -> Result<(i64, i64, i64)> {
     let v = body
         .lines()
         .find_map(|l| {
-            // `budget_clock_wall_us` on coordinators, `edge_clock_wall_us` on edges.
+            // `budget_clock_wall_seconds` on coordinators, `edge_clock_wall_seconds` on edges.
             let (name, value) = l.split_once(' ')?;
-            name.ends_with("_clock_wall_us").then_some(value)
+            name.ends_with("_clock_wall_seconds").then_some(value)
         })
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .context("no clock_wall_us in /metrics")?;
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1e6).round() as i64)
+        .context("no clock_wall_seconds in /metrics")?;
     Ok((v, before, after))
 }
 
@@ -401,10 +402,12 @@ fn inject(
             let (a, b) = (t.ips(std::slice::from_ref(edge))?, t.ips(coordinators)?);
             Active::Net(fw.partition(&a, &b)?.to_vec())
         }
+        // The answers are lost, not the requests: TCP's own acknowledgements pass, so the
+        // edge's reports, grants and check-ins keep arriving and being applied.
         Fault::AckDrop { edge, coordinators } => Active::Net(vec![fw.apply(
             &t.ips(coordinators)?,
             &t.ips(std::slice::from_ref(edge))?,
-            Action::Drop,
+            Action::DropData,
         )?]),
         Fault::ExchangeCut { edge } => Active::Net(vec![fw.apply(
             &[HARNESS_IP],

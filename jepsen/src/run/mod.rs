@@ -62,6 +62,8 @@ pub struct Options {
     pub planted_bug: Option<String>,
     /// The required utilization of buckets whose demand exceeded their budget, ppm.
     pub min_utilization_ppm: i64,
+    /// The longest the load goes on past the time limit (until every bucket is spent).
+    pub drain_max: Duration,
 }
 
 /// How a run ended.
@@ -90,11 +92,6 @@ pub struct Outcome {
 /// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
 /// doubt and be spent again.
 const TAIL: Duration = Duration::from_secs(30);
-/// The longest the load goes on past the time limit for held money to come back and be spent.
-/// 40 s was too short for two regions under region kills (seed 2 stopped at 91 % of a
-/// bucket, still spending): a region keeps the rights its own rate needs, and money held by
-/// bids without a notice comes back only at their deadlines, so the last of a budget trickles.
-const DRAIN_MAX: Duration = Duration::from_secs(90);
 /// Budgets are small, and raised by one step each time one runs out (nothing left to lease in
 /// any region), at most this often, while faults run: so budgets end again and again, inside
 /// fault windows, and errors at the end of a budget are exercised many times a run, not only
@@ -497,7 +494,7 @@ fn drive(
                 .map(|(r, w)| (r.clone(), w))
                 .collect(),
             rate: opts.rate,
-            duration: opts.time_limit + DRAIN_MAX,
+            duration: opts.time_limit + opts.drain_max,
             seed: opts.seed,
             exp: exchange::ExpMix {
                 default_s: topology::DEFAULT_EXP_S,
@@ -634,7 +631,7 @@ fn drive(
                 );
             }
         }
-        // The drain: the load goes on past the time limit, for at most DRAIN_MAX, until every
+        // The drain: the load goes on past the time limit, for at most `drain_max`, until every
         // bucket whose demand exceeds what is left of it is spent to the required utilization.
         // Money that bids without a notice hold comes back only when their deadlines pass (up
         // to `exp` and the late acceptance later); a budget is spent when demand outlasts that,
@@ -664,7 +661,7 @@ fn drive(
                     })
                     .collect();
                 let drained = start.elapsed() - drain_from;
-                if short.is_empty() || drained >= DRAIN_MAX {
+                if short.is_empty() || drained >= opts.drain_max {
                     progress(
                         start,
                         format!(
