@@ -46,6 +46,15 @@ struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CampaignLabels {
+    campaign: String,
+}
+
+/// Per-campaign series are exported for at most this many campaigns, those with the largest
+/// lifetime budgets: a region of 100,000 campaigns must not cost Prometheus 200,000 series.
+pub const CAMPAIGNS_EXPORTED: usize = 1_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgeLabels {
     peer: String,
     of: &'static str,
@@ -68,6 +77,10 @@ pub struct Metrics {
     clock_wall_seconds: Gauge<f64, AtomicU64>,
     open_leases: Gauge,
     registered_edges: Gauge,
+    campaign_settled: Family<CampaignLabels, Gauge<i64, AtomicI64>>,
+    campaign_budget: Family<CampaignLabels, Gauge<i64, AtomicI64>>,
+    certificate_expiry: Gauge,
+    ahead_of_pace: Gauge,
     in_doubt_waiting_parts: Gauge,
     in_doubt_waiting_micros: Gauge<i64, AtomicI64>,
     region_pushes: Family<PeerLabels, Counter>,
@@ -171,6 +184,33 @@ impl Metrics {
         );
         let open_leases = Gauge::default();
         registry.register("open_leases", "Leases open now", open_leases.clone());
+        let campaign_settled = Family::<CampaignLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "campaign_settled_micros",
+            "Spend settled in this region in a campaign's lifetime bucket (the campaigns with \
+             the largest budgets, at most 1,000)",
+            campaign_settled.clone(),
+        );
+        let campaign_budget = Family::<CampaignLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "campaign_budget_micros",
+            "A campaign's lifetime budget: rights created in every region less those burned, \
+             as this region's counters know them (the same campaigns)",
+            campaign_budget.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When this node's certificate expires, in seconds since the Unix epoch (0: no TLS)",
+            certificate_expiry.clone(),
+        );
+        let ahead_of_pace = Gauge::default();
+        registry.register(
+            "buckets_ahead_of_pace",
+            "Evenly paced campaigns homed here whose day's spend (in every region) is ahead of \
+             the elapsed share of their day by more than a tenth of the day's budget",
+            ahead_of_pace.clone(),
+        );
         let registered_edges = Gauge::default();
         registry.register(
             "registered_edges",
@@ -248,6 +288,10 @@ impl Metrics {
             clock_wall_seconds,
             open_leases,
             registered_edges,
+            certificate_expiry,
+            campaign_settled,
+            campaign_budget,
+            ahead_of_pace,
             in_doubt_waiting_parts,
             in_doubt_waiting_micros,
         }
@@ -282,6 +326,33 @@ impl Metrics {
             self.lease_grants.inc();
             self.lease_granted_micros
                 .inc_by(u64::try_from(amount.micros()).unwrap_or(0));
+        }
+    }
+
+    /// The per-campaign series: this region's settled spend and the budget of the campaigns
+    /// with the largest lifetime budgets ([`CAMPAIGNS_EXPORTED`]), the others cleared.
+    fn campaigns(&self, l: &crate::ledger::Ledger) {
+        let mut lifetimes: Vec<(i128, &shared::CampaignId, i64)> = l
+            .buckets()
+            .filter(|(k, _)| k.bucket == Bucket::Lifetime)
+            .map(|(k, b)| {
+                let s = b.counter.state();
+                let budget = i128::try_from(s.total_created()).unwrap_or(i128::MAX)
+                    - i128::try_from(s.total_burned()).unwrap_or(0);
+                (budget, &k.campaign, b.settled().micros())
+            })
+            .collect();
+        lifetimes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        self.campaign_settled.clear();
+        self.campaign_budget.clear();
+        for (budget, campaign, settled) in lifetimes.into_iter().take(CAMPAIGNS_EXPORTED) {
+            let labels = CampaignLabels {
+                campaign: campaign.to_string(),
+            };
+            self.campaign_settled.get_or_create(&labels).set(settled);
+            self.campaign_budget
+                .get_or_create(&labels)
+                .set(i64::try_from(budget).unwrap_or(i64::MAX));
         }
     }
 
@@ -324,6 +395,9 @@ impl Metrics {
     /// The metrics as Prometheus text, with gauges read from `node` now.
     pub fn render(&self, node: &Node) -> String {
         let m = node.raft.metrics().borrow().clone();
+        if let Some(t) = node.transport.certificate_expiry() {
+            self.certificate_expiry.set(t);
+        }
         self.term
             .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
         self.leader.set(
@@ -352,6 +426,9 @@ impl Metrics {
                 .count();
             self.registered_edges
                 .set(i64::try_from(l.edges().len()).unwrap_or(i64::MAX));
+            self.ahead_of_pace
+                .set(ahead_of_pace(l, node.clock.wall_us()));
+            self.campaigns(l);
             let waiting = l.waiting_for_check_ins();
             self.in_doubt_waiting_parts
                 .set(i64::try_from(waiting.parts).unwrap_or(i64::MAX));
@@ -405,4 +482,41 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How many evenly paced campaigns homed in this region have spent more of today's budget
+/// (in every region, as the merged counters say) than the elapsed share of their day plus a
+/// tenth of the budget, at wall time `wall_us`. A metric, not money: the wall clock is fine
+/// here.
+pub fn ahead_of_pace(ledger: &crate::ledger::Ledger, wall_us: i64) -> i64 {
+    let mut ahead = 0;
+    for (id, c) in ledger.campaigns() {
+        if c.home != *ledger.region()
+            || c.config.targeting.pacing != shared::targeting::Pacing::Even
+        {
+            continue;
+        }
+        let Ok(day) = c.zone.day_of_unix_micros(wall_us) else {
+            continue;
+        };
+        let Ok((start, end)) = c.zone.day_span(day) else {
+            continue;
+        };
+        let key = shared::bucket::BucketKey {
+            campaign: id.clone(),
+            bucket: Bucket::Day(day),
+        };
+        let Some(b) = ledger.bucket(&key) else {
+            continue;
+        };
+        let budget = i128::from(b.budget.micros());
+        let span = i128::from(end.as_microsecond() - start.as_microsecond()).max(1);
+        let elapsed = i128::from(wall_us - start.as_microsecond()).clamp(0, span);
+        let allowed = budget * elapsed / span + budget / 10;
+        let settled = i128::try_from(b.counter.state().total_settled()).unwrap_or(i128::MAX);
+        if budget > 0 && settled > allowed {
+            ahead += 1;
+        }
+    }
+    ahead
 }

@@ -202,6 +202,10 @@ inventory() {
       fi
     done
   done
+  # The Prometheus host: the first coordinator's host stands in for it.
+  echo "    budget_monitoring:"
+  echo "      hosts:"
+  echo "        eu1-coord-1:"
 }
 inventory >"$work/inventory.yml"
 
@@ -238,6 +242,39 @@ if grep -Ev 'changed=0 .*failed=0' <<<"$recap" | grep -q .; then
   fail "the second run of site.yml changed something (idempotency)"
 fi
 log "second run: changed=0 on every host"
+
+# The Prometheus host's scrape targets: every coordinator and edge of the inventory, with its
+# region, and nothing else; promtool accepted the configuration during the playbook (when the
+# machine has it, as ./dev test's does).
+targets_ok() { # WHICH: the inventory's hosts (WITH_ADDED=1: the added one too) are the targets
+  local mon want got
+  mon=$(cat "$work/hosts/eu1-coord-1/sshd.pid")
+  for role in coordinator edge; do
+    want=$(for h in "${hosts[@]}"; do
+      read -r name ip group region _ <<<"$h"
+      [ "$group" = "${role}s" ] || continue
+      [ "$name" != "$added" ] || [ "${WITH_ADDED:-0}" = 1 ] || continue
+      port=9101; [ "$role" = edge ] && port=8080
+      echo "$ip:$port $region $role $name"
+    done | sort)
+    got=$(nsenter -t "$mon" -m cat "/etc/prometheus/budget/targets/${role}s.json" |
+      python3 -c 'import json,sys
+for t in json.load(sys.stdin):
+    l = t["labels"]
+    for a in t["targets"]: print(a, l["region"], l["role"], l["host"])' | sort)
+    [ "$got" = "$want" ] || fail "the scrape targets of the ${role}s are
+$got
+not
+$want"
+  done
+  for f in budget-alerts.yml budget-scrape.yml prometheus-budget.yml; do
+    nsenter -t "$mon" -m test -s "/etc/prometheus/budget/$f" || fail "/etc/prometheus/budget/$f is missing"
+  done
+  grep -A2 'TASK \[monitoring : Check the configuration and the rules with promtool\]' "$work/deploy-1.log" |
+    grep -q '^ok: \[eu1-coord-1\]' || fail "promtool did not check the Prometheus configuration ($work/deploy-1.log)"
+}
+targets_ok
+log "the Prometheus host scrapes every coordinator and edge ($(grep -c 'budget_node_id' "$work/inventory.yml") coordinators)"
 
 log "systemd-analyze verify on every host's units"
 if ! in_ns "$ctl" ansible -i "$work/inventory.yml" all -m ansible.builtin.shell \
@@ -313,6 +350,10 @@ members=$(ctl_budgetctl --endpoint "$c1" status --json |
 got=$(settled "$c4")
 [ "$got" = "$billed_before" ] || fail "the added node reads $got micros settled, the exchange billed $billed_before"
 log "$added is a caught-up voter of eu-1 (voters $members) and reads the same ledger: $got micros"
+# The Prometheus host learns of the new node when its play runs again.
+playbook monitoring site.yml --limit budget_monitoring
+WITH_ADDED=1 targets_ok
+log "the Prometheus host's targets list $added too"
 
 log "rolling restart of every coordinator and edge while the exchange bids"
 # The same seed as the first run: its auction ids come again, on new bids of ours, and each

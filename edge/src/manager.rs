@@ -158,6 +158,7 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
         campaign: name.to_string(),
         want_micros: edge.settings.config.lease_want_micros,
     };
+    let asked = std::time::Instant::now();
     // (The planted bug `window-from-retry` notes when the attempt that was answered left.)
     let attempt_sent = std::sync::Arc::new(std::sync::Mutex::new(sent));
     let result = coords
@@ -179,6 +180,9 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
             }
         })
         .await;
+    edge.metrics
+        .lease_grant_seconds
+        .observe(asked.elapsed().as_secs_f64());
     let now_ms = |edge: &Edge| u64::try_from(edge.clock.mono().as_millis()).unwrap_or(u64::MAX);
     if result.is_ok() {
         slot.grant_answered();

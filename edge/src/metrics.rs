@@ -44,6 +44,8 @@ pub struct Metrics {
     pub notice_prices: Family<Outcome, Counter>,
     /// Seconds from a batch's first send to its acknowledgement.
     pub batch_commit_seconds: Histogram,
+    /// Seconds from asking for a lease to its answer (granted, refused or failed).
+    pub lease_grant_seconds: Histogram,
     /// Spend batches by result: committed, retried, refused.
     pub batches: Family<Outcome, Counter>,
     /// What the ledger did not settle as reported, from its replies: anomaly, conflict,
@@ -57,6 +59,9 @@ pub struct Metrics {
     pub catalog_version: Gauge<i64, AtomicI64>,
     /// Leases held (current or settling).
     pub leases_held: Gauge<i64, AtomicI64>,
+    /// When this edge's certificate expires, seconds since the Unix epoch (set at start with
+    /// TLS; 0 without).
+    pub certificate_expiry: Gauge<i64, AtomicI64>,
     /// This edge's wall clock when scraped, µs since the Unix epoch (skewed, if a test skews
     /// it): how a fault-injection test sees that a clock fault reached the process.
     pub clock_wall_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -175,6 +180,7 @@ impl Metrics {
             notices: Family::default(),
             notice_prices: Family::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            lease_grant_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
             batches: Family::default(),
             findings: Family::default(),
             notices_pending: Gauge::default(),
@@ -182,6 +188,7 @@ impl Metrics {
             catalog_version: Gauge::default(),
             leases_held: Gauge::default(),
             clock_wall_seconds: Gauge::default(),
+            certificate_expiry: Gauge::default(),
             registry: Registry::default(),
             request_counters: Vec::new(),
             reservation_taken: Counter::default(),
@@ -226,6 +233,11 @@ impl Metrics {
             m.notice_prices.clone(),
         );
         r.register(
+            "lease_grant_seconds",
+            "Lease request latency, from asking to the answer (granted, refused or failed)",
+            m.lease_grant_seconds.clone(),
+        );
+        r.register(
             "batch_commit_seconds",
             "Spend batch latency, first send to commit",
             m.batch_commit_seconds.clone(),
@@ -249,6 +261,11 @@ impl Metrics {
             m.catalog_version.clone(),
         );
         r.register("leases_held", "Leases held", m.leases_held.clone());
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When this edge's certificate expires, in seconds since the Unix epoch (0: no TLS)",
+            m.certificate_expiry.clone(),
+        );
         r.register(
             "clock_wall_seconds",
             "This edge's wall clock when scraped, in seconds since the Unix epoch, to the \

@@ -63,6 +63,9 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         polled: Default::default(),
         released: Default::default(),
     });
+    if let Some(t) = edge.settings.transport.certificate_expiry() {
+        edge.metrics.certificate_expiry.set(t);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::settle::check_in_loop(
         edge.settler.clone(),

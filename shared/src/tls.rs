@@ -147,6 +147,8 @@ pub struct Mtls {
     role: Role,
     name: String,
     region: Option<String>,
+    /// When the certificate expires, seconds since the Unix epoch.
+    not_after: i64,
 }
 
 impl fmt::Debug for Transport {
@@ -188,8 +190,17 @@ impl Transport {
                 let ca = read("ca_file", &files.ca_file)?;
                 let cert = read("cert_file", &files.cert_file)?;
                 let key = read("key_file", &files.key_file)?;
-                Transport::from_pem(&ca, &cert, &key, expect)
-                    .map_err(|e| err(format!("{}: {e}", files.cert_file.display())))
+                // Name the file the problem is in (the key's, the CA's, else the certificate's).
+                Transport::from_pem(&ca, &cert, &key, expect).map_err(|e| {
+                    let (file, what) = if e.0.contains("the key") {
+                        (&files.key_file, "key_file")
+                    } else if e.0.contains("the CA") {
+                        (&files.ca_file, "ca_file")
+                    } else {
+                        (&files.cert_file, "cert_file")
+                    };
+                    err(format!("[tls] {what} {}: {e}", file.display()))
+                })
             }
         }
     }
@@ -203,10 +214,30 @@ impl Transport {
     ) -> Result<Transport, TlsError> {
         let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem)
             .map_err(|e| err(format!("the CA certificate is not PEM: {e}")))?;
-        ca.parse_x509()
+        let ca_cert = ca
+            .parse_x509()
             .map_err(|e| err(format!("the CA certificate does not parse: {e}")))?;
+        if !ca_cert.is_ca() {
+            return Err(err(format!(
+                "the CA file holds a certificate that is not a CA ({}): give the deployment's \
+                 ca.pem",
+                ca_cert.subject()
+            )));
+        }
         let (_, leaf) = x509_parser::pem::parse_x509_pem(cert_pem)
             .map_err(|e| err(format!("the certificate is not PEM: {e}")))?;
+        let leaf_cert = leaf
+            .parse_x509()
+            .map_err(|e| err(format!("the certificate does not parse: {e}")))?;
+        let key = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(key_pem))
+            .map_err(|e| err(format!("the key is not a PEM private key: {e}")))?;
+        if key.public_key_raw() != &*leaf_cert.public_key().subject_public_key.data {
+            return Err(err(format!(
+                "the key does not match the certificate of {} (it is another certificate's key)",
+                leaf_cert.subject()
+            )));
+        }
+        let not_after = leaf_cert.validity().not_after.timestamp();
         let Peer { role, name, region } = peer_of(&leaf.contents)?;
         if !expect.is_empty() && !expect.contains(&role) {
             let want: Vec<&str> = expect.iter().map(|r| r.as_str()).collect();
@@ -221,7 +252,17 @@ impl Transport {
             role,
             name,
             region,
+            not_after,
         })))
+    }
+
+    /// When this process's certificate expires, in seconds since the Unix epoch (`None` in
+    /// plaintext): exported as a metric, so that an alert fires in time.
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        match self {
+            Transport::Plaintext => None,
+            Transport::Mtls(m) => Some(m.not_after),
+        }
     }
 
     /// True for mutual TLS.

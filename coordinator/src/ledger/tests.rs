@@ -2234,3 +2234,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn evenly_paced_days_spent_ahead_of_the_clock_are_counted() {
+    let mut h = H::new();
+    for (c, pacing) in [
+        ("even", shared::targeting::Pacing::Even),
+        ("asap", shared::targeting::Pacing::Asap),
+    ] {
+        let key = h.key();
+        let config = CampaignConfig {
+            zone: "America/New_York".into(),
+            bid_cpm: m(2_000_000),
+            daily_budget: Some(m(100_000)),
+            targeting: Box::new(shared::targeting::Targeting {
+                pacing,
+                ..Default::default()
+            }),
+        };
+        h.run(Command::UpsertCampaign {
+            key,
+            campaign: cid(c),
+            config,
+        });
+        h.budget(c, Bucket::Lifetime, 1_000_000);
+    }
+    // 1 November 2026 lasts 25 hours in New York (summer time ends); noon UTC is 8 hours
+    // into it: 32,000 of the day's 100,000, plus a tenth of it, may be spent before a bucket is
+    // ahead of its pace.
+    let ahead = |h: &H| crate::metrics::ahead_of_pace(&h.l, NOON_NOV_1);
+    let mut n = 0u64;
+    let mut spend = |h: &mut H, c: &str, mut total: i64| {
+        while total > 0 {
+            let (lease, amount) = h.granted("e1", c, 100_000);
+            let x = amount.micros().min(total);
+            n += 1;
+            h.report("e1", lease, vec![evb(1, &format!("{c}-{n}"), x)]);
+            total -= x;
+        }
+    };
+    for c in ["even", "asap"] {
+        spend(&mut h, c, 42_000);
+    }
+    assert_eq!(ahead(&h), 0, "42,000 is within the pace");
+    for c in ["even", "asap"] {
+        spend(&mut h, c, 1);
+    }
+    assert_eq!(
+        ahead(&h),
+        1,
+        "a micro more is ahead; only the evenly paced one counts"
+    );
+    // Later in the day the same spend is behind the pace again.
+    assert_eq!(
+        crate::metrics::ahead_of_pace(&h.l, NOON_NOV_1 + 3 * 3_600_000_000),
+        0
+    );
+}

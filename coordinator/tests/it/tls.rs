@@ -646,3 +646,67 @@ fn the_coordinator_will_not_start_without_tls_unless_told_and_not_with_another_r
         text(&out)
     );
 }
+
+#[test]
+fn a_key_of_another_certificate_or_a_leaf_as_the_ca_stops_the_coordinator_at_start() {
+    let pki = Pki::new();
+    let (cert, _) = pki.issue_in(Role::Coordinator, "eu-1-node-1", Some("eu-1"));
+    let (_, other_key) = pki.issue_in(Role::Coordinator, "eu-1-node-2", Some("eu-1"));
+    let out = coordinator_with(
+        &["--region", "eu-1"],
+        Some((&pki.ca_file(), &cert, &other_key)),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("key_file {}", other_key.display()))
+            && text(&out).contains("does not match the certificate"),
+        "{}",
+        text(&out)
+    );
+    // The CA file holds a leaf: the node's own certificate.
+    let (cert, key) = pki.issue_in(Role::Coordinator, "eu-1-node-3", Some("eu-1"));
+    let out = coordinator_with(&["--region", "eu-1"], Some((&cert, &cert, &key)));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("ca_file {}", cert.display()))
+            && text(&out).contains("not a CA"),
+        "{}",
+        text(&out)
+    );
+    // The same files, right: it starts (and is stopped here).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"eu-1\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\ndata_dir = \"{}\"\n\
+             [tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            pki.ca_file().display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says it listens (its log is on standard output): the files were accepted.
+    let log = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let said = std::io::BufRead::lines(log)
+            .map_while(Result::ok)
+            .any(|l| l.contains("coordinator listening"));
+        let _ = tx.send(said);
+    });
+    let listening = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or(false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listening, "it did not start with matching files");
+}
