@@ -516,13 +516,24 @@ impl pb::admin_server::Admin for Api {
         let key = bucket_key(request.into_inner().bucket.as_ref())?;
         let read_at = self.linearizable().await?;
         let balance = self.node.state.read(|m| {
-            m.ledger()
-                .bucket(&key)
-                .map(|b| balance(m.ledger().region(), &key, b, read_at))
+            let l = m.ledger();
+            match l.bucket(&key) {
+                Some(b) => Ok(balance(l.region(), &key, b, read_at)),
+                // A campaign's bucket that holds nothing yet (no budget set, a day not yet
+                // opened) is all zeros.
+                None if l.campaign(&key.campaign).is_some() => Ok(balance(
+                    l.region(),
+                    &key,
+                    &crate::ledger::BucketState::new(l.region()),
+                    read_at,
+                )),
+                None => Err(Status::not_found(format!(
+                    "unknown campaign {}",
+                    key.campaign
+                ))),
+            }
         });
-        balance
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no bucket {key}")))
+        balance.map(Response::new)
     }
 
     async fn list_buckets(

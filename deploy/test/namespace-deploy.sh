@@ -372,7 +372,7 @@ log "rolling.yml restarted $restarts coordinators one at a time; nothing lost"
 "$bin/budgetctl" certs issue --ca-dir "$pki" --role auditor --name deploy-test-auditor >/dev/null
 auditor() { in_ns "$ctl" "$bin/budgetctl" --ca "$pki/ca.pem" --cert "$pki/deploy-test-auditor.pem" \
   --key "$pki/deploy-test-auditor.key" "$@"; }
-auditor --endpoint "$c2" audit verify >"$work/audit-live.txt" 2>&1 ||
+auditor --endpoint "$c2" audit verify-live >"$work/audit-live.txt" 2>&1 ||
   fail "the auditor's verification of the live log at $c2: $(cat "$work/audit-live.txt")"
 if auditor --endpoint "$c1" campaign set-budget spring 9.00 >"$work/audit-write.txt" 2>&1; then
   fail "an auditor's certificate changed a budget"

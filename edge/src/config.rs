@@ -53,6 +53,11 @@ pub struct Config {
     pub tmax_safety_ms: u64,
     /// Largest request body (after gzip), bytes.
     pub max_body_bytes: usize,
+    /// A client has this long to send a request's headers, and again its body, ms; then its
+    /// connection is closed (a slow or stalled client holds nothing for long).
+    pub client_timeout_ms: u64,
+    /// Connections held at once; one more is closed at once (and counted).
+    pub max_connections: usize,
     /// Spend events per batch.
     pub batch_max_events: usize,
     /// The oldest event of a batch waits at most this, ms.
@@ -95,6 +100,8 @@ impl Default for Config {
             default_tmax_ms: 200,
             tmax_safety_ms: 5,
             max_body_bytes: 256 * 1024,
+            client_timeout_ms: 5_000,
+            max_connections: 10_000,
             batch_max_events: 500,
             batch_max_delay_ms: 5,
             poll_interval_ms: 1_000,
@@ -280,6 +287,12 @@ impl Config {
             return Err(err(
                 "batch_max_events: 1 to 1000 (the ledger's limit)".into()
             ));
+        }
+        if self.client_timeout_ms == 0 || self.client_timeout_ms > 600_000 {
+            return Err(err("client_timeout_ms: 1 to 600000".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(err("max_connections: at least 1".into()));
         }
         if self.check_in_interval_ms == 0 || self.check_in_interval_ms > 60_000 {
             return Err(err("check_in_interval_ms: 1 to 60000".into()));

@@ -51,6 +51,8 @@ pub struct Metrics {
     /// What the ledger did not settle as reported, from its replies: anomaly, conflict,
     /// unknown_bid.
     pub findings: Family<Outcome, Counter>,
+    /// Connections by result: accepted, refused (over `max_connections`).
+    pub connections: Family<Outcome, Counter>,
     /// Notices waiting for their batch to commit.
     pub notices_pending: Gauge<i64, AtomicI64>,
     /// Campaigns in the catalog.
@@ -77,7 +79,7 @@ pub struct Metrics {
 }
 
 /// Every outcome label of `bid_requests`.
-const REQUEST_OUTCOMES: [&str; 11] = [
+const REQUEST_OUTCOMES: [&str; 12] = [
     "bid",
     "no_match",
     "exp_too_long",
@@ -89,6 +91,7 @@ const REQUEST_OUTCOMES: [&str; 11] = [
     "invalid",
     "shed",
     "too_large",
+    "slow_body",
 ];
 
 impl Default for Metrics {
@@ -188,6 +191,7 @@ impl Metrics {
             catalog_version: Gauge::default(),
             leases_held: Gauge::default(),
             clock_wall_seconds: Gauge::default(),
+            connections: Family::default(),
             certificate_expiry: Gauge::default(),
             registry: Registry::default(),
             request_counters: Vec::new(),
@@ -262,6 +266,11 @@ impl Metrics {
         );
         r.register("leases_held", "Leases held", m.leases_held.clone());
         r.register(
+            "connections",
+            "Client connections by result: accepted, refused (over max_connections)",
+            m.connections.clone(),
+        );
+        r.register(
             "tls_certificate_expiry_timestamp_seconds",
             "When this edge's certificate expires, in seconds since the Unix epoch (0: no TLS)",
             m.certificate_expiry.clone(),
@@ -293,6 +302,13 @@ impl Metrics {
                 self.bid_requests.get_or_create(&Outcome { outcome }).inc();
             }
         }
+    }
+
+    /// Counts a client connection and what became of it.
+    pub fn connections(&self, result: &'static str) {
+        self.connections
+            .get_or_create(&Outcome { outcome: result })
+            .inc();
     }
 
     /// Counts what a batch's reply found.

@@ -13,7 +13,6 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use shared::clock::Clock;
 use tokio::net::TcpListener;
 
@@ -144,30 +143,99 @@ pub async fn run(
 
 /// Serves `edge`'s routes on `listener` until `shutdown` resolves, then lets requests in flight
 /// finish. Every connection has `TCP_NODELAY`: a bid answer is one small write that must not
-/// wait for the peer's delayed ACK.
+/// wait for the peer's delayed ACK. A client has `client_timeout_ms` to send a request's
+/// headers (and the bid handler as long again for its body), and at most `max_connections`
+/// are held at once: a slow or stalled client ties up a file descriptor for seconds, not for
+/// ever, and a flood of them is closed at the door.
 pub async fn serve(
     listener: TcpListener,
     edge: Arc<Edge>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let config = &edge.settings.config;
+    let timeout = Duration::from_millis(config.client_timeout_ms);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let app = router(edge.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, or the like: a moment, then go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            edge.metrics.connections("refused");
+            drop(tcp);
+            continue;
+        };
+        edge.metrics.connections("accepted");
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-    });
-    axum::serve(listener, router(edge))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn bid(
     State(edge): State<Arc<Edge>>,
     exchange: usize,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let start = Instant::now();
     let m = &edge.metrics;
+    // The body arrives within the client timeout, or the request is answered 408.
+    let config = &edge.settings.config;
+    let read = axum::body::to_bytes(body, config.max_body_bytes);
+    let body =
+        match tokio::time::timeout(Duration::from_millis(config.client_timeout_ms), read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    m.request("too_large");
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("body: over {} bytes\n", config.max_body_bytes),
+                    )
+                        .into_response();
+                }
+                m.request("invalid");
+                return (StatusCode::BAD_REQUEST, format!("body: {e}\n")).into_response();
+            }
+            Err(_) => {
+                m.request("slow_body");
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time\n",
+                )
+                    .into_response();
+            }
+        };
+    let start = Instant::now();
     let limit = edge.settings.config.max_concurrent_bids;
     if edge.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
         edge.in_flight.fetch_sub(1, Ordering::AcqRel);

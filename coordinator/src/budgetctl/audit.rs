@@ -20,11 +20,11 @@ pub(crate) enum AuditCommand {
     /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry (seq, file, byte
     /// offset, reason) if it does not; exit 2 if it cannot be read.
     Verify {
+        #[command(flatten)]
+        offline: super::Offline,
         /// A directory of sealed segments (*.seg), one segment file, or a coordinator's data
-        /// directory (its `segments/`). Without it, the live
-        /// log of the coordinator at --endpoint is read and verified, and its head compared with
-        /// the head the coordinator reports.
-        path: Option<PathBuf>,
+        /// directory (its `segments/`). (`audit verify-live` verifies a running region's log.)
+        path: PathBuf,
         /// Also require the archive's last entry to have this hash (64 hex digits), for example a
         /// head published earlier.
         #[arg(long, value_name = "HASH", value_parser = hash_arg)]
@@ -42,6 +42,8 @@ pub(crate) enum AuditCommand {
     /// until --bid picks one.
     #[command(group(clap::ArgGroup::new("charge").required(true).args(["bid", "event"])))]
     Prove {
+        #[command(flatten)]
+        offline: super::Offline,
         /// A directory of sealed segments, or one segment file.
         path: PathBuf,
         /// The charge of our bid LEASE.BID (as a notice's `l` and `n` name it; `12.7`: bid 7
@@ -59,6 +61,19 @@ pub(crate) enum AuditCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Verify the live log of the coordinator at --endpoint: every entry from the first, every
+    /// hash link and Merkle root, ending at the head the coordinator reports.
+    ///
+    /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry if it does not;
+    /// exit 2 if the coordinator cannot be reached.
+    VerifyLive {
+        /// Also require the log's last entry to have this hash (64 hex digits).
+        #[arg(long, value_name = "HASH", value_parser = hash_arg)]
+        expect_head: Option<Hash>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the head of a running region's financial log (seq and hash), from --endpoint.
     Head {
         /// Print JSON.
@@ -69,6 +84,8 @@ pub(crate) enum AuditCommand {
     ///
     /// Exit 0 if the proof leads from the charge to that head, 1 if it does not.
     CheckProof {
+        #[command(flatten)]
+        offline: super::Offline,
         /// The proof file (JSON); `-` reads standard input.
         proof: PathBuf,
         /// The head hash you trust (64 hex digits), for example from `audit verify` or a
@@ -100,16 +117,18 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
             path,
             expect_head,
             json,
-        } => match path {
-            Some(path) => verify(&archive_dir(path), expect_head.as_ref(), json),
-            None => verify_live(endpoint, expect_head.as_ref(), json),
-        },
+            ..
+        } => verify(&archive_dir(path), expect_head.as_ref(), json),
+        AuditCommand::VerifyLive { expect_head, json } => {
+            verify_live(endpoint, expect_head.as_ref(), json)
+        }
         AuditCommand::Prove {
             path,
             bid,
             event,
             head_seq,
             output,
+            ..
         } => {
             let which = match (bid, event) {
                 (Some(b), _) => b,
@@ -120,7 +139,9 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
             prove(&archive_dir(path), &which, head_seq, output)
         }
         AuditCommand::Head { json } => head(endpoint, json),
-        AuditCommand::CheckProof { proof, head, json } => check_proof(&proof, &head, json),
+        AuditCommand::CheckProof {
+            proof, head, json, ..
+        } => check_proof(&proof, &head, json),
     }
 }
 

@@ -1,9 +1,10 @@
 //! `budgetctl`: the operator and auditor CLI. Subcommands go noun then verb
 //! (`budgetctl audit verify`). Tables for people, `--json` for machines.
 //!
-//! Exit codes: 0 success; 1 the thing checked does not hold or the region said no (an archive
-//! that does not verify, a proof that does not check out, a charge that is not there, a command
-//! refused, no leader found); 2 usage or I/O error.
+//! Exit codes: 0 done; 1 the service refused, or the thing checked does not hold (a command
+//! refused, no leader found, an archive that does not verify, a proof that does not check out,
+//! a charge that is not there); 2 usage, I/O or connection error. The connection flags
+//! (`--endpoint`, TLS) are global, and hidden from the commands that need no server.
 
 mod audit;
 mod certs;
@@ -15,9 +16,15 @@ use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
 
-/// Operate and audit the budget service.
+/// The exit-code rule, written in every `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 refused by the service, or the thing checked \
+    does not hold; 2 usage, I/O or connection error.";
+
+/// budgetctl operates and audits the budget service: campaigns and their budgets, regions,
+/// leases and edges, cluster membership, certificates, and the financial log (verification,
+/// proofs of single charges).
 #[derive(Debug, Parser)]
-#[command(name = "budgetctl", version, about, long_about = None)]
+#[command(name = "budgetctl", version, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// A coordinator of the region (any node; writes are sent on to the leader).
     #[arg(
@@ -47,11 +54,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check the financial log: verify archives, prove single charges, check proofs. Needs no
-    /// server.
+    /// Check the financial log: verify archives, prove single charges, check proofs (no
+    /// server needed), or verify a running region's log (verify-live, head).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Create, budget, pause, resume and inspect campaigns on a running region.
+    /// Create, update, budget, pause, resume and inspect campaigns on a running region.
     #[command(subcommand)]
     Campaign(ops::CampaignCommand),
     /// List leases.
@@ -64,8 +71,12 @@ enum Command {
     #[command(subcommand)]
     Cluster(ops::ClusterCommand),
     /// Make the deployment's CA and sign each process's certificate. Needs no server.
-    #[command(subcommand)]
-    Certs(certs::CertsCommand),
+    Certs {
+        #[command(flatten)]
+        offline: Offline,
+        #[command(subcommand)]
+        cmd: certs::CertsCommand,
+    },
     /// The region's members, leader, term and applied index, and every bucket's money; with
     /// peer regions, every region's created / transferred / settled / leased / in doubt /
     /// available per bucket and the age of the last sync with each peer.
@@ -84,6 +95,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The connection flags in a command that needs no server: declared here, hidden, so that
+/// its help does not list them (the global ones are not passed down where a command declares
+/// its own). Given after such a command, they are refused as unknown.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Offline {
+    #[arg(long, hide = true)]
+    endpoint: Option<String>,
+    #[arg(long, hide = true)]
+    ca: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    cert: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    key: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    insecure_plaintext: bool,
 }
 
 /// Exit code: the thing checked does not hold.
@@ -155,14 +183,18 @@ pub(crate) async fn connect(endpoint: &str) -> Result<tonic::transport::Channel,
 /// An error and its causes, `: `-separated (tonic's own text is only "transport error"; the
 /// TLS reason is further down).
 fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut next = e.source();
     while let Some(c) = next {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
+        // hyper and tonic repeat a cause's text in its wrapper ("tcp connect error: tcp
+        // connect error: …"): each part once.
+        let t = c.to_string();
+        if !parts.contains(&t) {
+            parts.push(t);
+        }
         next = c.source();
     }
-    text
+    parts.join(": ")
 }
 
 /// Parses the command line and runs the command.
@@ -175,7 +207,7 @@ pub fn main() -> ExitCode {
         insecure_plaintext: cli.insecure_plaintext,
     });
     match cli.command {
-        Command::Certs(cmd) => certs::run(cmd),
+        Command::Certs { cmd, .. } => certs::run(cmd),
         Command::Audit(cmd) => audit::run(&cli.endpoint, cmd),
         Command::Campaign(cmd) => ops::campaign(&cli.endpoint, cmd),
         Command::Status { json } => ops::status(&cli.endpoint, json),

@@ -13,8 +13,8 @@ use super::{EXIT_FAILED, EXIT_USAGE};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CampaignCommand {
-    /// Create a campaign, or update its settings if it exists (alias: update).
-    #[command(visible_alias = "update")]
+    /// Create a campaign in this region (its home). Refused if the name exists: `campaign
+    /// update` changes an existing one.
     Create {
         /// Campaign name (letters, digits, '.', '_', '-').
         name: String,
@@ -22,20 +22,45 @@ pub(crate) enum CampaignCommand {
         #[arg(long, default_value = "UTC")]
         zone: String,
         /// Bid price, currency units per thousand impressions, e.g. 2.50.
-        #[arg(long, value_name = "AMOUNT")]
+        #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
         bid_cpm: Money,
         /// Budget of each day (in the campaign's zone); none: no daily cap.
-        #[arg(long, value_name = "AMOUNT")]
+        #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
         daily_budget: Option<Money>,
         /// What it bids on and how it paces.
         #[command(flatten)]
         targeting: Box<TargetingArgs>,
     },
-    /// Set a budget: the lifetime one, or one day's with --day.
+    /// Change an existing campaign's settings: only those given; every other stays as it is.
+    /// A list flag given replaces that list; --clear empties one.
+    Update {
+        /// Campaign name.
+        name: String,
+        /// IANA time zone of its days.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Bid price, currency units per thousand impressions.
+        #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
+        bid_cpm: Option<Money>,
+        /// Budget of each day (in the campaign's zone).
+        #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
+        daily_budget: Option<Money>,
+        /// What it bids on and how it paces.
+        #[command(flatten)]
+        targeting: Box<TargetingArgs>,
+        /// Empty a setting: daily-budget, max-cpm, country, size, format, inventory,
+        /// allow-domain, deny-domain, allow-bundle, deny-bundle, allow-category,
+        /// deny-category, device-type or deal (repeat for several).
+        #[arg(long, value_name = "SETTING")]
+        clear: Vec<String>,
+    },
+    /// Set a budget: the lifetime one, or one day's with --day. Lowering it below what is
+    /// spent or in flight is refused, with the smallest budget accepted now.
     SetBudget {
         /// Campaign name.
         name: String,
         /// The budget, in currency units, e.g. 100.00.
+        #[arg(allow_negative_numbers = true)]
         amount: Money,
         /// Set this day's budget (YYYY-MM-DD) instead of the lifetime one.
         #[arg(long, value_name = "YYYY-MM-DD")]
@@ -57,14 +82,18 @@ pub(crate) enum CampaignCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a bucket's money, read linearizably: budget, rights, settled, leased, in doubt,
-    /// available.
+    /// Show a bucket's money in the region of --endpoint, read linearizably: budget, rights,
+    /// settled, leased, in doubt, available. With --all-regions, every region's side by side.
     Show {
         /// Campaign name.
         name: String,
         /// Show this day's bucket (YYYY-MM-DD) instead of the lifetime one.
         #[arg(long, value_name = "YYYY-MM-DD")]
         day: Option<String>,
+        /// Every region's figures of the bucket, side by side (as the region of --endpoint
+        /// last heard of them).
+        #[arg(long)]
+        all_regions: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -76,7 +105,7 @@ pub(crate) enum CampaignCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct TargetingArgs {
     /// The most it bids, currency units per thousand impressions; default: the bid price.
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
     max_cpm: Option<Money>,
     /// Target these countries (ISO 3166-1 alpha-3, e.g. USA).
     #[arg(long = "country")]
@@ -114,12 +143,14 @@ pub(crate) struct TargetingArgs {
     /// Bid only through these PMP deal ids.
     #[arg(long = "deal")]
     deals: Vec<String>,
-    /// Pacing: asap (spend as demand comes) or even (spread the daily budget over the day).
-    #[arg(long, default_value = "asap")]
-    pacing: String,
+    /// Pacing: asap (spend as demand comes; the default of a new campaign) or even (spread
+    /// the daily budget over the day).
+    #[arg(long)]
+    pacing: Option<String>,
 }
 
 impl TargetingArgs {
+    /// A new campaign's targeting: everything as given (absent lists: any).
     fn write_to(self, c: &mut pb::CampaignConfig) {
         c.max_cpm_micros = self.max_cpm.map(|m| m.micros());
         c.countries = self.countries;
@@ -134,7 +165,66 @@ impl TargetingArgs {
         c.categories_deny = self.categories_deny;
         c.device_types = self.device_types;
         c.deals = self.deals;
-        c.pacing = self.pacing;
+        c.pacing = self.pacing.unwrap_or_else(|| "asap".into());
+    }
+
+    /// An update: only what was given replaces what `c` holds; `clear` empties settings.
+    fn merge_into(self, c: &mut pb::CampaignConfig, clear: &[String]) -> Result<(), String> {
+        fn set<T>(to: &mut Vec<T>, given: Vec<T>) {
+            if !given.is_empty() {
+                *to = given;
+            }
+        }
+        if let Some(m) = self.max_cpm {
+            c.max_cpm_micros = Some(m.micros());
+        }
+        set(&mut c.countries, self.countries);
+        set(&mut c.sizes, self.sizes);
+        set(&mut c.formats, self.formats);
+        set(&mut c.inventory, self.inventory);
+        set(&mut c.domains_allow, self.domains_allow);
+        set(&mut c.domains_deny, self.domains_deny);
+        set(&mut c.bundles_allow, self.bundles_allow);
+        set(&mut c.bundles_deny, self.bundles_deny);
+        set(&mut c.categories_allow, self.categories_allow);
+        set(&mut c.categories_deny, self.categories_deny);
+        set(&mut c.device_types, self.device_types);
+        set(&mut c.deals, self.deals);
+        if let Some(p) = self.pacing {
+            c.pacing = p;
+        }
+        for what in clear {
+            match what.as_str() {
+                "daily-budget" => c.daily_budget_micros = None,
+                "max-cpm" => c.max_cpm_micros = None,
+                "country" => c.countries.clear(),
+                "size" => c.sizes.clear(),
+                "format" => c.formats.clear(),
+                "inventory" => c.inventory.clear(),
+                "allow-domain" => c.domains_allow.clear(),
+                "deny-domain" => c.domains_deny.clear(),
+                "allow-bundle" => c.bundles_allow.clear(),
+                "deny-bundle" => c.bundles_deny.clear(),
+                "allow-category" => c.categories_allow.clear(),
+                "deny-category" => c.categories_deny.clear(),
+                "device-type" => c.device_types.clear(),
+                "deal" => c.deals.clear(),
+                other => return Err(format!("--clear {other}: no such setting (see --help)")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A gRPC error as budgetctl reports it: a region that cannot be reached is a connection
+/// error (exit 2); anything else is the service's answer, in its own words (exit 1).
+pub(crate) fn status_error(s: tonic::Status) -> (u8, String) {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => (
+            EXIT_USAGE,
+            format!("cannot reach the region: {}", s.message()),
+        ),
+        _ => (EXIT_FAILED, s.message().to_string()),
     }
 }
 
@@ -180,10 +270,7 @@ where
     let mut target = endpoint.to_string();
     for _ in 0..NO_LEADER_TRIES {
         let client = admin(&target).await.map_err(|e| (EXIT_USAGE, e))?;
-        let reply = call(client)
-            .await
-            .map_err(|s| (EXIT_FAILED, format!("{}: {}", s.code(), s.message())))?
-            .into_inner();
+        let reply = call(client).await.map_err(status_error)?.into_inner();
         match reply.result {
             Some(pb::admin_reply::Result::AppliedAtIndex(i)) => {
                 return Ok(format!("applied at raft index {i}"));
@@ -207,6 +294,15 @@ const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(25
 const NO_LEADER_TRIES: u32 = 20;
 
 pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
+    if let CampaignCommand::Show {
+        name,
+        day,
+        all_regions: true,
+        json,
+    } = &cmd
+    {
+        return print_result(all_regions(endpoint, name, day.as_deref(), *json));
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -229,16 +325,48 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
                     ..Default::default()
                 };
                 targeting.write_to(&mut config);
-                let k = key();
-                write(endpoint, |mut c| {
-                    let r = pb::UpsertCampaignRequest {
-                        idempotency_key: Some(k.clone()),
-                        config: Some(config.clone()),
-                    };
-                    async move { c.upsert_campaign(r).await }
-                })
-                .await
-                .map(|s| format!("campaign {name} saved ({s})"))
+                if existing(endpoint, &name).await?.is_some() {
+                    return Err((
+                        EXIT_FAILED,
+                        format!(
+                            "campaign {name} exists; use `budgetctl campaign update {name}` to \
+                             change its settings"
+                        ),
+                    ));
+                }
+                upsert(endpoint, config)
+                    .await
+                    .map(|s| format!("campaign {name} created ({s})"))
+            }
+            CampaignCommand::Update {
+                name,
+                zone,
+                bid_cpm,
+                daily_budget,
+                targeting,
+                clear,
+            } => {
+                let Some(mut config) = existing(endpoint, &name).await? else {
+                    return Err((
+                        EXIT_FAILED,
+                        format!("unknown campaign {name} (`budgetctl campaign create` makes one)"),
+                    ));
+                };
+                if let Some(z) = zone {
+                    config.time_zone = z;
+                }
+                if let Some(b) = bid_cpm {
+                    config.bid_cpm_micros = b.micros();
+                }
+                if let Some(d) = daily_budget {
+                    config.daily_budget_micros = Some(d.micros());
+                }
+                targeting
+                    .merge_into(&mut config, &clear)
+                    .map_err(|e| (EXIT_USAGE, e))?;
+                upsert(endpoint, config)
+                    .await
+                    .map(|s| format!("campaign {name} updated ({s})"))
             }
             CampaignCommand::SetBudget { name, amount, day } => {
                 let b = bucket(&name, day.as_deref()).map_err(|e| (EXIT_USAGE, e))?;
@@ -256,13 +384,61 @@ pub(crate) fn campaign(endpoint: &str, cmd: CampaignCommand) -> ExitCode {
             }
             CampaignCommand::Pause { name } => pause(endpoint, &name, true).await,
             CampaignCommand::Resume { name } => pause(endpoint, &name, false).await,
-            CampaignCommand::Show { name, day, json } => {
-                show(endpoint, &name, day.as_deref(), json).await
-            }
+            CampaignCommand::Show {
+                name, day, json, ..
+            } => show(endpoint, &name, day.as_deref(), json).await,
             CampaignCommand::List { json } => list_campaigns(endpoint, json).await,
         }
     });
     print_result(result)
+}
+
+/// A campaign's settings as the leader holds them, if it exists.
+async fn existing(endpoint: &str, name: &str) -> Result<Option<pb::CampaignConfig>, (u8, String)> {
+    let mut c = shared::proto::v1::lease_api_client::LeaseApiClient::new(
+        channel(&leader_of(endpoint).await?).await?,
+    );
+    let r = c
+        .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    Ok(r.campaigns.into_iter().find(|c| c.campaign == name))
+}
+
+/// Saves a campaign's settings.
+async fn upsert(endpoint: &str, config: pb::CampaignConfig) -> Result<String, (u8, String)> {
+    let k = key();
+    write(endpoint, |mut c| {
+        let r = pb::UpsertCampaignRequest {
+            idempotency_key: Some(k.clone()),
+            config: Some(config.clone()),
+        };
+        async move { c.upsert_campaign(r).await }
+    })
+    .await
+}
+
+/// One bucket of a campaign in every region, from the region status of --endpoint's region.
+fn all_regions(
+    endpoint: &str,
+    name: &str,
+    day: Option<&str>,
+    json: bool,
+) -> Result<String, (u8, String)> {
+    let want = bucket(name, day).map_err(|e| (EXIT_USAGE, e))?;
+    let mut v = region_view(endpoint, name)?;
+    v.buckets.retain(|b| b.bucket.as_ref() == Some(&want));
+    if v.buckets.is_empty() {
+        return Err((
+            EXIT_FAILED,
+            format!("no bucket {} in any region", bucket_name(Some(&want))),
+        ));
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&regions_json(&v)).unwrap_or_default());
+    }
+    Ok(regions_text(&v, true))
 }
 
 /// Pauses (`paused`) or resumes a campaign.
@@ -295,6 +471,14 @@ async fn show(
     json: bool,
 ) -> Result<String, (u8, String)> {
     let b = bucket(name, day).map_err(|e| (EXIT_USAGE, e))?;
+    let region = admin(endpoint)
+        .await
+        .map_err(|e| (EXIT_USAGE, e))?
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .region;
     let mut target = endpoint.to_string();
     let mut last = String::new();
     for _ in 0..3 {
@@ -310,7 +494,7 @@ async fn show(
                 let m = Money::from_micros;
                 if json {
                     let v = serde_json::json!({
-                        "campaign": name, "bucket": day.map_or("lifetime".to_string(), |d| format!("day:{d}")),
+                        "campaign": name, "region": region, "bucket": day.map_or("lifetime".to_string(), |d| format!("day:{d}")),
                         "budget_micros": r.budget_micros, "rights_micros": r.rights_micros, "settled_micros": r.settled_micros,
                         "leased_micros": r.leased_micros, "in_doubt_micros": r.in_doubt_micros, "available_micros": r.available_micros,
                         "read_at_index": r.read_at_index,
@@ -318,7 +502,7 @@ async fn show(
                     return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
                 }
                 return Ok(format!(
-                    "{name} {}\n  budget     {}\n  rights     {}\n  settled    {}\n  leased     {}\n  in doubt   {}\n  available  {}\n  (linearizable read at raft index {})",
+                    "{name} {}, in region {region} (--all-regions: every region's)\n  budget     {}\n  rights     {}\n  settled    {}\n  leased     {}\n  in doubt   {}\n  available  {}\n  (linearizable read at raft index {})",
                     day.map_or("lifetime".to_string(), |d| format!("day {d}")),
                     m(r.budget_micros),
                     m(r.rights_micros),
@@ -337,7 +521,7 @@ async fn show(
                 last = s.message().to_string();
                 target = leader_of(&target).await?;
             }
-            Err(s) => return Err((EXIT_FAILED, format!("{}: {}", s.code(), s.message()))),
+            Err(s) => return Err(status_error(s)),
         }
     }
     Err((EXIT_FAILED, format!("no linearizable read: {last}")))
@@ -354,7 +538,7 @@ pub(crate) fn status(endpoint: &str, json: bool) -> ExitCode {
             .cluster_status(pb::ClusterStatusRequest {})
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| (EXIT_FAILED, s.message().to_string()))
+            .map_err(status_error)
     });
     match result {
         Ok(s) => {
@@ -420,7 +604,7 @@ async fn list_campaigns(endpoint: &str, json: bool) -> Result<String, (u8, Strin
     let r = c
         .list_active_campaigns(pb::ListActiveCampaignsRequest::default())
         .await
-        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+        .map_err(status_error)?
         .into_inner();
     if json {
         let v: Vec<serde_json::Value> = r
@@ -465,7 +649,7 @@ async fn leader_of(endpoint: &str) -> Result<String, (u8, String)> {
         let s = c
             .cluster_status(pb::ClusterStatusRequest {})
             .await
-            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .map_err(status_error)?
             .into_inner();
         if let Some(m) = s.members.iter().find(|m| m.node == s.leader_node) {
             return Ok(m.addr.clone());
@@ -532,7 +716,7 @@ fn buckets(endpoint: &str) -> Result<Vec<pb::Balance>, (u8, String)> {
             campaign: String::new(),
         })
         .await
-        .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+        .map_err(status_error)?
         .into_inner()
         .balances)
     })
@@ -569,7 +753,7 @@ pub(crate) fn leases(endpoint: &str, cmd: LeasesCommand) -> ExitCode {
         let r = c
             .list_leases(pb::ListLeasesRequest { campaign: campaign.unwrap_or_default(), include_closed: all })
             .await
-            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .map_err(status_error)?
             .into_inner();
         if json {
             let v: Vec<serde_json::Value> = r
@@ -727,7 +911,7 @@ async fn get_params(endpoint: &str) -> Result<pb::RegionParams, (u8, String)> {
     c.get_params(pb::GetParamsRequest {})
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|s| (EXIT_FAILED, s.message().to_string()))
+        .map_err(status_error)
 }
 
 async fn params(
@@ -840,7 +1024,7 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                 let mut c = AdminClient::new(channel(endpoint).await?);
                 c.initialize(pb::InitializeRequest { members: list })
                     .await
-                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                    .map_err(status_error)?;
                 Ok(format!("region initialized with {} members", members.len()))
             }
             ClusterCommand::Add { id, addr, learner } => {
@@ -852,7 +1036,7 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                     voter: !learner,
                 })
                 .await
-                .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                .map_err(status_error)?;
                 Ok(format!(
                     "node {id} added as a {}",
                     if learner { "learner" } else { "voter" }
@@ -878,7 +1062,7 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                 let mut c = AdminClient::new(channel(&leader).await?);
                 c.remove_node(pb::RemoveNodeRequest { node: id })
                     .await
-                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?;
+                    .map_err(status_error)?;
                 Ok(format!("node {id} removed"))
             }
         }
@@ -942,7 +1126,7 @@ pub(crate) fn region_view(
                 campaign: campaign.to_string(),
             })
             .await
-            .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+            .map_err(status_error)?
             .into_inner();
         if r.not_leader.is_some() {
             return Err((EXIT_FAILED, "the leader changed; try again".to_string()));
@@ -1131,7 +1315,7 @@ pub(crate) fn edges(endpoint: &str, cmd: EdgesCommand) -> ExitCode {
                 let r = c
                     .list_edges(pb::ListEdgesRequest {})
                     .await
-                    .map_err(|s| (EXIT_FAILED, s.message().to_string()))?
+                    .map_err(status_error)?
                     .into_inner();
                 Ok(edges_text(&r, json))
             }

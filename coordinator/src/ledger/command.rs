@@ -215,6 +215,20 @@ pub enum Refusal {
         available: Money,
         wanted: Money,
     },
+    /// A budget below what is already committed: spent, in flight, or held elsewhere.
+    #[error(
+        "{bucket}: the budget can go down to {smallest} now, not {wanted}: {settled} is \
+         spent, {in_flight} is leased or held for late notices here, and {elsewhere} is held \
+         by other regions (it comes back as they give it)"
+    )]
+    BudgetBelowCommitted {
+        bucket: BucketKey,
+        wanted: Money,
+        smallest: Money,
+        settled: Money,
+        in_flight: Money,
+        elsewhere: Money,
+    },
     /// No such registered edge.
     #[error("no registered edge {edge} (budgetctl edges list shows them)")]
     UnknownEdge { edge: EdgeId },

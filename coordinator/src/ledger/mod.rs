@@ -230,7 +230,8 @@ pub struct BucketState {
 }
 
 impl BucketState {
-    fn new(region: &RegionId) -> BucketState {
+    /// A bucket of `region` that holds nothing.
+    pub fn new(region: &RegionId) -> BucketState {
         BucketState {
             budget: Money::ZERO,
             counter: RegionCounter::new(region.clone()),
@@ -540,7 +541,7 @@ impl Ledger {
                 bucket,
                 budget,
                 ..
-            } => self.set_budget(campaign, *bucket, *budget, &mut out),
+            } => self.set_budget(stamp, campaign, *bucket, *budget, &mut out),
             Command::Pause { campaign, .. } => self.set_paused(campaign, true),
             Command::Resume { campaign, .. } => self.set_paused(campaign, false),
             Command::GrantLease {
@@ -753,14 +754,29 @@ impl Ledger {
 
     fn set_budget(
         &mut self,
+        stamp: Stamp,
         campaign: &CampaignId,
         bucket: Bucket,
         budget: Money,
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
-        self.home_campaign_or_refuse(campaign)?;
+        let c = self.home_campaign_or_refuse(campaign)?;
         if budget.is_negative() {
             return Err(invalid("budget", format!("negative: {budget}")));
+        }
+        // A day that is over (by the time the leader stamped) can be spent no more.
+        if let Bucket::Day(day) = bucket
+            && let Ok(today) = c.zone.day_of_unix_micros(stamp.time_us)
+            && day < today
+        {
+            return Err(invalid(
+                "day",
+                format!(
+                    "{day} is over in {} (today is {today} there): a past day's budget does \
+                     not change",
+                    c.zone.name()
+                ),
+            ));
         }
         let key = BucketKey {
             campaign: campaign.clone(),
@@ -783,10 +799,28 @@ impl Ledger {
         } else if delta.micros() < 0 {
             let burn = Money::from_micros(-delta.micros());
             if state.available() < burn {
-                return Err(Refusal::InsufficientRights {
+                // What holds the rest: spend settled in every region, leases and in-doubt
+                // money here, and rights other regions hold.
+                let settled = Money::from_micros(
+                    i64::try_from(state.counter.state().total_settled()).unwrap_or(i64::MAX),
+                );
+                let in_flight = state
+                    .leased
+                    .checked_add(state.in_doubt)
+                    .unwrap_or(Money::MAX);
+                let smallest = before.checked_sub(state.available()).unwrap_or(Money::ZERO);
+                let elsewhere = smallest
+                    .checked_sub(settled)
+                    .and_then(|m| m.checked_sub(in_flight))
+                    .unwrap_or(Money::ZERO)
+                    .max(Money::ZERO);
+                return Err(Refusal::BudgetBelowCommitted {
                     bucket: key,
-                    available: state.available(),
-                    wanted: burn,
+                    wanted: budget,
+                    smallest,
+                    settled,
+                    in_flight,
+                    elsewhere,
                 });
             }
             state

@@ -380,8 +380,23 @@ fn budgets_create_and_burn_rights() {
     assert_eq!(amount, m(30_000));
     let before = h.l.chain().clone();
     let r = h.budget("c1", Bucket::Lifetime, 20_000);
+    assert_eq!(
+        refused(&r),
+        &Refusal::BudgetBelowCommitted {
+            bucket: lifetime("c1"),
+            wanted: m(20_000),
+            smallest: m(30_000),
+            settled: m(0),
+            in_flight: m(30_000),
+            elsewhere: m(0),
+        }
+    );
     assert!(
-        matches!(refused(&r), Refusal::InsufficientRights { available, wanted, .. } if *available == m(90_000) && *wanted == m(100_000))
+        refused(&r)
+            .to_string()
+            .contains("the budget can go down to 0.030000 now, not 0.020000"),
+        "{}",
+        refused(&r)
     );
     assert_eq!(h.l.chain(), &before, "nothing logged");
     assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().budget, m(120_000));
@@ -2289,5 +2304,34 @@ fn evenly_paced_days_spent_ahead_of_the_clock_are_counted() {
     assert_eq!(
         crate::metrics::ahead_of_pace(&h.l, NOON_NOV_1 + 3 * 3_600_000_000),
         0
+    );
+}
+
+#[test]
+fn a_day_that_is_over_in_the_campaigns_zone_keeps_its_budget() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    // Noon UTC on 1 November is the morning of 1 November in New York.
+    let day = |d: &str| Bucket::Day(d.parse().unwrap());
+    let r = h.budget("c1", day("2026-10-31"), 50_000);
+    assert!(
+        matches!(refused(&r), Refusal::Invalid { field, problem } if field == "day"
+            && problem.contains("2026-10-31 is over in America/New_York (today is 2026-11-01")),
+        "{r:?}"
+    );
+    assert!(
+        h.l.bucket(&BucketKey {
+            campaign: cid("c1"),
+            bucket: day("2026-10-31")
+        })
+        .is_none()
+    );
+    assert_eq!(
+        h.budget("c1", day("2026-11-01"), 50_000),
+        Reply::BudgetSet { budget: m(50_000) }
+    );
+    assert_eq!(
+        h.budget("c1", day("2026-12-25"), 70_000),
+        Reply::BudgetSet { budget: m(70_000) }
     );
 }

@@ -705,7 +705,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     for r in &region.nodes {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_budgetctl"))
             .args(["--insecure-plaintext", "--endpoint", &r.addr])
-            .args(["audit", "verify", "--json"])
+            .args(["audit", "verify-live", "--json"])
             .output()
             .unwrap();
         assert_eq!(
@@ -876,6 +876,67 @@ async fn operators_run_a_region_with_budgetctl() {
         "{out}"
     );
     assert!(out.contains("active"), "{out}");
+    // `create` never replaces; `update` changes only what it names.
+    let (code, _, err) = run(&["campaign", "create", "spring", "--bid-cpm", "1.00"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("campaign spring exists; use `budgetctl campaign update spring`"),
+        "{err}"
+    );
+    let spring = || -> serde_json::Value {
+        let (_, out, _) = budgetctl(&at, &["campaign", "list", "--json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        all.into_iter().find(|c| c["campaign"] == "spring").unwrap()
+    };
+    let (code, out, err) = run(&[
+        "campaign",
+        "update",
+        "spring",
+        "--bid-cpm",
+        "3.00",
+        "--country",
+        "FRA",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let s = spring();
+    assert_eq!(s["bid_cpm_micros"], 3_000_000, "{s}");
+    assert_eq!(s["countries"], serde_json::json!(["FRA"]), "{s}");
+    assert_eq!(s["zone"], "America/New_York", "{s}");
+    assert_eq!(s["daily_budget_micros"], 20_000_000, "{s}");
+    assert_eq!(
+        run(&["campaign", "update", "spring", "--clear", "country"]).0,
+        0
+    );
+    let s = spring();
+    assert_eq!(s["countries"], serde_json::json!([]), "{s}");
+    assert_eq!(s["bid_cpm_micros"], 3_000_000, "{s}");
+    let (code, _, err) = run(&["campaign", "update", "spring", "--clear", "colour"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--clear colour"), "{err}");
+    let (code, _, err) = run(&["campaign", "update", "winter", "--bid-cpm", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown campaign winter"), "{err}");
+    // A negative price is a value the service refuses, not a flag (exit 1, not 2).
+    let (code, _, err) = run(&["campaign", "create", "neg", "--bid-cpm", "-1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("bid") && !err.contains("unexpected argument"),
+        "{err}"
+    );
+    // A campaign with no budget yet shows its bucket, all zeros, and whose figures they are.
+    assert_eq!(run(&["campaign", "create", "zero", "--bid-cpm", "1"]).0, 0);
+    let (code, out, err) = run(&["campaign", "show", "zero"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("in region eu-1") && out.contains("budget     0.000000"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["campaign", "show", "spring", "--all-regions"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("spring/lifetime") && out.contains("eu-1"),
+        "{out}"
+    );
     // The region's rules: recorded (the campaign commands above waited for them), shown on
     // any node, changed only where a flag says so, refused when they break a rule.
     let (code, out, err) = run(&["cluster", "params", "--json"]);
@@ -941,9 +1002,39 @@ async fn operators_run_a_region_with_budgetctl() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("Mars/Base"), "{err}");
+    assert!(!err.contains("Client specified"), "{err}");
     let (code, _, err) = run(&["campaign", "set-budget", "spring", "-5"]);
-    assert_ne!(code, 0);
-    assert!(!err.is_empty());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("negative"), "{err}");
+    // A day that is over, in the campaign's zone.
+    let (code, _, err) = run(&[
+        "campaign",
+        "set-budget",
+        "spring",
+        "5",
+        "--day",
+        "2020-01-01",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("2020-01-01 is over in America/New_York"),
+        "{err}"
+    );
+    // Lowering a budget below what a lease holds: the smallest budget accepted now.
+    region
+        .propose(Command::GrantLease {
+            key: key(77),
+            edge: "e1".parse().unwrap(),
+            campaign: "spring".parse().unwrap(),
+            want: Money::from_micros(10_000_000),
+        })
+        .await;
+    let (code, _, err) = run(&["campaign", "set-budget", "spring", "0.01"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the budget can go down to") && err.contains("leased or held"),
+        "{err}"
+    );
     // Nothing of the refused commands reached the budget.
     let (_, out, _) = run(&["campaign", "show", "spring", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -971,10 +1062,29 @@ async fn operators_run_a_region_with_budgetctl() {
     let (code, _, err) = run(&["edges", "retire", "edge-9"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no registered edge edge-9"), "{err}");
-    // No server there: a usage error naming the address.
+    // No server there: a usage error naming the address, each cause once.
     let (code, _, err) = budgetctl("127.0.0.1:1", &["status"]);
     assert_eq!(code, 2);
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(err.matches("tcp connect error").count() <= 1, "{err}");
+    // The help says what budgetctl is and its exit codes; offline commands list no endpoint.
+    let (_, out, _) = budgetctl(&at, &["--help"]);
+    assert!(
+        out.contains("operates and audits the budget service"),
+        "{out}"
+    );
+    assert!(out.contains("Exit codes: 0 done; 1 refused"), "{out}");
+    for args in [
+        &["certs", "--help"][..],
+        &["certs", "issue", "--help"],
+        &["audit", "check-proof", "--help"],
+        &["audit", "verify", "--help"],
+    ] {
+        let (_, out, _) = budgetctl(&at, args);
+        assert!(!out.contains("--endpoint"), "{args:?}: {out}");
+    }
+    let (_, out, _) = budgetctl(&at, &["campaign", "show", "--help"]);
+    assert!(out.contains("--endpoint"), "{out}");
     for r in &mut region.nodes {
         stop(r).await;
     }

@@ -374,3 +374,115 @@ async fn oversized_requests_are_refused_and_change_nothing() {
         "the inflated body was not counted as too large"
     );
 }
+
+/// A thousand clients that open a connection and never finish their request's headers (or
+/// its body) hold nothing for long: bids from a real client are answered at their usual
+/// latency meanwhile, every slow one is closed within the client timeout, and connections over
+/// the cap are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_timed_out_and_capped_while_bids_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = edge_config("slowpoke", &["127.0.0.1:1".into()]);
+    config.client_timeout_ms = 2_000;
+    config.max_connections = 1_050;
+    let (edge, base) = edge_in_process(config).await;
+    edge::fixture::bid_on_anything(&edge, LeaseId(7), 1_000_000_000, Duration::from_secs(3600));
+    let addr = base.trim_start_matches("http://").to_string();
+    let request = std::fs::read(&files(&samples().join("prebid"), |_| true)[0]).unwrap();
+    let http = HttpClient::new(Duration::from_secs(5));
+    let bid = || async {
+        let t = std::time::Instant::now();
+        let r = http
+            .post(
+                &format!("{base}/openrtb2/bid"),
+                &[("x-openrtb-version", "2.6")],
+                request.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(r.status == 200 || r.status == 204, "{}", r.status);
+        t.elapsed()
+    };
+    // The usual latency, before.
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        before.push(bid().await);
+    }
+    before.sort();
+    // 1,000 slow clients: 800 stop in their headers, 200 after their headers, in the body.
+    let opened = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..1_000 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let part: &[u8] = if i % 5 == 0 {
+            b"POST /openrtb2/bid HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"id\":"
+        } else {
+            b"POST /openrtb2/bid HTTP/1.1\r\nHost: x\r\nContent-Le"
+        };
+        s.write_all(part).await.unwrap();
+        slow.push(s);
+    }
+    // Bids go on at their usual latency while the slow clients hold their connections.
+    let mut during = Vec::new();
+    for _ in 0..50 {
+        during.push(bid().await);
+    }
+    during.sort();
+    let p = |v: &[Duration], q: usize| v[v.len() * q / 100 - 1];
+    eprintln!(
+        "bid latency p50/p99 before {:?}/{:?}, with 1,000 slow clients {:?}/{:?}",
+        p(&before, 50),
+        p(&before, 99),
+        p(&during, 50),
+        p(&during, 99)
+    );
+    assert!(
+        p(&during, 50) <= p(&before, 50) * 5 + Duration::from_millis(5),
+        "bids slowed down: {during:?}"
+    );
+    // Over the cap (1,050 with the bids' own connection), a new connection is closed at once.
+    let mut extra = Vec::new();
+    for _ in 0..60 {
+        extra.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut closed_at_once = 0;
+    for s in &mut extra {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 10,
+        "{closed_at_once} of 60 over the cap closed"
+    );
+    let page = http.get(&format!("{base}/metrics")).await.unwrap();
+    let page = String::from_utf8_lossy(&page.body);
+    let refused: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_connections_total{outcome=\"refused\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 10.0, "{page}");
+    // Every slow client is closed by the server within the timeout (and a margin).
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut b = [0u8; 512];
+        let left =
+            (opened + Duration::from_secs(6)).saturating_duration_since(std::time::Instant::now());
+        let ended = tokio::time::timeout(left.max(Duration::from_millis(10)), async {
+            // A 408 for the slow bodies, then the close.
+            while let Ok(n) = s.read(&mut b).await
+                && n > 0
+            {}
+        })
+        .await;
+        if ended.is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 1_000,
+        "slow clients still connected 6 s after they stalled"
+    );
+}
