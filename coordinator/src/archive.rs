@@ -89,14 +89,17 @@ pub fn sealed_until(dir: &Path) -> io::Result<(u64, Hash)> {
     }
 }
 
-/// Seals every full segment of `segment_entries` records that `records` can supply past what
-/// `dir` already holds. `records(from, max)` returns stored `(seq, record)` pairs from `from`.
-/// Returns the files written.
+/// Seals every complete segment that `records` can supply past what `dir` already holds. A
+/// segment ends after `segment_entries` records, or earlier at a seal point (the replicated
+/// `SealSegment` boundaries, in `points`): every replica cuts the same segments.
+/// `records(from, max)` returns stored `(seq, record)` pairs from `from`. Returns the files
+/// written.
 pub fn seal_ready(
     io: FileIo,
     dir: &Path,
     region: &RegionId,
     segment_entries: u64,
+    points: &std::collections::BTreeSet<u64>,
     available_until: u64,
     records: impl Fn(u64, usize) -> io::Result<Vec<(u64, Vec<u8>)>>,
 ) -> io::Result<Vec<PathBuf>> {
@@ -104,8 +107,16 @@ pub fn seal_ready(
     fs::create_dir_all(dir)?;
     let (mut next, mut head) = sealed_until(dir)?;
     let mut written = Vec::new();
-    while next + segment_entries <= available_until {
-        let want = usize::try_from(segment_entries).unwrap_or(usize::MAX);
+    loop {
+        let by_count = next + segment_entries;
+        let end = points
+            .range(next + 1..)
+            .next()
+            .map_or(by_count, |p| (*p).min(by_count));
+        if end > available_until {
+            break;
+        }
+        let want = usize::try_from(end - next).unwrap_or(usize::MAX);
         let recs = records(next, want)?;
         if recs.len() != want {
             return Err(io::Error::other(format!(
@@ -129,7 +140,7 @@ pub fn seal_ready(
         let path = dir.join(segment_file_name(region, next));
         write_atomically(io, &path, &bytes)?;
         written.push(path);
-        next += segment_entries;
+        next = end;
     }
     Ok(written)
 }
@@ -207,8 +218,13 @@ mod tests {
     }
 
     fn seal(io: FileIo, dir: &Path, until: u64) -> Vec<PathBuf> {
+        seal_at(io, dir, until, &[])
+    }
+
+    fn seal_at(io: FileIo, dir: &Path, until: u64, points: &[u64]) -> Vec<PathBuf> {
         let (region, records) = sample_records();
-        seal_ready(io, dir, &region, 300, until, |from, max| {
+        let points = points.iter().copied().collect();
+        seal_ready(io, dir, &region, 300, &points, until, |from, max| {
             Ok(records
                 .iter()
                 .skip(from as usize)
@@ -224,6 +240,37 @@ mod tests {
             .iter()
             .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn seal_points_end_segments_early_and_the_archive_still_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        // Points at 5 and 420: segments 0..5, 5..305 (by count), 305..420, 420..720 (by
+        // count); the 280 records after 720 make no segment yet.
+        let files = seal_at(FileIo::Std, &dir, 1_000, &[5, 420]);
+        assert_eq!(
+            names(&files)
+                .iter()
+                .map(|n| n.split('-').next_back().unwrap().to_string())
+                .collect::<Vec<_>>(),
+            [
+                "00000000000000000000.seg",
+                "00000000000000000005.seg",
+                "00000000000000000305.seg",
+                "00000000000000000420.seg",
+            ]
+        );
+        // A point past what is stored waits; none before it are cut again.
+        let more = seal_at(FileIo::Std, &dir, 1_000, &[5, 420, 1_200]);
+        assert!(more.is_empty(), "{more:?}");
+        // A point at the end of what is stored seals the rest.
+        let last = seal_at(FileIo::Std, &dir, 1_000, &[5, 420, 1_000]);
+        assert_eq!(names(&last).len(), 1);
+        let summary = shared::log::verify_path(&dir, None)
+            .unwrap()
+            .expect("the archive verifies");
+        assert_eq!(summary.entries, 1_000);
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::TransferRights { .. } => "transfer_rights",
         Command::MergeRemote { .. } => "merge_remote",
         Command::CheckIn { .. } => "check_in",
+        Command::SealSegment => "seal_segment",
         Command::RetireEdge { .. } => "retire_edge",
         Command::SetParams { .. } => "set_params",
     }

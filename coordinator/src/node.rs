@@ -419,12 +419,18 @@ impl Node {
     /// Seals every full segment of `segment_entries` financial-log records not yet sealed into
     /// `<data_dir>/segments/`. Blocking file I/O: call from a blocking context.
     pub fn archive(&self, segment_entries: u64) -> std::io::Result<Vec<PathBuf>> {
-        let until = self.state.read(|m| m.ledger().chain().next_seq());
+        let (until, points) = self.state.read(|m| {
+            (
+                m.ledger().chain().next_seq(),
+                m.ledger().seal_points().clone(),
+            )
+        });
         crate::archive::seal_ready(
             crate::archive::FileIo::detect(),
             &crate::archive::segments_dir(&self.data_dir),
             &self.region,
             segment_entries,
+            &points,
             until,
             |from, max| {
                 self.state

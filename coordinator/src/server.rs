@@ -46,6 +46,9 @@ pub struct Config {
     pub leases: LeaseConfig,
     /// Financial-log records per sealed segment file in `<data_dir>/segments/`.
     pub segment_entries: u64,
+    /// A segment still open after this long (ms) is sealed anyway, whatever it holds: a quiet
+    /// region's log is sealed, and verifiable offline, within this.
+    pub segment_seal_interval_ms: u64,
     /// Peer regions and region sync (DESIGN §7). No peers: a region on its own.
     pub regions: RegionsConfig,
     /// Mutual TLS: the CA, this node's certificate (role `coordinator`) and its key. Required
@@ -159,6 +162,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
             segment_entries: 10_000,
+            segment_seal_interval_ms: 600_000,
             regions: RegionsConfig::default(),
             tls: shared::tls::TlsFiles::default(),
         }
@@ -223,6 +227,14 @@ impl Config {
         }
         let params = self.leases.params();
         params.validate().map_err(|e| err(format!("leases: {e}")))?;
+        if self.segment_entries == 0 {
+            return Err(err("segment_entries: at least 1".into()));
+        }
+        if self.segment_seal_interval_ms < 1_000 {
+            return Err(err(
+                "segment_seal_interval_ms: at least 1000 (a second)".into()
+            ));
+        }
         let mut members = BTreeMap::new();
         for (id, addr) in &self.init_members {
             let id: u64 = id
@@ -473,19 +485,51 @@ pub async fn reclaim_loop(
 /// How often a node looks for full segments to seal.
 pub const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 
-/// Seals full segments of the financial log into the data directory, on every node, until
-/// `stop` fires.
+/// Seals complete segments of the financial log into the data directory, on every node, until
+/// `stop` fires. On the leader, a segment left open for `seal_interval` (by its monotonic
+/// clock) is ended with a `SealSegment` command, so that a quiet region's log is sealed (and
+/// verifiable offline) too.
 pub async fn archive_loop(
     node: Arc<Node>,
     segment_entries: u64,
+    seal_interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(ARCHIVE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The open segment's first seq, and since when (monotonic) it has been open here.
+    let mut open: Option<(u64, Duration)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        if node.leader().is_some_and(|(id, _)| id == node.id) {
+            let dir = crate::archive::segments_dir(&node.data_dir);
+            let next = node.state.read(|m| m.ledger().chain().next_seq());
+            match tokio::task::spawn_blocking(move || crate::archive::sealed_until(&dir)).await {
+                Ok(Ok((sealed, _))) if next > sealed => {
+                    let now = node.clock.mono();
+                    let since = match open {
+                        Some((start, since)) if start == sealed => since,
+                        _ => now,
+                    };
+                    open = Some((sealed, since));
+                    if now.saturating_sub(since) >= seal_interval {
+                        match node.propose(Command::SealSegment).await {
+                            Ok((reply, _)) => tracing::info!(
+                                ?reply,
+                                "the open financial-log segment waited its seal interval: sealed"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "seal proposal failed; retrying"),
+                        }
+                        open = None;
+                    }
+                }
+                _ => open = None,
+            }
+        } else {
+            open = None;
         }
         let n = node.clone();
         match tokio::task::spawn_blocking(move || n.archive(segment_entries)).await {
@@ -567,6 +611,7 @@ pub async fn run(
     let archiver = tokio::spawn(archive_loop(
         node.clone(),
         config.segment_entries,
+        Duration::from_millis(config.segment_seal_interval_ms),
         stop_rx.clone(),
     ));
     let reclaim = tokio::spawn(reclaim_loop(

@@ -80,6 +80,9 @@ pub struct Tally {
     pub unbilled: AtomicU64,
     /// Micros billed per campaign (acknowledged billing notices).
     pub billed: Mutex<BTreeMap<String, i64>>,
+    /// Micros billed per campaign, acknowledged or not: what the exchange charged (a real
+    /// exchange bills the impression, not our acknowledgement).
+    pub made: Mutex<BTreeMap<String, i64>>,
     /// All micros billed.
     pub billed_total: AtomicI64,
 }
@@ -243,9 +246,192 @@ pub async fn run(cfg: SimConfig) -> Arc<Tally> {
         s.abort();
     }
     if cfg.status {
-        print_status(&cfg, &tally, started).await;
+        let budgets: Budgets = Arc::default();
+        let campaigns: Vec<String> = tally.billed.lock().await.keys().cloned().collect();
+        for c in campaigns {
+            if let Some(b) = budget(&cfg.transport, &cfg.coordinators, &c).await {
+                budgets.lock().await.insert(c, b);
+            }
+        }
+        print_status(&cfg, &tally, started, &budgets).await;
     }
     tally
+}
+
+/// One campaign at the end of a run: its lifetime budget, what the exchange billed
+/// (acknowledged or not), and what each region's ledger settled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The campaign.
+    pub campaign: String,
+    /// Its lifetime budget (rights created less burned, every region).
+    pub budget: i64,
+    /// What the exchange billed.
+    pub billed: i64,
+    /// Settled, per region.
+    pub settled: Vec<(String, i64)>,
+}
+
+impl Verdict {
+    /// Settled in every region.
+    pub fn settled_total(&self) -> i64 {
+        self.settled.iter().map(|(_, s)| s).sum()
+    }
+}
+
+/// The end of a run, per campaign (every campaign a ledger knows, and every one the exchange
+/// billed, added by hand during the run or not): budget, billed, settled per region and in
+/// all. It reads until the ledgers hold every bill or `patience` passes (peer regions' spend
+/// reaches the home a sync interval later). Returns the lines and whether the run kept every
+/// promise: nothing billed over a budget, nothing billed that no ledger holds.
+pub async fn verdict(cfg: &SimConfig, tally: &Tally, patience: Duration) -> (String, bool) {
+    let deadline = Instant::now() + patience;
+    let made = tally.made.lock().await.clone();
+    let mut verdicts;
+    loop {
+        verdicts = Vec::new();
+        let mut names: Vec<String> = made.keys().cloned().collect();
+        names.extend(campaigns(cfg).await);
+        names.sort();
+        names.dedup();
+        for c in names {
+            let (budget, settled) = settled_by_region(cfg, &c).await;
+            verdicts.push(Verdict {
+                billed: made.get(&c).copied().unwrap_or(0),
+                campaign: c,
+                budget,
+                settled,
+            });
+        }
+        if verdicts.iter().all(|v| v.settled_total() == v.billed) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let m = Money::from_micros;
+    let mut out = format!(
+        "{:<16} {:>12} {:>12} {:>12}  settled per region",
+        "campaign", "budget", "billed", "settled"
+    );
+    let (mut over, mut unheld) = (Vec::new(), 0i64);
+    for v in &verdicts {
+        let per: Vec<String> = v
+            .settled
+            .iter()
+            .map(|(r, s)| format!("{r} {}", m(*s)))
+            .collect();
+        out.push_str(&format!(
+            "\n{:<16} {:>12} {:>12} {:>12}  {}",
+            v.campaign,
+            m(v.budget).to_string(),
+            m(v.billed).to_string(),
+            m(v.settled_total()).to_string(),
+            per.join(", ")
+        ));
+        if v.billed > v.budget {
+            over.push(format!("{} by {}", v.campaign, m(v.billed - v.budget)));
+        }
+        unheld += (v.billed - v.settled_total()).max(0);
+    }
+    let ok = over.is_empty() && unheld == 0;
+    out.push_str(&format!(
+        "\nnever over budget: {}",
+        if over.is_empty() {
+            "yes".to_string()
+        } else {
+            format!("NO ({})", over.join(", "))
+        }
+    ));
+    out.push_str(&format!(
+        "\nevery bill in a ledger: {}",
+        if unheld == 0 {
+            "yes".to_string()
+        } else {
+            format!("NO ({} billed that no ledger holds)", m(unheld))
+        }
+    ));
+    (out, ok)
+}
+
+/// Every campaign the coordinators' region knows.
+async fn campaigns(cfg: &SimConfig) -> Vec<String> {
+    for addr in &cfg.coordinators {
+        let Some(mut c) = admin(&cfg.transport, addr).await else {
+            continue;
+        };
+        if let Ok(r) = c
+            .list_buckets(pb::ListBucketsRequest {
+                campaign: String::new(),
+            })
+            .await
+        {
+            let mut names: Vec<String> = r
+                .into_inner()
+                .balances
+                .iter()
+                .filter_map(|b| b.bucket.as_ref().map(|k| k.campaign.clone()))
+                .collect();
+            names.dedup();
+            return names;
+        }
+    }
+    Vec::new()
+}
+
+/// A campaign's lifetime budget, and what each region settled of it (from the region status
+/// of the coordinators' region; one region: its own balance).
+async fn settled_by_region(cfg: &SimConfig, campaign: &str) -> (i64, Vec<(String, i64)>) {
+    for addr in &cfg.coordinators {
+        let Some(mut c) = admin(&cfg.transport, addr).await else {
+            continue;
+        };
+        let Ok(r) = c
+            .region_status(pb::RegionStatusRequest {
+                campaign: campaign.to_owned(),
+            })
+            .await
+        else {
+            continue;
+        };
+        let r = r.into_inner();
+        if r.not_leader.is_some() {
+            continue;
+        }
+        let lifetime = r.buckets.iter().find(|b| {
+            b.bucket.as_ref().and_then(|k| k.bucket.as_ref())
+                == Some(&pb::Bucket::from(&Bucket::Lifetime))
+        });
+        if let Some(b) = lifetime {
+            let budget = b
+                .regions
+                .iter()
+                .map(|x| x.created_micros - x.burned_micros)
+                .sum();
+            return (
+                budget,
+                b.regions
+                    .iter()
+                    .map(|x| (x.region.clone(), x.settled_micros))
+                    .collect(),
+            );
+        }
+        return (0, Vec::new());
+    }
+    (0, Vec::new())
+}
+
+async fn admin(
+    transport: &shared::tls::Transport,
+    addr: &str,
+) -> Option<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    let channel = transport
+        .endpoint(addr)
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .ok()?;
+    Some(pb::admin_client::AdminClient::new(channel))
 }
 
 async fn auction(
@@ -311,6 +497,12 @@ async fn auction(
                 let latest = Duration::from_secs(exp).min(LATEST_BILL);
                 tokio::time::sleep(latest.mul_f64(rng.f64())).await;
             }
+            *tally
+                .made
+                .lock()
+                .await
+                .entry(bid.cid.to_string())
+                .or_default() += clearing;
             if deliver(http, tally, edges, edge, &bill, seed ^ 1).await {
                 *tally
                     .billed
@@ -364,14 +556,50 @@ async fn deliver(
     false
 }
 
+/// Each campaign's lifetime budget and settled spend as last read ([`budget`]): the status
+/// lines print from it, so that a slow coordinator never delays a line.
+type Budgets = Arc<Mutex<BTreeMap<String, (i64, i64)>>>;
+
+/// A status line every second, on the second (a missed tick is skipped, never bunched), from
+/// figures a second task keeps fresh.
 async fn status_loop(cfg: SimConfig, tally: Arc<Tally>, started: Instant) {
+    let budgets: Budgets = Arc::default();
+    let refresh = {
+        let (cfg, tally, budgets) = (cfg.clone(), tally.clone(), budgets.clone());
+        tokio::spawn(async move {
+            loop {
+                let campaigns: Vec<String> = tally.billed.lock().await.keys().cloned().collect();
+                for c in campaigns {
+                    if let Some(b) = budget(&cfg.transport, &cfg.coordinators, &c).await {
+                        budgets.lock().await.insert(c, b);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started) + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let _stop = AbortOnDrop(refresh);
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        print_status(&cfg, &tally, started).await;
+        tick.tick().await;
+        print_status(&cfg, &tally, started, &budgets).await;
     }
 }
 
-async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
+/// Aborts a task when dropped (the status loop's refresher ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant, budgets: &Budgets) {
     let billed = tally.billed.lock().await.clone();
     let focus = focus(cfg, started.elapsed()).map_or(String::new(), |f| format!(" focus={f}"));
     let mut line = format!(
@@ -382,9 +610,9 @@ async fn print_status(cfg: &SimConfig, tally: &Tally, started: Instant) {
         tally.wins.load(Ordering::Relaxed),
         Money::from_micros(tally.billed_total.load(Ordering::Relaxed)),
     );
+    let known = budgets.lock().await.clone();
     for (campaign, micros) in &billed {
-        let budget = budget(&cfg.transport, &cfg.coordinators, campaign).await;
-        match budget {
+        match known.get(campaign).copied() {
             Some((budget, settled)) => line.push_str(&format!(
                 " | {campaign} {} of {} (ledger {})",
                 Money::from_micros(*micros),

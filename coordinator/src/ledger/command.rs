@@ -146,6 +146,10 @@ pub enum Command {
     /// named it (that entry marks it due); until then the part waits, and the leader names
     /// it again when the edges have.
     ExpireInDoubt { parts: Vec<(LeaseId, u64)> },
+    /// Proposed by the leader when the financial log's open segment has waited its seal
+    /// interval: the segment ends here (at the log's next seq), on every replica alike. Segments
+    /// also end every `segment_entries` records.
+    SealSegment,
     /// An edge's check-in: every notice the edge process `incarnation` accepted before it
     /// learnt that Raft index `covers` was committed is in a spend batch committed before this
     /// command. An edge registers this way (`covers` 0) before it accepts any notice. A
@@ -308,6 +312,8 @@ pub enum Reply {
         #[serde(default)]
         stale: bool,
     },
+    /// A segment boundary at this seq (`None`: the log holds nothing past the last one).
+    SealPoint { at: Option<u64> },
     /// An edge's check-in: the incarnation registered now, and whether this one is it (an
     /// older incarnation is told the registered one, and starts above it).
     CheckedIn { incarnation: u64, accepted: bool },

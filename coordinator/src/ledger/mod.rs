@@ -279,6 +279,8 @@ pub struct Changes {
     pub velocity: BTreeSet<(EdgeId, CampaignId)>,
     /// Edges registered, checked in or retired.
     pub edges: BTreeSet<EdgeId>,
+    /// The seal points changed.
+    pub seal_points: bool,
     /// The region's rules changed.
     pub params: bool,
 }
@@ -344,7 +346,14 @@ pub struct Ledger {
     witnessed: BTreeMap<RegionId, Witness>,
     /// Every edge that registered, with its last check-in: what in-doubt money waits for.
     edges: BTreeMap<EdgeId, EdgeCheck>,
+    /// Where sealed segments end besides every `segment_entries` records: the log's next seq
+    /// at each `SealSegment`, the most recent [`SEAL_POINTS_KEPT`].
+    seal_points: BTreeSet<u64>,
 }
+
+/// Seal points kept: at one per ten minutes, ten weeks of them (a node that seals after a
+/// longer absence cuts its segments by count alone, which still verify).
+pub const SEAL_POINTS_KEPT: usize = 10_000;
 
 /// In-doubt parts whose waits are over and that wait for edges' check-ins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -424,6 +433,7 @@ impl Ledger {
             last_spent: BTreeMap::new(),
             witnessed: BTreeMap::new(),
             edges: BTreeMap::new(),
+            seal_points: BTreeSet::new(),
         }
     }
 
@@ -491,6 +501,11 @@ impl Ledger {
     /// Every registered edge with its last check-in.
     pub fn edges(&self) -> &BTreeMap<EdgeId, EdgeCheck> {
         &self.edges
+    }
+
+    /// Where segments end besides every `segment_entries` records ([`Command::SealSegment`]).
+    pub fn seal_points(&self) -> &BTreeSet<u64> {
+        &self.seal_points
     }
 
     /// The index every registered edge has checked in covering: an in-doubt part marked due
@@ -567,6 +582,7 @@ impl Ledger {
             } => self.release(*batch, edge, *lease, *unreserved, *bids, in_doubt, &mut out),
             Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out)),
             Command::ExpireInDoubt { parts } => Ok(self.expire(stamp, parts, &mut out)),
+            Command::SealSegment => Ok(self.seal_point()),
             Command::CheckIn {
                 edge,
                 incarnation,
@@ -1537,6 +1553,19 @@ impl Ledger {
         }
     }
 
+    fn seal_point(&mut self) -> Reply {
+        let at = self.chain.next_seq();
+        if at == 0 || self.seal_points.last().is_some_and(|p| *p >= at) {
+            return Reply::SealPoint { at: None };
+        }
+        self.seal_points.insert(at);
+        while self.seal_points.len() > SEAL_POINTS_KEPT {
+            self.seal_points.pop_first();
+        }
+        self.changes.seal_points = true;
+        Reply::SealPoint { at: Some(at) }
+    }
+
     fn retire_edge(&mut self, edge: &EdgeId) -> Result<Reply, Refusal> {
         if self.edges.remove(edge).is_none() {
             return Err(Refusal::UnknownEdge { edge: edge.clone() });
@@ -1904,6 +1933,7 @@ fn request_key(cmd: &Command) -> Option<RequestKey> {
         }
         Command::ReclaimLeases { .. }
         | Command::ExpireInDoubt { .. }
+        | Command::SealSegment
         | Command::CheckIn { .. }
         | Command::MergeRemote { .. } => None,
     }

@@ -3,7 +3,8 @@
 //!
 //! Keys are a table prefix and the entity's id; values are JSON. Prefixes: `m` meta, `p` the
 //! region's rules, `c/` campaign, `b/` bucket, `l/` lease (id big-endian), `r/` request key,
-//! `e/` bids one report charged or lost (lease id and list number, big-endian), `v/` velocity, `g/` registered edges.
+//! `e/` bids one report charged or lost (lease id and list number, big-endian), `v/` velocity,
+//! `g/` registered edges, `s` the financial log's seal points.
 //!
 //! Charged bids, the dedup table, are the bulk of the writes: one row per report (up to 1,000
 //! bids), not one per bid, so that a batch costs one RocksDB insert, not a thousand.
@@ -26,6 +27,8 @@ pub type RowWrite = (Vec<u8>, Option<Vec<u8>>);
 
 const META: &[u8] = b"m";
 const PARAMS: &[u8] = b"p";
+/// The financial log's seal points ([`super::Command::SealSegment`]), one row.
+const SEAL_POINTS: &[u8] = b"s";
 
 #[derive(Serialize, Deserialize)]
 struct MetaRow {
@@ -214,6 +217,9 @@ impl Ledger {
     /// row. Written with the apply's log entries in one batch.
     pub fn rows(&self, changes: &Changes) -> Vec<RowWrite> {
         let mut out = vec![self.meta_row()];
+        if changes.seal_points {
+            out.push((SEAL_POINTS.to_vec(), Some(json(&self.seal_points))));
+        }
         if changes.params {
             out.push((PARAMS.to_vec(), Some(json(&self.params))));
         }
@@ -318,6 +324,7 @@ impl Ledger {
             velocity: self.last_spent.keys().cloned().collect(),
             edges: self.edges.keys().cloned().collect(),
             params: self.params_recorded,
+            seal_points: !self.seal_points.is_empty(),
         };
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = self
             .rows(&everything)
@@ -365,6 +372,8 @@ impl Ledger {
             } else if k == PARAMS {
                 l.params = serde_json::from_slice(&v).map_err(bad)?;
                 l.params_recorded = true;
+            } else if k == SEAL_POINTS {
+                l.seal_points = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.starts_with(b"c/") {
                 let r: CampaignRow = serde_json::from_slice(&v).map_err(bad)?;
                 let zone = CampaignZone::new(&r.config.zone).map_err(|e| LoadError::Campaign {

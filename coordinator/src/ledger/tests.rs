@@ -1821,6 +1821,8 @@ enum Step {
         c: usize,
         paused: bool,
     },
+    /// The leader ends the log's open segment here.
+    Seal,
     /// Edge `edge` checks in as process `incarnation`, covering `back` entries before now.
     CheckIn {
         edge: usize,
@@ -1869,6 +1871,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         (0..12u64, proptest::option::of(0..4usize))
             .prop_map(|(lease, pick)| Step::Expire { lease, pick }),
         (0..2usize, any::<bool>()).prop_map(|(c, paused)| Step::Pause { c, paused }),
+        Just(Step::Seal),
         (0..3usize, 1..4u64, 0..6u64).prop_map(|(edge, incarnation, back)| Step::CheckIn {
             edge,
             incarnation,
@@ -1932,6 +1935,7 @@ proptest! {
                     let campaign = cid(&format!("c{c}"));
                     if paused { Command::Pause { key: a.key(), campaign } } else { Command::Resume { key: a.key(), campaign } }
                 }
+                Step::Seal => Command::SealSegment,
                 Step::CheckIn { edge, incarnation, back } => Command::CheckIn {
                     edge: eid(&format!("e{edge}")),
                     incarnation,

@@ -1089,3 +1089,58 @@ async fn operators_run_a_region_with_budgetctl() {
         stop(r).await;
     }
 }
+
+/// A quiet region's log is sealed all the same: a segment left open for the seal interval is
+/// ended by a replicated `SealSegment`, and the archive verifies offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_segment_is_sealed_after_its_interval_however_few_its_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut r = run(1, tmp.path(), listener).await;
+    r.node
+        .initialize(BTreeMap::from([(1, r.addr.clone())]))
+        .await
+        .unwrap();
+    let mut n = 0;
+    for c in setup_commands() {
+        // Bounded: a single node elects itself at once.
+        for _ in 0..100 {
+            match r.node.propose(c.clone()).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let archiver = tokio::spawn(coordinator::server::archive_loop(
+        r.node.clone(),
+        10_000,
+        Duration::from_secs(1),
+        stop_rx,
+    ));
+    let segments = tmp.path().join("segments");
+    let mut sealed = None;
+    for _ in 0..100 {
+        if let Ok(Ok(summary)) = shared::log::verify_path(&segments, None)
+            && summary.entries > 0
+        {
+            sealed = Some(summary);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    archiver.await.unwrap();
+    let summary = sealed.expect("a segment sealed within 10 s of a 1 s interval");
+    // Far fewer than segment_entries: the time, not the count, ended it.
+    assert!(
+        (1..10_000).contains(&summary.entries),
+        "{} entries",
+        summary.entries
+    );
+    let points = r.node.state.read(|m| m.ledger().seal_points().clone());
+    assert_eq!(points.iter().next().copied(), Some(summary.entries));
+    stop(&mut r).await;
+}

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             (s, format!("{s:016x}"))
         }
     };
-    let tally = rt.block_on(run(SimConfig {
+    let cfg = SimConfig {
         edges,
         regions,
         focus_every,
@@ -147,13 +147,24 @@ fn main() -> ExitCode {
         run_id,
         exp_scale: args.exp_scale,
         status: true,
-    }));
+    };
+    let tally = rt.block_on(run(cfg.clone()));
+    let mut ok = true;
+    if !cfg.coordinators.is_empty() {
+        let (text, kept) = rt.block_on(edge::sim::verdict(&cfg, &tally, Duration::from_secs(15)));
+        println!("\n{text}");
+        ok &= kept;
+    }
     let lost = tally
         .notices_lost
         .load(std::sync::atomic::Ordering::Relaxed);
     if lost > 0 {
         eprintln!("sim-exchange: {lost} notices were never acknowledged");
-        return ExitCode::FAILURE;
+        ok = false;
     }
-    ExitCode::SUCCESS
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

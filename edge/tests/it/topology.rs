@@ -20,11 +20,11 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         c.lease_want_micros = 100_000;
         edges.push(registered_edge(c).await);
     }
-    let tally = run(SimConfig {
+    let cfg = SimConfig {
         edges: edges.iter().map(|(_, base)| base.clone()).collect(),
         regions: vec![],
         focus_every: None,
-        coordinators: vec![],
+        coordinators: region.addrs.clone(),
         transport: shared::tls::Transport::Plaintext,
         rate: 300,
         // Long enough for money that bids without a notice hold (up to their 10 s `exp` and
@@ -36,8 +36,8 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         // The harness's region bids on `exp` up to 10 s: the real mix in seconds.
         exp_scale: 360,
         status: false,
-    })
-    .await;
+    };
+    let tally = run(cfg.clone()).await;
     // It behaved as a real exchange does: ids reused, requests replayed, losses told.
     for (what, n) in [
         ("reused ids", &tally.reused_ids),
@@ -71,6 +71,27 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
     assert!(
         settled * 100 >= budget * 95,
         "only {settled} of {budget} spent"
+    );
+    // The run's verdict: every bill in a ledger, none over the budget.
+    let (text, kept) = edge::sim::verdict(&cfg, &tally, Duration::from_secs(10)).await;
+    eprintln!("{text}");
+    assert!(kept, "{text}");
+    assert!(
+        text.contains("never over budget: yes") && text.contains("every bill in a ledger: yes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spring") && text.contains("0.300000"),
+        "{text}"
+    );
+    // A bill no ledger holds, past the budget: the verdict says so.
+    *tally.made.lock().await.get_mut("spring").unwrap() += budget;
+    let (text, kept) = edge::sim::verdict(&cfg, &tally, Duration::from_millis(100)).await;
+    assert!(!kept, "{text}");
+    assert!(
+        text.contains("never over budget: NO (spring by")
+            && text.contains("billed that no ledger holds"),
+        "{text}"
     );
     // After real traffic, every binary's metrics pass Prometheus' own linter.
     let http = edge::http::HttpClient::new(Duration::from_secs(5));

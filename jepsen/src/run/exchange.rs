@@ -14,7 +14,7 @@
 //! - billing notices come at once or late, anywhere within the impression's `exp` (some at its
 //!   very end), some twice; most go first to the edge that bid, a fifth to another edge of its
 //!   region; each is retried at a random edge of the bid's region until one acknowledges it or
-//!   the bid's deadline (auction + `exp`) passes.
+//!   the bid's deadline (auction + `exp`) and the region's late acceptance have passed.
 //!
 //! Every delivery attempt of a charging notice is an operation of the history; what was
 //! acknowledged is what the exchange billed.
@@ -269,7 +269,7 @@ pub struct Tally {
     pub losses: AtomicU64,
     /// Notice deliveries attempted.
     pub deliveries: AtomicU64,
-    /// Notices given up at their deadline, unacknowledged.
+    /// Notices given up, unacknowledged, at their bid's deadline and the late acceptance.
     pub abandoned: AtomicU64,
     /// Requests with no answer (timeouts, refused connections).
     pub unanswered: AtomicU64,
@@ -327,6 +327,11 @@ pub struct Settings {
     pub seed: u64,
     /// The `exp` it sends.
     pub exp: ExpMix,
+    /// How long after a bid's deadline it still retries a charging notice that no edge has
+    /// acknowledged: the region's late acceptance, the window in which the region promises to
+    /// settle a notice that was sent in time (DESIGN §5). A notice an edge took in and lost
+    /// (killed, say) is sent again, as an edge crash must make an exchange do.
+    pub late: Duration,
 }
 
 const SIZES: [(u32, u32); 3] = [(300, 250), (728, 90), (320, 50)];
@@ -762,7 +767,7 @@ impl Exchange {
             } else {
                 rng.usize(..edges.len())
             };
-            let deadline = at + n.deadline;
+            let deadline = at + n.deadline + s.late;
             sends.spawn(async move {
                 tokio::time::sleep(n.delay).await;
                 match n.amount {
@@ -794,7 +799,8 @@ struct Route {
 }
 
 /// Sends a charging notice of our bid `bid` to `to.first`, then to random edges, until one
-/// acknowledges it or the deadline passes. Every attempt is one operation of the history.
+/// acknowledges it or `to.deadline` (the bid's deadline and the late acceptance) passes. Every
+/// attempt is one operation of the history.
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     http: &HttpClient,

@@ -45,8 +45,21 @@ enum Active {
 const HARNESS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
 
 /// The leader among `coordinators`, as the first of them that answers says (`raft_leader` on
-/// its `/metrics`: a node id; node `N` is named `…coordinator-N`).
+/// its `/metrics`: a node id; node `N` is named `…coordinator-N`). During an election none is
+/// known: it asks again for up to 5 s.
 fn leader_of(t: &mut Topology, coordinators: &[String]) -> Result<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match known_leader(t, coordinators) {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() >= until => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// [`leader_of`], asked once.
+fn known_leader(t: &mut Topology, coordinators: &[String]) -> Result<String> {
     for c in coordinators {
         let Ok(body) = http_get(&t.node_mut(c)?.metrics, "/metrics") else {
             continue;

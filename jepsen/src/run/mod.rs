@@ -500,6 +500,7 @@ fn drive(
                 default_s: topology::DEFAULT_EXP_S,
                 max_s: topology::MAX_EXP_S,
             },
+            late: Duration::from_millis(topology::LATE_ACCEPTANCE_MS),
         },
         rec.clone(),
     );

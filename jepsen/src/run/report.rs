@@ -336,7 +336,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
         body,
         "## Load\n\n{} requests ({} reusing an earlier auction's id, {} replayed byte for \
          byte), {} bids, {} wins ({} never billed), {} loss notices, {} charging notice \
-         deliveries ({} abandoned at their bid's deadline), {} requests unanswered. {} \
+         deliveries ({} abandoned at their bid's deadline and the late acceptance), {} requests unanswered. {} \
          impressions had an `exp` past the region's maximum; {} of them were bid on (must be 0). \
          Demand exceeds budgets by design: budgets are small, and raised by a step each time \
          one runs out (at most every {} s) while faults run.\n",

@@ -23,8 +23,11 @@ pub const LEASE_MIN_MICROS: i64 = 10_000;
 pub const SETTLEMENT_WINDOW_MS: u64 = 2_000;
 /// At least the lease duration × the largest clock rate error the nemesis injects (10 %).
 pub const MARGIN_MS: u64 = 1_000;
-/// How long past a bid's deadline the region still accepts its notice.
-pub const LATE_ACCEPTANCE_MS: u64 = 5_000;
+/// How long past a bid's deadline the region still accepts its notice, and the exchange still
+/// retries one no edge acknowledged. Longer than a region kill (10 s at most) with a restart,
+/// so that a notice sent in time to a region whose every process died is delivered within the
+/// window the region promises to settle in (a bid of the shortest `exp`, 1 s, included).
+pub const LATE_ACCEPTANCE_MS: u64 = 15_000;
 /// The `exp` of an impression that has none, seconds (the stand-in, in a run of minutes, for
 /// the 300 s a region defaults to).
 pub const DEFAULT_EXP_S: u64 = 5;
