@@ -654,10 +654,17 @@ fn drive(
                         let settled_at_heal = heal.get(&bucket).map_or(0, |b| b.settled_micros);
                         let left_at_heal = (b.budget_micros - settled_at_heal).max(1);
                         let wanted = ex.tally.demand_since(c.name, heal_s) >= 2 * left_at_heal;
-                        let enough =
+                        // I6's two rules: spent to the utilization (or less than a bid left),
+                        // and spending resumed after the heal if a bid was left then. A drain
+                        // that stopped at the first while the second still waited failed a
+                        // 600 s seed on a bucket at 99.5 % whose last bid had not come back.
+                        let spent =
                             check::progress::utilization_ppm(b.settled_micros, b.budget_micros)
                                 >= opts.min_utilization_ppm
                                 || b.budget_micros - b.settled_micros < c.bid_micros;
+                        let resumed = b.settled_micros > settled_at_heal
+                            || b.budget_micros - settled_at_heal < c.bid_micros;
+                        let enough = spent && resumed;
                         (wanted && !enough).then_some(bucket)
                     })
                     .collect();

@@ -158,8 +158,23 @@ fn a_short_run_under_the_money_path_faults_passes() {
     assert_eq!(x["bids_past_max_exp"], 0, "{x:#}");
 }
 
-/// Each planted bug, the regions, faults and seed of a 60 s run that catches it, and the
-/// invariant that must say so (`shared::planted` says what each bug does). Why these:
+/// One planted bug and the runs that must catch it.
+struct Planted {
+    bug: &'static str,
+    regions: &'static str,
+    nemesis: &'static str,
+    /// The run's time limit, seconds.
+    secs: &'static str,
+    /// Tried in order until one catches the bug: real processes on a loaded machine do not
+    /// replay a seed exactly, so a bug counts as caught within this many seeds, and the test
+    /// says which seed caught it.
+    seeds: &'static [&'static str],
+    /// The invariant that must say so.
+    invariant: &'static str,
+}
+
+/// Each planted bug, the faults and seeds of the runs that catch it, and the invariant that
+/// must say so (`shared::planted` says what each bug does). Why these:
 /// - `reclaim-no-restart` passes every end-to-end invariant (the late-acceptance window covers
 ///   the early reclaims); only I8, the reclaim rule read from the leaders' logs, sees it.
 /// - `ack-before-commit` loses charges only when an edge dies with notices in flight:
@@ -172,24 +187,103 @@ fn a_short_run_under_the_money_path_faults_passes() {
 ///   bills that follow find nothing to charge and are kept only as anomalies (I3; sometimes
 ///   also an overspend, I1).
 /// - `return-before-check-in` returns in-doubt money while an isolated edge holds notices for
-///   it: those charges come back as anomalies (I3).
+///   it: those charges come back as anomalies (I3). Only an isolation longer than a lease's
+///   in-doubt wait (the longest `exp` and the late acceptance, 30 s) shows it: 80 s runs whose
+///   seeds isolate an edge for 37–38 s (a fresh-clone CI run with a 25 s isolation missed it).
 /// - `reserve-short` takes the last bid of a lease a little short: the edge's own
 ///   `/debug/leases` shows the lease reserved past its amount (I10).
 /// - `window-from-retry` bids past the window the leader reclaims by: a bid request sent
 ///   after a read saw the lease reclaimed got a bid (I10). `ack-drop` loses grants' answers.
 /// - `batch-id-reuse` has charges acknowledged that no batch settled (I3).
-const PLANTED: [(&str, &str, &str, &str, &str); 11] = [
-    ("reclaim-no-restart", "1", "partition", "11", "I8"),
-    ("dedup-by-exchange-ids", "1", "partition", "11", "I3"),
-    ("release-returns-held", "1", "partition", "11", "I3"),
-    ("reclaim-early", "1", "partition,pause", "5", "I1"),
-    ("ack-before-commit", "1", "edge-kill", "1", "I3"),
-    ("merge-lowers-own-rows", "2", "region-partition", "3", "I5"),
-    ("return-before-check-in", "1", "edge-isolate", "1", "I3"),
-    ("reserve-short", "1", "partition", "11", "I10"),
-    ("window-from-retry", "1", "ack-drop", "3", "I10"),
-    ("batch-id-reuse", "1", "partition", "11", "I3"),
-    ("release-counts-held", "1", "partition", "11", "I3"),
+const PLANTED: [Planted; 11] = [
+    Planted {
+        bug: "reclaim-no-restart",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I8",
+    },
+    Planted {
+        bug: "dedup-by-exchange-ids",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I3",
+    },
+    Planted {
+        bug: "release-returns-held",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I3",
+    },
+    Planted {
+        bug: "reclaim-early",
+        regions: "1",
+        nemesis: "partition,pause",
+        secs: "60",
+        seeds: &["5", "11"],
+        invariant: "I1",
+    },
+    Planted {
+        bug: "ack-before-commit",
+        regions: "1",
+        nemesis: "edge-kill",
+        secs: "60",
+        seeds: &["1", "2"],
+        invariant: "I3",
+    },
+    Planted {
+        bug: "merge-lowers-own-rows",
+        regions: "2",
+        nemesis: "region-partition",
+        secs: "60",
+        seeds: &["3", "4"],
+        invariant: "I5",
+    },
+    Planted {
+        bug: "return-before-check-in",
+        regions: "1",
+        nemesis: "edge-isolate",
+        secs: "80",
+        seeds: &["10", "4", "17"],
+        invariant: "I3",
+    },
+    Planted {
+        bug: "reserve-short",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I10",
+    },
+    Planted {
+        bug: "window-from-retry",
+        regions: "1",
+        nemesis: "ack-drop",
+        secs: "60",
+        seeds: &["3", "1"],
+        invariant: "I10",
+    },
+    Planted {
+        bug: "batch-id-reuse",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I3",
+    },
+    Planted {
+        bug: "release-counts-held",
+        regions: "1",
+        nemesis: "partition",
+        secs: "60",
+        seeds: &["11", "5"],
+        invariant: "I3",
+    },
 ];
 
 /// Runs the planted bugs two at a time: each run has its own namespace, and a run that must
@@ -237,8 +331,29 @@ fn every_planted_bug_is_caught_with_its_seed() {
                     let Some(planted) = PLANTED.get(k) else {
                         return;
                     };
-                    if let Err(why) = planted_run(&bins, *planted) {
-                        missed.lock().unwrap_or_else(|p| p.into_inner()).push(why);
+                    let mut why = Vec::new();
+                    let caught = planted.seeds.iter().any(|seed| {
+                        match planted_run(&bins, planted, seed) {
+                            Ok(()) => {
+                                eprintln!(
+                                    "planted {} caught by {} with seed {seed}",
+                                    planted.bug, planted.invariant
+                                );
+                                true
+                            }
+                            Err(e) => {
+                                // The verdict first: a long report must not hide which bug it is.
+                                eprintln!("planted {} not caught with seed {seed}", planted.bug);
+                                why.push(e);
+                                false
+                            }
+                        }
+                    });
+                    if !caught {
+                        missed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(why.join("\n\n"));
                     }
                 }
             });
@@ -249,36 +364,51 @@ fn every_planted_bug_is_caught_with_its_seed() {
 }
 
 /// One run of a planted bug: `Err` says how it was not caught.
-fn planted_run(
-    bins: &Path,
-    (bug, regions, nemesis, seed, invariant): (&str, &str, &str, &str, &str),
-) -> Result<(), String> {
+fn planted_run(bins: &Path, p: &Planted, seed: &str) -> Result<(), String> {
     let out = tempfile::tempdir().unwrap();
     let o = jepsen(
         bins,
         out.path(),
         &[
             "--regions",
-            regions,
+            p.regions,
             "--time-limit",
-            "60",
+            p.secs,
             "--drain-max",
             "15",
             "--nemesis",
-            nemesis,
+            p.nemesis,
             "--seed",
             seed,
             "--planted-bug",
-            bug,
+            p.bug,
         ],
     );
-    let first = if regions == "1" {
+    let first = if p.regions == "1" {
         "coordinator-1"
     } else {
         "eu-1-coordinator-1"
     };
     let r = results_of(out.path(), first);
-    let fail = |why: &str| Err(format!("{bug} (seed {seed}, {nemesis}): {why}: {r:#}"));
+    let (bug, nemesis, invariant) = (p.bug, p.nemesis, p.invariant);
+    // The verdicts only (the whole results would bury the reason in a CI log).
+    let verdicts: Vec<String> = r["invariants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            format!(
+                "{}: held {} ({} violations)",
+                v["invariant"], v["held"], v["violations"]
+            )
+        })
+        .collect();
+    let fail = |why: &str| {
+        Err(format!(
+            "{bug} (seed {seed}, {nemesis}): {why}; {}",
+            verdicts.join(", ")
+        ))
+    };
     if o.status.code() != Some(1) || r["passed"] != false {
         return fail("the run did not fail");
     }
