@@ -833,6 +833,33 @@ impl pb::audit_server::Audit for Api {
         }))
     }
 
+    async fn signed_head(
+        &self,
+        _: Request<pb::HeadRequest>,
+    ) -> Result<Response<pb::SignedHeadReply>, Status> {
+        let Some(signer) = &self.node.head_signer else {
+            return Err(Status::failed_precondition(
+                "this coordinator runs without TLS (--insecure-plaintext): it has no key to \
+                 sign heads with",
+            ));
+        };
+        let (next, head) = self
+            .node
+            .state
+            .read(|m| (m.ledger().chain().next_seq(), m.ledger().chain().head()));
+        if next == 0 {
+            return Err(Status::failed_precondition(
+                "the region's log is empty: no head to sign yet",
+            ));
+        }
+        let signed = signer
+            .sign(next - 1, &head, self.node.clock.wall_us())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&signed).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::SignedHeadReply { json }))
+    }
+
     type ReadLogStream = RecordStream;
 
     async fn read_log(

@@ -89,6 +89,38 @@ pub fn sealed_until(dir: &Path) -> io::Result<(u64, Hash)> {
     }
 }
 
+/// Writes `NAME.head` beside the sealed segment `NAME.seg`: its last entry's seq and hash,
+/// signed by `signer` at `time_us` (LOG_FORMAT.md §9). Written to a temporary file, synced,
+/// then renamed: a crash leaves the old file or the new one, never half of one.
+pub fn write_signed_head(
+    signer: &shared::log::signed::HeadSigner,
+    segment: &Path,
+    time_us: i64,
+) -> io::Result<PathBuf> {
+    let bytes = fs::read(segment)?;
+    let at = bytes.len().saturating_sub(TRAILER_LEN);
+    let Ok(Item::Trailer(t, _)) = read_item(&bytes, at) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: no trailer: not a sealed segment", segment.display()),
+        ));
+    };
+    let head = signer
+        .sign(t.last_seq, &t.head_hash, time_us)
+        .map_err(io::Error::other)?;
+    let text = serde_json::to_string_pretty(&head).map_err(io::Error::other)? + "\n";
+    let path = segment.with_extension(shared::log::signed::HEAD_EXT);
+    let tmp = segment.with_extension("head.tmp");
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 /// Seals every complete segment that `records` can supply past what `dir` already holds. A
 /// segment ends after `segment_entries` records, or earlier at a seal point (the replicated
 /// `SealSegment` boundaries, in `points`): every replica cuts the same segments.

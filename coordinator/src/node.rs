@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub sync: crate::region::Settings,
     /// How its gRPC links are carried: mutual TLS, or plaintext for local development.
     pub transport: Transport,
+    /// Signs log heads with its TLS key (LOG_FORMAT.md §9); none in plaintext.
+    pub head_signer: Option<Arc<shared::log::signed::HeadSigner>>,
 }
 
 impl NodeConfig {
@@ -67,6 +69,7 @@ impl NodeConfig {
             outgoing: None,
             sync: crate::region::Settings::default(),
             transport: Transport::Plaintext,
+            head_signer: None,
         }
     }
 }
@@ -214,6 +217,8 @@ pub struct Node {
     pub sync: Arc<crate::region::Sync>,
     /// How its gRPC links are carried.
     pub transport: Transport,
+    /// Signs log heads (with TLS only).
+    pub head_signer: Option<Arc<shared::log::signed::HeadSigner>>,
     /// The rules its file gives a new region (recorded by the first leader).
     init_params: Params,
 }
@@ -280,6 +285,7 @@ impl Node {
             data_dir: cfg.data_dir.clone(),
             clock: cfg.clock.clone(),
             transport: cfg.transport.clone(),
+            head_signer: cfg.head_signer.clone(),
             init_params: cfg.init_params.clone(),
             sync: Arc::new(crate::region::Sync::new(cfg.region.clone(), {
                 let mut s = cfg.sync.clone();
@@ -438,6 +444,15 @@ impl Node {
                     .map_err(std::io::Error::other)
             },
         )
+        .and_then(|files| {
+            // Each sealed segment gets its signed head beside it (LOG_FORMAT.md §9).
+            if let Some(signer) = &self.head_signer {
+                for f in &files {
+                    crate::archive::write_signed_head(signer, f, self.clock.wall_us())?;
+                }
+            }
+            Ok(files)
+        })
     }
 
     /// Stops Raft (the storage stays as it is, for a restart).

@@ -558,6 +558,17 @@ pub async fn run(
     node_cfg.transport = transport;
     if node_cfg.transport.is_tls() {
         tracing::info!(ca = %config.tls.ca_file.display(), cert = %config.tls.cert_file.display(), "mutual TLS on every gRPC link");
+        // The same key signs the region's log heads for auditors.
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("[tls] {}: {e}", p.display()))
+        };
+        let signer = shared::log::signed::HeadSigner::from_pem(
+            &read(&config.tls.cert_file)?,
+            &read(&config.tls.key_file)?,
+            &node_cfg.region,
+        )
+        .map_err(|e| anyhow::anyhow!("[tls] {}: {e}", config.tls.cert_file.display()))?;
+        node_cfg.head_signer = Some(Arc::new(signer));
     } else {
         tracing::warn!(
             "INSECURE: gRPC in plaintext (--insecure-plaintext); any peer that can connect may \

@@ -69,6 +69,10 @@ impl FromStr for Bucket {
             return Err(bad());
         }
         let date: Date = day.parse().map_err(|_| bad())?;
+        // Years 1 to 9999, as the log's encoding allows (year 0 parses, and means nothing).
+        if date.year() < 1 {
+            return Err(bad());
+        }
         Ok(Bucket::Day(date))
     }
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use shared::EventKey;
 use shared::log::proof::{self, ChargeRef, InclusionProof, ProveError};
+use shared::log::signed::{CheckedHead, HEAD_EXT, SignedHead};
 use shared::log::verify::{ArchiveError, Failure, Summary, verify_path_observed};
 use shared::log::{Hash, parse_hash};
 
@@ -19,9 +20,16 @@ pub(crate) enum AuditCommand {
     ///
     /// Exit 0 and a summary if it verifies; exit 1 and the first bad entry (seq, file, byte
     /// offset, reason) if it does not; exit 2 if it cannot be read.
+    ///
+    /// With --ca, also checks every signed head: the `*.head` files beside the segments (each
+    /// sealed segment's, written by the coordinator that sealed it) and those given with
+    /// --signed-head. Each must be signed by a coordinator of the archive's region whose
+    /// certificate the CA issued, and name an entry of the archive with that entry's hash.
+    /// Without a signed or otherwise trusted head, a verified archive is only consistent: its
+    /// hashes are unkeyed, and whoever can write it can rewrite it (LOG_FORMAT.md §6.4).
     Verify {
         #[command(flatten)]
-        offline: super::Offline,
+        offline: super::OfflineCa,
         /// A directory of sealed segments (*.seg), one segment file, or a coordinator's data
         /// directory (its `segments/`). (`audit verify-live` verifies a running region's log.)
         path: PathBuf,
@@ -29,7 +37,32 @@ pub(crate) enum AuditCommand {
         /// head published earlier.
         #[arg(long, value_name = "HASH", value_parser = hash_arg)]
         expect_head: Option<Hash>,
+        /// The deployment's CA certificate (PEM): check signed heads against it.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// A signed head (from `audit head --signed`) the archive must contain; repeatable.
+        /// Needs --ca.
+        #[arg(long, value_name = "FILE", requires = "ca")]
+        signed_head: Vec<PathBuf>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check signed log heads (LOG_FORMAT.md §9) against the deployment's CA, and that no two
+    /// of them show one region's log two ways (same seq, different hash). Offline.
+    ///
+    /// Exit 0 if every head checks and none conflicts; 1 if one does not check or two
+    /// conflict; 2 if a file cannot be read.
+    CheckHead {
+        #[command(flatten)]
+        offline: super::OfflineCa,
+        /// Signed head files (`audit head --signed`, or the `*.head` files of an archive).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The deployment's CA certificate (PEM).
+        #[arg(long, value_name = "FILE", required = true)]
+        ca: PathBuf,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -75,23 +108,44 @@ pub(crate) enum AuditCommand {
         json: bool,
     },
     /// Print the head of a running region's financial log (seq and hash), from --endpoint.
+    ///
+    /// With --signed, the head signed by that coordinator with its TLS key (JSON, LOG_FORMAT.md
+    /// §9): keep it, publish it, check it with `audit check-head`, and hold archives and
+    /// proofs to it with --signed-head.
     Head {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ask for a signed head (the coordinator must run with TLS).
+        #[arg(long)]
+        signed: bool,
+        /// With --signed: write it to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE", requires = "signed")]
+        output: Option<PathBuf>,
     },
-    /// Check a proof made by `audit prove` against a head hash you trust. Offline.
+    /// Check a proof made by `audit prove` against a head you trust. Offline.
     ///
-    /// Exit 0 if the proof leads from the charge to that head, 1 if it does not.
+    /// Against a head hash (--head), the proof's region is only claimed: no hash covers it.
+    /// Against a signed head (--signed-head with --ca), the region is bound too.
+    ///
+    /// Exit 0 if the proof leads from the charge to that head, 1 if it does not, 2 if a file
+    /// cannot be read or is not a proof.
+    #[command(group(clap::ArgGroup::new("trusted").required(true).args(["head", "signed_head"])))]
     CheckProof {
         #[command(flatten)]
-        offline: super::Offline,
+        offline: super::OfflineCa,
         /// The proof file (JSON); `-` reads standard input.
         proof: PathBuf,
         /// The head hash you trust (64 hex digits), for example from `audit verify` or a
         /// published head.
         #[arg(long, value_name = "HASH", value_parser = hash_arg)]
-        head: Hash,
+        head: Option<Hash>,
+        /// A signed head (`audit head --signed`): binds the proof's region, seq and head.
+        #[arg(long, value_name = "FILE", requires = "ca")]
+        signed_head: Option<PathBuf>,
+        /// The deployment's CA certificate (PEM), to check the signed head.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -116,9 +170,20 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
         AuditCommand::Verify {
             path,
             expect_head,
+            ca,
+            signed_head,
             json,
             ..
-        } => verify(&archive_dir(path), expect_head.as_ref(), json),
+        } => verify(
+            &archive_dir(path),
+            expect_head.as_ref(),
+            ca.as_deref(),
+            &signed_head,
+            json,
+        ),
+        AuditCommand::CheckHead {
+            files, ca, json, ..
+        } => check_heads(&files, &ca, json),
         AuditCommand::VerifyLive { expect_head, json } => {
             verify_live(endpoint, expect_head.as_ref(), json)
         }
@@ -138,10 +203,43 @@ pub(crate) fn run(endpoint: &str, cmd: AuditCommand) -> ExitCode {
             };
             prove(&archive_dir(path), &which, head_seq, output)
         }
-        AuditCommand::Head { json } => head(endpoint, json),
+        AuditCommand::Head {
+            json,
+            signed,
+            output,
+        } => {
+            if signed {
+                signed_head(endpoint, output.as_deref())
+            } else {
+                head(endpoint, json)
+            }
+        }
         AuditCommand::CheckProof {
-            proof, head, json, ..
-        } => check_proof(&proof, &head, json),
+            proof,
+            head,
+            signed_head,
+            ca,
+            json,
+            ..
+        } => {
+            let trusted = match (head, signed_head, ca) {
+                (Some(h), None, _) => Trusted::Hash(h),
+                (None, Some(file), Some(ca)) => match read_checked_head(&file, &ca) {
+                    Ok(Ok(h)) => Trusted::Signed(Box::new(h)),
+                    Ok(Err(e)) => {
+                        if json {
+                            print_json(&serde_json::json!({ "ok": false, "error": e }));
+                        } else {
+                            println!("FAILED: {e}");
+                        }
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                    Err(e) => return usage_error(e),
+                },
+                _ => return usage_error("give --head HASH, or --signed-head FILE with --ca FILE"),
+            };
+            check_proof(&proof, &trusted, json)
+        }
     }
 }
 
@@ -158,12 +256,72 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
-fn verify(path: &std::path::Path, expect_head: Option<&Hash>, json: bool) -> ExitCode {
+/// A signed head file that cannot be used: `Err` outside (cannot be read or is not a signed
+/// head: a usage error, exit 2), `Ok(Err)` inside (does not check: exit 1).
+fn read_checked_head(
+    file: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<Result<CheckedHead, String>, String> {
+    let ca_pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let head = SignedHead::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(head
+        .check(&ca_pem)
+        .map_err(|e| format!("signed head {}: {e}", file.display())))
+}
+
+/// The signed heads beside the segments of an archive directory (`*.head`), by name.
+fn head_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == HEAD_EXT) && p.is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+fn verify(
+    path: &std::path::Path,
+    expect_head: Option<&Hash>,
+    ca: Option<&std::path::Path>,
+    signed: &[PathBuf],
+    json: bool,
+) -> ExitCode {
+    // The signed heads to hold the archive to: given ones, and with --ca the archive's own.
+    let mut heads: Vec<(PathBuf, CheckedHead)> = Vec::new();
+    let mut unchecked_heads = 0usize;
+    let own = if path.is_dir() {
+        head_files(path)
+    } else {
+        Vec::new()
+    };
+    let mut bad_head: Option<String> = None;
+    match ca {
+        Some(ca) => {
+            for f in signed.iter().chain(&own) {
+                match read_checked_head(f, ca) {
+                    Ok(Ok(h)) => heads.push((f.clone(), h)),
+                    Ok(Err(e)) => {
+                        bad_head.get_or_insert(e);
+                    }
+                    Err(e) => return usage_error(e),
+                }
+            }
+        }
+        None => unchecked_heads = own.len(),
+    }
     // Long verifications show progress on a terminal (never in pipes, files or --json runs).
     let progress = !json && std::io::stderr().is_terminal();
     let mut seen = 0u64;
-    let mut observe = |_: &shared::log::verify::Verified<'_>| {
+    let wanted: std::collections::BTreeSet<u64> = heads.iter().map(|(_, h)| h.head.seq).collect();
+    let mut found: std::collections::BTreeMap<u64, Hash> = std::collections::BTreeMap::new();
+    let mut observe = |v: &shared::log::verify::Verified<'_>| {
         seen += 1;
+        if wanted.contains(&v.seq) {
+            found.insert(v.seq, *v.hash);
+        }
         if progress && seen.is_multiple_of(PROGRESS_EVERY) {
             eprint!("\rverified {} entries…", grouped(seen));
         }
@@ -180,10 +338,90 @@ fn verify(path: &std::path::Path, expect_head: Option<&Hash>, json: bool) -> Exi
     };
     match result {
         Ok(summary) => {
+            // Every signed head must name an entry of this archive, with its hash.
+            let mismatch = bad_head.or_else(|| {
+                heads.iter().find_map(|(f, h)| {
+                    let h = &h.head;
+                    let f = f.display();
+                    if summary.region.as_ref() != Some(&h.region) {
+                        return Some(format!(
+                            "signed head {f} is region {}'s; the archive is region {}'s",
+                            h.region,
+                            summary
+                                .region
+                                .as_ref()
+                                .map_or("?".into(), |r| r.to_string())
+                        ));
+                    }
+                    match found.get(&h.seq) {
+                        Some(x) if *x == h.head_hash => None,
+                        Some(x) => Some(format!(
+                            "signed head {f}: entry {} has hash {}, the region signed {}: \
+                             the archive is not the log the region signed",
+                            h.seq,
+                            hex::encode(x),
+                            hex::encode(h.head_hash)
+                        )),
+                        None => Some(format!(
+                            "signed head {f}: entry {} is not in the archive (seq {}..={})",
+                            h.seq,
+                            summary.first_seq.map_or("-".into(), |s| s.to_string()),
+                            summary.last_seq.map_or("-".into(), |s| s.to_string())
+                        )),
+                    }
+                })
+            });
+            let conflicting = {
+                let checked: Vec<CheckedHead> = heads.iter().map(|(_, h)| h.clone()).collect();
+                shared::log::signed::conflict(&checked).map(|(a, b)| {
+                    format!(
+                        "two signed heads of region {} at seq {} differ ({} and {})",
+                        a.head.region,
+                        a.head.seq,
+                        hex::encode(a.head.head_hash),
+                        hex::encode(b.head.head_hash)
+                    )
+                })
+            };
+            if let Some(why) = mismatch.or(conflicting) {
+                if json {
+                    print_json(&serde_json::json!({
+                        "ok": false, "path": path,
+                        "failure": {"reason": "signed_head", "detail": why},
+                        "verified_before": summary,
+                    }));
+                } else {
+                    println!("FAILED: archive {} verifies, but {why}", path.display());
+                }
+                return ExitCode::from(EXIT_FAILED);
+            }
+            let signers: Vec<serde_json::Value> = heads
+                .iter()
+                .map(|(f, h)| serde_json::json!({"file": f, "seq": h.head.seq, "signer": h.signer}))
+                .collect();
             if json {
-                print_json(&serde_json::json!({ "ok": true, "path": path, "summary": summary }));
+                print_json(&serde_json::json!({
+                    "ok": true, "path": path, "summary": summary,
+                    "signed_heads": signers, "signed_heads_unchecked": unchecked_heads,
+                }));
             } else {
                 print!("{}", summary_text(path, &summary));
+                if !heads.is_empty() {
+                    let last = heads.iter().map(|(_, h)| h.head.seq).max().unwrap_or(0);
+                    println!(
+                        "  signed    {} signed heads check against the CA (the last at seq {last})",
+                        heads.len()
+                    );
+                } else if unchecked_heads > 0 {
+                    println!(
+                        "  signed    {unchecked_heads} signed heads not checked: give --ca to \
+                         check them"
+                    );
+                } else {
+                    println!(
+                        "  signed    none: consistent, but not tied to a head the region signed"
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
@@ -197,6 +435,96 @@ fn verify(path: &std::path::Path, expect_head: Option<&Hash>, json: bool) -> Exi
             }
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+fn check_heads(files: &[PathBuf], ca: &std::path::Path, json: bool) -> ExitCode {
+    let mut checked = Vec::new();
+    let mut bad = Vec::new();
+    for f in files {
+        match read_checked_head(f, ca) {
+            Ok(Ok(h)) => checked.push((f.clone(), h)),
+            Ok(Err(e)) => bad.push(e),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let heads: Vec<CheckedHead> = checked.iter().map(|(_, h)| h.clone()).collect();
+    let conflict = shared::log::signed::conflict(&heads).map(|(a, b)| {
+        format!(
+            "CONFLICT: region {} signed two different logs: seq {} is {} in one head and {} in \
+             another",
+            a.head.region,
+            a.head.seq,
+            hex::encode(a.head.head_hash),
+            hex::encode(b.head.head_hash)
+        )
+    });
+    let ok = bad.is_empty() && conflict.is_none();
+    if json {
+        let list: Vec<serde_json::Value> = checked
+            .iter()
+            .map(|(f, h)| {
+                serde_json::json!({
+                    "file": f, "region": h.head.region, "seq": h.head.seq,
+                    "head_hash": hex::encode(h.head.head_hash), "time_us": h.head.time_us,
+                    "signer": h.signer,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "ok": ok, "checked": list, "invalid": bad, "conflict": conflict,
+        }));
+    } else {
+        for (f, h) in &checked {
+            println!(
+                "OK: {}: region {} seq {} head {} signed by {}",
+                f.display(),
+                h.head.region,
+                h.head.seq,
+                hex::encode(h.head.head_hash),
+                h.signer
+            );
+        }
+        for e in &bad {
+            println!("FAILED: {e}");
+        }
+        if let Some(c) = &conflict {
+            println!("{c}");
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn signed_head(endpoint: &str, output: Option<&std::path::Path>) -> ExitCode {
+    let Some(rt) = rt() else {
+        return usage_error("cannot start a runtime");
+    };
+    let result = rt.block_on(async {
+        let mut c = audit_client(endpoint).await?;
+        c.signed_head(shared::proto::v1::HeadRequest {})
+            .await
+            .map(|r| r.into_inner().json)
+            .map_err(|s| s.message().to_string())
+    });
+    match result {
+        Ok(text) => match output {
+            Some(path) => match std::fs::write(path, text + "\n") {
+                Ok(()) => {
+                    println!("signed head written to {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(format!("{}: {e}", path.display())),
+            },
+            None => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+        },
+        Err(e) => usage_error(e),
     }
 }
 
@@ -353,7 +681,15 @@ fn prove(
     ExitCode::SUCCESS
 }
 
-fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
+/// What a proof is checked against.
+enum Trusted {
+    /// A head hash: binds the charge and the chain, not the region.
+    Hash(Hash),
+    /// A signed head that checked: binds the region too.
+    Signed(Box<CheckedHead>),
+}
+
+fn check_proof(file: &std::path::Path, trusted: &Trusted, json: bool) -> ExitCode {
     let text = if file.as_os_str() == "-" {
         let mut s = String::new();
         match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
@@ -370,18 +706,53 @@ fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(format!("{}: not a proof: {e}", file.display())),
     };
-    match proof::check(&parsed, head) {
+    let head = match trusted {
+        Trusted::Hash(h) => *h,
+        Trusted::Signed(h) => h.head.head_hash,
+    };
+    let checked = proof::check(&parsed, &head)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            // A signed head binds what a hash cannot: the region, and the seq of the head.
+            if let Trusted::Signed(h) = trusted {
+                if c.region != h.head.region {
+                    return Err(format!(
+                        "the proof says region {}, the signed head is region {}'s",
+                        c.region, h.head.region
+                    ));
+                }
+                if c.head_seq != h.head.seq {
+                    return Err(format!(
+                        "the proof leads to seq {}, the signed head is at seq {}",
+                        c.head_seq, h.head.seq
+                    ));
+                }
+            }
+            Ok(c)
+        });
+    let bound = matches!(trusted, Trusted::Signed(_));
+    match checked {
         Ok(charge) => {
             if json {
-                print_json(&serde_json::json!({ "ok": true, "charge": charge }));
+                let mut v = serde_json::to_value(&charge).unwrap_or_default();
+                v["region_bound"] = bound.into();
+                print_json(&serde_json::json!({ "ok": true, "charge": v }));
             } else {
+                let region = if bound {
+                    format!("is in region {}'s log", charge.region)
+                } else {
+                    format!(
+                        "is in the log (region {} as the proof claims: a head hash does not bind \
+                         a region; check against a signed head to bind it)",
+                        charge.region
+                    )
+                };
                 println!(
-                    "OK: charge {} of {} for bid {}.{} is in region {}'s log at entry {}, under head {} at seq {}",
+                    "OK: charge {} of {} for bid {}.{} {region} at entry {}, under head {} at seq {}",
                     charge.event.key,
                     charge.event.amount,
                     charge.lease.0,
                     charge.event.bid,
-                    charge.region,
                     charge.entry_seq,
                     hex::encode(charge.head_hash),
                     charge.head_seq
@@ -391,7 +762,7 @@ fn check_proof(file: &std::path::Path, head: &Hash, json: bool) -> ExitCode {
         }
         Err(e) => {
             if json {
-                print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
+                print_json(&serde_json::json!({ "ok": false, "error": e }));
             } else {
                 println!("FAILED: {e}");
             }

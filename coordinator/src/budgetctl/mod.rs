@@ -97,6 +97,20 @@ enum Command {
     },
 }
 
+/// [`Offline`] for the commands that take `--ca` themselves (to check signed log heads): the
+/// other connection flags, hidden.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OfflineCa {
+    #[arg(long, hide = true)]
+    endpoint: Option<String>,
+    #[arg(long, hide = true)]
+    cert: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    key: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    insecure_plaintext: bool,
+}
+
 /// The connection flags in a command that needs no server: declared here, hidden, so that
 /// its help does not list them (the global ones are not passed down where a command declares
 /// its own). Given after such a command, they are refused as unknown.

@@ -423,3 +423,233 @@ fn the_coordinator_binary_explains_itself_and_refuses_bad_settings() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("regoin"), "{}", stderr(&out));
 }
+
+/// A CA, and a coordinator certificate of `region` from it, written to `dir`: (ca, cert, key).
+fn pki_in(dir: &Path, region: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use shared::tls::{Authority, Role, Validity};
+    let ca_file = dir.join("ca.pem");
+    let ca = if ca_file.exists() {
+        Authority::load(
+            &std::fs::read_to_string(&ca_file).unwrap(),
+            &std::fs::read_to_string(dir.join("ca.key")).unwrap(),
+        )
+        .unwrap()
+    } else {
+        let ca = Authority::create("test CA", Validity::days(30).unwrap()).unwrap();
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(dir.join("ca.key"), ca.key_pem()).unwrap();
+        ca
+    };
+    let name = format!("{region}-coordinator-1");
+    let issued = ca
+        .issue(
+            Role::Coordinator,
+            &name,
+            Some(region),
+            &["127.0.0.1".into()],
+            Validity::days(30).unwrap(),
+        )
+        .unwrap();
+    let (cert, key) = issued.write_to(dir, &name).unwrap();
+    (ca_file, cert, key)
+}
+
+/// A head of `region`'s log at (seq, hash), signed with `cert`/`key`, written to `file`.
+fn sign_head(cert: &Path, key: &Path, region: &str, seq: u64, hash: &str, file: &Path) {
+    let signer = shared::log::signed::HeadSigner::from_pem(
+        &std::fs::read_to_string(cert).unwrap(),
+        &std::fs::read_to_string(key).unwrap(),
+        &region.parse().unwrap(),
+    )
+    .unwrap();
+    let h = signer
+        .sign(
+            seq,
+            &shared::log::parse_hash(hash).unwrap(),
+            1_793_491_200_000_000,
+        )
+        .unwrap();
+    std::fs::write(file, serde_json::to_string_pretty(&h).unwrap()).unwrap();
+}
+
+/// LOG_FORMAT.md §7 and §9: a head hash does not bind a proof's region, a signed head does;
+/// archives are held to signed heads; two signed heads that differ at one seq conflict.
+#[test]
+fn signed_heads_bind_the_region_of_proofs_and_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki_in(dir.path(), "eu-1");
+    let summary = json(&budgetctl(&[
+        "audit",
+        "verify",
+        "--json",
+        sample().to_str().unwrap(),
+    ]));
+    let (head, seq) = (
+        summary["summary"]["head_hash"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        summary["summary"]["last_seq"].as_u64().unwrap(),
+    );
+    assert_eq!(summary["summary"]["region"], "eu-1");
+    let signed = dir.path().join("eu-1.head.json");
+    sign_head(&cert, &key, "eu-1", seq, &head, &signed);
+    let (ca_s, signed_s) = (ca.to_str().unwrap(), signed.to_str().unwrap());
+
+    // check-head: valid; edited, refused.
+    let o = budgetctl(&["audit", "check-head", signed_s, "--ca", ca_s]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("signed by eu-1-coordinator-1"),
+        "{}",
+        stdout(&o)
+    );
+    let mut edited: Value =
+        serde_json::from_str(&std::fs::read_to_string(&signed).unwrap()).unwrap();
+    edited["region"] = "us-1".into();
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, edited.to_string()).unwrap();
+    let o = budgetctl(&[
+        "audit",
+        "check-head",
+        forged.to_str().unwrap(),
+        "--ca",
+        ca_s,
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    // Two valid heads of one seq with different hashes: the region showed two logs.
+    let other = dir.path().join("other.json");
+    sign_head(&cert, &key, "eu-1", seq, &"ab".repeat(32), &other);
+    let o = budgetctl(&[
+        "audit",
+        "check-head",
+        signed_s,
+        other.to_str().unwrap(),
+        "--ca",
+        ca_s,
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("CONFLICT"), "{}", stdout(&o));
+
+    // The archive against the signed head: it holds that entry with that hash.
+    let o = budgetctl(&[
+        "audit",
+        "verify",
+        sample().to_str().unwrap(),
+        "--ca",
+        ca_s,
+        "--signed-head",
+        signed_s,
+    ]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("1 signed heads check"),
+        "{}",
+        stdout(&o)
+    );
+    let o = budgetctl(&[
+        "audit",
+        "verify",
+        sample().to_str().unwrap(),
+        "--ca",
+        ca_s,
+        "--signed-head",
+        other.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert_eq!(json(&o)["failure"]["reason"], "signed_head");
+    // `*.head` files in the archive are checked with --ca: a head of another region is refused.
+    let copy = copy_sample();
+    let (_, us_cert, us_key) = pki_in(dir.path(), "us-1");
+    sign_head(
+        &us_cert,
+        &us_key,
+        "us-1",
+        seq,
+        &head,
+        &copy.path().join("x.head"),
+    );
+    let o = budgetctl(&[
+        "audit",
+        "verify",
+        copy.path().to_str().unwrap(),
+        "--ca",
+        ca_s,
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("region us-1's"), "{}", stdout(&o));
+    let o = budgetctl(&["audit", "verify", copy.path().to_str().unwrap()]);
+    assert_eq!(code(&o), 0);
+    assert!(
+        stdout(&o).contains("not checked: give --ca"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A proof whose region was edited: a head hash cannot tell, and says the region is only
+    // claimed; the signed head refuses it.
+    let proof = dir.path().join("proof.json");
+    let o = budgetctl(&[
+        "audit",
+        "prove",
+        sample().to_str().unwrap(),
+        "--event",
+        &some_charge(),
+        "-o",
+        proof.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = budgetctl(&[
+        "audit",
+        "check-proof",
+        proof.to_str().unwrap(),
+        "--signed-head",
+        signed_s,
+        "--ca",
+        ca_s,
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["charge"]["region_bound"], true);
+    let mut p: Value = serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
+    p["region"] = "us-1".into();
+    std::fs::write(&proof, p.to_string()).unwrap();
+    let o = budgetctl(&[
+        "audit",
+        "check-proof",
+        proof.to_str().unwrap(),
+        "--head",
+        &head,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("region us-1 as the proof claims"),
+        "{}",
+        stdout(&o)
+    );
+    let o = budgetctl(&[
+        "audit",
+        "check-proof",
+        proof.to_str().unwrap(),
+        "--signed-head",
+        signed_s,
+        "--ca",
+        ca_s,
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("the proof says region us-1"),
+        "{}",
+        stdout(&o)
+    );
+    // --signed-head without --ca is a usage error.
+    let o = budgetctl(&[
+        "audit",
+        "check-proof",
+        proof.to_str().unwrap(),
+        "--signed-head",
+        signed_s,
+    ]);
+    assert_eq!(code(&o), 2);
+}

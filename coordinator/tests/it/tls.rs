@@ -95,7 +95,18 @@ async fn region(pki: &Pki) -> Region {
         );
         cfg.heartbeat = Duration::from_millis(150);
         cfg.election_timeout = (Duration::from_millis(1_500), Duration::from_millis(3_000));
-        cfg.transport = pki.transport(Role::Coordinator, &format!("eu-1-node-{id}"));
+        let name = format!("eu-1-node-{id}");
+        let (cert, key) = pki.issue(Role::Coordinator, &name);
+        cfg.transport = pki.transport_of(Role::Coordinator, &cert, &key);
+        // As `server::run` does: the TLS key signs the log's heads.
+        cfg.head_signer = Some(Arc::new(
+            shared::log::signed::HeadSigner::from_pem(
+                &std::fs::read_to_string(&cert).unwrap(),
+                &std::fs::read_to_string(&key).unwrap(),
+                &"eu-1".parse().unwrap(),
+            )
+            .unwrap(),
+        ));
         let node = Arc::new(Node::start(&cfg).await.unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
@@ -709,4 +720,108 @@ fn a_key_of_another_certificate_or_a_leaf_as_the_ca_stops_the_coordinator_at_sta
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(listening, "it did not start with matching files");
+}
+
+/// LOG_FORMAT.md §9 on a live region: an auditor gets a head signed by a coordinator, checks it
+/// offline against the CA, and a sealed archive carries each segment's signed head, which
+/// `audit verify --ca` checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_signs_its_heads_and_its_sealed_segments() {
+    let pki = Pki::new();
+    let r = region(&pki).await;
+    let leader = r.leader_addr().await;
+    pki.issue(Role::Operator, "operator");
+    pki.issue(Role::Auditor, "auditor");
+    for args in [
+        &["campaign", "create", "spring", "--bid-cpm", "2.00"][..],
+        &["campaign", "set-budget", "spring", "5.00"],
+    ] {
+        let out = budgetctl(&pki, Some("operator"), &leader, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let file = pki.dir.path().join("head.json");
+    let out = budgetctl(
+        &pki,
+        Some("auditor"),
+        &leader,
+        &["audit", "head", "--signed", "-o", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let ca = pki.ca_file();
+    let out = budgetctl(
+        &pki,
+        None,
+        &leader,
+        &[
+            "audit",
+            "check-head",
+            file.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["checked"][0]["region"], "eu-1", "{v}");
+    assert!(
+        v["checked"][0]["signer"]
+            .as_str()
+            .unwrap()
+            .starts_with("eu-1-node-"),
+        "{v}"
+    );
+    let seq = v["checked"][0]["seq"].as_u64().unwrap();
+    assert!(seq >= 1, "{v}");
+
+    // Seal what the leader has applied, one entry a segment: each gets its signed head.
+    let i = r.addrs.iter().position(|a| *a == leader).unwrap();
+    let node = r.nodes[i].clone();
+    let sealed = tokio::task::spawn_blocking(move || node.archive(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!sealed.is_empty());
+    for f in &sealed {
+        assert!(f.with_extension("head").is_file(), "{}", f.display());
+    }
+    let dir = sealed[0].parent().unwrap().to_path_buf();
+    let out = budgetctl(
+        &pki,
+        None,
+        &leader,
+        &[
+            "audit",
+            "verify",
+            dir.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{} signed heads check", sealed.len())),
+        "{}",
+        text(&out)
+    );
+    // A head file edited after the fact no longer checks.
+    let h = sealed[0].with_extension("head");
+    let edited = std::fs::read_to_string(&h)
+        .unwrap()
+        .replace("\"seq\": 0", "\"seq\": 1");
+    std::fs::write(&h, edited).unwrap();
+    let out = budgetctl(
+        &pki,
+        None,
+        &leader,
+        &[
+            "audit",
+            "verify",
+            dir.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    r.stop().await;
 }

@@ -258,6 +258,10 @@ impl<'a> Reader<'a> {
                 };
                 let month = i8::try_from(month).map_err(|_| invalid())?;
                 let day = i8::try_from(day).map_err(|_| invalid())?;
+                // Years 1 to 9999: no budget day falls outside them (LOG_FORMAT.md §1).
+                if !(1..=9999).contains(&year) {
+                    return Err(invalid());
+                }
                 jiff::civil::Date::new(year, month, day)
                     .map(Bucket::Day)
                     .map_err(|_| invalid())

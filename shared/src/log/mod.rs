@@ -20,6 +20,8 @@ pub mod record;
 pub mod sample;
 pub mod segment;
 pub mod sha;
+#[cfg(feature = "tls")]
+pub mod signed;
 pub mod verify;
 
 pub use entry::{Entry, Kind, Payload, SpendEvent, genesis};

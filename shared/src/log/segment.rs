@@ -48,6 +48,17 @@ pub fn segment_file_name(region: &RegionId, first_seq: u64) -> String {
     format!("{region}-{first_seq:020}.{SEGMENT_EXT}")
 }
 
+/// The region and first seq a segment file name claims, if it has the form
+/// `REGION-SSSSSSSSSSSSSSSSSSSS.seg` (the seq zero-padded to 20 digits).
+pub fn parse_file_name(name: &str) -> Option<(&str, u64)> {
+    let stem = name.strip_suffix(SEGMENT_EXT)?.strip_suffix('.')?;
+    let (region, digits) = stem.rsplit_once('-')?;
+    if region.is_empty() || digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((region, digits.parse().ok()?))
+}
+
 /// The first seq a segment file name claims, if it is one.
 pub fn first_seq_from_file_name(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(SEGMENT_EXT)?.strip_suffix('.')?;
@@ -126,6 +137,12 @@ pub enum FrameError {
     /// The trailer is wrong.
     #[error("bad trailer: {0}")]
     Trailer(String),
+    /// This many bytes follow the trailer.
+    #[error("{0} bytes after the trailer")]
+    Trailing(usize),
+    /// The file ends inside its trailer.
+    #[error("truncated: {0}")]
+    TrailerCut(String),
 }
 
 /// Reads the header at the start of `bytes`; returns it and its length.
@@ -214,7 +231,18 @@ pub fn read_item(bytes: &[u8], pos: usize) -> Result<Item<'_>, FrameError> {
         return read_trailer(rest).map(|t| Item::Trailer(t, pos));
     }
     if record_len == TRAILER_MARKER {
-        return Err(FrameError::Truncated(format!(
+        // A trailer marker with more than a trailer's bytes left: something follows the
+        // trailer. With fewer: the file was cut inside its trailer.
+        if rest.len() > TRAILER_LEN && rest.get(4..12) == Some(TRAILER_MAGIC) {
+            return Err(FrameError::Trailing(rest.len() - TRAILER_LEN));
+        }
+        if rest.len() > TRAILER_LEN {
+            return Err(FrameError::Malformed(format!(
+                "record length is the trailer marker, with {} bytes left and no trailer magic",
+                rest.len()
+            )));
+        }
+        return Err(FrameError::TrailerCut(format!(
             "trailer of {} bytes, {TRAILER_LEN} expected",
             rest.len()
         )));

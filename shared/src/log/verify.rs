@@ -91,6 +91,18 @@ pub enum Reason {
         /// What is wrong.
         detail: String,
     },
+    /// Entries that each decode but together break a rule of the ledger that matters for
+    /// money (LOG_FORMAT.md §6.5): a bid charged twice, a lease granted twice, a peer's
+    /// witnessed `remote_seq` going back, a bucket received twice in one merge.
+    Rule {
+        /// Which rule, and where.
+        detail: String,
+    },
+    /// Bytes follow the segment's trailer.
+    Trailing {
+        /// How many.
+        bytes: u64,
+    },
     /// The last entry's hash is not the expected head.
     Head {
         /// The head the caller expected.
@@ -115,6 +127,8 @@ impl Reason {
             Reason::MerkleRoot { .. } => "merkle_root",
             Reason::Events { .. } => "events",
             Reason::Trailer { .. } => "trailer",
+            Reason::Trailing { .. } => "trailing",
+            Reason::Rule { .. } => "rule",
             Reason::Head { .. } => "head",
         }
     }
@@ -149,6 +163,8 @@ impl fmt::Display for Reason {
             ),
             Reason::Events { detail } => write!(f, "events do not match the body: {detail}"),
             Reason::Trailer { detail } => write!(f, "bad trailer: {detail}"),
+            Reason::Trailing { bytes } => write!(f, "{bytes} bytes after the trailer"),
+            Reason::Rule { detail } => write!(f, "rule broken: {detail}"),
             Reason::Head { expected, found } => write!(
                 f,
                 "head mismatch: expected {}, archive ends at {}",
@@ -251,8 +267,104 @@ pub struct Verifier {
     next_seq: Option<u64>,
     head: Hash,
     leaves: Vec<Hash>,
+    /// The bid numbers of the batch being checked.
+    bids: Vec<u64>,
+    rules: Rules,
     summary: Summary,
     started: Instant,
+}
+
+/// What the semantic rules remember between entries. Memory stays bounded: a lease is
+/// remembered from its grant until it is closed for good (released or reclaimed with nothing
+/// in doubt, or its last in-doubt part returned), after which no charge may settle under it.
+#[derive(Clone, Default)]
+struct Rules {
+    /// Leases granted in the verified part of the log and not yet closed: the bids charged
+    /// under each, and its in-doubt parts still held.
+    leases: std::collections::HashMap<u64, OpenLease>,
+    /// Per peer region, the last `remote_seq` witnessed.
+    remote: BTreeMap<RegionId, u64>,
+}
+
+#[derive(Clone, Default)]
+struct OpenLease {
+    charged: std::collections::HashSet<u64>,
+    /// In-doubt parts still held, once released or reclaimed.
+    parts: Option<usize>,
+}
+
+impl Rules {
+    /// Applies one decoded entry (`bids`: a spend batch's bid numbers).
+    fn apply(&mut self, payload: &Payload, bids: &[u64]) -> Result<(), Reason> {
+        let rule = |detail: String| Reason::Rule { detail };
+        match payload {
+            Payload::LeaseGranted(g)
+                if self
+                    .leases
+                    .insert(g.lease.0, OpenLease::default())
+                    .is_some() =>
+            {
+                return Err(rule(format!("lease {} granted twice", g.lease)));
+            }
+            Payload::SpendBatch(b) => {
+                // A lease granted before the verified part starts is not known here.
+                if let Some(l) = self.leases.get_mut(&b.lease.0) {
+                    for bid in bids {
+                        if !l.charged.insert(*bid) {
+                            return Err(rule(format!(
+                                "bid {}.{bid} charged twice (one bid is charged at most once)",
+                                b.lease
+                            )));
+                        }
+                    }
+                }
+            }
+            Payload::LeaseReleased(r) => self.close_parts(r.lease.0, r.in_doubt.len()),
+            Payload::LeaseReclaimed(r) => {
+                self.close_parts(r.lease.0, usize::from(r.in_doubt.micros() > 0));
+            }
+            Payload::InDoubtReturned(r) => {
+                if let Some(l) = self.leases.get_mut(&r.lease.0) {
+                    let left = l.parts.unwrap_or(1).saturating_sub(1);
+                    l.parts = Some(left);
+                    if left == 0 {
+                        self.leases.remove(&r.lease.0);
+                    }
+                }
+            }
+            Payload::RemoteMerged(m) => {
+                if let Some(last) = self.remote.get(&m.from)
+                    && m.remote_seq < *last
+                {
+                    return Err(rule(format!(
+                        "region {}'s witnessed remote_seq went back from {last} to {}",
+                        m.from, m.remote_seq
+                    )));
+                }
+                self.remote.insert(m.from.clone(), m.remote_seq);
+                let mut seen = std::collections::BTreeSet::new();
+                for r in &m.received {
+                    if !seen.insert((&r.campaign, r.bucket)) {
+                        return Err(rule(format!(
+                            "bucket {}/{} received twice in one merge",
+                            r.campaign, r.bucket
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A lease released or reclaimed with `parts` in-doubt parts: forgotten once none is held.
+    fn close_parts(&mut self, lease: u64, parts: usize) {
+        if parts == 0 {
+            self.leases.remove(&lease);
+        } else if let Some(l) = self.leases.get_mut(&lease) {
+            l.parts = Some(parts);
+        }
+    }
 }
 
 impl Default for Verifier {
@@ -282,6 +394,10 @@ fn frame_reason(e: FrameError) -> Reason {
         FrameError::Malformed(detail) => Reason::Malformed { detail },
         FrameError::Header(detail) => Reason::Header { detail },
         FrameError::Trailer(detail) => Reason::Trailer { detail },
+        FrameError::Trailing(n) => Reason::Trailing {
+            bytes: u64::try_from(n).unwrap_or(u64::MAX),
+        },
+        FrameError::TrailerCut(detail) => Reason::Truncated { detail },
     }
 }
 
@@ -300,6 +416,8 @@ impl Verifier {
             next_seq: None,
             head: genesis(),
             leaves: Vec::new(),
+            bids: Vec::new(),
+            rules: Rules::default(),
             summary: Summary::default(),
             started: Instant::now(),
         }
@@ -310,6 +428,11 @@ impl Verifier {
         let mut s = self.summary.clone();
         s.region = self.region.clone();
         s.elapsed = self.started.elapsed();
+        // The hash of the last entry that verified: on a failure, the head of the part that
+        // did (`verified_before` in `budgetctl audit verify --json`).
+        if s.entries > 0 {
+            s.head_hash = Some(hex::encode(self.head));
+        }
         s
     }
 
@@ -343,11 +466,12 @@ impl Verifier {
                 Reason::Header { detail },
             )
         };
-        if let Some(n) = name_seq
-            && n != first
-        {
+        // The name must be the one the header gives: REGION-SEQ.seg (a copy of a segment
+        // under another name is not part of the archive's log).
+        let want = super::segment::segment_file_name(&header.region, first);
+        if name != want {
             return Err(header_fail(format!(
-                "file name says first seq {n}, header says {first}"
+                "file name {name} is not {want}, the name its header gives"
             )));
         }
         match &self.region {
@@ -393,9 +517,12 @@ impl Verifier {
         let mut pos = header_len;
         loop {
             let item = read_item(bytes, pos).map_err(|e| {
-                // A damaged trailer is blamed on the segment's last entry, like any trailer error.
+                // A damaged trailer, bytes after it, or a file cut inside it: blamed on the
+                // segment's last entry, like any trailer error.
                 let seq = match e {
-                    FrameError::Trailer(_) => expected
+                    FrameError::Trailer(_)
+                    | FrameError::Trailing(_)
+                    | FrameError::TrailerCut(_) => expected
                         .checked_sub(1)
                         .filter(|l| *l >= first)
                         .unwrap_or(first),
@@ -482,7 +609,7 @@ impl Verifier {
         if stored != computed {
             return Err(Reason::Hash { stored, computed });
         }
-        let (_, batch) = Payload::decode(body.kind, body.payload).map_err(malformed)?;
+        let (payload, batch) = Payload::decode(body.kind, body.payload).map_err(malformed)?;
         match batch {
             Some(summary) => {
                 let total = self.check_events(rec.events, summary.count)?;
@@ -518,6 +645,10 @@ impl Verifier {
             }
             None => {}
         }
+        if batch.is_none() {
+            self.bids.clear();
+        }
+        self.rules.apply(&payload, &self.bids)?;
         self.head = computed;
         self.summary.entries += 1;
         self.summary.last_seq = Some(expected);
@@ -538,6 +669,7 @@ impl Verifier {
     /// hashes in `self.leaves` and returns their total.
     fn check_events(&mut self, mut events: &[u8], count: usize) -> Result<Money, Reason> {
         self.leaves.clear();
+        self.bids.clear();
         let mut total = Money::ZERO;
         while !events.is_empty() {
             let n = self.leaves.len();
@@ -564,6 +696,15 @@ impl Verifier {
                 detail: "events total overflows".into(),
             })?;
             self.leaves.push(merkle::leaf_hash(event));
+            // The event ends with its bid number and amount (8 bytes each), already checked.
+            if let Some(b) = event
+                .len()
+                .checked_sub(16)
+                .and_then(|i| event.get(i..i + 8))
+            {
+                self.bids
+                    .push(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            }
             events = rest;
         }
         if self.leaves.len() != count {
@@ -631,11 +772,7 @@ impl Verifier {
                 },
             });
         }
-        let mut s = self.summary();
-        if s.entries > 0 {
-            s.head_hash = Some(hex::encode(self.head));
-        }
-        Ok(s)
+        Ok(self.summary())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of `shared`: the financial log against real archives.
 
 mod archive;
+mod cases;
 mod proof;
 mod tamper;
 mod vectors;
