@@ -264,12 +264,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
     t.stop();
     let (mut outcome, pending) = result?;
-    // Every replica's data directory, verified offline by the auditor's tool.
+    // Every replica's data directory, verified offline by the auditor's tool, with the signed
+    // head beside each sealed segment checked against the run's CA.
     let mut replicas_ok = Vec::new();
     for n in t.coordinators() {
         let out = std::process::Command::new(t.bin_dir.join("budgetctl"))
             .args(["audit", "verify"])
             .arg(&n.data_dir)
+            .arg("--ca")
+            .arg(t.pki.join("ca.pem"))
             .output()?;
         replicas_ok.push((
             n.name.clone(),
