@@ -12,7 +12,7 @@ use shared::log::signed::{CheckedHead, HEAD_EXT, SignedHead};
 use shared::log::verify::{ArchiveError, Failure, Summary, verify_path_observed};
 use shared::log::{Hash, parse_hash};
 
-use super::{EXIT_FAILED, EXIT_USAGE};
+use super::{EXIT_FAILED, EXIT_USAGE, connection_ca};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
@@ -110,8 +110,9 @@ pub(crate) enum AuditCommand {
     /// Print the head of a running region's financial log (seq and hash), from --endpoint.
     ///
     /// With --signed, the head signed by that coordinator with its TLS key (JSON, LOG_FORMAT.md
-    /// §9): keep it, publish it, check it with `audit check-head`, and hold archives and
-    /// proofs to it with --signed-head.
+    /// §9), checked against --ca before it is printed or written: keep it, publish it, compare
+    /// it with others' with `audit check-head`, and hold archives and proofs to it with
+    /// --signed-head.
     Head {
         /// Print JSON.
         #[arg(long)]
@@ -510,21 +511,57 @@ fn signed_head(endpoint: &str, output: Option<&std::path::Path>) -> ExitCode {
             .map(|r| r.into_inner().json)
             .map_err(|s| s.message().to_string())
     });
-    match result {
-        Ok(text) => match output {
-            Some(path) => match std::fs::write(path, text + "\n") {
-                Ok(()) => {
-                    println!("signed head written to {}", path.display());
-                    ExitCode::SUCCESS
+    let text = match result {
+        Ok(t) => t,
+        Err(e) => return usage_error(e),
+    };
+    // Checked before it is kept: against the CA this connection trusts.
+    let checked = match connection_ca() {
+        Some(ca) => {
+            let ca_pem = match std::fs::read(&ca) {
+                Ok(p) => p,
+                Err(e) => return usage_error(format!("--ca {}: {e}", ca.display())),
+            };
+            match SignedHead::parse(&text).and_then(|h| h.check(&ca_pem)) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    eprintln!("budgetctl: the coordinator's signed head does not check: {e}");
+                    return ExitCode::from(EXIT_FAILED);
                 }
-                Err(e) => usage_error(format!("{}: {e}", path.display())),
-            },
-            None => {
-                println!("{text}");
+            }
+        }
+        None => None,
+    };
+    let about = checked.map(|h| {
+        format!(
+            "region {} seq {} head {} signed by {}",
+            h.head.region,
+            h.head.seq,
+            hex::encode(h.head.head_hash),
+            h.signer
+        )
+    });
+    match output {
+        Some(path) => match std::fs::write(path, text + "\n") {
+            Ok(()) => {
+                match about {
+                    Some(a) => println!("{a}: checked, written to {}", path.display()),
+                    None => println!(
+                        "signed head written to {} (not checked: no --ca)",
+                        path.display()
+                    ),
+                }
                 ExitCode::SUCCESS
             }
+            Err(e) => usage_error(format!("{}: {e}", path.display())),
         },
-        Err(e) => usage_error(e),
+        None => {
+            println!("{text}");
+            if let Some(a) = about {
+                eprintln!("{a}: checked");
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 

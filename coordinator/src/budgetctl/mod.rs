@@ -175,6 +175,12 @@ fn make_transport(a: &TlsArgs) -> Result<shared::tls::Transport, String> {
     }
 }
 
+/// The CA file of the connection flags, if given: what `audit head --signed` checks the head
+/// it fetched against.
+pub(crate) fn connection_ca() -> Option<PathBuf> {
+    TLS_ARGS.get().and_then(|a| a.ca.clone())
+}
+
 fn transport() -> Result<shared::tls::Transport, String> {
     TRANSPORT
         .get_or_init(|| make_transport(&TLS_ARGS.get().cloned().unwrap_or_default()))

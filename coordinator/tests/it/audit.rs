@@ -119,6 +119,13 @@ fn a_flipped_byte_fails_with_the_entry_named() {
         seq,
         "every entry before it verified"
     );
+    // The head of what did verify (LOG_FORMAT.md §6.6): the entry just before the bad one.
+    assert_eq!(j["verified_before"]["last_seq"].as_u64().unwrap(), seq - 1);
+    let head = j["verified_before"]["head_hash"].as_str().unwrap();
+    assert!(
+        shared::log::parse_hash(head).is_ok() && head == head.to_lowercase(),
+        "{head}"
+    );
     let text = stdout(&budgetctl(&[
         "audit",
         "verify",

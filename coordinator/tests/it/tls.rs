@@ -747,6 +747,12 @@ async fn a_region_signs_its_heads_and_its_sealed_segments() {
         &["audit", "head", "--signed", "-o", file.to_str().unwrap()],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // Checked against the connection's CA before it is kept.
+    assert!(
+        text(&out).contains("region eu-1 seq") && text(&out).contains(": checked, written to"),
+        "{}",
+        text(&out)
+    );
     let ca = pki.ca_file();
     let out = budgetctl(
         &pki,

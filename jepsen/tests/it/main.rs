@@ -444,6 +444,13 @@ fn a_short_run_of_two_regions_under_region_faults_passes() {
             "2",
             "--time-limit",
             "100",
+            // The tail of a budget shared by two regions is slow: money of bids without a
+            // notice comes back only at their deadlines and check-ins, and the last crumbs
+            // travel between the regions. Two runs of this seed on 2026-12-06 ended west at
+            // 94.74 % and 94.88 % after the default 90 s drain, still spending about a bid a
+            // second; the drain stops as soon as every bucket is spent.
+            "--drain-max",
+            "150",
             "--nemesis",
             "region-partition,region-kill,kill",
             "--seed",
