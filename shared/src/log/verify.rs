@@ -298,13 +298,23 @@ impl Rules {
     fn apply(&mut self, payload: &Payload, bids: &[u64]) -> Result<(), Reason> {
         let rule = |detail: String| Reason::Rule { detail };
         match payload {
-            Payload::LeaseGranted(g)
+            Payload::LeaseGranted(g) => {
+                // A lease draws on its campaign's lifetime bucket and perhaps a day's: at least
+                // one bucket, each once (its money is taken from each).
+                if g.buckets.is_empty() {
+                    return Err(rule(format!("lease {} draws on no bucket", g.lease)));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(b) = g.buckets.iter().find(|b| !seen.insert(**b)) {
+                    return Err(rule(format!("lease {} lists bucket {b} twice", g.lease)));
+                }
                 if self
                     .leases
                     .insert(g.lease.0, OpenLease::default())
-                    .is_some() =>
-            {
-                return Err(rule(format!("lease {} granted twice", g.lease)));
+                    .is_some()
+                {
+                    return Err(rule(format!("lease {} granted twice", g.lease)));
+                }
             }
             Payload::SpendBatch(b) => {
                 // A lease granted before the verified part starts is not known here.
@@ -344,6 +354,12 @@ impl Rules {
                 self.remote.insert(m.from.clone(), m.remote_seq);
                 let mut seen = std::collections::BTreeSet::new();
                 for r in &m.received {
+                    if r.amount.micros() == 0 {
+                        return Err(rule(format!(
+                            "bucket {}/{} listed in a merge with nothing received",
+                            r.campaign, r.bucket
+                        )));
+                    }
                     if !seen.insert((&r.campaign, r.bucket)) {
                         return Err(rule(format!(
                             "bucket {}/{} received twice in one merge",

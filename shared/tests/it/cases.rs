@@ -101,6 +101,14 @@ fn batch(lease: u64, n: u8, bids: &[u64]) -> Payload {
     })
 }
 
+fn grant_on(lease: u64, buckets: Vec<Bucket>) -> Payload {
+    let Payload::LeaseGranted(mut g) = grant(lease) else {
+        unreachable!()
+    };
+    g.buckets = buckets;
+    Payload::LeaseGranted(g)
+}
+
 fn merged(remote_seq: u64, buckets: &[Bucket]) -> Payload {
     Payload::RemoteMerged(RemoteMerged {
         from: "us-1".parse().unwrap(),
@@ -350,6 +358,39 @@ fn cases() -> Vec<Case> {
             edit: json!(null),
             files: one(vec![merged(40, &[]), merged(40, &[Bucket::Lifetime]), merged(39, &[])]),
             expect: fails("rule", &seg0, 2),
+        },
+        Case {
+            name: "lease-with-no-bucket",
+            section: "§6.5",
+            rule: "a lease draws on at least one bucket",
+            edit: json!(null),
+            files: one(vec![grant_on(1, vec![])]),
+            expect: fails("rule", &seg0, 0),
+        },
+        Case {
+            name: "lease-lists-a-bucket-twice",
+            section: "§6.5",
+            rule: "a lease lists each bucket it draws on once",
+            edit: json!(null),
+            files: one(vec![grant_on(1, vec![Bucket::Lifetime, Bucket::Lifetime])]),
+            expect: fails("rule", &seg0, 0),
+        },
+        Case {
+            name: "merge-receives-nothing",
+            section: "§6.5",
+            rule: "a merge lists only buckets that received money",
+            edit: json!(null),
+            files: one(vec![Payload::RemoteMerged(RemoteMerged {
+                from: "us-1".parse().unwrap(),
+                remote_seq: 1,
+                remote_head: [7; 32],
+                received: vec![Received {
+                    campaign: "cmp-1".parse().unwrap(),
+                    bucket: Bucket::Lifetime,
+                    amount: m(0),
+                }],
+            })]),
+            expect: fails("rule", &seg0, 0),
         },
         Case {
             name: "bucket-twice-in-a-merge",
