@@ -139,6 +139,17 @@ impl Region {
             .await
             .unwrap();
         let id = m.current_leader.unwrap();
+        // The first leader records the region's rules as entry 0: wait for it, so that a
+        // test's "nothing changed" does not see it land (it did on a loaded machine).
+        let node = &self.nodes[(id - 1) as usize];
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while node.state.read(|m| m.ledger().chain().next_seq()) == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the leader never recorded the rules"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.addrs[(id - 1) as usize].clone()
     }
 
