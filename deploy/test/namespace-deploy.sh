@@ -306,8 +306,10 @@ exchange() { # NAME SECS SEED: bids through every edge; its output to NAME.log. 
     --cert "$pki/ansible-operator.pem" --key "$pki/ansible-operator.key" \
     --rate 100 --duration-secs "$2" --seed "$3" >"$work/$1.log" 2>&1
 }
-billed() { # NAME: what the exchange billed for spring, micros
-  tail -1 "$work/$1.log" | grep -o 'spring [0-9.]*' | awk '{split($2, p, "."); print p[1] * 1000000 + p[2]}'
+billed() { # NAME: what the exchange billed for spring, micros (its last status line: the
+  # verdict table follows it)
+  grep '^t=' "$work/$1.log" | tail -1 | grep -o 'spring [0-9.]*' |
+    awk '{split($2, p, "."); print p[1] * 1000000 + p[2]}'
 }
 settled() { # ENDPOINT: spring's lifetime spend settled in every region, micros, as ENDPOINT sees it
   ctl_budgetctl --endpoint "$1" regions --campaign spring --json |
