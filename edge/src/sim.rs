@@ -399,8 +399,15 @@ async fn campaigns(cfg: &SimConfig) -> Vec<String> {
 /// A campaign's lifetime budget and settled spend per region, from the first coordinator that
 /// leads and answers; `None` if none did (a rolling restart, an election).
 async fn settled_by_region(cfg: &SimConfig, campaign: &str) -> Option<(i64, Vec<(String, i64)>)> {
-    for addr in &cfg.coordinators {
-        let Some(mut c) = admin(&cfg.transport, addr).await else {
+    // The configured coordinators, then the leaders they name (a follower answers with the
+    // leader's address: the deploy test gives one coordinator, which a rolling restart leaves
+    // a follower).
+    let mut addrs: Vec<String> = cfg.coordinators.clone();
+    let mut i = 0;
+    while i < addrs.len() && i < cfg.coordinators.len() + 3 {
+        let addr = addrs[i].clone();
+        i += 1;
+        let Some(mut c) = admin(&cfg.transport, &addr).await else {
             continue;
         };
         let Ok(r) = c
@@ -412,7 +419,10 @@ async fn settled_by_region(cfg: &SimConfig, campaign: &str) -> Option<(i64, Vec<
             continue;
         };
         let r = r.into_inner();
-        if r.not_leader.is_some() {
+        if let Some(nl) = &r.not_leader {
+            if !nl.leader_addr.is_empty() && !addrs.contains(&nl.leader_addr) {
+                addrs.push(nl.leader_addr.clone());
+            }
             continue;
         }
         let lifetime = r.buckets.iter().find(|b| {
