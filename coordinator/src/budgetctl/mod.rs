@@ -116,16 +116,10 @@ pub(crate) struct OfflineCa {
 /// its own). Given after such a command, they are refused as unknown.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Offline {
-    #[arg(long, hide = true)]
-    endpoint: Option<String>,
+    #[command(flatten)]
+    rest: OfflineCa,
     #[arg(long, hide = true)]
     ca: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    cert: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    key: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    insecure_plaintext: bool,
 }
 
 /// Exit code: the thing checked does not hold.
