@@ -141,6 +141,149 @@ pub fn spend_times(bills: &[(u64, i64)], raised_us: u64, budget: i64) -> SpendTi
     }
 }
 
+/// Where one region's part of a bucket's rights sat at one moment, from the balance samples.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Free to lease: rights − settled − leased − in doubt.
+    pub available: i64,
+    /// Under open leases (reserved by bids, or still in an edge's reservoir).
+    pub leased: i64,
+    /// Held for notices until deadlines pass.
+    pub in_doubt: i64,
+}
+
+/// The tail of a bucket after `from_us`: every `step_us`, until `to_us`, each region's
+/// [`Held`] as its latest sample at or before that moment showed it (regions not sampled yet
+/// are left out). This is where the money not yet spent waited: free in a region, in edges'
+/// leases, or in doubt until deadlines.
+pub fn tail(
+    samples: &[Escrow],
+    bucket: &str,
+    from_us: u64,
+    to_us: u64,
+    step_us: u64,
+) -> Vec<(u64, BTreeMap<String, Held>)> {
+    let mut of_bucket: Vec<&Escrow> = samples.iter().filter(|s| s.bucket == bucket).collect();
+    of_bucket.sort_by_key(|s| s.at_us);
+    let mut out = Vec::new();
+    let mut latest: BTreeMap<String, Held> = BTreeMap::new();
+    let mut next = 0;
+    let mut t = from_us;
+    while t <= to_us && step_us > 0 {
+        while next < of_bucket.len() && of_bucket[next].at_us <= t {
+            let s = of_bucket[next];
+            latest.insert(
+                s.region.clone(),
+                Held {
+                    available: s.rights - s.settled - s.leased - s.in_doubt,
+                    leased: s.leased,
+                    in_doubt: s.in_doubt,
+                },
+            );
+            next += 1;
+        }
+        out.push((t, latest.clone()));
+        t += step_us;
+    }
+    out
+}
+
+/// Seconds between the rows of a tail table.
+const TAIL_STEP_S: u64 = 10;
+
+/// For each lifetime budget's last raise: where what was not yet billed waited, every
+/// [`TAIL_STEP_S`] from the raise to the end of the load (a table in the report, and the rows for
+/// `results.json`).
+fn tails_after_raises(
+    i: &Inputs,
+    times: &serde_json::Value,
+    body: &mut String,
+) -> serde_json::Value {
+    let billed = i.tally.made.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = serde_json::Map::new();
+    let mut wrote_intro = false;
+    for (bucket, t) in times.as_object().into_iter().flatten() {
+        let (Some(raised_ms), Some(budget)) =
+            (t["raised_at_ms"].as_u64(), t["budget_micros"].as_i64())
+        else {
+            continue;
+        };
+        let campaign = bucket.trim_end_matches("/lifetime");
+        let mut bills: Vec<(u64, i64)> = billed
+            .values()
+            .filter(|b| b.campaign == campaign)
+            .map(|b| (b.at_us, b.amount))
+            .collect();
+        bills.sort_unstable();
+        let rows = tail(
+            i.escrow,
+            bucket,
+            raised_ms * 1_000,
+            i.load_done_us,
+            TAIL_STEP_S * 1_000_000,
+        );
+        if rows.is_empty() {
+            continue;
+        }
+        if !std::mem::replace(&mut wrote_intro, true) {
+            let _ = writeln!(
+                body,
+                "\nWhere the money not yet billed waited after each last raise, every {TAIL_STEP_S} s \
+                 (each region: free to lease / in edges' leases / in doubt until deadlines, from \
+                 the balance samples):"
+            );
+        }
+        let _ = writeln!(
+            body,
+            "\n{bucket}, budget {}:\n\n| s after the raise | not billed | {} |\n|---:|---:|{}",
+            micros(budget),
+            i.regions.join(" | "),
+            "---:|".repeat(i.regions.len())
+        );
+        let mut json_rows = Vec::new();
+        for (at, held) in rows {
+            let billed_by_then: i64 = bills
+                .iter()
+                .take_while(|(t, _)| *t <= at)
+                .map(|(_, m)| m)
+                .sum();
+            let cells: Vec<String> = i
+                .regions
+                .iter()
+                .map(|r| {
+                    held.get(r).map_or("—".to_string(), |h| {
+                        format!(
+                            "{} / {} / {}",
+                            micros(h.available),
+                            micros(h.leased),
+                            micros(h.in_doubt)
+                        )
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                body,
+                "| {} | {} | {} |",
+                (at / 1_000 - raised_ms) / 1_000,
+                micros(budget - billed_by_then),
+                cells.join(" | ")
+            );
+            json_rows.push(serde_json::json!({
+                "at_ms": at / 1_000,
+                "not_billed": budget - billed_by_then,
+                "regions": held
+                    .iter()
+                    .map(|(r, h)| (r.clone(), serde_json::json!({
+                        "available": h.available, "leased": h.leased, "in_doubt": h.in_doubt
+                    })))
+                    .collect::<serde_json::Map<_, _>>(),
+            }));
+        }
+        out.insert(bucket.clone(), serde_json::Value::Array(json_rows));
+    }
+    serde_json::Value::Object(out)
+}
+
 /// Every campaign's lifetime spend times, keyed by bucket, for `results.json`.
 fn lifetime_spend_times(i: &Inputs) -> serde_json::Value {
     let billed = i.tally.made.lock().unwrap_or_else(|p| p.into_inner());
@@ -487,6 +630,7 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             ms(&t["last_bill_ms"]),
         );
     }
+    let tails = tails_after_raises(i, &times, &mut body);
     let _ = writeln!(
         body,
         "\n![spend against budget](spend.svg)\n\n![bid latency](latency.svg)\n"
@@ -504,7 +648,8 @@ pub fn check_all(i: &Inputs) -> Result<(Outcome, Pending)> {
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    let buckets = serde_json::json!({"at_heal": snapshot(i.heal), "at_end": snapshot(i.end)});
+    let buckets =
+        serde_json::json!({"at_heal": snapshot(i.heal), "at_end": snapshot(i.end), "tails": tails});
     // I8: the reclaim rule, from every coordinator's own log.
     let i8 = check::reclaim::check(&coordinator_logs(&i.dir.join("nodes")));
     // I9: money conserved at every entry of every replica's log.
@@ -939,6 +1084,60 @@ mod tests {
             "{why}"
         );
         assert_eq!(first_panic("INFO fine\n"), None);
+    }
+
+    #[test]
+    fn a_tail_shows_each_regions_latest_sample_at_every_step() {
+        let e = |at_us, region: &str, settled, leased, in_doubt| Escrow {
+            at_us,
+            region: region.to_string(),
+            bucket: "west/lifetime".to_string(),
+            rights: 1_000,
+            settled,
+            leased,
+            in_doubt,
+        };
+        let samples = [
+            e(4_000_000, "eu-1", 100, 50, 0),
+            e(12_000_000, "eu-1", 700, 0, 250),
+            e(15_000_000, "us-1", 900, 0, 0),
+            e(18_000_000, "eu-1", 950, 0, 30),
+            Escrow {
+                bucket: "north/lifetime".to_string(),
+                ..e(9_000_000, "eu-1", 0, 0, 0)
+            },
+        ];
+        let rows = tail(
+            &samples,
+            "west/lifetime",
+            10_000_000,
+            30_000_000,
+            10_000_000,
+        );
+        let at: Vec<u64> = rows.iter().map(|(t, _)| *t).collect();
+        assert_eq!(at, [10_000_000, 20_000_000, 30_000_000]);
+        // At 10 s only eu-1's sample of 4 s is known: 850 free, 50 leased.
+        assert_eq!(rows[0].1.len(), 1);
+        assert_eq!(
+            rows[0].1["eu-1"],
+            Held {
+                available: 850,
+                leased: 50,
+                in_doubt: 0
+            }
+        );
+        // At 20 s: eu-1's sample of 18 s and us-1's of 15 s; north's sample is not west's.
+        assert_eq!(
+            rows[1].1["eu-1"],
+            Held {
+                available: 20,
+                leased: 0,
+                in_doubt: 30
+            }
+        );
+        assert_eq!(rows[1].1["us-1"].available, 100);
+        assert_eq!(rows[2].1, rows[1].1);
+        assert!(tail(&samples, "west/lifetime", 10, 5, 1).is_empty());
     }
 
     #[test]
