@@ -791,7 +791,7 @@ impl Sync {
             let l = m.ledger();
             let unit = l
                 .campaign(&key.campaign)
-                .map_or(1, |c| (c.config.bid_cpm.micros() / 1000).max(1));
+                .map_or(1, |c| c.config.bid_cpm.per_impression().micros().max(1));
             let have = match l.bucket(&key) {
                 Some(b) => b.available(),
                 // The home region opens a day when its rights are asked for.
@@ -918,7 +918,7 @@ impl Sync {
                         bucket: Bucket::Day(day),
                     });
                 }
-                let unit = camp.config.bid_cpm.micros() / 1000;
+                let unit = camp.config.bid_cpm.per_impression().micros();
                 for k in keys {
                     let (available, mut holders) = match l.bucket(&k) {
                         Some(b) => {

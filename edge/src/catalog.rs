@@ -177,10 +177,12 @@ impl Catalog {
                     continue;
                 }
             };
-            let bid_micros = c.bid_cpm_micros / 1000;
+            let bid_micros = Money::from_micros(c.bid_cpm_micros)
+                .per_impression()
+                .micros();
             let max_micros = targeting
                 .max_cpm
-                .map_or(bid_micros, |m| m.micros() / 1000)
+                .map_or(bid_micros, |m| m.per_impression().micros())
                 .max(bid_micros);
             if bid_micros <= 0 {
                 skipped.push(Skipped {

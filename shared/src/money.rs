@@ -50,6 +50,13 @@ impl Money {
         self.0
     }
 
+    /// One impression at this CPM (a price per thousand): the unit every bid, lease and
+    /// rebalancing decision counts in. Truncated to the micro, as the edge bids it; a CPM under
+    /// 1,000 micros makes a zero unit, which the edge refuses to bid on.
+    pub const fn per_impression(self) -> Money {
+        Money(self.0 / 1000)
+    }
+
     /// True for amounts below zero.
     pub const fn is_negative(self) -> bool {
         self.0 < 0
@@ -190,6 +197,21 @@ mod tests {
     #[track_caller]
     fn check_cpm(cpm: f64, micros: i64) {
         assert_eq!(Money::from_cpm(cpm), Ok(Money(micros)), "cpm {cpm}");
+    }
+
+    #[test]
+    fn one_impression_is_a_thousandth_of_the_cpm_truncated() {
+        // A CPM held as money (a campaign's `bid_cpm`): 1.50 a thousand is 1,500 micros each.
+        let cpm = Money::from_micros;
+        assert_eq!(cpm(1_500_000).per_impression(), Money::from_micros(1_500));
+        // 0.0125 a thousand is 12.5 micros an impression: the edge bids 12.
+        assert_eq!(cpm(12_500).per_impression(), Money::from_micros(12));
+        assert_eq!(cpm(999).per_impression(), Money::ZERO);
+        // from_cpm reads an exchange's CPM number straight into the price of one impression.
+        assert_eq!(
+            Money::from_cpm_str("1.5").unwrap(),
+            cpm(1_500_000).per_impression()
+        );
     }
 
     #[test]

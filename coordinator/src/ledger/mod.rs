@@ -888,7 +888,7 @@ impl Ledger {
         // would only hold money away from the edges until released or reclaimed, and near the
         // end of a budget the share rule split the rest into such crumbs, so that the last
         // bids were never made (found by `jepsen run`: I6, seed 2).
-        let unit = Money::from_micros(c.config.bid_cpm.micros() / 1000);
+        let unit = c.config.bid_cpm.per_impression();
         let lifetime = BucketKey {
             campaign: campaign.clone(),
             bucket: Bucket::Lifetime,
