@@ -157,6 +157,9 @@ impl Edge {
             return BidOutcome::NoBid("tmax");
         };
         let deadline = start + Duration::from_millis(budget);
+        // The auction comes at most tmax after the request: this bid's notices from then on
+        // until the impression's exp.
+        let auction_in = Duration::from_millis(tmax);
         let catalog = self.catalog.load();
         let now = self.clock.mono();
         let mut reserved: Vec<Reserved> = Vec::new();
@@ -176,7 +179,7 @@ impl Edge {
                         return None;
                     }
                     let class = p.class_of(imp.exp)?;
-                    let bid = p.try_reserve(cand.price_micros, now, class)?;
+                    let bid = p.try_reserve(cand.price_micros, now, auction_in, class)?;
                     Some((p.clone(), bid, class))
                 });
                 let (lease, bid, class) = match from_previous {
@@ -199,7 +202,9 @@ impl Edge {
                             skipped = skipped.max(Skipped::ExpTooLong);
                             continue;
                         };
-                        let Some(bid) = lease.try_reserve(cand.price_micros, now, class) else {
+                        let Some(bid) =
+                            lease.try_reserve(cand.price_micros, now, auction_in, class)
+                        else {
                             self.metrics.reservation_exhausted.inc();
                             self.ask(campaign.slot_index, &campaign.slot);
                             continue;
