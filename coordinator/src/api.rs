@@ -197,7 +197,7 @@ impl pb::lease_api_server::LeaseApi for Api {
         let r = request.into_inner();
         let campaign: CampaignId = r.campaign.parse().map_err(wire("campaign"))?;
         // Where edges want leases is where rights are wanted (region sync's rebalancing).
-        self.node.sync.demand.asked(&campaign);
+        self.node.sync.asked(&campaign, self.node.clock.mono());
         let command = Command::GrantLease {
             key: request_key(r.idempotency_key.as_ref())?,
             edge: r.edge.parse::<EdgeId>().map_err(wire("edge"))?,

@@ -442,7 +442,7 @@ impl Metrics {
             .set(node.clock.wall_us() as f64 / 1e6);
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
-        for (peer, push, receive) in node.sync.ages() {
+        for (peer, push, receive) in node.sync.ages(node.clock.mono()) {
             for (of, v) in [("push", push), ("receive", receive)] {
                 self.region_sync_age_seconds
                     .get_or_create(&AgeLabels {

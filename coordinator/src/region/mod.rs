@@ -41,7 +41,6 @@ use shared::log::entry::BUCKETS_MAX;
 use shared::proto::v1 as pb;
 use shared::proto::v1::region_sync_client::RegionSyncClient;
 use shared::{CampaignId, Money, RegionId};
-use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::ledger::{Command, Ledger, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey};
@@ -49,10 +48,10 @@ use crate::node::{Node, ProposeError};
 
 /// How often the leader builds its state and checks its buckets.
 pub const TICK: Duration = Duration::from_millis(200);
-/// A campaign is in demand here while edges asked for its leases this recently.
-pub const DEMAND_WINDOW: Duration = Duration::from_secs(5);
-/// Settled spend is sampled over this window to measure a bucket's rate.
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+pub mod plan;
+
+pub use plan::{DEMAND_WINDOW, RATE_WINDOW};
+use plan::{Plan, Rules, View};
 /// Stale states in a row from one peer that raise an alarm.
 pub const STALE_ALARM_AFTER: u32 = 5;
 /// Alarms kept for `budgetctl regions`.
@@ -99,8 +98,8 @@ struct Peer {
     addrs: Vec<String>,
     /// The peer's leader, as its last `not_leader` answer said.
     hint: Option<String>,
-    last_push_ok: Option<Instant>,
-    last_received: Option<Instant>,
+    last_push_ok: Option<Duration>,
+    last_received: Option<Duration>,
     last_error: String,
     pushes_ok: u64,
     pushes_failed: u64,
@@ -113,47 +112,13 @@ struct Peer {
     /// Its own leased and in-doubt amounts per bucket, from its last push.
     figures: BTreeMap<BucketKey, (i64, i64)>,
     /// When we last wrote its log head into our log.
-    witnessed_at: Option<Instant>,
-}
-
-/// Edges' recent lease requests per campaign: where rights are wanted.
-#[derive(Debug, Default)]
-pub struct Demand {
-    last: Mutex<BTreeMap<CampaignId, Instant>>,
-}
-
-impl Demand {
-    /// Edges asked for a lease of `campaign` now.
-    pub fn asked(&self, campaign: &CampaignId) {
-        let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(campaign.clone(), Instant::now());
-    }
-
-    /// Campaigns asked for within `window`.
-    pub fn recent(&self, window: Duration) -> Vec<CampaignId> {
-        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        m.iter()
-            .filter(|(_, t)| now.duration_since(**t) <= window)
-            .map(|(c, _)| c.clone())
-            .collect()
-    }
-
-    fn is_recent(&self, campaign: &CampaignId, window: Duration) -> bool {
-        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(campaign)
-            .is_some_and(|t| Instant::now().duration_since(*t) <= window)
-    }
+    witnessed_at: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     peers: BTreeMap<RegionId, Peer>,
     alarms: VecDeque<String>,
-    /// `(when, settled per bucket)`, oldest first, over [`RATE_WINDOW`].
-    samples: VecDeque<(Instant, BTreeMap<BucketKey, i64>)>,
-    /// Per bucket: no new ask before this.
-    next_ask: BTreeMap<BucketKey, Instant>,
     /// The state built at the last tick, with its fingerprint.
     state: Option<(u64, Arc<pb::RegionState>)>,
 }
@@ -166,16 +131,17 @@ pub struct Sync {
     inner: Mutex<Inner>,
     clients: Mutex<BTreeMap<String, RegionSyncClient<Channel>>>,
     wake: tokio::sync::Notify,
-    /// Where edges asked for leases lately.
-    pub demand: Demand,
+    /// Rebalancing's memory: demand, rates, ask back-offs.
+    plan: Mutex<Plan>,
 }
 
 /// One peer as `budgetctl regions` shows it.
 pub type PeerStatus = pb::PeerStatus;
 
-fn age_ms(now: Instant, t: Option<Instant>) -> i64 {
+/// Ms from `t` to `now` on the node's monotonic clock, -1 for never.
+fn age_ms(now: Duration, t: Option<Duration>) -> i64 {
     t.map_or(-1, |t| {
-        i64::try_from(now.duration_since(t).as_millis()).unwrap_or(i64::MAX)
+        i64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(i64::MAX)
     })
 }
 
@@ -359,7 +325,7 @@ impl Sync {
             }),
             clients: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
-            demand: Demand::default(),
+            plan: Mutex::new(Plan::default()),
         }
     }
 
@@ -370,6 +336,25 @@ impl Sync {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Edges asked for a lease of `campaign` at `now` (the node's monotonic clock): rights
+    /// are wanted here.
+    pub fn asked(&self, campaign: &CampaignId, now: Duration) {
+        self.plan().asked(campaign, now);
+    }
+
+    /// The rebalancing rules under the region's smallest lease `lease_min`.
+    fn rules(&self, lease_min: Money) -> Rules {
+        Rules {
+            horizon: self.settings.horizon,
+            ask_interval: self.settings.ask_interval,
+            lease_min,
+        }
     }
 
     fn alarm(&self, node: &Node, peer: &RegionId, kind: &'static str, what: String) {
@@ -462,7 +447,7 @@ impl Sync {
                     let mut inner = self.lock();
                     if let Some(p) = inner.peers.get_mut(peer) {
                         p.hint = Some(addr);
-                        p.last_push_ok = Some(Instant::now());
+                        p.last_push_ok = Some(node.clock.mono());
                         p.last_error.clear();
                         p.pushes_ok += 1;
                         p.acked = Some(fp);
@@ -539,13 +524,13 @@ impl Sync {
         {
             let mut inner = self.lock();
             if let Some(p) = inner.peers.get_mut(&from) {
-                p.last_received = Some(Instant::now());
+                p.last_received = Some(node.clock.mono());
                 p.figures = figures;
             }
         }
         // Does it bring anything? (Our lock and the state machine's are never held together:
         // `status` once took them in the other order, and `./dev run` deadlocked.)
-        let due = self.witness_due(&from);
+        let due = self.witness_due(&from, node.clock.mono());
         let (buckets, needed, stale) = node.state.read(|m| {
             let l = m.ledger();
             let witnessed = l.witnessed().get(&from);
@@ -630,7 +615,7 @@ impl Sync {
             };
             last = self.merge(node, &from, command).await?;
         }
-        self.witnessed_now(&from);
+        self.witnessed_now(&from, node.clock.mono());
         Ok(last)
     }
 
@@ -670,18 +655,18 @@ impl Sync {
         }
     }
 
-    fn witness_due(&self, from: &RegionId) -> bool {
+    fn witness_due(&self, from: &RegionId, now: Duration) -> bool {
         let inner = self.lock();
         inner
             .peers
             .get(from)
             .and_then(|p| p.witnessed_at)
-            .is_none_or(|t| t.elapsed() >= self.settings.witness_refresh)
+            .is_none_or(|t| now.saturating_sub(t) >= self.settings.witness_refresh)
     }
 
-    fn witnessed_now(&self, from: &RegionId) {
+    fn witnessed_now(&self, from: &RegionId, now: Duration) {
         if let Some(p) = self.lock().peers.get_mut(from) {
-            p.witnessed_at = Some(Instant::now());
+            p.witnessed_at = Some(now);
         }
     }
 }
@@ -699,68 +684,7 @@ pub enum DonateError {
     Unavailable(String),
 }
 
-/// What a donor that `have`s of a bucket and expects to `need` within the horizon gives an
-/// asker that `want`s, when one bid costs `unit` (all in micros).
-///
-/// Above one bid, it gives what exceeds its need, and only whole bids' worth. Less than one bid
-/// funds nothing here: the crumbs of several regions must add up to a bid somewhere (`./dev
-/// run` left 0.0039 of a 3.00 budget split between two regions below a 0.0025 bid each). They
-/// flow one way only, to the region that holds more (`asker_holds_more`): when both regions bid
-/// and each gave all it had to the other, they swapped places on every tick for ever (a
-/// two-region jepsen run left 0.001412 + 0.001737 unspent against a 0.002 bid). A donor that is
-/// not `bidding` gives its crumbs to anyone; it does not ask for them back.
-fn to_give(
-    have: i64,
-    need: i64,
-    want: i64,
-    unit: i64,
-    bidding: bool,
-    asker_holds_more: bool,
-) -> i64 {
-    if have < unit {
-        if !bidding || asker_holds_more {
-            have.min(want).max(0)
-        } else {
-            0
-        }
-    } else {
-        let give = (have - need).min(want);
-        if give < unit { 0 } else { give }
-    }
-}
-
 impl Sync {
-    /// The settled rate of `key` in micros per second over the last [`RATE_WINDOW`], as this
-    /// leader sampled it (0 until it has two samples).
-    fn rate(&self, key: &BucketKey) -> i64 {
-        let inner = self.lock();
-        let (Some((t0, first)), Some((t1, last))) = (inner.samples.front(), inner.samples.back())
-        else {
-            return 0;
-        };
-        let ms = i64::try_from(t1.duration_since(*t0).as_millis()).unwrap_or(i64::MAX);
-        if ms <= 0 {
-            return 0;
-        }
-        let (a, b) = (
-            first.get(key).copied().unwrap_or(0),
-            last.get(key).copied().unwrap_or(0),
-        );
-        (b - a).max(0).saturating_mul(1000) / ms
-    }
-
-    /// What this region expects to spend from `key` within the horizon.
-    fn need(&self, key: &BucketKey, lease_min: Money) -> Money {
-        let horizon_ms = i64::try_from(self.settings.horizon.as_millis()).unwrap_or(i64::MAX);
-        let projected = self.rate(key).saturating_mul(horizon_ms) / 1000;
-        let floor = if self.demand.is_recent(&key.campaign, DEMAND_WINDOW) {
-            lease_min.micros()
-        } else {
-            0
-        };
-        Money::from_micros(projected.max(floor))
-    }
-
     /// A peer asks for rights: transfers what exceeds our own need, up to what it wants.
     /// Returns the amount transferred (0: nothing to spare) and the transfer's log seq.
     pub async fn donate(
@@ -807,12 +731,20 @@ impl Sync {
         // Who holds more: ties go to the lower region name.
         let asker_holds_more = (theirs.micros(), std::cmp::Reverse(&to))
             > (have.micros(), std::cmp::Reverse(&self.region));
-        let give = to_give(
+        let now = node.clock.mono();
+        let (need, bidding) = {
+            let plan = self.plan();
+            (
+                plan.need(&key, &self.rules(lease_min), now),
+                plan.in_demand(&key.campaign, now),
+            )
+        };
+        let give = plan::to_give(
             have.micros(),
-            self.need(&key, lease_min).micros(),
+            need.micros(),
             want.micros(),
             unit,
-            self.demand.is_recent(&key.campaign, DEMAND_WINDOW),
+            bidding,
             asker_holds_more,
         );
         if give <= 0 {
@@ -890,9 +822,9 @@ impl Sync {
 
     /// One leader tick: samples settled spend, builds the state to push, and returns the
     /// buckets short of rights with what to ask for, what they have, and whom to ask, in order.
-    fn tick(&self, node: &Node) -> Vec<(BucketKey, Money, Money, Vec<RegionId>)> {
-        let now = Instant::now();
-        let wanted = self.demand.recent(DEMAND_WINDOW);
+    fn tick(&self, node: &Node) -> Vec<plan::Ask> {
+        let now = node.clock.mono();
+        let wanted = self.plan().wanted(now);
         let (state, settled, views) = node.state.read(|m| {
             let l = m.ledger();
             let settled: BTreeMap<BucketKey, i64> = l
@@ -948,44 +880,22 @@ impl Sync {
                     };
                     holders.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
                     let holders: Vec<RegionId> = holders.into_iter().map(|(_, r)| r).collect();
-                    views.push((k, available, holders));
+                    views.push(View {
+                        key: k,
+                        available,
+                        holders,
+                    });
                 }
             }
             ((fingerprint(l), state_of(l)), settled, views)
         });
         let (fp, state) = state;
         let lease_min = node.state.read(|m| m.ledger().params().lease_min);
-        let mut inner = self.lock();
-        inner.state = Some((fp, Arc::new(state)));
-        inner.samples.push_back((now, settled));
-        while inner
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            inner.samples.pop_front();
-        }
-        drop(inner);
-        let mut asks = Vec::new();
-        for (key, available, holders) in views {
-            if holders.is_empty() {
-                continue;
-            }
-            let low = self.need(&key, lease_min).max(lease_min);
-            if available >= low {
-                continue;
-            }
-            let due = self.lock().next_ask.get(&key).is_none_or(|t| now >= *t);
-            if !due {
-                continue;
-            }
-            let want = Money::from_micros(low.micros().saturating_mul(2) - available.micros());
-            self.lock()
-                .next_ask
-                .insert(key.clone(), now + self.settings.ask_interval.max(TICK));
-            asks.push((key, want, available, holders));
-        }
-        asks
+        self.lock().state = Some((fp, Arc::new(state)));
+        let rules = self.rules(lease_min);
+        let mut plan = self.plan();
+        plan.sample(now, settled);
+        plan.asks(views, &rules, now)
     }
 }
 
@@ -1017,7 +927,13 @@ pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
         let asks = sync.tick(&node);
         sync.wake.notify_waiters();
         while asking.try_join_next().is_some() {}
-        for (key, want, have, holders) in asks {
+        for plan::Ask {
+            key,
+            want,
+            have,
+            holders,
+        } in asks
+        {
             let s = sync.clone();
             asking.spawn(async move {
                 let (mut want, mut have) = (want, have);
@@ -1043,7 +959,7 @@ pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
 /// transfer to it was made, and every `push_interval` anyway.
 async fn push_loop(node: Arc<Node>, peer: RegionId, mut stop: tokio::sync::watch::Receiver<bool>) {
     let sync = node.sync.clone();
-    let mut last_push: Option<Instant> = None;
+    let mut last_push: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = sync.wake.notified() => {}
@@ -1060,11 +976,13 @@ async fn push_loop(node: Arc<Node>, peer: RegionId, mut stop: tokio::sync::watch
             (state, now, acked)
         };
         let Some((fp, state)) = state else { continue };
-        let interval_due = last_push.is_none_or(|t| t.elapsed() >= sync.settings.push_interval);
+        let now = node.clock.mono();
+        let interval_due =
+            last_push.is_none_or(|t| now.saturating_sub(t) >= sync.settings.push_interval);
         if acked == Some(fp) && !push_now && !interval_due {
             continue;
         }
-        last_push = Some(Instant::now());
+        last_push = Some(now);
         if !sync.push_to(&node, &peer, fp, &state).await {
             // Tried every address; the next wake or interval tries again.
             tracing::debug!(peer = %peer, "push failed");
@@ -1075,7 +993,7 @@ async fn push_loop(node: Arc<Node>, peer: RegionId, mut stop: tokio::sync::watch
 impl Sync {
     /// The region view for `budgetctl status` and `budgetctl regions`.
     pub fn status(&self, node: &Node, campaign: Option<&CampaignId>) -> pb::RegionStatusReply {
-        let now = Instant::now();
+        let now = node.clock.mono();
         // A copy: our lock is never held inside the state machine's (see `receive`).
         let (peers, alarms) = {
             let inner = self.lock();
@@ -1165,10 +1083,9 @@ impl Sync {
         })
     }
 
-    /// Ages for the metrics: `(peer, since our last acked push, since its last push)` in ms,
-    /// -1 for never.
-    pub fn ages(&self) -> Vec<(RegionId, i64, i64)> {
-        let now = Instant::now();
+    /// Ages at `now` (the node's monotonic clock) for the metrics: `(peer, since our last
+    /// acked push, since its last push)` in ms, -1 for never.
+    pub fn ages(&self, now: Duration) -> Vec<(RegionId, i64, i64)> {
         self.lock()
             .peers
             .iter()
@@ -1180,43 +1097,5 @@ impl Sync {
                 )
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::to_give;
-
-    const BID: i64 = 2_000;
-
-    #[test]
-    fn crumbs_of_two_bidding_regions_flow_one_way_only() {
-        // eu-1 holds 1,412 and us-1 1,737, both bid, and each asks the other.
-        let eu_gives = to_give(1_412, 1_000, 5_000, BID, true, true);
-        let us_gives = to_give(1_737, 1_000, 5_000, BID, true, false);
-        assert_eq!((eu_gives, us_gives), (1_412, 0));
-        // A tie has one winner too.
-        let a = to_give(1_500, 1_000, 5_000, BID, true, true);
-        let b = to_give(1_500, 1_000, 5_000, BID, true, false);
-        assert_eq!((a, b), (1_500, 0));
-    }
-
-    #[test]
-    fn a_region_that_does_not_bid_gives_its_crumbs_to_anyone_up_to_the_want() {
-        assert_eq!(to_give(1_737, 0, 5_000, BID, false, false), 1_737);
-        assert_eq!(to_give(1_737, 0, 700, BID, false, false), 700);
-        assert_eq!(to_give(0, 0, 700, BID, false, true), 0);
-    }
-
-    #[test]
-    fn above_one_bid_only_whole_bids_beyond_the_need_are_given() {
-        // 10,000 held, 7,000 needed: 3,000 spare, capped by the want.
-        assert_eq!(to_give(10_000, 7_000, 50_000, BID, true, true), 3_000);
-        assert_eq!(to_give(10_000, 7_000, 2_500, BID, true, true), 2_500);
-        // Spare under one bid: nothing, whoever holds more.
-        assert_eq!(to_give(10_000, 8_500, 50_000, BID, true, true), 0);
-        assert_eq!(to_give(10_000, 8_500, 50_000, BID, false, true), 0);
-        // Needing more than it has.
-        assert_eq!(to_give(10_000, 20_000, 50_000, BID, true, true), 0);
     }
 }
