@@ -8,53 +8,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use openraft::BasicNode;
-use shared::bucket::{Bucket, BucketKey};
 use shared::log::SpendEvent;
+use shared::proto::nonneg_micros;
 use shared::proto::v1 as pb;
-use shared::proto::{WireError, nonneg_micros};
-use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money};
+use shared::{CampaignId, EdgeId, LeaseId, Money};
 use tonic::codegen::tokio_stream::{self, Stream};
 use tonic::{Request, Response, Status};
 
-use crate::ledger::{CampaignConfig, Command, Refusal, Reply, RequestKey};
+use crate::ledger::{Command, Refusal, Reply, RequestKey};
 use crate::node::{Node, ProposeError};
+use crate::wire;
 
 /// Most log records one `ReadLog` call streams.
 pub const READ_LOG_MAX: usize = 100_000;
 
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-fn wire(field: &'static str) -> impl Fn(shared::id::IdError) -> Status {
-    move |e| Status::invalid_argument(format!("{field}: {e}"))
-}
-
-pub(crate) fn request_key(k: Option<&pb::IdempotencyKey>) -> Result<RequestKey, Status> {
-    let bytes = k.map(|k| k.key.as_slice()).unwrap_or_default();
-    let key: [u8; 16] = bytes
-        .try_into()
-        .map_err(|_| bad("idempotency_key: must be 16 bytes"))?;
-    Ok(RequestKey(key))
-}
-
-fn batch_id(bytes: &[u8]) -> Result<BatchId, Status> {
-    Ok(BatchId(
-        bytes
-            .try_into()
-            .map_err(|_| bad("batch_id: must be 16 bytes"))?,
-    ))
-}
-
-pub(crate) fn bucket_key(k: Option<&pb::BucketKey>) -> Result<BucketKey, Status> {
-    let k = k.ok_or_else(|| bad("bucket: missing"))?;
-    let campaign: CampaignId = k.campaign.parse().map_err(wire("bucket.campaign"))?;
-    let bucket = k
-        .bucket
-        .as_ref()
-        .ok_or_else(|| bad("bucket.bucket: missing"))?;
-    let bucket = Bucket::try_from(bucket).map_err(|e: WireError| bad(e))?;
-    Ok(BucketKey { campaign, bucket })
 }
 
 fn not_leader(leader: Option<(u64, String)>) -> pb::NotLeader {
@@ -75,29 +44,6 @@ fn indefinite(e: ProposeError) -> Status {
 #[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
-}
-
-fn balance(
-    region: &shared::RegionId,
-    key: &BucketKey,
-    b: &crate::ledger::BucketState,
-    read_at: u64,
-) -> pb::Balance {
-    let rights =
-        i128::from(b.counter.available().micros()) + i128::from(b.counter.state().settled(region));
-    pb::Balance {
-        bucket: Some(pb::BucketKey {
-            campaign: key.campaign.to_string(),
-            bucket: Some(pb::Bucket::from(&key.bucket)),
-        }),
-        budget_micros: b.budget.micros(),
-        rights_micros: i64::try_from(rights).unwrap_or(i64::MAX),
-        settled_micros: b.settled().micros(),
-        leased_micros: b.leased.micros(),
-        in_doubt_micros: b.in_doubt.micros(),
-        available_micros: b.available().micros(),
-        read_at_index: read_at,
-    }
 }
 
 impl Api {
@@ -135,8 +81,11 @@ impl Api {
         make: fn(RequestKey, CampaignId) -> Command,
     ) -> Result<Response<pb::AdminReply>, Status> {
         let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
-        let campaign = r.campaign.parse().map_err(wire("campaign"))?;
+        let key = wire::request_key(r.idempotency_key.as_ref())?;
+        let campaign = r
+            .campaign
+            .parse()
+            .map_err(crate::wire::id_err("campaign"))?;
         self.admin(make(key, campaign)).await
     }
 
@@ -155,39 +104,6 @@ impl Api {
     }
 }
 
-pub(crate) fn campaign_config(
-    c: &pb::CampaignConfig,
-) -> Result<(CampaignId, CampaignConfig), Status> {
-    let id: CampaignId = c.campaign.parse().map_err(wire("config.campaign"))?;
-    let daily_budget = c
-        .daily_budget_micros
-        .map(|m| nonneg_micros("config.daily_budget_micros", m))
-        .transpose()
-        .map_err(bad)?;
-    let targeting = shared::proto::targeting_from_wire(c).map_err(bad)?;
-    let config = CampaignConfig {
-        zone: c.time_zone.clone(),
-        bid_cpm: Money::from_micros(c.bid_cpm_micros),
-        daily_budget,
-        targeting: Box::new(targeting),
-    };
-    Ok((id, config))
-}
-
-/// A campaign's settings on the wire.
-pub(crate) fn campaign_to_wire(id: &CampaignId, c: &crate::ledger::Campaign) -> pb::CampaignConfig {
-    let mut w = pb::CampaignConfig {
-        campaign: id.to_string(),
-        time_zone: c.config.zone.clone(),
-        bid_cpm_micros: c.config.bid_cpm.micros(),
-        paused: c.paused,
-        daily_budget_micros: c.config.daily_budget.map(Money::micros),
-        ..Default::default()
-    };
-    shared::proto::targeting_to_wire(&c.config.targeting, &mut w);
-    w
-}
-
 #[tonic::async_trait]
 impl pb::lease_api_server::LeaseApi for Api {
     async fn grant_lease(
@@ -195,12 +111,18 @@ impl pb::lease_api_server::LeaseApi for Api {
         request: Request<pb::GrantLeaseRequest>,
     ) -> Result<Response<pb::GrantLeaseReply>, Status> {
         let r = request.into_inner();
-        let campaign: CampaignId = r.campaign.parse().map_err(wire("campaign"))?;
+        let campaign: CampaignId = r
+            .campaign
+            .parse()
+            .map_err(crate::wire::id_err("campaign"))?;
         // Where edges want leases is where rights are wanted (region sync's rebalancing).
         self.node.sync.asked(&campaign, self.node.clock.mono());
         let command = Command::GrantLease {
-            key: request_key(r.idempotency_key.as_ref())?,
-            edge: r.edge.parse::<EdgeId>().map_err(wire("edge"))?,
+            key: wire::request_key(r.idempotency_key.as_ref())?,
+            edge: r
+                .edge
+                .parse::<EdgeId>()
+                .map_err(crate::wire::id_err("edge"))?,
             campaign,
             want: nonneg_micros("want_micros", r.want_micros).map_err(bad)?,
         };
@@ -276,8 +198,8 @@ impl pb::lease_api_server::LeaseApi for Api {
             .map(|e| SpendEvent::try_from(e).map_err(bad))
             .collect::<Result<Vec<_>, _>>()?;
         let command = Command::ReportSpend {
-            batch: batch_id(&r.batch_id)?,
-            edge: r.edge.parse().map_err(wire("edge"))?,
+            batch: wire::batch_id(&r.batch_id)?,
+            edge: r.edge.parse().map_err(crate::wire::id_err("edge"))?,
             lease: LeaseId(r.lease_id),
             events,
             losses: crate::wire::losses_from_wire(&r.losses)?,
@@ -337,8 +259,8 @@ impl pb::lease_api_server::LeaseApi for Api {
     ) -> Result<Response<pb::ReleaseLeaseReply>, Status> {
         let r = request.into_inner();
         let command = Command::ReleaseLease {
-            batch: batch_id(&r.batch_id)?,
-            edge: r.edge.parse().map_err(wire("edge"))?,
+            batch: wire::batch_id(&r.batch_id)?,
+            edge: r.edge.parse().map_err(crate::wire::id_err("edge"))?,
             lease: LeaseId(r.lease_id),
             unreserved: Money::from_micros(r.unreserved_micros),
             bids: r.bids,
@@ -368,7 +290,7 @@ impl pb::lease_api_server::LeaseApi for Api {
     ) -> Result<Response<pb::CheckInReply>, Status> {
         let r = request.into_inner();
         let command = Command::CheckIn {
-            edge: r.edge.parse().map_err(wire("edge"))?,
+            edge: r.edge.parse().map_err(crate::wire::id_err("edge"))?,
             incarnation: r.incarnation,
             covers: r.covers_index,
         };
@@ -414,7 +336,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             } else {
                 ledger
                     .campaigns()
-                    .map(|(id, c)| campaign_to_wire(id, c))
+                    .map(|(id, c)| wire::campaign_to_wire(id, c))
                     .collect()
             };
             // The newest day bucket of each campaign with a daily budget: buckets are ordered
@@ -465,9 +387,9 @@ impl pb::admin_server::Admin for Api {
         request: Request<pb::UpsertCampaignRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
         let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
+        let key = wire::request_key(r.idempotency_key.as_ref())?;
         let (campaign, config) =
-            campaign_config(r.config.as_ref().ok_or_else(|| bad("config: missing"))?)?;
+            wire::campaign_config(r.config.as_ref().ok_or_else(|| bad("config: missing"))?)?;
         self.admin(Command::UpsertCampaign {
             key,
             campaign,
@@ -481,8 +403,8 @@ impl pb::admin_server::Admin for Api {
         request: Request<pb::SetBudgetRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
         let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
-        let b = bucket_key(r.bucket.as_ref())?;
+        let key = wire::request_key(r.idempotency_key.as_ref())?;
+        let b = wire::bucket_key(r.bucket.as_ref())?;
         let budget = nonneg_micros("budget_micros", r.budget_micros).map_err(bad)?;
         self.admin(Command::SetBudget {
             key,
@@ -513,15 +435,15 @@ impl pb::admin_server::Admin for Api {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::Balance>, Status> {
-        let key = bucket_key(request.into_inner().bucket.as_ref())?;
+        let key = wire::bucket_key(request.into_inner().bucket.as_ref())?;
         let read_at = self.linearizable().await?;
         let balance = self.node.state.read(|m| {
             let l = m.ledger();
             match l.bucket(&key) {
-                Some(b) => Ok(balance(l.region(), &key, b, read_at)),
+                Some(b) => Ok(wire::balance(l.region(), &key, b, read_at)),
                 // A campaign's bucket that holds nothing yet (no budget set, a day not yet
                 // opened) is all zeros.
-                None if l.campaign(&key.campaign).is_some() => Ok(balance(
+                None if l.campaign(&key.campaign).is_some() => Ok(wire::balance(
                     l.region(),
                     &key,
                     &crate::ledger::BucketState::new(l.region()),
@@ -546,7 +468,7 @@ impl pb::admin_server::Admin for Api {
             m.ledger()
                 .buckets()
                 .filter(|(k, _)| campaign.is_empty() || k.campaign.as_str() == campaign)
-                .map(|(k, b)| balance(m.ledger().region(), k, b, read_at))
+                .map(|(k, b)| wire::balance(m.ledger().region(), k, b, read_at))
                 .collect()
         });
         Ok(Response::new(pb::ListBucketsReply { balances }))
@@ -671,7 +593,7 @@ impl pb::admin_server::Admin for Api {
         request: Request<pb::SetParamsRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
         let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
+        let key = wire::request_key(r.idempotency_key.as_ref())?;
         let params = r.params.as_ref().ok_or_else(|| bad("params: missing"))?;
         let params = crate::wire::params_from_wire(params)?;
         self.admin(Command::SetParams { key, params }).await
@@ -713,8 +635,8 @@ impl pb::admin_server::Admin for Api {
         request: Request<pb::RetireEdgeRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
         let r = request.into_inner();
-        let key = request_key(r.idempotency_key.as_ref())?;
-        let edge = r.edge.parse().map_err(wire("edge"))?;
+        let key = wire::request_key(r.idempotency_key.as_ref())?;
+        let edge = r.edge.parse().map_err(crate::wire::id_err("edge"))?;
         self.admin(Command::RetireEdge { key, edge }).await
     }
 
@@ -752,7 +674,11 @@ impl pb::admin_server::Admin for Api {
         let campaign: Option<CampaignId> = if r.campaign.is_empty() {
             None
         } else {
-            Some(r.campaign.parse().map_err(wire("campaign"))?)
+            Some(
+                r.campaign
+                    .parse()
+                    .map_err(crate::wire::id_err("campaign"))?,
+            )
         };
         if self.node.raft.metrics().borrow().current_leader != Some(self.node.id) {
             return Ok(Response::new(pb::RegionStatusReply {

@@ -157,90 +157,12 @@ fn fresh_key() -> RequestKey {
     RequestKey(k)
 }
 
-/// The rows of one bucket on the wire.
-pub fn counter_to_wire(
-    key: &BucketKey,
-    rows: &CounterRows,
-    leased: i64,
-    in_doubt: i64,
-) -> pb::BucketCounter {
-    let row = |(r, n): &(RegionId, u64)| pb::RegionRow {
-        region: r.to_string(),
-        micros: *n,
-    };
-    pb::BucketCounter {
-        bucket: Some(pb::BucketKey {
-            campaign: key.campaign.to_string(),
-            bucket: Some(pb::Bucket::from(&key.bucket)),
-        }),
-        created: rows.created.iter().map(row).collect(),
-        transferred: transfer_rows(rows),
-        settled: rows.settled.iter().map(row).collect(),
-        burned: rows.burned.iter().map(row).collect(),
-        leased_micros: leased,
-        in_doubt_micros: in_doubt,
-    }
-}
-
-/// The transfer rows on the wire.
-fn transfer_rows(rows: &CounterRows) -> Vec<pb::TransferRow> {
-    rows.transferred
-        .iter()
-        .map(|(a, b, n)| pb::TransferRow {
-            from_region: a.to_string(),
-            to_region: b.to_string(),
-            micros: *n,
-        })
-        .collect()
-}
-
-/// A bucket's rows from the wire; the error names the field.
-pub fn counter_from_wire(b: &pb::BucketCounter) -> Result<(BucketKey, CounterRows), String> {
-    let key = crate::api::bucket_key(b.bucket.as_ref()).map_err(|s| s.message().to_string())?;
-    let region = |field: &str, r: &str| -> Result<RegionId, String> {
-        r.parse().map_err(|e| format!("{field}: {e}"))
-    };
-    let mut rows = CounterRows::default();
-    for r in &b.created {
-        rows.created
-            .push((region("created.region", &r.region)?, r.micros));
-    }
-    for r in &b.transferred {
-        rows.transferred.push((
-            region("transferred.from_region", &r.from_region)?,
-            region("transferred.to_region", &r.to_region)?,
-            r.micros,
-        ));
-    }
-    for r in &b.settled {
-        rows.settled
-            .push((region("settled.region", &r.region)?, r.micros));
-    }
-    for r in &b.burned {
-        rows.burned
-            .push((region("burned.region", &r.region)?, r.micros));
-    }
-    // Rows travel as u64 micros; a row past i64::MAX is no money at all.
-    let too_big = rows
-        .created
-        .iter()
-        .map(|r| r.1)
-        .chain(rows.transferred.iter().map(|r| r.2))
-        .chain(rows.settled.iter().map(|r| r.1))
-        .chain(rows.burned.iter().map(|r| r.1))
-        .any(|n| i64::try_from(n).is_err());
-    if too_big {
-        return Err(format!("{key}: a row exceeds the largest amount of money"));
-    }
-    Ok((key, rows))
-}
-
 /// Builds this region's state to push: every bucket, the campaigns homed here, the log head.
 pub fn state_of(ledger: &Ledger) -> pb::RegionState {
     let buckets = ledger
         .buckets()
         .map(|(k, b)| {
-            counter_to_wire(
+            crate::wire::counter_to_wire(
                 k,
                 &CounterRows::from(b.counter.state()),
                 b.leased.micros(),
@@ -252,7 +174,7 @@ pub fn state_of(ledger: &Ledger) -> pb::RegionState {
         .campaigns()
         .filter(|(_, c)| c.home == *ledger.region())
         .map(|(id, c)| pb::HomeCampaign {
-            config: Some(crate::api::campaign_to_wire(id, c)),
+            config: Some(crate::wire::campaign_to_wire(id, c)),
             version: c.home_version,
         })
         .collect();
@@ -498,7 +420,8 @@ impl Sync {
         let mut buckets = Vec::with_capacity(state.buckets.len());
         let mut figures = BTreeMap::new();
         for b in &state.buckets {
-            let (bucket, rows) = counter_from_wire(b).map_err(ReceiveError::Invalid)?;
+            let (bucket, rows) =
+                crate::wire::counter_from_wire(b).map_err(ReceiveError::Invalid)?;
             figures.insert(bucket.clone(), (b.leased_micros, b.in_doubt_micros));
             buckets.push(RemoteBucket { bucket, rows });
         }
@@ -508,7 +431,7 @@ impl Sync {
                 .config
                 .as_ref()
                 .ok_or_else(|| ReceiveError::Invalid("campaigns.config: missing".into()))?;
-            let (campaign, config) = crate::api::campaign_config(cfg)
+            let (campaign, config) = crate::wire::campaign_config(cfg)
                 .map_err(|s| ReceiveError::Invalid(s.message().to_string()))?;
             campaigns.push(RemoteCampaign {
                 campaign,
@@ -699,13 +622,13 @@ impl Sync {
         if !self.lock().peers.contains_key(&to) {
             return Err(DonateError::UnknownPeer(to));
         }
-        let key = crate::api::bucket_key(r.bucket.as_ref())
+        let key = crate::wire::bucket_key(r.bucket.as_ref())
             .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
         let want = shared::proto::nonneg_micros("want_micros", r.want_micros)
             .map_err(|e| DonateError::Invalid(e.to_string()))?;
         let theirs = shared::proto::nonneg_micros("have_micros", r.have_micros)
             .map_err(|e| DonateError::Invalid(e.to_string()))?;
-        let idem = crate::api::request_key(r.idempotency_key.as_ref())
+        let idem = crate::wire::request_key(r.idempotency_key.as_ref())
             .map_err(|s| DonateError::Invalid(s.message().to_string()))?;
         if node.raft.metrics().borrow().current_leader != Some(node.id) {
             return Err(DonateError::NotLeader(node.leader()));
@@ -1067,7 +990,7 @@ impl Sync {
                             .map(|c| c.home.to_string())
                             .unwrap_or_default(),
                         regions: figures,
-                        transferred: transfer_rows(&CounterRows::from(s)),
+                        transferred: crate::wire::transfer_rows(&CounterRows::from(s)),
                     }
                 })
                 .collect();
