@@ -97,10 +97,15 @@ impl Conn {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
+        // HTTP/2 pings replace a connection a partition killed within seconds of the heal,
+        // rather than after TCP's retransmission backoff (as the edges' and region sync's).
         let channel = self
             .transport
             .endpoint(&self.addr)?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .local_address(self.outgoing)
             .connect_lazy();
         let client = RaftTransportClient::new(channel)
