@@ -939,39 +939,36 @@ impl Ledger {
         if day_applies {
             buckets.push(Bucket::Day(day));
         }
-        for b in &buckets {
-            let k = BucketKey {
-                campaign: campaign.clone(),
-                bucket: *b,
-            };
-            if let Some(s) = self.buckets.get_mut(&k) {
-                s.leased = add(s.leased, amount);
-            }
-            self.changes.buckets.insert(k);
-        }
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
         self.changes.leases.insert(id);
         let terms = Terms::of(&self.params);
-        self.leases.insert(
-            id,
-            Lease {
-                edge: edge.clone(),
-                campaign: campaign.clone(),
-                buckets: buckets.clone(),
-                amount,
-                spent: Money::ZERO,
-                lost: Money::ZERO,
-                state: LeaseState::Open,
-                terms,
-                granted_at_index: stamp.index,
-                bids: None,
-                events: Vec::new(),
-                requests: Vec::new(),
-                retired: None,
-                due: BTreeMap::new(),
-            },
+        let lease = Lease {
+            edge: edge.clone(),
+            campaign: campaign.clone(),
+            buckets: buckets.clone(),
+            amount,
+            spent: Money::ZERO,
+            lost: Money::ZERO,
+            state: LeaseState::Open,
+            terms,
+            granted_at_index: stamp.index,
+            bids: None,
+            events: Vec::new(),
+            requests: Vec::new(),
+            retired: None,
+            due: BTreeMap::new(),
+        };
+        // Every bucket of the lease was found or opened above (a missing one panics in shift).
+        shift(
+            &mut self.buckets,
+            &mut self.changes,
+            &lease,
+            Pool::Available,
+            Pool::Leased,
+            amount,
         );
+        self.leases.insert(id, lease);
         out.push(Payload::LeaseGranted(LeaseGranted {
             lease: id,
             edge: edge.clone(),
