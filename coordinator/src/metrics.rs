@@ -1,7 +1,9 @@
 //! Prometheus metrics of a node, served as text on HTTP `GET /metrics`.
 //!
 //! Counters are updated where things happen (commands proposed here, synced writes); gauges
-//! are read from Raft and the ledger when scraped.
+//! are set from Raft, the ledger, the clock and region sync when scraped, by the node
+//! (`Node::render_metrics`), which hands each reading in: this module is a sink, and knows no
+//! `Node`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -15,8 +17,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shared::bucket::Bucket;
 
+use crate::ledger::Ledger;
 use crate::ledger::{Command, LeaseState, Reply};
-use crate::node::Node;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -393,57 +395,60 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The metrics as Prometheus text, with gauges read from `node` now.
-    pub fn render(&self, node: &Node) -> String {
-        let m = node.raft.metrics().borrow().clone();
-        if let Some(t) = node.transport.certificate_expiry() {
-            self.certificate_expiry.set(t);
-        }
-        self.term
-            .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
-        self.leader.set(
-            m.current_leader
-                .map_or(0, |l| i64::try_from(l).unwrap_or(0)),
-        );
-        self.last_log_index.set(
-            m.last_log_index
-                .map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX)),
-        );
-        self.applied_index.set(
-            m.last_applied
-                .map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX)),
-        );
-        let (head, settled, open) = node.state.read(|machine| {
-            let l = machine.ledger();
-            let head = i64::try_from(l.chain().next_seq()).unwrap_or(i64::MAX) - 1;
-            let settled: i64 = l
-                .buckets()
-                .filter(|(k, _)| k.bucket == Bucket::Lifetime)
-                .map(|(_, b)| b.settled().micros())
-                .fold(0, i64::saturating_add);
-            let open = l
-                .leases()
-                .filter(|(_, lease)| lease.state == LeaseState::Open)
-                .count();
-            self.registered_edges
-                .set(i64::try_from(l.edges().len()).unwrap_or(i64::MAX));
-            self.ahead_of_pace
-                .set(ahead_of_pace(l, node.clock.wall_us()));
-            self.campaigns(l);
-            let waiting = l.waiting_for_check_ins();
-            self.in_doubt_waiting_parts
-                .set(i64::try_from(waiting.parts).unwrap_or(i64::MAX));
-            self.in_doubt_waiting_micros.set(waiting.money.micros());
-            (head, settled, open)
-        });
+    /// Raft's figures now: term, leader (`None`: none known), last log index, applied index.
+    pub fn observe_raft(
+        &self,
+        term: u64,
+        leader: Option<u64>,
+        last_log_index: Option<u64>,
+        applied: Option<u64>,
+    ) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.term.set(n(term));
+        self.leader.set(leader.map_or(0, n));
+        self.last_log_index.set(last_log_index.map_or(0, n));
+        self.applied_index.set(applied.map_or(0, n));
+    }
+
+    /// The ledger's figures now, at wall time `wall_us` (for the pace of today's budgets).
+    pub fn observe_ledger(&self, l: &Ledger, wall_us: i64) {
+        let head = i64::try_from(l.chain().next_seq()).unwrap_or(i64::MAX) - 1;
+        let settled: i64 = l
+            .buckets()
+            .filter(|(k, _)| k.bucket == Bucket::Lifetime)
+            .map(|(_, b)| b.settled().micros())
+            .fold(0, i64::saturating_add);
+        let open = l
+            .leases()
+            .filter(|(_, lease)| lease.state == LeaseState::Open)
+            .count();
+        self.registered_edges
+            .set(i64::try_from(l.edges().len()).unwrap_or(i64::MAX));
+        self.ahead_of_pace.set(ahead_of_pace(l, wall_us));
+        self.campaigns(l);
+        let waiting = l.waiting_for_check_ins();
+        self.in_doubt_waiting_parts
+            .set(i64::try_from(waiting.parts).unwrap_or(i64::MAX));
+        self.in_doubt_waiting_micros.set(waiting.money.micros());
         self.log_head_seq.set(head);
         self.settled_micros.set(settled);
-        self.clock_wall_seconds
-            .set(node.clock.wall_us() as f64 / 1e6);
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
-        for (peer, push, receive) in node.sync.ages(node.clock.mono()) {
-            for (of, v) in [("push", push), ("receive", receive)] {
+    }
+
+    /// The node's wall clock now (µs), and its TLS certificate's expiry (unix s), if any.
+    pub fn observe_clock(&self, wall_us: i64, certificate_expiry: Option<i64>) {
+        self.clock_wall_seconds.set(wall_us as f64 / 1e6);
+        if let Some(t) = certificate_expiry {
+            self.certificate_expiry.set(t);
+        }
+    }
+
+    /// Region sync's ages: `(peer, since our last acked push, since its last push)` in ms, -1
+    /// for never.
+    pub fn observe_region_ages(&self, ages: &[(shared::RegionId, i64, i64)]) {
+        for (peer, push, receive) in ages {
+            for (of, v) in [("push", *push), ("receive", *receive)] {
                 self.region_sync_age_seconds
                     .get_or_create(&AgeLabels {
                         peer: peer.to_string(),
@@ -452,6 +457,10 @@ impl Metrics {
                     .set(if v < 0 { -1.0 } else { v as f64 / 1e3 });
             }
         }
+    }
+
+    /// The metrics as Prometheus text, as last observed.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -459,23 +468,24 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` for `node` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener`, each scrape answered with `render()`, until `shutdown`
+/// resolves.
 pub async fn serve(
-    node: Arc<Node>,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let node = node.clone();
+            let render = render.clone();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         shared::exposition::CONTENT_TYPE,
                     )],
-                    node.metrics.render(&node),
+                    render(),
                 )
             }
         }),

@@ -345,6 +345,26 @@ impl Node {
         }
     }
 
+    /// The node's metrics as Prometheus text, with every gauge read now: Raft's figures, the
+    /// ledger's, the clock, the certificate's expiry and region sync's ages.
+    pub fn render_metrics(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        self.metrics.observe_raft(
+            m.current_term,
+            m.current_leader,
+            m.last_log_index,
+            m.last_applied.map(|l| l.index),
+        );
+        let wall_us = self.clock.wall_us();
+        self.state
+            .read(|machine| self.metrics.observe_ledger(machine.ledger(), wall_us));
+        self.metrics
+            .observe_clock(wall_us, self.transport.certificate_expiry());
+        self.metrics
+            .observe_region_ages(&self.sync.ages(self.clock.mono()));
+        self.metrics.encode()
+    }
+
     /// The leader as this node knows it: `(id, address)`.
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow().clone();

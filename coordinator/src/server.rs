@@ -611,8 +611,9 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", config.metrics_listen))?;
         tracing::info!(addr = %config.metrics_listen, "metrics on http://{}/metrics", config.metrics_listen);
         let mut stop = stop_rx.clone();
+        let scraped = node.clone();
         Some(tokio::spawn(crate::metrics::serve(
-            node.clone(),
+            Arc::new(move || scraped.render_metrics()),
             l,
             async move {
                 let _ = stop.changed().await;

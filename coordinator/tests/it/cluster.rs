@@ -683,10 +683,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     let head_hash: [u8; 32] = head.hash.try_into().unwrap();
     v.finish(Some(&head_hash)).unwrap();
     // The leader's metrics show what it did.
-    let text = region.nodes[leader]
-        .node
-        .metrics
-        .render(&region.nodes[leader].node);
+    let text = region.nodes[leader].node.render_metrics();
     for want in [
         "budget_commands_total{kind=\"grant_lease\",result=\"applied\"}",
         "budget_commands_total{kind=\"report_spend\",result=\"applied\"} 1",

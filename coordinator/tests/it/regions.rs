@@ -367,7 +367,7 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
     assert_eq!(code, Some(0), "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["regions"]["peers"][0]["region"], "us-1", "{json}");
-    let metrics = eu.node.metrics.render(&eu.node);
+    let metrics = eu.node.render_metrics();
     assert!(
         metrics.contains("budget_region_transferred_micros_total{direction=\"out\"} 1000000"),
         "{metrics}"
@@ -479,7 +479,7 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
         "{:?}",
         status.alarms
     );
-    let metrics = eu.node.metrics.render(&eu.node);
+    let metrics = eu.node.render_metrics();
     assert!(
         metrics.contains("budget_region_alarms_total{peer=\"us-1\",result=\"data_loss\"} 1"),
         "{metrics}"
