@@ -166,7 +166,9 @@ async fn main() {
             .expect("node"),
         );
         let serving = node.clone();
-        tokio::spawn(async move { serving.serve(l, std::future::pending()).await });
+        tokio::spawn(
+            async move { coordinator::api::serve(&serving, l, std::future::pending()).await },
+        );
         nodes.push(node);
     }
     nodes[0].initialize(addrs.clone()).await.expect("init");

@@ -11,7 +11,9 @@ use openraft::BasicNode;
 use shared::log::SpendEvent;
 use shared::proto::nonneg_micros;
 use shared::proto::v1 as pb;
+use shared::tls::Role;
 use shared::{CampaignId, EdgeId, LeaseId, Money};
+use tokio::net::TcpListener;
 use tonic::codegen::tokio_stream::{self, Stream};
 use tonic::{Request, Response, Status};
 
@@ -924,4 +926,76 @@ impl pb::region_sync_server::RegionSync for Api {
             transfer_log_seq: seq,
         }))
     }
+}
+
+/// Which roles each gRPC service admits (with TLS; DESIGN §10).
+pub struct Access {
+    /// Raft between the nodes of a region.
+    pub raft: &'static [Role],
+    /// Leases, spend reports and the campaign list: edges; operators list campaigns.
+    pub lease: &'static [Role],
+    /// Campaigns, budgets, balances, membership.
+    pub admin: &'static [Role],
+    /// The financial log, read only.
+    pub audit: &'static [Role],
+    /// Pushes and rights transfers between regions.
+    pub region_sync: &'static [Role],
+}
+
+/// The coordinator's access rules.
+pub const ACCESS: Access = Access {
+    raft: &[Role::Coordinator],
+    lease: &[Role::Edge, Role::Operator],
+    admin: &[Role::Operator],
+    audit: &[Role::Auditor, Role::Operator],
+    region_sync: &[Role::Coordinator],
+};
+
+/// Serves the node's gRPC services (Raft transport, lease, admin, audit, region sync) on
+/// `listener` until `shutdown` resolves. With TLS, each service admits only the roles in
+/// [`ACCESS`].
+pub async fn serve(
+    node: &Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use shared::proto::v1::{
+        admin_server::AdminServer, audit_server::AuditServer, lease_api_server::LeaseApiServer,
+        region_sync_server::RegionSyncServer,
+    };
+    use tonic::service::interceptor::InterceptedService as Guarded;
+    let api = Api::new(node.clone());
+    let t = &node.transport;
+    t.server(tonic::transport::Server::builder())?
+        .add_service(Guarded::new(
+            node.raft_service(),
+            // Raft only from this region's own coordinators.
+            t.guard_in_region(ACCESS.raft, node.region.as_str()),
+        ))
+        .add_service(Guarded::new(
+            LeaseApiServer::new(api.clone()),
+            // Leases only to this region's edges (operators name no region).
+            t.guard_in_region(ACCESS.lease, node.region.as_str()),
+        ))
+        .add_service(Guarded::new(
+            AdminServer::new(api.clone()),
+            t.guard(ACCESS.admin),
+        ))
+        .add_service(Guarded::new(
+            AuditServer::new(api.clone()),
+            t.guard(ACCESS.audit),
+        ))
+        .add_service(Guarded::new(
+            RegionSyncServer::new(api)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            t.guard(ACCESS.region_sync),
+        ))
+        .serve_with_incoming_shutdown(
+            // No Nagle: a small reply must not wait for the client's delayed ACK (40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
 }

@@ -591,11 +591,10 @@ pub async fn run(
     let serving = node.clone();
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
-        serving
-            .serve(listener, async move {
-                let _ = server_stop.changed().await;
-            })
-            .await
+        crate::api::serve(&serving, listener, async move {
+            let _ = server_stop.changed().await;
+        })
+        .await
     });
     if !members.is_empty() {
         match node.initialize(members).await {

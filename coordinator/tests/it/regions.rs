@@ -48,12 +48,11 @@ async fn start(
     let serving = node.clone();
     let mut s = stop_rx.clone();
     let server = tokio::spawn(async move {
-        serving
-            .serve(listener, async move {
-                let _ = s.changed().await;
-            })
-            .await
-            .unwrap();
+        coordinator::api::serve(&serving, listener, async move {
+            let _ = s.changed().await;
+        })
+        .await
+        .unwrap();
     });
     let sync = tokio::spawn(coordinator::region::sync_loop(node.clone(), stop_rx));
     // Fails harmlessly on a restart: the region is initialized already.
