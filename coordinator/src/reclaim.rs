@@ -161,6 +161,11 @@ impl Timers {
         }
     }
 
+    /// The timers hold `lease`'s reclaim wait.
+    pub fn tracks(&self, lease: LeaseId) -> bool {
+        self.open.contains_key(&lease)
+    }
+
     /// Open leases whose reclaim wait has ended by `now`: propose `ReclaimLeases` for them.
     pub fn due_reclaims(&self, now: Mono) -> Vec<LeaseId> {
         self.open

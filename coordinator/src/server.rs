@@ -352,6 +352,12 @@ pub async fn reclaim_step(
         );
         timers.became_leader(now, open.iter().copied(), in_doubt.iter().copied());
     } else {
+        // When the leader first saw each new lease open, on its monotonic clock: the harness's
+        // check of the reclaim rule (I8) measures each wait from the earliest sign of a grant
+        // after its apply, this or the grant's answer (which a pause can delay by seconds).
+        for (id, _) in open.iter().filter(|(id, _)| !timers.tracks(*id)) {
+            tracing::debug!(target: "budget::timeline", lease = id.0, mono_ms = mono_ms(now), "lease seen open");
+        }
         timers.sync(now, &open, &in_doubt);
     }
     let reclaim = timers.due_reclaims(now);
