@@ -273,8 +273,25 @@ pub fn run(
                 continue;
             }
         };
-        // A look shortly after injection, for what can only be seen while in force.
+        // A look shortly after injection, for what can only be seen while in force. A skewed
+        // clock is seen on the node's `/metrics`: a node restarted just before (a kill's heal)
+        // may not answer yet, and is given up to 5 s, within the window, to come up (a
+        // clock-election 1 s after a kill found its follower refusing connections: seed 20).
         std::thread::sleep(Duration::from_millis(300));
+        if let Active::Clock(node, _) = &active {
+            let metrics = {
+                let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
+                t.node_mut(node).map(|n| n.metrics.clone()).ok()
+            };
+            let until = (Instant::now() + Duration::from_secs(5))
+                .min(start + Duration::from_millis(w.end_ms));
+            while let Some(m) = &metrics {
+                if http_get(m, "/metrics").is_ok() || Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let early = {
             let mut t = topo.lock().unwrap_or_else(|p| p.into_inner());
             look(&active, &w.fault, &mut t, start)
