@@ -101,7 +101,7 @@ async fn the_exchange_bills_what_the_ledger_settles_and_budgets_are_spent_but_ne
         promtool_check(&String::from_utf8_lossy(&r.body), base);
     }
     for n in &region.nodes {
-        promtool_check(&n.metrics.render(n), &format!("coordinator {}", n.id));
+        promtool_check(&n.render_metrics(), &format!("coordinator {}", n.id));
     }
 }
 
