@@ -299,6 +299,8 @@ fn every_planted_bug_is_caught_with_its_seed() {
     let target = root.join("target/planted");
     let status = Command::new(env!("CARGO"))
         .current_dir(root)
+        // A one-off build: incremental artifacts would only take disk.
+        .env("CARGO_INCREMENTAL", "0")
         .args([
             "build",
             "--locked",
