@@ -82,11 +82,14 @@ pub enum Kind {
     BidsLost = 10,
     /// The region's lease and reclaim rules were set (at `cluster init` or by an operator).
     ParamsSet = 11,
+    /// Bids charged against a released lease's in-doubt money: what their reservations held
+    /// beyond the charges goes back at once.
+    RestReturned = 12,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::BudgetSet,
         Kind::LeaseGranted,
         Kind::SpendBatch,
@@ -98,6 +101,7 @@ impl Kind {
         Kind::Anomaly,
         Kind::BidsLost,
         Kind::ParamsSet,
+        Kind::RestReturned,
     ];
 
     /// The kind with byte `b`.
@@ -119,6 +123,7 @@ impl Kind {
             Kind::Anomaly => "anomaly",
             Kind::BidsLost => "bids_lost",
             Kind::ParamsSet => "params_set",
+            Kind::RestReturned => "rest_returned",
         }
     }
 }
@@ -450,6 +455,23 @@ pub struct BidsLost {
     pub returned: Money,
 }
 
+/// `RestReturned`: `count` bids charged in batch `batch` under `lease` after its release,
+/// whose whole bid prices its in-doubt money held (the edge that released it had seen no notice
+/// for them). A bid is charged its clearing price; `returned`, the rest of their reservations
+/// (bid prices less charges), went back to the region at once, from the in-doubt parts (shortest
+/// wait first), as a loss notice returns a lost bid's whole price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestReturned {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The edge's batch id (its `spend_batch` comes just before, when it settled anything).
+    pub batch: BatchId,
+    /// How many charged bids gave back a rest.
+    pub count: u32,
+    /// What returned to the region by this entry (≥ 1 micro).
+    pub returned: Money,
+}
+
 /// The region's lease and reclaim rules: replicated state, the same on every replica, changed
 /// only by a `params_set` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +626,8 @@ pub enum Payload {
     BidsLost(BidsLost),
     /// See [`ParamsSet`].
     ParamsSet(ParamsSet),
+    /// See [`RestReturned`].
+    RestReturned(RestReturned),
 }
 
 /// Why a payload could not be encoded.
@@ -664,6 +688,7 @@ impl Payload {
             Payload::Anomaly(_) => Kind::Anomaly,
             Payload::BidsLost(_) => Kind::BidsLost,
             Payload::ParamsSet(_) => Kind::ParamsSet,
+            Payload::RestReturned(_) => Kind::RestReturned,
         }
     }
 
@@ -812,6 +837,22 @@ impl Payload {
                 w.money(q.lease_min);
                 w.u64(q.closed_leases_retained);
                 w.u64(q.requests_retained);
+            }
+            Payload::RestReturned(p) => {
+                if p.count == 0 {
+                    return Err(EncodeError::Invalid(
+                        "a rest_returned entry names at least one bid",
+                    ));
+                }
+                if p.returned.micros() <= 0 {
+                    return Err(EncodeError::Invalid(
+                        "a rest_returned entry returns at least one micro",
+                    ));
+                }
+                w.u64(p.lease.0);
+                w.batch(&p.batch);
+                w.u32(p.count);
+                w.money(p.returned);
             }
         }
         Ok(w.into_bytes())
@@ -1003,6 +1044,30 @@ impl Payload {
                     requests_retained: r.u64("requests retained")?,
                 },
             }),
+            Kind::RestReturned => {
+                let lease = LeaseId(r.u64("lease")?);
+                let batch = r.batch("batch id")?;
+                let count = r.u32("count")?;
+                if count == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "count",
+                        detail: "a rest_returned entry names at least one bid".into(),
+                    });
+                }
+                let returned = r.money_nonneg("returned")?;
+                if returned.micros() == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "returned",
+                        detail: "a rest_returned entry returns at least one micro".into(),
+                    });
+                }
+                Payload::RestReturned(RestReturned {
+                    lease,
+                    batch,
+                    count,
+                    returned,
+                })
+            }
         };
         r.finish("payload")?;
         Ok((payload, summary))
@@ -1167,7 +1232,7 @@ mod tests {
             assert_eq!(*k as u8, i as u8 + 1);
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(12), None);
+        assert_eq!(Kind::from_u8(13), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::money::Money;
 use super::entry::{
     Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
     LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Payload, Received, RemoteMerged,
-    RightsTransferred, SpendBatch, SpendEvent,
+    RestReturned, RightsTransferred, SpendBatch, SpendEvent,
 };
 use super::segment::{SegmentWriter, WriteError, segment_file_name};
 use super::{Chain, Hash};
@@ -374,6 +374,27 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
                 count,
                 bid_total: Money::from_micros(i64::from(count) * rng.i64(200..12_000)),
                 returned: Money::ZERO,
+            })
+        } else if roll < 88
+            && !in_doubt.is_empty()
+            && in_doubt[0].2.amount.micros() >= 2_000
+            && rng.bool()
+        {
+            // A bid charged after the release gives back the rest of its price: part of the
+            // part returns now, the rest waits on.
+            let (lease, campaign, part) = &mut in_doubt[0];
+            let rest = Money::from_micros(rng.i64(1..part.amount.micros() / 2));
+            part.amount = part.amount.checked_sub(rest).unwrap_or(Money::ZERO);
+            let (lease, campaign) = (*lease, *campaign);
+            camps[campaign].available = camps[campaign]
+                .available
+                .checked_add(rest)
+                .unwrap_or(Money::MAX);
+            Payload::RestReturned(RestReturned {
+                lease,
+                batch: BatchId::random(&mut rng),
+                count: 1,
+                returned: rest,
             })
         } else if roll < 88 && !in_doubt.is_empty() {
             let (lease, campaign, part) = in_doubt.remove(0);

@@ -6,7 +6,7 @@ use jiff::civil::date;
 use serde_json::{Value, json};
 use shared::log::entry::{
     Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
-    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Received, RemoteMerged,
+    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Received, RemoteMerged, RestReturned,
     RightsTransferred, SpendBatch, body_digest, genesis,
 };
 use shared::log::merkle;
@@ -134,6 +134,12 @@ fn payloads() -> Vec<Payload> {
         }),
         Payload::ParamsSet(ParamsSet {
             params: LeaseParams::default(),
+        }),
+        Payload::RestReturned(RestReturned {
+            lease: n("L1"),
+            batch: BatchId(*b"batch-0000000004"),
+            count: 1,
+            returned: m(750),
         }),
     ]
 }
