@@ -126,6 +126,7 @@ fn apply_cost() {
                 })
                 .collect(),
             losses: Vec::new(),
+            held: Vec::new(),
         })
         .collect();
     let start = Instant::now();
@@ -266,6 +267,7 @@ async fn main() {
                     lease_id: lease.lease_id,
                     events,
                     losses: Vec::new(),
+                    held: Vec::new(),
                 };
                 if let Some(pb::report_spend_reply::Result::Settled(s)) = leases
                     .report_spend(req)

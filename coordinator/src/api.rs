@@ -204,7 +204,8 @@ impl pb::lease_api_server::LeaseApi for Api {
             edge: r.edge.parse().map_err(crate::wire::id_err("edge"))?,
             lease: LeaseId(r.lease_id),
             events,
-            losses: crate::wire::losses_from_wire(&r.losses)?,
+            losses: crate::wire::bid_prices_from_wire("losses", &r.losses)?,
+            held: crate::wire::bid_prices_from_wire("held", &r.held)?,
         };
         use pb::report_spend_reply::Result as R;
         let result = match self.propose(command).await? {

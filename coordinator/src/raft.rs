@@ -150,6 +150,7 @@ mod tests {
                     amount: Money::from_micros(1_200),
                 }],
                 losses: vec![],
+                held: vec![],
             },
             Command::ReleaseLease {
                 batch: BatchId([5; 16]),

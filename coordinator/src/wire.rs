@@ -11,7 +11,7 @@ use shared::proto::{WireError, nonneg_micros};
 use shared::{BatchId, CampaignId, Money, RegionId};
 use tonic::Status;
 
-use crate::ledger::{CampaignConfig, LostBid, Params, RequestKey, Terms};
+use crate::ledger::{BidPrice, CampaignConfig, Params, RequestKey, Terms};
 
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
@@ -103,19 +103,20 @@ pub fn parts_from_wire(parts: &[pb::DoubtPart]) -> Result<Vec<DoubtPart>, Status
         .collect()
 }
 
-/// Lost bids from the wire.
-pub fn losses_from_wire(losses: &[pb::LostBid]) -> Result<Vec<LostBid>, Status> {
-    losses
-        .iter()
+/// Bids and their prices from the wire (a report's `losses` or `held`, named by `field`).
+pub fn bid_prices_from_wire(
+    field: &'static str,
+    bids: &[pb::LostBid],
+) -> Result<Vec<BidPrice>, Status> {
+    bids.iter()
         .enumerate()
         .map(|(i, l)| {
             if l.bid == 0 {
-                return Err(bad(format!("losses[{i}].bid: bid numbers start at 1")));
+                return Err(bad(format!("{field}[{i}].bid: bid numbers start at 1")));
             }
-            Ok(LostBid {
-                bid: l.bid,
-                amount: nonneg_micros("losses.amount_micros", l.amount_micros).map_err(bad)?,
-            })
+            let amount = nonneg_micros("amount_micros", l.amount_micros)
+                .map_err(|e| bad(format!("{field}[{i}].{e}")))?;
+            Ok(BidPrice { bid: l.bid, amount })
         })
         .collect()
 }

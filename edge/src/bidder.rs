@@ -40,6 +40,11 @@ pub struct Edge {
     pub slots: Mutex<Slots>,
     /// Leases this edge holds, current or settling.
     pub leases: Mutex<HashMap<LeaseId, Arc<ActiveLease>>>,
+    /// Leases this edge released with money in doubt, until their bids' deadlines have passed
+    /// (at most [`RELEASED_HELD_MAX`]): whether a late notice is the first this edge saw for its
+    /// bid, so whether the release counted the bid's whole price in doubt. Taken under the
+    /// `leases` lock, after it, when a lease moves here from `leases`.
+    pub released_held: Mutex<HashMap<LeaseId, (Arc<ActiveLease>, std::time::Duration)>>,
     /// Time.
     pub clock: Clock,
     /// Metrics.
@@ -58,6 +63,11 @@ pub struct Edge {
 
 /// How many released leases `/debug/leases` remembers.
 pub const RELEASED_KEPT: usize = 1_000;
+
+/// How many released leases with money in doubt an edge remembers for their late notices.
+/// Past it, a late notice of a forgotten lease settles its charge only (the rest of its bid's
+/// price waits for its deadline) and reports a loss as if another edge had released it.
+pub const RELEASED_HELD_MAX: usize = 65_536;
 
 /// One lease as `/debug/leases` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -375,13 +385,27 @@ impl Edge {
             tracing::info!(lease = %n.lease, bid = n.bid_no, key = %n.key, case = n.price.as_str(), "clearing price unreadable; the bid price is spent");
         }
         let spend = n.spend();
-        // Give back what will not be spent, once, if the lease is ours.
-        let held = self
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&n.lease)
-            .cloned();
+        // Give back what will not be spent, once, if the lease is ours. If this edge released
+        // it, the release counted the bid's whole price in doubt unless a notice for it came
+        // before (the lease moves between the maps under the `leases` lock, so one of the two
+        // holds it for the lookup).
+        let (held, released) = {
+            let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            match leases.get(&n.lease) {
+                Some(l) => (Some(l.clone()), None),
+                None => {
+                    let released = self
+                        .released_held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&n.lease)
+                        .map(|(l, _)| l.clone());
+                    (None, released)
+                }
+            }
+        };
+        // Some(true): released by this edge, and this is the first notice it saw for the bid.
+        let first_after_release = released.as_ref().map(|l| l.first_notice(n.bid_no));
         if let Some(lease) = &held {
             if n.bid_no > lease.bids() {
                 self.metrics.notice(kind.as_str(), "unknown_bid");
@@ -403,9 +427,10 @@ impl Edge {
             }
         }
         let Some(amount) = spend else {
-            if held.is_none() {
-                // A loss for a lease another edge holds, or one already released: the ledger
-                // returns what the bid's reservation holds there.
+            if held.is_none() && first_after_release != Some(false) {
+                // A loss for a lease another edge holds, or one already released (not one whose
+                // bid had a notice here before the release: its money is not in doubt): the
+                // ledger returns what the bid's reservation holds there.
                 self.settler.lost(
                     n.lease,
                     crate::settle::Lost {
@@ -427,11 +452,22 @@ impl Edge {
             // The planted bug (test builds only): acknowledge first, settle in the background.
             let settler = self.settler.clone();
             let lease = n.lease;
-            tokio::spawn(async move { settler.spend(lease, event).await });
+            tokio::spawn(async move { settler.spend(lease, event, None).await });
             self.metrics.notices_pending.dec();
             return (200, "ok\n".into());
         }
-        let wait = match self.settler.submit(n.lease, event).await {
+        // The rest of the price comes back from doubt only when this edge knows the release
+        // held the whole price.
+        let whole = (first_after_release == Some(true)).then_some(n.bid);
+        if whole.is_some_and(|price| price > amount) {
+            self.metrics
+                .reservations
+                .get_or_create(&Outcome {
+                    outcome: "given_back_after_release",
+                })
+                .inc();
+        }
+        let wait = match self.settler.submit(n.lease, event, whole).await {
             Ok(wait) => wait,
             Err(_) => {
                 self.metrics.notices_pending.dec();

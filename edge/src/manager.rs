@@ -286,6 +286,7 @@ fn retire(edge: &Arc<Edge>) {
         .clone();
     let mut done = Vec::new();
     let mut released = Vec::new();
+    let mut hold = Vec::new();
     {
         let mut leases = edge.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.retain(|id, l| {
@@ -313,6 +314,12 @@ fn retire(edge: &Arc<Edge>) {
                 } else {
                     0
                 };
+                if let Some(longest) = in_doubt.last().map(|p| p.0) {
+                    // Remembered past its bids' deadlines (with the clock-rate allowance and a
+                    // minute more): forgetting early only leaves a rest in doubt longer.
+                    let keep = Duration::from_millis(longest + longest / 10 + 60_000);
+                    hold.push((*id, l.clone(), now + keep));
+                }
                 let release = Release {
                     unreserved: l.reservoir.unreserved() + counted_twice,
                     bids: l.bids(),
@@ -323,6 +330,16 @@ fn retire(edge: &Arc<Edge>) {
             }
             true
         });
+        // Still under the `leases` lock: a notice handler finds the lease in one map or the
+        // other.
+        let mut kept = edge.released_held.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|_, (_, until)| *until > now);
+        for (id, l, until) in hold {
+            if kept.len() < crate::bidder::RELEASED_HELD_MAX {
+                kept.insert(id, (l, until));
+            }
+        }
+        drop(kept);
         edge.metrics
             .leases_held
             .set(i64::try_from(leases.len()).unwrap_or(i64::MAX));

@@ -32,7 +32,8 @@ pub struct Metrics {
     pub bid_requests: Family<Outcome, Counter>,
     /// Seconds from request to answer, for every request.
     pub bid_seconds: BidLatency,
-    /// Reservations by result: taken, no_lease, exhausted, given_back.
+    /// Reservations by result: taken, no_lease, exhausted, given_back, and
+    /// given_back_after_release (a bill after the release whose rest the ledger returns).
     pub reservations: Family<Outcome, Counter>,
     /// Micros reserved.
     pub reserved_micros: Counter,

@@ -61,6 +61,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         in_flight: Default::default(),
         polled: Default::default(),
         released: Default::default(),
+        released_held: Default::default(),
     });
     if let Some(t) = edge.settings.transport.certificate_expiry() {
         edge.metrics.certificate_expiry.set(t);

@@ -42,7 +42,8 @@ pub struct BatchLimits {
     pub max_delay: Duration,
 }
 
-/// A bid the exchange reported lost, for a lease this edge does not hold.
+/// A bid of ours and its bid price: a loss for a lease this edge does not hold, or a charge
+/// whose whole reservation the lease's in-doubt money holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lost {
     /// The bid's number under its lease.
@@ -79,6 +80,8 @@ enum Job {
     Spend {
         lease: LeaseId,
         event: SpendEvent,
+        /// The bid's price, when the lease's in-doubt money holds it whole.
+        held: Option<Money>,
         done: Waiter,
     },
     Loss {
@@ -165,23 +168,37 @@ impl Settler {
 
     /// Queues one charge; the receiver resolves when its batch is committed, with the Raft
     /// index that applied the batch. `Err`: not committed (the process is stopping, or the
-    /// region refused the batch); the notice must not be acknowledged.
+    /// region refused the batch); the notice must not be acknowledged. `held`: the bid's
+    /// price, when this edge released the lease counting the bid's whole reservation in doubt
+    /// (the first notice it saw for the bid came after the release): the ledger gives the rest
+    /// of the price back at once.
     pub async fn submit(
         &self,
         lease: LeaseId,
         event: SpendEvent,
+        held: Option<Money>,
     ) -> Result<oneshot::Receiver<Result<u64, Failed>>, Failed> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Job::Spend { lease, event, done })
+            .send(Job::Spend {
+                lease,
+                event,
+                held,
+                done,
+            })
             .await
             .map_err(|_| Failed::Stopping)?;
         Ok(wait)
     }
 
     /// [`Settler::submit`], then waits for the commit.
-    pub async fn spend(&self, lease: LeaseId, event: SpendEvent) -> Result<u64, Failed> {
-        let wait = self.submit(lease, event).await?;
+    pub async fn spend(
+        &self,
+        lease: LeaseId,
+        event: SpendEvent,
+        held: Option<Money>,
+    ) -> Result<u64, Failed> {
+        let wait = self.submit(lease, event, held).await?;
         wait.await.unwrap_or(Err(Failed::Stopping))
     }
 
@@ -286,6 +303,8 @@ impl Settler {
 struct Pending {
     events: Vec<SpendEvent>,
     losses: Vec<Lost>,
+    /// Bid prices of charges in `events` held whole in doubt.
+    held: Vec<Lost>,
     waiters: Vec<Waiter>,
     since: Instant,
 }
@@ -295,6 +314,7 @@ impl Pending {
         Pending {
             events: Vec::new(),
             losses: Vec::new(),
+            held: Vec::new(),
             waiters: Vec::new(),
             since: Instant::now(),
         }
@@ -341,8 +361,11 @@ async fn run(
             job = rx.recv() => {
                 let Some(job) = job else { break };
                 match job {
-                    Job::Spend { lease, event, done } => {
+                    Job::Spend { lease, event, held, done } => {
                         let p = pending.entry(lease).or_insert_with(Pending::new);
+                        if let Some(amount) = held {
+                            p.held.push(Lost { bid: event.bid, amount });
+                        }
                         p.events.push(event);
                         p.waiters.push(done);
                         if p.len() >= limits.max_events
@@ -474,6 +497,14 @@ fn send_batch(
             events: p.events.iter().map(pb::SpendEvent::from).collect(),
             losses: p
                 .losses
+                .iter()
+                .map(|l| pb::LostBid {
+                    bid: l.bid,
+                    amount_micros: l.amount.micros(),
+                })
+                .collect(),
+            held: p
+                .held
                 .iter()
                 .map(|l| pb::LostBid {
                     bid: l.bid,

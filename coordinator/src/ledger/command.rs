@@ -116,7 +116,13 @@ pub enum Command {
         /// Loss notices of the lease's bids that reached an edge that does not hold the lease
         /// (or came after it was released).
         #[serde(default)]
-        losses: Vec<LostBid>,
+        losses: Vec<BidPrice>,
+        /// Bids charged in `events` whose whole reservations the lease's in-doubt money holds:
+        /// the edge that released the lease had seen no notice for them. If the lease is in
+        /// doubt when a charge settles, the rest of its bid price (price − charge) returns at
+        /// once (`rest_returned`), as a loss returns a lost bid's whole price.
+        #[serde(default)]
+        held: Vec<BidPrice>,
     },
     /// The edge is done with the lease: what it never reserved returns to the region; what it
     /// reserved for bids whose notices have not come waits in doubt, each part until the
@@ -187,9 +193,10 @@ pub enum Command {
     },
 }
 
-/// A bid the exchange reported lost: its number under the lease and its bid price.
+/// A bid of ours and its bid price: a loss notice's bid, or a charged bid whose whole
+/// reservation a released lease holds in doubt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LostBid {
+pub struct BidPrice {
     /// The bid's number under the lease.
     pub bid: u64,
     /// Its bid price: what its reservation held.

@@ -43,14 +43,14 @@ use shared::crdt::{CounterState, RegionCounter};
 use shared::log::entry::{
     Anomaly, AnomalyKind, BATCH_EVENTS_MAX, BUCKETS_MAX, BidsLost, BudgetSet, DOUBT_PARTS_MAX,
     DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased, ParamsSet, Received,
-    RemoteMerged, RightsTransferred, SpendBatch,
+    RemoteMerged, RestReturned, RightsTransferred, SpendBatch,
 };
 use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
 use shared::targeting::Pacing;
 use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
 
 pub use command::{
-    CampaignConfig, Command, LostBid, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey,
+    BidPrice, CampaignConfig, Command, Refusal, RemoteBucket, RemoteCampaign, Reply, RequestKey,
     Stamp,
 };
 pub use lease::{Lease, LeaseState, Terms};
@@ -571,7 +571,8 @@ impl Ledger {
                 lease,
                 events,
                 losses,
-            } => self.report(*batch, edge, *lease, events, losses, &mut out),
+                held,
+            } => self.report(*batch, edge, *lease, events, losses, held, &mut out),
             Command::ReleaseLease {
                 batch,
                 edge,
@@ -992,7 +993,8 @@ impl Ledger {
         edge: &EdgeId,
         lease_id: LeaseId,
         events: &[SpendEvent],
-        losses: &[LostBid],
+        losses: &[BidPrice],
+        held: &[BidPrice],
         out: &mut Vec<Payload>,
     ) -> Result<Reply, Refusal> {
         if events.is_empty() && losses.is_empty() {
@@ -1001,13 +1003,18 @@ impl Ledger {
                 "a spend report holds at least one event or loss",
             ));
         }
-        if events.len() > BATCH_EVENTS_MAX || losses.len() > BATCH_EVENTS_MAX {
+        if events.len() > BATCH_EVENTS_MAX
+            || losses.len() > BATCH_EVENTS_MAX
+            || held.len() > BATCH_EVENTS_MAX
+        {
             return Err(invalid(
                 "events",
                 format!(
-                    "{} events and {} losses, at most {BATCH_EVENTS_MAX} of each per report",
+                    "{} events, {} losses and {} held bid prices, at most \
+                     {BATCH_EVENTS_MAX} of each per report",
                     events.len(),
-                    losses.len()
+                    losses.len(),
+                    held.len()
                 ),
             ));
         }
@@ -1024,6 +1031,12 @@ impl Ledger {
             return Err(invalid(
                 "losses",
                 format!("bid {}: negative amount {}", l.bid, l.amount),
+            ));
+        }
+        if let Some(h) = held.iter().find(|h| h.amount.is_negative() || h.bid == 0) {
+            return Err(invalid(
+                "held",
+                format!("bid {}: bid price {}", h.bid, h.amount),
             ));
         }
         let Some(lease) = self.leases.get(&lease_id) else {
@@ -1148,6 +1161,20 @@ impl Ledger {
                 }
             }
         }
+        // The rests of charged bids whose whole prices the in-doubt parts hold (an open lease's
+        // rests return with its release; a closed lease holds nothing).
+        let (mut rest_bids, mut rest_total) = (0u32, Money::ZERO);
+        if !open && !closed && !held.is_empty() {
+            let prices: FxHashMap<u64, Money> = held.iter().map(|h| (h.bid, h.amount)).collect();
+            for e in &settle {
+                if let Some(price) = prices.get(&e.bid)
+                    && *price > e.amount
+                {
+                    rest_bids += 1;
+                    rest_total = add(rest_total, sub(*price, e.amount));
+                }
+            }
+        }
         // Act.
         let total = Money::checked_sum(settle.iter().map(|e| e.amount))
             .unwrap_or_else(|_| panic!("events within a lease overflow"));
@@ -1166,6 +1193,7 @@ impl Ledger {
             .get_mut(&lease_id)
             .unwrap_or_else(|| unreachable!("looked up above"));
         let mut returned = Money::ZERO;
+        let mut rest_returned = Money::ZERO;
         match &mut lease.state {
             LeaseState::Open => {
                 shift(buckets, changes, lease, Pool::Leased, Pool::Settled, total);
@@ -1181,6 +1209,8 @@ impl Ledger {
                 );
                 // Lost bids cannot be charged: what they held goes back now.
                 returned = take_from_parts(&mut parts, lost_total);
+                // Nor can charged ones again: the rest of their prices goes back too.
+                rest_returned = take_from_parts(&mut parts, rest_total);
                 shift(buckets, changes, lease, Pool::InDoubt, Pool::Settled, total);
                 shift(
                     buckets,
@@ -1188,7 +1218,7 @@ impl Ledger {
                     lease,
                     Pool::InDoubt,
                     Pool::Available,
-                    returned,
+                    add(returned, rest_returned),
                 );
                 lease.state = if parts.is_empty() {
                     LeaseState::Closed
@@ -1236,6 +1266,14 @@ impl Ledger {
                 count: lost_bids,
                 bid_total: lost_total,
                 returned: returned.min(lost_total),
+            }));
+        }
+        if rest_returned.micros() > 0 {
+            out.push(Payload::RestReturned(RestReturned {
+                lease: lease_id,
+                batch,
+                count: rest_bids,
+                returned: rest_returned,
             }));
         }
         if now_closed {

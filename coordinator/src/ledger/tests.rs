@@ -237,7 +237,20 @@ impl H {
         edge: &str,
         lease: LeaseId,
         events: Vec<SpendEvent>,
-        losses: Vec<LostBid>,
+        losses: Vec<BidPrice>,
+    ) -> Applied {
+        self.report_held(edge, lease, events, losses, Vec::new())
+    }
+
+    /// A report whose charges of `held` bids came after the edge released the lease: their
+    /// whole prices are in the lease's in-doubt parts.
+    fn report_held(
+        &mut self,
+        edge: &str,
+        lease: LeaseId,
+        events: Vec<SpendEvent>,
+        losses: Vec<BidPrice>,
+        held: Vec<BidPrice>,
     ) -> Applied {
         let batch = self.batch();
         self.run(Command::ReportSpend {
@@ -246,6 +259,7 @@ impl H {
             lease,
             events,
             losses,
+            held,
         })
     }
 
@@ -592,6 +606,7 @@ fn spend_is_settled_once_and_never_beyond_the_lease() {
         lease,
         events: vec![ev("a9", 0)],
         losses: vec![],
+        held: vec![],
     };
     let first = h.run(cmd.clone());
     let again = h.run(cmd);
@@ -1072,12 +1087,139 @@ fn releases_with_parts_out_of_shape_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn a_bid_charged_after_the_release_gives_the_rest_of_its_price_back() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    h.budget("c1", Bucket::Lifetime, 100_000);
+    let (lease, _) = h.granted("e1", "c1", 10_000);
+    // Released with two bids of 3,000 in doubt (one part), the rest back.
+    h.release_holding("e1", lease, 4_000, vec![part(300_000, 6_000)]);
+    assert_eq!(h.available(&lifetime("c1")), m(100_000 - 6_000));
+    let price = |bid, amount| BidPrice {
+        bid,
+        amount: m(amount),
+    };
+    // Bid 1 is charged 1,200 of its 3,000: the other 1,800 can never be charged, so it comes
+    // back now; a price given for a bid not charged in the report (bid 9) changes nothing.
+    let a = h.report_held(
+        "e1",
+        lease,
+        vec![evb(1, "a1", 1_200)],
+        vec![],
+        vec![price(1, 3_000), price(9, 3_000)],
+    );
+    assert!(
+        matches!(a.reply, Reply::SpendSettled { settled: 1, .. }),
+        "{:?}",
+        a.reply
+    );
+    let rest = a
+        .entries
+        .iter()
+        .find_map(|(e, _)| match &e.payload {
+            Payload::RestReturned(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a rest_returned entry");
+    assert_eq!((rest.count, rest.returned), (1, m(1_800)));
+    assert_eq!(h.parts(lease), vec![part(300_000, 3_000)]);
+    assert_eq!(h.available(&lifetime("c1")), m(100_000 - 3_000 - 1_200));
+    // Its retry is a duplicate: nothing more comes back.
+    let a = h.report_held(
+        "e2",
+        lease,
+        vec![evb(1, "a1", 1_200)],
+        vec![],
+        vec![price(1, 3_000)],
+    );
+    assert!(matches!(a.reply, Reply::SpendSettled { duplicates: 1, .. }));
+    assert!(a.entries.is_empty(), "{:?}", a.entries);
+    // A price at or under its charge has no rest; one over what the parts still hold returns
+    // only what they hold, and the lease closes.
+    let a = h.report_held(
+        "e1",
+        lease,
+        vec![evb(2, "a2", 2_000)],
+        vec![],
+        vec![price(2, 2_000)],
+    );
+    assert!(
+        !a.entries
+            .iter()
+            .any(|(e, _)| matches!(e.payload, Payload::RestReturned(_)))
+    );
+    let a = h.report_held(
+        "e1",
+        lease,
+        vec![evb(3, "a3", 500)],
+        vec![],
+        vec![price(3, 9_000)],
+    );
+    assert!(
+        a.entries
+            .iter()
+            .any(|(e, _)| matches!(&e.payload, Payload::RestReturned(r) if r.returned == m(500))),
+        "{:?}",
+        a.entries
+    );
+    assert!(
+        h.l.lease(lease)
+            .is_none_or(|l| l.state == LeaseState::Closed)
+    );
+    assert_eq!(
+        h.available(&lifetime("c1")),
+        m(100_000 - 1_200 - 2_000 - 500)
+    );
+}
+
+#[test]
+fn prices_of_charges_on_an_open_lease_change_nothing_until_the_release() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    h.budget("c1", Bucket::Lifetime, 100_000);
+    let (lease, _) = h.granted("e1", "c1", 10_000);
+    // A report overtaking the release: the lease is still open, so the rest stays leased.
+    let a = h.report_held(
+        "e1",
+        lease,
+        vec![evb(1, "a1", 1_000)],
+        vec![],
+        vec![BidPrice {
+            bid: 1,
+            amount: m(3_000),
+        }],
+    );
+    assert!(
+        !a.entries
+            .iter()
+            .any(|(e, _)| matches!(e.payload, Payload::RestReturned(_)))
+    );
+    assert_eq!(h.available(&lifetime("c1")), m(100_000 - 10_000));
+    // A bad price is refused with the field named.
+    let a = h.report_held(
+        "e1",
+        lease,
+        vec![evb(2, "a2", 1_000)],
+        vec![],
+        vec![BidPrice {
+            bid: 0,
+            amount: m(3_000),
+        }],
+    );
+    assert!(
+        matches!(&a.reply, Reply::Refused(Refusal::Invalid { field, .. }) if field == "held"),
+        "{:?}",
+        a.reply
+    );
+}
+
+#[test]
 fn loss_notices_give_reservations_back_early() {
     let mut h = H::new();
     h.campaign("c1", None);
     h.budget("c1", Bucket::Lifetime, 100_000);
     let (lease, _) = h.granted("e1", "c1", 10_000);
-    let lost = |bid, amount| LostBid {
+    let lost = |bid, amount| BidPrice {
         bid,
         amount: m(amount),
     };
@@ -1154,7 +1296,7 @@ fn a_bill_after_a_loss_on_an_open_lease_settles() {
         "e2",
         lease,
         vec![],
-        vec![LostBid {
+        vec![BidPrice {
             bid: 7,
             amount: m(2_000),
         }],
@@ -1188,7 +1330,7 @@ fn a_reclaim_holds_the_rest_for_the_longest_hold_and_returns_lost_bids() {
         "e2",
         lease,
         vec![evb(1, "a1", 1_000)],
-        vec![LostBid {
+        vec![BidPrice {
             bid: 2,
             amount: m(500),
         }],
@@ -1362,7 +1504,7 @@ proptest! {
                 2 => { unreserved += b.price - ev.amount.micros(); h.report("e1", lease, vec![ev]); }
                 3 => unreserved += b.price,
                 4 => {
-                    h.report_losses("e2", lease, vec![], vec![LostBid { bid: n, amount: m(b.price) }]);
+                    h.report_losses("e2", lease, vec![], vec![BidPrice { bid: n, amount: m(b.price) }]);
                     classes.entry(b.wait_ms).and_modify(|a| *a += b.price).or_insert(b.price);
                 }
                 _ => { classes.entry(b.wait_ms).and_modify(|a| *a += b.price).or_insert(b.price); open.push((n, b)); }
@@ -1392,7 +1534,7 @@ proptest! {
                     );
                 }
                 None => {
-                    h.report_losses("e3", lease, vec![], vec![LostBid { bid: n, amount: m(b.price) }]);
+                    h.report_losses("e3", lease, vec![], vec![BidPrice { bid: n, amount: m(b.price) }]);
                 }
             }
         }
@@ -1801,6 +1943,8 @@ enum Step {
         events: Vec<(u8, i64)>,
         /// Loss notices: bid numbers (as the auction names of `events`) and bid prices.
         losses: Vec<(u8, i64)>,
+        /// Bid prices of charged bids held whole in doubt (some below their charges).
+        held: Vec<(u8, i64)>,
     },
     Release {
         edge: usize,
@@ -1848,12 +1992,14 @@ fn arb_step() -> impl Strategy<Value = Step> {
             0..12u64,
             proptest::collection::vec((0..40u8, 0..9_000i64), 1..6),
             proptest::collection::vec((0..40u8, 0..9_000i64), 0..3),
+            proptest::collection::vec((0..40u8, 0..12_000i64), 0..4),
         )
-            .prop_map(|(edge, lease, events, losses)| Step::Report {
+            .prop_map(|(edge, lease, events, losses, held)| Step::Report {
                 edge,
                 lease,
                 events,
                 losses,
+                held,
             }),
         (
             0..3usize,
@@ -1906,14 +2052,15 @@ proptest! {
             let cmd = match step {
                 Step::Budget { c, budget } => Command::SetBudget { key: a.key(), campaign: cid(&format!("c{c}")), bucket: Bucket::Lifetime, budget: m(budget) },
                 Step::Grant { edge, c, want } => Command::GrantLease { key: a.key(), edge: eid(&format!("e{edge}")), campaign: cid(&format!("c{c}")), want: m(want) },
-                Step::Report { edge, lease, events, losses } => Command::ReportSpend {
+                Step::Report { edge, lease, events, losses, held } => Command::ReportSpend {
                     batch: a.batch(),
                     edge: eid(&format!("e{edge}")),
                     lease: LeaseId(lease),
                     // Bid numbers from 1 to 40, the exchange's auction ids from fewer names, so
                     // that two bids often share them (an exchange reusing its ids).
                     events: events.into_iter().map(|(bid, amount)| evb(u64::from(bid) + 1, &format!("x{}", bid % 7), amount)).collect(),
-                    losses: losses.into_iter().map(|(bid, amount)| LostBid { bid: u64::from(bid) + 1, amount: m(amount) }).collect(),
+                    losses: losses.into_iter().map(|(bid, amount)| BidPrice { bid: u64::from(bid) + 1, amount: m(amount) }).collect(),
+                    held: held.into_iter().map(|(bid, amount)| BidPrice { bid: u64::from(bid) + 1, amount: m(amount) }).collect(),
                 },
                 Step::Release { edge, lease, unreserved, mut parts } => {
                     parts.sort();
@@ -1978,6 +2125,7 @@ proptest! {
                 Payload::LeaseReclaimed(r) => (r.lease, 0, i128::from(r.returned.micros())),
                 Payload::InDoubtReturned(r) => (r.lease, 0, i128::from(r.returned.micros())),
                 Payload::BidsLost(b) => (b.lease, 0, i128::from(b.returned.micros())),
+                Payload::RestReturned(r) => (r.lease, 0, i128::from(r.returned.micros())),
                 _ => continue,
             };
             let t = by_lease.entry(l).or_default();

@@ -194,6 +194,7 @@ fn report(n: u64) -> Command {
             amount: Money::from_micros(1_000),
         }],
         losses: vec![],
+        held: vec![],
     }
 }
 
@@ -577,6 +578,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         lease_id: lease.lease_id,
         events,
         losses: vec![],
+        held: vec![],
     };
     let bad = leases
         .report_spend(report(20, vec![event(1, -1)]))
@@ -589,6 +591,18 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("bid"), "{bad:?}");
+    let bad = leases
+        .report_spend(pb::ReportSpendRequest {
+            held: vec![pb::LostBid {
+                bid: 1,
+                amount_micros: -5,
+            }],
+            ..report(20, vec![event(1, 1)])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("held[0]"), "{bad:?}");
     let bad = leases
         .report_spend(pb::ReportSpendRequest {
             lease_id: 999,

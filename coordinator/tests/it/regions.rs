@@ -187,6 +187,7 @@ async fn spend_whole(
                 lease_id: lease.lease_id,
                 events,
                 losses: vec![],
+                held: vec![],
             })
             .await
             .unwrap();

@@ -54,6 +54,30 @@ fn win_url(bid: &edge::openrtb::Bid, price_micros: i64, base: &str) -> String {
     format!("{base}{}", path.replace("${AUCTION_PRICE}", &price))
 }
 
+/// The lease a bid response's first bid was made under (its notice URL's `l`).
+fn lease_of(r: &BidResponse) -> u64 {
+    let url = &r.seatbid[0].bid[0].nurl;
+    let l = url.split("l=").nth(1).unwrap();
+    l[..l.find('&').unwrap()].parse().unwrap()
+}
+
+/// Waits (at most 3 s) until `lease` is no longer open, and asserts it was released with money
+/// in doubt.
+async fn released_in_doubt(region: &Region, lease: u64) -> LeaseState {
+    let mut state = None;
+    for _ in 0..300 {
+        state = region.lease_state(lease);
+        if !matches!(state, Some(LeaseState::Open)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match state {
+        Some(s @ LeaseState::InDoubt { .. }) => s,
+        s => panic!("after the release: {s:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_edges_unanswered_notices_settle_exactly_once_through_another_edge() {
     let mut region = Region::start().await;
@@ -159,24 +183,9 @@ async fn a_notice_retried_after_its_lease_was_released_still_settles() {
     let (_a, a_base) = registered_edge(edge_config("edge-a", &region.addrs)).await;
     let (_b, b_base) = registered_edge(edge_config("edge-b", &region.addrs)).await;
     let won = bids(&http, &a_base, "late", 3).await;
-    let lease: u64 = {
-        let url = &won[0].seatbid[0].bid[0].nurl;
-        let l = url.split("l=").nth(1).unwrap();
-        l[..l.find('&').unwrap()].parse().unwrap()
-    };
+    let lease = lease_of(&won[0]);
     // Edge A releases the lease (no notice reached it): the unspent rest waits in doubt.
-    let mut state = None;
-    for _ in 0..300 {
-        state = region.lease_state(lease);
-        if !matches!(state, Some(LeaseState::Open)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        matches!(state, Some(LeaseState::InDoubt { .. })),
-        "after the release: {state:?}"
-    );
+    released_in_doubt(&region, lease).await;
     // The exchange's retries reach edge B: they settle.
     let mut want = 0;
     for (i, bid) in won.iter().enumerate() {
@@ -191,6 +200,74 @@ async fn a_notice_retried_after_its_lease_was_released_still_settles() {
     }
     assert!(want > 0);
     assert_eq!(region.settled("c1"), want, "settled, not recorded as late");
+}
+
+/// A bill that reaches the releasing edge after its release: the release held the bid's
+/// whole price in doubt, and the bid is charged its clearing price, so the rest can never be
+/// charged and comes back at once (`rest_returned`). The same bill at another edge, which
+/// cannot know what the release held, gives back nothing before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_bill_at_the_releasing_edge_gives_the_rest_of_its_price_back_at_once() {
+    let mut region = Region::start_with(1_000).await;
+    region.campaign("c1", 2_000_000, 10_000_000).await;
+    let http = HttpClient::new(Duration::from_secs(5));
+    let (_a, a_base) = registered_edge(edge_config("edge-a", &region.addrs)).await;
+    let (_b, b_base) = registered_edge(edge_config("edge-b", &region.addrs)).await;
+    // Impressions shown up to 10 s after the auction: the parts wait longer than the test.
+    let mut won = Vec::new();
+    for i in 0..200 {
+        let body = format!(
+            r#"{{"id":"rest-{i}","at":2,"tmax":500,"site":{{"id":"s1","domain":"news.example"}},
+            "imp":[{{"id":"1","exp":10,"banner":{{"w":300,"h":250}}}}]}}"#
+        );
+        let r = http
+            .post(&format!("{a_base}/openrtb2/bid"), &[], body.into_bytes())
+            .await
+            .unwrap();
+        if r.status == 200 {
+            won.push(serde_json::from_slice::<BidResponse>(&r.body).unwrap());
+        }
+        if won.len() == 3 {
+            break;
+        }
+        if won.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let lease = lease_of(&won[0]);
+    let mine: Vec<_> = won
+        .iter()
+        .map(|r| &r.seatbid[0].bid[0])
+        .filter(|b| b.nurl.contains(&format!("l={lease}&")))
+        .collect();
+    assert!(mine.len() >= 2, "{} bids under lease {lease}", mine.len());
+    let held = |s: Option<LeaseState>| match s {
+        Some(LeaseState::InDoubt { parts }) => parts.iter().map(|p| p.amount.micros()).sum(),
+        _ => 0i64,
+    };
+    let before = held(Some(released_in_doubt(&region, lease).await));
+    // At the releasing edge: the whole bid price leaves the doubt (charge and rest).
+    let price =
+        |b: &edge::openrtb::Bid| shared::Money::from_cpm_str(b.price.get()).unwrap().micros();
+    let (first, second) = (mine[0], mine[1]);
+    assert!(price(first) > 1_000, "bid price {}", price(first));
+    let r = http.get(&win_url(first, 1_000, &a_base)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after_a = held(region.lease_state(lease));
+    assert_eq!(
+        before - after_a,
+        price(first),
+        "charge and rest out of the doubt"
+    );
+    // Its retry settles nothing more and gives nothing more back.
+    let r = http.get(&win_url(first, 1_000, &a_base)).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(held(region.lease_state(lease)), after_a);
+    // At another edge: only the charge.
+    let r = http.get(&win_url(second, 1_000, &b_base)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(held(region.lease_state(lease)), after_a - 1_000);
+    assert_eq!(region.settled("c1"), 2_000);
 }
 
 /// Rotating the notice key (issue 8): while a rotation runs, the previous key's notices settle;
