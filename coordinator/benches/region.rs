@@ -167,9 +167,9 @@ async fn main() {
             .expect("node"),
         );
         let serving = node.clone();
-        tokio::spawn(
-            async move { coordinator::api::serve(&serving, l, std::future::pending()).await },
-        );
+        tokio::spawn(async move {
+            coordinator::api::serve_alone(&serving, l, std::future::pending()).await
+        });
         nodes.push(node);
     }
     nodes[0].initialize(addrs.clone()).await.expect("init");

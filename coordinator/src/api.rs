@@ -46,6 +46,7 @@ fn indefinite(e: ProposeError) -> Status {
 #[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
+    sync: Arc<crate::region::Sync>,
 }
 
 impl Api {
@@ -60,9 +61,9 @@ impl Api {
         }
     }
 
-    /// The services of `node`.
-    pub fn new(node: Arc<Node>) -> Api {
-        Api { node }
+    /// The services of `node`, whose side of region sync is `sync`.
+    pub fn new(node: Arc<Node>, sync: Arc<crate::region::Sync>) -> Api {
+        Api { node, sync }
     }
 
     async fn propose(
@@ -118,7 +119,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             .parse()
             .map_err(crate::wire::id_err("campaign"))?;
         // Where edges want leases is where rights are wanted (region sync's rebalancing).
-        self.node.sync.asked(&campaign, self.node.clock.mono());
+        self.sync.asked(&campaign, self.node.clock.mono());
         let command = Command::GrantLease {
             key: wire::request_key(r.idempotency_key.as_ref())?,
             edge: r
@@ -691,7 +692,7 @@ impl pb::admin_server::Admin for Api {
             }));
         }
         Ok(Response::new(
-            self.node.sync.status(&self.node, campaign.as_ref()),
+            self.sync.status(&self.node, campaign.as_ref()),
         ))
     }
 
@@ -885,12 +886,7 @@ impl pb::region_sync_server::RegionSync for Api {
         use crate::region::ReceiveError as E;
         use pb::push_ack::Result as R;
         Self::check_sender(&request, &request.get_ref().from_region)?;
-        let result = match self
-            .node
-            .sync
-            .receive(&self.node, request.into_inner())
-            .await
-        {
+        let result = match self.sync.receive(&self.node, request.into_inner()).await {
             Ok(index) => R::MergedAtIndex(index),
             Err(E::NotLeader(leader)) => R::NotLeader(not_leader(leader)),
             Err(E::Refused(why)) => R::Refused(why),
@@ -910,12 +906,7 @@ impl pb::region_sync_server::RegionSync for Api {
         use crate::region::DonateError as E;
         use pb::rights_reply::Result as R;
         Self::check_sender(&request, &request.get_ref().from_region)?;
-        let (result, seq) = match self
-            .node
-            .sync
-            .donate(&self.node, request.into_inner())
-            .await
-        {
+        let (result, seq) = match self.sync.donate(&self.node, request.into_inner()).await {
             Ok((amount, seq)) => (R::GrantedMicros(amount.micros()), seq),
             Err(E::NotLeader(leader)) => (R::NotLeader(not_leader(leader)), 0),
             Err(E::Invalid(why)) => return Err(bad(why)),
@@ -927,6 +918,16 @@ impl pb::region_sync_server::RegionSync for Api {
             transfer_log_seq: seq,
         }))
     }
+}
+
+/// [`serve`] for a region on its own: no peer regions to sync with (tests, benchmarks).
+pub async fn serve_alone(
+    node: &Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sync = Arc::new(crate::region::Sync::alone(node.region.clone()));
+    serve(node, &sync, listener, shutdown).await
 }
 
 /// Which roles each gRPC service admits (with TLS; DESIGN §10).
@@ -952,11 +953,12 @@ pub const ACCESS: Access = Access {
     region_sync: &[Role::Coordinator],
 };
 
-/// Serves the node's gRPC services (Raft transport, lease, admin, audit, region sync) on
-/// `listener` until `shutdown` resolves. With TLS, each service admits only the roles in
-/// [`ACCESS`].
+/// Serves the node's gRPC services (Raft transport, lease, admin, audit, region sync through
+/// `sync`) on `listener` until `shutdown` resolves. With TLS, each service admits only the
+/// roles in [`ACCESS`].
 pub async fn serve(
     node: &Arc<Node>,
+    sync: &Arc<crate::region::Sync>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -965,7 +967,7 @@ pub async fn serve(
         region_sync_server::RegionSyncServer,
     };
     use tonic::service::interceptor::InterceptedService as Guarded;
-    let api = Api::new(node.clone());
+    let api = Api::new(node.clone(), sync.clone());
     let t = &node.transport;
     t.server(tonic::transport::Server::builder())?
         .add_service(Guarded::new(

@@ -44,8 +44,6 @@ pub struct NodeConfig {
     pub clock: Clock,
     /// Source IP of its connections to peers; `None`: the system chooses.
     pub outgoing: Option<std::net::IpAddr>,
-    /// Peer regions and how to sync with them (none: a region on its own).
-    pub sync: crate::region::Settings,
     /// How its gRPC links are carried: mutual TLS, or plaintext for local development.
     pub transport: Transport,
     /// Signs log heads with its TLS key (LOG_FORMAT.md §9); none in plaintext.
@@ -66,7 +64,6 @@ impl NodeConfig {
             logs_kept_after_snapshot: 1_000,
             clock: Clock::system(),
             outgoing: None,
-            sync: crate::region::Settings::default(),
             transport: Transport::Plaintext,
             head_signer: None,
         }
@@ -189,8 +186,6 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Its clock (skewable by a test harness: `shared::clock`).
     pub clock: Clock,
-    /// Its side of region sync (peers, alarms, demand).
-    pub sync: Arc<crate::region::Sync>,
     /// How its gRPC links are carried.
     pub transport: Transport,
     /// Signs log heads (with TLS only).
@@ -263,12 +258,6 @@ impl Node {
             transport: cfg.transport.clone(),
             head_signer: cfg.head_signer.clone(),
             init_params: cfg.init_params.clone(),
-            sync: Arc::new(crate::region::Sync::new(cfg.region.clone(), {
-                let mut s = cfg.sync.clone();
-                s.outgoing = s.outgoing.or(cfg.outgoing);
-                s.transport = cfg.transport.clone();
-                s
-            })),
         })
     }
 
@@ -322,7 +311,8 @@ impl Node {
     }
 
     /// The node's metrics as Prometheus text, with every gauge read now: Raft's figures, the
-    /// ledger's, the clock, the certificate's expiry and region sync's ages.
+    /// ledger's, the clock and the certificate's expiry (region sync adds its ages first:
+    /// `region::Sync::render_metrics`).
     pub fn render_metrics(&self) -> String {
         let m = self.raft.metrics().borrow().clone();
         self.metrics.observe_raft(
@@ -336,8 +326,6 @@ impl Node {
             .read(|machine| self.metrics.observe_ledger(machine.ledger(), wall_us));
         self.metrics
             .observe_clock(wall_us, self.transport.certificate_expiry());
-        self.metrics
-            .observe_region_ages(&self.sync.ages(self.clock.mono()));
         self.metrics.encode()
     }
 

@@ -204,9 +204,21 @@ impl Default for LeaseConfig {
 #[error("config: {0}")]
 pub struct ConfigError(pub String);
 
+/// A configuration checked at start-up.
+#[derive(Debug)]
+pub struct Checked {
+    /// The node's settings.
+    pub node: NodeConfig,
+    /// Its side of region sync: peer regions and how to sync with them (none: a region on its
+    /// own). The node's transport and outgoing address are added when it starts.
+    pub sync: crate::region::Settings,
+    /// The members of a new region to initialize (empty: join, or restart).
+    pub members: BTreeMap<u64, String>,
+}
+
 impl Config {
     /// Checks everything once, at start-up; returns the node's settings.
-    pub fn validate(&self) -> Result<(NodeConfig, BTreeMap<u64, String>), ConfigError> {
+    pub fn validate(&self) -> Result<Checked, ConfigError> {
         let err = |m: String| ConfigError(m);
         let region: RegionId = self
             .region
@@ -264,6 +276,7 @@ impl Config {
             })?);
         }
         let g = &self.regions;
+        let mut sync = crate::region::Settings::default();
         if g.push_interval_ms == 0 || g.witness_refresh_ms == 0 || g.ask_interval_ms == 0 {
             return Err(err(
                 "regions: push_interval_ms, witness_refresh_ms and ask_interval_ms must be positive"
@@ -284,15 +297,19 @@ impl Config {
                     "regions.peers: {name} needs at least one coordinator address, none empty"
                 )));
             }
-            node.sync.peers.insert(peer, addrs.clone());
+            sync.peers.insert(peer, addrs.clone());
         }
-        node.sync.push_interval = Duration::from_millis(g.push_interval_ms);
-        node.sync.witness_refresh = Duration::from_millis(g.witness_refresh_ms);
-        node.sync.horizon = Duration::from_millis(g.horizon_ms);
-        node.sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
+        sync.push_interval = Duration::from_millis(g.push_interval_ms);
+        sync.witness_refresh = Duration::from_millis(g.witness_refresh_ms);
+        sync.horizon = Duration::from_millis(g.horizon_ms);
+        sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
         node.snapshot_every = r.snapshot_every;
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
-        Ok((node, members))
+        Ok(Checked {
+            node,
+            sync,
+            members,
+        })
     }
 }
 
@@ -560,7 +577,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (mut node_cfg, members) = config.validate()?;
+    let Checked {
+        node: mut node_cfg,
+        sync: mut sync_cfg,
+        members,
+    } = config.validate()?;
     node_cfg.transport = transport;
     if node_cfg.transport.is_tls() {
         tracing::info!(ca = %config.tls.ca_file.display(), cert = %config.tls.cert_file.display(), "mutual TLS on every gRPC link");
@@ -591,13 +612,17 @@ pub async fn run(
     std::fs::create_dir_all(&node_cfg.data_dir)
         .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", node_cfg.data_dir.display()))?;
     let node = Arc::new(Node::start(&node_cfg).await?);
+    sync_cfg.outgoing = sync_cfg.outgoing.or(node_cfg.outgoing);
+    sync_cfg.transport = node_cfg.transport.clone();
+    let sync = Arc::new(crate::region::Sync::new(node.region.clone(), sync_cfg));
     let addr = listener.local_addr()?;
     tracing::info!(region = %node.region, node = node.id, %addr, data_dir = %node_cfg.data_dir.display(), segment_io = crate::archive::FileIo::detect().name(), "coordinator listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = node.clone();
+    let serving_sync = sync.clone();
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
-        crate::api::serve(&serving, listener, async move {
+        crate::api::serve(&serving, &serving_sync, listener, async move {
             let _ = server_stop.changed().await;
         })
         .await
@@ -617,8 +642,9 @@ pub async fn run(
         tracing::info!(addr = %config.metrics_listen, "metrics on http://{}/metrics", config.metrics_listen);
         let mut stop = stop_rx.clone();
         let scraped = node.clone();
+        let scraped_sync = sync.clone();
         Some(tokio::spawn(crate::metrics::serve(
-            Arc::new(move || scraped.render_metrics()),
+            Arc::new(move || scraped_sync.render_metrics(&scraped)),
             l,
             async move {
                 let _ = stop.changed().await;
@@ -636,10 +662,10 @@ pub async fn run(
         Arc::new(node.clock.clone()),
         stop_rx.clone(),
     ));
-    if !node.sync.settings().peers.is_empty() {
-        tracing::info!(peers = ?node.sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
+    if !sync.settings().peers.is_empty() {
+        tracing::info!(peers = ?sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
     }
-    let sync = tokio::spawn(crate::region::sync_loop(node.clone(), stop_rx));
+    let sync = tokio::spawn(crate::region::sync_loop(node.clone(), sync, stop_rx));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -665,7 +691,7 @@ mod tests {
 
     #[test]
     fn defaults_are_a_working_configuration() {
-        let (node, members) = Config::default().validate().unwrap();
+        let Checked { node, members, .. } = Config::default().validate().unwrap();
         assert_eq!(node.id, 1);
         assert_eq!(node.region.as_str(), "local");
         assert_eq!(node.init_params, Params::default());
@@ -688,7 +714,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let (node, members) = c.validate().unwrap();
+        let Checked { node, members, .. } = c.validate().unwrap();
         assert_eq!((node.region.as_str(), node.id), ("eu-1", 2));
         assert_eq!(node.init_params.lease_duration_ms, 5_000);
         assert_eq!(

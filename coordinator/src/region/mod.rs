@@ -223,6 +223,18 @@ pub enum ReceiveError {
 }
 
 impl Sync {
+    /// The side of a region with no peers (tests, a region on its own).
+    pub fn alone(region: RegionId) -> Sync {
+        Sync::new(region, Settings::default())
+    }
+
+    /// `node`'s metrics page, with region sync's ages read now.
+    pub fn render_metrics(&self, node: &Node) -> String {
+        node.metrics
+            .observe_region_ages(&self.ages(node.clock.mono()));
+        node.render_metrics()
+    }
+
     /// The sync of a node of `region`.
     pub fn new(region: RegionId, settings: Settings) -> Sync {
         let peers = settings
@@ -825,14 +837,22 @@ impl Sync {
 /// The leader's sync loop: every [`TICK`] while this node leads, builds the state to push,
 /// wakes the per-peer pushers, and asks peers for rights where they are short. Runs until
 /// `stop` fires.
-pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let sync = node.sync.clone();
+pub async fn sync_loop(
+    node: Arc<Node>,
+    sync: Arc<Sync>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     if sync.settings.peers.is_empty() {
         return;
     }
     let mut pushers = tokio::task::JoinSet::new();
     for peer in sync.settings.peers.keys() {
-        pushers.spawn(push_loop(node.clone(), peer.clone(), stop.clone()));
+        pushers.spawn(push_loop(
+            node.clone(),
+            sync.clone(),
+            peer.clone(),
+            stop.clone(),
+        ));
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -880,8 +900,12 @@ pub async fn sync_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
 
 /// Pushes our state to one peer: when it changed since the peer acknowledged it, when a
 /// transfer to it was made, and every `push_interval` anyway.
-async fn push_loop(node: Arc<Node>, peer: RegionId, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let sync = node.sync.clone();
+async fn push_loop(
+    node: Arc<Node>,
+    sync: Arc<Sync>,
+    peer: RegionId,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut last_push: Option<Duration> = None;
     loop {
         tokio::select! {

@@ -44,7 +44,7 @@ async fn run_with(id: u64, dir: &Path, listener: TcpListener, file: Params) -> R
     let (tx, rx) = oneshot::channel::<()>();
     let serving = node.clone();
     let server = tokio::spawn(async move {
-        coordinator::api::serve(&serving, listener, async move { rx.await.unwrap_or(()) })
+        coordinator::api::serve_alone(&serving, listener, async move { rx.await.unwrap_or(()) })
             .await
             .unwrap();
     });

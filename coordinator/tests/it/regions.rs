@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::node::{Node, NodeConfig};
-use coordinator::region::Settings;
+use coordinator::region::{Settings, Sync};
 use shared::bucket::Bucket;
 use shared::proto::v1 as pb;
 use shared::{Money, RegionId};
@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 struct RegionNode {
     node: Arc<Node>,
+    sync: Arc<Sync>,
     addr: String,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -35,26 +36,34 @@ async fn start(
     let addr = listener.local_addr().unwrap().to_string();
     let mut cfg = NodeConfig::new(rid(region), 1, dir.to_path_buf());
     cfg.init_params.lease_min = Money::from_micros(2_000);
-    cfg.sync = Settings {
-        peers,
-        push_interval: Duration::from_millis(200),
-        witness_refresh: Duration::from_secs(1),
-        horizon: Duration::from_secs(2),
-        ask_interval: Duration::from_millis(200),
-        ..Settings::default()
-    };
     let node = Arc::new(Node::start(&cfg).await.unwrap());
+    let sync = Arc::new(Sync::new(
+        rid(region),
+        Settings {
+            peers,
+            push_interval: Duration::from_millis(200),
+            witness_refresh: Duration::from_secs(1),
+            horizon: Duration::from_secs(2),
+            ask_interval: Duration::from_millis(200),
+            ..Settings::default()
+        },
+    ));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let serving = node.clone();
+    let serving_sync = sync.clone();
     let mut s = stop_rx.clone();
     let server = tokio::spawn(async move {
-        coordinator::api::serve(&serving, listener, async move {
+        coordinator::api::serve(&serving, &serving_sync, listener, async move {
             let _ = s.changed().await;
         })
         .await
         .unwrap();
     });
-    let sync = tokio::spawn(coordinator::region::sync_loop(node.clone(), stop_rx));
+    let syncing = tokio::spawn(coordinator::region::sync_loop(
+        node.clone(),
+        sync.clone(),
+        stop_rx,
+    ));
     // Fails harmlessly on a restart: the region is initialized already.
     let _ = node.initialize(BTreeMap::from([(1, addr.clone())])).await;
     node.raft
@@ -64,9 +73,10 @@ async fn start(
         .unwrap();
     RegionNode {
         node,
+        sync,
         addr,
         stop,
-        tasks: vec![server, sync],
+        tasks: vec![server, syncing],
     }
 }
 
@@ -367,7 +377,7 @@ async fn rights_flow_to_the_region_that_bids_until_the_whole_budget_is_spent_and
     assert_eq!(code, Some(0), "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["regions"]["peers"][0]["region"], "us-1", "{json}");
-    let metrics = eu.node.render_metrics();
+    let metrics = eu.sync.render_metrics(&eu.node);
     assert!(
         metrics.contains("budget_region_transferred_micros_total{direction=\"out\"} 1000000"),
         "{metrics}"
@@ -479,7 +489,7 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
         "{:?}",
         status.alarms
     );
-    let metrics = eu.node.render_metrics();
+    let metrics = eu.sync.render_metrics(&eu.node);
     assert!(
         metrics.contains("budget_region_alarms_total{peer=\"us-1\",result=\"data_loss\"} 1"),
         "{metrics}"

@@ -111,7 +111,7 @@ async fn region(pki: &Pki) -> Region {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
         tokio::spawn(async move {
-            coordinator::api::serve(&serving, l, async move { rx.await.unwrap_or(()) })
+            coordinator::api::serve_alone(&serving, l, async move { rx.await.unwrap_or(()) })
                 .await
                 .unwrap();
         });
@@ -548,7 +548,7 @@ async fn a_server_showing_a_certificate_other_than_a_coordinators_is_not_trusted
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
         let server = tokio::spawn(async move {
-            coordinator::api::serve(&serving, l, async move { rx.await.unwrap_or(()) })
+            coordinator::api::serve_alone(&serving, l, async move { rx.await.unwrap_or(()) })
                 .await
                 .unwrap();
         });
@@ -580,7 +580,7 @@ async fn a_node_that_is_not_a_member_of_a_region_is_not_healthy() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let serving = node.clone();
     let server = tokio::spawn(async move {
-        coordinator::api::serve(&serving, l, async move { rx.await.unwrap_or(()) })
+        coordinator::api::serve_alone(&serving, l, async move { rx.await.unwrap_or(()) })
             .await
             .unwrap();
     });

@@ -123,7 +123,7 @@ async fn serve(id: u64, dir: &Path, listener: TcpListener, lease_ms: u64) -> Arc
     let node = Arc::new(Node::start(&cfg).await.unwrap());
     let serving = node.clone();
     tokio::spawn(async move {
-        coordinator::api::serve(&serving, listener, std::future::pending())
+        coordinator::api::serve_alone(&serving, listener, std::future::pending())
             .await
             .unwrap();
     });
