@@ -43,6 +43,30 @@ impl Lease {
         self.granted - self.settled - self.returned - self.in_doubt()
     }
 
+    /// `amount` returned at once from the in-doubt parts (lost bids, charged bids' rests): only a
+    /// closed lease has parts, and never more than they hold. The violations, if any.
+    fn return_from_doubt(&mut self, at: &str, id: u64, amount: i64, what: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.closed {
+            // An open lease returns what it holds at its release, not before.
+            v.push(format!(
+                "{at}: lease {id} returned {} of {what} while open (it returns them at its \
+                 release)",
+                micros(amount)
+            ));
+        }
+        let short = self.take_from_parts(amount);
+        if short > 0 {
+            v.push(format!(
+                "{at}: lease {id} returned {} of {what}, {} more than it held in doubt",
+                micros(amount),
+                micros(short)
+            ));
+        }
+        self.returned += amount - short;
+        v
+    }
+
     /// Takes `amount` from the parts, shortest wait first; what the parts could not cover.
     fn take_from_parts(&mut self, mut amount: i64) -> i64 {
         for p in &mut self.parts {
@@ -156,25 +180,7 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
                     ));
                 }
                 if returned > 0 {
-                    if !l.closed {
-                        v.push(format!(
-                            "{at}: lease {} returned {} of lost bids while open (it returns \
-                             them at its release)",
-                            x.lease.0,
-                            micros(returned)
-                        ));
-                    }
-                    let short = l.take_from_parts(returned);
-                    if short > 0 {
-                        v.push(format!(
-                            "{at}: lease {} returned {} for lost bids, {} more than it held \
-                             in doubt",
-                            x.lease.0,
-                            micros(returned),
-                            micros(short)
-                        ));
-                    }
-                    l.returned += returned - short;
+                    v.extend(l.return_from_doubt(&at, x.lease.0, returned, "lost bids"));
                 }
                 touched.push(x.lease.0);
             }
@@ -186,27 +192,12 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
                     ));
                     continue;
                 };
-                let returned = x.returned.micros();
-                if !l.closed {
-                    // An open lease's rests return with its release; only in-doubt money
-                    // may come back at a charge.
-                    v.push(format!(
-                        "{at}: lease {} returned {} of charged bids' rests while open",
-                        x.lease.0,
-                        micros(returned)
-                    ));
-                }
-                let short = l.take_from_parts(returned);
-                if short > 0 {
-                    v.push(format!(
-                        "{at}: lease {} returned {} of charged bids' rests, {} more than it \
-                         held in doubt",
-                        x.lease.0,
-                        micros(returned),
-                        micros(short)
-                    ));
-                }
-                l.returned += returned - short;
+                v.extend(l.return_from_doubt(
+                    &at,
+                    x.lease.0,
+                    x.returned.micros(),
+                    "charged bids' rests",
+                ));
                 touched.push(x.lease.0);
             }
             Payload::LeaseReleased(r) => {
