@@ -801,11 +801,17 @@ impl pb::audit_server::Audit for Api {
             Ok(0) | Err(_) => READ_LOG_MAX,
             Ok(n) => n.min(READ_LOG_MAX),
         };
-        let records = self
-            .node
-            .state
-            .log_records(r.from_seq, max)
-            .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+        let node = self.node.clone();
+        let from = r.from_seq;
+        let records = tokio::task::spawn_blocking(move || node.read_log(from, max))
+            .await
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?
+            .map_err(|e| match e {
+                crate::node::ReadLogError::NotYetFetched { .. } => {
+                    Status::unavailable(e.to_string())
+                }
+                crate::node::ReadLogError::Io(_) => Status::internal(e.to_string()),
+            })?;
         let items: Vec<Result<pb::LogRecord, Status>> = records
             .into_iter()
             .map(|(seq, record)| Ok(pb::LogRecord { seq, record }))

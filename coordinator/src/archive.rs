@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use shared::RegionId;
-use shared::log::segment::{Item, SegmentWriter, TRAILER_LEN, read_item, segment_file_name};
+use shared::log::segment::{
+    Item, SegmentWriter, TRAILER_LEN, read_header, read_item, segment_file_name,
+};
 use shared::log::{Hash, genesis};
 
 /// How segment files are written.
@@ -121,23 +123,32 @@ pub fn write_signed_head(
     Ok(path)
 }
 
-/// Seals every complete segment that `records` can supply past what `dir` already holds. A
-/// segment ends after `segment_entries` records, or earlier at a seal point (the replicated
-/// `SealSegment` boundaries, in `points`): every replica cuts the same segments.
-/// `records(from, max)` returns stored `(seq, record)` pairs from `from`. Returns the files
-/// written.
-pub fn seal_ready(
+/// Segments cut from `records`: the files written and where sealing continues.
+type Sealed = (Vec<PathBuf>, (u64, Hash));
+
+/// Financial-log records, `(seq, record bytes)`, in order.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
+/// Seals every complete segment that `records` can supply from `start` (the next seq to seal
+/// and the head it continues from). A segment ends after `segment_entries` records, or earlier
+/// at a seal point (the replicated `SealSegment` boundaries, in `points`): every replica cuts
+/// the same segments. `records(from, max)` returns stored `(seq, record)` pairs from `from`.
+/// Each file is read back and verified after it is written. Returns the files written and the
+/// new position.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_from(
     io: FileIo,
     dir: &Path,
     region: &RegionId,
     segment_entries: u64,
     points: &std::collections::BTreeSet<u64>,
+    start: (u64, Hash),
     available_until: u64,
     records: impl Fn(u64, usize) -> io::Result<Vec<(u64, Vec<u8>)>>,
-) -> io::Result<Vec<PathBuf>> {
+) -> io::Result<Sealed> {
     let segment_entries = segment_entries.max(1);
     fs::create_dir_all(dir)?;
-    let (mut next, mut head) = sealed_until(dir)?;
+    let (mut next, mut head) = start;
     let mut written = Vec::new();
     loop {
         let by_count = next + segment_entries;
@@ -164,17 +175,231 @@ pub fn seal_ready(
                     next + i as u64
                 )));
             }
-            head = w.push_record(rec).map_err(|e| {
+            w.push_record(rec).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("record {seq}: {e}"))
             })?;
         }
         let bytes = w.seal().map_err(io::Error::other)?;
         let path = dir.join(segment_file_name(region, next));
         write_atomically(io, &path, &bytes)?;
+        // Read back what the disk holds: only a segment that verifies may replace the records.
+        (next, head) = check_segment(&path, &fs::read(&path)?, region, (next, head))?;
+        if next != end {
+            return Err(io::Error::other(format!(
+                "{}: ends before {end}",
+                path.display()
+            )));
+        }
         written.push(path);
-        next = end;
     }
-    Ok(written)
+    Ok((written, (next, head)))
+}
+
+/// Checks that `bytes` are a sealed segment of `region` that verifies and continues the chain
+/// at `at` (its first seq and the head before it); returns the position after it.
+pub fn check_segment(
+    path: &Path,
+    bytes: &[u8],
+    region: &RegionId,
+    at: (u64, Hash),
+) -> io::Result<(u64, Hash)> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let (header, _) = read_header(bytes).map_err(|e| bad(format!("header: {e:?}")))?;
+    if header.region != *region {
+        return Err(bad(format!("a segment of region {}", header.region)));
+    }
+    if header.first_seq != at.0 || header.prev_hash != at.1 {
+        return Err(bad(format!(
+            "starts at seq {} after {}, not at {} after {}",
+            header.first_seq,
+            hex::encode(header.prev_hash),
+            at.0,
+            hex::encode(at.1)
+        )));
+    }
+    let name = segment_file_name(region, at.0);
+    let mut v = shared::log::Verifier::new();
+    v.segment(&name, bytes)
+        .map_err(|f| bad(format!("does not verify: {f}")))?;
+    let summary = v.summary();
+    let last = summary
+        .last_seq
+        .ok_or_else(|| bad("holds no entry".to_string()))?;
+    Ok((last + 1, v.head()))
+}
+
+/// A node's archive: its sealed segment files, where sealing continues, and which segments it
+/// holds (kept in memory, so that neither sealing nor reading lists the directory again).
+pub struct Archive {
+    dir: PathBuf,
+    region: RegionId,
+    io: FileIo,
+    state: std::sync::Mutex<ArchiveState>,
+}
+
+struct ArchiveState {
+    /// The next seq to seal and the head it continues from.
+    next: (u64, Hash),
+    /// The first seq of every segment held.
+    starts: std::collections::BTreeSet<u64>,
+}
+
+impl Archive {
+    /// Opens the archive in `dir` (created if missing): lists its segments once and reads the
+    /// last one's trailer.
+    pub fn open(dir: &Path, region: &RegionId) -> io::Result<Archive> {
+        Archive::open_with(dir, region, FileIo::detect())
+    }
+
+    /// [`Archive::open`], writing files with `io`.
+    pub fn open_with(dir: &Path, region: &RegionId, io: FileIo) -> io::Result<Archive> {
+        fs::create_dir_all(dir)?;
+        let next = sealed_until(dir)?;
+        let mut starts = std::collections::BTreeSet::new();
+        for e in fs::read_dir(dir)? {
+            let name = e?.file_name();
+            if let Some(first) =
+                shared::log::segment::first_seq_from_file_name(&name.to_string_lossy())
+            {
+                starts.insert(first);
+            }
+        }
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            region: region.clone(),
+            io,
+            state: std::sync::Mutex::new(ArchiveState { next, starts }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ArchiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The next seq to seal and the head it continues from.
+    pub fn sealed(&self) -> (u64, Hash) {
+        self.lock().next
+    }
+
+    /// Segments held.
+    pub fn segments(&self) -> usize {
+        self.lock().starts.len()
+    }
+
+    /// Seals what `records` supply up to `available_until` ([`seal_from`]). Blocking file I/O.
+    /// Call from one task at a time.
+    pub fn seal(
+        &self,
+        segment_entries: u64,
+        points: &std::collections::BTreeSet<u64>,
+        available_until: u64,
+        records: impl Fn(u64, usize) -> io::Result<Vec<(u64, Vec<u8>)>>,
+    ) -> io::Result<Vec<PathBuf>> {
+        let start = self.sealed();
+        let (files, next) = seal_from(
+            self.io,
+            &self.dir,
+            &self.region,
+            segment_entries,
+            points,
+            start,
+            available_until,
+            records,
+        )?;
+        let mut st = self.lock();
+        for f in &files {
+            if let Some(first) = f
+                .file_name()
+                .and_then(|n| shared::log::segment::first_seq_from_file_name(&n.to_string_lossy()))
+            {
+                st.starts.insert(first);
+            }
+        }
+        st.next = next;
+        Ok(files)
+    }
+
+    /// Adds a segment fetched from a peer, which must verify and continue the archive exactly
+    /// where it ends. Blocking file I/O.
+    pub fn adopt(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+        let at = self.sealed();
+        let path = self.dir.join(segment_file_name(&self.region, at.0));
+        let next = check_segment(&path, bytes, &self.region, at)?;
+        write_atomically(self.io, &path, bytes)?;
+        let on_disk = check_segment(&path, &fs::read(&path)?, &self.region, at)?;
+        if on_disk != next {
+            return Err(io::Error::other(format!(
+                "{}: differs when read back",
+                path.display()
+            )));
+        }
+        let mut st = self.lock();
+        st.starts.insert(at.0);
+        st.next = next;
+        Ok(path)
+    }
+
+    /// The bytes of the segment that starts at `first_seq`, if held.
+    pub fn segment_bytes(&self, first_seq: u64) -> io::Result<Option<Vec<u8>>> {
+        if !self.lock().starts.contains(&first_seq) {
+            return Ok(None);
+        }
+        fs::read(self.dir.join(segment_file_name(&self.region, first_seq))).map(Some)
+    }
+
+    /// Sealed records from `from` on, at most `max`, all from the one segment that holds
+    /// `from`; `None` when no segment here holds it.
+    pub fn read(&self, from: u64, max: usize) -> io::Result<Option<Records>> {
+        let first = {
+            let st = self.lock();
+            if from >= st.next.0 {
+                return Ok(None);
+            }
+            match st.starts.range(..=from).next_back() {
+                Some(f) => *f,
+                None => return Ok(None),
+            }
+        };
+        let path = self.dir.join(segment_file_name(&self.region, first));
+        let bytes = fs::read(&path)?;
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {what}", path.display()),
+            )
+        };
+        let (header, mut at) = read_header(&bytes).map_err(|_| bad("no header"))?;
+        let mut seq = header.first_seq;
+        let mut out = Vec::new();
+        loop {
+            match read_item(&bytes, at) {
+                Ok(Item::Record(r)) => {
+                    if seq >= from {
+                        out.push((seq, bytes[r.offset..r.end].to_vec()));
+                        if out.len() >= max {
+                            break;
+                        }
+                    }
+                    seq += 1;
+                    at = r.end;
+                }
+                Ok(Item::Trailer(..)) => break,
+                Err(_) => return Err(bad("malformed record")),
+            }
+        }
+        // A segment whose records end before `from` is not the one that holds it: a gap.
+        Ok((!out.is_empty()).then_some(out))
+    }
 }
 
 /// Writes `bytes` as `path`, whole or not at all: into a temporary file, synced, renamed into
@@ -256,15 +481,17 @@ mod tests {
     fn seal_at(io: FileIo, dir: &Path, until: u64, points: &[u64]) -> Vec<PathBuf> {
         let (region, records) = sample_records();
         let points = points.iter().copied().collect();
-        seal_ready(io, dir, &region, 300, &points, until, |from, max| {
-            Ok(records
-                .iter()
-                .skip(from as usize)
-                .take(max)
-                .cloned()
-                .collect())
-        })
-        .expect("seal")
+        let archive = Archive::open_with(dir, &region, io).unwrap();
+        archive
+            .seal(300, &points, until, |from, max| {
+                Ok(records
+                    .iter()
+                    .skip(from as usize)
+                    .take(max)
+                    .cloned()
+                    .collect())
+            })
+            .expect("seal")
     }
 
     fn names(files: &[PathBuf]) -> Vec<String> {
@@ -362,5 +589,64 @@ mod tests {
         fs::write(&files[0], &bytes[..bytes.len() - 1]).unwrap();
         let err = sealed_until(&dir).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn sealed_records_are_read_back_from_the_segment_that_holds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        seal(FileIo::Std, &dir, 1_000);
+        let (region, records) = sample_records();
+        // Reopened: the archive finds its segments and position without sealing anything.
+        let archive = Archive::open(&dir, &region).unwrap();
+        assert_eq!(archive.sealed().0, 900);
+        assert_eq!(archive.segments(), 3);
+        // From inside the second segment: up to its end, never past it.
+        let got = archive.read(450, 1_000).unwrap().unwrap();
+        assert_eq!(got.first().map(|r| r.0), Some(450));
+        assert_eq!(got.len(), 150, "450..600");
+        assert_eq!(got, records[450..600].to_vec());
+        assert_eq!(archive.read(899, 5).unwrap().unwrap().len(), 1);
+        assert_eq!(
+            archive.read(10, 3).unwrap().unwrap(),
+            records[10..13].to_vec()
+        );
+        // Past the sealed end: none here.
+        assert!(archive.read(900, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_fetched_segment_is_adopted_only_where_it_continues_the_chain_and_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, sink) = (tmp.path().join("source"), tmp.path().join("sink"));
+        let files = seal(FileIo::Std, &source, 1_000);
+        let (region, _) = sample_records();
+        let archive = Archive::open_with(&sink, &region, FileIo::Std).unwrap();
+        let bytes: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+        // The second segment cannot come first.
+        let err = archive.adopt(&bytes[1]).unwrap_err();
+        assert!(err.to_string().contains("starts at seq 300"), "{err}");
+        // A damaged first segment is refused (a byte of a record flipped).
+        let mut damaged = bytes[0].clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 1;
+        assert!(archive.adopt(&damaged).is_err());
+        assert_eq!(archive.sealed().0, 0, "nothing adopted");
+        // In order, each is taken; the result is the source's archive byte for byte.
+        for b in &bytes {
+            archive.adopt(b).unwrap();
+        }
+        assert_eq!(archive.sealed(), sealed_until(&source).unwrap());
+        for f in &files {
+            assert_eq!(
+                fs::read(f).unwrap(),
+                fs::read(sink.join(f.file_name().unwrap())).unwrap()
+            );
+        }
+        assert_eq!(
+            archive.segment_bytes(300).unwrap().as_deref(),
+            Some(bytes[1].as_slice())
+        );
+        assert!(archive.segment_bytes(301).unwrap().is_none());
     }
 }

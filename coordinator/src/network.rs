@@ -4,6 +4,7 @@
 //! another region is refused, so a misrouted node cannot join the wrong group.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -18,13 +19,14 @@ use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::RegionId;
-use shared::proto::v1::RaftMessage;
 use shared::proto::v1::raft_transport_client::RaftTransportClient;
 use shared::proto::v1::raft_transport_server::RaftTransport;
+use shared::proto::v1::{FetchSegmentRequest, RaftMessage, SegmentChunk};
 use shared::tls::{TlsError, Transport};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::archive::Archive;
 use crate::raft::TypeConfig;
 
 /// How long a connection attempt to a peer may take.
@@ -83,6 +85,61 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// A client of a peer's `RaftTransport` at `addr`, connected on first use from `outgoing`.
+pub fn peer_client(
+    transport: &Transport,
+    addr: &str,
+    outgoing: Option<IpAddr>,
+) -> Result<RaftTransportClient<Channel>, TlsError> {
+    // HTTP/2 pings replace a connection a partition killed within seconds of the heal, rather
+    // than after TCP's retransmission backoff (as the edges' and region sync's).
+    let channel = transport
+        .endpoint(addr)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .local_address(outgoing)
+        .connect_lazy();
+    Ok(RaftTransportClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Bytes of one streamed piece of a segment.
+const SEGMENT_CHUNK: usize = 1 << 20;
+/// The largest segment a node takes from a peer (a segment of 10,000 records of spend batches
+/// of 1,000 events is about 100 MiB; records are ≤ 16 MiB each).
+const SEGMENT_MAX: usize = 1 << 30;
+/// How long fetching one segment may take.
+const SEGMENT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Fetches the sealed segment that starts at `first_seq` from the peer behind `client`.
+pub async fn fetch_segment(
+    client: &mut RaftTransportClient<Channel>,
+    region: &RegionId,
+    me: u64,
+    first_seq: u64,
+) -> Result<Vec<u8>, Status> {
+    let mut request = Request::new(shared::proto::v1::FetchSegmentRequest {
+        region: region.to_string(),
+        from_node: me,
+        first_seq,
+    });
+    request.set_timeout(SEGMENT_FETCH_TIMEOUT);
+    let mut stream = client.fetch_segment(request).await?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if bytes.len() + chunk.data.len() > SEGMENT_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "segment {first_seq} is over {SEGMENT_MAX} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
 #[derive(Clone, Copy)]
 enum Rpc {
     Append,
@@ -97,20 +154,7 @@ impl Conn {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        // HTTP/2 pings replace a connection a partition killed within seconds of the heal,
-        // rather than after TCP's retransmission backoff (as the edges' and region sync's).
-        let channel = self
-            .transport
-            .endpoint(&self.addr)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .local_address(self.outgoing)
-            .connect_lazy();
-        let client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let client = peer_client(&self.transport, &self.addr, self.outgoing)?;
         self.client = Some(client.clone());
         Ok(client)
     }
@@ -179,27 +223,44 @@ impl RaftNetwork<TypeConfig> for Conn {
     }
 }
 
-/// The server side: hands incoming Raft messages to the local `Raft`.
+/// The server side: hands incoming Raft messages to the local `Raft`, and serves sealed
+/// segments to peers that lack them.
 pub struct RaftService {
     region: RegionId,
     me: u64,
     raft: Raft<TypeConfig>,
+    archive: Arc<Archive>,
 }
 
 impl RaftService {
     /// The service of node `me`.
-    pub fn new(region: RegionId, me: u64, raft: Raft<TypeConfig>) -> RaftService {
-        RaftService { region, me, raft }
+    pub fn new(
+        region: RegionId,
+        me: u64,
+        raft: Raft<TypeConfig>,
+        archive: Arc<Archive>,
+    ) -> RaftService {
+        RaftService {
+            region,
+            me,
+            raft,
+            archive,
+        }
+    }
+
+    fn check_region(&self, region: &str, from: u64) -> Result<(), Status> {
+        if region != self.region.as_str() {
+            return Err(Status::failed_precondition(format!(
+                "node {} is in region {}, not {region} (message from node {from})",
+                self.me, self.region
+            )));
+        }
+        Ok(())
     }
 
     fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
         let msg = request.into_inner();
-        if msg.region != self.region.as_str() {
-            return Err(Status::failed_precondition(format!(
-                "node {} is in region {}, not {} (message from node {})",
-                self.me, self.region, msg.region, msg.from_node
-            )));
-        }
+        self.check_region(&msg.region, msg.from_node)?;
         postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("raft payload: {e}")))
     }
@@ -236,6 +297,41 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
         self.reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    type FetchSegmentStream = std::pin::Pin<
+        Box<
+            dyn tonic::codegen::tokio_stream::Stream<Item = Result<SegmentChunk, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn fetch_segment(
+        &self,
+        request: Request<FetchSegmentRequest>,
+    ) -> Result<Response<Self::FetchSegmentStream>, Status> {
+        let r = request.into_inner();
+        self.check_region(&r.region, r.from_node)?;
+        let archive = self.archive.clone();
+        let first = r.first_seq;
+        let bytes = tokio::task::spawn_blocking(move || archive.segment_bytes(first))
+            .await
+            .map_err(|e| Status::internal(format!("reading segment {first}: {e}")))?
+            .map_err(|e| Status::internal(format!("reading segment {first}: {e}")))?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} holds no sealed segment starting at seq {first}",
+                    self.me
+                ))
+            })?;
+        let chunks: Vec<Result<SegmentChunk, Status>> = bytes
+            .chunks(SEGMENT_CHUNK)
+            .map(|c| Ok(SegmentChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::iter(
+            chunks,
+        ))))
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -14,6 +15,7 @@ use shared::clock::Clock;
 use shared::proto::v1::raft_transport_server::RaftTransportServer;
 use shared::tls::Transport;
 
+use crate::archive::Archive;
 use crate::ledger::{Command, Params, Reply, RequestKey};
 use crate::network::{Network, RaftService};
 use crate::raft::{LedgerMachine, Proposal, TypeConfig};
@@ -87,6 +89,14 @@ pub enum StartError {
     /// openraft refused the configuration or failed to start.
     #[error("starting raft: {0}")]
     Raft(String),
+    /// The segments directory could not be opened.
+    #[error("opening the archive in {path}: {source}")]
+    Archive {
+        /// Its directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Why a proposal was not applied. `NotLeader` is definite (nothing happened here); `Fatal`
@@ -190,8 +200,34 @@ pub struct Node {
     pub transport: Transport,
     /// Signs log heads (with TLS only).
     pub head_signer: Option<Arc<shared::log::signed::HeadSigner>>,
+    /// Its sealed segments (`<data_dir>/segments/`).
+    pub archive: Arc<Archive>,
     /// The rules its file gives a new region (recorded by the first leader).
     init_params: Params,
+    /// Source IP of its connections to peers.
+    outgoing: Option<std::net::IpAddr>,
+    /// Records below this seq are forgotten by the state store (they are sealed).
+    forgotten: AtomicU64,
+}
+
+/// Why [`Node::read_log`] did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadLogError {
+    /// The records from `from` are sealed on the peers but not here yet: this node installed a
+    /// snapshot, which carries only unsealed records, and is fetching the segments below it.
+    #[error(
+        "records {from}..{until} are not on this replica yet: it joined by snapshot and is \
+         fetching those sealed segments from its peers; ask another replica or try again"
+    )]
+    NotYetFetched {
+        /// The first record asked for.
+        from: u64,
+        /// Where this node's own records start.
+        until: u64,
+    },
+    /// Reading the store or a segment failed.
+    #[error("reading the log: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl Node {
@@ -203,12 +239,19 @@ impl Node {
             path: path.clone(),
             source,
         })?;
+        let segments = crate::archive::segments_dir(&cfg.data_dir);
+        let archive =
+            Archive::open(&segments, &cfg.region).map_err(|source| StartError::Archive {
+                path: segments.clone(),
+                source,
+            })?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let m = metrics.clone();
         let observer: raft_store::SyncObserver = Arc::new(move |store, took| m.synced(store, took));
         let log = LogStore::<TypeConfig>::new(db.clone()).with_sync_observer(observer.clone());
         let state = StateStore::open(
             db,
+            &cfg.data_dir.join("snapshots"),
             // The same defaults on every replica: the region's rules come from its log.
             LedgerMachine::new(cfg.region.clone(), Params::default()),
         )?
@@ -225,6 +268,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let archive = Arc::new(archive);
         let raft = Raft::new(
             cfg.id,
             Arc::new(config),
@@ -257,7 +301,10 @@ impl Node {
             clock: cfg.clock.clone(),
             transport: cfg.transport.clone(),
             head_signer: cfg.head_signer.clone(),
+            archive,
             init_params: cfg.init_params.clone(),
+            outgoing: cfg.outgoing,
+            forgotten: AtomicU64::new(0),
         })
     }
 
@@ -352,42 +399,199 @@ impl Node {
             self.region.clone(),
             self.id,
             self.raft.clone(),
+            self.archive.clone(),
         ))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
     }
 
-    /// Seals every full segment of `segment_entries` financial-log records not yet sealed into
-    /// `<data_dir>/segments/`. Blocking file I/O: call from a blocking context.
+    /// Seals every full segment of financial-log records not yet sealed into
+    /// `<data_dir>/segments/` (a segment ends after `segment_entries` records or at a seal
+    /// point), reads each back, and then forgets the sealed records in RocksDB: the segments
+    /// are the archive, the store keeps only what is not sealed. Seals nothing while the
+    /// archive has a gap ([`Node::archive_gap`]). Blocking file I/O: call from a blocking
+    /// context.
     pub fn archive(&self, segment_entries: u64) -> std::io::Result<Vec<PathBuf>> {
+        if self.archive_gap()?.is_some() {
+            return Ok(Vec::new());
+        }
         let (until, points) = self.state.read(|m| {
             (
                 m.ledger().chain().next_seq(),
                 m.ledger().seal_points().clone(),
             )
         });
-        crate::archive::seal_ready(
-            crate::archive::FileIo::detect(),
-            &crate::archive::segments_dir(&self.data_dir),
-            &self.region,
-            segment_entries,
-            &points,
-            until,
-            |from, max| {
+        let files = self
+            .archive
+            .seal(segment_entries, &points, until, |from, max| {
                 self.state
                     .log_records(from, max)
                     .map_err(std::io::Error::other)
-            },
-        )
-        .and_then(|files| {
-            // Each sealed segment gets its signed head beside it (LOG_FORMAT.md §9).
-            if let Some(signer) = &self.head_signer {
-                for f in &files {
-                    crate::archive::write_signed_head(signer, f, self.clock.wall_us())?;
+            })?;
+        self.sign_heads(&files)?;
+        self.forget_sealed()?;
+        Ok(files)
+    }
+
+    /// Each sealed segment gets its signed head beside it (LOG_FORMAT.md §9).
+    fn sign_heads(&self, files: &[PathBuf]) -> std::io::Result<()> {
+        if let Some(signer) = &self.head_signer {
+            for f in files {
+                crate::archive::write_signed_head(signer, f, self.clock.wall_us())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets, in the state store, the records the archive holds.
+    fn forget_sealed(&self) -> std::io::Result<()> {
+        let sealed = self.archive.sealed().0;
+        if sealed > self.forgotten.load(Ordering::Relaxed) {
+            self.state
+                .forget_log_before(sealed)
+                .map_err(std::io::Error::other)?;
+            self.forgotten.store(sealed, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The sealed records this node holds nowhere, `from..until`: after it installed a
+    /// snapshot whose records (the unsealed ones of the node that built it) start past its
+    /// own archive. [`Node::fetch_archive_gap`] closes it.
+    pub fn archive_gap(&self) -> std::io::Result<Option<(u64, u64)>> {
+        // The chain's end first: a record appended after this read cannot look like a gap.
+        let next = self.state.read(|m| m.ledger().chain().next_seq());
+        let first = self.state.first_log_seq().map_err(std::io::Error::other)?;
+        let sealed = self.archive.sealed().0;
+        let own = first.unwrap_or(next).min(next);
+        Ok((own > sealed).then_some((sealed, own)))
+    }
+
+    /// Fetches the sealed segments of [`Node::archive_gap`] from the region's other nodes, one
+    /// after another, each verified against the chain before it is kept, and checks that the
+    /// last one leads to this node's own first record. Returns the segments adopted.
+    pub async fn fetch_archive_gap(&self) -> Result<usize, String> {
+        let Some((_, until)) = self.archive_gap().map_err(|e| e.to_string())? else {
+            return Ok(0);
+        };
+        let peers: Vec<(u64, String)> = {
+            let m = self.raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let mut adopted = 0;
+        let mut last_error = String::from("no peer to fetch from");
+        'peers: for (peer, addr) in peers {
+            let mut client =
+                match crate::network::peer_client(&self.transport, &addr, self.outgoing) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = format!("node {peer} at {addr}: {e}");
+                        continue;
+                    }
+                };
+            while self.archive.sealed().0 < until {
+                let first_seq = self.archive.sealed().0;
+                let bytes = match crate::network::fetch_segment(
+                    &mut client,
+                    &self.region,
+                    self.id,
+                    first_seq,
+                )
+                .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        last_error = format!("node {peer} at {addr}, segment {first_seq}: {e}");
+                        continue 'peers;
+                    }
+                };
+                let archive = self.archive.clone();
+                let path = match tokio::task::spawn_blocking(move || archive.adopt(&bytes)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        last_error = format!("node {peer}'s segment {first_seq}: {e}");
+                        continue 'peers;
+                    }
+                    Err(e) => return Err(format!("the adopting task failed: {e}")),
+                };
+                self.sign_heads(std::slice::from_ref(&path))
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(node = self.id, from = peer, file = %path.display(), "fetched a sealed segment this node lacked");
+                adopted += 1;
+            }
+            break;
+        }
+        if self.archive.sealed().0 < until {
+            return Err(format!(
+                "sealed records {}..{until} are still missing here: {last_error}",
+                self.archive.sealed().0
+            ));
+        }
+        self.check_archive_joins()?;
+        Ok(adopted)
+    }
+
+    /// The archive's head must be the `prev_hash` of the first record this node stores (or the
+    /// chain's head when it stores none): the fetched history and the node's own records are
+    /// one chain.
+    fn check_archive_joins(&self) -> Result<(), String> {
+        let (sealed, head) = self.archive.sealed();
+        let stored = self
+            .state
+            .log_records(sealed, 1)
+            .map_err(|e| e.to_string())?;
+        let expected = match stored.first() {
+            Some((seq, record)) if *seq == sealed => {
+                match shared::log::segment::read_item(record, 0) {
+                    Ok(shared::log::segment::Item::Record(r)) => r.prev_hash.to_vec(),
+                    _ => return Err(format!("stored record {seq} is malformed")),
                 }
             }
-            Ok(files)
-        })
+            _ => self
+                .state
+                .read(|m| {
+                    let c = m.ledger().chain();
+                    (c.next_seq() == sealed).then(|| c.head().to_vec())
+                })
+                .ok_or_else(|| format!("no stored record follows the archive's end at {sealed}"))?,
+        };
+        if expected != head {
+            return Err(format!(
+                "the archive fetched from peers ends at {sealed} with head {}, but this node's \
+                 record {sealed} follows {}: the replicas' logs differ",
+                hex::encode(head),
+                hex::encode(&expected)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The financial-log records from `from` on, at most `max`: from the state store, or from
+    /// the sealed segments once they are forgotten there. Blocking file I/O.
+    pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, ReadLogError> {
+        let stored = self
+            .state
+            .log_records(from, max)
+            .map_err(std::io::Error::other)?;
+        if stored.first().is_some_and(|(seq, _)| *seq == from) {
+            return Ok(stored);
+        }
+        let next = self.state.read(|m| m.ledger().chain().next_seq());
+        if from >= next {
+            return Ok(Vec::new());
+        }
+        match self.archive.read(from, max)? {
+            Some(records) => Ok(records),
+            None => Err(ReadLogError::NotYetFetched {
+                from,
+                until: stored.first().map_or(next, |(seq, _)| *seq),
+            }),
+        }
     }
 
     /// Stops Raft (the storage stays as it is, for a restart).

@@ -1,8 +1,6 @@
 //! openraft glue for a region: the type config, what a leader proposes, and the ledger as the
 //! `raft-store` machine.
 
-use std::io::Cursor;
-
 use openraft::{AnyError, BasicNode, LogId};
 use raft_store::{Machine, MachineApplied};
 use serde::{Deserialize, Serialize};
@@ -17,10 +15,8 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = u64,
         Node = BasicNode,
+        SnapshotData = raft_store::SnapshotFile,
 );
-
-// `declare_raft_types!` makes `SnapshotData = Cursor<Vec<u8>>`.
-const _: fn(Cursor<Vec<u8>>) = |_| {};
 
 /// A command as the leader proposes it: stamped with the leader's wall-clock time, which decides
 /// day buckets and guards no money.
@@ -175,7 +171,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let time_us = 1_793_534_400_000_000;
         let head = {
-            let mut sm = StateStore::open(open_db(dir.path()).unwrap(), machine()).unwrap();
+            let mut sm = StateStore::open(
+                open_db(&dir.path().join("db")).unwrap(),
+                &dir.path().join("snapshots"),
+                machine(),
+            )
+            .unwrap();
             let cmds = commands();
             let (first, rest) = cmds.split_at(4);
             // Two batches, as openraft would hand them over.
@@ -201,8 +202,8 @@ mod tests {
             sm.read(|m| m.ledger().chain().head())
         };
         // Reopen, as after a kill -9: the ledger is rebuilt from rows, the chain continues.
-        let db = open_db(dir.path()).unwrap();
-        let sm = StateStore::open(db, machine()).unwrap();
+        let db = open_db(&dir.path().join("db")).unwrap();
+        let sm = StateStore::open(db, &dir.path().join("snapshots"), machine()).unwrap();
         sm.read(|m| {
             m.ledger().validate().unwrap();
             assert_eq!(m.ledger().chain().head(), head);

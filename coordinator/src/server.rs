@@ -509,7 +509,8 @@ pub async fn reclaim_loop(
 pub const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 
 /// Seals complete segments of the financial log into the data directory, on every node, until
-/// `stop` fires. On the leader, a segment left open for `seal_interval` (by its monotonic
+/// `stop` fires; sealed records then leave RocksDB. A node whose archive has a gap (it joined
+/// by snapshot) fetches the missing segments from its peers first. On the leader, a segment left open for `seal_interval` (by its monotonic
 /// clock) is ended with a `SealSegment` command, so that a quiet region's log is sealed (and
 /// verifiable offline) too.
 pub async fn archive_loop(
@@ -528,10 +529,9 @@ pub async fn archive_loop(
             _ = stop.changed() => return,
         }
         if node.leader().is_some_and(|(id, _)| id == node.id) {
-            let dir = crate::archive::segments_dir(&node.data_dir);
             let next = node.state.read(|m| m.ledger().chain().next_seq());
-            match tokio::task::spawn_blocking(move || crate::archive::sealed_until(&dir)).await {
-                Ok(Ok((sealed, _))) if next > sealed => {
+            match node.archive.sealed() {
+                (sealed, _) if next > sealed => {
                     let now = node.clock.mono();
                     let since = match open {
                         Some((start, since)) if start == sealed => since,
@@ -553,6 +553,22 @@ pub async fn archive_loop(
             }
         } else {
             open = None;
+        }
+        // A node that joined by snapshot first fetches the sealed history it lacks.
+        let n = node.clone();
+        if let Ok(Ok(Some((from, until)))) =
+            tokio::task::spawn_blocking(move || n.archive_gap()).await
+        {
+            tracing::info!(
+                from,
+                until,
+                "this node's archive lacks sealed records (it installed a snapshot): fetching them from its peers"
+            );
+            match node.fetch_archive_gap().await {
+                Ok(n) => tracing::info!(segments = n, "the archive is whole again"),
+                Err(e) => tracing::warn!(error = %e, "fetching sealed segments failed; will retry"),
+            }
+            continue;
         }
         let n = node.clone();
         match tokio::task::spawn_blocking(move || n.archive(segment_entries)).await {

@@ -4,7 +4,8 @@
 //!   column families: log, vote, committed log id.
 //! - [`state_store`]: [`StateStore`], openraft's `RaftStateMachine` over any [`Machine`]: the
 //!   machine's rows, the financial-log records and the last-applied log id of a batch in one
-//!   synced `WriteBatch`; snapshots carry all of them.
+//!   synced `WriteBatch`; snapshots are files ([`SnapshotFile`]) of the rows and the records not
+//!   yet archived, streamed to and from openraft.
 //!
 //! Only this crate knows RocksDB. It links Debian's RocksDB 7.8 (see `.cargo/config.toml`).
 
@@ -24,7 +25,7 @@ pub use log_store::LogStore;
 /// made it (`"log"` or `"state"`). Lets the server export a latency histogram without this crate
 /// knowing about metrics.
 pub type SyncObserver = std::sync::Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
-pub use state_store::{Machine, MachineApplied, StateStore};
+pub use state_store::{Machine, MachineApplied, SnapshotFile, SnapshotStats, StateStore};
 
 /// Every column family the crate uses.
 pub const COLUMN_FAMILIES: &[&str] = &[

@@ -2,20 +2,32 @@
 //!
 //! Column families:
 //! - `sm_rows`: the machine's rows (key → value), as it reports them after each command;
-//! - `fin_log`: financial-log records (seq big-endian → record bytes);
-//! - `sm_meta`: `applied` (last applied log id), `membership`, `snapshot` (the current one).
+//! - `fin_log`: financial-log records (seq big-endian → record bytes) not yet archived: the
+//!   application seals records into segment files of its own and then forgets them here
+//!   ([`StateStore::forget_log_before`]), so this family holds a bounded tail, not the history;
+//! - `sm_meta`: `applied` (last applied log id), `membership`, `snapshot_file` (the current
+//!   snapshot's meta and file name).
 //!
 //! **Atomic apply.** For a batch of entries openraft hands over, the rows, the log records and
 //! the last-applied log id all go into one `WriteBatch`, written with one sync: group commit, and
 //! a crash at any moment leaves either all of the batch or none of it. On restart, the machine is
 //! rebuilt from `sm_rows`, and openraft re-applies whatever the log holds past `applied`.
 //!
-//! **Snapshots** hold every row, every log record and the meta; installing one replaces all
-//! three. So a node that was down for long, or a new node, catches up, financial log included.
+//! **Snapshots are files** in the store's snapshot directory, written and read as streams
+//! ([`SnapshotFile`]): the meta, every row, and the financial-log records still in `fin_log`
+//! (from [`StateStore::first_log_seq`] on), then a CRC-32 of all of it. Their size follows the
+//! state and the unarchived tail, not the history. Installing one replaces the rows and the
+//! records; a node that installed one holds the records from the snapshot's first record on,
+//! and the application fetches the archived ones below it from a peer.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::fs;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{
@@ -25,6 +37,7 @@ use openraft::{
 use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 /// Column family of the machine's rows.
 pub const CF_ROWS: &str = "sm_rows";
@@ -35,14 +48,21 @@ pub const CF_SM_META: &str = "sm_meta";
 
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"BUDGSNP1";
+/// Where snapshots lived when they were one RocksDB value (removed on open).
+const KEY_SNAPSHOT_LEGACY: &[u8] = b"snapshot";
+const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"BUDGSNP2";
+const SNAPSHOT_EXT: &str = "snap";
+const RECEIVING_PREFIX: &str = "receiving-";
+/// Tags before each pair of a snapshot file, and its end.
+const TAG_ROW: u8 = 1;
+const TAG_RECORD: u8 = 2;
+const TAG_END: u8 = 0;
+/// Largest key or value a snapshot may hold (records are ≤ 16 MiB).
+const PAIR_PART_MAX: usize = 64 << 20;
 
 /// Key-value pairs, owned.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Key-value pairs borrowed from a snapshot.
-type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 /// What applying one command produced.
 pub struct MachineApplied<R> {
@@ -67,16 +87,90 @@ pub trait Machine<C: RaftTypeConfig>: Send + Sync + 'static {
     fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), AnyError>;
 }
 
+/// A snapshot's bytes: a file in the store's snapshot directory, read and written by openraft
+/// as a stream (`SnapshotData`). Declare the type config with `SnapshotData = SnapshotFile`.
+pub struct SnapshotFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Debug for SnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotFile({})", self.path.display())
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        Pin::new(&mut self.get_mut().file).start_seek(position)
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Pin::new(&mut self.get_mut().file).poll_complete(cx)
+    }
+}
+
+/// What the last snapshot build measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Rows in it.
+    pub rows: u64,
+    /// Financial-log records in it.
+    pub records: u64,
+    /// Microseconds the build took (rows copied, file written and synced).
+    pub build_us: u64,
+}
+
 struct Inner<C: RaftTypeConfig, M> {
     machine: M,
     applied: Option<LogId<C::NodeId>>,
     membership: StoredMembership<C::NodeId, C::Node>,
+    last_build: Option<SnapshotStats>,
 }
 
 /// The state machine store of one node. Cheap to clone: clones share the state.
 pub struct StateStore<C: RaftTypeConfig, M> {
     db: Arc<DB>,
+    snapshot_dir: Arc<PathBuf>,
     inner: Arc<Mutex<Inner<C, M>>>,
+    receiving: Arc<AtomicU64>,
     observer: Option<crate::SyncObserver>,
 }
 
@@ -84,18 +178,28 @@ impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
     fn clone(&self) -> Self {
         StateStore {
             db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
             inner: self.inner.clone(),
+            receiving: self.receiving.clone(),
             observer: self.observer.clone(),
         }
     }
 }
 
+/// What `sm_meta` says of the current snapshot.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct SnapshotPointer<C: RaftTypeConfig> {
+    meta: SnapshotMeta<C::NodeId, C::Node>,
+    /// The file's name in the snapshot directory.
+    file: String,
+}
+
+/// The head of a snapshot file.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
 struct SnapshotHead<C: RaftTypeConfig> {
     meta: SnapshotMeta<C::NodeId, C::Node>,
-    rows: u64,
-    records: u64,
 }
 
 type SResult<C, T> = Result<T, StorageError<<C as RaftTypeConfig>::NodeId>>;
@@ -115,27 +219,149 @@ fn io_write<C: RaftTypeConfig>(e: impl std::error::Error + 'static) -> StorageEr
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
-fn put_len(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Rows and records are far below 4 GiB (records ≤ 16 MiB).
-    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(bytes);
+fn bad_data(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-fn take_len<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let (len, rest) = bytes.split_first_chunk::<4>()?;
-    let (out, rest) = rest.split_at_checked(usize::try_from(u32::from_be_bytes(*len)).ok()?)?;
-    *bytes = rest;
-    Some(out)
+/// Writes through to `inner` and keeps a CRC-32 of everything written.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        self.inner.write_all(bytes)
+    }
+
+    fn put_len(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(bytes.len()).map_err(|_| bad_data("a snapshot part over 4 GiB"))?;
+        self.put(&len.to_be_bytes())?;
+        self.put(bytes)
+    }
+
+    fn pair(&mut self, tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
+        self.put(&[tag])?;
+        self.put_len(k)?;
+        self.put_len(v)
+    }
+}
+
+/// Reads from `inner` and keeps a CRC-32 of everything read.
+struct CrcReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0; n];
+        self.inner.read_exact(&mut out)?;
+        self.crc.update(&out);
+        Ok(out)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut out = [0; N];
+        self.inner.read_exact(&mut out)?;
+        self.crc.update(&out);
+        Ok(out)
+    }
+
+    fn take_len(&mut self) -> io::Result<Vec<u8>> {
+        let len = u32::from_be_bytes(self.take_array::<4>()?) as usize;
+        if len > PAIR_PART_MAX {
+            return Err(bad_data(format!(
+                "a part of {len} bytes (at most {PAIR_PART_MAX})"
+            )));
+        }
+        self.take(len)
+    }
+}
+
+/// A snapshot file read back: its meta, rows and records.
+struct Parsed<C: RaftTypeConfig> {
+    meta: Meta<C>,
+    rows: Rows,
+    records: Rows,
+}
+
+/// Reads a whole snapshot file from its start, checking its framing and CRC.
+fn read_snapshot_file<C: RaftTypeConfig>(mut file: fs::File) -> io::Result<Parsed<C>> {
+    file.rewind()?;
+    let mut r = CrcReader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        crc: crc32fast::Hasher::new(),
+    };
+    if r.take_array::<8>()? != *SNAPSHOT_MAGIC {
+        return Err(bad_data("not a snapshot file of this format (magic)"));
+    }
+    let head: SnapshotHead<C> =
+        serde_json::from_slice(&r.take_len()?).map_err(|e| bad_data(format!("head: {e}")))?;
+    let (mut rows, mut records) = (Vec::new(), Vec::new());
+    loop {
+        match r.take_array::<1>()?[0] {
+            TAG_END => break,
+            TAG_ROW => rows.push((r.take_len()?, r.take_len()?)),
+            TAG_RECORD => {
+                let k = r.take_len()?;
+                if k.len() != 8 {
+                    return Err(bad_data("a record key is not a seq"));
+                }
+                records.push((k, r.take_len()?));
+            }
+            t => return Err(bad_data(format!("unknown tag {t}"))),
+        }
+    }
+    let computed = r.crc.clone().finalize();
+    let mut stored = [0u8; 4];
+    r.inner.read_exact(&mut stored)?;
+    if u32::from_be_bytes(stored) != computed {
+        return Err(bad_data("CRC mismatch: the snapshot is damaged"));
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest)? != 0 {
+        return Err(bad_data("bytes after the end"));
+    }
+    Ok(Parsed {
+        meta: head.meta,
+        rows,
+        records,
+    })
+}
+
+/// Syncs a directory, so that a rename in it survives a crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// A file name made of a snapshot id (which openraft formats with characters of its own).
+fn file_name_for(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("snap-{clean}.{SNAPSHOT_EXT}")
 }
 
 impl<C, M> StateStore<C, M>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = SnapshotFile>,
     C::D: Debug,
     M: Machine<C>,
 {
-    /// Opens the store on `db`, rebuilding `machine` from the stored rows.
-    pub fn open(db: Arc<DB>, mut machine: M) -> SResult<C, Self> {
+    /// Opens the store on `db`, rebuilding `machine` from the stored rows; snapshots are files
+    /// in `snapshot_dir` (created if missing; files there that are not the current snapshot
+    /// are removed).
+    pub fn open(db: Arc<DB>, snapshot_dir: &Path, mut machine: M) -> SResult<C, Self> {
+        fs::create_dir_all(snapshot_dir).map_err(io_write::<C>)?;
         let rows = scan(&db, CF_ROWS).map_err(io_read::<C>)?;
         machine
             .load(rows)
@@ -149,13 +375,29 @@ where
             Some(v) => serde_json::from_slice(&v).map_err(io_read::<C>)?,
             None => StoredMembership::default(),
         };
+        // A snapshot stored whole in RocksDB by an earlier version: openraft builds a new one.
+        if get(KEY_SNAPSHOT_LEGACY)?.is_some() {
+            db.delete_cf(cf(&db, CF_SM_META), KEY_SNAPSHOT_LEGACY)
+                .map_err(io_write::<C>)?;
+        }
+        let current = match get(KEY_SNAPSHOT_FILE)? {
+            Some(v) => {
+                let p: SnapshotPointer<C> = serde_json::from_slice(&v).map_err(io_read::<C>)?;
+                Some(p.file)
+            }
+            None => None,
+        };
+        remove_snapshot_files(snapshot_dir, current.as_deref(), true).map_err(io_write::<C>)?;
         Ok(StateStore {
             db,
+            snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
             inner: Arc::new(Mutex::new(Inner {
                 machine,
                 applied,
                 membership,
+                last_build: None,
             })),
+            receiving: Arc::new(AtomicU64::new(0)),
             observer: None,
         })
     }
@@ -195,7 +437,9 @@ where
         )
     }
 
-    /// The financial-log records with seq in `from..`, at most `max`.
+    /// The financial-log records stored here with seq in `from..`, at most `max`. Records the
+    /// application has forgotten ([`Self::forget_log_before`]) are not among them: the first
+    /// one returned may come after `from`.
     pub fn log_records(
         &self,
         from: u64,
@@ -209,51 +453,150 @@ where
             .take(max)
         {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
-            out.push((seq, v.to_vec()));
+            out.push((seq_of(&k), v.to_vec()));
         }
         Ok(out)
     }
 
-    fn build(&self) -> SResult<C, (Meta<C>, Vec<u8>)> {
+    /// The seq of the first financial-log record stored here, if any.
+    pub fn first_log_seq(&self) -> Result<Option<u64>, rocksdb::Error> {
+        match self
+            .db
+            .iterator_cf(cf(&self.db, CF_FIN_LOG), IteratorMode::Start)
+            .next()
+        {
+            Some(item) => Ok(Some(seq_of(&item?.0))),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the financial-log records with seq below `seq`: the application calls this once
+    /// they are archived elsewhere (sealed, synced and read back). Snapshots built afterwards no
+    /// longer carry them.
+    pub fn forget_log_before(&self, seq: u64) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf(&self.db, CF_FIN_LOG),
+            0u64.to_be_bytes(),
+            seq.to_be_bytes(),
+        );
+        self.db.write(batch)
+    }
+
+    /// What the last snapshot this store built measured (none yet: `None`).
+    pub fn last_snapshot_build(&self) -> Option<SnapshotStats> {
+        self.lock().last_build
+    }
+
+    /// Writes a snapshot file of the state as of now: rows and the pointer's meta read under
+    /// the lock with a RocksDB snapshot of the records, the file written after it is released.
+    fn build(&self) -> SResult<C, (Meta<C>, PathBuf)> {
+        let started = std::time::Instant::now();
+        let db = self.db.clone();
         let inner = self.lock();
         let rows = inner.machine.all_rows();
-        let records = scan(&self.db, CF_FIN_LOG).map_err(io_read::<C>)?;
-        let id = match &inner.applied {
+        let view = db.snapshot();
+        let applied = inner.applied.clone();
+        let membership = inner.membership.clone();
+        drop(inner);
+        let log_cf = cf(&db, CF_FIN_LOG);
+        let first = match view.iterator_cf(log_cf, IteratorMode::Start).next() {
+            Some(item) => Some(seq_of(&item.map_err(io_read::<C>)?.0)),
+            None => None,
+        };
+        // The first record is part of the id: two builds at one index may differ in it.
+        let id = match &applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
             None => "empty".to_string(),
         };
+        let id = match first {
+            Some(f) => format!("{id}-r{f}"),
+            None => id,
+        };
         let meta = SnapshotMeta {
-            last_log_id: inner.applied.clone(),
-            last_membership: inner.membership.clone(),
+            last_log_id: applied,
+            last_membership: membership,
             snapshot_id: id,
         };
-        drop(inner);
-        let head = SnapshotHead::<C> {
-            meta: meta.clone(),
-            rows: rows.len() as u64,
-            records: records.len() as u64,
+        let name = file_name_for(&meta.snapshot_id);
+        let dir = self.snapshot_dir.as_path();
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let head =
+            serde_json::to_vec(&SnapshotHead::<C> { meta: meta.clone() }).map_err(io_write::<C>)?;
+        let write = || -> io::Result<(u64, u64)> {
+            let mut w = CrcWriter {
+                inner: BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?),
+                crc: crc32fast::Hasher::new(),
+            };
+            w.put(SNAPSHOT_MAGIC)?;
+            w.put_len(&head)?;
+            for (k, v) in &rows {
+                w.pair(TAG_ROW, k, v)?;
+            }
+            let mut records = 0u64;
+            for item in view.iterator_cf(log_cf, IteratorMode::Start) {
+                let (k, v) = item.map_err(io::Error::other)?;
+                w.pair(TAG_RECORD, &k, &v)?;
+                records += 1;
+            }
+            w.put(&[TAG_END])?;
+            let crc = w.crc.clone().finalize();
+            let mut out = w.inner;
+            out.write_all(&crc.to_be_bytes())?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let bytes = file.metadata()?.len();
+            fs::rename(&tmp, &path)?;
+            sync_dir(dir)?;
+            Ok((bytes, records))
         };
-        let mut data = SNAPSHOT_MAGIC.to_vec();
-        put_len(
-            &mut data,
-            &serde_json::to_vec(&head).map_err(io_write::<C>)?,
-        );
-        for (k, v) in rows.iter().chain(records.iter()) {
-            put_len(&mut data, k);
-            put_len(&mut data, v);
-        }
-        let mut stored = Vec::new();
-        put_len(
-            &mut stored,
-            &serde_json::to_vec(&meta).map_err(io_write::<C>)?,
-        );
-        stored.extend_from_slice(&data);
+        let (bytes, records) = crate::blocking(write).map_err(io_write::<C>)?;
+        drop(view);
+        let pointer = SnapshotPointer::<C> {
+            meta: meta.clone(),
+            file: name.clone(),
+        };
         self.db
-            .put_cf_opt(cf(&self.db, CF_SM_META), KEY_SNAPSHOT, stored, &synced())
+            .put_cf_opt(
+                cf(&self.db, CF_SM_META),
+                KEY_SNAPSHOT_FILE,
+                serde_json::to_vec(&pointer).map_err(io_write::<C>)?,
+                &synced(),
+            )
             .map_err(io_write::<C>)?;
-        Ok((meta, data))
+        // Older files go; one still being sent stays readable through its open handle.
+        remove_snapshot_files(dir, Some(&name), false).map_err(io_write::<C>)?;
+        self.lock().last_build = Some(SnapshotStats {
+            bytes,
+            rows: rows.len() as u64,
+            records,
+            build_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+        Ok((meta, path))
     }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key.try_into().unwrap_or([0xff; 8]))
+}
+
+/// Removes snapshot files of `dir` other than `keep`: finished ones and unfinished builds, and
+/// with `receiving`, files being received too (only when no stream can be under way: at open).
+fn remove_snapshot_files(dir: &Path, keep: Option<&str>, receiving: bool) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("snap-") || (receiving && name.starts_with(RECEIVING_PREFIX));
+        if ours && Some(name.as_str()) != keep {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -269,43 +612,27 @@ fn scan(db: &DB, name: &str) -> Result<Rows, rocksdb::Error> {
         .collect()
 }
 
-fn parse_snapshot<C: RaftTypeConfig>(
-    data: &[u8],
-) -> Option<(SnapshotHead<C>, Pairs<'_>, Pairs<'_>)> {
-    let mut rest = data.strip_prefix(SNAPSHOT_MAGIC.as_slice())?;
-    let head: SnapshotHead<C> = serde_json::from_slice(take_len(&mut rest)?).ok()?;
-    let mut rows = Vec::new();
-    let mut records = Vec::new();
-    for i in 0..head.rows.checked_add(head.records)? {
-        let k = take_len(&mut rest)?;
-        let v = take_len(&mut rest)?;
-        if i < head.rows {
-            rows.push((k, v))
-        } else {
-            records.push((k, v))
-        }
-    }
-    rest.is_empty().then_some((head, rows, records))
-}
-
 impl<C, M> RaftSnapshotBuilder<C> for StateStore<C, M>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = SnapshotFile>,
     C::D: Debug,
     M: Machine<C>,
 {
     async fn build_snapshot(&mut self) -> SResult<C, Snapshot<C>> {
-        let (meta, data) = self.build()?;
+        let (meta, path) = self.build()?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotFile { file, path }),
         })
     }
 }
 
 impl<C, M> RaftStateMachine<C> for StateStore<C, M>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = SnapshotFile>,
     C::D: Debug + Serialize + DeserializeOwned,
     M: Machine<C>,
 {
@@ -381,47 +708,89 @@ where
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> SResult<C, Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> SResult<C, Box<SnapshotFile>> {
+        // openraft receives one stream at a time: an earlier unfinished one was abandoned.
+        let dir = self.snapshot_dir.as_path();
+        for entry in fs::read_dir(dir).map_err(io_write::<C>)? {
+            let entry = entry.map_err(io_write::<C>)?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(RECEIVING_PREFIX)
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let n = self.receiving.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{RECEIVING_PREFIX}{n}.tmp"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotFile { file, path }))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<C::NodeId, C::Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> SResult<C, ()> {
-        let data = snapshot.into_inner();
-        let bad = || {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                AnyError::error("snapshot data is malformed"),
-            )
-        };
-        let (head, rows, records) = parse_snapshot::<C>(&data).ok_or_else(bad)?;
-        if head.meta.last_log_id != meta.last_log_id {
-            return Err(bad().into());
+        let SnapshotFile { file, path } = *snapshot;
+        let bad = |e: &io::Error| StorageIOError::read_snapshot(Some(meta.signature()), e);
+        let file = file.into_std().await;
+        let parsed = crate::blocking(|| read_snapshot_file::<C>(file)).map_err(|e| bad(&e))?;
+        if parsed.meta.last_log_id != meta.last_log_id {
+            return Err(bad(&bad_data(format!(
+                "the file is snapshot {}, not {}",
+                parsed.meta.snapshot_id, meta.snapshot_id
+            )))
+            .into());
         }
+        // The file becomes this node's current snapshot, under a name of its own.
+        let dir = self.snapshot_dir.clone();
+        let name = file_name_for(&meta.snapshot_id);
+        let dest = dir.join(&name);
+        let received_here = path.parent() == Some(dir.as_path())
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(RECEIVING_PREFIX));
+        crate::blocking(|| -> io::Result<()> {
+            if received_here {
+                fs::rename(&path, &dest)?;
+            } else {
+                let tmp = dir.join(format!("{name}.tmp"));
+                fs::copy(&path, &tmp)?;
+                fs::File::open(&tmp)?.sync_all()?;
+                fs::rename(&tmp, &dest)?;
+            }
+            sync_dir(&dir)
+        })
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+
         let db = self.db.clone();
         let mut inner = self.lock();
-        // Rebuild the machine first: if the rows do not load, nothing on disk has changed.
-        let owned: Vec<(Vec<u8>, Vec<u8>)> =
-            rows.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        inner
-            .machine
-            .load(owned)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         let mut batch = WriteBatch::default();
-        for name in [CF_ROWS, CF_FIN_LOG] {
-            for (k, _) in scan(&db, name).map_err(io_read::<C>)? {
-                batch.delete_cf(cf(&db, name), k);
-            }
+        for (k, _) in scan(&db, CF_ROWS).map_err(io_read::<C>)? {
+            batch.delete_cf(cf(&db, CF_ROWS), k);
         }
-        for (k, v) in &rows {
+        let log_cf = cf(&db, CF_FIN_LOG);
+        batch.delete_range_cf(log_cf, 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete_cf(log_cf, u64::MAX.to_be_bytes());
+        for (k, v) in &parsed.rows {
             batch.put_cf(cf(&db, CF_ROWS), k, v);
         }
-        for (k, v) in &records {
-            batch.put_cf(cf(&db, CF_FIN_LOG), k, v);
+        for (k, v) in &parsed.records {
+            batch.put_cf(log_cf, k, v);
         }
+        // Rebuild the machine before writing: if the rows do not load, nothing on disk changes.
+        inner
+            .machine
+            .load(parsed.rows)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         inner.applied = meta.last_log_id.clone();
         inner.membership = meta.last_membership.clone();
         batch.put_cf(
@@ -434,33 +803,41 @@ where
             KEY_MEMBERSHIP,
             serde_json::to_vec(&inner.membership).map_err(io_write::<C>)?,
         );
-        let mut stored = Vec::new();
-        put_len(
-            &mut stored,
-            &serde_json::to_vec(meta).map_err(io_write::<C>)?,
+        let pointer = SnapshotPointer::<C> {
+            meta: meta.clone(),
+            file: name.clone(),
+        };
+        batch.put_cf(
+            cf(&db, CF_SM_META),
+            KEY_SNAPSHOT_FILE,
+            serde_json::to_vec(&pointer).map_err(io_write::<C>)?,
         );
-        stored.extend_from_slice(&data);
-        batch.put_cf(cf(&db, CF_SM_META), KEY_SNAPSHOT, stored);
-        db.write_opt(batch, &synced()).map_err(io_write::<C>)?;
+        crate::blocking(|| db.write_opt(batch, &synced())).map_err(io_write::<C>)?;
+        drop(inner);
+        remove_snapshot_files(&dir, Some(&name), false).map_err(io_write::<C>)?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<C, Option<Snapshot<C>>> {
         let Some(stored) = self
             .db
-            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT)
+            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT_FILE)
             .map_err(io_read::<C>)?
         else {
             return Ok(None);
         };
-        let mut rest = stored.as_slice();
-        let meta_bytes = take_len(&mut rest)
-            .ok_or_else(|| io_read::<C>(std::io::Error::other("stored snapshot is malformed")))?;
-        let meta: SnapshotMeta<C::NodeId, C::Node> =
-            serde_json::from_slice(meta_bytes).map_err(io_read::<C>)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(rest.to_vec())),
-        }))
+        let pointer: SnapshotPointer<C> = serde_json::from_slice(&stored).map_err(io_read::<C>)?;
+        let path = self.snapshot_dir.join(&pointer.file);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: pointer.meta,
+                snapshot: Box::new(SnapshotFile { file, path }),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), "the current snapshot's file is missing; a new one will be built");
+                Ok(None)
+            }
+            Err(e) => Err(StorageIOError::read_snapshot(Some(pointer.meta.signature()), &e).into()),
+        }
     }
 }

@@ -132,6 +132,21 @@ impl Region {
         panic!("no stable leader after 10 tries");
     }
 
+    /// Waits until node `i` purged its Raft log past `index`: a node behind it can only catch
+    /// up by installing a snapshot.
+    async fn purged_past(&self, i: usize, index: u64) {
+        self.nodes[i]
+            .node
+            .raft
+            .wait(WAIT)
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index > index),
+                "log purged past the stopped node",
+            )
+            .await
+            .unwrap();
+    }
+
     /// Waits until every running node has applied `index`; returns their chain heads.
     async fn heads_at(&self, index: u64) -> Vec<[u8; 32]> {
         let mut heads = Vec::new();
@@ -320,16 +335,7 @@ async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_fr
     // snapshot: snapshots are taken every 20 entries here).
     // The leader purged its log past the stopped node's position: only a snapshot can bring it
     // up to date.
-    region.nodes[leader]
-        .node
-        .raft
-        .wait(WAIT)
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index > behind),
-            "log purged past the stopped node",
-        )
-        .await
-        .unwrap();
+    region.purged_past(leader, behind).await;
     let listener = TcpListener::bind(&old_addr).await.unwrap();
     region.nodes.push(run(old_id, &old_dir, listener).await);
     let heads = region.heads_at(index).await;
@@ -389,6 +395,154 @@ async fn a_killed_leader_loses_nothing_acknowledged_and_a_follower_catches_up_fr
     assert!(
         archives.windows(2).all(|w| w[0] == w[1]),
         "replicas sealed different segments"
+    );
+    for r in &mut region.nodes {
+        if r.stop.is_some() {
+            stop(r).await;
+        }
+    }
+}
+
+/// Every record of `node`'s financial log read through `Node::read_log` (from RocksDB or from
+/// sealed segments), checked as one chain from genesis.
+fn whole_log(node: &Node) -> Vec<(u64, Vec<u8>)> {
+    let next = node.state.read(|m| m.ledger().chain().next_seq());
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    while (out.len() as u64) < next {
+        let got = node.read_log(out.len() as u64, 1_000).unwrap();
+        assert!(!got.is_empty(), "read_log({}) returned nothing", out.len());
+        out.extend(got);
+    }
+    let mut v = shared::log::Verifier::new();
+    for (i, (seq, r)) in out.iter().enumerate() {
+        assert_eq!(*seq, i as u64);
+        v.live_record("node", &node.region, r).unwrap();
+    }
+    assert_eq!(v.head(), node.state.read(|m| m.ledger().chain().head()));
+    out
+}
+
+/// RocksDB keeps only what is not sealed; a snapshot carries only that. A follower that was
+/// down while the others sealed and forgot the log joins by snapshot, fetches the sealed
+/// segments it lacks from a peer, verifies them against its own records, and then serves and
+/// archives the whole log like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_by_snapshot_after_the_log_was_sealed_fetches_the_sealed_history() {
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    for n in 0..40 {
+        region.propose(report(n)).await;
+    }
+    let leader = region.leader().await;
+    let index = region.nodes[leader].node.state.applied_index();
+    region.heads_at(index).await;
+    for r in &region.nodes {
+        let files = r.node.archive(10).unwrap();
+        assert!(files.len() >= 3, "{} segments", files.len());
+        // Sealed records left RocksDB: it holds fewer than a segment's worth.
+        let stored = r.node.state.log_records(0, usize::MAX).unwrap();
+        let (sealed, _) = r.node.archive.sealed();
+        assert!(stored.iter().all(|(seq, _)| *seq >= sealed), "{sealed}");
+        assert!(stored.len() < 10, "{} records still stored", stored.len());
+        // Reads below that come from the segments, and the log is whole.
+        whole_log(&r.node);
+    }
+
+    // A follower goes down; the others go on, seal, forget, and snapshot past it.
+    let follower = (leader + 1) % 3;
+    let behind = region.nodes[follower].node.state.applied_index();
+    let its_sealed = region.nodes[follower].node.archive.sealed().0;
+    let mut stopped = region.nodes.remove(follower);
+    stop(&mut stopped).await;
+    let (id, addr, dir) = (stopped.node.id, stopped.addr.clone(), stopped.dir.clone());
+    drop(stopped);
+    for n in 40..80 {
+        region.propose(report(n)).await;
+    }
+    let leader = region.leader().await;
+    let index = region.nodes[leader].node.state.applied_index();
+    region.heads_at(index).await;
+    for r in &region.nodes {
+        r.node.archive(10).unwrap();
+    }
+    // Snapshots are built every 20 entries: the next ones carry only the unsealed tail.
+    for n in 80..110 {
+        region.propose(report(n)).await;
+    }
+    region.purged_past(leader, behind).await;
+    let listener = TcpListener::bind(&addr).await.unwrap();
+    region.nodes.push(run(id, &dir, listener).await);
+    let index = region.nodes[region.leader().await]
+        .node
+        .state
+        .applied_index();
+    let heads = region.heads_at(index).await;
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "the rejoined node differs"
+    );
+
+    // It installed a snapshot whose records start past its own archive: a gap, which reads
+    // refuse rather than answer wrongly, and which sealing does not paper over.
+    let joined = region.nodes.last().unwrap().node.clone();
+    let (from, until) = joined
+        .archive_gap()
+        .unwrap()
+        .expect("a gap between its archive and the snapshot's records");
+    assert_eq!(from, its_sealed);
+    assert!(until > from, "{from}..{until}");
+    let err = joined.read_log(from, 10).unwrap_err();
+    assert!(
+        matches!(err, coordinator::node::ReadLogError::NotYetFetched { .. }),
+        "{err}"
+    );
+    assert!(joined.archive(10).unwrap().is_empty());
+
+    // It fetches the missing segments from a peer; then its log is whole and its archive is
+    // the others' byte for byte.
+    let fetched = joined.fetch_archive_gap().await.unwrap();
+    assert_eq!(fetched as u64, (until - from).div_ceil(10));
+    assert!(joined.archive_gap().unwrap().is_none());
+    let index = region.nodes[region.leader().await]
+        .node
+        .state
+        .applied_index();
+    region.heads_at(index).await;
+    let mut archives = Vec::new();
+    for r in &region.nodes {
+        r.node.archive(10).unwrap();
+        let logs = whole_log(&r.node);
+        assert_eq!(
+            logs.len() as u64,
+            r.node.state.read(|m| m.ledger().chain().next_seq())
+        );
+        let dir = coordinator::archive::segments_dir(&r.dir);
+        let summary = shared::log::verify_path(&dir, None).unwrap().unwrap();
+        assert!(summary.from_genesis);
+        assert_eq!(summary.entries, r.node.archive.sealed().0);
+        let mut files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        archives.push(files);
+    }
+    let shortest = archives.iter().map(Vec::len).min().unwrap();
+    assert!(shortest >= 8, "{shortest} segments");
+    assert!(
+        archives
+            .iter()
+            .all(|a| a[..shortest] == archives[0][..shortest]),
+        "replicas hold different segments"
     );
     for r in &mut region.nodes {
         if r.stop.is_some() {
