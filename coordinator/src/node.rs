@@ -373,6 +373,12 @@ impl Node {
             .read(|machine| self.metrics.observe_ledger(machine.ledger(), wall_us));
         self.metrics
             .observe_clock(wall_us, self.transport.certificate_expiry());
+        let snap = self.state.last_snapshot_build().unwrap_or_default();
+        self.metrics.observe_storage(
+            self.archive.sealed().0,
+            self.archive.segments(),
+            [snap.bytes, snap.rows, snap.records, snap.build_us],
+        );
         self.metrics.encode()
     }
 
