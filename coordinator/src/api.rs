@@ -543,6 +543,22 @@ impl pb::admin_server::Admin for Api {
         }))
     }
 
+    async fn trigger_snapshot(
+        &self,
+        _: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let index = self.node.state.applied_index();
+        self.node
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft is not running: {e}")))?;
+        Ok(Response::new(pb::AdminReply {
+            result: Some(pb::admin_reply::Result::AppliedAtIndex(index)),
+        }))
+    }
+
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,

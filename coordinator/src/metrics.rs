@@ -87,10 +87,12 @@ pub struct Metrics {
     in_doubt_waiting_micros: Gauge<i64, AtomicI64>,
     log_sealed_next: Gauge,
     log_segments: Gauge,
+    log_archive_gap: Gauge,
     snapshot_bytes: Gauge,
     snapshot_rows: Gauge,
     snapshot_records: Gauge,
     snapshot_build_seconds: Gauge<f64, AtomicU64>,
+    snapshot_last_index: Gauge,
     region_pushes: Family<PeerLabels, Counter>,
     region_alarms: Family<PeerLabels, Counter>,
     region_transfers: Family<DirectionLabels, Counter>,
@@ -198,6 +200,13 @@ impl Metrics {
             "Sealed segment files this node holds",
             log_segments.clone(),
         );
+        let log_archive_gap = Gauge::default();
+        registry.register(
+            "log_archive_gap_records",
+            "Sealed records this node holds neither in RocksDB nor in segments: after it joined \
+             by snapshot, until it fetched them from its peers (0: its archive is whole)",
+            log_archive_gap.clone(),
+        );
         let snapshot_bytes = Gauge::default();
         registry.register(
             "snapshot_bytes",
@@ -215,6 +224,12 @@ impl Metrics {
             "snapshot_log_records",
             "Unsealed financial-log records in the last Raft snapshot this node built",
             snapshot_records.clone(),
+        );
+        let snapshot_last_index = Gauge::default();
+        registry.register(
+            "snapshot_last_index",
+            "Raft index the last snapshot this node built covers (0: none yet)",
+            snapshot_last_index.clone(),
         );
         let snapshot_build_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -342,21 +357,26 @@ impl Metrics {
             in_doubt_waiting_micros,
             log_sealed_next,
             log_segments,
+            log_archive_gap,
             snapshot_bytes,
             snapshot_rows,
             snapshot_records,
             snapshot_build_seconds,
+            snapshot_last_index,
         }
     }
 
     /// The archive's and the last snapshot's figures now: the next seq to seal, segments held,
-    /// and the snapshot's bytes, rows, records and build time in µs (all zero before the first).
-    pub fn observe_storage(&self, sealed_next: u64, segments: usize, snapshot: [u64; 4]) {
+    /// records missing from the archive, and the snapshot's bytes, rows, records, build
+    /// time in µs and last index (all zero before the first).
+    pub fn observe_storage(&self, sealed_next: u64, segments: usize, gap: u64, snapshot: [u64; 5]) {
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.log_sealed_next.set(n(sealed_next));
+        self.log_archive_gap.set(n(gap));
         self.log_segments
             .set(i64::try_from(segments).unwrap_or(i64::MAX));
-        let [bytes, rows, records, build_us] = snapshot;
+        let [bytes, rows, records, build_us, index] = snapshot;
+        self.snapshot_last_index.set(n(index));
         self.snapshot_bytes.set(n(bytes));
         self.snapshot_rows.set(n(rows));
         self.snapshot_records.set(n(records));

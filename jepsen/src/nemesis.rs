@@ -60,6 +60,10 @@ pub enum Kind {
     ClockElection,
     /// An edge's clock jumps and runs fast or slow, within the bound.
     EdgeClock,
+    /// A follower is replaced as an operator replaces a failed replica: killed, removed from
+    /// the group, its data wiped, started again under a new node id and added back; it catches
+    /// up by snapshot and fetches the sealed segments the snapshot does not carry.
+    Replace,
 }
 
 impl Kind {
@@ -91,10 +95,18 @@ impl Kind {
         Kind::EdgeClock,
     ];
 
-    /// Every kind `all` names: the node faults and the money-path faults (region faults are
-    /// added by runs of several regions).
+    /// The faults of a replica's storage (`--nemesis storage`; all are in `all`).
+    pub const STORAGE: [Kind; 1] = [Kind::Replace];
+
+    /// Every kind `all` names: the node faults, the money-path faults and the storage faults
+    /// (region faults are added by runs of several regions).
     pub fn all() -> Vec<Kind> {
-        Kind::ALL.iter().chain(&Kind::MONEY).copied().collect()
+        Kind::ALL
+            .iter()
+            .chain(&Kind::MONEY)
+            .chain(&Kind::STORAGE)
+            .copied()
+            .collect()
     }
 
     /// Its name on the command line and in reports.
@@ -120,6 +132,7 @@ impl Kind {
             Kind::ReclaimElection => "reclaim-election",
             Kind::ClockElection => "clock-election",
             Kind::EdgeClock => "edge-clock",
+            Kind::Replace => "replace",
         }
     }
 
@@ -134,15 +147,23 @@ impl Kind {
             return Ok(Vec::new());
         }
         let mut kinds = Vec::new();
-        let every = || Kind::ALL.into_iter().chain(Kind::MONEY).chain(Kind::REGION);
+        let every = || {
+            Kind::ALL
+                .into_iter()
+                .chain(Kind::MONEY)
+                .chain(Kind::STORAGE)
+                .chain(Kind::REGION)
+        };
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             let named: Vec<Kind> = if word == "money" {
                 Kind::MONEY.to_vec()
+            } else if word == "storage" {
+                Kind::STORAGE.to_vec()
             } else {
                 vec![every().find(|k| k.as_str() == word).ok_or_else(|| {
                     let names: Vec<_> = every().map(|k| k.as_str()).collect();
                     format!(
-                        "no fault kind '{word}': say all, none, money, or some of {}",
+                        "no fault kind '{word}': say all, none, money, storage, or some of {}",
                         names.join(", ")
                     )
                 })?]
@@ -320,6 +341,12 @@ pub enum Fault {
         /// How long the leader is paused.
         pause_ms: u64,
     },
+    /// A follower among `coordinators` (the first that is not the leader at injection) is
+    /// killed, removed from the group, wiped, and added back under a new node id.
+    Replace {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+    },
     /// `edge`'s clock is offset and runs at a different rate until the end of the window.
     EdgeClock {
         /// The edge.
@@ -355,6 +382,7 @@ impl Fault {
             Fault::ReclaimElection { .. } => Kind::ReclaimElection,
             Fault::ClockElection { .. } => Kind::ClockElection,
             Fault::EdgeClock { .. } => Kind::EdgeClock,
+            Fault::Replace { .. } => Kind::Replace,
         }
     }
 
@@ -382,6 +410,9 @@ impl Fault {
             Fault::EdgeKill { edges } => format!("busiest of {}", edges.join(",")),
             Fault::ExchangeCut { edge } => format!("exchange|{edge}"),
             Fault::EdgeClock { edge, .. } => edge.clone(),
+            Fault::Replace { coordinators } => {
+                format!("a follower of {}", coordinators.join(","))
+            }
         }
     }
 }
@@ -526,7 +557,7 @@ impl Schedule {
     }
 }
 
-/// The length of the money-path faults whose length is their point (ms), drawn after the kind.
+/// The length of the faults whose length is their point (ms), drawn after the kind.
 fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
     match kind {
         // Longer than a lease (5 s in a run).
@@ -537,6 +568,8 @@ fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
         // Long enough that an answer lost at the start is asked for again and again, and that
         // notices wait for their acknowledgements through several check-ins.
         Kind::AckDrop => Some((8_000, 16_000)),
+        // Long enough for the new node to catch up and fetch its archive under load.
+        Kind::Replace => Some((20_000, 30_000)),
         _ => None,
     }
 }
@@ -553,6 +586,20 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     }
     if Kind::MONEY.contains(&kind) {
         return draw_money(rng, kind, p);
+    }
+    if kind == Kind::Replace {
+        // Removing one of three leaves a majority; a group of fewer cannot lose one.
+        if p.coordinators.is_empty() {
+            return None;
+        }
+        let one = &p.coordinators[rng.usize(..p.coordinators.len())];
+        let (coords, _) = region_of(p, one);
+        if coords.len() < 3 {
+            return None;
+        }
+        return Some(Fault::Replace {
+            coordinators: coords.into_iter().cloned().collect(),
+        });
     }
     let any = |rng: &mut fastrand::Rng| all[rng.usize(..all.len())].clone();
     // Process and clock faults hit coordinators more often: they hold the state.
@@ -595,7 +642,8 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         | Kind::SlowEdge
         | Kind::ReclaimElection
         | Kind::ClockElection
-        | Kind::EdgeClock => return None,
+        | Kind::EdgeClock
+        | Kind::Replace => return None,
         Kind::Pause => Fault::Pause { node: node(rng) },
         Kind::Clock => {
             // Offsets of any size: up to a day either way, some tiny.

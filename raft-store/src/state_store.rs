@@ -156,6 +156,8 @@ pub struct SnapshotStats {
     pub records: u64,
     /// Microseconds the build took (rows copied, file written and synced).
     pub build_us: u64,
+    /// The index of the last log entry it covers.
+    pub index: u64,
 }
 
 struct Inner<C: RaftTypeConfig, M> {
@@ -572,6 +574,7 @@ where
             rows: rows.len() as u64,
             records,
             build_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            index: meta.last_log_id.as_ref().map_or(0, |l| l.index),
         });
         Ok((meta, path))
     }

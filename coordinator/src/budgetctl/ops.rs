@@ -804,6 +804,10 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         learner: bool,
     },
+    /// Build a Raft snapshot on the node at --endpoint now (they are built every
+    /// `snapshot_every` entries anyway), and purge its log behind it: before maintenance, or
+    /// to make a node that joins next catch up by snapshot.
+    Snapshot,
     /// Remove a node from the group.
     Remove {
         /// Its node number.
@@ -1057,6 +1061,22 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                 }
             }
             ClusterCommand::Params { set, json } => params(endpoint, set, json).await,
+            ClusterCommand::Snapshot => {
+                let mut c = AdminClient::new(channel(endpoint).await?);
+                let reply = c
+                    .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let at = match reply.result {
+                    Some(pb::admin_reply::Result::AppliedAtIndex(i)) => i,
+                    other => return Err((EXIT_FAILED, format!("unexpected reply: {other:?}"))),
+                };
+                Ok(format!(
+                    "snapshot asked for at index {at}: it is built when snapshot_last_index on \
+                     the node's /metrics reaches it"
+                ))
+            }
             ClusterCommand::Remove { id } => {
                 let leader = leader_of(endpoint).await?;
                 let mut c = AdminClient::new(channel(&leader).await?);

@@ -39,6 +39,8 @@ enum Active {
     Paused(String),
     /// The node, and how far off its clock was just before (µs, a range: see `read_clock`).
     Clock(String, (i64, i64)),
+    /// The coordinator replaced, its old node id and its new one.
+    Replaced(String, u64, u64),
 }
 
 /// The address the harness (the exchange, the readers) sends from.
@@ -68,10 +70,13 @@ fn known_leader(t: &mut Topology, coordinators: &[String]) -> Result<String> {
             let (name, value) = l.split_once(' ')?;
             (name == "budget_raft_leader").then(|| value.trim().parse::<u64>().ok())?
         });
-        if let Some(id) = id.filter(|id| *id > 0)
-            && let Some(name) = coordinators.iter().find(|n| n.ends_with(&format!("-{id}")))
-        {
-            return Ok(name.clone());
+        // Node ids, not names: a replaced coordinator keeps its name under a new id.
+        if let Some(id) = id.filter(|id| *id > 0) {
+            for name in coordinators {
+                if t.node_mut(name)?.node_id == id {
+                    return Ok(name.clone());
+                }
+            }
         }
     }
     bail!(
@@ -417,6 +422,29 @@ fn inject(
             t.node_mut(node)?.proc.pause()?;
             Active::Paused(node.clone())
         }
+        Fault::Replace { coordinators } => {
+            let leader = leader_of(t, coordinators)?;
+            let follower = coordinators
+                .iter()
+                .find(|c| **c != leader)
+                .context("no follower to replace")?
+                .clone();
+            let old = t.retire_coordinator(&follower, &leader)?;
+            // A snapshot built now carries only the records the leader has not sealed yet: the
+            // new node must fetch the sealed history from its peers.
+            let metrics = t.node_mut(&leader)?.metrics.clone();
+            let applied = metric(&metrics, "budget_raft_applied_index").unwrap_or(0);
+            let via = t.node_mut(&leader)?.addr();
+            t.budgetctl_at(&via, &["cluster", "snapshot"], Duration::from_secs(10))?;
+            let asked = Instant::now();
+            while metric(&metrics, "budget_snapshot_last_index").unwrap_or(0) < applied
+                && asked.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let new = t.rejoin_coordinator(&follower, &leader)?;
+            Active::Replaced(follower, old, new)
+        }
         // A clock that ran at a wrong rate in an earlier window keeps the drift it built up
         // (as a real one would until corrected), so the proof is that the clock *moved* by the
         // offset: its reading before is the baseline.
@@ -580,8 +608,59 @@ fn look(
                 ),
             )
         }
+        Active::Replaced(n, old, new) => {
+            let node = t.node_mut(n)?;
+            let s = node.proc.state();
+            (
+                s == State::Live && node.node_id == *new,
+                format!("{n}: node {old} removed and wiped, node {new} added on its host: {s:?}"),
+            )
+        }
         Active::Net(_) | Active::Delay(_) => (true, String::new()),
     })
+}
+
+/// How long a replacement may take to become a healthy voter with its archive whole, after
+/// its window.
+const REPLACED_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Waits until the replacement `n` is a healthy voter (caught up with the leader) whose archive
+/// has no gap; what it saw.
+fn replaced_caught_up(t: &mut Topology, n: &str) -> Result<(bool, String)> {
+    let began = Instant::now();
+    let node = t.node_mut(n)?;
+    let (addr, metrics) = (node.addr(), node.metrics.clone());
+    let secs = REPLACED_CATCH_UP.as_secs().to_string();
+    if let Err(e) = t.budgetctl_at(
+        &addr,
+        &["cluster", "health", "--wait", &secs],
+        REPLACED_CATCH_UP + Duration::from_secs(5),
+    ) {
+        return Ok((false, format!("not healthy: {e:#}")));
+    }
+    let healthy = began.elapsed();
+    loop {
+        let gap = metric(&metrics, "budget_log_archive_gap_records");
+        let sealed = metric(&metrics, "budget_log_sealed_next_seq");
+        if gap == Some(0) {
+            return Ok((
+                true,
+                format!(
+                    "a healthy voter after {} ms, its archive whole (sealed to seq {}) after {} ms",
+                    healthy.as_millis(),
+                    sealed.unwrap_or(-1),
+                    began.elapsed().as_millis()
+                ),
+            ));
+        }
+        if began.elapsed() >= REPLACED_CATCH_UP {
+            return Ok((
+                false,
+                format!("its archive still lacks {gap:?} sealed records"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, String)> {
@@ -645,5 +724,6 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
             write_skew(&node.clock_file, base, 0)?;
             (true, "clock restored".into())
         }
+        Active::Replaced(n, _, _) => replaced_caught_up(t, &n)?,
     })
 }

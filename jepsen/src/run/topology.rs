@@ -41,6 +41,14 @@ pub const REGION: &str = "jepsen";
 pub const REGIONS: [&str; 3] = ["eu-1", "us-1", "ap-1"];
 /// How often a region's leader pushes its state to its peers in a run of several.
 pub const PUSH_INTERVAL_MS: u64 = 500;
+/// Raft snapshots every this many entries (a run of minutes writes tens of thousands): often
+/// enough that a node down for a fault, or a replacement, catches up by snapshot, and that
+/// snapshots are built while sealed records leave RocksDB.
+pub const SNAPSHOT_EVERY: u64 = 300;
+/// Entries kept behind a snapshot.
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 50;
+/// The longest one step of a replacement (removing the node, adding the new one) may take.
+const REPLACE_STEP: Duration = Duration::from_secs(60);
 
 /// The names of the regions of a run of `n`.
 pub fn region_names(n: usize) -> Vec<String> {
@@ -78,6 +86,10 @@ pub struct Node {
     pub clock_file: PathBuf,
     /// Its data directory (coordinators).
     pub data_dir: PathBuf,
+    /// Its Raft node id (coordinators; a replaced one gets a new id, 0 for edges).
+    pub node_id: u64,
+    /// Its configuration file.
+    pub config: PathBuf,
     /// The process.
     pub proc: Proc,
 }
@@ -102,6 +114,8 @@ pub struct Topology {
     pub pki: PathBuf,
     /// The harness's own certificate (role operator), for its calls to the coordinators.
     pub operator: shared::tls::Transport,
+    /// The highest node id a replacement took.
+    pub replacements: u64,
 }
 
 /// What to start.
@@ -176,6 +190,7 @@ impl Topology {
             base_offset_us: plan.base_offset_us,
             operator: pki.transport(shared::tls::Role::Operator, "jepsen", &[])?,
             pki: pki.dir.clone(),
+            replacements: 0,
         };
         let regions = region_names(plan.regions);
         if plan.regions > REGIONS.len() {
@@ -223,6 +238,8 @@ impl Topology {
                         "region = \"{region}\"\nnode_id = {i}\nlisten = \"{ip}:7001\"\n\
                          metrics_listen = \"{ip}:9101\"\noutgoing_address = \"{ip}\"\n\
                          data_dir = \"{}\"\nsegment_entries = 200\n\n\
+                         [raft]\nsnapshot_every = {SNAPSHOT_EVERY}\n\
+                         logs_kept_after_snapshot = {LOGS_KEPT_AFTER_SNAPSHOT}\n\n\
                          [leases]\nduration_ms = {LEASE_DURATION_MS}\nmin_micros = {LEASE_MIN_MICROS}\n\
                          settlement_window_ms = {SETTLEMENT_WINDOW_MS}\nmargin_ms = {MARGIN_MS}\n\
                          late_acceptance_ms = {LATE_ACCEPTANCE_MS}\n\
@@ -240,7 +257,7 @@ impl Topology {
                     ),
                 )?;
                 let (clock_file, proc) =
-                    launch(plan, &name, "coordinator", config, COORDINATOR_LOG)?;
+                    launch(plan, &name, "coordinator", config.clone(), COORDINATOR_LOG)?;
                 t.nodes.push(Node {
                     name,
                     region: region.clone(),
@@ -250,6 +267,8 @@ impl Topology {
                     metrics: format!("{ip}:9101"),
                     clock_file,
                     data_dir,
+                    node_id: i as u64,
+                    config,
                     proc,
                 });
             }
@@ -285,7 +304,7 @@ impl Topology {
                         pki.issue(shared::tls::Role::Edge, &name, Some(region.as_str()), &[])?,
                     ),
                 )?;
-                let (clock_file, proc) = launch(plan, &name, "edge", config, "info")?;
+                let (clock_file, proc) = launch(plan, &name, "edge", config.clone(), "info")?;
                 t.nodes.push(Node {
                     name,
                     region: region.clone(),
@@ -295,6 +314,8 @@ impl Topology {
                     metrics: format!("{ip}:8080"),
                     clock_file,
                     data_dir: PathBuf::new(),
+                    node_id: 0,
+                    config,
                     proc,
                 });
             }
@@ -371,14 +392,55 @@ impl Topology {
         self.budgetctl_in(&home, args)
     }
 
-    /// Runs `budgetctl` against the first coordinator of `region`.
-    pub fn budgetctl_in(&self, region: &str, args: &[&str]) -> Result<String> {
-        let endpoint = self
-            .coordinators_of(region)
-            .next()
-            .map(Node::addr)
-            .context("no coordinator")?;
-        let out = Command::new(self.bin_dir.join("budgetctl"))
+    /// The first half of replacing coordinator `name` as an operator replaces a failed
+    /// replica: SIGKILL, removed from the group (through `leader`), its data directory wiped.
+    /// Returns its old node id.
+    pub fn retire_coordinator(&mut self, name: &str, leader: &str) -> Result<u64> {
+        let via = self.node_mut(leader)?.addr();
+        let node = self.node_mut(name)?;
+        node.proc.kill()?;
+        let (old, dir) = (node.node_id, node.data_dir.clone());
+        self.budgetctl_at(&via, &["cluster", "remove", &old.to_string()], REPLACE_STEP)?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(old),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(old),
+            Err(e) => Err(e).with_context(|| format!("wiping {}", dir.display())),
+        }
+    }
+
+    /// The second half: `name` starts again on the same host under a new node id, and is added
+    /// back (through `leader`) as a voter, which it becomes once it has caught up (by snapshot,
+    /// and the sealed segments it then fetches from its peers). Returns the new id.
+    pub fn rejoin_coordinator(&mut self, name: &str, leader: &str) -> Result<u64> {
+        let via = self.node_mut(leader)?.addr();
+        let region = self.node_mut(name)?.region.clone();
+        let new = self
+            .coordinators_of(&region)
+            .map(|n| n.node_id)
+            .max()
+            .unwrap_or(0)
+            .max(self.replacements)
+            + 1;
+        self.replacements = new;
+        let node = self.node_mut(name)?;
+        let (old, config, addr) = (node.node_id, node.config.clone(), node.addr());
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        std::fs::write(&config, replaced_config(&text, old, new)?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        node.node_id = new;
+        node.proc.restart()?;
+        self.budgetctl_at(
+            &via,
+            &["cluster", "add", &new.to_string(), &addr],
+            REPLACE_STEP,
+        )?;
+        Ok(new)
+    }
+
+    /// Runs `budgetctl` against `endpoint`, for at most `limit`.
+    pub fn budgetctl_at(&self, endpoint: &str, args: &[&str], limit: Duration) -> Result<String> {
+        let mut child = Command::new(self.bin_dir.join("budgetctl"))
             .arg("--ca")
             .arg(self.pki.join("ca.pem"))
             .arg("--cert")
@@ -386,10 +448,22 @@ impl Topology {
             .arg("--key")
             .arg(self.pki.join("jepsen.key"))
             .arg("--endpoint")
-            .arg(&endpoint)
+            .arg(endpoint)
             .args(args)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .context("running budgetctl")?;
+        let deadline = Instant::now() + limit;
+        while child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("budgetctl {} took more than {limit:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
                 "budgetctl {}: {}",
@@ -398,6 +472,16 @@ impl Topology {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `budgetctl` against the first coordinator of `region` (for at most two minutes).
+    pub fn budgetctl_in(&self, region: &str, args: &[&str]) -> Result<String> {
+        let endpoint = self
+            .coordinators_of(region)
+            .next()
+            .map(Node::addr)
+            .context("no coordinator")?;
+        self.budgetctl_at(&endpoint, args, Duration::from_secs(120))
     }
 
     fn wait_for_leader(&self, region: &str, limit: Duration) -> Result<()> {
@@ -440,6 +524,33 @@ impl Topology {
             }
         }
     }
+}
+
+/// A coordinator's configuration `text` with node id `new` instead of `old`, and without
+/// `[init_members]` (a replacement joins the existing group; it must not start a new one).
+fn replaced_config(text: &str, old: u64, new: u64) -> Result<String> {
+    let mut out = String::new();
+    let mut in_init = false;
+    let mut found = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_init = line.trim() == "[init_members]";
+        }
+        if in_init {
+            continue;
+        }
+        if line.trim() == format!("node_id = {old}") {
+            out.push_str(&format!("node_id = {new}\n"));
+            found = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !found {
+        bail!("the configuration names no node_id = {old}");
+    }
+    Ok(out)
 }
 
 /// Starts `program --config CONFIG` as node `name`, with its own skew file (at the run's base

@@ -432,6 +432,60 @@ fn planted_run(bins: &Path, p: &Planted, seed: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A follower replaced under load as an operator replaces a failed replica (killed, removed,
+/// wiped, added back under a new node id): it catches up by a snapshot that carries only the
+/// unsealed records, fetches the sealed segments from a peer, and I4 reads its whole log.
+#[test]
+fn a_replica_replaced_under_load_catches_up_and_its_log_is_whole() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = jepsen(
+        &bin_dir(),
+        out.path(),
+        &[
+            "--regions",
+            "1",
+            "--time-limit",
+            "70",
+            "--nemesis",
+            "replace,kill",
+            "--seed",
+            "1",
+        ],
+    );
+    let r = results(out.path());
+    assert_passed(
+        &o,
+        &r,
+        &["replace", "kill"],
+        &["I1", "I2", "I3", "I4", "I6", "I7", "I8", "I9", "I10"],
+    );
+    let replaced = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["window"]["fault"]["kind"] == "replace")
+        .unwrap();
+    let proof = replaced["proof"].as_str().unwrap();
+    assert!(proof.contains("its archive whole"), "{proof}");
+    // The new node (id 4) fetched the sealed history it did not get with the snapshot.
+    let run = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.is_dir())
+        .unwrap();
+    let name = proof.split(':').next().unwrap();
+    let log = std::fs::read_to_string(run.join(format!("nodes/{name}.log"))).unwrap();
+    let after = log
+        .split("node=4 addr=")
+        .nth(1)
+        .expect("the replacement started as node 4");
+    assert!(
+        after.contains("fetched a sealed segment this node lacked"),
+        "the replacement fetched no segment"
+    );
+}
+
 /// (A fresh-clone CI run of it once failed I6: two regions that both bid swapped their crumbs
 /// of a day, each under one bid, on every tick; crumbs now flow to the larger holder only.)
 #[test]
