@@ -123,76 +123,93 @@ pub fn write_signed_head(
     Ok(path)
 }
 
-/// Segments cut from `records`: the files written and where sealing continues.
-type Sealed = (Vec<PathBuf>, (u64, Hash));
-
 /// Financial-log records, `(seq, record bytes)`, in order.
 pub type Records = Vec<(u64, Vec<u8>)>;
 
-/// Seals every complete segment that `records` can supply from `start` (the next seq to seal
-/// and the head it continues from). A segment ends after `segment_entries` records, or earlier
-/// at a seal point (the replicated `SealSegment` boundaries, in `points`): every replica cuts
-/// the same segments. `records(from, max)` returns stored `(seq, record)` pairs from `from`.
-/// Each file is read back and verified after it is written. Returns the files written and the
-/// new position.
-#[allow(clippy::too_many_arguments)]
-pub fn seal_from(
+/// Records read from the store at a time while sealing.
+const READ_CHUNK: usize = 512;
+
+/// Where segments end: after `entries` records, or before the record that would take the file
+/// past `bytes_max` bytes (a segment holds at least one record), or at a seal point. Each is a
+/// function of the log alone, so every replica with the same rule cuts the same segments; the
+/// rule must be the same on every node of a region (`segment_entries`, `segment_bytes_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentRule {
+    /// Most records in a segment.
+    pub entries: u64,
+    /// Most bytes in a segment file (unless one record alone is more).
+    pub bytes_max: u64,
+}
+
+/// The default cap on a segment file's size: 64 MiB. It bounds the records RocksDB and a
+/// snapshot hold when records are large (a spend batch of 1,000 events is about 40 KiB).
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+impl From<u64> for SegmentRule {
+    /// At most `entries` records, and the default byte cap.
+    fn from(entries: u64) -> SegmentRule {
+        SegmentRule {
+            entries,
+            bytes_max: SEGMENT_BYTES_MAX,
+        }
+    }
+}
+
+/// How far the archive has looked past its sealed end: the records `from..until` would make a
+/// file of `bytes` (with header and trailer). Kept between calls, so that an open segment's
+/// records are read once while they accumulate, not on every tick.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    from: u64,
+    until: u64,
+    bytes: u64,
+}
+
+/// Writes the segment of `records` from `start` (its first seq and the head before it) to
+/// `end`, atomically, and reads it back: only a segment that verifies may replace the records.
+/// Returns its path and the position after it.
+fn write_segment(
     io: FileIo,
     dir: &Path,
     region: &RegionId,
-    segment_entries: u64,
-    points: &std::collections::BTreeSet<u64>,
     start: (u64, Hash),
-    available_until: u64,
-    records: impl Fn(u64, usize) -> io::Result<Vec<(u64, Vec<u8>)>>,
-) -> io::Result<Sealed> {
-    let segment_entries = segment_entries.max(1);
-    fs::create_dir_all(dir)?;
-    let (mut next, mut head) = start;
-    let mut written = Vec::new();
-    loop {
-        let by_count = next + segment_entries;
-        let end = points
-            .range(next + 1..)
-            .next()
-            .map_or(by_count, |p| (*p).min(by_count));
-        if end > available_until {
-            break;
+    end: u64,
+    records: &impl Fn(u64, usize) -> io::Result<Records>,
+) -> io::Result<(PathBuf, (u64, Hash))> {
+    let (first, prev) = start;
+    let mut w = SegmentWriter::new(region, first, prev);
+    let mut at = first;
+    while at < end {
+        let want = usize::try_from(end - at)
+            .unwrap_or(usize::MAX)
+            .min(READ_CHUNK);
+        let recs = records(at, want)?;
+        if recs.is_empty() {
+            return Err(io::Error::other(format!("log record {at} missing")));
         }
-        let want = usize::try_from(end - next).unwrap_or(usize::MAX);
-        let recs = records(next, want)?;
-        if recs.len() != want {
-            return Err(io::Error::other(format!(
-                "log records {next}.. : {} stored, {want} expected",
-                recs.len()
-            )));
-        }
-        let mut w = SegmentWriter::new(region, next, head);
-        for (i, (seq, rec)) in recs.iter().enumerate() {
-            if *seq != next + i as u64 {
+        for (seq, rec) in recs.iter().take(want) {
+            if *seq != at {
                 return Err(io::Error::other(format!(
-                    "log record {} missing (found {seq})",
-                    next + i as u64
+                    "log record {at} missing (found {seq})"
                 )));
             }
             w.push_record(rec).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("record {seq}: {e}"))
             })?;
+            at += 1;
         }
-        let bytes = w.seal().map_err(io::Error::other)?;
-        let path = dir.join(segment_file_name(region, next));
-        write_atomically(io, &path, &bytes)?;
-        // Read back what the disk holds: only a segment that verifies may replace the records.
-        (next, head) = check_segment(&path, &fs::read(&path)?, region, (next, head))?;
-        if next != end {
-            return Err(io::Error::other(format!(
-                "{}: ends before {end}",
-                path.display()
-            )));
-        }
-        written.push(path);
     }
-    Ok((written, (next, head)))
+    let bytes = w.seal().map_err(io::Error::other)?;
+    let path = dir.join(segment_file_name(region, first));
+    write_atomically(io, &path, &bytes)?;
+    let next = check_segment(&path, &fs::read(&path)?, region, start)?;
+    if next.0 != end {
+        return Err(io::Error::other(format!(
+            "{}: ends before {end}",
+            path.display()
+        )));
+    }
+    Ok((path, next))
 }
 
 /// Checks that `bytes` are a sealed segment of `region` that verifies and continues the chain
@@ -245,6 +262,8 @@ pub struct Archive {
 struct ArchiveState {
     /// The next seq to seal and the head it continues from.
     next: (u64, Hash),
+    /// What is known of the records past `next`.
+    probe: Option<Probe>,
     /// The first seq of every segment held.
     starts: std::collections::BTreeSet<u64>,
 }
@@ -273,7 +292,11 @@ impl Archive {
             dir: dir.to_path_buf(),
             region: region.clone(),
             io,
-            state: std::sync::Mutex::new(ArchiveState { next, starts }),
+            state: std::sync::Mutex::new(ArchiveState {
+                next,
+                probe: None,
+                starts,
+            }),
         })
     }
 
@@ -296,37 +319,86 @@ impl Archive {
         self.lock().starts.len()
     }
 
-    /// Seals what `records` supply up to `available_until` ([`seal_from`]). Blocking file I/O.
-    /// Call from one task at a time.
+    /// Seals every segment that `records` (stored `(seq, record)` pairs from a seq, at most so
+    /// many) can supply below `available_until`, cut by `rule` and at the seal points in
+    /// `points` (the replicated `SealSegment` boundaries). Each file is written atomically and
+    /// read back. Returns the files written. Blocking file I/O; call from one task at a time.
     pub fn seal(
         &self,
-        segment_entries: u64,
+        rule: SegmentRule,
         points: &std::collections::BTreeSet<u64>,
         available_until: u64,
-        records: impl Fn(u64, usize) -> io::Result<Vec<(u64, Vec<u8>)>>,
+        records: impl Fn(u64, usize) -> io::Result<Records>,
     ) -> io::Result<Vec<PathBuf>> {
-        let start = self.sealed();
-        let (files, next) = seal_from(
-            self.io,
-            &self.dir,
-            &self.region,
-            segment_entries,
-            points,
-            start,
-            available_until,
-            records,
-        )?;
-        let mut st = self.lock();
-        for f in &files {
-            if let Some(first) = f
-                .file_name()
-                .and_then(|n| shared::log::segment::first_seq_from_file_name(&n.to_string_lossy()))
-            {
-                st.starts.insert(first);
+        fs::create_dir_all(&self.dir)?;
+        let mut written = Vec::new();
+        while let Some(end) = self.next_cut(rule, points, available_until, &records)? {
+            let start = self.sealed();
+            let (path, next) =
+                write_segment(self.io, &self.dir, &self.region, start, end, &records)?;
+            let mut st = self.lock();
+            st.starts.insert(start.0);
+            st.next = next;
+            st.probe = None;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// Where the open segment ends, if it can be cut now.
+    fn next_cut(
+        &self,
+        rule: SegmentRule,
+        points: &std::collections::BTreeSet<u64>,
+        available_until: u64,
+        records: &impl Fn(u64, usize) -> io::Result<Records>,
+    ) -> io::Result<Option<u64>> {
+        let (next, head) = self.sealed();
+        let by_count = next + rule.entries.max(1);
+        let end = points
+            .range(next + 1..)
+            .next()
+            .map_or(by_count, |p| (*p).min(by_count));
+        let limit = end.min(available_until);
+        let mut probe = match self.lock().probe {
+            Some(p) if p.from == next => p,
+            _ => Probe {
+                from: next,
+                until: next,
+                bytes: (SegmentWriter::new(&self.region, next, head).byte_len() + TRAILER_LEN)
+                    as u64,
+            },
+        };
+        let mut cut = None;
+        'read: while probe.until < limit {
+            let want = usize::try_from(limit - probe.until)
+                .unwrap_or(usize::MAX)
+                .min(READ_CHUNK);
+            let recs = records(probe.until, want)?;
+            if recs.is_empty() {
+                return Err(io::Error::other(format!(
+                    "log record {} missing",
+                    probe.until
+                )));
+            }
+            for (seq, rec) in recs.iter().take(want) {
+                if *seq != probe.until {
+                    return Err(io::Error::other(format!(
+                        "log record {} missing (found {seq})",
+                        probe.until
+                    )));
+                }
+                let bytes = probe.bytes + rec.len() as u64;
+                if probe.until > next && bytes > rule.bytes_max {
+                    cut = Some(probe.until);
+                    break 'read;
+                }
+                probe.bytes = bytes;
+                probe.until += 1;
             }
         }
-        st.next = next;
-        Ok(files)
+        self.lock().probe = Some(probe);
+        Ok(cut.or((probe.until == end).then_some(end)))
     }
 
     /// Adds a segment fetched from a peer, which must verify and continue the archive exactly
@@ -483,7 +555,7 @@ mod tests {
         let points = points.iter().copied().collect();
         let archive = Archive::open_with(dir, &region, io).unwrap();
         archive
-            .seal(300, &points, until, |from, max| {
+            .seal(300.into(), &points, until, |from, max| {
                 Ok(records
                     .iter()
                     .skip(from as usize)
@@ -648,5 +720,68 @@ mod tests {
             Some(bytes[1].as_slice())
         );
         assert!(archive.segment_bytes(301).unwrap().is_none());
+    }
+
+    #[test]
+    fn segments_end_at_the_byte_cap_and_every_replica_cuts_them_alike_however_it_ticks() {
+        let (region, records) = sample_records();
+        let rule = SegmentRule {
+            entries: 300,
+            bytes_max: 4_096,
+        };
+        let source = |from: u64, max: usize| -> io::Result<Records> {
+            Ok(records
+                .iter()
+                .skip(from as usize)
+                .take(max)
+                .cloned()
+                .collect())
+        };
+        let none = std::collections::BTreeSet::new();
+        let tmp = tempfile::tempdir().unwrap();
+        // One node seals everything at once; another a few records at a time, as they apply.
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let at_once = Archive::open_with(&a, &region, FileIo::Std).unwrap();
+        at_once.seal(rule, &none, 1_000, source).unwrap();
+        let ticking = Archive::open_with(&b, &region, FileIo::Std).unwrap();
+        for until in (7..1_000).step_by(7).chain([1_000]) {
+            ticking.seal(rule, &none, until, source).unwrap();
+        }
+        assert_eq!(at_once.sealed(), ticking.sealed());
+        let files = |d: &Path| {
+            let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| {
+                    (
+                        p.file_name().unwrap().to_string_lossy().into_owned(),
+                        fs::read(&p).unwrap(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let (fa, fb) = (files(&a), files(&b));
+        assert_eq!(fa, fb, "the same segments, byte for byte");
+        assert!(fa.len() > 5, "{} segments", fa.len());
+        // Every segment is within the cap unless it holds a single record; the next record
+        // would have taken it over.
+        for (name, bytes) in &fa {
+            let (header, _) = read_header(bytes).unwrap();
+            let count = at_once
+                .read(header.first_seq, 1_000)
+                .unwrap()
+                .unwrap()
+                .len();
+            assert!(
+                bytes.len() as u64 <= rule.bytes_max || count == 1,
+                "{name}: {} bytes, {count} records",
+                bytes.len()
+            );
+        }
+        let summary = shared::log::verify_path(&a, None).unwrap().unwrap();
+        assert_eq!(summary.entries, at_once.sealed().0);
+        assert!(summary.entries > 900, "{}", summary.entries);
     }
 }

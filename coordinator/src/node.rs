@@ -425,12 +425,15 @@ impl Node {
     }
 
     /// Seals every full segment of financial-log records not yet sealed into
-    /// `<data_dir>/segments/` (a segment ends after `segment_entries` records or at a seal
+    /// `<data_dir>/segments/` (a segment ends by `rule`'s count or byte cap, or at a seal
     /// point), reads each back, and then forgets the sealed records in RocksDB: the segments
     /// are the archive, the store keeps only what is not sealed. Seals nothing while the
     /// archive has a gap ([`Node::archive_gap`]). Blocking file I/O: call from a blocking
     /// context.
-    pub fn archive(&self, segment_entries: u64) -> std::io::Result<Vec<PathBuf>> {
+    pub fn archive(
+        &self,
+        rule: impl Into<crate::archive::SegmentRule>,
+    ) -> std::io::Result<Vec<PathBuf>> {
         if self.archive_gap()?.is_some() {
             return Ok(Vec::new());
         }
@@ -442,7 +445,7 @@ impl Node {
         });
         let files = self
             .archive
-            .seal(segment_entries, &points, until, |from, max| {
+            .seal(rule.into(), &points, until, |from, max| {
                 self.state
                     .log_records(from, max)
                     .map_err(std::io::Error::other)

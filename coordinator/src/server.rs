@@ -46,6 +46,11 @@ pub struct Config {
     pub leases: LeaseConfig,
     /// Financial-log records per sealed segment file in `<data_dir>/segments/`.
     pub segment_entries: u64,
+    /// Bytes per sealed segment file at most (a segment of one larger record excepted): bounds
+    /// what RocksDB and a Raft snapshot hold of the log when records are large. Like
+    /// `segment_entries`, the same on every node of a region (each cuts its own segments, and
+    /// they must be the same files).
+    pub segment_bytes_max: u64,
     /// A segment still open after this long (ms) is sealed anyway, whatever it holds: a quiet
     /// region's log is sealed, and verifiable offline, within this.
     pub segment_seal_interval_ms: u64,
@@ -162,6 +167,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             leases: LeaseConfig::default(),
             segment_entries: 10_000,
+            segment_bytes_max: crate::archive::SEGMENT_BYTES_MAX,
             segment_seal_interval_ms: 600_000,
             regions: RegionsConfig::default(),
             tls: shared::tls::TlsFiles::default(),
@@ -241,6 +247,9 @@ impl Config {
         params.validate().map_err(|e| err(format!("leases: {e}")))?;
         if self.segment_entries == 0 {
             return Err(err("segment_entries: at least 1".into()));
+        }
+        if self.segment_bytes_max < 65_536 {
+            return Err(err("segment_bytes_max: at least 65536".into()));
         }
         if self.segment_seal_interval_ms < 1_000 {
             return Err(err(
@@ -515,10 +524,11 @@ pub const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 /// verifiable offline) too.
 pub async fn archive_loop(
     node: Arc<Node>,
-    segment_entries: u64,
+    rule: impl Into<crate::archive::SegmentRule>,
     seal_interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let rule = rule.into();
     let mut tick = tokio::time::interval(ARCHIVE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The open segment's first seq, and since when (monotonic) it has been open here.
@@ -571,7 +581,7 @@ pub async fn archive_loop(
             continue;
         }
         let n = node.clone();
-        match tokio::task::spawn_blocking(move || n.archive(segment_entries)).await {
+        match tokio::task::spawn_blocking(move || n.archive(rule)).await {
             Ok(Ok(files)) => {
                 for f in files {
                     tracing::info!(file = %f.display(), "sealed a financial-log segment");
@@ -669,7 +679,10 @@ pub async fn run(
     };
     let archiver = tokio::spawn(archive_loop(
         node.clone(),
-        config.segment_entries,
+        crate::archive::SegmentRule {
+            entries: config.segment_entries,
+            bytes_max: config.segment_bytes_max,
+        },
         Duration::from_millis(config.segment_seal_interval_ms),
         stop_rx.clone(),
     ));
