@@ -9,13 +9,15 @@
 //! `BENCH_REPORTERS` the number of concurrent reporters (default 4), and `BENCH_RATE` an offered
 //! load in events/s (default: as fast as the region takes them).
 
-use std::collections::BTreeMap;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{channel, env_u64, events, start_region};
 use coordinator::ledger::{CampaignConfig, Command, Ledger, Params, RequestKey, Stamp};
-use coordinator::node::{Node, NodeConfig};
 use shared::bucket::Bucket;
 use shared::log::SpendEvent;
 use shared::proto::v1 as pb;
@@ -37,25 +39,11 @@ fn reporters() -> usize {
 /// Offered load in events per second, spread over the reporters (`BENCH_RATE`); unset or 0:
 /// as fast as the region takes them.
 fn rate() -> u64 {
-    std::env::var("BENCH_RATE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    env_u64("BENCH_RATE", 0)
 }
 
 fn secs() -> u64 {
-    std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10)
-}
-
-async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect")
+    env_u64("BENCH_SECS", 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -144,70 +132,8 @@ fn apply_cost() {
 async fn main() {
     apply_cost();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        );
-    }
-    let mut nodes = Vec::new();
-    let mut addrs = BTreeMap::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        addrs.insert(id, l.local_addr().expect("addr").to_string());
-        let node = Arc::new(
-            Node::start(&NodeConfig::new(
-                "eu-1".parse().expect("region"),
-                id,
-                tmp.path().join(format!("n{id}")),
-            ))
-            .await
-            .expect("node"),
-        );
-        let serving = node.clone();
-        tokio::spawn(async move {
-            coordinator::api::serve_alone(&serving, l, std::future::pending()).await
-        });
-        nodes.push(node);
-    }
-    nodes[0].initialize(addrs.clone()).await.expect("init");
-    let leader = nodes[0]
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.current_leader.is_some(), "leader")
-        .await
-        .expect("leader")
-        .current_leader
-        .expect("leader");
-    let addr = addrs[&leader].clone();
-    let mut admin = pb::admin_client::AdminClient::new(channel(&addr).await);
-    let config = pb::CampaignConfig {
-        campaign: "c1".into(),
-        time_zone: "UTC".into(),
-        bid_cpm_micros: 1_000_000,
-        ..Default::default()
-    };
-    admin
-        .upsert_campaign(pb::UpsertCampaignRequest {
-            idempotency_key: Some(pb::IdempotencyKey { key: vec![1; 16] }),
-            config: Some(config),
-        })
-        .await
-        .expect("campaign");
-    let lifetime = pb::BucketKey {
-        campaign: "c1".into(),
-        bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
-    };
-    admin
-        .set_budget(pb::SetBudgetRequest {
-            idempotency_key: Some(pb::IdempotencyKey { key: vec![2; 16] }),
-            bucket: Some(lifetime),
-            budget_micros: i64::MAX / 2,
-        })
-        .await
-        .expect("budget");
+    let region = start_region(tmp.path(), |_| {}).await;
+    let addr = region.leader.clone();
 
     let deadline = Instant::now() + Duration::from_secs(secs());
     let settled = Arc::new(AtomicU64::new(0));
@@ -250,17 +176,7 @@ async fn main() {
                     p.tick().await;
                 }
                 n += 1;
-                let events = (0..BATCH)
-                    .map(|i| pb::SpendEvent {
-                        bid: (n - 1) * BATCH as u64 + i as u64 + 1,
-                        key: Some(pb::EventKey {
-                            exchange: "adx".into(),
-                            auction_id: format!("r{r}-b{n}-{i:04}"),
-                            imp_id: "1".into(),
-                        }),
-                        amount_micros: 1_000,
-                    })
-                    .collect();
+                let events = events(&format!("r{r}-b{n}"), (n - 1) * BATCH as u64 + 1, BATCH);
                 let req = pb::ReportSpendRequest {
                     batch_id: ((r as u128) << 64 | u128::from(n)).to_be_bytes().to_vec(),
                     edge: format!("e{r}"),
@@ -324,7 +240,7 @@ async fn main() {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or_default()
     );
-    for n in &nodes {
+    for n in &region.nodes {
         n.shutdown().await;
     }
 }

@@ -546,6 +546,16 @@ mod tests {
         (header.region, records)
     }
 
+    /// `records` from seq `from`, at most `max`, as a store would give them.
+    fn slice(records: &Records, from: u64, max: usize) -> io::Result<Records> {
+        Ok(records
+            .iter()
+            .skip(from as usize)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
     fn seal(io: FileIo, dir: &Path, until: u64) -> Vec<PathBuf> {
         seal_at(io, dir, until, &[])
     }
@@ -556,12 +566,7 @@ mod tests {
         let archive = Archive::open_with(dir, &region, io).unwrap();
         archive
             .seal(300.into(), &points, until, |from, max| {
-                Ok(records
-                    .iter()
-                    .skip(from as usize)
-                    .take(max)
-                    .cloned()
-                    .collect())
+                slice(&records, from, max)
             })
             .expect("seal")
     }
@@ -729,14 +734,7 @@ mod tests {
             entries: 300,
             bytes_max: 4_096,
         };
-        let source = |from: u64, max: usize| -> io::Result<Records> {
-            Ok(records
-                .iter()
-                .skip(from as usize)
-                .take(max)
-                .cloned()
-                .collect())
-        };
+        let source = |from: u64, max: usize| slice(&records, from, max);
         let none = std::collections::BTreeSet::new();
         let tmp = tempfile::tempdir().unwrap();
         // One node seals everything at once; another a few records at a time, as they apply.

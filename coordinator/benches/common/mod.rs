@@ -1,0 +1,122 @@
+//! What the coordinator's benchmarks share: a 3-node region on loopback, in this process, with
+//! one campaign whose lifetime budget no run can spend.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::node::{Node, NodeConfig};
+use shared::bucket::Bucket;
+use shared::proto::v1 as pb;
+
+/// A running region.
+pub struct Region {
+    /// Its nodes.
+    pub nodes: Vec<Arc<Node>>,
+    /// The leader's address.
+    pub leader: String,
+}
+
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Starts 3 nodes in `dir` (each configured by `configure`), serves them on loopback, elects a
+/// leader, and creates campaign `c1` with a lifetime budget of `i64::MAX / 2` micros.
+pub async fn start_region(dir: &Path, configure: impl Fn(&mut NodeConfig)) -> Region {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let mut nodes = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        addrs.insert(id, l.local_addr().expect("addr").to_string());
+        let mut cfg = NodeConfig::new(
+            "eu-1".parse().expect("region"),
+            id,
+            dir.join(format!("n{id}")),
+        );
+        configure(&mut cfg);
+        let node = Arc::new(Node::start(&cfg).await.expect("node"));
+        let serving = node.clone();
+        tokio::spawn(async move {
+            coordinator::api::serve_alone(&serving, l, std::future::pending()).await
+        });
+        nodes.push(node);
+    }
+    nodes[0].initialize(addrs.clone()).await.expect("init");
+    let leader = nodes[0]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some(), "leader")
+        .await
+        .expect("leader")
+        .current_leader
+        .expect("leader");
+    let addr = addrs[&leader].clone();
+    let mut admin = pb::admin_client::AdminClient::new(channel(&addr).await);
+    let config = pb::CampaignConfig {
+        campaign: "c1".into(),
+        time_zone: "UTC".into(),
+        bid_cpm_micros: 1_000_000,
+        ..Default::default()
+    };
+    admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key: vec![1; 16] }),
+            config: Some(config),
+        })
+        .await
+        .expect("campaign");
+    let lifetime = pb::BucketKey {
+        campaign: "c1".into(),
+        bucket: Some(pb::Bucket::from(&Bucket::Lifetime)),
+    };
+    admin
+        .set_budget(pb::SetBudgetRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key: vec![2; 16] }),
+            bucket: Some(lifetime),
+            budget_micros: i64::MAX / 2,
+        })
+        .await
+        .expect("budget");
+    Region {
+        nodes,
+        leader: addr,
+    }
+}
+
+/// `n` spend events of 1,000 micros each, numbered from `first_bid`, with auction ids unique to
+/// `tag`.
+pub fn events(tag: &str, first_bid: u64, n: usize) -> Vec<pb::SpendEvent> {
+    (0..n)
+        .map(|i| pb::SpendEvent {
+            bid: first_bid + i as u64,
+            key: Some(pb::EventKey {
+                exchange: "adx".into(),
+                auction_id: format!("{tag}-{i:04}"),
+                imp_id: "1".into(),
+            }),
+            amount_micros: 1_000,
+        })
+        .collect()
+}
+
+/// An environment variable's number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
