@@ -80,6 +80,14 @@ fn sample(node: &Node) -> NodeSample {
     }
 }
 
+/// A request key of `kind` (grant, report, release), reporter `r`, number `n`: grant keys and
+/// batch ids share one space of request keys in the ledger, so they must differ.
+fn key(kind: u8, r: usize, n: u64) -> Vec<u8> {
+    (u128::from(kind) << 120 | (r as u128) << 64 | u128::from(n))
+        .to_be_bytes()
+        .to_vec()
+}
+
 /// Reports `batches` batches per lease, then releases it and takes another, until `deadline`
 /// or `stop`.
 async fn reporter(
@@ -103,9 +111,7 @@ async fn reporter(
             return;
         }
         let grant = pb::GrantLeaseRequest {
-            idempotency_key: Some(pb::IdempotencyKey {
-                key: ((r as u128) << 64 | u128::from(l)).to_be_bytes().to_vec(),
-            }),
+            idempotency_key: Some(pb::IdempotencyKey { key: key(1, r, l) }),
             edge: edge.clone(),
             campaign: "c1".into(),
             want_micros: i64::try_from(per_lease * 2).unwrap_or(i64::MAX),
@@ -128,7 +134,7 @@ async fn reporter(
             tick.tick().await;
             n += 1;
             let req = pb::ReportSpendRequest {
-                batch_id: ((r as u128) << 64 | u128::from(n)).to_be_bytes().to_vec(),
+                batch_id: key(2, r, n),
                 edge: edge.clone(),
                 lease_id: lease.lease_id,
                 events: events(&format!("r{r}-b{n}"), bids + 1, BATCH),
@@ -213,7 +219,7 @@ async fn main() {
     let mut samples: Vec<(Duration, u64, u64, Vec<NodeSample>)> = Vec::new();
     let mut last = (Duration::ZERO, 0u64);
     let mut stopped_early = None;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
         let t = started.elapsed();
         let events = settled.load(Ordering::Relaxed);

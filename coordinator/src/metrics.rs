@@ -78,6 +78,7 @@ pub struct Metrics {
     settled_micros: Gauge<i64, AtomicI64>,
     clock_wall_seconds: Gauge<f64, AtomicU64>,
     open_leases: Gauge,
+    bid_marks: Gauge,
     registered_edges: Gauge,
     campaign_settled: Family<CampaignLabels, Gauge<i64, AtomicI64>>,
     campaign_budget: Family<CampaignLabels, Gauge<i64, AtomicI64>>,
@@ -245,6 +246,13 @@ impl Metrics {
         );
         let open_leases = Gauge::default();
         registry.register("open_leases", "Leases open now", open_leases.clone());
+        let bid_marks = Gauge::default();
+        registry.register(
+            "ledger_bid_marks",
+            "Bids whose marks (charged, lost, late) the ledger holds: those of leases not yet \
+             fully closed; a fully closed lease keeps none",
+            bid_marks.clone(),
+        );
         let campaign_settled = Family::<CampaignLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "campaign_settled_micros",
@@ -348,6 +356,7 @@ impl Metrics {
             settled_micros,
             clock_wall_seconds,
             open_leases,
+            bid_marks,
             registered_edges,
             certificate_expiry,
             campaign_settled,
@@ -518,6 +527,8 @@ impl Metrics {
         self.settled_micros.set(settled);
         self.open_leases
             .set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.bid_marks
+            .set(i64::try_from(l.bid_marks()).unwrap_or(i64::MAX));
     }
 
     /// The node's wall clock now (µs), and its TLS certificate's expiry (unix s), if any.
