@@ -473,6 +473,11 @@ impl Node {
                 .forget_log_before(sealed)
                 .map_err(std::io::Error::other)?;
             self.forgotten.store(sealed, Ordering::Relaxed);
+            // Once per segment: the forgotten records' space (and the Raft log's purged behind
+            // the last snapshot) comes back now.
+            self.state
+                .compact_deleted()
+                .map_err(std::io::Error::other)?;
         }
         Ok(())
     }
