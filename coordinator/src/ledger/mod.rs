@@ -503,8 +503,8 @@ impl Ledger {
         &self.edges
     }
 
-    /// How many bids' marks (charged, lost, or recorded as an anomaly) the ledger holds: those
-    /// of leases not yet fully closed.
+    /// How many bids' marks (charged, lost, or recorded as an anomaly) the ledger holds: every
+    /// lease's, until it is forgotten `closed_leases_retained` retirements after it closed.
     pub fn bid_marks(&self) -> usize {
         self.charged.len()
     }
@@ -1235,10 +1235,6 @@ impl Ledger {
             LeaseState::Closed => {}
         }
         lease.spent = add(lease.spent, total);
-        // A closed lease keeps no marks (`retire`): whatever comes for it is late.
-        if closed {
-            marks.clear();
-        }
         for (bid, mark) in &marks {
             charged.insert((lease_id, *bid), *mark);
         }
@@ -1639,24 +1635,8 @@ impl Ledger {
     /// with its bids and request keys.
     fn retire(&mut self, id: LeaseId) {
         self.order_seq += 1;
-        let mut marks = Vec::new();
         if let Some(lease) = self.leases.get_mut(&id) {
             lease.retired = Some(self.order_seq);
-            marks = std::mem::take(&mut lease.events);
-        }
-        // Nothing is in doubt any more, so no charge can take money from the lease (a bill for
-        // any of its bids, new or seen before, is recorded as late): its bids' marks decide
-        // nothing, and they go now rather than with the lease. Only its small header and its
-        // request keys wait for `closed_leases_retained` retirements. (Kept until the
-        // lease was forgotten, they grew with every event of the last 100,000 leases: the
-        // soak benchmark's memory and snapshots grew without end.)
-        if !marks.is_empty() {
-            for (bid, _) in marks.iter().flatten() {
-                self.charged.remove(&(id, *bid));
-            }
-            let rows = u32::try_from(marks.len()).unwrap_or(u32::MAX);
-            self.changes.uncharged.push((id, rows));
-            self.changes.leases.insert(id);
         }
         self.closed.push_back(id);
         let retained = usize::try_from(self.params.closed_leases_retained).unwrap_or(usize::MAX);

@@ -783,53 +783,6 @@ fn reclaimed_leases_hold_money_in_doubt_for_late_notices() {
     );
 }
 
-/// Once nothing of a lease is in doubt, no charge can take money from it: its bids' marks
-/// leave the state (memory and rows) at once, and a bill for one of its bids, seen before or
-/// not, is recorded as late and takes nothing.
-#[test]
-fn a_fully_closed_lease_keeps_no_marks_and_a_repeated_bill_takes_nothing() {
-    let mut h = H::new();
-    h.campaign("c1", None);
-    h.budget("c1", Bucket::Lifetime, 100_000);
-    let (lease, _) = h.granted("e1", "c1", 10_000);
-    let bills = vec![evb(1, "a1", 1_000), evb(2, "a2", 1_500), evb(3, "a3", 500)];
-    let a = h.report("e1", lease, bills.clone());
-    assert!(matches!(a.reply, Reply::SpendSettled { settled: 3, .. }));
-    // Repeated while open: duplicates, nothing more.
-    let a = h.report("e1", lease, bills.clone());
-    assert!(matches!(
-        a.reply,
-        Reply::SpendSettled {
-            settled: 0,
-            duplicates: 3,
-            anomalies: 0,
-            ..
-        }
-    ));
-    assert_eq!(h.l.bid_marks(), 3);
-    h.release("e1", lease);
-    assert_eq!(h.l.bid_marks(), 0, "a fully closed lease keeps no marks");
-    h.check_reload();
-    let available = h.available(&lifetime("c1"));
-    assert_eq!(available, m(97_000));
-    let a = h.report("e1", lease, bills);
-    assert!(matches!(
-        a.reply,
-        Reply::SpendSettled {
-            settled: 0,
-            anomalies: 3,
-            ..
-        }
-    ));
-    assert!(a.entries.iter().all(
-        |(e, _)| matches!(&e.payload, Payload::Anomaly(x) if x.rule == AnomalyKind::LateSpend)
-    ));
-    assert_eq!(h.available(&lifetime("c1")), available);
-    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), m(3_000));
-    assert_eq!(h.l.bid_marks(), 0, "nor does a late bill leave one");
-    h.check_reload();
-}
-
 #[test]
 fn a_charge_is_our_bids_whatever_ids_the_exchange_gave_it() {
     let mut h = H::new();
