@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{channel, env_u64, events, start_region};
+use common::{channel, env_u64, events, grant, start_region};
 use coordinator::ledger::{CampaignConfig, Command, Ledger, Params, RequestKey, Stamp};
 use shared::bucket::Bucket;
 use shared::log::SpendEvent;
@@ -145,23 +145,13 @@ async fn main() {
         let batches = batches.clone();
         tasks.push(tokio::spawn(async move {
             let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&addr).await);
-            let grant = pb::GrantLeaseRequest {
-                idempotency_key: Some(pb::IdempotencyKey {
-                    key: (1_000 + r as u128).to_be_bytes().to_vec(),
-                }),
-                edge: format!("e{r}"),
-                campaign: "c1".into(),
-                want_micros: i64::MAX / 64,
-            };
-            let Some(pb::grant_lease_reply::Result::Lease(lease)) = leases
-                .grant_lease(grant)
-                .await
-                .expect("grant")
-                .into_inner()
-                .result
-            else {
-                panic!("no lease")
-            };
+            let lease = grant(
+                &mut leases,
+                (1_000 + r as u128).to_be_bytes().to_vec(),
+                &format!("e{r}"),
+                i64::MAX / 64,
+            )
+            .await;
             // Each reporter sends one batch per period, so that all of them offer `rate()`.
             let mut pace = (rate() > 0).then(|| {
                 let period = Duration::from_secs_f64((BATCH * reporters()) as f64 / rate() as f64);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{channel, env_u64, events, start_region};
+use common::{channel, env_u64, events, grant, start_region};
 use coordinator::archive::{SEGMENT_BYTES_MAX, SegmentRule};
 use coordinator::node::Node;
 use shared::proto::v1 as pb;
@@ -110,21 +110,13 @@ async fn reporter(
         if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
             return;
         }
-        let grant = pb::GrantLeaseRequest {
-            idempotency_key: Some(pb::IdempotencyKey { key: key(1, r, l) }),
-            edge: edge.clone(),
-            campaign: "c1".into(),
-            want_micros: i64::try_from(per_lease * 2).unwrap_or(i64::MAX),
-        };
-        let Some(pb::grant_lease_reply::Result::Lease(lease)) = leases
-            .grant_lease(grant)
-            .await
-            .expect("grant")
-            .into_inner()
-            .result
-        else {
-            panic!("no lease")
-        };
+        let lease = grant(
+            &mut leases,
+            key(1, r, l),
+            &edge,
+            i64::try_from(per_lease * 2).unwrap_or(i64::MAX),
+        )
+        .await;
         let mut bids = 0u64;
         let mut spent = 0i64;
         for _ in 0..lease_batches {

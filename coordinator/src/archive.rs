@@ -142,7 +142,8 @@ pub struct SegmentRule {
 }
 
 /// The default cap on a segment file's size: 64 MiB. It bounds the records RocksDB and a
-/// snapshot hold when records are large (a spend batch of 1,000 events is about 40 KiB).
+/// snapshot hold when records are large (a spend batch of 1,000 events is about 34 KiB: in
+/// `./dev bench soak`, a 64 MiB segment held about 2,000 of them).
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 
 impl From<u64> for SegmentRule {

@@ -108,8 +108,9 @@ pub fn peer_client(
 
 /// Bytes of one streamed piece of a segment.
 const SEGMENT_CHUNK: usize = 1 << 20;
-/// The largest segment a node takes from a peer (a segment of 10,000 records of spend batches
-/// of 1,000 events is about 100 MiB; records are ≤ 16 MiB each).
+/// The largest segment a node takes from a peer: segments end at `segment_bytes_max` (64 MiB
+/// by default) unless one record alone is larger (records are ≤ 16 MiB); this leaves room for
+/// a region configured with larger segments.
 const SEGMENT_MAX: usize = 1 << 30;
 /// How long fetching one segment may take.
 const SEGMENT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);

@@ -120,3 +120,28 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// Takes a lease of `c1` for `edge`; panics with the reply if it is not a lease (a refusal, or
+/// another leader: the benchmarks do not follow a leader change).
+pub async fn grant(
+    leases: &mut pb::lease_api_client::LeaseApiClient<tonic::transport::Channel>,
+    key: Vec<u8>,
+    edge: &str,
+    want_micros: i64,
+) -> pb::Lease {
+    let reply = leases
+        .grant_lease(pb::GrantLeaseRequest {
+            idempotency_key: Some(pb::IdempotencyKey { key }),
+            edge: edge.into(),
+            campaign: "c1".into(),
+            want_micros,
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .result;
+    match reply {
+        Some(pb::grant_lease_reply::Result::Lease(lease)) => lease,
+        other => panic!("no lease: {other:?}"),
+    }
+}
