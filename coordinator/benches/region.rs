@@ -10,6 +10,7 @@
 //! load in events/s (default: as fast as the region takes them).
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // the soak follows leader changes; this bench does not
 mod common;
 
 use std::sync::Arc;

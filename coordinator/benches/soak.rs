@@ -7,11 +7,12 @@
 //!
 //! Every `BENCH_SAMPLE_SECS` (30) it prints the process's resident memory and, per node, its
 //! RocksDB size, its last snapshot (bytes, build time, rows, records), its unsealed records and
-//! its segments; at the end, their spread after `BENCH_WARMUP_SECS` (120). The run stops early
+//! its segments and its bid marks (exact, and closed leases' compacted); at the end, their spread after `BENCH_WARMUP_SECS` (120). The run stops early
 //! if resident memory passes `BENCH_RSS_MAX_MIB` (12,000): state that grows without bound is
 //! the finding, and the machine must survive it. Every loop is bounded in count and time.
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // the region bench uses the leader it started with
 mod common;
 
 use std::path::Path;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{channel, env_u64, events, grant, start_region};
+use common::{Region, env_u64, events, start_region, try_grant};
 use coordinator::archive::{SEGMENT_BYTES_MAX, SegmentRule};
 use coordinator::node::Node;
 use shared::proto::v1 as pb;
@@ -63,11 +64,18 @@ struct NodeSample {
     unsealed: u64,
     segments: usize,
     segment_bytes: u64,
+    /// Bids whose marks the ledger holds exactly (leases not closed).
+    exact_marks: usize,
+    /// Bytes of closed leases' compacted marks.
+    closed_marks: usize,
 }
 
 fn sample(node: &Node) -> NodeSample {
     let snap = node.state.last_snapshot_build().unwrap_or_default();
-    let next = node.state.read(|m| m.ledger().chain().next_seq());
+    let (next, exact_marks, closed_marks) = node.state.read(|m| {
+        let l = m.ledger();
+        (l.chain().next_seq(), l.bid_marks(), l.closed_marks().1)
+    });
     NodeSample {
         db: dir_bytes(&node.data_dir.join("db")),
         snapshot: snap.bytes,
@@ -77,6 +85,8 @@ fn sample(node: &Node) -> NodeSample {
         unsealed: next.saturating_sub(node.archive.sealed().0),
         segments: node.archive.segments(),
         segment_bytes: dir_bytes(node.archive.dir()),
+        exact_marks,
+        closed_marks,
     }
 }
 
@@ -88,35 +98,62 @@ fn key(kind: u8, r: usize, n: u64) -> Vec<u8> {
         .to_vec()
 }
 
+/// How often a reporter retries one request (every retry follows the leader anew).
+const RETRIES_MAX: u32 = 50;
+
 /// Reports `batches` batches per lease, then releases it and takes another, until `deadline`
-/// or `stop`.
+/// or `stop`. A failed request (a leader change, a refusal while a new leader catches up) is
+/// retried with the same key on the node then leading, at most [`RETRIES_MAX`] times: retries
+/// are idempotent, so nothing counts twice.
+#[allow(clippy::too_many_arguments)]
 async fn reporter(
     r: usize,
-    addr: String,
+    region: Arc<Region>,
     lease_batches: u64,
     period: Duration,
     deadline: Instant,
     stop: Arc<AtomicBool>,
     settled: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
 ) {
-    let mut leases = pb::lease_api_client::LeaseApiClient::new(channel(&addr).await);
+    let (mut leader, mut leases) = region.leader_client().await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let edge = format!("e{r}");
     let per_lease = lease_batches * BATCH as u64 * 1_000;
     let mut n = 0u64;
+    // Follows the leader after a failure; panics with the last error after RETRIES_MAX.
+    macro_rules! retrying {
+        ($what:literal, $call:expr) => {{
+            let mut tries = 0u32;
+            loop {
+                match $call {
+                    Ok(v) => break v,
+                    Err(e) if tries < RETRIES_MAX => {
+                        tries += 1;
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let (id, client) = region.leader_client().await;
+                        if id != leader {
+                            println!("reporter {r}: {} failed ({e}); leader now node {id}", $what);
+                        }
+                        (leader, leases) = (id, client);
+                    }
+                    Err(e) => panic!("reporter {r}: {} failed {tries} times: {e}", $what),
+                }
+            }
+        }};
+    }
     // At most one lease per batch: bounded by the time, and by this count too.
     for l in 0..10_000_000u64 {
         if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
             return;
         }
-        let lease = grant(
-            &mut leases,
-            key(1, r, l),
-            &edge,
-            i64::try_from(per_lease * 2).unwrap_or(i64::MAX),
-        )
-        .await;
+        let want = i64::try_from(per_lease * 2).unwrap_or(i64::MAX);
+        let lease = retrying!(
+            "grant",
+            try_grant(&mut leases, key(1, r, l), &edge, want).await
+        );
         let mut bids = 0u64;
         let mut spent = 0i64;
         for _ in 0..lease_batches {
@@ -135,13 +172,8 @@ async fn reporter(
             };
             bids += BATCH as u64;
             spent += BATCH as i64 * 1_000;
-            if let Some(pb::report_spend_reply::Result::Settled(s)) = leases
-                .report_spend(req)
-                .await
-                .expect("report")
-                .into_inner()
-                .result
-            {
+            let reply = retrying!("report", leases.report_spend(req.clone()).await);
+            if let Some(pb::report_spend_reply::Result::Settled(s)) = reply.into_inner().result {
                 settled.fetch_add(u64::from(s.settled_events), Ordering::Relaxed);
             }
         }
@@ -156,7 +188,7 @@ async fn reporter(
             bids,
             in_doubt: Vec::new(),
         };
-        leases.release_lease(release).await.expect("release");
+        retrying!("release", leases.release_lease(release.clone()).await);
     }
 }
 
@@ -170,7 +202,7 @@ async fn main() {
     let warmup = Duration::from_secs(env_u64("BENCH_WARMUP_SECS", 120));
     let rss_max = env_u64("BENCH_RSS_MAX_MIB", 12_000) << 20;
     let tmp = tempfile::tempdir().expect("temp dir");
-    let region = start_region(tmp.path(), |_| {}).await;
+    let region = Arc::new(start_region(tmp.path(), |_| {}).await);
     let rule = SegmentRule {
         entries: 10_000,
         bytes_max: SEGMENT_BYTES_MAX,
@@ -191,21 +223,23 @@ async fn main() {
     let deadline = started + Duration::from_secs(secs);
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
     let period = Duration::from_secs_f64((BATCH * reporters) as f64 / rate as f64);
     let mut tasks = Vec::new();
     for r in 0..reporters {
         tasks.push(tokio::spawn(reporter(
             r,
-            region.leader.clone(),
+            region.clone(),
             lease_batches,
             period,
             deadline,
             stop.clone(),
             settled.clone(),
+            retried.clone(),
         )));
     }
     println!(
-        "{:>5} {:>11} {:>9} {:>8} | per node: RocksDB MiB, snapshot MiB (build ms, rows, records), unsealed records, segments (MiB)",
+        "{:>5} {:>11} {:>9} {:>8} | per node: RocksDB MiB, snapshot MiB (build ms, rows, records), unsealed records, segments (MiB), exact bid marks, closed leases' marks MiB",
         "t s", "events", "events/s", "RSS MiB"
     );
     let mut samples: Vec<(Duration, u64, u64, Vec<NodeSample>)> = Vec::new();
@@ -223,7 +257,7 @@ async fn main() {
             .iter()
             .map(|s| {
                 format!(
-                    "{:.1}, {:.1} ({:.0}, {}, {}), {}, {} ({:.0})",
+                    "{:.1}, {:.1} ({:.0}, {}, {}), {}, {} ({:.0}), {}, {:.1}",
                     s.db as f64 / MIB,
                     s.snapshot as f64 / MIB,
                     s.snapshot_ms,
@@ -231,7 +265,9 @@ async fn main() {
                     s.records,
                     s.unsealed,
                     s.segments,
-                    s.segment_bytes as f64 / MIB
+                    s.segment_bytes as f64 / MIB,
+                    s.exact_marks,
+                    s.closed_marks as f64 / MIB
                 )
             })
             .collect();
@@ -257,9 +293,10 @@ async fn main() {
     let total = settled.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     println!(
-        "settled {total} events in {:.0} s = {:.0} events/s{}",
+        "settled {total} events in {:.0} s = {:.0} events/s; {} requests retried{}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
+        retried.load(Ordering::Relaxed),
         match stopped_early {
             Some(t) => format!(
                 "; STOPPED EARLY at {} s: resident memory over {} MiB",

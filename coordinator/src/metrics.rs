@@ -249,8 +249,8 @@ impl Metrics {
         let bid_marks = Gauge::default();
         registry.register(
             "ledger_bid_marks",
-            "Bids whose marks (charged, lost, late) the ledger holds: every lease's until it is \
-             forgotten, closed_leases_retained retirements after it closed",
+            "Bids whose marks (charged, lost, late) the ledger holds exactly: those of leases not \
+             yet closed (a closed lease keeps one bit per bid until it is forgotten)",
             bid_marks.clone(),
         );
         let campaign_settled = Family::<CampaignLabels, Gauge<i64, AtomicI64>>::default();

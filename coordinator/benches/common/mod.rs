@@ -16,6 +16,30 @@ pub struct Region {
     pub nodes: Vec<Arc<Node>>,
     /// The leader's address.
     pub leader: String,
+    /// Every node's address, by node id.
+    pub addrs: BTreeMap<u64, String>,
+}
+
+impl Region {
+    /// A lease client of the node the nodes now agree leads (waits up to 10 s for one), and its
+    /// id: how a bench follows a leader change.
+    pub async fn leader_client(
+        &self,
+    ) -> (
+        u64,
+        pb::lease_api_client::LeaseApiClient<tonic::transport::Channel>,
+    ) {
+        let leader = self.nodes[0]
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader.is_some(), "leader")
+            .await
+            .expect("a leader within 10 s")
+            .current_leader
+            .expect("leader");
+        let client = pb::lease_api_client::LeaseApiClient::new(channel(&self.addrs[&leader]).await);
+        (leader, client)
+    }
 }
 
 pub async fn channel(addr: &str) -> tonic::transport::Channel {
@@ -94,6 +118,7 @@ pub async fn start_region(dir: &Path, configure: impl Fn(&mut NodeConfig)) -> Re
     Region {
         nodes,
         leader: addr,
+        addrs,
     }
 }
 
@@ -129,6 +154,18 @@ pub async fn grant(
     edge: &str,
     want_micros: i64,
 ) -> pb::Lease {
+    try_grant(leases, key, edge, want_micros)
+        .await
+        .unwrap_or_else(|e| panic!("no lease: {e}"))
+}
+
+/// [`grant`], with what came instead of a lease as the error.
+pub async fn try_grant(
+    leases: &mut pb::lease_api_client::LeaseApiClient<tonic::transport::Channel>,
+    key: Vec<u8>,
+    edge: &str,
+    want_micros: i64,
+) -> Result<pb::Lease, String> {
     let reply = leases
         .grant_lease(pb::GrantLeaseRequest {
             idempotency_key: Some(pb::IdempotencyKey { key }),
@@ -137,11 +174,11 @@ pub async fn grant(
             want_micros,
         })
         .await
-        .expect("grant")
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner()
         .result;
     match reply {
-        Some(pb::grant_lease_reply::Result::Lease(lease)) => lease,
-        other => panic!("no lease: {other:?}"),
+        Some(pb::grant_lease_reply::Result::Lease(lease)) => Ok(lease),
+        other => Err(format!("{other:?}")),
     }
 }

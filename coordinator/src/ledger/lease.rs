@@ -7,6 +7,7 @@ use shared::log::entry::DoubtPart;
 use shared::{CampaignId, EdgeId, Money};
 
 use super::command::RequestKey;
+use super::marks::ClosedMarks;
 use super::{Mark, Params};
 
 /// Where a lease is in its life (DESIGN §5).
@@ -156,6 +157,10 @@ pub struct Lease {
     /// row: rebuilt at load from the request rows, which name their lease.
     #[serde(skip)]
     pub requests: Vec<RequestKey>,
+    /// Once it is closed: its bids' marks, compacted out of `events` ([`ClosedMarks`]), and
+    /// persisted in its row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marks: Option<ClosedMarks>,
     /// When it was fully closed, in the ledger's order of retirements (oldest forgotten first).
     pub retired: Option<u64>,
     /// In-doubt parts whose wait the leader found over, by the part's `wait_ms`: the Raft

@@ -30,6 +30,7 @@
 
 pub mod command;
 pub mod lease;
+pub mod marks;
 pub mod rows;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ pub use command::{
     Stamp,
 };
 pub use lease::{Lease, LeaseState, Terms};
+use marks::{ClosedMarks, Seen};
 /// The region's lease and reclaim rules: replicated state, set by [`Command::SetParams`] and
 /// recorded in the log (`params_set`), so that every replica applies the same ones.
 pub use shared::log::entry::LeaseParams as Params;
@@ -405,6 +407,15 @@ fn add(a: Money, b: Money) -> Money {
         .unwrap_or_else(|_| panic!("ledger invariant broken: {a} + {b} overflows"))
 }
 
+/// A closed lease's compacted mark of `bid`, in the terms the report's rules read: a charged
+/// bid reads as charged at `amount` (so a repeat is a duplicate), a lost one as lost.
+fn compacted(lease: &Lease, bid: u64, amount: Money) -> Option<Mark> {
+    match lease.marks.as_ref()?.get(bid)? {
+        Seen::Charged => Some(Mark::Charged(amount)),
+        Seen::Lost => Some(Mark::Lost(Money::ZERO)),
+    }
+}
+
 fn sub(a: Money, b: Money) -> Money {
     a.checked_sub(b)
         .unwrap_or_else(|_| panic!("ledger invariant broken: {a} - {b} overflows"))
@@ -503,10 +514,18 @@ impl Ledger {
         &self.edges
     }
 
-    /// How many bids' marks (charged, lost, or recorded as an anomaly) the ledger holds: every
-    /// lease's, until it is forgotten `closed_leases_retained` retirements after it closed.
+    /// How many bids' marks (charged, lost, or recorded as an anomaly) the ledger holds exactly:
+    /// those of leases not yet closed (a closed lease's are compacted, [`Ledger::closed_marks`]).
     pub fn bid_marks(&self) -> usize {
         self.charged.len()
+    }
+
+    /// Closed leases' compacted marks: how many bids, and about how many bytes.
+    pub fn closed_marks(&self) -> (usize, usize) {
+        self.leases
+            .values()
+            .filter_map(|l| l.marks.as_ref())
+            .fold((0, 0), |(n, b), m| (n + m.len(), b + m.bytes()))
     }
 
     /// Where segments end besides every `segment_entries` records ([`Command::SealSegment`]).
@@ -964,6 +983,7 @@ impl Ledger {
             events: Vec::new(),
             requests: Vec::new(),
             retired: None,
+            marks: None,
             due: BTreeMap::new(),
         };
         // Every bucket of the lease was found or opened above (a missing one panics in shift).
@@ -1094,6 +1114,7 @@ impl Ledger {
                 .get(&e.bid)
                 .or_else(|| self.charged.get(&(lease_id, e.bid)))
                 .copied()
+                .or_else(|| compacted(lease, e.bid, e.amount))
                 .or_else(|| self.planted_exchange_ids_dup(lease_id, e, &settle));
             let mark = Mark::Charged(e.amount);
             match prior {
@@ -1145,7 +1166,8 @@ impl Ledger {
             let prior = known
                 .get(&l.bid)
                 .or_else(|| self.charged.get(&(lease_id, l.bid)))
-                .copied();
+                .copied()
+                .or_else(|| compacted(lease, l.bid, l.amount));
             match prior {
                 Some(Mark::Charged(_)) => conflicts += 1,
                 Some(Mark::Lost(_)) => duplicates += 1,
@@ -1235,11 +1257,16 @@ impl Ledger {
             LeaseState::Closed => {}
         }
         lease.spent = add(lease.spent, total);
-        for (bid, mark) in &marks {
-            charged.insert((lease_id, *bid), *mark);
-        }
         let marked = !marks.is_empty();
-        if marked {
+        if let Some(kept) = lease.marks.as_mut() {
+            // Closed and compacted: its row carries the marks.
+            for (bid, mark) in marks {
+                kept.insert(bid, mark);
+            }
+        } else if marked {
+            for (bid, mark) in &marks {
+                charged.insert((lease_id, *bid), *mark);
+            }
             // At most one list per report, so a lease cannot approach u32::MAX lists.
             let i = u32::try_from(lease.events.len()).unwrap_or(u32::MAX);
             lease.events.push(marks);
@@ -1633,10 +1660,23 @@ impl Ledger {
 
     /// A lease is fully closed: remember it for a while (dedup, late notices), then forget it
     /// with its bids and request keys.
+    ///
+    /// Its marks are compacted now ([`ClosedMarks`]): it can take no money any more, so all a
+    /// repeated notice needs is whether the bid was charged or lost.
     fn retire(&mut self, id: LeaseId) {
         self.order_seq += 1;
         if let Some(lease) = self.leases.get_mut(&id) {
             lease.retired = Some(self.order_seq);
+            if lease.marks.is_none() {
+                let lists = std::mem::take(&mut lease.events);
+                for (bid, _) in lists.iter().flatten() {
+                    self.charged.remove(&(id, *bid));
+                }
+                lease.marks = Some(ClosedMarks::compact(lease.bids, &lists));
+                let rows = u32::try_from(lists.len()).unwrap_or(u32::MAX);
+                self.changes.uncharged.push((id, rows));
+                self.changes.leases.insert(id);
+            }
         }
         self.closed.push_back(id);
         let retained = usize::try_from(self.params.closed_leases_retained).unwrap_or(usize::MAX);

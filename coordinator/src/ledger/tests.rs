@@ -2487,3 +2487,97 @@ fn a_day_that_is_over_in_the_campaigns_zone_keeps_its_budget() {
         Reply::BudgetSet { budget: m(70_000) }
     );
 }
+
+#[test]
+fn a_closed_lease_keeps_its_marks_compactly_and_repeats_stay_duplicates() {
+    let mut h = H::new();
+    h.campaign("c1", None);
+    h.budget("c1", Bucket::Lifetime, 100_000);
+    let (lease, _) = h.granted("e1", "c1", 10_000);
+    let lost = |bid| BidPrice { bid, amount: m(50) };
+    h.report_losses(
+        "e1",
+        lease,
+        vec![evb(1, "a1", 100), evb(2, "a2", 200)],
+        vec![lost(3)],
+    );
+    assert!(h.l.bid_marks() >= 3);
+    h.release("e1", lease);
+    // Closed: the exact marks are gone, the lease's row carries them compactly.
+    assert_eq!(h.l.bid_marks(), 0);
+    assert_eq!(h.l.closed_marks().0, 3);
+    assert!(
+        !h.table.keys().any(|k| k.starts_with(b"e/")),
+        "a closed lease's lists of marks are deleted"
+    );
+    h.check_reload();
+    let records = h.l.chain().next_seq();
+    // Repeated bills of charged bids, at their price or another: duplicates, nothing logged.
+    let a = h.report("e1", lease, vec![evb(1, "a1", 100), evb(2, "a2", 999)]);
+    assert!(
+        matches!(
+            a.reply,
+            Reply::SpendSettled {
+                settled: 0,
+                duplicates: 2,
+                anomalies: 0,
+                ..
+            }
+        ),
+        "{:?}",
+        a.reply
+    );
+    assert_eq!(h.l.chain().next_seq(), records, "a duplicate is not logged");
+    // A lost bid billed after the close is a conflict, once; a new bid is late spend, once.
+    let a = h.report("e1", lease, vec![evb(3, "a3", 50), evb(4, "a4", 70)]);
+    assert!(
+        matches!(
+            a.reply,
+            Reply::SpendSettled {
+                settled: 0,
+                anomalies: 2,
+                conflicts: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        a.reply
+    );
+    let records = h.l.chain().next_seq();
+    let a = h.report_losses(
+        "e1",
+        lease,
+        vec![evb(3, "a3", 50), evb(4, "a4", 70)],
+        vec![lost(1)],
+    );
+    assert!(
+        matches!(
+            a.reply,
+            Reply::SpendSettled {
+                settled: 0,
+                duplicates: 2,
+                anomalies: 0,
+                conflicts: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        a.reply
+    );
+    assert_eq!(h.l.chain().next_seq(), records);
+    // A bid number the edge never made (it said 100 at the release) is kept exactly.
+    let a = h.report("e1", lease, vec![evb(1 << 40, "far", 5)]);
+    assert!(matches!(a.reply, Reply::SpendSettled { anomalies: 1, .. }));
+    let a = h.report("e1", lease, vec![evb(1 << 40, "far", 5)]);
+    assert!(matches!(
+        a.reply,
+        Reply::SpendSettled {
+            duplicates: 1,
+            anomalies: 0,
+            ..
+        }
+    ));
+    assert_eq!(h.l.closed_marks().0, 5);
+    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), m(300));
+    h.check_reload();
+}
