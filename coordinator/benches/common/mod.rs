@@ -29,17 +29,21 @@ impl Region {
         u64,
         pb::lease_api_client::LeaseApiClient<tonic::transport::Channel>,
     ) {
-        let leader = self.nodes[0]
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.current_leader.is_some(), "leader")
-            .await
-            .expect("a leader within 10 s")
-            .current_leader
-            .expect("leader");
+        let leader = wait_leader(&self.nodes[0]).await;
         let client = pb::lease_api_client::LeaseApiClient::new(channel(&self.addrs[&leader]).await);
         (leader, client)
     }
+}
+
+/// The leader `node` knows of, once it knows one (at most 10 s).
+async fn wait_leader(node: &Node) -> u64 {
+    node.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some(), "leader")
+        .await
+        .expect("a leader within 10 s")
+        .current_leader
+        .expect("leader")
 }
 
 pub async fn channel(addr: &str) -> tonic::transport::Channel {
@@ -80,14 +84,7 @@ pub async fn start_region(dir: &Path, configure: impl Fn(&mut NodeConfig)) -> Re
         nodes.push(node);
     }
     nodes[0].initialize(addrs.clone()).await.expect("init");
-    let leader = nodes[0]
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.current_leader.is_some(), "leader")
-        .await
-        .expect("leader")
-        .current_leader
-        .expect("leader");
+    let leader = wait_leader(&nodes[0]).await;
     let addr = addrs[&leader].clone();
     let mut admin = pb::admin_client::AdminClient::new(channel(&addr).await);
     let config = pb::CampaignConfig {
