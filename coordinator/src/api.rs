@@ -4,6 +4,7 @@
 //! follower are answered with `not_leader` and the leader's address, for the client to retry
 //! there. Balance reads are linearizable (`ensure_linearizable` before reading).
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -330,7 +331,9 @@ impl pb::lease_api_server::LeaseApi for Api {
         &self,
         request: Request<pb::ListActiveCampaignsRequest>,
     ) -> Result<Response<pb::ListActiveCampaignsReply>, Status> {
-        let known = request.into_inner().known_version;
+        let request = request.into_inner();
+        let known = request.known_version;
+        let known_spend = Some(request.known_spend_version).filter(|v| *v > 0);
         let reply = self.node.state.read(|m| {
             let ledger = m.ledger();
             let version = ledger.campaigns_version();
@@ -343,44 +346,65 @@ impl pb::lease_api_server::LeaseApi for Api {
                     .map(|(id, c)| wire::campaign_to_wire(id, c))
                     .collect()
             };
-            // The newest day bucket of each campaign with a daily budget: buckets are ordered
-            // by campaign, then lifetime before days in date order, so the last one wins.
-            let mut day_spend: Vec<pb::DaySpend> = Vec::new();
-            for (key, state) in ledger.buckets() {
-                let shared::Bucket::Day(day) = &key.bucket else {
-                    continue;
-                };
-                // Spend in every region as this one knows it (a push interval behind, at
-                // most), so that the edges of all regions pace the campaign together rather
-                // than each to the whole day's budget; and the day's budget as its home set it
-                // (a region that only received rights set none).
-                let daily = ledger
-                    .campaign(&key.campaign)
-                    .and_then(|c| c.config.daily_budget);
-                let row = pb::DaySpend {
-                    campaign: key.campaign.to_string(),
-                    day: day.to_string(),
-                    settled_micros: i64::try_from(state.counter.state().total_settled())
-                        .unwrap_or(i64::MAX),
-                    budget_micros: if state.budget.micros() > 0 {
-                        state.budget.micros()
-                    } else {
-                        daily.map_or(0, Money::micros)
-                    },
-                };
-                match day_spend.last_mut() {
-                    Some(last) if last.campaign == row.campaign => *last = row,
-                    _ => day_spend.push(row),
-                }
-            }
+            // The newest day bucket of each campaign whose day spend (or daily budget) changed
+            // since the edge last asked: the cost is what changed, not every bucket.
+            let changed = ledger.changed_since(known_spend);
+            let mut names: BTreeSet<&CampaignId> = changed
+                .buckets
+                .iter()
+                .filter(|(k, _)| matches!(k.bucket, shared::Bucket::Day(_)))
+                .map(|(k, _)| &k.campaign)
+                .collect();
+            names.extend(
+                changed
+                    .campaigns
+                    .iter()
+                    .filter(|(_, c)| c.config.daily_budget.is_some())
+                    .map(|(id, _)| *id),
+            );
+            let day_spend = names
+                .into_iter()
+                .filter_map(|c| ledger.newest_day(c))
+                .map(|(key, state)| day_spend_row(ledger, key, state))
+                .collect();
             pb::ListActiveCampaignsReply {
                 version,
                 unchanged,
                 campaigns,
                 day_spend,
+                spend_version: changed.version,
+                spend_complete: changed.everything,
             }
         });
         Ok(Response::new(reply))
+    }
+}
+
+/// A day bucket's spend for the edges' pacing: settled in every region as this one knows it (a
+/// push interval behind, at most), so that the edges of all regions pace the campaign together
+/// rather than each to the whole day's budget; and the day's budget as its home set it (a
+/// region that only received rights set none: the campaign's daily budget then).
+fn day_spend_row(
+    ledger: &crate::ledger::Ledger,
+    key: &shared::bucket::BucketKey,
+    state: &crate::ledger::BucketState,
+) -> pb::DaySpend {
+    let day = match &key.bucket {
+        shared::Bucket::Day(d) => d.to_string(),
+        shared::Bucket::Lifetime => String::new(),
+    };
+    let daily = ledger
+        .campaign(&key.campaign)
+        .and_then(|c| c.config.daily_budget);
+    pb::DaySpend {
+        campaign: key.campaign.to_string(),
+        day,
+        settled_micros: i64::try_from(state.counter.state().total_settled()).unwrap_or(i64::MAX),
+        budget_micros: if state.budget.micros() > 0 {
+            state.budget.micros()
+        } else {
+            daily.map_or(0, Money::micros)
+        },
     }
 }
 

@@ -43,6 +43,12 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    peer: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -96,6 +102,7 @@ pub struct Metrics {
     snapshot_last_index: Gauge,
     region_pushes: Family<PeerLabels, Counter>,
     region_alarms: Family<PeerLabels, Counter>,
+    region_push_bytes: Family<PushLabels, Counter>,
     region_transfers: Family<DirectionLabels, Counter>,
     region_transferred_micros: Family<DirectionLabels, Counter>,
     region_sync_age_seconds: Family<AgeLabels, Gauge<f64, AtomicU64>>,
@@ -311,6 +318,13 @@ impl Metrics {
             "State pushes to peer regions, by peer and result (ok, refused, failed)",
             region_pushes.clone(),
         );
+        let region_push_bytes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "region_push_bytes",
+            "Bytes of states sent to peer regions (encoded), by peer and kind (delta: what \
+             changed since the peer's last acknowledgement; complete: everything)",
+            region_push_bytes.clone(),
+        );
         let region_alarms = Family::<PeerLabels, Counter>::default();
         registry.register(
             "region_alarms",
@@ -339,6 +353,7 @@ impl Metrics {
         Metrics {
             registry,
             region_pushes,
+            region_push_bytes,
             region_alarms,
             region_transfers,
             region_transferred_micros,
@@ -460,6 +475,16 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Counts the bytes of a state about to be sent to `peer`.
+    pub fn region_push_size(&self, peer: &str, complete: bool, bytes: usize) {
+        self.region_push_bytes
+            .get_or_create(&PushLabels {
+                peer: peer.to_string(),
+                kind: if complete { "complete" } else { "delta" },
+            })
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
     }
 
     /// Counts an alarm about `peer`.

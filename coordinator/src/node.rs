@@ -395,6 +395,11 @@ impl Node {
         self.metrics.encode()
     }
 
+    /// Whether this node leads its region now (as far as it knows).
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
     /// The leader as this node knows it: `(id, address)`.
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow().clone();

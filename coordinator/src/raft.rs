@@ -77,11 +77,12 @@ impl Machine<TypeConfig> for LedgerMachine {
         self.ledger.all_rows()
     }
 
-    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), AnyError> {
+    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>, applied: u64) -> Result<(), AnyError> {
         let region = self.ledger.region().clone();
         // Rules recorded in the log come back with the rows; before that, the defaults.
         self.ledger =
             Ledger::load(region, Params::default(), rows).map_err(|e| AnyError::new(&e))?;
+        self.ledger.loaded_at(applied);
         Ok(())
     }
 }

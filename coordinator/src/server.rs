@@ -67,8 +67,11 @@ pub struct Config {
 pub struct RegionsConfig {
     /// Each peer region's coordinators: `peers = { eu = ["10.1.0.1:7001", ...] }`.
     pub peers: BTreeMap<String, Vec<String>>,
-    /// A peer gets our state at least this often (and at once when our counters change).
+    /// A peer gets what changed at least this often (and at once when our counters change).
     pub push_interval_ms: u64,
+    /// A peer gets our whole state at least this often (repairs what a lost acknowledgement
+    /// hid; between, pushes carry only what changed).
+    pub full_push_interval_ms: u64,
     /// A peer's log head is recorded in our log at least this often while it pushes.
     pub witness_refresh_ms: u64,
     /// Projected need of a bucket = its settled rate × this; a donor keeps that much.
@@ -84,6 +87,7 @@ impl Default for RegionsConfig {
         RegionsConfig {
             peers: BTreeMap::new(),
             push_interval_ms: ms(s.push_interval),
+            full_push_interval_ms: ms(s.full_push_interval),
             witness_refresh_ms: ms(s.witness_refresh),
             horizon_ms: ms(s.horizon),
             ask_interval_ms: ms(s.ask_interval),
@@ -292,6 +296,12 @@ impl Config {
                     .into(),
             ));
         }
+        if g.full_push_interval_ms < g.push_interval_ms {
+            return Err(err(format!(
+                "regions: full_push_interval_ms ({}) must be at least push_interval_ms ({})",
+                g.full_push_interval_ms, g.push_interval_ms
+            )));
+        }
         for (name, addrs) in &g.peers {
             let peer: RegionId = name
                 .parse()
@@ -309,6 +319,7 @@ impl Config {
             sync.peers.insert(peer, addrs.clone());
         }
         sync.push_interval = Duration::from_millis(g.push_interval_ms);
+        sync.full_push_interval = Duration::from_millis(g.full_push_interval_ms);
         sync.witness_refresh = Duration::from_millis(g.witness_refresh_ms);
         sync.horizon = Duration::from_millis(g.horizon_ms);
         sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
@@ -802,5 +813,9 @@ mod tests {
         refused("[regions.peers]\nus = []", "at least one");
         refused("[regions.peers]\n\"u s\" = [\"a:1\"]", "regions.peers");
         refused("[regions]\npush_interval_ms = 0", "push_interval_ms");
+        refused(
+            "[regions]\npush_interval_ms = 5000\nfull_push_interval_ms = 1000",
+            "full_push_interval_ms",
+        );
     }
 }

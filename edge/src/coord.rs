@@ -170,6 +170,7 @@ impl Coordinators {
     pub async fn campaigns(
         &self,
         known_version: u64,
+        known_spend_version: u64,
     ) -> Result<pb::ListActiveCampaignsReply, CallError> {
         let mut last = String::new();
         for _ in 0..self.endpoints.len().max(1) {
@@ -179,7 +180,10 @@ impl Coordinators {
                 continue;
             };
             match LeaseApiClient::new(ch)
-                .list_active_campaigns(pb::ListActiveCampaignsRequest { known_version })
+                .list_active_campaigns(pb::ListActiveCampaignsRequest {
+                    known_version,
+                    known_spend_version,
+                })
                 .await
             {
                 Ok(r) => return Ok(r.into_inner()),
@@ -219,7 +223,7 @@ mod outgoing_tests {
             shared::tls::Transport::Plaintext,
         );
         let call = tokio::spawn(async move {
-            let _ = c.campaigns(0).await;
+            let _ = c.campaigns(0, 0).await;
         });
         let (_stream, peer) = listener.accept().await.unwrap();
         assert_eq!(peer.ip().to_string(), "127.0.0.4");

@@ -1,6 +1,7 @@
 //! Background work of an edge, off the bid path: polling the campaigns, pacing, and leases
 //! (ask, renew, retire, release).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,9 +27,12 @@ pub async fn poll_campaigns(
 ) {
     let every = Duration::from_millis(edge.settings.config.poll_interval_ms);
     let mut failures = 0u32;
+    // The newest day's spend per campaign, kept up to date by the replies' deltas.
+    let mut spend: BTreeMap<String, pb::DaySpend> = BTreeMap::new();
+    let mut spend_version = 0u64;
     loop {
         let known = edge.catalog.load().version;
-        match coords.campaigns(known).await {
+        match coords.campaigns(known, spend_version).await {
             Ok(reply) => {
                 failures = 0;
                 edge.polled
@@ -58,7 +62,14 @@ pub async fn poll_campaigns(
                         .set(i64::try_from(reply.version).unwrap_or(i64::MAX));
                     edge.catalog.store(Arc::new(catalog));
                 }
-                pace(&edge, &reply.day_spend);
+                if reply.spend_complete {
+                    spend.clear();
+                }
+                for d in reply.day_spend {
+                    spend.insert(d.campaign.clone(), d);
+                }
+                spend_version = reply.spend_version;
+                pace(&edge, &spend);
             }
             Err(e) => {
                 failures += 1;
@@ -77,7 +88,7 @@ pub async fn poll_campaigns(
 
 /// Even pacing: keeps a campaign's spend today near the elapsed share of its day. The throttle
 /// falls linearly from all bids to none as the spend runs ahead by 1 % of the daily budget.
-fn pace(edge: &Edge, day_spend: &[pb::DaySpend]) {
+fn pace(edge: &Edge, day_spend: &BTreeMap<String, pb::DaySpend>) {
     let catalog = edge.catalog.load();
     let now = jiff::Timestamp::from_microsecond(edge.clock.wall_us())
         .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -94,8 +105,8 @@ fn pace(edge: &Edge, day_spend: &[pb::DaySpend]) {
         let zoned = now.to_zoned(tz);
         let today = zoned.date().to_string();
         let settled = day_spend
-            .iter()
-            .find(|d| d.campaign == c.id.as_str() && d.day == today)
+            .get(c.id.as_str())
+            .filter(|d| d.day == today)
             .map_or(0, |d| d.settled_micros);
         let (Ok(start), Ok(end)) = (
             zoned.start_of_day(),

@@ -83,8 +83,9 @@ pub trait Machine<C: RaftTypeConfig>: Send + Sync + 'static {
     fn no_command_reply(&self) -> C::R;
     /// Every row of the state (for snapshots).
     fn all_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
-    /// Replaces the state with one rebuilt from `rows` (all rows, any order).
-    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), AnyError>;
+    /// Replaces the state with one rebuilt from `rows` (all rows, any order), the state after
+    /// the entry at index `applied` (0: none).
+    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>, applied: u64) -> Result<(), AnyError>;
 }
 
 /// A snapshot's bytes: a file in the store's snapshot directory, read and written by openraft
@@ -365,14 +366,14 @@ where
     pub fn open(db: Arc<DB>, snapshot_dir: &Path, mut machine: M) -> SResult<C, Self> {
         fs::create_dir_all(snapshot_dir).map_err(io_write::<C>)?;
         let rows = scan(&db, CF_ROWS).map_err(io_read::<C>)?;
-        machine
-            .load(rows)
-            .map_err(StorageIOError::read_state_machine)?;
         let get = |key: &[u8]| db.get_cf(cf(&db, CF_SM_META), key).map_err(io_read::<C>);
-        let applied = match get(KEY_APPLIED)? {
+        let applied: Option<LogId<C::NodeId>> = match get(KEY_APPLIED)? {
             Some(v) => serde_json::from_slice(&v).map_err(io_read::<C>)?,
             None => None,
         };
+        machine
+            .load(rows, applied.as_ref().map_or(0, |l| l.index))
+            .map_err(StorageIOError::read_state_machine)?;
         let membership = match get(KEY_MEMBERSHIP)? {
             Some(v) => serde_json::from_slice(&v).map_err(io_read::<C>)?,
             None => StoredMembership::default(),
@@ -816,7 +817,10 @@ where
         // Rebuild the machine before writing: if the rows do not load, nothing on disk changes.
         inner
             .machine
-            .load(parsed.rows)
+            .load(
+                parsed.rows,
+                meta.last_log_id.as_ref().map_or(0, |l| l.index),
+            )
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         inner.applied = meta.last_log_id.clone();
         inner.membership = meta.last_membership.clone();

@@ -36,10 +36,10 @@ pub struct ClosedMarks {
     /// Bid numbers `1..=span` are in the bitmaps.
     span: u64,
     /// Bit `b - 1` is set when bid `b` was charged. Trailing zero bytes are trimmed.
-    #[serde(with = "hex_bytes", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "bitmap_json", default, skip_serializing_if = "Vec::is_empty")]
     charged: Vec<u8>,
     /// Bit `b - 1` is set when bid `b` was reported lost. Trailing zero bytes are trimmed.
-    #[serde(with = "hex_bytes", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "bitmap_json", default, skip_serializing_if = "Vec::is_empty")]
     lost: Vec<u8>,
     /// Marks of bids above `span`, exactly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -142,17 +142,71 @@ fn set_bit(v: &mut Vec<u8>, i: u64, on: bool) {
     }
 }
 
-/// Bytes as lowercase hex in JSON.
-mod hex_bytes {
+/// A bitmap in JSON, whichever is shorter: lowercase hex, or `r:` and the runs of set bits as
+/// `first-last` or `bit` (bit numbers from 0), comma-separated. A lease whose bids were all
+/// charged keeps `r:0-9999` instead of 2,500 hex digits; a scattered one keeps hex.
+mod bitmap_json {
+    use std::fmt::Write as _;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
+        let hex = hex::encode(v);
+        let mut runs = String::from("r:");
+        let mut start: Option<u64> = None;
+        let bits = u64::try_from(v.len()).unwrap_or(u64::MAX).saturating_mul(8);
+        for i in 0..=bits {
+            let on = i < bits && super::bit(v, i);
+            match (on, start) {
+                (true, None) => start = Some(i),
+                (false, Some(first)) => {
+                    if runs.len() > 2 {
+                        runs.push(',');
+                    }
+                    let last = i - 1;
+                    if first == last {
+                        let _ = write!(runs, "{first}");
+                    } else {
+                        let _ = write!(runs, "{first}-{last}");
+                    }
+                    start = None;
+                    if runs.len() >= hex.len() {
+                        return s.serialize_str(&hex);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if runs.len() < hex.len() {
+            s.serialize_str(&runs)
+        } else {
+            s.serialize_str(&hex)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        hex::decode(s).map_err(serde::de::Error::custom)
+        let Some(runs) = s.strip_prefix("r:") else {
+            return hex::decode(&s).map_err(serde::de::Error::custom);
+        };
+        let mut v = Vec::new();
+        let bad = |run: &str| serde::de::Error::custom(format!("bad run {run:?} in a bitmap"));
+        for run in runs.split(',').filter(|r| !r.is_empty()) {
+            let (a, b) = run.split_once('-').unwrap_or((run, run));
+            let (a, b): (u64, u64) = (
+                a.parse().map_err(|_| bad(run))?,
+                b.parse().map_err(|_| bad(run))?,
+            );
+            // A closed lease's bitmap spans at most 64 bits per mark it holds: refuse absurd
+            // runs instead of allocating for them.
+            if b < a || b >= 1 << 40 {
+                return Err(bad(run));
+            }
+            for i in a..=b {
+                super::set_bit(&mut v, i, true);
+            }
+        }
+        Ok(v)
     }
 }
 
@@ -206,6 +260,40 @@ mod tests {
         let m = ClosedMarks::compact(Some(10_000), &[dense]);
         assert_eq!(m.bytes(), 1_250);
         assert_eq!(m.len(), 10_000);
+        // In its row, all charged is one run.
+        let row = serde_json::to_string(&m).unwrap();
+        assert_eq!(row, r#"{"span":10000,"charged":"r:0-9999"}"#);
+        assert_eq!(serde_json::from_str::<ClosedMarks>(&row).unwrap(), m);
+    }
+
+    #[test]
+    fn a_bitmap_row_is_runs_or_hex_whichever_is_shorter_and_reads_back() {
+        // One bid in seven charged, the rest lost, as an exchange with loss notices reports.
+        let lists: Vec<(u64, Mark)> = (1..=7_000)
+            .map(|b| (b, if b % 7 == 0 { c(1) } else { l(1) }))
+            .collect();
+        let m = ClosedMarks::compact(Some(7_000), &[lists]);
+        let row = serde_json::to_string(&m).unwrap();
+        assert!(row.len() < 2 * 7_000 / 4 + 100, "{} bytes", row.len());
+        assert_eq!(serde_json::from_str::<ClosedMarks>(&row).unwrap(), m);
+        for b in [7, 14, 6_999, 7_000] {
+            assert_eq!(
+                m.get(b),
+                Some(if b % 7 == 0 {
+                    Seen::Charged
+                } else {
+                    Seen::Lost
+                })
+            );
+        }
+        for bad in [
+            r#"{"span":10,"charged":"r:5-2"}"#,
+            r#"{"span":10,"charged":"r:x"}"#,
+            r#"{"span":10,"charged":"r:0-99999999999999"}"#,
+            r#"{"span":10,"charged":"zz"}"#,
+        ] {
+            assert!(serde_json::from_str::<ClosedMarks>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod marks;
 pub mod rows;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -351,6 +352,29 @@ pub struct Ledger {
     /// Where sealed segments end besides every `segment_entries` records: the log's next seq
     /// at each `SealSegment`, the most recent [`SEAL_POINTS_KEPT`].
     seal_points: BTreeSet<u64>,
+    /// The Raft index of the last command applied (or the index the rows were loaded at).
+    version: u64,
+    /// The first index whose changes the versions below know: changes at lower indexes came
+    /// with the rows this ledger was loaded from.
+    tracked_from: u64,
+    /// When each bucket last changed (in memory only).
+    bucket_versions: versions::Versions<BucketKey>,
+    /// When each campaign last changed (in memory only).
+    campaign_versions: versions::Versions<CampaignId>,
+}
+
+/// What changed in a ledger since a version ([`Ledger::changed_since`]).
+#[derive(Debug)]
+pub struct Changed<'a> {
+    /// The ledger's version now: what a reader asks from next time.
+    pub version: u64,
+    /// Buckets changed since (all of them if the reader's version was older than the rows
+    /// this ledger was loaded from).
+    pub buckets: Vec<(&'a BucketKey, &'a BucketState)>,
+    /// Campaigns changed since (all of them, likewise).
+    pub campaigns: Vec<(&'a CampaignId, &'a Campaign)>,
+    /// Whether this is everything.
+    pub everything: bool,
 }
 
 /// Seal points kept: at one per ten minutes, ten weeks of them (a node that seals after a
@@ -445,6 +469,45 @@ impl Ledger {
             witnessed: BTreeMap::new(),
             edges: BTreeMap::new(),
             seal_points: BTreeSet::new(),
+            version: 0,
+            tracked_from: 1,
+            bucket_versions: versions::Versions::default(),
+            campaign_versions: versions::Versions::default(),
+        }
+    }
+
+    /// The rows this ledger was loaded from are the state at Raft index `index`: versions
+    /// count from there (a reader that saw an older version gets everything).
+    pub fn loaded_at(&mut self, index: u64) {
+        self.version = index;
+        self.tracked_from = index.saturating_add(1);
+    }
+
+    /// The buckets and campaigns changed since Raft index `seen` (the version a reader got
+    /// last time, from this replica or another: versions are Raft indexes); everything if it
+    /// saw none, or one older than the rows this ledger was loaded from. Costs what changed.
+    pub fn changed_since(&self, seen: Option<u64>) -> Changed<'_> {
+        match seen {
+            Some(v) if v.saturating_add(1) >= self.tracked_from => Changed {
+                version: self.version,
+                buckets: self
+                    .bucket_versions
+                    .since(v)
+                    .filter_map(|k| self.buckets.get_key_value(k))
+                    .collect(),
+                campaigns: self
+                    .campaign_versions
+                    .since(v)
+                    .filter_map(|k| self.campaigns.get_key_value(k))
+                    .collect(),
+                everything: false,
+            },
+            _ => Changed {
+                version: self.version,
+                buckets: self.buckets.iter().collect(),
+                campaigns: self.campaigns.iter().collect(),
+                everything: true,
+            },
         }
     }
 
@@ -492,6 +555,20 @@ impl Ledger {
     /// A bucket's money.
     pub fn bucket(&self, key: &BucketKey) -> Option<&BucketState> {
         self.buckets.get(key)
+    }
+
+    /// The newest day bucket of `campaign` (buckets order by campaign, then the lifetime
+    /// bucket, then days in date order).
+    pub fn newest_day(&self, campaign: &CampaignId) -> Option<(&BucketKey, &BucketState)> {
+        let from = BucketKey {
+            campaign: campaign.clone(),
+            bucket: Bucket::Lifetime,
+        };
+        self.buckets
+            .range(from..)
+            .take_while(|(k, _)| k.campaign == *campaign)
+            .filter(|(k, _)| matches!(k.bucket, Bucket::Day(_)))
+            .last()
     }
 
     /// Every bucket.
@@ -668,6 +745,21 @@ impl Ledger {
                     "ledger invariant broken: {key} has available {}",
                     b.available()
                 );
+            }
+        }
+        self.version = stamp.index;
+        for k in &self.changes.buckets {
+            if self.buckets.contains_key(k) {
+                self.bucket_versions.touch(k, stamp.index);
+            } else {
+                self.bucket_versions.forget(k);
+            }
+        }
+        for c in &self.changes.campaigns {
+            if self.campaigns.contains_key(c) {
+                self.campaign_versions.touch(c, stamp.index);
+            } else {
+                self.campaign_versions.forget(c);
             }
         }
         if let Some(k) = key {

@@ -1,10 +1,14 @@
 //! Across regions (DESIGN §7): the leader's sync with peer regions, and rebalancing.
 //!
-//! - **Push.** While this node leads, every [`TICK`] it reads its ledger into a
-//!   [`pb::RegionState`]: every bucket's counter rows, the settings of the campaigns homed here,
-//!   the financial-log head, and (for operators) its own leased and in-doubt amounts. One task
-//!   per peer region sends the state when its counter rows or campaigns changed since the peer
-//!   last acknowledged them, and at least every `push_interval` anyway.
+//! - **Push, by deltas.** While this node leads, one task per peer region sends it a
+//!   [`pb::RegionState`]: the financial-log head, and the buckets (counter rows, and for
+//!   operators our own leased and in-doubt amounts) and home campaigns changed since the state
+//!   the peer last acknowledged ([`Ledger::changed_since`]: the cost is what changed, nothing
+//!   scans every bucket). It sends when something changed (woken every [`TICK`]), after a
+//!   transfer to the peer, and at least every `push_interval` (then perhaps with nothing but
+//!   the head). The first push of a leadership, and one every `full_push_interval`, carry
+//!   everything (`complete`): they repair what a lost acknowledgement or a peer's lost data
+//!   hid, since the merge is a join and repeating rows is harmless.
 //! - **Receive.** [`Sync::receive`] decides whether a pushed state brings anything: a row above
 //!   ours, a newer campaign setting, or a log head to witness (first, or older than
 //!   `witness_refresh`). Only then it proposes `MergeRemote` through our own Raft log, so that
@@ -30,7 +34,6 @@
 //! node's monotonic clock, for ages and rates only.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::{Hash as _, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,8 +67,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Settings {
     /// Peer regions and their coordinators' addresses.
     pub peers: BTreeMap<RegionId, Vec<String>>,
-    /// A peer gets our state at least this often, changed or not.
+    /// A peer gets what changed (or just our log head) at least this often.
     pub push_interval: Duration,
+    /// A peer gets our whole state at least this often.
+    pub full_push_interval: Duration,
     /// A peer's log head is written into our log at least this often while it pushes.
     pub witness_refresh: Duration,
     /// Projected need = settled rate × horizon.
@@ -83,6 +88,7 @@ impl Default for Settings {
         Settings {
             peers: BTreeMap::new(),
             push_interval: Duration::from_secs(1),
+            full_push_interval: Duration::from_secs(300),
             witness_refresh: Duration::from_secs(10),
             horizon: Duration::from_secs(10),
             ask_interval: Duration::from_millis(500),
@@ -103,8 +109,11 @@ struct Peer {
     last_error: String,
     pushes_ok: u64,
     pushes_failed: u64,
-    /// Fingerprint of the state it last acknowledged.
+    /// The ledger version (a Raft index) of the state it last acknowledged
+    /// ([`Ledger::changed_since`]).
     acked: Option<u64>,
+    /// When it last acknowledged a complete state.
+    last_full: Option<Duration>,
     /// Push at the next chance, changed or not (after a transfer to it).
     push_now: bool,
     /// States in a row behind its witnessed head.
@@ -119,8 +128,8 @@ struct Peer {
 struct Inner {
     peers: BTreeMap<RegionId, Peer>,
     alarms: VecDeque<String>,
-    /// The state built at the last tick, with its fingerprint.
-    state: Option<(u64, Arc<pb::RegionState>)>,
+    /// The ledger version the rate samples were last taken at.
+    sampled: Option<u64>,
 }
 
 /// The region-sync side of a node: peers, alarms, rates, and the state to push.
@@ -157,10 +166,15 @@ fn fresh_key() -> RequestKey {
     RequestKey(k)
 }
 
-/// Builds this region's state to push: every bucket, the campaigns homed here, the log head.
-pub fn state_of(ledger: &Ledger) -> pb::RegionState {
-    let buckets = ledger
-        .buckets()
+/// This region's state to push to a peer that last acknowledged `seen`: the buckets and home
+/// campaigns changed since (everything if `seen` is `None`, or older than the rows the ledger
+/// was loaded from), and the log head. Returns it with the version to remember once the peer
+/// acknowledges it.
+pub fn state_since(ledger: &Ledger, seen: Option<u64>) -> (u64, pb::RegionState) {
+    let changed = ledger.changed_since(seen);
+    let buckets = changed
+        .buckets
+        .iter()
         .map(|(k, b)| {
             crate::wire::counter_to_wire(
                 k,
@@ -170,41 +184,29 @@ pub fn state_of(ledger: &Ledger) -> pb::RegionState {
             )
         })
         .collect();
-    let campaigns = ledger
-        .campaigns()
+    let campaigns = changed
+        .campaigns
+        .iter()
         .filter(|(_, c)| c.home == *ledger.region())
         .map(|(id, c)| pb::HomeCampaign {
             config: Some(crate::wire::campaign_to_wire(id, c)),
             version: c.home_version,
         })
         .collect();
-    pb::RegionState {
+    let state = pb::RegionState {
         from_region: ledger.region().to_string(),
         log_seq: ledger.chain().next_seq(),
         log_head: ledger.chain().head().to_vec(),
         buckets,
         campaigns,
-    }
+        complete: changed.everything,
+    };
+    (changed.version, state)
 }
 
-/// What identifies a state's content for "changed since acknowledged": the counter rows and
-/// the campaigns' versions, not the log head or the informational amounts.
-fn fingerprint(ledger: &Ledger) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (k, b) in ledger.buckets() {
-        k.to_string().hash(&mut h);
-        let rows = CounterRows::from(b.counter.state());
-        rows.created.hash(&mut h);
-        rows.transferred.hash(&mut h);
-        rows.settled.hash(&mut h);
-        rows.burned.hash(&mut h);
-    }
-    for (id, c) in ledger.campaigns() {
-        if c.home == *ledger.region() {
-            (id.as_str(), c.home_version).hash(&mut h);
-        }
-    }
-    h.finish()
+/// This region's whole state (a complete push).
+pub fn state_of(ledger: &Ledger) -> pb::RegionState {
+    state_since(ledger, None).1
 }
 
 /// Why a pushed state was not taken.
@@ -356,7 +358,7 @@ impl Sync {
         &self,
         node: &Node,
         peer: &RegionId,
-        fp: u64,
+        seen: u64,
         state: &pb::RegionState,
     ) -> bool {
         let mut error = "no address answered".to_string();
@@ -384,7 +386,10 @@ impl Sync {
                         p.last_push_ok = Some(node.clock.mono());
                         p.last_error.clear();
                         p.pushes_ok += 1;
-                        p.acked = Some(fp);
+                        p.acked = Some(seen);
+                        if state.complete {
+                            p.last_full = p.last_push_ok;
+                        }
                     }
                     return true;
                 }
@@ -460,7 +465,12 @@ impl Sync {
             let mut inner = self.lock();
             if let Some(p) = inner.peers.get_mut(&from) {
                 p.last_received = Some(node.clock.mono());
-                p.figures = figures;
+                // A delta names only what changed; a complete state names everything.
+                if state.complete {
+                    p.figures = figures;
+                } else {
+                    p.figures.extend(figures);
+                }
             }
         }
         // Does it bring anything? (Our lock and the state machine's are never held together:
@@ -760,12 +770,17 @@ impl Sync {
     fn tick(&self, node: &Node) -> Vec<plan::Ask> {
         let now = node.clock.mono();
         let wanted = self.plan().wanted(now);
-        let (state, settled, views) = node.state.read(|m| {
+        let sampled = self.lock().sampled;
+        let (seen, settled, views) = node.state.read(|m| {
             let l = m.ledger();
-            let settled: BTreeMap<BucketKey, i64> = l
-                .buckets()
-                .map(|(k, b)| (k.clone(), b.settled().micros()))
+            // Only the buckets changed since the last sample: the others' spend stood still.
+            let changed = l.changed_since(sampled);
+            let settled: Vec<(BucketKey, i64)> = changed
+                .buckets
+                .iter()
+                .map(|(k, b)| ((*k).clone(), b.settled().micros()))
                 .collect();
+            let seen = changed.version;
             // For each wanted campaign: its buckets here, available, and peers by what they hold.
             let mut views = Vec::new();
             for c in &wanted {
@@ -822,11 +837,10 @@ impl Sync {
                     });
                 }
             }
-            ((fingerprint(l), state_of(l)), settled, views)
+            (seen, settled, views)
         });
-        let (fp, state) = state;
         let lease_min = node.state.read(|m| m.ledger().params().lease_min);
-        self.lock().state = Some((fp, Arc::new(state)));
+        self.lock().sampled = Some(seen);
         let rules = self.rules(lease_min);
         let mut plan = self.plan();
         plan.sample(now, settled);
@@ -862,9 +876,12 @@ pub async fn sync_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
-        if !leading {
-            sync.lock().state = None;
+        if !node.leads() {
+            // The next leadership starts with complete pushes.
+            for p in sync.lock().peers.values_mut() {
+                p.acked = None;
+                p.last_full = None;
+            }
             continue;
         }
         let asks = sync.tick(&node);
@@ -898,8 +915,9 @@ pub async fn sync_loop(
     while pushers.join_next().await.is_some() {}
 }
 
-/// Pushes our state to one peer: when it changed since the peer acknowledged it, when a
-/// transfer to it was made, and every `push_interval` anyway.
+/// Pushes our state to one peer while this node leads: what changed since the peer last
+/// acknowledged, when something did (the sync loop wakes us every tick), when a transfer to it
+/// was made, and every `push_interval` anyway; everything every `full_push_interval`.
 async fn push_loop(
     node: Arc<Node>,
     sync: Arc<Sync>,
@@ -913,24 +931,36 @@ async fn push_loop(
             _ = tokio::time::sleep(sync.settings.push_interval) => {}
             _ = stop.changed() => return,
         }
-        let (state, push_now, acked) = {
-            let mut inner = sync.lock();
-            let state = inner.state.clone();
-            let p = inner.peers.get_mut(&peer);
-            let (now, acked) = p.map_or((false, None), |p| {
-                (std::mem::take(&mut p.push_now), p.acked)
-            });
-            (state, now, acked)
-        };
-        let Some((fp, state)) = state else { continue };
+        if !node.leads() {
+            continue;
+        }
         let now = node.clock.mono();
+        let (push_now, acked) = {
+            let mut inner = sync.lock();
+            inner.peers.get_mut(&peer).map_or((false, None), |p| {
+                let full_due = p
+                    .last_full
+                    .is_none_or(|t| now.saturating_sub(t) >= sync.settings.full_push_interval);
+                (
+                    std::mem::take(&mut p.push_now),
+                    p.acked.filter(|_| !full_due),
+                )
+            })
+        };
+        let (seen, state) = node.state.read(|m| state_since(m.ledger(), acked));
         let interval_due =
             last_push.is_none_or(|t| now.saturating_sub(t) >= sync.settings.push_interval);
-        if acked == Some(fp) && !push_now && !interval_due {
+        let changed = state.complete || !state.buckets.is_empty() || !state.campaigns.is_empty();
+        if !changed && !push_now && !interval_due {
             continue;
         }
         last_push = Some(now);
-        if !sync.push_to(&node, &peer, fp, &state).await {
+        node.metrics.region_push_size(
+            peer.as_str(),
+            state.complete,
+            prost::Message::encoded_len(&state),
+        );
+        if !sync.push_to(&node, &peer, seen, &state).await {
             // Tried every address; the next wake or interval tries again.
             tracing::debug!(peer = %peer, "push failed");
         }
@@ -1044,5 +1074,110 @@ impl Sync {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{CampaignConfig, Params, Stamp};
+
+    struct Applier {
+        l: Ledger,
+        index: u64,
+    }
+
+    impl Applier {
+        fn run(&mut self, cmd: Command) {
+            self.index += 1;
+            let stamp = Stamp {
+                term: 1,
+                index: self.index,
+                time_us: 1_700_000_000_000_000,
+            };
+            let a = self.l.apply(stamp, &cmd);
+            assert!(!matches!(a.reply, Reply::Refused(_)), "{:?}", a.reply);
+        }
+
+        fn key(&self) -> RequestKey {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&self.index.to_be_bytes());
+            RequestKey(k)
+        }
+
+        fn campaign(&mut self, c: &str, budget: i64) {
+            let config = CampaignConfig {
+                zone: "UTC".into(),
+                bid_cpm: Money::from_micros(1_000_000),
+                daily_budget: None,
+                targeting: Box::default(),
+            };
+            let campaign: CampaignId = c.parse().unwrap();
+            self.run(Command::UpsertCampaign {
+                key: self.key(),
+                campaign: campaign.clone(),
+                config,
+            });
+            self.run(Command::SetBudget {
+                key: self.key(),
+                campaign,
+                bucket: Bucket::Lifetime,
+                budget: Money::from_micros(budget),
+            });
+        }
+    }
+
+    fn names(s: &pb::RegionState) -> Vec<String> {
+        s.buckets
+            .iter()
+            .map(|b| b.bucket.as_ref().unwrap().campaign.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_push_carries_what_changed_since_the_peer_acknowledged_and_everything_after_a_reload() {
+        let mut a = Applier {
+            l: Ledger::new("eu-1".parse().unwrap(), Params::default()),
+            index: 0,
+        };
+        for i in 0..100 {
+            a.campaign(&format!("c{i:03}"), 1_000_000);
+        }
+        let (seen, first) = state_since(&a.l, None);
+        assert!(first.complete);
+        assert_eq!((first.buckets.len(), first.campaigns.len()), (100, 100));
+        // Nothing changed: nothing but the head.
+        let (again, idle) = state_since(&a.l, Some(seen));
+        assert_eq!(again, seen);
+        assert!(!idle.complete && idle.buckets.is_empty() && idle.campaigns.is_empty());
+        assert_eq!(idle.log_seq, first.log_seq);
+        // One budget and one campaign's settings change: those, once.
+        a.run(Command::SetBudget {
+            key: a.key(),
+            campaign: "c042".parse().unwrap(),
+            bucket: Bucket::Lifetime,
+            budget: Money::from_micros(2_000_000),
+        });
+        a.campaign("c007", 5);
+        let (next, delta) = state_since(&a.l, Some(seen));
+        assert_eq!(names(&delta), ["c042", "c007"]);
+        assert_eq!(delta.campaigns.len(), 1, "c007's settings");
+        assert!(!delta.complete);
+        assert!(
+            prost::Message::encoded_len(&delta) * 20 < prost::Message::encoded_len(&first),
+            "a delta of 2 buckets is a small part of 100"
+        );
+        assert!(state_since(&a.l, Some(next)).1.buckets.is_empty());
+        // A ledger loaded again (a restart, a snapshot) knows no versions below the index it
+        // was loaded at: a peer at that index gets what changed since, an older one everything.
+        let mut loaded =
+            Ledger::load(a.l.region().clone(), Params::default(), a.l.all_rows()).unwrap();
+        loaded.loaded_at(a.index);
+        assert_eq!(next, a.index);
+        let (_, current) = state_since(&loaded, Some(next));
+        assert!(!current.complete && current.buckets.is_empty());
+        let (_, older) = state_since(&loaded, Some(seen));
+        assert!(older.complete);
+        assert_eq!(older.buckets.len(), 100);
     }
 }

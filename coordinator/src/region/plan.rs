@@ -57,8 +57,11 @@ pub struct Ask {
 pub struct Plan {
     /// Per campaign: when edges last asked for one of its leases.
     demand: BTreeMap<CampaignId, Duration>,
-    /// `(when, settled per bucket)`, oldest first, over [`RATE_WINDOW`].
-    samples: VecDeque<(Duration, BTreeMap<BucketKey, i64>)>,
+    /// When the samples were taken, oldest first, over [`RATE_WINDOW`].
+    ticks: VecDeque<Duration>,
+    /// Per bucket: its settled spend at the samples where it had changed, oldest first (those
+    /// within the window, and the last one before it).
+    settled: BTreeMap<BucketKey, VecDeque<(Duration, i64)>>,
     /// Per bucket: no new ask before this.
     next_ask: BTreeMap<BucketKey, Duration>,
 }
@@ -90,35 +93,51 @@ impl Plan {
             .is_some_and(|t| now.saturating_sub(*t) <= DEMAND_WINDOW)
     }
 
-    /// Records every bucket's settled spend at `now`, and forgets samples older than
-    /// [`RATE_WINDOW`].
-    pub fn sample(&mut self, now: Duration, settled: BTreeMap<BucketKey, i64>) {
-        self.samples.push_back((now, settled));
+    /// Records at `now` the settled spend of the buckets that changed since the last sample
+    /// (every bucket, the first time), and forgets samples older than [`RATE_WINDOW`] (each
+    /// bucket keeps its last one before the window). Costs what changed.
+    pub fn sample(&mut self, now: Duration, changed: impl IntoIterator<Item = (BucketKey, i64)>) {
+        self.ticks.push_back(now);
         while self
-            .samples
+            .ticks
             .front()
-            .is_some_and(|(t, _)| now.saturating_sub(*t) > RATE_WINDOW)
+            .is_some_and(|t| now.saturating_sub(*t) > RATE_WINDOW)
         {
-            self.samples.pop_front();
+            self.ticks.pop_front();
+        }
+        let t0 = self.ticks.front().copied().unwrap_or(now);
+        for (k, settled) in changed {
+            let q = self.settled.entry(k).or_default();
+            if q.back().is_some_and(|(_, last)| *last == settled) {
+                continue;
+            }
+            q.push_back((now, settled));
+            while q.get(1).is_some_and(|(t, _)| *t <= t0) {
+                q.pop_front();
+            }
         }
     }
 
     /// The settled rate of `key` in micros per second over the samples kept (0 until there
-    /// are two, some time apart).
+    /// are two, some time apart): its settled spend at the newest sample less that at the
+    /// oldest (a bucket not seen by then had none).
     pub fn rate(&self, key: &BucketKey) -> i64 {
-        let (Some((t0, first)), Some((t1, last))) = (self.samples.front(), self.samples.back())
-        else {
+        let (Some(t0), Some(t1)) = (self.ticks.front(), self.ticks.back()) else {
             return 0;
         };
         let ms = i64::try_from(t1.saturating_sub(*t0).as_millis()).unwrap_or(i64::MAX);
         if ms <= 0 {
             return 0;
         }
-        let (a, b) = (
-            first.get(key).copied().unwrap_or(0),
-            last.get(key).copied().unwrap_or(0),
-        );
-        (b - a).max(0).saturating_mul(1000) / ms
+        let at = |t: &Duration| {
+            self.settled.get(key).map_or(0, |q| {
+                q.iter()
+                    .rev()
+                    .find(|(when, _)| when <= t)
+                    .map_or(0, |(_, s)| *s)
+            })
+        };
+        (at(t1) - at(t0)).max(0).saturating_mul(1000) / ms
     }
 
     /// What this region expects to spend from `key` within the horizon: its rate times the
@@ -269,15 +288,33 @@ mod tests {
         let mut p = Plan::default();
         let k = key("west");
         assert_eq!(p.rate(&k), 0, "no samples");
-        p.sample(s(10), BTreeMap::from([(k.clone(), 1_000)]));
+        p.sample(s(10), [(k.clone(), 1_000)]);
         assert_eq!(p.rate(&k), 0, "one sample");
-        p.sample(s(14), BTreeMap::from([(k.clone(), 9_000)]));
+        p.sample(s(14), [(k.clone(), 9_000)]);
         assert_eq!(p.rate(&k), 2_000, "8,000 in 4 s");
         // The sample of 10 s falls out of the 10 s window at 21 s.
-        p.sample(s(21), BTreeMap::from([(k.clone(), 30_000)]));
+        p.sample(s(21), [(k.clone(), 30_000)]);
         assert_eq!(p.rate(&k), 3_000, "21,000 in 7 s");
         // Not in demand: the need is the projection alone; in demand, at least a lease.
         assert_eq!(p.need(&k, &rules(), s(21)), Money::from_micros(15_000));
+        // Samples where it did not change (not passed): its spend stands still.
+        p.sample(s(25), []);
+        assert_eq!(
+            p.rate(&k),
+            0,
+            "no change since 21 s, now the window's start"
+        );
+        p.sample(s(29), [(k.clone(), 34_000)]);
+        assert_eq!(p.rate(&k), 500, "4,000 in 8 s");
+        assert_eq!(
+            p.settled[&k].len(),
+            2,
+            "one sample from before the window is kept"
+        );
+        // A bucket first seen after the window started had nothing before.
+        let new = key("east");
+        p.sample(s(32), [(new.clone(), 700)]);
+        assert_eq!(p.rate(&new), 100, "700 in the 7 s from 25 s");
         let mut quiet = Plan::default();
         assert_eq!(quiet.need(&k, &rules(), s(21)), Money::ZERO);
         quiet.asked(&k.campaign, s(20));

@@ -604,6 +604,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     let again = leases
         .list_active_campaigns(pb::ListActiveCampaignsRequest {
             known_version: listed.version,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -630,6 +631,7 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
     let unchanged = leases
         .list_active_campaigns(pb::ListActiveCampaignsRequest {
             known_version: listed.version,
+            ..Default::default()
         })
         .await
         .unwrap()

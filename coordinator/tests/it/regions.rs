@@ -418,6 +418,7 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
             ..Default::default()
         }],
         campaigns: Vec::new(),
+        complete: true,
     };
     // eu-1 created 5,000; a peer claiming eu-1 created 9,000 shows that eu-1 lost data.
     let ack = sync
@@ -453,6 +454,7 @@ async fn a_state_that_shows_our_own_rows_ahead_is_refused_with_an_alarm() {
         log_head: vec![seq as u8; 32],
         buckets: Vec::new(),
         campaigns: Vec::new(),
+        complete: false,
     };
     let ack = sync.push_state(honest(10)).await.unwrap().into_inner();
     assert!(
@@ -657,8 +659,34 @@ async fn a_state_of_more_buckets_than_one_merge_holds_arrives_whole() {
         .unwrap()
         .into_inner();
     assert!(status.alarms.is_empty(), "{:?}", status.alarms);
+    // Idle, eu-1's pushes carry what changed (nothing but its log head), not its whole state:
+    // over ten push intervals, less than a tenth of one complete state. (Its first push was
+    // complete, of the few campaigns it had then; deltas brought the rest.)
+    let complete = push_bytes(&eu, "complete");
+    let before = push_bytes(&eu, "delta");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = push_bytes(&eu, "delta") - before;
+    let whole = prost::Message::encoded_len(
+        &eu.node
+            .state
+            .read(|m| coordinator::region::state_of(m.ledger())),
+    );
+    assert!(
+        complete > 0 && idle > 0 && idle * 10 < whole as u64,
+        "complete pushes {complete} bytes, a whole state {whole}, idle deltas {idle} in 2 s"
+    );
     us.shutdown().await;
     eu.shutdown().await;
+}
+
+/// Bytes of `kind` (complete or delta) `node` pushed to its peer, from its metrics page.
+fn push_bytes(node: &RegionNode, kind: &str) -> u64 {
+    let page = node.sync.render_metrics(&node.node);
+    page.lines()
+        .find(|l| l.contains("region_push_bytes_total{") && l.contains(&format!("kind=\"{kind}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -808,6 +836,29 @@ async fn every_region_paces_a_day_against_the_spend_of_all_regions() {
             let d = r.day_spend.first().cloned().unwrap_or_default();
             if d.settled_micros == spent {
                 assert_eq!(d.budget_micros, 50_000, "{addr}: {d:?}");
+                assert!(
+                    r.spend_complete,
+                    "a poll that knows nothing gets every campaign"
+                );
+                // The next poll names the version it holds: only what changed since comes.
+                let again = leases
+                    .list_active_campaigns(pb::ListActiveCampaignsRequest {
+                        known_version: r.version,
+                        known_spend_version: r.spend_version,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(
+                    again.unchanged
+                        && !again.spend_complete
+                        && again.spend_version >= r.spend_version,
+                    "{addr}: {again:?}"
+                );
+                assert!(
+                    again.day_spend.iter().all(|d| d.settled_micros >= spent),
+                    "{addr}: {again:?}"
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "{addr}: {d:?}, spent {spent}");

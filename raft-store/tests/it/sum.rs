@@ -31,7 +31,7 @@ impl Machine<TestConfig> for Sum {
         vec![(b"sum".to_vec(), self.total.to_be_bytes().to_vec())]
     }
 
-    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), AnyError> {
+    fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>, _applied: u64) -> Result<(), AnyError> {
         self.total = 0;
         for (k, v) in rows {
             let bytes: [u8; 8] = v
