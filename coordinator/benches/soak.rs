@@ -10,6 +10,11 @@
 //! its segments and its bid marks (exact, and closed leases' compacted); at the end, their spread after `BENCH_WARMUP_SECS` (120). The run stops early
 //! if resident memory passes `BENCH_RSS_MAX_MIB` (12,000): state that grows without bound is
 //! the finding, and the machine must survive it. Every loop is bounded in count and time.
+//!
+//! The ledger keeps closed leases and request keys up to counts (`BENCH_LEASES_RETAINED`,
+//! default 100,000, and `BENCH_REQUESTS_RETAINED`, 1,000,000, the region's defaults): at this
+//! load (10 leases and 120 keys a second) the defaults take hours to fill, so smaller counts are
+//! how a run of minutes shows the state flat once they are reached.
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // the region bench uses the leader it started with
@@ -202,7 +207,18 @@ async fn main() {
     let warmup = Duration::from_secs(env_u64("BENCH_WARMUP_SECS", 120));
     let rss_max = env_u64("BENCH_RSS_MAX_MIB", 12_000) << 20;
     let tmp = tempfile::tempdir().expect("temp dir");
-    let region = Arc::new(start_region(tmp.path(), |_| {}).await);
+    // The ledger forgets closed leases and request keys past these counts: with the defaults
+    // (100,000 and 1,000,000) this load takes hours to reach them; smaller ones show the
+    // state flat within a run.
+    let leases_retained = env_u64("BENCH_LEASES_RETAINED", 100_000);
+    let requests_retained = env_u64("BENCH_REQUESTS_RETAINED", 1_000_000);
+    let region = Arc::new(
+        start_region(tmp.path(), |cfg| {
+            cfg.init_params.closed_leases_retained = leases_retained;
+            cfg.init_params.requests_retained = requests_retained;
+        })
+        .await,
+    );
     let rule = SegmentRule {
         entries: 10_000,
         bytes_max: SEGMENT_BYTES_MAX,
@@ -217,7 +233,7 @@ async fn main() {
         ));
     }
     println!(
-        "soak: 3 nodes, fsync on, {rate} events/s offered for {secs} s by {reporters} reporters in batches of {BATCH}, a new lease every {lease_batches} batches; snapshots every 10,000 entries, segments of 10,000 records or 64 MiB"
+        "soak: 3 nodes, fsync on, {rate} events/s offered for {secs} s by {reporters} reporters in batches of {BATCH}, a new lease every {lease_batches} batches; snapshots every 10,000 entries, segments of 10,000 records or 64 MiB; closed leases retained {leases_retained}, request keys {requests_retained}"
     );
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);

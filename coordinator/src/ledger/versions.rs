@@ -13,14 +13,17 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Clone, Debug)]
 pub struct Versions<K: Ord + Clone> {
     of: BTreeMap<K, u64>,
-    by: BTreeMap<u64, BTreeSet<K>>,
+    /// `(index, Some(key))` for every key: one ordered set, not a set per index (100,000
+    /// campaigns created one by one would each have had a set of one). `None` sorts first, so
+    /// `(v, None)` is where index `v` starts.
+    by: BTreeSet<(u64, Option<K>)>,
 }
 
 impl<K: Ord + Clone> Default for Versions<K> {
     fn default() -> Self {
         Versions {
             of: BTreeMap::new(),
-            by: BTreeMap::new(),
+            by: BTreeSet::new(),
         }
     }
 }
@@ -28,45 +31,38 @@ impl<K: Ord + Clone> Default for Versions<K> {
 impl<K: Ord + Clone> Versions<K> {
     /// `key` changed at `index`.
     pub fn touch(&mut self, key: &K, index: u64) {
-        if let Some(old) = self.of.insert(key.clone(), index) {
-            if old == index {
-                return;
+        match self.of.get_mut(key) {
+            Some(v) if *v == index => {}
+            Some(v) => {
+                let old = std::mem::replace(v, index);
+                let entry = (old, Some(key.clone()));
+                self.by.remove(&entry);
+                self.by.insert((index, entry.1));
             }
-            if let Some(set) = self.by.get_mut(&old) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by.remove(&old);
-                }
+            None => {
+                self.of.insert(key.clone(), index);
+                self.by.insert((index, Some(key.clone())));
             }
         }
-        self.by.entry(index).or_default().insert(key.clone());
     }
 
     /// `key` is gone.
     pub fn forget(&mut self, key: &K) {
-        if let Some(old) = self.of.remove(key)
-            && let Some(set) = self.by.get_mut(&old)
-        {
-            set.remove(key);
-            if set.is_empty() {
-                self.by.remove(&old);
-            }
+        if let Some(old) = self.of.remove(key) {
+            self.by.remove(&(old, Some(key.clone())));
         }
     }
 
     /// The keys changed at an index above `index`, oldest change first.
     pub fn since(&self, index: u64) -> impl Iterator<Item = &K> {
         self.by
-            .range(index.saturating_add(1)..)
-            .flat_map(|(_, set)| set.iter())
+            .range((index.saturating_add(1), None)..)
+            .filter_map(|(_, k)| k.as_ref())
     }
 
     /// How many keys changed at an index above `index`.
     pub fn count_since(&self, index: u64) -> usize {
-        self.by
-            .range(index.saturating_add(1)..)
-            .map(|(_, s)| s.len())
-            .sum()
+        self.since(index).count()
     }
 }
 
@@ -88,7 +84,7 @@ mod tests {
         v.forget(&"a");
         assert_eq!(v.since(0).copied().collect::<Vec<_>>(), ["b", "c"]);
         v.touch(&"b", 5);
-        assert_eq!(v.by.len(), 2, "no empty sets are left behind");
+        assert_eq!(v.by.len(), 2, "one entry per key");
         v.forget(&"c");
         v.forget(&"b");
         assert!(v.by.is_empty() && v.of.is_empty());

@@ -59,6 +59,8 @@ use plan::{Plan, Rules, View};
 pub const STALE_ALARM_AFTER: u32 = 5;
 /// Alarms kept for `budgetctl regions`.
 pub const ALARMS_KEPT: usize = 100;
+/// Campaigns' settings one merge adopts at most.
+pub const CAMPAIGNS_PER_MERGE: usize = 1_000;
 /// How long one push or ask may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -118,7 +120,8 @@ struct Peer {
     push_now: bool,
     /// States in a row behind its witnessed head.
     stale_run: u32,
-    /// Its own leased and in-doubt amounts per bucket, from its last push.
+    /// Its own leased and in-doubt amounts per bucket, from its pushes (none kept for a
+    /// bucket where both are zero).
     figures: BTreeMap<BucketKey, (i64, i64)>,
     /// When we last wrote its log head into our log.
     witnessed_at: Option<Duration>,
@@ -465,11 +468,17 @@ impl Sync {
             let mut inner = self.lock();
             if let Some(p) = inner.peers.get_mut(&from) {
                 p.last_received = Some(node.clock.mono());
-                // A delta names only what changed; a complete state names everything.
+                // A delta names only what changed; a complete state names everything. Only
+                // figures that are not zero are kept (a bucket not listed has none).
                 if state.complete {
-                    p.figures = figures;
-                } else {
-                    p.figures.extend(figures);
+                    p.figures.clear();
+                }
+                for (k, f) in figures {
+                    if f == (0, 0) {
+                        p.figures.remove(&k);
+                    } else {
+                        p.figures.insert(k, f);
+                    }
                 }
             }
         }
@@ -539,22 +548,25 @@ impl Sync {
         if !needed {
             return Ok(applied);
         }
-        // A merge holds at most BUCKETS_MAX buckets (its log entry lists what each received):
-        // a larger state goes in several merges, the settings with the first.
-        let mut chunks: Vec<Vec<RemoteBucket>> = buckets
-            .chunks(BUCKETS_MAX)
-            .map(<[RemoteBucket]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let mut campaigns = Some(campaigns);
+        // A merge holds at most BUCKETS_MAX buckets (its log entry lists what each received)
+        // and CAMPAIGNS_PER_MERGE campaigns' settings (one Raft entry stays small, whatever
+        // the number of campaigns): a larger state goes in several merges.
+        let mut buckets = buckets.into_iter();
+        let mut campaigns = campaigns.into_iter();
         let mut last = applied;
-        for chunk in chunks {
+        let mut first = true;
+        loop {
+            let chunk: Vec<RemoteBucket> = buckets.by_ref().take(BUCKETS_MAX).collect();
+            let settings: Vec<RemoteCampaign> =
+                campaigns.by_ref().take(CAMPAIGNS_PER_MERGE).collect();
+            if chunk.is_empty() && settings.is_empty() && !first {
+                break;
+            }
+            first = false;
             let command = Command::MergeRemote {
                 from: from.clone(),
                 buckets: chunk,
-                campaigns: campaigns.take().unwrap_or_default(),
+                campaigns: settings,
                 remote_seq: state.log_seq,
                 remote_head: head,
             };
@@ -1010,11 +1022,12 @@ impl Sync {
                             let (leased, in_doubt, age) = if r == *l.region() {
                                 (b.leased.micros(), b.in_doubt.micros(), 0)
                             } else {
-                                match peers
-                                    .get(&r)
-                                    .and_then(|p| p.figures.get(k).map(|f| (*f, p.last_received)))
-                                {
-                                    Some(((le, d), t)) => (le, d, age_ms(now, t)),
+                                // A peer heard from that lists no figures for it has none.
+                                match peers.get(&r).filter(|p| p.last_received.is_some()) {
+                                    Some(p) => {
+                                        let (le, d) = p.figures.get(k).copied().unwrap_or((0, 0));
+                                        (le, d, age_ms(now, p.last_received))
+                                    }
                                     None => (0, 0, -1),
                                 }
                             };

@@ -107,6 +107,10 @@ impl Plan {
         }
         let t0 = self.ticks.front().copied().unwrap_or(now);
         for (k, settled) in changed {
+            // A bucket never seen had nothing settled: a first sample of 0 says no more.
+            if settled == 0 && !self.settled.contains_key(&k) {
+                continue;
+            }
             let q = self.settled.entry(k).or_default();
             if q.back().is_some_and(|(_, last)| *last == settled) {
                 continue;
