@@ -73,10 +73,6 @@ impl Machine<TypeConfig> for LedgerMachine {
         Reply::NoCommand
     }
 
-    fn all_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.ledger.all_rows()
-    }
-
     fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>, applied: u64) -> Result<(), AnyError> {
         let region = self.ledger.region().clone();
         // Rules recorded in the log come back with the rows; before that, the defaults.

@@ -27,10 +27,6 @@ impl Machine<TestConfig> for Sum {
         self.total
     }
 
-    fn all_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        vec![(b"sum".to_vec(), self.total.to_be_bytes().to_vec())]
-    }
-
     fn load(&mut self, rows: Vec<(Vec<u8>, Vec<u8>)>, _applied: u64) -> Result<(), AnyError> {
         self.total = 0;
         for (k, v) in rows {
