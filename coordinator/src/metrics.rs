@@ -124,6 +124,7 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::MergeRemote { .. } => "merge_remote",
         Command::CheckIn { .. } => "check_in",
         Command::SealSegment => "seal_segment",
+        Command::RetireDays { .. } => "retire_days",
         Command::RetireEdge { .. } => "retire_edge",
         Command::SetParams { .. } => "set_params",
     }

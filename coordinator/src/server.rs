@@ -54,6 +54,10 @@ pub struct Config {
     /// A segment still open after this long (ms) is sealed anyway, whatever it holds: a quiet
     /// region's log is sealed, and verifiable offline, within this.
     pub segment_seal_interval_ms: u64,
+    /// The leader retires day buckets whose day is over (`RetireDays`, a `day_retired` log
+    /// entry each). Off by default: `jepsen run`'s convergence check (I5) does not yet tell a
+    /// bucket retired in one region from one that region lost.
+    pub retire_days: bool,
     /// Peer regions and region sync (DESIGN §7). No peers: a region on its own.
     pub regions: RegionsConfig,
     /// Mutual TLS: the CA, this node's certificate (role `coordinator`) and its key. Required
@@ -173,6 +177,7 @@ impl Default for Config {
             segment_entries: 10_000,
             segment_bytes_max: crate::archive::SEGMENT_BYTES_MAX,
             segment_seal_interval_ms: 600_000,
+            retire_days: false,
             regions: RegionsConfig::default(),
             tls: shared::tls::TlsFiles::default(),
         }
@@ -525,6 +530,49 @@ pub async fn reclaim_loop(
     }
 }
 
+/// How often the leader looks for day buckets to retire.
+pub const RETIRE_TICK: Duration = Duration::from_secs(60);
+
+/// The leader's day retirement: every [`RETIRE_TICK`], the day buckets over on its wall clock
+/// (by [`crate::ledger::Ledger::retire_after_ms`]) that hold nothing leased or in doubt are
+/// proposed for retirement, up to one merge's worth at a time; the ledger checks both again
+/// against the entry's stamp. No money depends on the clock here: a day retired early only
+/// stops spending from it (grants refuse a retired day), and one retired late costs rows.
+pub async fn retire_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RETIRE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !node.leads() {
+            continue;
+        }
+        let now = node.clock.wall_us();
+        let days = node.state.read(|m| {
+            m.ledger()
+                .retirable_days(now, shared::log::entry::BUCKETS_MAX)
+        });
+        if days.is_empty() {
+            continue;
+        }
+        let named = days.len();
+        match node.propose(Command::RetireDays { days }).await {
+            Ok((crate::ledger::Reply::DaysRetired { retired }, index)) => {
+                tracing::info!(
+                    named,
+                    retired,
+                    index,
+                    "retired day buckets whose day is over"
+                );
+            }
+            Ok((other, _)) => tracing::warn!(?other, "day retirement: unexpected reply"),
+            Err(e) => tracing::warn!(error = %e, "day retirement proposal failed; retrying"),
+        }
+    }
+}
+
 /// How often a node looks for full segments to seal.
 pub const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 
@@ -702,6 +750,9 @@ pub async fn run(
         Arc::new(node.clock.clone()),
         stop_rx.clone(),
     ));
+    let retire = config
+        .retire_days
+        .then(|| tokio::spawn(retire_loop(node.clone(), stop_rx.clone())));
     if !sync.settings().peers.is_empty() {
         tracing::info!(peers = ?sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
     }
@@ -710,6 +761,9 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = reclaim.await;
+    if let Some(r) = retire {
+        let _ = r.await;
+    }
     let _ = sync.await;
     let _ = archiver.await;
     if let Some(m) = metrics {

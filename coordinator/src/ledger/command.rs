@@ -191,6 +191,11 @@ pub enum Command {
         #[serde(with = "hex_hash")]
         remote_head: Hash,
     },
+    /// Proposed by the leader for day buckets whose day is over on its wall clock (by the
+    /// region's lease duration, settlement and late-acceptance windows) and that hold nothing
+    /// leased or in doubt. The ledger checks both again against the stamp and skips the
+    /// others; each one retired leaves the live state with a `day_retired` entry.
+    RetireDays { days: Vec<BucketKey> },
 }
 
 /// A bid of ours and its bid price: a loss notice's bid, or a charged bid whose whole
@@ -321,6 +326,8 @@ pub enum Reply {
     },
     /// A segment boundary at this seq (`None`: the log holds nothing past the last one).
     SealPoint { at: Option<u64> },
+    /// How many of the named days were retired.
+    DaysRetired { retired: u32 },
     /// An edge's check-in: the incarnation registered now, and whether this one is it (an
     /// older incarnation is told the registered one, and starts above it).
     CheckedIn { incarnation: u64, accepted: bool },

@@ -44,8 +44,8 @@ use shared::bucket::{Bucket, BucketKey, CampaignZone};
 use shared::crdt::{CounterState, RegionCounter};
 use shared::log::entry::{
     Anomaly, AnomalyKind, BATCH_EVENTS_MAX, BUCKETS_MAX, BidsLost, BudgetSet, DOUBT_PARTS_MAX,
-    DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased, ParamsSet, Received,
-    RemoteMerged, RestReturned, RightsTransferred, SpendBatch,
+    DayRetired, DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed, LeaseReleased, ParamsSet,
+    Received, RemoteMerged, RestReturned, RightsTransferred, SpendBatch,
 };
 use shared::log::{Chain, Entry, Hash, Payload, SpendEvent};
 use shared::targeting::Pacing;
@@ -205,6 +205,9 @@ pub struct Campaign {
     pub home: RegionId,
     /// The home region's version of these settings: a copy is replaced only by a newer one.
     pub home_version: u64,
+    /// The latest of its days retired here ([`Command::RetireDays`]): no lease, transfer or
+    /// peer's push touches a day at or before it again unless its bucket is still here.
+    pub retired_through: Option<jiff::civil::Date>,
 }
 
 /// The last log head a peer region showed us (its `MergeRemote`): a witness of its chain.
@@ -686,6 +689,7 @@ impl Ledger {
             Command::ReclaimLeases { leases } => Ok(self.reclaim(leases, &mut out)),
             Command::ExpireInDoubt { parts } => Ok(self.expire(stamp, parts, &mut out)),
             Command::SealSegment => Ok(self.seal_point()),
+            Command::RetireDays { days } => Ok(self.retire_days(stamp, days, &mut out)),
             Command::CheckIn {
                 edge,
                 incarnation,
@@ -869,6 +873,7 @@ impl Ledger {
                 version: self.campaigns_version,
                 home: self.region.clone(),
                 home_version: self.campaigns_version,
+                retired_through: self.campaigns.get(id).and_then(|c| c.retired_through),
             },
         );
         Ok(Reply::CampaignSaved { created })
@@ -999,6 +1004,19 @@ impl Ledger {
             .zone
             .day_of_unix_micros(stamp.time_us)
             .map_err(|e| invalid("time", e.to_string()))?;
+        // A day retired here is never spent again (a leader whose clock is behind the one that
+        // retired it would otherwise open its bucket anew, with a fresh daily budget).
+        if c.retired_through.is_some_and(|r| day <= r)
+            && !self.buckets.contains_key(&BucketKey {
+                campaign: campaign.clone(),
+                bucket: Bucket::Day(day),
+            })
+        {
+            return Err(invalid(
+                "time",
+                format!("{day} is over and retired here: no lease spends from it"),
+            ));
+        }
         // Only the home region creates a day's rights; elsewhere they arrive by transfer.
         let daily_default = c.config.daily_budget;
         let home = c.home == self.region;
@@ -1750,6 +1768,108 @@ impl Ledger {
         })
     }
 
+    /// Whether `key` is a day retired here (and not still held: a day retired out of order
+    /// leaves an earlier one live until it is retired too).
+    pub fn is_retired(&self, key: &BucketKey) -> bool {
+        let Bucket::Day(day) = key.bucket else {
+            return false;
+        };
+        !self.buckets.contains_key(key)
+            && self
+                .campaigns
+                .get(&key.campaign)
+                .and_then(|c| c.retired_through)
+                .is_some_and(|r| day <= r)
+    }
+
+    /// How long after its end a day may be retired: a lease granted at its last instant spends
+    /// for a lease duration and settles for the settlement window; late notices come within the
+    /// late-acceptance window after that.
+    pub fn retire_after_ms(&self) -> u64 {
+        let p = &self.params;
+        p.lease_duration_ms
+            .saturating_add(p.settlement_window_ms)
+            .saturating_add(p.margin_ms)
+            .saturating_add(p.late_acceptance_ms)
+    }
+
+    /// Whether `day` of campaign `c` is over at `time_us` by [`Ledger::retire_after_ms`].
+    fn day_done(&self, c: &Campaign, day: jiff::civil::Date, time_us: i64) -> bool {
+        let wait_us =
+            i64::try_from(self.retire_after_ms().saturating_mul(1_000)).unwrap_or(i64::MAX);
+        c.zone
+            .day_of_unix_micros(time_us.saturating_sub(wait_us))
+            .is_ok_and(|d| d > day)
+    }
+
+    /// The day buckets the leader may propose to retire at `time_us` (its wall clock): over by
+    /// [`Ledger::retire_after_ms`], with nothing leased or in doubt. At most `max`, oldest days
+    /// first per campaign. A scan of every bucket: the leader runs it rarely (once a minute).
+    pub fn retirable_days(&self, time_us: i64, max: usize) -> Vec<BucketKey> {
+        self.buckets
+            .iter()
+            .filter(|(k, b)| {
+                let Bucket::Day(day) = k.bucket else {
+                    return false;
+                };
+                b.leased.micros() == 0
+                    && b.in_doubt.micros() == 0
+                    && self
+                        .campaigns
+                        .get(&k.campaign)
+                        .is_some_and(|c| self.day_done(c, day, time_us))
+            })
+            .map(|(k, _)| k.clone())
+            .take(max)
+            .collect()
+    }
+
+    /// Retires the named day buckets that are over by the stamp's time and hold nothing leased
+    /// or in doubt (the others are skipped: the leader names them again later). Each gets a
+    /// `day_retired` entry with its final figures and leaves the live state; the campaign
+    /// remembers its latest retired day, so that nothing opens or merges it again.
+    fn retire_days(&mut self, stamp: Stamp, days: &[BucketKey], out: &mut Vec<Payload>) -> Reply {
+        let mut retired = 0u32;
+        for key in days.iter().take(BUCKETS_MAX) {
+            let Bucket::Day(day) = key.bucket else {
+                continue;
+            };
+            let Some(c) = self.campaigns.get(&key.campaign) else {
+                continue;
+            };
+            if !self.day_done(c, day, stamp.time_us) {
+                continue;
+            }
+            let Some(b) = self.buckets.get(key) else {
+                continue;
+            };
+            if b.leased.micros() != 0 || b.in_doubt.micros() != 0 {
+                continue;
+            }
+            let st = b.counter.state();
+            out.push(Payload::DayRetired(DayRetired {
+                campaign: key.campaign.clone(),
+                bucket: key.bucket,
+                budget: b.budget.max(Money::ZERO),
+                settled_here: Money::from_micros(
+                    i64::try_from(st.settled(&self.region)).unwrap_or(i64::MAX),
+                ),
+                settled_all: Money::from_micros(
+                    i64::try_from(st.total_settled()).unwrap_or(i64::MAX),
+                ),
+                lapsed: b.available().max(Money::ZERO),
+            }));
+            self.buckets.remove(key);
+            self.changes.buckets.insert(key.clone());
+            if let Some(c) = self.campaigns.get_mut(&key.campaign) {
+                c.retired_through = Some(c.retired_through.map_or(day, |r| r.max(day)));
+                self.changes.campaigns.insert(key.campaign.clone());
+            }
+            retired += 1;
+        }
+        Reply::DaysRetired { retired }
+    }
+
     /// A lease is fully closed: remember it for a while (dedup, late notices), then forget it
     /// with its bids and request keys.
     ///
@@ -1851,8 +1971,10 @@ impl Ledger {
                     .map_err(|e| invalid("time", e.to_string()))?;
                 let near = [today.yesterday().ok(), Some(today), today.tomorrow().ok()]
                     .contains(&Some(day));
+                // A day retired here is never opened again.
+                let retired = c.retired_through.is_some_and(|r| day <= r);
                 match c.config.daily_budget {
-                    Some(d) if near && d.micros() > 0 => Some((day, d)),
+                    Some(d) if near && !retired && d.micros() > 0 => Some((day, d)),
                     _ => None,
                 }
             }
@@ -1929,6 +2051,10 @@ impl Ledger {
         // Merge into copies; keep them only if every bucket merges.
         let mut merged: Vec<(BucketKey, BucketState, Money)> = Vec::new();
         for rb in remote {
+            if self.is_retired(&rb.bucket) {
+                // Its day is over here: a peer that has not retired it yet cannot bring it back.
+                continue;
+            }
             let mut state = self
                 .buckets
                 .get(&rb.bucket)
@@ -2003,6 +2129,10 @@ impl Ledger {
                     version: self.campaigns_version,
                     home: from.clone(),
                     home_version: rc.version,
+                    retired_through: self
+                        .campaigns
+                        .get(&rc.campaign)
+                        .and_then(|c| c.retired_through),
                 },
             );
             self.changes.campaigns.insert(rc.campaign.clone());
@@ -2050,7 +2180,9 @@ impl Ledger {
                     campaign: l.campaign.clone(),
                     bucket: *b,
                 };
-                if !self.buckets.contains_key(&k) {
+                // A closed lease may outlive its day's bucket (retired); nothing else may.
+                let retired_under_closed = l.state == LeaseState::Closed && self.is_retired(&k);
+                if !self.buckets.contains_key(&k) && !retired_under_closed {
                     return Err(format!("lease {id} names missing bucket {k}"));
                 }
                 match &l.state {
@@ -2108,7 +2240,8 @@ fn request_key(cmd: &Command) -> Option<RequestKey> {
         | Command::ExpireInDoubt { .. }
         | Command::SealSegment
         | Command::CheckIn { .. }
-        | Command::MergeRemote { .. } => None,
+        | Command::MergeRemote { .. }
+        | Command::RetireDays { .. } => None,
     }
 }
 

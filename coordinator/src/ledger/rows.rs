@@ -54,6 +54,9 @@ struct CampaignRow {
     home: Option<RegionId>,
     #[serde(default)]
     home_version: u64,
+    /// The campaign's latest retired day, as a day bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired_through: Option<shared::Bucket>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,6 +235,7 @@ impl Ledger {
                     version: c.version,
                     home: Some(c.home.clone()),
                     home_version: c.home_version,
+                    retired_through: c.retired_through.map(shared::Bucket::Day),
                 })
             });
             out.push((campaign_key(id), v));
@@ -393,6 +397,10 @@ impl Ledger {
                             r.version
                         } else {
                             r.home_version
+                        },
+                        retired_through: match r.retired_through {
+                            Some(shared::Bucket::Day(d)) => Some(d),
+                            _ => None,
                         },
                     },
                 );

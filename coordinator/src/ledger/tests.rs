@@ -2581,3 +2581,115 @@ fn a_closed_lease_keeps_its_marks_compactly_and_repeats_stay_duplicates() {
     assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), m(300));
     h.check_reload();
 }
+
+#[test]
+fn a_day_over_with_nothing_held_retires_and_nothing_brings_it_back() {
+    let mut h = H::new();
+    h.campaign("c1", Some(50_000));
+    h.budget("c1", Bucket::Lifetime, 1_000_000);
+    let day = BucketKey {
+        campaign: cid("c1"),
+        bucket: Bucket::Day(jiff::civil::date(2026, 11, 1)),
+    };
+    let retire = |h: &mut H| {
+        let a = h.run(Command::RetireDays {
+            days: vec![day.clone()],
+        });
+        match a.reply {
+            Reply::DaysRetired { retired } => (retired, a.entries),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (lease, _) = h.granted("e1", "c1", 10_000);
+    h.report("e1", lease, vec![evb(1, "a1", 3_000)]);
+    // Not over yet: kept.
+    assert_eq!(retire(&mut h).0, 0);
+    // The next day, past every window, but a lease still holds money of it: kept.
+    h.time_us = NOON_NOV_1 + 24 * 3_600 * 1_000_000;
+    assert!(h.l.retirable_days(h.time_us, 10).is_empty());
+    assert_eq!(retire(&mut h).0, 0);
+    h.release("e1", lease);
+    assert_eq!(h.l.retirable_days(h.time_us, 10), vec![day.clone()]);
+    let (n, entries) = retire(&mut h);
+    assert_eq!(n, 1);
+    match &entries[..] {
+        [(e, _)] => assert_eq!(
+            e.payload,
+            Payload::DayRetired(DayRetired {
+                campaign: cid("c1"),
+                bucket: day.bucket,
+                budget: m(50_000),
+                settled_here: m(3_000),
+                settled_all: m(3_000),
+                lapsed: m(47_000),
+            })
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.l.bucket(&day).is_none() && h.l.is_retired(&day));
+    assert!(
+        !h.table
+            .keys()
+            .any(|k| k.starts_with(format!("b/c1/{}", day.bucket).as_bytes())),
+        "its row is deleted"
+    );
+    h.check_reload();
+    let settled = h.l.bucket(&lifetime("c1")).unwrap().settled();
+    // A late bill of the closed lease: recorded, not settled, and nothing breaks.
+    let a = h.report("e1", lease, vec![evb(2, "a2", 100)]);
+    assert!(matches!(
+        a.reply,
+        Reply::SpendSettled {
+            settled: 0,
+            anomalies: 1,
+            ..
+        }
+    ));
+    // A leader whose clock is a day behind cannot open the day again.
+    h.time_us = NOON_NOV_1;
+    let key = h.key();
+    let a = h.run(Command::GrantLease {
+        key,
+        edge: eid("e1"),
+        campaign: cid("c1"),
+        want: m(1_000),
+    });
+    assert!(
+        matches!(refused(&a.reply), Refusal::Invalid { field, .. } if field == "time"),
+        "{:?}",
+        a.reply
+    );
+    // Nor a peer that asks for its rights, nor one that pushes it.
+    let key = h.key();
+    let a = h.run(Command::TransferRights {
+        key,
+        campaign: cid("c1"),
+        bucket: day.bucket,
+        to: rid("us-1"),
+        amount: m(1_000),
+    });
+    assert!(matches!(
+        refused(&a.reply),
+        Refusal::InsufficientRights { .. }
+    ));
+    let mut us = RegionCounter::new(rid("us-1"));
+    us.create(m(7_000)).unwrap();
+    let a = h.run(Command::MergeRemote {
+        from: rid("us-1"),
+        buckets: vec![RemoteBucket {
+            bucket: day.clone(),
+            rows: CounterRows::from(us.state()),
+        }],
+        campaigns: Vec::new(),
+        remote_seq: 3,
+        remote_head: [4; 32],
+    });
+    assert!(matches!(a.reply, Reply::Merged { .. }), "{:?}", a.reply);
+    assert!(h.l.bucket(&day).is_none(), "a peer's push brought it back");
+    // The next day is a new one.
+    h.time_us = NOON_NOV_1 + 24 * 3_600 * 1_000_000;
+    let (l2, _) = h.granted("e1", "c1", 1_000);
+    assert!(h.l.lease(l2).is_some());
+    assert_eq!(h.l.bucket(&lifetime("c1")).unwrap().settled(), settled);
+    h.check_reload();
+}

@@ -494,6 +494,10 @@ impl Sync {
             let buckets: Vec<RemoteBucket> = buckets
                 .into_iter()
                 .filter(|rb| {
+                    // A day retired here: merging it changes nothing.
+                    if l.is_retired(&rb.bucket) {
+                        return false;
+                    }
                     let theirs = shared::crdt::CounterState::from(&rb.rows);
                     match l.bucket(&rb.bucket) {
                         None => theirs != shared::crdt::CounterState::new(),

@@ -87,6 +87,8 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
     let mut rights: BTreeMap<String, i64> = BTreeMap::new();
     // Per bucket, what leases covering it took and have not returned (granted − returned).
     let mut used: BTreeMap<String, i64> = BTreeMap::new();
+    // Day buckets retired: nothing may take or bring their money again.
+    let mut retired: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for e in entries {
         let at = format!("{node} seq {}", e.seq);
         let mut touched: Vec<u64> = Vec::new();
@@ -102,11 +104,20 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
             }
             Payload::RightsTransferred(t) => {
                 let k = format!("{}/{}", t.campaign, t.bucket);
+                if retired.contains(&k) {
+                    v.push(format!(
+                        "{at}: rights of {k} transferred after it was retired"
+                    ));
+                }
                 *rights.entry(k.clone()).or_default() -= t.amount.micros();
                 buckets_touched.push(k);
             }
             Payload::RemoteMerged(m) => {
                 for r in &m.received {
+                    let k = format!("{}/{}", r.campaign, r.bucket);
+                    if retired.contains(&k) {
+                        v.push(format!("{at}: rights of {k} received after it was retired"));
+                    }
                     *rights
                         .entry(format!("{}/{}", r.campaign, r.bucket))
                         .or_default() += r.amount.micros();
@@ -118,6 +129,12 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
                 }
                 for b in &g.buckets {
                     let k = format!("{}/{b}", g.campaign);
+                    if retired.contains(&k) {
+                        v.push(format!(
+                            "{at}: lease {} granted on {k} after it was retired",
+                            g.lease.0
+                        ));
+                    }
                     *used.entry(k.clone()).or_default() += g.amount.micros();
                     buckets_touched.push(k);
                 }
@@ -285,6 +302,30 @@ pub fn replay(node: &str, entries: &[Entry]) -> Vec<String> {
                 l.returned += r.returned.micros();
                 touched.push(r.lease.0);
             }
+            Payload::DayRetired(d) => {
+                let k = format!("{}/{}", d.campaign, d.bucket);
+                // Retired only when no lease holds money of it, and what lapses is exactly
+                // what the log leaves available there.
+                for (id, l) in &leases {
+                    if l.buckets.contains(&k) && (!l.closed || l.in_doubt() > 0) {
+                        v.push(format!(
+                            "{at}: {k} retired while lease {id} holds money of it"
+                        ));
+                    }
+                }
+                let left =
+                    rights.get(&k).copied().unwrap_or(0) - used.get(&k).copied().unwrap_or(0);
+                if left != d.lapsed.micros() {
+                    v.push(format!(
+                        "{at}: {k} retired with {} lapsed; the log leaves {} available",
+                        micros(d.lapsed.micros()),
+                        micros(left)
+                    ));
+                }
+                if !retired.insert(k.clone()) {
+                    v.push(format!("{at}: {k} retired twice"));
+                }
+            }
             Payload::Anomaly(_) | Payload::ParamsSet(_) => {}
         }
         for id in touched {
@@ -366,7 +407,7 @@ mod tests {
     use super::*;
     use shared::bucket::Bucket;
     use shared::log::entry::{
-        BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed,
+        BidsLost, BudgetSet, DayRetired, DoubtPart, InDoubtReturned, LeaseGranted, LeaseReclaimed,
         LeaseReleased, RestReturned, SpendBatch,
     };
     use shared::{BatchId, EventKey, LeaseId, Money};
@@ -485,6 +526,69 @@ mod tests {
         assert!(v.is_empty(), "{v:#?}");
         let verdict = check(&[("n1".into(), entries)]);
         assert!(verdict.held && verdict.checked == 12, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_retired_day_lapses_what_the_log_left_and_is_never_touched_again() {
+        let day = Bucket::Day(jiff::civil::date(2026, 11, 1));
+        let day_budget = Payload::BudgetSet(BudgetSet {
+            campaign: "c".parse().unwrap(),
+            bucket: day,
+            before: m(0),
+            after: m(10_000),
+        });
+        let grant_day = |lease: u64, amount: i64| {
+            Payload::LeaseGranted(LeaseGranted {
+                lease: LeaseId(lease),
+                edge: "e".parse().unwrap(),
+                campaign: "c".parse().unwrap(),
+                buckets: vec![Bucket::Lifetime, day],
+                amount: m(amount),
+                duration_ms: 5_000,
+            })
+        };
+        let retire = |lapsed: i64| {
+            Payload::DayRetired(DayRetired {
+                campaign: "c".parse().unwrap(),
+                bucket: day,
+                budget: m(10_000),
+                settled_here: m(3_000),
+                settled_all: m(3_000),
+                lapsed: m(lapsed),
+            })
+        };
+        let start = vec![
+            budget(100_000),
+            day_budget,
+            grant_day(1, 6_000),
+            spend(1, &[3_000]),
+        ];
+        let with = |tail: Vec<Payload>| {
+            let mut p = start.clone();
+            p.extend(tail);
+            replay("n1", &log(p))
+        };
+        let ok = with(vec![release(1, 3_000, 3_000, &[]), retire(7_000)]);
+        assert!(ok.is_empty(), "{ok:#?}");
+        let v = with(vec![release(1, 3_000, 3_000, &[]), retire(7_001)]);
+        assert!(
+            v.len() == 1 && v[0].contains("0.007001 lapsed") && v[0].contains("0.007000 available"),
+            "{v:#?}"
+        );
+        let v = with(vec![retire(7_000)]);
+        assert!(
+            v.iter().any(|x| x.contains("while lease 1 holds")),
+            "{v:#?}"
+        );
+        let v = with(vec![
+            release(1, 3_000, 3_000, &[]),
+            retire(7_000),
+            grant_day(2, 1_000),
+        ]);
+        assert!(
+            v.iter().any(|x| x.contains("after it was retired")),
+            "{v:#?}"
+        );
     }
 
     #[test]

@@ -85,11 +85,14 @@ pub enum Kind {
     /// Bids charged against a released lease's in-doubt money: what their reservations held
     /// beyond the charges goes back at once.
     RestReturned = 12,
+    /// A day bucket's day is over and nothing holds its money: its final figures, and it leaves
+    /// the live state.
+    DayRetired = 13,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::BudgetSet,
         Kind::LeaseGranted,
         Kind::SpendBatch,
@@ -102,6 +105,7 @@ impl Kind {
         Kind::BidsLost,
         Kind::ParamsSet,
         Kind::RestReturned,
+        Kind::DayRetired,
     ];
 
     /// The kind with byte `b`.
@@ -124,6 +128,7 @@ impl Kind {
             Kind::BidsLost => "bids_lost",
             Kind::ParamsSet => "params_set",
             Kind::RestReturned => "rest_returned",
+            Kind::DayRetired => "day_retired",
         }
     }
 }
@@ -472,6 +477,27 @@ pub struct RestReturned {
     pub returned: Money,
 }
 
+/// `DayRetired`: the day of a campaign's day bucket is over (by the leader's stamp, past the
+/// late-acceptance and settlement windows) and no lease holds money of it: the bucket leaves the
+/// region's live state, and no lease, transfer or peer's push brings it back. Its final figures
+/// here: the budget its home set (0 if this region only received rights), what settled in this
+/// region, what settled in every region as this one last heard, and what lapsed here unspent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayRetired {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The day bucket.
+    pub bucket: Bucket,
+    /// The day's budget, as its home set it (0 where it was not set).
+    pub budget: Money,
+    /// Settled in this region.
+    pub settled_here: Money,
+    /// Settled in every region, as this one last heard.
+    pub settled_all: Money,
+    /// This region's rights of the day that nobody spent: they lapse.
+    pub lapsed: Money,
+}
+
 /// The region's lease and reclaim rules: replicated state, the same on every replica, changed
 /// only by a `params_set` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -628,6 +654,8 @@ pub enum Payload {
     ParamsSet(ParamsSet),
     /// See [`RestReturned`].
     RestReturned(RestReturned),
+    /// See [`DayRetired`].
+    DayRetired(DayRetired),
 }
 
 /// Why a payload could not be encoded.
@@ -689,6 +717,7 @@ impl Payload {
             Payload::BidsLost(_) => Kind::BidsLost,
             Payload::ParamsSet(_) => Kind::ParamsSet,
             Payload::RestReturned(_) => Kind::RestReturned,
+            Payload::DayRetired(_) => Kind::DayRetired,
         }
     }
 
@@ -853,6 +882,23 @@ impl Payload {
                 w.batch(&p.batch);
                 w.u32(p.count);
                 w.money(p.returned);
+            }
+            Payload::DayRetired(p) => {
+                if !matches!(p.bucket, Bucket::Day(_)) {
+                    return Err(EncodeError::Invalid(
+                        "a day_retired entry names a day bucket",
+                    ));
+                }
+                nonneg("budget", p.budget)?;
+                nonneg("settled here", p.settled_here)?;
+                nonneg("settled in all regions", p.settled_all)?;
+                nonneg("lapsed", p.lapsed)?;
+                w.str(p.campaign.as_str());
+                w.bucket(&p.bucket);
+                w.money(p.budget);
+                w.money(p.settled_here);
+                w.money(p.settled_all);
+                w.money(p.lapsed);
             }
         }
         Ok(w.into_bytes())
@@ -1068,6 +1114,24 @@ impl Payload {
                     returned,
                 })
             }
+            Kind::DayRetired => {
+                let campaign = r.id("campaign")?;
+                let bucket = r.bucket("bucket")?;
+                if !matches!(bucket, Bucket::Day(_)) {
+                    return Err(DecodeError::Invalid {
+                        what: "bucket",
+                        detail: "a day_retired entry names a day bucket".into(),
+                    });
+                }
+                Payload::DayRetired(DayRetired {
+                    campaign,
+                    bucket,
+                    budget: r.money_nonneg("budget")?,
+                    settled_here: r.money_nonneg("settled here")?,
+                    settled_all: r.money_nonneg("settled in all regions")?,
+                    lapsed: r.money_nonneg("lapsed")?,
+                })
+            }
         };
         r.finish("payload")?;
         Ok((payload, summary))
@@ -1232,7 +1296,7 @@ mod tests {
             assert_eq!(*k as u8, i as u8 + 1);
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(13), None);
+        assert_eq!(Kind::from_u8(14), None);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use crate::id::{BatchId, CampaignId, EdgeId, EventKey, ExchangeId, LeaseId, Regi
 use crate::money::Money;
 
 use super::entry::{
-    Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
-    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Payload, Received, RemoteMerged,
-    RestReturned, RightsTransferred, SpendBatch, SpendEvent,
+    Anomaly, AnomalyKind, BidsLost, BudgetSet, DayRetired, DoubtPart, InDoubtReturned,
+    LeaseGranted, LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Payload, Received,
+    RemoteMerged, RestReturned, RightsTransferred, SpendBatch, SpendEvent,
 };
 use super::segment::{SegmentWriter, WriteError, segment_file_name};
 use super::{Chain, Hash};
@@ -183,6 +183,23 @@ pub fn generate(cfg: &SampleConfig) -> Result<SampleArchive, WriteError> {
             // The region's rules, set at `cluster init`.
             Payload::ParamsSet(ParamsSet {
                 params: LeaseParams::default(),
+            })
+        } else if seq + 1 == cfg.entries {
+            // The last entry: the run's first day, over by now, leaves the live state. (Its
+            // figures are illustrative: the sample keeps no per-day accounts.)
+            let camp = &camps[c];
+            let day = camp
+                .zone
+                .day_of_unix_micros(1_793_448_000_000_000)
+                .map(Bucket::Day)
+                .unwrap_or(Bucket::Lifetime);
+            Payload::DayRetired(DayRetired {
+                campaign: camp.id.clone(),
+                bucket: day,
+                budget: Money::ZERO,
+                settled_here: Money::ZERO,
+                settled_all: Money::ZERO,
+                lapsed: Money::ZERO,
             })
         } else if first_budgets.contains(&seq)
             || (roll < 3 && camps[c].available < Money::from_micros(5_000_000))

@@ -5,9 +5,9 @@
 use jiff::civil::date;
 use serde_json::{Value, json};
 use shared::log::entry::{
-    Anomaly, AnomalyKind, BidsLost, BudgetSet, DoubtPart, InDoubtReturned, LeaseGranted,
-    LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Received, RemoteMerged, RestReturned,
-    RightsTransferred, SpendBatch, body_digest, genesis,
+    Anomaly, AnomalyKind, BidsLost, BudgetSet, DayRetired, DoubtPart, InDoubtReturned,
+    LeaseGranted, LeaseParams, LeaseReclaimed, LeaseReleased, ParamsSet, Received, RemoteMerged,
+    RestReturned, RightsTransferred, SpendBatch, body_digest, genesis,
 };
 use shared::log::merkle;
 use shared::log::segment::{SegmentWriter, segment_file_name};
@@ -140,6 +140,14 @@ fn payloads() -> Vec<Payload> {
             batch: BatchId(*b"batch-0000000004"),
             count: 1,
             returned: m(750),
+        }),
+        Payload::DayRetired(DayRetired {
+            campaign: n("cmp-1"),
+            bucket: Bucket::Day(date(2026, 11, 1)),
+            budget: m(5_000_000),
+            settled_here: m(3_000),
+            settled_all: m(4_200),
+            lapsed: m(1_000),
         }),
     ]
 }
