@@ -13,7 +13,8 @@
 //! - lease grant latency at `eu-1` under load (`BENCH_LOAD_SECS`, default 30, `BENCH_WORKERS`
 //!   concurrent edges, default 16, each granting on a random campaign, reporting 10 bids and
 //!   releasing), p50 / p99 / max;
-//! - the edges' catalog poll: the first (everything) and a steady one (what changed);
+//! - the edges' catalog poll: the first (everything), a steady one, and one after a campaign
+//!   changed (what changed);
 //! - the time a new node takes to join `eu-1` by snapshot.
 //!
 //! Every loop is bounded in count and time.
@@ -439,6 +440,52 @@ async fn main() {
         first.day_spend.len(),
         next.encoded_len(),
         next.day_spend.len()
+    );
+    // One campaign's price changes at its home; once us-1 has merged it, its edges' next poll
+    // carries that campaign alone.
+    let mut admin = pb::admin_client::AdminClient::new(channel(&regions[0].addr).await);
+    admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: key(6, 0),
+            config: Some(pb::CampaignConfig {
+                campaign: name(0),
+                time_zone: "UTC".into(),
+                bid_cpm_micros: 2_000_000,
+                daily_budget_micros: Some(1_000_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("change");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while regions[1]
+        .node
+        .state
+        .read(|m| m.ledger().campaigns_version())
+        == next.version
+    {
+        assert!(Instant::now() < deadline, "the change did not reach us-1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let changed = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {
+            known_version: next.version,
+            known_spend_version: next.spend_version,
+        })
+        .await
+        .expect("poll")
+        .into_inner();
+    let changed_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        changed.campaigns_delta && changed.campaigns.len() == 1,
+        "a whole list for one change"
+    );
+    println!(
+        "catalog poll after one campaign changed: {} bytes ({} campaign, {} day spends) in {changed_ms:.2} ms",
+        changed.encoded_len(),
+        changed.campaigns.len(),
+        changed.day_spend.len()
     );
 
     // A new node joins eu-1: a snapshot first, so that it must take it.

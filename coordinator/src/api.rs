@@ -338,17 +338,31 @@ impl pb::lease_api_server::LeaseApi for Api {
             let ledger = m.ledger();
             let version = ledger.campaigns_version();
             let unchanged = known != 0 && known == version;
+            // The newest day bucket of each campaign whose day spend (or daily budget) changed
+            // since the edge last asked: the cost is what changed, not every bucket.
+            let changed = ledger.changed_since(known_spend);
+            // The edge's campaigns are those of the state at its `known_spend_version` (both
+            // came in one reply). Only a node at or past that state, which tracks changes from
+            // before it, can send just the campaigns changed since; any other sends them all.
+            let delta = !unchanged
+                && known != 0
+                && !changed.everything
+                && known_spend.is_some_and(|s| s <= changed.version);
             let campaigns = if unchanged {
                 Vec::new()
+            } else if delta {
+                changed
+                    .campaigns
+                    .iter()
+                    .filter(|(_, c)| c.version > known)
+                    .map(|(id, c)| wire::campaign_to_wire(id, c))
+                    .collect()
             } else {
                 ledger
                     .campaigns()
                     .map(|(id, c)| wire::campaign_to_wire(id, c))
                     .collect()
             };
-            // The newest day bucket of each campaign whose day spend (or daily budget) changed
-            // since the edge last asked: the cost is what changed, not every bucket.
-            let changed = ledger.changed_since(known_spend);
             let mut names: BTreeSet<&CampaignId> = changed
                 .buckets
                 .iter()
@@ -374,6 +388,7 @@ impl pb::lease_api_server::LeaseApi for Api {
                 day_spend,
                 spend_version: changed.version,
                 spend_complete: changed.everything,
+                campaigns_delta: delta,
             }
         });
         Ok(Response::new(reply))

@@ -55,9 +55,11 @@ pub struct Config {
     /// region's log is sealed, and verifiable offline, within this.
     pub segment_seal_interval_ms: u64,
     /// The leader retires day buckets whose day is over (`RetireDays`, a `day_retired` log
-    /// entry each). Off by default: `jepsen run`'s convergence check (I5) does not yet tell a
-    /// bucket retired in one region from one that region lost.
+    /// entry each), so that a campaign's live state does not grow by a bucket a day for ever.
+    /// Off: every day bucket stays live (and in every push and snapshot).
     pub retire_days: bool,
+    /// How often (ms) the leader looks for day buckets to retire.
+    pub retire_interval_ms: u64,
     /// Peer regions and region sync (DESIGN §7). No peers: a region on its own.
     pub regions: RegionsConfig,
     /// Mutual TLS: the CA, this node's certificate (role `coordinator`) and its key. Required
@@ -177,7 +179,8 @@ impl Default for Config {
             segment_entries: 10_000,
             segment_bytes_max: crate::archive::SEGMENT_BYTES_MAX,
             segment_seal_interval_ms: 600_000,
-            retire_days: false,
+            retire_days: true,
+            retire_interval_ms: 60_000,
             regions: RegionsConfig::default(),
             tls: shared::tls::TlsFiles::default(),
         }
@@ -530,16 +533,17 @@ pub async fn reclaim_loop(
     }
 }
 
-/// How often the leader looks for day buckets to retire.
-pub const RETIRE_TICK: Duration = Duration::from_secs(60);
-
-/// The leader's day retirement: every [`RETIRE_TICK`], the day buckets over on its wall clock
+/// The leader's day retirement: every `interval`, the day buckets over on its wall clock
 /// (by [`crate::ledger::Ledger::retire_after_ms`]) that hold nothing leased or in doubt are
 /// proposed for retirement, up to one merge's worth at a time; the ledger checks both again
 /// against the entry's stamp. No money depends on the clock here: a day retired early only
 /// stops spending from it (grants refuse a retired day), and one retired late costs rows.
-pub async fn retire_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(RETIRE_TICK);
+pub async fn retire_loop(
+    node: Arc<Node>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -750,9 +754,13 @@ pub async fn run(
         Arc::new(node.clock.clone()),
         stop_rx.clone(),
     ));
-    let retire = config
-        .retire_days
-        .then(|| tokio::spawn(retire_loop(node.clone(), stop_rx.clone())));
+    let retire = config.retire_days.then(|| {
+        tokio::spawn(retire_loop(
+            node.clone(),
+            Duration::from_millis(config.retire_interval_ms),
+            stop_rx.clone(),
+        ))
+    });
     if !sync.settings().peers.is_empty() {
         tracing::info!(peers = ?sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
     }

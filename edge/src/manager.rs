@@ -30,6 +30,8 @@ pub async fn poll_campaigns(
     // The newest day's spend per campaign, kept up to date by the replies' deltas.
     let mut spend: BTreeMap<String, pb::DaySpend> = BTreeMap::new();
     let mut spend_version = 0u64;
+    // The campaigns as last listed, kept up to date by the replies' deltas.
+    let mut configs: BTreeMap<String, pb::CampaignConfig> = BTreeMap::new();
     loop {
         let known = edge.catalog.load().version;
         match coords.campaigns(known, spend_version).await {
@@ -38,9 +40,15 @@ pub async fn poll_campaigns(
                 edge.polled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 if !reply.unchanged {
+                    let changed = reply.campaigns.len();
+                    edge.metrics
+                        .catalog_campaigns_received
+                        .inc_by(changed as u64);
+                    let list =
+                        merge_campaigns(&mut configs, reply.campaigns, reply.campaigns_delta);
                     let built = {
                         let mut slots = edge.slots.lock().unwrap_or_else(|p| p.into_inner());
-                        Catalog::build(reply.version, &reply.campaigns, &mut slots)
+                        Catalog::build(reply.version, &list, &mut slots)
                     };
                     let (catalog, skipped) = built;
                     for s in skipped {
@@ -51,6 +59,8 @@ pub async fn poll_campaigns(
                         tracing::info!(
                             version = reply.version,
                             campaigns = catalog.campaigns.len(),
+                            changed,
+                            delta = reply.campaigns_delta,
                             "campaigns loaded"
                         );
                     }
@@ -84,6 +94,22 @@ pub async fn poll_campaigns(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The campaigns after a poll's reply: `listed` replaces what was held, or with `delta`
+/// updates it (a campaign is never removed by the coordinators, only paused).
+fn merge_campaigns(
+    held: &mut BTreeMap<String, pb::CampaignConfig>,
+    listed: Vec<pb::CampaignConfig>,
+    delta: bool,
+) -> Vec<pb::CampaignConfig> {
+    if !delta {
+        held.clear();
+    }
+    for c in listed {
+        held.insert(c.campaign.clone(), c);
+    }
+    held.values().cloned().collect()
 }
 
 /// Even pacing: keeps a campaign's spend today near the elapsed share of its day. The throttle
@@ -387,5 +413,37 @@ async fn stop_bidding(edge: &Edge) {
     for s in slots {
         s.current.store(None);
         s.previous.store(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, cpm: i64) -> pb::CampaignConfig {
+        pb::CampaignConfig {
+            campaign: name.into(),
+            time_zone: "UTC".into(),
+            bid_cpm_micros: cpm,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_delta_updates_what_is_held_and_a_whole_list_replaces_it() {
+        let mut held = BTreeMap::new();
+        let all = merge_campaigns(&mut held, vec![config("a", 1), config("b", 2)], false);
+        assert_eq!(all.len(), 2);
+        // A delta: b changed, c is new, a is kept as it was.
+        let all = merge_campaigns(&mut held, vec![config("b", 5), config("c", 3)], true);
+        let got: Vec<(&str, i64)> = all
+            .iter()
+            .map(|c| (c.campaign.as_str(), c.bid_cpm_micros))
+            .collect();
+        assert_eq!(got, [("a", 1), ("b", 5), ("c", 3)]);
+        // A whole list: what it does not name is gone.
+        let all = merge_campaigns(&mut held, vec![config("c", 3)], false);
+        assert_eq!(all.len(), 1);
+        assert_eq!(held.len(), 1);
     }
 }

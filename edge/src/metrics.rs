@@ -60,6 +60,9 @@ pub struct Metrics {
     pub campaigns: Gauge<i64, AtomicI64>,
     /// The campaigns version held.
     pub catalog_version: Gauge<i64, AtomicI64>,
+    /// Campaign settings received from the coordinators' polls (the whole list on the first
+    /// poll, then only the campaigns changed: a steady climb means full lists).
+    pub catalog_campaigns_received: Counter,
     /// Leases held (current or settling).
     pub leases_held: Gauge<i64, AtomicI64>,
     /// When this edge's certificate expires, seconds since the Unix epoch (set at start with
@@ -190,6 +193,7 @@ impl Metrics {
             notices_pending: Gauge::default(),
             campaigns: Gauge::default(),
             catalog_version: Gauge::default(),
+            catalog_campaigns_received: Counter::default(),
             leases_held: Gauge::default(),
             clock_wall_seconds: Gauge::default(),
             connections: Family::default(),
@@ -264,6 +268,11 @@ impl Metrics {
             "catalog_version",
             "Campaigns version held",
             m.catalog_version.clone(),
+        );
+        r.register(
+            "catalog_campaigns_received",
+            "Campaign settings received from the coordinators' polls",
+            m.catalog_campaigns_received.clone(),
         );
         r.register("leases_held", "Leases held", m.leases_held.clone());
         r.register(

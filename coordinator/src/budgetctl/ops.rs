@@ -1237,6 +1237,12 @@ pub(crate) fn regions_text(v: &pb::RegionStatusReply, buckets: bool) -> String {
                 ));
             }
         }
+        for r in &v.retired {
+            out.push_str(&format!(
+                "\n\n{}: days through {} retired here (final figures in the log)",
+                r.campaign, r.retired_through
+            ));
+        }
     }
     out
 }
@@ -1299,7 +1305,9 @@ fn regions_json(v: &pb::RegionStatusReply) -> serde_json::Value {
         .collect();
     serde_json::json!({"region": v.region, "log_seq": v.log_seq,
         "log_head": v.log_head.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        "peers": peers, "alarms": v.alarms, "buckets": buckets})
+        "peers": peers, "alarms": v.alarms, "buckets": buckets,
+        "retired": v.retired.iter().map(|r| serde_json::json!({"campaign": r.campaign,
+            "retired_through": r.retired_through})).collect::<Vec<_>>()})
 }
 
 #[derive(Debug, Subcommand)]

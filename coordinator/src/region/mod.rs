@@ -1065,6 +1065,16 @@ impl Sync {
                     }
                 })
                 .collect();
+            let retired = l
+                .campaigns()
+                .filter(|(id, _)| campaign.is_none_or(|c| *id == c))
+                .filter_map(|(id, c)| {
+                    c.retired_through.map(|d| pb::RetiredDays {
+                        campaign: id.to_string(),
+                        retired_through: d.to_string(),
+                    })
+                })
+                .collect();
             pb::RegionStatusReply {
                 region: l.region().to_string(),
                 not_leader: None,
@@ -1073,6 +1083,7 @@ impl Sync {
                 peers: peer_rows,
                 alarms: alarms.into_iter().collect(),
                 buckets,
+                retired,
             }
         })
     }

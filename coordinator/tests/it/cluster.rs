@@ -637,6 +637,48 @@ async fn the_grpc_api_round_trips_and_refuses_bad_input_without_changing_anythin
         .unwrap()
         .into_inner();
     assert!(unchanged.unchanged);
+    // A change: an edge that says what it holds gets only the campaign that changed; one that
+    // does not (no spend version) gets them all.
+    admin
+        .upsert_campaign(pb::UpsertCampaignRequest {
+            idempotency_key: pkey(41),
+            config: Some(pb::CampaignConfig {
+                campaign: "c2".into(),
+                time_zone: "UTC".into(),
+                bid_cpm_micros: 1_000_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let delta = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {
+            known_version: listed.version,
+            known_spend_version: listed.spend_version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!delta.unchanged && delta.campaigns_delta, "{delta:?}");
+    assert!(delta.version > listed.version);
+    let names: Vec<&str> = delta
+        .campaigns
+        .iter()
+        .map(|c| c.campaign.as_str())
+        .collect();
+    assert_eq!(names, ["c2"]);
+    let whole = leases
+        .list_active_campaigns(pb::ListActiveCampaignsRequest {
+            known_version: listed.version,
+            known_spend_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !whole.campaigns_delta && whole.campaigns.len() == 2,
+        "{whole:?}"
+    );
 
     let lifetime = pb::BucketKey {
         campaign: "c1".into(),

@@ -8,6 +8,11 @@
 //! later round is equal (rights may still move for a moment after the load: a transfer
 //! asked for before it stopped), and that must come within the bound; if the last rounds
 //! still differ, they never converged.
+//!
+//! A day bucket a region has retired (its day over, its final figures in that region's log as
+//! a `day_retired` entry, I9's to check) is no longer live there: that region's view of it is
+//! left out of the comparison, and the regions that still hold it must agree among themselves.
+//! A region that merely lacks a bucket is not excused: its rows count as zero.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +32,20 @@ pub struct Observation {
     /// Row name (`created[eu-1]`, `transferred[eu-1->us-1]`, …) → micros; zero rows may be
     /// left out.
     pub rows: BTreeMap<String, u64>,
+    /// Set when this is not a bucket's rows but a retirement mark: `bucket` is then a campaign,
+    /// whose day buckets through this date the region has retired.
+    pub retired_through: Option<jiff::civil::Date>,
+}
+
+/// Whether `bucket` (`CAMPAIGN/day:DATE`) is a day retired by `retired` (campaign → date).
+fn is_retired(retired: Option<&BTreeMap<&str, jiff::civil::Date>>, bucket: &str) -> bool {
+    let Some((campaign, name)) = bucket.split_once('/') else {
+        return false;
+    };
+    match (retired.and_then(|r| r.get(campaign)), name.parse()) {
+        (Some(through), Ok(shared::Bucket::Day(day))) => day <= *through,
+        _ => false,
+    }
 }
 
 /// Bucket → row → micros, as one region holds them.
@@ -42,9 +61,23 @@ pub fn check(
 ) -> (Verdict, Option<u64>) {
     // round → (end time, region → bucket → rows without zeros)
     let mut rounds: BTreeMap<u64, (u64, BTreeMap<&str, Buckets<'_>>)> = BTreeMap::new();
+    // round → region → campaign → the last day it retired
+    let mut retired: BTreeMap<u64, BTreeMap<&str, BTreeMap<&str, jiff::civil::Date>>> =
+        BTreeMap::new();
     for o in observations.iter().filter(|o| o.at_us >= from_us) {
         let r = rounds.entry(o.round).or_default();
         r.0 = r.0.max(o.at_us);
+        if let Some(d) = o.retired_through {
+            // The region answered, whatever else it holds.
+            r.1.entry(o.region.as_str()).or_default();
+            retired
+                .entry(o.round)
+                .or_default()
+                .entry(o.region.as_str())
+                .or_default()
+                .insert(o.bucket.as_str(), d);
+            continue;
+        }
         let rows = o
             .rows
             .iter()
@@ -67,11 +100,23 @@ pub fn check(
         let buckets: BTreeSet<&str> = by_region.values().flat_map(|b| b.keys().copied()).collect();
         buckets_checked.extend(&buckets);
         let empty = BTreeMap::new();
+        let retired_here = retired.get(round);
         let difference = buckets.iter().find_map(|b| {
-            let first = regions[0].as_str();
+            // The regions for which the bucket is still live.
+            let live: Vec<&str> = regions
+                .iter()
+                .map(String::as_str)
+                .filter(|r| {
+                    // A day retired out of order leaves an earlier one live until it retires
+                    // too: a bucket the region still lists is live there.
+                    by_region[r].contains_key(b)
+                        || !is_retired(retired_here.and_then(|x| x.get(r)), b)
+                })
+                .collect();
+            let (&first, rest) = live.split_first()?;
             let want = by_region[first].get(b).unwrap_or(&empty);
-            regions[1..].iter().find_map(|r| {
-                let got = by_region[r.as_str()].get(b).unwrap_or(&empty);
+            rest.iter().find_map(|&r| {
+                let got = by_region[r].get(b).unwrap_or(&empty);
                 (got != want).then(|| {
                     let row = want
                         .keys()
@@ -160,8 +205,19 @@ pub fn observations(
                 region: reply.region.clone(),
                 bucket,
                 rows,
+                retired_through: None,
             }
         })
+        .chain(reply.retired.iter().filter_map(|r| {
+            Some(Observation {
+                round,
+                at_us,
+                region: reply.region.clone(),
+                bucket: r.campaign.clone(),
+                rows: BTreeMap::new(),
+                retired_through: Some(r.retired_through.parse().ok()?),
+            })
+        }))
         .collect()
 }
 
@@ -180,7 +236,80 @@ mod tests {
             region: region.into(),
             bucket: "c/lifetime".into(),
             rows: rows.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            retired_through: None,
         }
+    }
+
+    fn day(round: u64, region: &str, date: &str, rows: &[(&str, u64)]) -> Observation {
+        Observation {
+            bucket: format!("c/day:{date}"),
+            ..obs(round, region, rows)
+        }
+    }
+
+    fn retired(round: u64, region: &str, through: &str) -> Observation {
+        Observation {
+            bucket: "c".into(),
+            retired_through: Some(through.parse().unwrap()),
+            ..obs(round, region, &[])
+        }
+    }
+
+    #[test]
+    fn a_day_retired_in_one_region_is_compared_among_the_others_only() {
+        let three: Vec<String> = vec!["eu-1".into(), "us-1".into(), "ap-1".into()];
+        // eu-1 retired 2026-12-06; us-1 and ap-1 still hold it, and agree: held.
+        let mut o = vec![
+            retired(1, "eu-1", "2026-12-06"),
+            day(
+                1,
+                "us-1",
+                "2026-12-06",
+                &[("created[eu-1]", 100), ("settled[us-1]", 7)],
+            ),
+            day(
+                1,
+                "ap-1",
+                "2026-12-06",
+                &[("created[eu-1]", 100), ("settled[us-1]", 7)],
+            ),
+            // The next day is live everywhere and equal.
+            day(1, "eu-1", "2026-12-07", &[("created[eu-1]", 50)]),
+            day(1, "us-1", "2026-12-07", &[("created[eu-1]", 50)]),
+            day(1, "ap-1", "2026-12-07", &[("created[eu-1]", 50)]),
+        ];
+        let (v, _) = check(&three, &o, 0, 5_000_000);
+        assert!(v.held, "{v:?}");
+        // The live ones must still agree among themselves.
+        o[2] = day(1, "ap-1", "2026-12-06", &[("created[eu-1]", 100)]);
+        let (v, _) = check(&three, &o, 0, 5_000_000);
+        assert!(!v.held, "{v:?}");
+        assert!(v.evidence[0].contains("settled[us-1]"), "{v:?}");
+        // A later day the retirement does not cover is not excused where it is missing.
+        o[2] = day(
+            1,
+            "ap-1",
+            "2026-12-06",
+            &[("created[eu-1]", 100), ("settled[us-1]", 7)],
+        );
+        o.remove(3);
+        let (v, _) = check(&three, &o, 0, 5_000_000);
+        assert!(!v.held, "{v:?}");
+        assert!(v.evidence[0].contains("2026-12-07"), "{v:?}");
+        // Nor is a region that lacks a bucket without having retired it.
+        let lost = vec![
+            day(1, "eu-1", "2026-12-06", &[("created[eu-1]", 100)]),
+            day(1, "us-1", "2026-12-06", &[]),
+            retired(1, "us-1", "2026-12-05"),
+        ];
+        assert!(!check(&regions(), &lost, 0, 5_000_000).0.held);
+        // A bucket the retiring region still lists (an earlier day left live) is compared.
+        let listed = vec![
+            retired(1, "eu-1", "2026-12-06"),
+            day(1, "eu-1", "2026-12-05", &[("created[eu-1]", 100)]),
+            day(1, "us-1", "2026-12-05", &[("created[eu-1]", 90)]),
+        ];
+        assert!(!check(&regions(), &listed, 0, 5_000_000).0.held);
     }
 
     #[test]
@@ -259,10 +388,18 @@ mod tests {
                     micros: 40,
                 }],
             }],
+            retired: vec![pb::RetiredDays {
+                campaign: "c".into(),
+                retired_through: "2026-12-06".into(),
+            }],
             ..Default::default()
         };
         let o = observations(3, 9, &reply);
-        assert_eq!(o.len(), 1);
+        assert_eq!(o.len(), 2);
+        assert_eq!(
+            (o[1].bucket.as_str(), o[1].retired_through),
+            ("c", Some(jiff::civil::date(2026, 12, 6)))
+        );
         assert_eq!(
             (o[0].round, o[0].region.as_str(), o[0].bucket.as_str()),
             (3, "us-1", "c/lifetime")

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::Bucket;
 use crate::id::RegionId;
 use crate::money::Money;
 
@@ -284,6 +285,9 @@ struct Rules {
     leases: std::collections::HashMap<u64, OpenLease>,
     /// Per peer region, the last `remote_seq` witnessed.
     remote: BTreeMap<RegionId, u64>,
+    /// Per campaign, the latest day a `day_retired` closed (one date per campaign, like the
+    /// ledger's own mark: a day retired out of order may leave an earlier one live).
+    retired: BTreeMap<crate::CampaignId, jiff::civil::Date>,
 }
 
 #[derive(Clone, Default)]
@@ -308,6 +312,18 @@ impl Rules {
                 if let Some(b) = g.buckets.iter().find(|b| !seen.insert(**b)) {
                     return Err(rule(format!("lease {} lists bucket {b} twice", g.lease)));
                 }
+                // No lease takes a day on or before the campaign's latest retired day.
+                if let Some(through) = self.retired.get(&g.campaign)
+                    && let Some(d) = g.buckets.iter().find_map(|b| match b {
+                        Bucket::Day(d) if d <= through => Some(d),
+                        _ => None,
+                    })
+                {
+                    return Err(rule(format!(
+                        "lease {} draws on {}/day:{d}, retired through {through}",
+                        g.lease, g.campaign
+                    )));
+                }
                 if self
                     .leases
                     .insert(g.lease.0, OpenLease::default())
@@ -315,6 +331,21 @@ impl Rules {
                 {
                     return Err(rule(format!("lease {} granted twice", g.lease)));
                 }
+            }
+            Payload::DayRetired(r) => {
+                let Bucket::Day(day) = r.bucket else {
+                    return Err(rule(format!(
+                        "day_retired names {}/{}, not a day",
+                        r.campaign, r.bucket
+                    )));
+                };
+                self.reopened(&r.campaign, r.bucket, "retired again")?;
+                let latest = self.retired.entry(r.campaign.clone()).or_insert(day);
+                *latest = (*latest).max(day);
+            }
+            Payload::BudgetSet(b) => self.reopened(&b.campaign, b.bucket, "given a budget")?,
+            Payload::RightsTransferred(t) => {
+                self.reopened(&t.campaign, t.bucket, "given rights to a peer")?;
             }
             Payload::SpendBatch(b) => {
                 // A lease granted before the verified part starts is not known here.
@@ -366,11 +397,29 @@ impl Rules {
                             r.campaign, r.bucket
                         )));
                     }
+                    self.reopened(&r.campaign, r.bucket, "received in a merge")?;
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A retired day stays closed: no entry after its `day_retired` names the campaign's latest
+    /// retired day (earlier days may be live still, retired out of order; grants, which refuse
+    /// every day up to it, are checked apart).
+    fn reopened(
+        &self,
+        campaign: &crate::CampaignId,
+        bucket: Bucket,
+        what: &str,
+    ) -> Result<(), Reason> {
+        match (bucket, self.retired.get(campaign)) {
+            (Bucket::Day(d), Some(through)) if d == *through => Err(Reason::Rule {
+                detail: format!("{campaign}/day:{d} {what} after its day_retired"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A lease released or reclaimed with `parts` in-doubt parts: forgotten once none is held.

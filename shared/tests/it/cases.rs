@@ -8,7 +8,7 @@
 
 use jiff::civil::date;
 use serde_json::{Value, json};
-use shared::log::entry::{BudgetSet, LeaseGranted, Received, RemoteMerged, SpendBatch};
+use shared::log::entry::{BudgetSet, DayRetired, LeaseGranted, Received, RemoteMerged, SpendBatch};
 use shared::log::segment::{SegmentWriter, segment_file_name};
 use shared::log::verify::Verifier;
 use shared::log::{Chain, Payload, SpendEvent};
@@ -132,6 +132,21 @@ fn budget_on(day: jiff::civil::Date) -> Payload {
         before: m(0),
         after: m(1_000),
     })
+}
+
+fn retired_on(day: jiff::civil::Date) -> Payload {
+    Payload::DayRetired(DayRetired {
+        campaign: "cmp-1".parse().unwrap(),
+        bucket: Bucket::Day(day),
+        budget: m(1_000),
+        settled_here: m(600),
+        settled_all: m(900),
+        lapsed: m(100),
+    })
+}
+
+fn merged_on(remote_seq: u64, day: jiff::civil::Date) -> Payload {
+    merged(remote_seq, &[Bucket::Day(day)])
 }
 
 fn cases() -> Vec<Case> {
@@ -391,6 +406,52 @@ fn cases() -> Vec<Case> {
                 }],
             })]),
             expect: fails("rule", &seg0, 0),
+        },
+        Case {
+            name: "day-retired-then-granted",
+            section: "§6.5",
+            rule: "no lease draws on a day on or before its campaign's latest retired day",
+            edit: json!(null),
+            files: one(vec![
+                retired_on(date(2026, 12, 6)),
+                grant_on(1, vec![Bucket::Lifetime, Bucket::Day(date(2026, 12, 7))]),
+                grant_on(2, vec![Bucket::Lifetime, Bucket::Day(date(2026, 12, 5))]),
+            ]),
+            expect: fails("rule", &seg0, 2),
+        },
+        Case {
+            name: "day-retired-twice",
+            section: "§6.5",
+            rule: "a day is retired once",
+            edit: json!(null),
+            files: one(vec![retired_on(date(2026, 12, 6)), retired_on(date(2026, 12, 6))]),
+            expect: fails("rule", &seg0, 1),
+        },
+        Case {
+            name: "day-retired-then-merged",
+            section: "§6.5",
+            rule: "no budget, transfer or merge names a campaign's latest retired day after its day_retired",
+            edit: json!(null),
+            files: one(vec![
+                budget_on(date(2026, 12, 6)),
+                merged_on(1, date(2026, 12, 6)),
+                retired_on(date(2026, 12, 6)),
+                merged_on(2, date(2026, 12, 6)),
+            ]),
+            expect: fails("rule", &seg0, 3),
+        },
+        Case {
+            name: "day-retired-out-of-order",
+            section: "§6.5",
+            rule: "an earlier day may stay live (and be retired) after a later one retires",
+            edit: json!(null),
+            files: one(vec![
+                retired_on(date(2026, 12, 6)),
+                merged_on(1, date(2026, 12, 5)),
+                retired_on(date(2026, 12, 5)),
+                merged_on(2, date(2026, 12, 7)),
+            ]),
+            expect: ok(),
         },
         Case {
             name: "bucket-twice-in-a-merge",
