@@ -16,7 +16,119 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         SnapshotData = raft_store::SnapshotFile,
+        AsyncRuntime = SeededRuntime,
 );
+
+/// openraft's Tokio runtime, except for its randomness (the election timeouts): a thread on
+/// which [`seed_thread_rng`] was called draws them from that seed, so that the deterministic
+/// simulation (`sim`) replays a seed exactly; every other thread draws them from the system's
+/// randomness, as openraft's own `TokioRuntime` does.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SeededRuntime;
+
+thread_local! {
+    static SEEDED: std::cell::RefCell<Option<fastrand::Rng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, openraft's randomness on this thread comes from `seed`.
+pub fn seed_thread_rng(seed: u64) {
+    SEEDED.with(|s| *s.borrow_mut() = Some(fastrand::Rng::with_seed(seed)));
+}
+
+/// The thread's generator: seeded by [`seed_thread_rng`], or the system's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThreadRng;
+
+impl rand::RngCore for ThreadRng {
+    fn next_u32(&mut self) -> u32 {
+        SEEDED.with(|s| match s.borrow_mut().as_mut() {
+            Some(r) => r.u32(..),
+            None => fastrand::u32(..),
+        })
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        SEEDED.with(|s| match s.borrow_mut().as_mut() {
+            Some(r) => r.u64(..),
+            None => fastrand::u64(..),
+        })
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        SEEDED.with(|s| match s.borrow_mut().as_mut() {
+            Some(r) => r.fill(dest),
+            None => fastrand::fill(dest),
+        });
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl openraft::AsyncRuntime for SeededRuntime {
+    type JoinError = <openraft::TokioRuntime as openraft::AsyncRuntime>::JoinError;
+    type JoinHandle<T: openraft::OptionalSend + 'static> =
+        <openraft::TokioRuntime as openraft::AsyncRuntime>::JoinHandle<T>;
+    type Sleep = <openraft::TokioRuntime as openraft::AsyncRuntime>::Sleep;
+    type Instant = <openraft::TokioRuntime as openraft::AsyncRuntime>::Instant;
+    type TimeoutError = <openraft::TokioRuntime as openraft::AsyncRuntime>::TimeoutError;
+    type Timeout<R, T: std::future::Future<Output = R> + openraft::OptionalSend> =
+        <openraft::TokioRuntime as openraft::AsyncRuntime>::Timeout<R, T>;
+    type ThreadLocalRng = ThreadRng;
+    type OneshotSender<T: openraft::OptionalSend> =
+        <openraft::TokioRuntime as openraft::AsyncRuntime>::OneshotSender<T>;
+    type OneshotReceiverError =
+        <openraft::TokioRuntime as openraft::AsyncRuntime>::OneshotReceiverError;
+    type OneshotReceiver<T: openraft::OptionalSend> =
+        <openraft::TokioRuntime as openraft::AsyncRuntime>::OneshotReceiver<T>;
+
+    fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+    where
+        T: std::future::Future + openraft::OptionalSend + 'static,
+        T::Output: openraft::OptionalSend + 'static,
+    {
+        openraft::TokioRuntime::spawn(future)
+    }
+
+    fn sleep(duration: std::time::Duration) -> Self::Sleep {
+        openraft::TokioRuntime::sleep(duration)
+    }
+
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        openraft::TokioRuntime::sleep_until(deadline)
+    }
+
+    fn timeout<R, F: std::future::Future<Output = R> + openraft::OptionalSend>(
+        duration: std::time::Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        openraft::TokioRuntime::timeout(duration, future)
+    }
+
+    fn timeout_at<R, F: std::future::Future<Output = R> + openraft::OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        openraft::TokioRuntime::timeout_at(deadline, future)
+    }
+
+    fn is_panic(join_error: &Self::JoinError) -> bool {
+        openraft::TokioRuntime::is_panic(join_error)
+    }
+
+    fn thread_rng() -> Self::ThreadLocalRng {
+        ThreadRng
+    }
+
+    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    where
+        T: openraft::OptionalSend,
+    {
+        openraft::TokioRuntime::oneshot()
+    }
+}
 
 /// A command as the leader proposes it: stamped with the leader's wall-clock time, which decides
 /// day buckets and guards no money.

@@ -1,0 +1,656 @@
+//! One simulated run: a region of real ledgers under openraft on the simulated disk and
+//! network, edges that lease, bid, report and release, an exchange that bills, a nemesis, and
+//! the checks at the end. Everything random is drawn from the seed, and time is Tokio's paused
+//! clock, so one seed is one history.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordinator::ledger::{BidPrice, CampaignConfig, Command, Params, Reply, RequestKey};
+use coordinator::raft::{Proposal, TypeConfig};
+use jepsen::check::Verdict;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use shared::bucket::Bucket;
+use shared::log::SpendEvent;
+use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
+use tokio::time::Instant;
+
+use crate::disk::{Disk, Space};
+use crate::net::{Net, Router, Weather};
+use crate::store::{SimLog, SimState};
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Coordinators in the region.
+    pub nodes: u64,
+    /// Edges spending.
+    pub edges: u64,
+    /// Simulated seconds of load.
+    pub secs: u64,
+    /// Whether the nemesis runs.
+    pub faults: bool,
+    /// The campaign's lifetime budget, micros.
+    pub budget_micros: i64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            nodes: 3,
+            edges: 3,
+            secs: 60,
+            faults: true,
+            budget_micros: 2_000_000,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Every event, in order, each line stamped with simulated time.
+    pub trace: Vec<String>,
+    /// The invariants checked.
+    pub verdicts: Vec<Verdict>,
+    /// Faults injected.
+    pub faults: u64,
+    /// Micros the exchange billed.
+    pub billed: i64,
+}
+
+impl Outcome {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        !self.verdicts.is_empty() && self.verdicts.iter().all(|v| v.held)
+    }
+}
+
+/// The region's rules in a simulated minute: short leases, so that one run sees many.
+fn params() -> Params {
+    Params {
+        lease_duration_ms: 5_000,
+        settlement_window_ms: 2_000,
+        margin_ms: 1_000,
+        late_acceptance_ms: 5_000,
+        lease_min: Money::from_micros(10_000),
+        ..Params::default()
+    }
+}
+
+const REGION: &str = "sim-1";
+const CAMPAIGN: &str = "c1";
+/// The bid price: 1.00 CPM, 1,000 micros an impression.
+const PRICE: i64 = 1_000;
+/// A clock offset the nemesis may give a node, at most (µs).
+const MAX_SKEW_US: i64 = 2_000_000;
+/// How long a client waits for one proposal before trying again.
+const ATTEMPT: Duration = Duration::from_secs(3);
+
+/// The trace, shared by every task.
+#[derive(Clone)]
+struct Trace {
+    start: Instant,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Trace {
+    fn log(&self, what: impl AsRef<str>) {
+        let us = self.start.elapsed().as_micros();
+        let line = format!(
+            "{:>6}.{:06} {}",
+            us / 1_000_000,
+            us % 1_000_000,
+            what.as_ref()
+        );
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+    }
+}
+
+struct NodeSlot {
+    disk: Disk,
+    raft: Option<Raft<TypeConfig>>,
+    state: Option<SimState>,
+    epoch: u64,
+    skew_us: i64,
+}
+
+/// The region: its nodes, the network, the clocks.
+#[derive(Clone)]
+struct Region {
+    nodes: Arc<Mutex<BTreeMap<u64, NodeSlot>>>,
+    router: Router,
+    config: Arc<openraft::Config>,
+    region: RegionId,
+    trace: Trace,
+    /// The wall clock at the start, µs since the Unix epoch (fixed: a seed's history does not
+    /// depend on when it runs).
+    base_unix_us: i64,
+}
+
+/// Why a proposal got no answer.
+#[derive(Debug)]
+enum Propose {
+    /// Nobody leads (yet), or the one asked does not.
+    NoLeader,
+    /// Asked, no definite answer (a timeout, a leader that stepped down): try again, with
+    /// the same key.
+    Unknown(String),
+}
+
+impl Region {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeSlot>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn start(&self, id: u64) -> anyhow::Result<()> {
+        let (disk, epoch) = {
+            let mut n = self.lock();
+            let slot = n.get_mut(&id).expect("a node of the region");
+            slot.epoch += 1;
+            (slot.disk.clone(), slot.epoch)
+        };
+        let log = SimLog::open(&disk);
+        let state = SimState::open(&disk, self.region.clone())?;
+        let raft = Raft::new(
+            id,
+            self.config.clone(),
+            Net::new(&self.router, id, epoch),
+            log,
+            state.clone(),
+        )
+        .await?;
+        self.router.attach(id, epoch, raft.clone());
+        let mut n = self.lock();
+        let slot = n.get_mut(&id).expect("a node of the region");
+        slot.raft = Some(raft);
+        slot.state = Some(state);
+        Ok(())
+    }
+
+    /// The process dies: unsynced writes are lost, its messages stop.
+    fn crash(&self, id: u64) {
+        let raft = {
+            let mut n = self.lock();
+            let slot = n.get_mut(&id).expect("a node of the region");
+            slot.disk.crash();
+            slot.state = None;
+            slot.raft.take()
+        };
+        self.router.detach(id);
+        if let Some(r) = raft {
+            tokio::spawn(async move {
+                let _ = r.shutdown().await;
+            });
+        }
+    }
+
+    fn up(&self) -> Vec<(u64, Raft<TypeConfig>)> {
+        self.lock()
+            .iter()
+            .filter_map(|(id, s)| s.raft.clone().map(|r| (*id, r)))
+            .collect()
+    }
+
+    fn leader(&self) -> Option<(u64, Raft<TypeConfig>)> {
+        self.up()
+            .into_iter()
+            .find(|(id, r)| r.metrics().borrow().current_leader == Some(*id))
+    }
+
+    fn wall_us(&self, id: u64) -> i64 {
+        let skew = self.lock().get(&id).map_or(0, |s| s.skew_us);
+        let elapsed = i64::try_from(self.trace.start.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.base_unix_us + elapsed + skew
+    }
+
+    async fn propose_once(&self, command: &Command) -> Result<Reply, Propose> {
+        let (id, raft) = self.leader().ok_or(Propose::NoLeader)?;
+        let proposal = Proposal {
+            time_us: self.wall_us(id),
+            command: command.clone(),
+        };
+        match tokio::time::timeout(ATTEMPT, raft.client_write(proposal)).await {
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Propose::NoLeader)
+            }
+            Ok(Err(e)) => Err(Propose::Unknown(e.to_string())),
+            Err(_) => Err(Propose::Unknown("timed out".into())),
+        }
+    }
+
+    /// Proposes until a definite answer, the same command (and key) each time.
+    async fn propose(&self, command: Command) -> Reply {
+        loop {
+            match self.propose_once(&command).await {
+                Ok(r) => return r,
+                Err(Propose::NoLeader) => {}
+                Err(Propose::Unknown(why)) => self
+                    .trace
+                    .log(format!("proposal unanswered ({why}); again")),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn key(rng: &mut fastrand::Rng) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    rng.fill(&mut k);
+    k
+}
+
+/// What the exchange billed: `(bucket, micros)` per won impression.
+type Billed = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// One edge: lease, bid (the exchange bills the winners at once), report, release, again.
+async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let me: EdgeId = format!("edge-{n}").parse().expect("edge id");
+    let campaign: CampaignId = CAMPAIGN.parse().expect("campaign id");
+    while Instant::now() < until {
+        let reply = region
+            .propose(Command::GrantLease {
+                key: RequestKey(key(&mut rng)),
+                edge: me.clone(),
+                campaign: campaign.clone(),
+                want: Money::from_micros(rng.i64(20_000..=80_000)),
+            })
+            .await;
+        let Reply::LeaseGranted {
+            lease,
+            amount,
+            buckets,
+            ..
+        } = reply
+        else {
+            region.trace.log(format!("{me} no lease: {reply:?}"));
+            tokio::time::sleep(Duration::from_millis(rng.u64(200..800))).await;
+            continue;
+        };
+        region
+            .trace
+            .log(format!("{me} lease {} of {amount}", lease.0));
+        let (events, losses, bids) = bid(&region, &mut rng, lease, amount, &buckets, &billed).await;
+        let settled = region
+            .propose(Command::ReportSpend {
+                batch: BatchId(key(&mut rng)),
+                edge: me.clone(),
+                lease,
+                events: events.clone(),
+                losses,
+                held: Vec::new(),
+            })
+            .await;
+        region
+            .trace
+            .log(format!("{me} reported {} wins: {settled:?}", events.len()));
+        let closed = region
+            .propose(Command::ReleaseLease {
+                batch: BatchId(key(&mut rng)),
+                edge: me.clone(),
+                lease,
+                unreserved: Money::from_micros(amount.micros() - bids as i64 * PRICE),
+                bids,
+                in_doubt: Vec::new(),
+            })
+            .await;
+        region
+            .trace
+            .log(format!("{me} released {}: {closed:?}", lease.0));
+    }
+}
+
+/// Bids under a lease until its money runs out: each bid reserves the price; about half win
+/// and are billed at once at a clearing price up to the bid.
+async fn bid(
+    region: &Region,
+    rng: &mut fastrand::Rng,
+    lease: LeaseId,
+    amount: Money,
+    buckets: &[Bucket],
+    billed: &Billed,
+) -> (Vec<SpendEvent>, Vec<BidPrice>, u64) {
+    let mut events = Vec::new();
+    let mut losses = Vec::new();
+    let mut bid = 0u64;
+    while (bid as i64 + 1) * PRICE <= amount.micros() {
+        bid += 1;
+        tokio::time::sleep(Duration::from_micros(rng.u64(500..3_000))).await;
+        if rng.bool() {
+            let clearing = PRICE - rng.i64(0..=PRICE / 4);
+            let mut b = billed.lock().unwrap_or_else(|p| p.into_inner());
+            for k in buckets {
+                b.push((format!("{CAMPAIGN}/{k}"), clearing));
+            }
+            events.push(SpendEvent {
+                bid,
+                key: format!("sim/{}-{bid}/1", lease.0)
+                    .parse()
+                    .expect("event key"),
+                amount: Money::from_micros(clearing),
+            });
+        } else {
+            losses.push(BidPrice {
+                bid,
+                amount: Money::from_micros(PRICE),
+            });
+        }
+    }
+    let _ = region;
+    (events, losses, bid)
+}
+
+/// The nemesis: a fault every few seconds, each healed before the next.
+async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut faults = 0;
+    let ids: Vec<u64> = (1..=nodes).collect();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
+        let lasts = Duration::from_millis(rng.u64(300..4_000));
+        let victim = ids[rng.usize(..ids.len())];
+        let leader = region.leader().map(|(id, _)| id);
+        faults += 1;
+        match rng.u8(0..6) {
+            0 => {
+                region
+                    .trace
+                    .log(format!("nemesis: isolate n{victim} for {lasts:?}"));
+                for o in ids.iter().filter(|o| **o != victim) {
+                    region.router.cut(victim, *o);
+                }
+                tokio::time::sleep(lasts).await;
+                region.router.heal();
+            }
+            1 | 2 => {
+                let v = if rng.bool() {
+                    leader.unwrap_or(victim)
+                } else {
+                    victim
+                };
+                region
+                    .trace
+                    .log(format!("nemesis: crash n{v} for {lasts:?}"));
+                region.crash(v);
+                tokio::time::sleep(lasts).await;
+                if let Err(e) = region.start(v).await {
+                    region
+                        .trace
+                        .log(format!("nemesis: n{v} did not restart: {e}"));
+                }
+            }
+            3 => {
+                region
+                    .trace
+                    .log(format!("nemesis: pause n{victim} for {lasts:?}"));
+                region.router.pause(victim, Instant::now() + lasts);
+                tokio::time::sleep(lasts).await;
+            }
+            4 => {
+                let w = Weather {
+                    delay_us: (100, rng.u64(1_000..50_000)),
+                    loss_ppm: rng.u32(0..200_000),
+                    dup_ppm: rng.u32(0..200_000),
+                };
+                region
+                    .trace
+                    .log(format!("nemesis: weather {w:?} for {lasts:?}"));
+                region.router.set_weather(w);
+                tokio::time::sleep(lasts).await;
+                region.router.set_weather(Weather::CALM);
+            }
+            _ => {
+                let skew = rng.i64(-MAX_SKEW_US..=MAX_SKEW_US);
+                region
+                    .trace
+                    .log(format!("nemesis: clock of n{victim} off by {skew} µs"));
+                if let Some(s) = region.lock().get_mut(&victim) {
+                    s.skew_us = skew;
+                }
+            }
+        }
+    }
+    faults
+}
+
+/// Runs `scenario` under `seed` to its end and checks what happened.
+pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
+    let mut root = fastrand::Rng::with_seed(seed);
+    let trace = Trace {
+        start: Instant::now(),
+        lines: Arc::new(Mutex::new(Vec::new())),
+    };
+    let config = openraft::Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..Default::default()
+    }
+    .validate()?;
+    let mut nodes = BTreeMap::new();
+    for id in 1..=scenario.nodes {
+        nodes.insert(
+            id,
+            NodeSlot {
+                disk: Disk::new(root.u64(..), (200, 3_000)),
+                raft: None,
+                state: None,
+                epoch: 0,
+                skew_us: 0,
+            },
+        );
+    }
+    let region = Region {
+        nodes: Arc::new(Mutex::new(nodes)),
+        router: Router::new(root.u64(..)),
+        config: Arc::new(config),
+        region: REGION.parse()?,
+        trace: trace.clone(),
+        base_unix_us: 1_796_083_200_000_000, // 2026-12-01T00:00:00Z
+    };
+    for id in 1..=scenario.nodes {
+        region.start(id).await?;
+    }
+    let members: BTreeMap<u64, BasicNode> = (1..=scenario.nodes)
+        .map(|id| (id, BasicNode::new(format!("n{id}"))))
+        .collect();
+    let first = region.up()[0].1.clone();
+    first.initialize(members).await?;
+    trace.log("initialized");
+
+    // The region's rules, the campaign and its budget.
+    let mut k = || RequestKey(key(&mut root));
+    let setup = [
+        Command::SetParams {
+            key: k(),
+            params: params(),
+        },
+        Command::UpsertCampaign {
+            key: k(),
+            campaign: CAMPAIGN.parse()?,
+            config: CampaignConfig {
+                zone: "UTC".into(),
+                bid_cpm: Money::from_micros(PRICE * 1_000),
+                daily_budget: None,
+                targeting: Default::default(),
+            },
+        },
+        Command::SetBudget {
+            key: k(),
+            campaign: CAMPAIGN.parse()?,
+            bucket: Bucket::Lifetime,
+            budget: Money::from_micros(scenario.budget_micros),
+        },
+    ];
+    for c in setup {
+        let r = region.propose(c).await;
+        trace.log(format!("setup: {r:?}"));
+    }
+
+    let until = Instant::now() + Duration::from_secs(scenario.secs);
+    let billed: Billed = Arc::default();
+    let mut edges = Vec::new();
+    for n in 1..=scenario.edges {
+        edges.push(tokio::spawn(edge(
+            region.clone(),
+            n,
+            root.u64(..),
+            until,
+            billed.clone(),
+        )));
+    }
+    let nemesis = scenario
+        .faults
+        .then(|| tokio::spawn(nemesis(region.clone(), scenario.nodes, root.u64(..), until)));
+    let faults = match nemesis {
+        Some(n) => n.await?,
+        None => 0,
+    };
+    // Heal everything, bring every node back, and let the edges finish their leases.
+    region.router.heal();
+    region.router.set_weather(Weather::CALM);
+    for id in 1..=scenario.nodes {
+        let down = region.lock().get(&id).is_some_and(|s| s.raft.is_none());
+        if down {
+            region.start(id).await?;
+        }
+    }
+    trace.log("healed");
+    for e in edges {
+        e.await?;
+    }
+    // Every replica applies everything.
+    let last = loop {
+        if let Some((_, r)) = region.leader() {
+            let m = r.metrics().borrow().clone();
+            if let Some(l) = m.last_applied {
+                let all = region
+                    .up()
+                    .iter()
+                    .all(|(_, r)| r.metrics().borrow().last_applied == Some(l));
+                if all {
+                    break l.index;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    trace.log(format!("every replica applied {last}"));
+    let verdicts = check(&region, scenario, &billed);
+    for v in &verdicts {
+        trace.log(format!(
+            "{}: {} ({} checked, {} violations) {:?}",
+            v.invariant,
+            if v.held { "held" } else { "VIOLATED" },
+            v.checked,
+            v.violations,
+            v.evidence.first()
+        ));
+    }
+    for (id, r) in region.up() {
+        let _ = r.shutdown().await;
+        trace.log(format!("n{id} stopped"));
+    }
+    let billed_total = billed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(b, _)| b.ends_with("/lifetime"))
+        .map(|(_, m)| *m)
+        .sum();
+    let lines = trace
+        .lines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Outcome {
+        seed,
+        trace: lines,
+        verdicts,
+        faults,
+        billed: billed_total,
+    })
+}
+
+/// The invariants: I1 (the exchange billed at most the budget), conservation (what the
+/// exchange billed is what every replica settled, nothing lost or counted twice), and I4
+/// (every replica holds the same financial log, and it verifies).
+fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> {
+    let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let budgets: BTreeMap<String, i64> =
+        BTreeMap::from([(format!("{CAMPAIGN}/lifetime"), scenario.budget_micros)]);
+    let i1 = jepsen::check::budget::billed_within_budget(&budgets, &billed);
+
+    let lifetime: i64 = billed
+        .iter()
+        .filter(|(b, _)| b.ends_with("/lifetime"))
+        .map(|(_, m)| *m)
+        .sum();
+    let key = shared::bucket::BucketKey {
+        campaign: CAMPAIGN.parse().expect("campaign id"),
+        bucket: Bucket::Lifetime,
+    };
+    let nodes = region.lock();
+    let mut settled_violations = Vec::new();
+    let mut logs: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+    for (id, slot) in nodes.iter() {
+        if let Some(state) = &slot.state {
+            let (settled, valid) = state.read(|l| {
+                let settled = l
+                    .bucket(&key)
+                    .map_or(0, |b| b.counter.state().settled(&region.region));
+                (settled, l.validate())
+            });
+            if i64::try_from(settled).ok() != Some(lifetime) {
+                settled_violations.push(format!(
+                    "n{id} settled {settled} micros; the exchange billed {lifetime}"
+                ));
+            }
+            if let Err(e) = valid {
+                settled_violations.push(format!("n{id}'s ledger is inconsistent: {e}"));
+            }
+        }
+        let records = slot
+            .disk
+            .durable()
+            .space(Space::Records)
+            .values()
+            .cloned()
+            .collect();
+        logs.push((*id, records));
+    }
+    let conservation = Verdict::new("settled", nodes.len() as u64, settled_violations);
+
+    let mut log_violations = Vec::new();
+    let mut checked = 0;
+    for (id, records) in &logs {
+        let mut v = shared::log::Verifier::new();
+        for r in records {
+            checked += 1;
+            if let Err(f) = v.live_record(&format!("n{id}"), &region.region, r) {
+                log_violations.push(format!("n{id}'s log does not verify: {f:?}"));
+                break;
+            }
+        }
+        if records != &logs[0].1 {
+            log_violations.push(format!(
+                "n{id} holds {} records, n{} {}, or they differ",
+                records.len(),
+                logs[0].0,
+                logs[0].1.len()
+            ));
+        }
+    }
+    let i4 = Verdict::new("I4", checked, log_violations);
+    vec![i1, conservation, i4]
+}
