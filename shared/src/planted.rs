@@ -37,12 +37,17 @@
 //! - `release-counts-held` (edge): a lease's release counts the money its longest-`exp` bids
 //!   hold as never reserved too, so the region gets back more than the edge left unreserved
 //!   and those bids' bills find nothing held for them.
+//! - `grant-retry-applied-twice` (coordinator ledger): a lease grant proposed again with the
+//!   same idempotency key (its first answer was lost, or its leader stepped down after
+//!   appending it) is applied again: a second lease that no edge knows holds the money until
+//!   a reclaim returns it. Only a retry of a grant that was in fact applied shows it, which
+//!   real processes rarely meet; the simulation (`sim`) retries under every fault.
 
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 11] = [
+pub const BUGS: [&str; 12] = [
     "reclaim-early",
     "reclaim-no-restart",
     "dedup-by-exchange-ids",
@@ -54,6 +59,7 @@ pub const BUGS: [&str; 11] = [
     "window-from-retry",
     "batch-id-reuse",
     "release-counts-held",
+    "grant-retry-applied-twice",
 ];
 
 /// True if this process runs with the bug `name`.

@@ -14,7 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use shared::bucket::Bucket;
 use shared::log::SpendEvent;
-use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
+use shared::{BatchId, CampaignId, EdgeId, Money, RegionId};
 use tokio::time::Instant;
 
 use crate::disk::{Disk, Space};
@@ -88,6 +88,8 @@ const CAMPAIGN: &str = "c1";
 const PRICE: i64 = 1_000;
 /// A clock offset the nemesis may give a node, at most (µs).
 const MAX_SKEW_US: i64 = 2_000_000;
+/// The exchange's auction ids: drawn from this many, so that they repeat.
+const AUCTION_IDS: u32 = 500;
 /// How long a client waits for one proposal before trying again.
 const ATTEMPT: Duration = Duration::from_secs(3);
 
@@ -279,7 +281,9 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
         region
             .trace
             .log(format!("{me} lease {} of {amount}", lease.0));
-        let (events, losses, bids) = bid(&region, &mut rng, lease, amount, &buckets, &billed).await;
+        let (events, losses, bids) = bid(&mut rng, amount, &buckets, &billed).await;
+        let charged: i64 = events.iter().map(|e| e.amount.micros()).sum();
+        let lost: i64 = losses.iter().map(|l| l.amount.micros()).sum();
         let settled = region
             .propose(Command::ReportSpend {
                 batch: BatchId(key(&mut rng)),
@@ -298,7 +302,8 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
                 batch: BatchId(key(&mut rng)),
                 edge: me.clone(),
                 lease,
-                unreserved: Money::from_micros(amount.micros() - bids as i64 * PRICE),
+                // Every bid is settled or lost: no reservation is held any more.
+                unreserved: Money::from_micros(amount.micros() - charged - lost),
                 bids,
                 in_doubt: Vec::new(),
             })
@@ -312,9 +317,7 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
 /// Bids under a lease until its money runs out: each bid reserves the price; about half win
 /// and are billed at once at a clearing price up to the bid.
 async fn bid(
-    region: &Region,
     rng: &mut fastrand::Rng,
-    lease: LeaseId,
     amount: Money,
     buckets: &[Bucket],
     billed: &Billed,
@@ -331,11 +334,12 @@ async fn bid(
             for k in buckets {
                 b.push((format!("{CAMPAIGN}/{k}"), clearing));
             }
+            // Exchanges reuse their auction ids (a small pool here): two bids of ours may
+            // carry the same ids and are still two charges.
+            let auction = rng.u32(..AUCTION_IDS);
             events.push(SpendEvent {
                 bid,
-                key: format!("sim/{}-{bid}/1", lease.0)
-                    .parse()
-                    .expect("event key"),
+                key: format!("sim/a{auction}/1").parse().expect("event key"),
                 amount: Money::from_micros(clearing),
             });
         } else {
@@ -345,7 +349,6 @@ async fn bid(
             });
         }
     }
-    let _ = region;
     (events, losses, bid)
 }
 
@@ -583,7 +586,8 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
 }
 
 /// The invariants: I1 (the exchange billed at most the budget), conservation (what the
-/// exchange billed is what every replica settled, nothing lost or counted twice), and I4
+/// exchange billed is what every replica settled, nothing lost or counted twice, and nothing
+/// left leased or in doubt once every edge released), and I4
 /// (every replica holds the same financial log, and it verifies).
 fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> {
     let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -605,15 +609,23 @@ fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> 
     let mut logs: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
     for (id, slot) in nodes.iter() {
         if let Some(state) = &slot.state {
-            let (settled, valid) = state.read(|l| {
-                let settled = l
-                    .bucket(&key)
-                    .map_or(0, |b| b.counter.state().settled(&region.region));
-                (settled, l.validate())
+            let (settled, held, valid) = state.read(|l| {
+                let b = l.bucket(&key);
+                let settled = b.map_or(0, |b| b.counter.state().settled(&region.region));
+                let held = b.map_or((0, 0), |b| (b.leased.micros(), b.in_doubt.micros()));
+                (settled, held, l.validate())
             });
             if i64::try_from(settled).ok() != Some(lifetime) {
                 settled_violations.push(format!(
                     "n{id} settled {settled} micros; the exchange billed {lifetime}"
+                ));
+            }
+            // Every edge released every lease it got, with nothing in doubt: nothing may be
+            // held (a lease no edge knows of would hold money nobody spends).
+            if held != (0, 0) {
+                settled_violations.push(format!(
+                    "n{id} holds {} micros leased and {} in doubt after every edge released",
+                    held.0, held.1
                 ));
             }
             if let Err(e) = valid {
