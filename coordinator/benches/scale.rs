@@ -76,16 +76,6 @@ fn held() -> u64 {
     HELD.load(Ordering::Relaxed)
 }
 
-/// This process's resident memory, bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 struct Region {
     node: Arc<Node>,
     sync: Arc<Sync>,
@@ -220,7 +210,7 @@ async fn main() {
         .iter()
         .map(|l| l.local_addr().expect("addr").to_string())
         .collect();
-    let (before, held_before) = (rss(), held());
+    let (before, held_before) = (common::rss(), held());
     let mut regions = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let peers = REGIONS
@@ -289,7 +279,7 @@ async fn main() {
         "every region holds them {:.1} s after the first was created",
         synced.as_secs_f64()
     );
-    let (after, held_after) = (rss(), held());
+    let (after, held_after) = (common::rss(), held());
     println!(
         "memory: RSS {:.0} → {:.0} MiB with 3 nodes: {:.0} bytes per campaign per node, of which Rust's heap (ledgers, sync, gRPC) {:.0} → {:.0} MiB: {:.0} bytes per campaign per node (target ≤ 4,096); the rest is RocksDB's (memtables, caches)",
         before as f64 / MIB,

@@ -48,16 +48,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// This process's resident memory, bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// One node's figures at one moment.
 #[derive(Clone, Copy, Default)]
 struct NodeSample {
@@ -265,7 +255,7 @@ async fn main() {
         tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
         let t = started.elapsed();
         let events = settled.load(Ordering::Relaxed);
-        let mem = rss();
+        let mem = common::rss();
         let nodes: Vec<NodeSample> = region.nodes.iter().map(|n| sample(n)).collect();
         let per_s = (events - last.1) as f64 / (t - last.0).as_secs_f64().max(0.001);
         last = (t, events);

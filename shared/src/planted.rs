@@ -62,6 +62,44 @@ pub const BUGS: [&str; 12] = [
     "grant-retry-applied-twice",
 ];
 
+/// Builds the binaries of `packages` (workspace at `root`) with the planted bugs, with the
+/// `cargo` at `cargo`, into `root/target/planted`, a target directory of their own so that the
+/// normal binaries are never replaced by buggy ones, and returns where the binaries are. For
+/// the harnesses' planted-bug tests.
+pub fn build_binaries(
+    cargo: &str,
+    root: &std::path::Path,
+    packages: &[&str],
+) -> Result<std::path::PathBuf, String> {
+    let target = root.join("target/planted");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(root)
+        // A one-off build: incremental artifacts would only take disk.
+        .env("CARGO_INCREMENTAL", "0")
+        .args([
+            "build",
+            "--locked",
+            "-q",
+            "--features",
+            "shared/planted-bugs",
+        ]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd
+        .arg("--bins")
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building {packages:?} with the planted bugs failed: {status}"
+        ));
+    }
+    Ok(target.join("debug"))
+}
+
 /// True if this process runs with the bug `name`.
 #[cfg(feature = "planted-bugs")]
 pub fn active(name: &str) -> bool {

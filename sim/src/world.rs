@@ -90,6 +90,9 @@ const PRICE: i64 = 1_000;
 const MAX_SKEW_US: i64 = 2_000_000;
 /// The exchange's auction ids: drawn from this many, so that they repeat.
 const AUCTION_IDS: u32 = 500;
+/// How long a client keeps proposing one command, and the region may take to bring every
+/// replica level after the load, before the run is failed for want of progress.
+const GIVE_UP: Duration = Duration::from_secs(120);
 /// How long a client waits for one proposal before trying again.
 const ATTEMPT: Duration = Duration::from_secs(3);
 
@@ -135,6 +138,9 @@ struct Region {
     /// The wall clock at the start, µs since the Unix epoch (fixed: a seed's history does not
     /// depend on when it runs).
     base_unix_us: i64,
+    /// Proposals answered, and what never got an answer within [`GIVE_UP`] (a region that
+    /// stops making progress ends the run rather than hanging it).
+    progress: Arc<Mutex<(u64, Vec<String>)>>,
 }
 
 /// Why a proposal got no answer.
@@ -207,6 +213,10 @@ impl Region {
             .find(|(id, r)| r.metrics().borrow().current_leader == Some(*id))
     }
 
+    fn lock_progress(&self) -> std::sync::MutexGuard<'_, (u64, Vec<String>)> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn wall_us(&self, id: u64) -> i64 {
         let skew = self.lock().get(&id).map_or(0, |s| s.skew_us);
         let elapsed = i64::try_from(self.trace.start.elapsed().as_micros()).unwrap_or(i64::MAX);
@@ -229,11 +239,22 @@ impl Region {
         }
     }
 
-    /// Proposes until a definite answer, the same command (and key) each time.
-    async fn propose(&self, command: Command) -> Reply {
+    /// Proposes until a definite answer, the same command (and key) each time; `None` after
+    /// [`GIVE_UP`] without one (recorded: the run fails).
+    async fn propose(&self, command: Command) -> Option<Reply> {
+        let deadline = Instant::now() + GIVE_UP;
         loop {
+            if Instant::now() > deadline {
+                let what = format!("no answer in {GIVE_UP:?} to {command:?}");
+                self.trace.log(&what);
+                self.lock_progress().1.push(what);
+                return None;
+            }
             match self.propose_once(&command).await {
-                Ok(r) => return r,
+                Ok(r) => {
+                    self.lock_progress().0 += 1;
+                    return Some(r);
+                }
                 Err(Propose::NoLeader) => {}
                 Err(Propose::Unknown(why)) => self
                     .trace
@@ -267,6 +288,7 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
                 want: Money::from_micros(rng.i64(20_000..=80_000)),
             })
             .await;
+        let Some(reply) = reply else { return };
         let Reply::LeaseGranted {
             lease,
             amount,
@@ -294,6 +316,7 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
                 held: Vec::new(),
             })
             .await;
+        let Some(settled) = settled else { return };
         region
             .trace
             .log(format!("{me} reported {} wins: {settled:?}", events.len()));
@@ -308,6 +331,7 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
                 in_doubt: Vec::new(),
             })
             .await;
+        let Some(closed) = closed else { return };
         region
             .trace
             .log(format!("{me} released {}: {closed:?}", lease.0));
@@ -460,6 +484,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         region: REGION.parse()?,
         trace: trace.clone(),
         base_unix_us: 1_796_083_200_000_000, // 2026-12-01T00:00:00Z
+        progress: Arc::default(),
     };
     for id in 1..=scenario.nodes {
         region.start(id).await?;
@@ -498,6 +523,10 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     for c in setup {
         let r = region.propose(c).await;
         trace.log(format!("setup: {r:?}"));
+        anyhow::ensure!(
+            r.is_some(),
+            "the region answered no setup command in {GIVE_UP:?}"
+        );
     }
 
     let until = Instant::now() + Duration::from_secs(scenario.secs);
@@ -533,7 +562,14 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         e.await?;
     }
     // Every replica applies everything.
+    let deadline = Instant::now() + GIVE_UP;
     let last = loop {
+        if Instant::now() > deadline {
+            let what = format!("the replicas applied different entries {GIVE_UP:?} after the heal");
+            trace.log(&what);
+            region.lock_progress().1.push(what);
+            break 0;
+        }
         if let Some((_, r)) = region.leader() {
             let m = r.metrics().borrow().clone();
             if let Some(l) = m.last_applied {
@@ -585,7 +621,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The invariants: I1 (the exchange billed at most the budget), conservation (what the
+/// The invariants: progress (every command answered), I1 (the exchange billed at most the budget), conservation (what the
 /// exchange billed is what every replica settled, nothing lost or counted twice, and nothing
 /// left leased or in doubt once every edge released), and I4
 /// (every replica holds the same financial log, and it verifies).
@@ -664,5 +700,7 @@ fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> 
         }
     }
     let i4 = Verdict::new("I4", checked, log_violations);
-    vec![i1, conservation, i4]
+    let (answered, stuck) = region.lock_progress().clone();
+    let progress = Verdict::new("progress", answered, stuck);
+    vec![i1, conservation, i4, progress]
 }

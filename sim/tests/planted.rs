@@ -18,29 +18,9 @@ const CAUGHT: &[(&str, u64, &str)] = &[
 #[test]
 fn each_planted_bug_the_simulation_sees_is_caught_within_its_bound() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let target = root.join("target/planted");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .env("CARGO_INCREMENTAL", "0")
-        .args([
-            "build",
-            "--locked",
-            "-q",
-            "--features",
-            "shared/planted-bugs",
-            "-p",
-            "sim",
-            "--bins",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success(),
-        "building the simulation with the planted bugs failed"
-    );
-    let sim = target.join("debug/sim");
+    let sim = shared::planted::build_binaries(env!("CARGO"), root, &["sim"])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("sim");
     for (bug, bound, by) in CAUGHT {
         let o = Command::new(&sim)
             .env(shared::planted::ENV, bug)

@@ -293,36 +293,13 @@ const PLANTED_AT_ONCE: usize = 2;
 #[test]
 fn every_planted_bug_is_caught_with_its_seed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    // The buggy binaries live in their own target directory, so that the normal ones are never
-    // replaced by them.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let target = root.join("target/planted");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
-        // A one-off build: incremental artifacts would only take disk.
-        .env("CARGO_INCREMENTAL", "0")
-        .args([
-            "build",
-            "--locked",
-            "-q",
-            "--features",
-            "shared/planted-bugs",
-            "-p",
-            "coordinator",
-            "-p",
-            "edge",
-            "-p",
-            "chaos",
-            "-p",
-            "jepsen",
-            "--bins",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building with the planted bugs failed");
-    let bins = target.join("debug");
+    let bins = shared::planted::build_binaries(
+        env!("CARGO"),
+        root,
+        &["coordinator", "edge", "chaos", "jepsen"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let missed: Mutex<Vec<String>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
