@@ -621,10 +621,10 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The invariants: progress (every command answered), I1 (the exchange billed at most the budget), conservation (what the
+/// The invariants: I1 (the exchange billed at most the budget), conservation (what the
 /// exchange billed is what every replica settled, nothing lost or counted twice, and nothing
-/// left leased or in doubt once every edge released), and I4
-/// (every replica holds the same financial log, and it verifies).
+/// left leased or in doubt once every edge released), I4 (every replica holds the same
+/// financial log, and it verifies), and progress (every command answered).
 fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> {
     let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let budgets: BTreeMap<String, i64> =
