@@ -83,6 +83,19 @@ pub enum StartError {
         /// Why.
         source: rocksdb::Error,
     },
+    /// The database is damaged (a checksum that does not match): this replica cannot be
+    /// trusted and must be replaced, not repaired in place.
+    #[error(
+        "the database in {path} is damaged: {source}. This replica's state cannot be trusted: \
+         replace it (budgetctl cluster remove <id>, wipe its data directory, start it under a \
+         new node id, budgetctl cluster add)"
+    )]
+    Damaged {
+        /// Its directory.
+        path: PathBuf,
+        /// What RocksDB found.
+        source: rocksdb::Error,
+    },
     /// The stored state did not load.
     #[error("loading the stored state: {0}")]
     Storage(#[from] openraft::StorageError<u64>),
@@ -235,10 +248,30 @@ impl Node {
     /// initialized group ([`Node::initialize`] on one node of a new region).
     pub async fn start(cfg: &NodeConfig) -> Result<Node, StartError> {
         let path = cfg.data_dir.join("db");
-        let db = open_db(&path).map_err(|source| StartError::Db {
-            path: path.clone(),
-            source,
-        })?;
+        let damaged_or_db = |source: rocksdb::Error| {
+            if raft_store::is_corruption(&source) {
+                StartError::Damaged {
+                    path: path.clone(),
+                    source,
+                }
+            } else {
+                StartError::Db {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        };
+        let db = open_db(&path).map_err(damaged_or_db)?;
+        // Every table block is read once with its checksum checked before this replica votes
+        // or serves: a damaged one is found now, not by the read that needs it.
+        let began = std::time::Instant::now();
+        let seen = raft_store::verify_db(&db).map_err(damaged_or_db)?;
+        tracing::info!(
+            keys = seen.keys,
+            bytes = seen.bytes,
+            ms = began.elapsed().as_millis() as u64,
+            "the database verified"
+        );
         let segments = crate::archive::segments_dir(&cfg.data_dir);
         let archive =
             Archive::open(&segments, &cfg.region).map_err(|source| StartError::Archive {

@@ -765,8 +765,19 @@ pub async fn run(
         tracing::info!(peers = ?sync.settings().peers.keys().collect::<Vec<_>>(), "syncing with peer regions");
     }
     let sync = tokio::spawn(crate::region::sync_loop(node.clone(), sync, stop_rx));
-    shutdown.await;
-    tracing::info!("shutting down");
+    let failed = tokio::select! {
+        () = shutdown => None,
+        why = raft_failure(&node) => Some(why),
+    };
+    match &failed {
+        None => tracing::info!("shutting down"),
+        Some(why) => tracing::error!(
+            error = %why,
+            "raft stopped on a storage failure: this replica can take no write and vote in no \
+             election any more, so it stops (fail-stop). A full disk: free space and start it \
+             again, it loses nothing. A damaged disk: replace the replica"
+        ),
+    }
     let _ = stop_tx.send(true);
     let _ = reclaim.await;
     if let Some(r) = retire {
@@ -779,8 +790,36 @@ pub async fn run(
     }
     node.shutdown().await;
     server.await??;
+    if let Some(why) = failed {
+        return Err(StorageFailed(why).into());
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Why a running coordinator stopped by itself: Raft met a storage error (a write that
+/// failed, a full disk, a damaged block read) and stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("raft stopped on a storage failure: {0}")]
+pub struct StorageFailed(pub String);
+
+/// Resolves, with the reason, once this node's Raft has stopped on a fatal error.
+async fn raft_failure(node: &Node) -> String {
+    let mut m = node.raft.metrics();
+    loop {
+        let fatal = m
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(ToString::to_string);
+        if let Some(why) = fatal {
+            return why;
+        }
+        if m.changed().await.is_err() {
+            return "raft's metrics channel closed".into();
+        }
+    }
 }
 
 #[cfg(test)]

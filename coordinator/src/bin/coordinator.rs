@@ -15,7 +15,14 @@ use coordinator::server::{Config, run};
 /// error), then from these flags, which win. A new region is started by giving one node the
 /// members with `--init ID=HOST:PORT` (once per member).
 #[derive(Debug, Parser)]
-#[command(name = "coordinator", version)]
+#[command(
+    name = "coordinator",
+    version,
+    after_help = "Exit status: 0 after SIGTERM or Ctrl-C; 2 a bad configuration; 65 the \
+                  database is damaged (a checksum does not match): replace this replica; 74 a \
+                  storage failure while running (a full disk: free space and start it again, \
+                  nothing is lost); 1 anything else."
+)]
 struct Args {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
@@ -155,8 +162,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coordinator: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit status that tells a supervisor what went wrong (sysexits.h): 65 (`EX_DATAERR`),
+/// the database is damaged and the replica must be replaced; 74 (`EX_IOERR`), a storage
+/// failure while running (a full disk: free space and start again); 1, anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if matches!(
+        e.downcast_ref::<coordinator::node::StartError>(),
+        Some(coordinator::node::StartError::Damaged { .. })
+    ) {
+        65
+    } else if e
+        .downcast_ref::<coordinator::server::StorageFailed>()
+        .is_some()
+    {
+        74
+    } else {
+        1
     }
 }
 

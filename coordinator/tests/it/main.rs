@@ -3,5 +3,6 @@
 mod audit;
 mod clock;
 mod cluster;
+mod disk;
 mod regions;
 mod tls;

@@ -1,6 +1,7 @@
 //! openraft's own storage test suite against [`raft_store::LogStore`] and
 //! [`raft_store::StateStore`], and durability across reopening the database.
 
+mod damage;
 mod sum;
 
 use std::path::Path;
