@@ -2,8 +2,7 @@
 //! stamps its proposals and runs its reclaim timers, shows the offset, and follows a change of
 //! the file while it runs.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,14 +25,7 @@ fn now_us() -> i64 {
 
 /// The node's `budget_clock_wall_seconds`, in µs, if its metrics answer.
 fn node_clock(metrics_port: u16) -> Option<i64> {
-    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("budget_clock_wall_seconds "))
+    crate::node_metric(metrics_port, "budget_clock_wall_seconds")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|s| (s * 1e6).round() as i64)
 }

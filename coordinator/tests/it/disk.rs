@@ -1,8 +1,8 @@
 //! A real coordinator process on a damaged database refuses to start, with the exit status
 //! and the words an operator's supervisor and an operator need (`coordinator --help`).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +17,7 @@ fn free_port() -> u16 {
 
 /// The node's `budget_raft_applied_index`, if its metrics answer.
 fn applied(metrics_port: u16) -> Option<u64> {
-    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("budget_raft_applied_index "))
+    crate::node_metric(metrics_port, "budget_raft_applied_index")
         .and_then(|v| v.trim().parse().ok())
 }
 
