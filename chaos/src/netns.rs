@@ -52,6 +52,30 @@ pub fn ensure_private() -> io::Result<()> {
     }
 }
 
+/// Mounts a tmpfs of `bytes` at `dir` (created if missing): a disk of known size that a fault
+/// can fill. Refused unless this process has a mount namespace of its own (the harness's
+/// [`reexec_command`] gives it one), so that nothing is ever mounted on the machine.
+pub fn mount_small_disk(dir: &Path, bytes: u64) -> io::Result<()> {
+    let own = ns_inode("/proc/self/ns/mnt")?;
+    let private = match ns_inode("/proc/1/ns/mnt") {
+        Ok(init) => own != init,
+        Err(_) => reexecuted(),
+    };
+    if !private {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "refusing to mount in the machine's own mount namespace: run inside `unshare \
+             --mount` (the harness does this itself)",
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={bytes},mode=0700"))
+        .arg("tmpfs")
+        .arg(dir))
+}
+
 /// Brings the namespace's loopback device up (a new namespace starts with it down).
 pub fn loopback_up() -> io::Result<()> {
     ensure_private()?;
@@ -65,7 +89,10 @@ pub fn reexec_command(program: &Path, args: &[String]) -> Command {
         .map(|i| i.to_string())
         .unwrap_or_default();
     let mut c = Command::new("unshare");
+    // A mount namespace too (private propagation, unshare's default): a fault that mounts a
+    // small file system for a node's data (a disk that fills up) cannot touch the machine's.
     c.arg("--net")
+        .arg("--mount")
         .arg("--")
         .arg(program)
         .args(args)

@@ -27,6 +27,7 @@ pub struct Proc {
     spec: Spec,
     child: Option<Child>,
     starts: u32,
+    exited: Option<std::process::ExitStatus>,
 }
 
 /// What a process is doing, from `/proc/PID/stat`.
@@ -65,6 +66,7 @@ impl Proc {
             spec,
             child: None,
             starts: 0,
+            exited: None,
         };
         p.spawn()?;
         Ok(p)
@@ -91,12 +93,18 @@ impl Proc {
             })?;
         self.child = Some(child);
         self.starts += 1;
+        self.exited = None;
         Ok(())
     }
 
     /// Its name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.spec.log
     }
 
     /// Its pid while it runs.
@@ -109,13 +117,20 @@ impl Proc {
         self.starts
     }
 
+    /// How its last run ended, once [`Proc::state`] has seen it exit by itself (`None` while
+    /// it runs, after it was killed, or before it was looked at).
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.exited
+    }
+
     /// What it is doing now (reaps it if it exited).
     pub fn state(&mut self) -> State {
         let Some(child) = self.child.as_mut() else {
             return State::Gone;
         };
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(status)) = child.try_wait() {
             self.child = None;
+            self.exited = Some(status);
             return State::Gone;
         }
         let stat =

@@ -86,15 +86,15 @@ pub enum StartError {
     /// The database is damaged (a checksum that does not match): this replica cannot be
     /// trusted and must be replaced, not repaired in place.
     #[error(
-        "the database in {path} is damaged: {source}. This replica's state cannot be trusted: \
+        "the database in {path} is damaged: {found}. This replica's state cannot be trusted: \
          replace it (budgetctl cluster remove <id>, wipe its data directory, start it under a \
          new node id, budgetctl cluster add)"
     )]
     Damaged {
         /// Its directory.
         path: PathBuf,
-        /// What RocksDB found.
-        source: rocksdb::Error,
+        /// What RocksDB found (not a `source`: the message says it once).
+        found: rocksdb::Error,
     },
     /// The stored state did not load.
     #[error("loading the stored state: {0}")]
@@ -252,7 +252,7 @@ impl Node {
             if raft_store::is_corruption(&source) {
                 StartError::Damaged {
                     path: path.clone(),
-                    source,
+                    found: source,
                 }
             } else {
                 StartError::Db {

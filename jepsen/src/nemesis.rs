@@ -64,6 +64,15 @@ pub enum Kind {
     /// the group, its data wiped, started again under a new node id and added back; it catches
     /// up by snapshot and fetches the sealed segments the snapshot does not carry.
     Replace,
+    /// A follower's disk rots: killed, bytes flipped in its RocksDB files (write-ahead log and
+    /// tables), started again. It must refuse to start (exit 65, "damaged") rather than serve
+    /// from what it cannot trust; then it is replaced as in `replace`.
+    DiskCorrupt,
+    /// A coordinator's disk fills up (every coordinator's data directory is a small tmpfs in
+    /// runs with this fault; the harness fills it). The coordinator must refuse what it cannot
+    /// write, with a clear error (it stops, exit 74), and lose nothing: freed and started
+    /// again, it catches up.
+    DiskFull,
 }
 
 impl Kind {
@@ -96,7 +105,7 @@ impl Kind {
     ];
 
     /// The faults of a replica's storage (`--nemesis storage`; all are in `all`).
-    pub const STORAGE: [Kind; 1] = [Kind::Replace];
+    pub const STORAGE: [Kind; 3] = [Kind::Replace, Kind::DiskCorrupt, Kind::DiskFull];
 
     /// Every kind `all` names: the node faults, the money-path faults and the storage faults
     /// (region faults are added by runs of several regions).
@@ -133,6 +142,8 @@ impl Kind {
             Kind::ClockElection => "clock-election",
             Kind::EdgeClock => "edge-clock",
             Kind::Replace => "replace",
+            Kind::DiskCorrupt => "disk-corrupt",
+            Kind::DiskFull => "disk-full",
         }
     }
 
@@ -347,6 +358,20 @@ pub enum Fault {
         /// The region's coordinators.
         coordinators: Vec<String>,
     },
+    /// A follower among `coordinators` (the first that is not the leader at injection) is
+    /// killed, its database damaged, and started again; once it has refused, it is replaced.
+    DiskCorrupt {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+    },
+    /// The disk of the leader of `coordinators` (or of a follower) fills up until the window
+    /// ends; then space is freed and the node started again if it stopped.
+    DiskFull {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+        /// The leader at injection, or else a follower.
+        leader: bool,
+    },
     /// `edge`'s clock is offset and runs at a different rate until the end of the window.
     EdgeClock {
         /// The edge.
@@ -383,6 +408,8 @@ impl Fault {
             Fault::ClockElection { .. } => Kind::ClockElection,
             Fault::EdgeClock { .. } => Kind::EdgeClock,
             Fault::Replace { .. } => Kind::Replace,
+            Fault::DiskCorrupt { .. } => Kind::DiskCorrupt,
+            Fault::DiskFull { .. } => Kind::DiskFull,
         }
     }
 
@@ -410,9 +437,18 @@ impl Fault {
             Fault::EdgeKill { edges } => format!("busiest of {}", edges.join(",")),
             Fault::ExchangeCut { edge } => format!("exchange|{edge}"),
             Fault::EdgeClock { edge, .. } => edge.clone(),
-            Fault::Replace { coordinators } => {
+            Fault::Replace { coordinators }
+            | Fault::DiskCorrupt { coordinators }
+            | Fault::DiskFull {
+                coordinators,
+                leader: false,
+            } => {
                 format!("a follower of {}", coordinators.join(","))
             }
+            Fault::DiskFull {
+                coordinators,
+                leader: true,
+            } => format!("leader of {}", coordinators.join(",")),
         }
     }
 }
@@ -569,7 +605,10 @@ fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
         // notices wait for their acknowledgements through several check-ins.
         Kind::AckDrop => Some((8_000, 16_000)),
         // Long enough for the new node to catch up and fetch its archive under load.
-        Kind::Replace => Some((20_000, 30_000)),
+        Kind::Replace | Kind::DiskCorrupt => Some((20_000, 30_000)),
+        // Long enough that a full disk is met (a snapshot, a table flush or a log file must
+        // be written under load) and the node stops.
+        Kind::DiskFull => Some((8_000, 14_000)),
         _ => None,
     }
 }
@@ -587,7 +626,7 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     if Kind::MONEY.contains(&kind) {
         return draw_money(rng, kind, p);
     }
-    if kind == Kind::Replace {
+    if matches!(kind, Kind::Replace | Kind::DiskCorrupt | Kind::DiskFull) {
         // Removing one of three leaves a majority; a group of fewer cannot lose one.
         if p.coordinators.is_empty() {
             return None;
@@ -597,8 +636,14 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         if coords.len() < 3 {
             return None;
         }
-        return Some(Fault::Replace {
-            coordinators: coords.into_iter().cloned().collect(),
+        let coordinators = coords.into_iter().cloned().collect();
+        return Some(match kind {
+            Kind::Replace => Fault::Replace { coordinators },
+            Kind::DiskCorrupt => Fault::DiskCorrupt { coordinators },
+            _ => Fault::DiskFull {
+                coordinators,
+                leader: rng.bool(),
+            },
         });
     }
     let any = |rng: &mut fastrand::Rng| all[rng.usize(..all.len())].clone();
@@ -643,7 +688,9 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         | Kind::ReclaimElection
         | Kind::ClockElection
         | Kind::EdgeClock
-        | Kind::Replace => return None,
+        | Kind::Replace
+        | Kind::DiskCorrupt
+        | Kind::DiskFull => return None,
         Kind::Pause => Fault::Pause { node: node(rng) },
         Kind::Clock => {
             // Offsets of any size: up to a day either way, some tiny.
@@ -990,6 +1037,45 @@ mod tests {
         assert!(Kind::parse_list("").is_err());
         assert_eq!(Kind::parse_list(" none ").unwrap(), Vec::new());
         assert!(Kind::parse_list("none,kill").is_err());
+        // The disk faults are storage faults, and so in `all`.
+        assert_eq!(
+            Kind::parse_list("storage").unwrap(),
+            vec![Kind::Replace, Kind::DiskCorrupt, Kind::DiskFull]
+        );
+        for k in [Kind::DiskCorrupt, Kind::DiskFull] {
+            assert!(Kind::all().contains(&k), "{k}");
+            assert_eq!(Kind::parse_list(k.as_str()).unwrap(), vec![k]);
+        }
+    }
+
+    #[test]
+    fn disk_faults_hit_a_region_of_three_and_a_full_disk_hits_leaders_and_followers() {
+        let (mut leader, mut follower) = (0, 0);
+        for seed in 0..100 {
+            let p = params(seed, 300, vec![Kind::DiskCorrupt, Kind::DiskFull]);
+            for w in Schedule::generate(&p).windows {
+                match w.fault {
+                    Fault::DiskCorrupt { coordinators } => assert_eq!(coordinators.len(), 3),
+                    Fault::DiskFull {
+                        coordinators,
+                        leader: l,
+                    } => {
+                        assert_eq!(coordinators.len(), 3);
+                        if l {
+                            leader += 1;
+                        } else {
+                            follower += 1;
+                        }
+                    }
+                    f => panic!("{f:?}"),
+                }
+            }
+        }
+        assert!(leader > 20 && follower > 20, "{leader} {follower}");
+        // A region of one has no majority to keep: no disk fault is drawn for it.
+        let mut one = params(1, 300, vec![Kind::DiskCorrupt, Kind::DiskFull]);
+        one.coordinators.truncate(1);
+        assert!(Schedule::generate(&one).windows.is_empty());
     }
 
     #[test]

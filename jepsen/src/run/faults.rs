@@ -41,6 +41,11 @@ enum Active {
     Clock(String, (i64, i64)),
     /// The coordinator replaced, its old node id and its new one.
     Replaced(String, u64, u64),
+    /// A coordinator whose database was damaged: whether it refused to start as it must
+    /// (and what it said), then replaced (old and new node id).
+    Damaged(String, bool, String, u64, u64),
+    /// A coordinator whose disk was filled, and the file that fills it.
+    Full(String, std::path::PathBuf),
 }
 
 /// The address the harness (the exchange, the readers) sends from.
@@ -423,27 +428,33 @@ fn inject(
             Active::Paused(node.clone())
         }
         Fault::Replace { coordinators } => {
-            let leader = leader_of(t, coordinators)?;
-            let follower = coordinators
-                .iter()
-                .find(|c| **c != leader)
-                .context("no follower to replace")?
-                .clone();
-            let old = t.retire_coordinator(&follower, &leader)?;
-            // A snapshot built now carries only the records the leader has not sealed yet: the
-            // new node must fetch the sealed history from its peers.
-            let metrics = t.node_mut(&leader)?.metrics.clone();
-            let applied = metric(&metrics, "budget_raft_applied_index").unwrap_or(0);
-            let via = t.node_mut(&leader)?.addr();
-            t.budgetctl_at(&via, &["cluster", "snapshot"], Duration::from_secs(10))?;
-            let asked = Instant::now();
-            while metric(&metrics, "budget_snapshot_last_index").unwrap_or(0) < applied
-                && asked.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let new = t.rejoin_coordinator(&follower, &leader)?;
+            let (leader, follower) = leader_and_follower(t, coordinators)?;
+            let (old, new) = replace(t, &follower, &leader)?;
             Active::Replaced(follower, old, new)
+        }
+        Fault::DiskCorrupt { coordinators } => {
+            let (leader, follower) = leader_and_follower(t, coordinators)?;
+            let node = t.node_mut(&follower)?;
+            node.proc.kill()?;
+            let files = damage_db(&node.data_dir.join("db"))?;
+            let log = node.proc.log_path().to_path_buf();
+            let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
+            node.proc.restart()?;
+            let (refused, said) = refusal(node, &log, logged, "is damaged", 65)?;
+            note = format!("flipped a byte in {files} database files of {follower}");
+            let (old, new) = replace(t, &follower, &leader)?;
+            Active::Damaged(follower, refused, said, old, new)
+        }
+        Fault::DiskFull {
+            coordinators,
+            leader,
+        } => {
+            let (l, follower) = leader_and_follower(t, coordinators)?;
+            let n = if *leader { l } else { follower };
+            let dir = t.node_mut(&n)?.data_dir.clone();
+            let (fill, bytes) = fill_disk(&dir)?;
+            note = format!("filled {n}'s disk with {bytes} bytes");
+            Active::Full(n, fill)
         }
         // A clock that ran at a wrong rate in an earlier window keeps the drift it built up
         // (as a real one would until corrected), so the proof is that the clock *moved* by the
@@ -616,8 +627,146 @@ fn look(
                 format!("{n}: node {old} removed and wiped, node {new} added on its host: {s:?}"),
             )
         }
-        Active::Net(_) | Active::Delay(_) => (true, String::new()),
+        Active::Damaged(n, refused, said, old, new) => {
+            let node = t.node_mut(n)?;
+            let s = node.proc.state();
+            (
+                *refused && s == State::Live && node.node_id == *new,
+                format!(
+                    "{n} on its damaged database: {said}; node {old} removed and wiped, node \
+                     {new} added on its host: {s:?}"
+                ),
+            )
+        }
+        Active::Net(_) | Active::Delay(_) | Active::Full(..) => (true, String::new()),
     })
+}
+
+/// The leader of `coordinators` and the first follower.
+fn leader_and_follower(t: &mut Topology, coordinators: &[String]) -> Result<(String, String)> {
+    let leader = leader_of(t, coordinators)?;
+    let follower = coordinators
+        .iter()
+        .find(|c| **c != leader)
+        .context("no follower")?
+        .clone();
+    Ok((leader, follower))
+}
+
+/// Replaces `follower` as an operator replaces a failed replica (through `leader`): removed,
+/// wiped, started under a new node id and added back. Returns the old and the new id.
+fn replace(t: &mut Topology, follower: &str, leader: &str) -> Result<(u64, u64)> {
+    let old = t.retire_coordinator(follower, leader)?;
+    // A snapshot built now carries only the records the leader has not sealed yet: the new
+    // node must fetch the sealed history from its peers.
+    let metrics = t.node_mut(leader)?.metrics.clone();
+    let applied = metric(&metrics, "budget_raft_applied_index").unwrap_or(0);
+    let via = t.node_mut(leader)?.addr();
+    t.budgetctl_at(&via, &["cluster", "snapshot"], Duration::from_secs(10))?;
+    let asked = Instant::now();
+    while metric(&metrics, "budget_snapshot_last_index").unwrap_or(0) < applied
+        && asked.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new = t.rejoin_coordinator(follower, leader)?;
+    Ok((old, new))
+}
+
+/// Flips one byte, early in the file (in a table's first data block, in a log's first
+/// record), of every write-ahead log and table file of the database in `db`: rot that
+/// RocksDB's checksums must find. Returns how many files.
+fn damage_db(db: &std::path::Path) -> Result<usize> {
+    let mut files = 0;
+    for e in std::fs::read_dir(db).with_context(|| format!("reading {}", db.display()))? {
+        let path = e?.path();
+        let ext = path.extension().map(|x| x.to_string_lossy().into_owned());
+        if !matches!(ext.as_deref(), Some("log" | "sst")) {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path)?;
+        if bytes.len() <= 64 {
+            continue;
+        }
+        bytes[20] ^= 0xff;
+        std::fs::write(&path, bytes)?;
+        files += 1;
+    }
+    if files == 0 {
+        bail!("{}: no database file to damage", db.display());
+    }
+    Ok(files)
+}
+
+/// How long a coordinator may take to refuse: to open its database and give up.
+const REFUSAL: Duration = Duration::from_secs(30);
+
+/// Waits until `node` exits by itself; true if it did with `code` and wrote `words` to its
+/// log past `from` (its length before this start), and what it said.
+fn refusal(
+    node: &mut super::topology::Node,
+    log: &std::path::Path,
+    from: u64,
+    words: &str,
+    code: i32,
+) -> Result<(bool, String)> {
+    let until = Instant::now() + REFUSAL;
+    let status = loop {
+        if node.proc.state() == State::Gone
+            && let Some(s) = node.proc.exit_status()
+        {
+            break Some(s);
+        }
+        if Instant::now() >= until {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Some(status) = status else {
+        return Ok((false, format!("still running after {REFUSAL:?}")));
+    };
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    let line = text
+        .lines()
+        .find(|l| l.contains(words))
+        .map(|l| l.chars().take(300).collect::<String>());
+    let ok = status.code() == Some(code) && line.is_some();
+    Ok((
+        ok,
+        format!(
+            "exited ({status}) saying {}",
+            line.unwrap_or_else(|| format!("nothing with '{words}'"))
+        ),
+    ))
+}
+
+/// Fills the file system of `dir` with a file of zeros until a write fails for lack of space
+/// (a tmpfs mounted for the run, never the machine's disk: the topology refuses otherwise).
+/// Returns the file and how many bytes it took.
+fn fill_disk(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64)> {
+    let path = dir.join("jepsen-disk-full.fill");
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    // Bounded: the disk is 1 GiB (`SMALL_DISK_BYTES`); a limit far past it stops a mistake.
+    while written < 64 << 30 {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => return Err(e).with_context(|| format!("filling {}", path.display())),
+        }
+    }
+    // What a partial chunk left.
+    loop {
+        match f.write(&chunk[..4096]) {
+            Ok(n) if n > 0 => written += n as u64,
+            _ => break,
+        }
+    }
+    Ok((path, written))
 }
 
 /// How long a replacement may take to become a healthy voter with its archive whole, after
@@ -724,6 +873,39 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
             write_skew(&node.clock_file, base, 0)?;
             (true, "clock restored".into())
         }
-        Active::Replaced(n, _, _) => replaced_caught_up(t, &n)?,
+        Active::Replaced(n, _, _) | Active::Damaged(n, _, _, _, _) => replaced_caught_up(t, &n)?,
+        Active::Full(n, fill) => {
+            let node = t.node_mut(&n)?;
+            // It must have stopped on the full disk, saying so, with the storage exit status.
+            let state = node.proc.state();
+            let stopped = match (state, node.proc.exit_status()) {
+                (State::Gone, Some(s)) => Some(s),
+                _ => None,
+            };
+            std::fs::remove_file(&fill).with_context(|| format!("freeing {}", fill.display()))?;
+            let log = node.proc.log_path().to_path_buf();
+            let said = std::fs::read(&log).unwrap_or_default();
+            let said = String::from_utf8_lossy(&said);
+            let line = said
+                .lines()
+                .rev()
+                .find(|l| l.contains("No space left on device"))
+                .map(|l| l.chars().take(300).collect::<String>());
+            let Some(status) = stopped else {
+                return Ok((
+                    false,
+                    format!("{n} still {state:?} on a full disk at the end of the window"),
+                ));
+            };
+            node.proc.restart()?;
+            let (back, how) = replaced_caught_up(t, &n)?;
+            (
+                status.code() == Some(74) && line.is_some() && back,
+                format!(
+                    "{n} stopped ({status}) saying {}; space freed, started again: {how}",
+                    line.unwrap_or_else(|| "nothing of a full disk".into())
+                ),
+            )
+        }
     })
 }

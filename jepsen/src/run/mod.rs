@@ -91,6 +91,10 @@ pub struct Outcome {
 
 /// The quiet tail: long enough for a lease stranded by the last fault to be reclaimed, wait in
 /// doubt and be spent again.
+/// The size of a coordinator's disk in runs where one fills up: room for a run's database,
+/// snapshots and segments many times over (a 600 s run uses tens of MiB).
+const SMALL_DISK_BYTES: u64 = 1 << 30;
+
 const TAIL: Duration = Duration::from_secs(30);
 /// Budgets are small, and raised by one step each time one runs out (nothing left to lease in
 /// any region), at most this often, while faults run: so budgets end again and again, inside
@@ -224,6 +228,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         edges: opts.edges,
         base_offset_us,
         planted_bug: opts.planted_bug.as_deref(),
+        // Only where a disk fills up: other runs keep the real file system's fsync.
+        small_disks: schedule
+            .kinds()
+            .contains(&crate::nemesis::Kind::DiskFull)
+            .then_some(SMALL_DISK_BYTES),
     })?;
     progress(
         start,

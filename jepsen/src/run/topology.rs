@@ -138,6 +138,9 @@ pub struct Plan<'a> {
     pub base_offset_us: i64,
     /// The planted bug to run with, if any.
     pub planted_bug: Option<&'a str>,
+    /// Every coordinator's data directory is a tmpfs of this many bytes (runs with the
+    /// disk-full fault), instead of a directory of the run's folder.
+    pub small_disks: Option<u64>,
 }
 
 fn coordinator_ip(region: usize, i: usize) -> Ipv4Addr {
@@ -230,6 +233,10 @@ impl Topology {
                 let name = node_name(regions.len(), region, "coordinator", i);
                 let ip = coordinator_ip(k, i);
                 let data_dir = nodes_dir.join(&name);
+                if let Some(bytes) = plan.small_disks {
+                    chaos::netns::mount_small_disk(&data_dir, bytes)
+                        .with_context(|| format!("a small disk for {name}"))?;
+                }
                 let config = nodes_dir.join(format!("{name}.toml"));
                 let init = if i == 1 {
                     format!("[init_members]\n{}\n", members.join("\n"))
@@ -406,11 +413,8 @@ impl Topology {
         node.proc.kill()?;
         let (old, dir) = (node.node_id, node.data_dir.clone());
         self.budgetctl_at(&via, &["cluster", "remove", &old.to_string()], REPLACE_STEP)?;
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(old),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(old),
-            Err(e) => Err(e).with_context(|| format!("wiping {}", dir.display())),
-        }
+        wipe(&dir).with_context(|| format!("wiping {}", dir.display()))?;
+        Ok(old)
     }
 
     /// The second half: `name` starts again on the same host under a new node id, and is added
@@ -660,4 +664,22 @@ fn env(
         env.push((shared::planted::ENV.into(), bug.into()));
     }
     env
+}
+
+/// Removes what `dir` holds, leaving the directory (which may be a mount point).
+fn wipe(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let path = e?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }

@@ -500,3 +500,50 @@ fn a_short_run_of_two_regions_under_region_faults_passes() {
     // I5 says how long the regions took to agree after the load.
     assert!(r["converged_ms"].as_u64().is_some(), "{r:#}");
 }
+
+/// Disk faults on real processes: a follower whose database rots refuses to start (exit 65,
+/// "damaged") and is replaced; a leader or follower whose disk fills stops with a clear error
+/// (exit 74, "No space left on device") and, given space, comes back; the region keeps its
+/// majority and no balance read, charge or log record is wrong or lost.
+#[test]
+fn disk_faults_are_refused_and_the_region_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = jepsen(
+        &bin_dir(),
+        out.path(),
+        &[
+            "--regions",
+            "1",
+            "--time-limit",
+            "80",
+            "--nemesis",
+            "disk-corrupt,disk-full",
+            "--seed",
+            "1",
+        ],
+    );
+    let r = results(out.path());
+    assert_passed(
+        &o,
+        &r,
+        &["disk-corrupt", "disk-full"],
+        &["I1", "I2", "I3", "I4", "I6", "I7", "I8", "I9", "I10"],
+    );
+    let proof = |kind: &str| {
+        r["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["window"]["fault"]["kind"] == kind)
+            .and_then(|f| f["proof"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let damaged = proof("disk-corrupt");
+    assert!(damaged.contains("exit status: 65"), "{damaged}");
+    assert!(damaged.contains("its archive whole"), "{damaged}");
+    let full = proof("disk-full");
+    assert!(full.contains("exit status: 74"), "{full}");
+    assert!(full.contains("No space left on device"), "{full}");
+}
