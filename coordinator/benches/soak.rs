@@ -219,6 +219,7 @@ async fn main() {
             n.clone(),
             rule,
             Duration::from_secs(600),
+            coordinator::server::Config::default().scrub_bytes_per_second,
             stop_rx.clone(),
         ));
     }

@@ -862,9 +862,8 @@ impl pb::audit_server::Audit for Api {
             .await
             .map_err(|e| Status::internal(format!("reading the log: {e}")))?
             .map_err(|e| match e {
-                crate::node::ReadLogError::NotYetFetched { .. } => {
-                    Status::unavailable(e.to_string())
-                }
+                crate::node::ReadLogError::NotYetFetched { .. }
+                | crate::node::ReadLogError::Damaged(_) => Status::unavailable(e.to_string()),
                 crate::node::ReadLogError::Io(_) => Status::internal(e.to_string()),
             })?;
         let items: Vec<Result<pb::LogRecord, Status>> = records

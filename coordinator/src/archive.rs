@@ -74,21 +74,7 @@ pub fn sealed_until(dir: &Path) -> io::Result<(u64, Hash)> {
     let Some(path) = last else {
         return Ok((0, genesis()));
     };
-    let bytes = fs::read(&path)?;
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {what}", path.display()),
-        )
-    };
-    let at = bytes
-        .len()
-        .checked_sub(TRAILER_LEN)
-        .ok_or_else(|| bad("shorter than a trailer"))?;
-    match read_item(&bytes, at) {
-        Ok(Item::Trailer(t, _)) => Ok((t.last_seq + 1, t.head_hash)),
-        _ => Err(bad("no trailer: not a sealed segment")),
-    }
+    trailer_of(&path, &fs::read(&path)?)
 }
 
 /// Writes `NAME.head` beside the sealed segment `NAME.seg`: its last entry's seq and hash,
@@ -213,6 +199,25 @@ fn write_segment(
     Ok((path, next))
 }
 
+/// The position after the sealed segment `bytes` (read from `path`): its trailer's last seq
+/// plus one and head hash.
+fn trailer_of(path: &Path, bytes: &[u8]) -> io::Result<(u64, Hash)> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let at = bytes
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .ok_or_else(|| bad("shorter than a trailer"))?;
+    match read_item(bytes, at) {
+        Ok(Item::Trailer(t, _)) => Ok((t.last_seq + 1, t.head_hash)),
+        _ => Err(bad("no trailer: not a sealed segment")),
+    }
+}
+
 /// Checks that `bytes` are a sealed segment of `region` that verifies and continues the chain
 /// at `at` (its first seq and the head before it); returns the position after it.
 pub fn check_segment(
@@ -267,6 +272,47 @@ struct ArchiveState {
     probe: Option<Probe>,
     /// The first seq of every segment held.
     starts: std::collections::BTreeSet<u64>,
+    /// The first seq of every segment found damaged (moved aside as `NAME.seg.damaged`) and
+    /// not yet fetched again from a peer.
+    damaged: std::collections::BTreeSet<u64>,
+    /// Where the scrub goes on: the first seq of the next segment it reads.
+    scrub_from: u64,
+}
+
+/// What follows a segment being repaired.
+enum After {
+    /// The segment held that starts here.
+    Held(u64),
+    /// A damaged segment that starts here.
+    Damaged(u64),
+    /// Nothing: the archive's end, the next seq to seal and the head.
+    End((u64, Hash)),
+}
+
+/// What a read of a held segment found.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The file does not verify (a byte changed since it was sealed): it was moved aside and
+    /// the segment is to be fetched again from a peer.
+    #[error("segment {first} is damaged here ({why}); it is being fetched again from a peer")]
+    Damaged {
+        /// Its first seq.
+        first: u64,
+        /// What verification found.
+        why: String,
+    },
+    /// Reading it failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<SegmentError> for io::Error {
+    fn from(e: SegmentError) -> io::Error {
+        match e {
+            SegmentError::Io(e) => e,
+            d => io::Error::new(io::ErrorKind::InvalidData, d.to_string()),
+        }
+    }
 }
 
 impl Archive {
@@ -297,6 +343,8 @@ impl Archive {
                 next,
                 probe: None,
                 starts,
+                damaged: std::collections::BTreeSet::new(),
+                scrub_from: 0,
             }),
         })
     }
@@ -422,21 +470,163 @@ impl Archive {
         Ok(path)
     }
 
-    /// The bytes of the segment that starts at `first_seq`, if held.
-    pub fn segment_bytes(&self, first_seq: u64) -> io::Result<Option<Vec<u8>>> {
+    /// The bytes of the segment that starts at `first_seq`, if held, verified: a peer is never
+    /// handed a damaged file.
+    pub fn segment_bytes(&self, first_seq: u64) -> Result<Option<Vec<u8>>, SegmentError> {
         if !self.lock().starts.contains(&first_seq) {
             return Ok(None);
         }
-        fs::read(self.dir.join(segment_file_name(&self.region, first_seq))).map(Some)
+        self.verified(first_seq).map(Some)
+    }
+
+    /// The bytes of the held segment `first`, once they verify on their own (the chain from
+    /// the header's `prev_hash` through every record to the trailer's head, and the Merkle
+    /// root). A file that does not is moved aside (`NAME.seg.damaged`, kept for a post-mortem)
+    /// and listed in [`Archive::damaged`].
+    fn verified(&self, first: u64) -> Result<Vec<u8>, SegmentError> {
+        let name = segment_file_name(&self.region, first);
+        let path = self.dir.join(&name);
+        let bytes = fs::read(&path)?;
+        let mut v = shared::log::Verifier::new();
+        let why = match v.segment(&name, &bytes) {
+            Ok(()) => match read_header(&bytes) {
+                Ok((h, _)) if h.first_seq == first && h.region == self.region => return Ok(bytes),
+                Ok((h, _)) => format!("its header says seq {} of {}", h.first_seq, h.region),
+                Err(e) => format!("header: {e:?}"),
+            },
+            Err(f) => f.to_string(),
+        };
+        let aside = self.dir.join(format!("{name}.damaged"));
+        fs::rename(&path, &aside)?;
+        let mut st = self.lock();
+        st.starts.remove(&first);
+        st.damaged.insert(first);
+        tracing::error!(file = %path.display(), moved_to = %aside.display(), %why, "a sealed segment does not verify: moved aside, to be fetched again from a peer");
+        Err(SegmentError::Damaged { first, why })
+    }
+
+    /// The first seq of every segment found damaged and not yet repaired.
+    pub fn damaged(&self) -> Vec<u64> {
+        self.lock().damaged.iter().copied().collect()
+    }
+
+    /// Reads held segments from where the last call stopped, at least one and until `budget`
+    /// bytes are read, wrapping around at the end: over time every file is checked against
+    /// its hashes, read or not. Returns the bytes read and the segments found damaged.
+    pub fn scrub(&self, budget: u64) -> io::Result<(u64, Vec<u64>)> {
+        let (mut read, mut found) = (0u64, Vec::new());
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let next = {
+                let st = self.lock();
+                st.starts
+                    .range(st.scrub_from..)
+                    .next()
+                    .or_else(|| st.starts.iter().next())
+                    .copied()
+            };
+            let Some(first) = next else {
+                break;
+            };
+            if !seen.insert(first) {
+                break;
+            }
+            self.lock().scrub_from = first + 1;
+            match self.verified(first) {
+                Ok(bytes) => read += bytes.len() as u64,
+                Err(SegmentError::Damaged { .. }) => found.push(first),
+                Err(SegmentError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(SegmentError::Io(e)) => return Err(e),
+            }
+            if read >= budget {
+                break;
+            }
+        }
+        Ok((read, found))
+    }
+
+    /// Puts back the damaged segment `first` from `bytes` fetched from a peer: they must
+    /// verify, start where the segment before it ends (or at genesis) and end where the
+    /// segment after it starts (or where the archive ends). Blocking file I/O.
+    pub fn repair(&self, first: u64, bytes: &[u8]) -> io::Result<PathBuf> {
+        let (before, after) = {
+            let st = self.lock();
+            if !st.damaged.contains(&first) {
+                return Err(io::Error::other(format!(
+                    "segment {first} is not damaged here"
+                )));
+            }
+            // What follows: the next segment held, unless a damaged one comes first (whose
+            // start is checked against this one's end when it is repaired in turn).
+            let held = st.starts.range(first + 1..).next().copied();
+            let damaged = st.damaged.range(first + 1..).next().copied();
+            let after = match (held, damaged) {
+                (Some(h), Some(d)) if d < h => After::Damaged(d),
+                (None, Some(d)) => After::Damaged(d),
+                (Some(h), _) => After::Held(h),
+                (None, None) => After::End(st.next),
+            };
+            (st.starts.range(..first).next_back().copied(), after)
+        };
+        let name = |f: u64| self.dir.join(segment_file_name(&self.region, f));
+        let at = match before {
+            Some(b) => trailer_of(&name(b), &fs::read(name(b))?)?,
+            None if first == 0 => (0, genesis()),
+            None => {
+                return Err(io::Error::other(format!(
+                    "segment {first}: no segment before it to check its start against"
+                )));
+            }
+        };
+        if at.0 != first {
+            return Err(io::Error::other(format!(
+                "segment {first}: the segment before it ends at {}",
+                at.0
+            )));
+        }
+        let path = name(first);
+        let next = check_segment(&path, bytes, &self.region, at)?;
+        let expected = match after {
+            After::Held(a) => {
+                let b = fs::read(name(a))?;
+                let (h, _) = read_header(&b).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("header: {e:?}"))
+                })?;
+                (h.first_seq, h.prev_hash)
+            }
+            After::Damaged(d) => (d, next.1),
+            After::End(end) => end,
+        };
+        if next != expected {
+            return Err(io::Error::other(format!(
+                "segment {first} from a peer ends at {} but this archive goes on from {}",
+                next.0, expected.0
+            )));
+        }
+        write_atomically(self.io, &path, bytes)?;
+        check_segment(&path, &fs::read(&path)?, &self.region, at)?;
+        let mut st = self.lock();
+        st.damaged.remove(&first);
+        st.starts.insert(first);
+        Ok(path)
     }
 
     /// Sealed records from `from` on, at most `max`, all from the one segment that holds
-    /// `from`; `None` when no segment here holds it.
-    pub fn read(&self, from: u64, max: usize) -> io::Result<Option<Records>> {
+    /// `from`; `None` when no segment here holds it. The segment is verified first: a
+    /// damaged one is an error, never wrong records.
+    pub fn read(&self, from: u64, max: usize) -> Result<Option<Records>, SegmentError> {
         let first = {
             let st = self.lock();
             if from >= st.next.0 {
                 return Ok(None);
+            }
+            if let Some(d) = st.damaged.range(..=from).next_back()
+                && st.starts.range(..=from).next_back().is_none_or(|s| s < d)
+            {
+                return Err(SegmentError::Damaged {
+                    first: *d,
+                    why: "found before".into(),
+                });
             }
             match st.starts.range(..=from).next_back() {
                 Some(f) => *f,
@@ -444,7 +634,7 @@ impl Archive {
             }
         };
         let path = self.dir.join(segment_file_name(&self.region, first));
-        let bytes = fs::read(&path)?;
+        let bytes = self.verified(first)?;
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -467,7 +657,7 @@ impl Archive {
                     at = r.end;
                 }
                 Ok(Item::Trailer(..)) => break,
-                Err(_) => return Err(bad("malformed record")),
+                Err(_) => return Err(bad("malformed record").into()),
             }
         }
         // A segment whose records end before `from` is not the one that holds it: a gap.
@@ -691,6 +881,61 @@ mod tests {
         );
         // Past the sealed end: none here.
         assert!(archive.read(900, 10).unwrap().is_none());
+    }
+
+    /// Rot in a sealed file: a read refuses it (never wrong records), the scrub finds it
+    /// unread, and only a copy that verifies and joins its neighbours is put back.
+    #[test]
+    fn a_damaged_segment_is_refused_found_by_the_scrub_and_repaired_only_from_a_good_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        let files = seal(FileIo::Std, &dir, 1_000);
+        assert_eq!(files.len(), 3);
+        let good: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+        let (region, records) = sample_records();
+        let flip = |f: &Path, at: usize| {
+            let mut b = fs::read(f).unwrap();
+            b[at] ^= 0x01;
+            fs::write(f, b).unwrap();
+        };
+        // One bit in a record of the second segment (300..600), one in the third's trailer.
+        flip(&files[1], good[1].len() / 2);
+        flip(&files[2], good[2].len() - 3);
+        let archive = Archive::open(&dir, &region).unwrap();
+        let e = archive.read(450, 10).unwrap_err();
+        assert!(matches!(e, SegmentError::Damaged { first: 300, .. }), "{e}");
+        assert_eq!(archive.damaged(), [300]);
+        assert!(!files[1].exists() && files[1].with_extension("seg.damaged").exists());
+        // Asked again: still refused, from memory.
+        assert!(matches!(
+            archive.read(301, 1),
+            Err(SegmentError::Damaged { first: 300, .. })
+        ));
+        // The first segment is whole and still served.
+        assert_eq!(archive.read(0, 2).unwrap().unwrap(), records[0..2].to_vec());
+        // Nobody read the third: the scrub finds it.
+        let (read, found) = archive.scrub(u64::MAX).unwrap();
+        assert_eq!(found, [600]);
+        assert_eq!(read, good[0].len() as u64, "only the whole one is counted");
+        assert_eq!(archive.damaged(), [300, 600]);
+        // A peer's copy must be the segment that belongs there.
+        assert!(archive.repair(300, &good[2]).is_err(), "another segment");
+        let mut bad = good[1].clone();
+        bad[10] ^= 1;
+        assert!(archive.repair(300, &bad).is_err(), "a damaged copy");
+        assert!(archive.repair(0, &good[0]).is_err(), "not damaged here");
+        // In order: the start of 600 is checked against the end of 300, once 300 is back.
+        let e = archive.repair(600, &good[2]).unwrap_err();
+        assert!(e.to_string().contains("ends at 300"), "{e}");
+        archive.repair(300, &good[1]).unwrap();
+        archive.repair(600, &good[2]).unwrap();
+        assert!(archive.damaged().is_empty());
+        assert_eq!(
+            archive.read(450, 150).unwrap().unwrap(),
+            records[450..600].to_vec()
+        );
+        assert_eq!(fs::read(&files[2]).unwrap(), good[2]);
+        assert_eq!(archive.scrub(u64::MAX).unwrap().1, Vec::<u64>::new());
     }
 
     #[test]

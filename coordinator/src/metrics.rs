@@ -95,6 +95,8 @@ pub struct Metrics {
     log_sealed_next: Gauge,
     log_segments: Gauge,
     log_archive_gap: Gauge,
+    log_segments_damaged: Gauge,
+    log_segments_repaired: Counter,
     snapshot_bytes: Gauge,
     snapshot_rows: Gauge,
     snapshot_records: Gauge,
@@ -215,6 +217,19 @@ impl Metrics {
             "Sealed records this node holds neither in RocksDB nor in segments: after it joined \
              by snapshot, until it fetched them from its peers (0: its archive is whole)",
             log_archive_gap.clone(),
+        );
+        let log_segments_damaged = Gauge::default();
+        registry.register(
+            "log_segments_damaged",
+            "Sealed segments found damaged here (they do not verify against their hashes), \
+             moved aside and not yet fetched again from a peer",
+            log_segments_damaged.clone(),
+        );
+        let log_segments_repaired = Counter::default();
+        registry.register(
+            "log_segments_repaired",
+            "Damaged segments put back from a peer's verified copy",
+            log_segments_repaired.clone(),
         );
         let snapshot_bytes = Gauge::default();
         registry.register(
@@ -383,12 +398,25 @@ impl Metrics {
             log_sealed_next,
             log_segments,
             log_archive_gap,
+            log_segments_damaged,
+            log_segments_repaired,
             snapshot_bytes,
             snapshot_rows,
             snapshot_records,
             snapshot_build_seconds,
             snapshot_last_index,
         }
+    }
+
+    /// Counts a damaged segment put back from a peer.
+    pub fn segment_repaired(&self) {
+        self.log_segments_repaired.inc();
+    }
+
+    /// Segments damaged here now, awaiting repair.
+    pub fn observe_damaged(&self, n: usize) {
+        self.log_segments_damaged
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The archive's and the last snapshot's figures now: the next seq to seal, segments held,

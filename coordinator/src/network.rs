@@ -319,7 +319,14 @@ impl RaftTransport for RaftService {
         let bytes = tokio::task::spawn_blocking(move || archive.segment_bytes(first))
             .await
             .map_err(|e| Status::internal(format!("reading segment {first}: {e}")))?
-            .map_err(|e| Status::internal(format!("reading segment {first}: {e}")))?
+            .map_err(|e| match e {
+                crate::archive::SegmentError::Damaged { .. } => {
+                    Status::unavailable(format!("node {}: {e}", self.me))
+                }
+                crate::archive::SegmentError::Io(e) => {
+                    Status::internal(format!("reading segment {first}: {e}"))
+                }
+            })?
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "node {} holds no sealed segment starting at seq {first}",

@@ -238,9 +238,21 @@ pub enum ReadLogError {
         /// Where this node's own records start.
         until: u64,
     },
+    /// The segment that holds the records is damaged here and is being fetched again.
+    #[error("{0}; ask another replica or try again")]
+    Damaged(String),
     /// Reading the store or a segment failed.
     #[error("reading the log: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<crate::archive::SegmentError> for ReadLogError {
+    fn from(e: crate::archive::SegmentError) -> ReadLogError {
+        match e {
+            crate::archive::SegmentError::Damaged { .. } => ReadLogError::Damaged(e.to_string()),
+            crate::archive::SegmentError::Io(e) => ReadLogError::Io(e),
+        }
+    }
 }
 
 impl Node {
@@ -413,6 +425,7 @@ impl Node {
             Ok(None) => 0,
             Err(_) => 1,
         };
+        self.metrics.observe_damaged(self.archive.damaged().len());
         self.metrics.observe_storage(
             self.archive.sealed().0,
             self.archive.segments(),
@@ -539,15 +552,7 @@ impl Node {
         let Some((_, until)) = self.archive_gap().map_err(|e| e.to_string())? else {
             return Ok(0);
         };
-        let peers: Vec<(u64, String)> = {
-            let m = self.raft.metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
+        let peers = self.peers();
         let mut adopted = 0;
         let mut last_error = String::from("no peer to fetch from");
         'peers: for (peer, addr) in peers {
@@ -599,6 +604,66 @@ impl Node {
         }
         self.check_archive_joins()?;
         Ok(adopted)
+    }
+
+    /// Fetches every segment found damaged here ([`crate::archive::Archive::damaged`]) from
+    /// the region's other nodes and puts it back once it verifies and joins its neighbours.
+    /// Returns the segments repaired.
+    pub async fn repair_damaged(&self) -> Result<usize, String> {
+        let mut repaired = 0;
+        let mut last_error = String::from("no peer to fetch from");
+        for first in self.archive.damaged() {
+            let mut done = false;
+            for (peer, addr) in self.peers() {
+                let mut client =
+                    match crate::network::peer_client(&self.transport, &addr, self.outgoing) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            last_error = format!("node {peer} at {addr}: {e}");
+                            continue;
+                        }
+                    };
+                let bytes =
+                    match crate::network::fetch_segment(&mut client, &self.region, self.id, first)
+                        .await
+                    {
+                        Ok(b) => b,
+                        Err(e) => {
+                            last_error = format!("node {peer} at {addr}, segment {first}: {e}");
+                            continue;
+                        }
+                    };
+                let archive = self.archive.clone();
+                match tokio::task::spawn_blocking(move || archive.repair(first, &bytes)).await {
+                    Ok(Ok(path)) => {
+                        self.sign_heads(std::slice::from_ref(&path))
+                            .map_err(|e| e.to_string())?;
+                        self.metrics.segment_repaired();
+                        tracing::info!(node = self.id, from = peer, file = %path.display(), "repaired a damaged segment with a peer's copy");
+                        repaired += 1;
+                        done = true;
+                        break;
+                    }
+                    Ok(Err(e)) => last_error = format!("node {peer}'s segment {first}: {e}"),
+                    Err(e) => return Err(format!("the repairing task failed: {e}")),
+                }
+            }
+            if !done {
+                return Err(format!("segment {first} is still damaged: {last_error}"));
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// The region's other voters and learners, `(node id, address)`.
+    fn peers(&self) -> Vec<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// The archive's head must be the `prev_hash` of the first record this node stores (or the

@@ -54,6 +54,12 @@ pub struct Config {
     /// A segment still open after this long (ms) is sealed anyway, whatever it holds: a quiet
     /// region's log is sealed, and verifiable offline, within this.
     pub segment_seal_interval_ms: u64,
+    /// Bytes of sealed segments read back against their hashes per second (the scrub), so
+    /// that a file that rots on disk is found and fetched again from a peer before an
+    /// auditor reads it. At the default, 16 MiB/s (about 1.3 TiB a day, against the 295 GiB of
+    /// segments a day of 100,000 events/s seals), a year of history is read every 76 days. 0
+    /// turns it off (every read still verifies its segment).
+    pub scrub_bytes_per_second: u64,
     /// The leader retires day buckets whose day is over (`RetireDays`, a `day_retired` log
     /// entry each), so that a campaign's live state does not grow by a bucket a day for ever.
     /// Off: every day bucket stays live (and in every push and snapshot).
@@ -179,6 +185,7 @@ impl Default for Config {
             segment_entries: 10_000,
             segment_bytes_max: crate::archive::SEGMENT_BYTES_MAX,
             segment_seal_interval_ms: 600_000,
+            scrub_bytes_per_second: 16 << 20,
             retire_days: true,
             retire_interval_ms: 60_000,
             regions: RegionsConfig::default(),
@@ -589,6 +596,7 @@ pub async fn archive_loop(
     node: Arc<Node>,
     rule: impl Into<crate::archive::SegmentRule>,
     seal_interval: Duration,
+    scrub_bytes: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let rule = rule.into();
@@ -642,6 +650,27 @@ pub async fn archive_loop(
                 Err(e) => tracing::warn!(error = %e, "fetching sealed segments failed; will retry"),
             }
             continue;
+        }
+        // The scrub: a share of the archive read against its hashes every tick; a damaged
+        // segment (here or found by a read) is fetched again from a peer.
+        if scrub_bytes > 0 {
+            let archive = node.archive.clone();
+            match tokio::task::spawn_blocking(move || archive.scrub(scrub_bytes)).await {
+                Ok(Ok((_, found))) if !found.is_empty() => {
+                    tracing::warn!(segments = ?found, "the scrub found damaged segments")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the scrub could not read a segment"),
+                Err(e) => tracing::error!(error = %e, "the scrub task failed"),
+            }
+        }
+        if !node.archive.damaged().is_empty() {
+            match node.repair_damaged().await {
+                Ok(n) => tracing::info!(segments = n, "damaged segments repaired"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "repairing damaged segments failed; will retry")
+                }
+            }
         }
         let n = node.clone();
         match tokio::task::spawn_blocking(move || n.archive(rule)).await {
@@ -747,6 +776,9 @@ pub async fn run(
             bytes_max: config.segment_bytes_max,
         },
         Duration::from_millis(config.segment_seal_interval_ms),
+        config
+            .scrub_bytes_per_second
+            .saturating_mul(ARCHIVE_TICK.as_secs().max(1)),
         stop_rx.clone(),
     ));
     let reclaim = tokio::spawn(reclaim_loop(

@@ -73,6 +73,10 @@ pub enum Kind {
     /// write, with a clear error (it stops, exit 74), and lose nothing: freed and started
     /// again, it catches up.
     DiskFull,
+    /// A byte flips in a sealed segment file of a running coordinator. Its scrub (or a read)
+    /// must find it against the segment's hashes, set the file aside and fetch the segment
+    /// again from a peer: the file is whole again, byte for byte.
+    SegmentCorrupt,
 }
 
 impl Kind {
@@ -105,7 +109,12 @@ impl Kind {
     ];
 
     /// The faults of a replica's storage (`--nemesis storage`; all are in `all`).
-    pub const STORAGE: [Kind; 3] = [Kind::Replace, Kind::DiskCorrupt, Kind::DiskFull];
+    pub const STORAGE: [Kind; 4] = [
+        Kind::Replace,
+        Kind::DiskCorrupt,
+        Kind::DiskFull,
+        Kind::SegmentCorrupt,
+    ];
 
     /// Every kind `all` names: the node faults, the money-path faults and the storage faults
     /// (region faults are added by runs of several regions).
@@ -144,6 +153,7 @@ impl Kind {
             Kind::Replace => "replace",
             Kind::DiskCorrupt => "disk-corrupt",
             Kind::DiskFull => "disk-full",
+            Kind::SegmentCorrupt => "segment-corrupt",
         }
     }
 
@@ -372,6 +382,11 @@ pub enum Fault {
         /// The leader at injection, or else a follower.
         leader: bool,
     },
+    /// A byte of the newest sealed segment of `node` (a coordinator) flips while it runs.
+    SegmentCorrupt {
+        /// The coordinator.
+        node: String,
+    },
     /// `edge`'s clock is offset and runs at a different rate until the end of the window.
     EdgeClock {
         /// The edge.
@@ -410,6 +425,7 @@ impl Fault {
             Fault::Replace { .. } => Kind::Replace,
             Fault::DiskCorrupt { .. } => Kind::DiskCorrupt,
             Fault::DiskFull { .. } => Kind::DiskFull,
+            Fault::SegmentCorrupt { .. } => Kind::SegmentCorrupt,
         }
     }
 
@@ -423,7 +439,8 @@ impl Fault {
             | Fault::Delay { node, .. }
             | Fault::Kill { node }
             | Fault::Pause { node }
-            | Fault::Clock { node, .. } => node.clone(),
+            | Fault::Clock { node, .. }
+            | Fault::SegmentCorrupt { node } => node.clone(),
             Fault::RegionPartition { a, b, .. } => format!("{a}|{b}"),
             Fault::RegionIsolate { region, .. } => format!("{region}|*"),
             Fault::RegionKill { region, .. } => region.clone(),
@@ -691,6 +708,14 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         | Kind::Replace
         | Kind::DiskCorrupt
         | Kind::DiskFull => return None,
+        Kind::SegmentCorrupt => {
+            if p.coordinators.is_empty() {
+                return None;
+            }
+            Fault::SegmentCorrupt {
+                node: p.coordinators[rng.usize(..p.coordinators.len())].clone(),
+            }
+        }
         Kind::Pause => Fault::Pause { node: node(rng) },
         Kind::Clock => {
             // Offsets of any size: up to a day either way, some tiny.
@@ -1040,9 +1065,14 @@ mod tests {
         // The disk faults are storage faults, and so in `all`.
         assert_eq!(
             Kind::parse_list("storage").unwrap(),
-            vec![Kind::Replace, Kind::DiskCorrupt, Kind::DiskFull]
+            vec![
+                Kind::Replace,
+                Kind::DiskCorrupt,
+                Kind::DiskFull,
+                Kind::SegmentCorrupt
+            ]
         );
-        for k in [Kind::DiskCorrupt, Kind::DiskFull] {
+        for k in [Kind::DiskCorrupt, Kind::DiskFull, Kind::SegmentCorrupt] {
             assert!(Kind::all().contains(&k), "{k}");
             assert_eq!(Kind::parse_list(k.as_str()).unwrap(), vec![k]);
         }

@@ -1326,6 +1326,7 @@ async fn an_open_segment_is_sealed_after_its_interval_however_few_its_entries() 
         r.node.clone(),
         10_000,
         Duration::from_secs(1),
+        coordinator::server::Config::default().scrub_bytes_per_second,
         stop_rx,
     ));
     let segments = tmp.path().join("segments");

@@ -46,6 +46,9 @@ enum Active {
     Damaged(String, bool, String, u64, u64),
     /// A coordinator whose disk was filled, and the file that fills it.
     Full(String, std::path::PathBuf),
+    /// A coordinator's segment file with a flipped byte: the node, the file, its bytes before,
+    /// and the node's count of repaired segments before.
+    Rotted(String, std::path::PathBuf, Vec<u8>, i64),
 }
 
 /// The address the harness (the exchange, the readers) sends from.
@@ -445,6 +448,30 @@ fn inject(
             let (old, new) = replace(t, &follower, &leader)?;
             Active::Damaged(follower, refused, said, old, new)
         }
+        Fault::SegmentCorrupt { node } => {
+            let n = t.node_mut(node)?;
+            let metrics = n.metrics.clone();
+            let segments = n.data_dir.join("segments");
+            // Early in a run none may be sealed yet: the first comes within seconds.
+            let until = Instant::now() + SEGMENT_WAIT;
+            let file = loop {
+                if let Some(f) = newest_segment(&segments) {
+                    break f;
+                }
+                if Instant::now() >= until {
+                    bail!("{node} sealed no segment within {SEGMENT_WAIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let before = metric(&metrics, REPAIRED).unwrap_or(0);
+            let good = std::fs::read(&file)?;
+            let mut bad = good.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 0x01;
+            std::fs::write(&file, &bad)?;
+            note = format!("flipped a bit of byte {at} of {}", file.display());
+            Active::Rotted(node.clone(), file, good, before)
+        }
         Fault::DiskFull {
             coordinators,
             leader,
@@ -638,8 +665,28 @@ fn look(
                 ),
             )
         }
-        Active::Net(_) | Active::Delay(_) | Active::Full(..) => (true, String::new()),
+        Active::Net(_) | Active::Delay(_) | Active::Full(..) | Active::Rotted(..) => {
+            (true, String::new())
+        }
     })
+}
+
+/// How long a segment-corrupt fault waits for the node's first sealed segment.
+const SEGMENT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a node may take to find a damaged segment and fetch it again, after its window.
+const SEGMENT_REPAIR: Duration = Duration::from_secs(30);
+
+/// The coordinators' count of segments repaired from a peer's copy.
+const REPAIRED: &str = "budget_log_segments_repaired_total";
+
+/// The sealed segment file of `dir` with the highest first seq.
+fn newest_segment(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
 }
 
 /// The leader of `coordinators` and the first follower.
@@ -874,6 +921,33 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
             (true, "clock restored".into())
         }
         Active::Replaced(n, _, _) | Active::Damaged(n, _, _, _, _) => replaced_caught_up(t, &n)?,
+        Active::Rotted(n, file, good, before) => {
+            let metrics = t.node_mut(&n)?.metrics.clone();
+            let began = Instant::now();
+            loop {
+                let now = metric(&metrics, REPAIRED).unwrap_or(0);
+                let whole = std::fs::read(&file).is_ok_and(|b| b == good);
+                if whole && now > before {
+                    break (
+                        true,
+                        format!(
+                            "{n} found it and put back a peer's copy, byte for byte, {} ms after the window ({REPAIRED} {before} -> {now})",
+                            began.elapsed().as_millis()
+                        ),
+                    );
+                }
+                if began.elapsed() >= SEGMENT_REPAIR {
+                    break (
+                        false,
+                        format!(
+                            "{n} did not repair {} within {SEGMENT_REPAIR:?} (whole: {whole}; {REPAIRED} {before} -> {now})",
+                            file.display()
+                        ),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         Active::Full(n, fill) => {
             let node = t.node_mut(&n)?;
             // It must have stopped on the full disk, saying so, with the storage exit status.
