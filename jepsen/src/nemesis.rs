@@ -314,11 +314,14 @@ pub enum Fault {
         /// Its region's coordinators.
         coordinators: Vec<String>,
     },
-    /// Of `edges`, the one with the most notices waiting for their batches is killed, and
-    /// restarted at the end of the window.
+    /// Of `edges`, the one with the most notices waiting for their batches is cut from
+    /// `coordinators` until a notice waits there (at most [`EDGE_KILL_HOLD_MS`]), then killed,
+    /// and restarted at the end of the window.
     EdgeKill {
         /// One region's edges.
         edges: Vec<String>,
+        /// Their coordinators.
+        coordinators: Vec<String>,
     },
     /// The exchange's packets to `edge` are dropped.
     ExchangeCut {
@@ -451,7 +454,7 @@ impl Fault {
             Fault::LeaderPause { coordinators } | Fault::ClockElection { coordinators, .. } => {
                 format!("leader of {}", coordinators.join(","))
             }
-            Fault::EdgeKill { edges } => format!("busiest of {}", edges.join(",")),
+            Fault::EdgeKill { edges, .. } => format!("busiest of {}", edges.join(",")),
             Fault::ExchangeCut { edge } => format!("exchange|{edge}"),
             Fault::EdgeClock { edge, .. } => edge.clone(),
             Fault::Replace { coordinators }
@@ -752,6 +755,10 @@ fn region_of<'a>(p: &'a Params, node: &str) -> (Vec<&'a String>, Vec<&'a String>
     )
 }
 
+/// How long `edge-kill` holds the edge cut from its coordinators, at most, waiting for a
+/// notice that cannot reach its batch: the edge must die with charges it has not settled.
+pub const EDGE_KILL_HOLD_MS: u64 = 2_000;
+
 /// A money-path fault; `None` when the topology has no edge or no coordinator.
 fn draw_money(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     if p.edges.is_empty() || p.coordinators.is_empty() {
@@ -774,6 +781,7 @@ fn draw_money(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> 
         Kind::AckDrop => Fault::AckDrop { edge, coordinators },
         Kind::EdgeKill => Fault::EdgeKill {
             edges: edges.into_iter().cloned().collect(),
+            coordinators,
         },
         Kind::ExchangeCut => Fault::ExchangeCut { edge },
         Kind::SlowEdge => Fault::SlowEdge {
@@ -965,9 +973,17 @@ mod tests {
                     assert!(rate_ppm.abs() <= p.max_rate_ppm, "{w:?}");
                     assert!(edge.contains("-e"), "{w:?}");
                 }
-                Fault::EdgeKill { edges } => {
+                Fault::EdgeKill {
+                    edges,
+                    coordinators,
+                } => {
                     let r = region(&edges[0]);
                     assert!(edges.iter().all(|e| region(e) == r && e.contains("-e")));
+                    assert!(
+                        coordinators
+                            .iter()
+                            .all(|c| region(c) == r && c.contains("-c"))
+                    );
                 }
                 _ => {}
             }

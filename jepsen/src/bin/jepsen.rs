@@ -40,12 +40,17 @@ enum Command {
         /// path (money names them all): edge-isolate (an edge cut off from its coordinators
         /// for 20–40 s, the exchange still reaching it), leader-pause (the leader paused just
         /// after a grant, longer than the lease), ack-drop (the acknowledgements to an edge
-        /// lost), edge-kill (the edge with the most unanswered notices killed), exchange-cut
+        /// lost), edge-kill (the edge with the most unanswered notices cut
+        /// from its coordinators until one waits, then killed), exchange-cut
         /// (the exchange cannot reach an edge), slow-edge (grants and acknowledgements seconds
         /// late), reclaim-election (a new leader just before a reclaim is due), clock-election
         /// (a skewed follower, then an election), edge-clock (an edge's clock off and off-rate);
-        /// and with several regions region-partition, region-isolate, region-kill (all
-        /// includes these then).
+        /// the storage faults (storage names them all): replace (a follower wiped and added
+        /// back under a new id), disk-corrupt (a follower's database files rot: it must refuse
+        /// to start, exit 65), disk-full (a coordinator's 1 GiB disk fills: it must stop, exit
+        /// 74, and catch up once freed), segment-corrupt (a bit flips in a sealed segment: its
+        /// scrub must put back a peer's copy); and with several regions region-partition,
+        /// region-isolate, region-kill (all includes these then).
         #[arg(long, default_value = "partition,kill,pause,clock,money")]
         nemesis: String,
         /// Fixes the fault schedule and the load (default: random, printed).

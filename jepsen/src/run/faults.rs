@@ -541,7 +541,10 @@ fn inject(
             };
             Active::Paused(leader)
         }
-        Fault::EdgeKill { edges } => {
+        Fault::EdgeKill {
+            edges,
+            coordinators,
+        } => {
             let mut busiest: Option<(i64, &String)> = None;
             for e in edges {
                 let pending = metric(&t.node_mut(e)?.metrics, "edge_notices_pending").unwrap_or(0);
@@ -549,9 +552,29 @@ fn inject(
                     busiest = Some((pending, e));
                 }
             }
-            let (pending, edge) = busiest.context("no edge to kill")?;
+            let (_, edge) = busiest.context("no edge to kill")?;
+            // Notices settle within milliseconds, so a kill alone rarely finds one unsettled:
+            // the edge is cut from its coordinators first, until a notice waits for its batch
+            // (a correct edge holds its answer; the exchange must send it again elsewhere).
+            let cut = fw.partition(&t.ips(std::slice::from_ref(edge))?, &t.ips(coordinators)?)?;
+            let held = Instant::now();
+            let until = held + Duration::from_millis(crate::nemesis::EDGE_KILL_HOLD_MS);
+            let pending = loop {
+                let pending =
+                    metric(&t.node_mut(edge)?.metrics, "edge_notices_pending").unwrap_or(0);
+                if pending > 0 || Instant::now() >= until {
+                    break pending;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
             t.node_mut(edge)?.proc.kill()?;
-            note = format!("{edge} killed with {pending} notices waiting for their batches");
+            for f in &cut {
+                fw.heal(f)?;
+            }
+            note = format!(
+                "{edge} cut from its coordinators, killed {} ms later with {pending} notices waiting for their batches",
+                held.elapsed().as_millis()
+            );
             Active::Killed(edge.clone())
         }
         Fault::ClockElection {

@@ -178,7 +178,8 @@ struct Planted {
 /// - `reclaim-no-restart` passes every end-to-end invariant (the late-acceptance window covers
 ///   the early reclaims); only I8, the reclaim rule read from the leaders' logs, sees it.
 /// - `ack-before-commit` loses charges only when an edge dies with notices in flight:
-///   `edge-kill` kills the edge holding the most.
+///   `edge-kill` cuts an edge from its coordinators, then kills it (a kill alone found a
+///   notice unsettled too rarely: a fresh-clone CI run missed it with both seeds).
 /// - `merge-lowers-own-rows` corrupts the home region's counters at a heal. Depending on
 ///   timing the region goes on with them, or its replicas stop on the ledger's own invariant
 ///   check and the report names the region it could not read. Either way the regions never
