@@ -293,7 +293,10 @@ impl Node {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let m = metrics.clone();
         let observer: raft_store::SyncObserver = Arc::new(move |store, took| m.synced(store, took));
-        let log = LogStore::<TypeConfig>::new(db.clone()).with_sync_observer(observer.clone());
+        let mut log = LogStore::<TypeConfig>::new(db.clone()).with_sync_observer(observer.clone());
+        if shared::planted::active("ack-before-sync") {
+            log = log.planted_ack_before_sync();
+        }
         let state = StateStore::open(
             db,
             &cfg.data_dir.join("snapshots"),

@@ -35,6 +35,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore<C: RaftTypeConfig> {
     db: Arc<DB>,
     observer: Option<crate::SyncObserver>,
+    /// The planted bug `ack-before-sync` (see [`LogStore::planted_ack_before_sync`]).
+    ack_before_sync: bool,
     _c: std::marker::PhantomData<C>,
 }
 
@@ -43,6 +45,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
         LogStore {
             db: self.db.clone(),
             observer: self.observer.clone(),
+            ack_before_sync: self.ack_before_sync,
             _c: std::marker::PhantomData,
         }
     }
@@ -73,8 +76,20 @@ where
         LogStore {
             db,
             observer: None,
+            ack_before_sync: false,
             _c: std::marker::PhantomData,
         }
+    }
+
+    /// A deliberate bug, for the harnesses' planted-bug tests only (the coordinator turns it
+    /// on only in builds with `shared/planted-bugs`, under `PLANTED_BUG=ack-before-sync`):
+    /// appends are written without a sync and acknowledged, as if the state machine's synced
+    /// writes to the same write-ahead log made them durable soon enough. A killed process loses
+    /// nothing by it (the kernel still holds the write); only a machine that loses power does.
+    #[doc(hidden)]
+    pub fn planted_ack_before_sync(mut self) -> Self {
+        self.ack_before_sync = true;
+        self
     }
 
     /// Reports the duration of every synced append to `observer`.
@@ -219,7 +234,12 @@ where
             batch.put_cf(cf, index_key(index), bytes);
         }
         let started = std::time::Instant::now();
-        let result = crate::blocking(|| self.db.write_opt(batch, &synced()));
+        let options = if self.ack_before_sync {
+            rocksdb::WriteOptions::default()
+        } else {
+            synced()
+        };
+        let result = crate::blocking(|| self.db.write_opt(batch, &options));
         if let Some(o) = &self.observer {
             o("log", started.elapsed());
         }

@@ -42,12 +42,17 @@
 //!   appending it) is applied again: a second lease that no edge knows holds the money until
 //!   a reclaim returns it. Only a retry of a grant that was in fact applied shows it, which
 //!   real processes rarely meet; the simulation (`sim`) retries under every fault.
+//! - `ack-before-sync` (coordinator's Raft log store, and the simulation's store that mirrors
+//!   it): an append is written without a sync and acknowledged (the node's next synced write,
+//!   its state machine's, makes it durable), so a follower counts toward a commit with the
+//!   entry still in its page cache. A killed process loses nothing by it; a region that loses
+//!   power loses entries it acknowledged to clients.
 
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 12] = [
+pub const BUGS: [&str; 13] = [
     "reclaim-early",
     "reclaim-no-restart",
     "dedup-by-exchange-ids",
@@ -60,6 +65,7 @@ pub const BUGS: [&str; 12] = [
     "batch-id-reuse",
     "release-counts-held",
     "grant-retry-applied-twice",
+    "ack-before-sync",
 ];
 
 /// Builds the binaries of `packages` (workspace at `root`) with the planted bugs, with the

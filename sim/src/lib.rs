@@ -9,7 +9,8 @@
 //! - [`store`]: openraft's log and state machine on that disk, with the real store's rules.
 //! - [`net`]: delay, loss, duplication (so reordering), cut links, paused nodes.
 //! - [`world`]: the region, edges that lease, bid, report and release, the exchange's bills,
-//!   the nemesis, and the checks (I1, settled = billed on every replica, I4).
+//!   the nemesis (among its faults, power lost on every node at once), and the checks (I1,
+//!   settled = billed on every replica, I4).
 //!
 //! Needs Tokio's unstable runtime seed: the workspace builds with `--cfg tokio_unstable`
 //! (`.cargo/config.toml`).

@@ -161,6 +161,14 @@ impl RaftLogStorage<TypeConfig> for SimLog {
         for e in entries {
             ops.push(Op::Put(Space::Log, index_key(e.log_id.index), encode(&e)?));
         }
+        if shared::planted::active("ack-before-sync") {
+            // The planted bug (test builds only), as `raft_store::LogStore` plants it: the
+            // append is written unsynced and acknowledged; the node's next synced write (its
+            // state machine's, a vote) makes it durable.
+            let r = self.disk.write(self.generation, ops);
+            callback.log_io_completed(r.clone().map_err(|e| std::io::Error::other(e.to_string())));
+            return r.map_err(io);
+        }
         let r = self.disk.write_synced(self.generation, ops).await;
         callback.log_io_completed(r.clone().map_err(|e| std::io::Error::other(e.to_string())));
         r.map_err(io)

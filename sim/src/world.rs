@@ -141,6 +141,8 @@ struct Region {
     /// Proposals answered, and what never got an answer within [`GIVE_UP`] (a region that
     /// stops making progress ends the run rather than hanging it).
     progress: Arc<Mutex<(u64, Vec<String>)>>,
+    /// Woken whenever a proposal gets its answer (the power-loss fault waits for one).
+    answered: Arc<tokio::sync::Notify>,
 }
 
 /// Why a proposal got no answer.
@@ -253,6 +255,7 @@ impl Region {
             match self.propose_once(&command).await {
                 Ok(r) => {
                     self.lock_progress().0 += 1;
+                    self.answered.notify_waiters();
                     return Some(r);
                 }
                 Err(Propose::NoLeader) => {}
@@ -376,7 +379,9 @@ async fn bid(
     (events, losses, bid)
 }
 
-/// The nemesis: a fault every few seconds, each healed before the next.
+/// The nemesis: a fault every few seconds, each healed before the next: a node cut off, a
+/// crash (often the leader's) that loses its unsynced writes, a pause, bad weather (delay,
+/// loss, duplication), power lost on every node at once just after an answer, a clock off.
 async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut faults = 0;
@@ -387,7 +392,7 @@ async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
         let victim = ids[rng.usize(..ids.len())];
         let leader = region.leader().map(|(id, _)| id);
         faults += 1;
-        match rng.u8(0..6) {
+        match rng.u8(0..7) {
             0 => {
                 region
                     .trace
@@ -434,6 +439,25 @@ async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
                 region.router.set_weather(w);
                 tokio::time::sleep(lasts).await;
                 region.router.set_weather(Weather::CALM);
+            }
+            5 => {
+                // Power fails in the whole region at once, the instant a proposal is answered:
+                // whatever was acknowledged must already be on a majority's disks.
+                let _ = tokio::time::timeout(lasts, region.answered.notified()).await;
+                region.trace.log(format!(
+                    "nemesis: power lost on every node, just after an answer, for {lasts:?}"
+                ));
+                for id in &ids {
+                    region.crash(*id);
+                }
+                tokio::time::sleep(lasts).await;
+                for id in &ids {
+                    if let Err(e) = region.start(*id).await {
+                        region
+                            .trace
+                            .log(format!("nemesis: n{id} did not restart: {e}"));
+                    }
+                }
             }
             _ => {
                 let skew = rng.i64(-MAX_SKEW_US..=MAX_SKEW_US);
@@ -485,6 +509,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         trace: trace.clone(),
         base_unix_us: 1_796_083_200_000_000, // 2026-12-01T00:00:00Z
         progress: Arc::default(),
+        answered: Arc::default(),
     };
     for id in 1..=scenario.nodes {
         region.start(id).await?;

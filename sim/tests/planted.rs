@@ -13,6 +13,10 @@ const CAUGHT: &[(&str, u64, &str)] = &[
     // A retried grant applied twice leaves a lease no edge knows, holding money after every
     // edge released.
     ("grant-retry-applied-twice", 20, "settled"),
+    // Appends acknowledged before they are synced: power lost on every node just after an
+    // answer takes entries a majority acknowledged, and the replicas' logs part (openraft
+    // itself stops on a follower whose log went back).
+    ("ack-before-sync", 12, "I4"),
 ];
 
 #[test]
