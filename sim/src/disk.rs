@@ -87,8 +87,9 @@ struct State {
     durable: Image,
     /// What the running instance reads: durable plus `pending`.
     current: Image,
-    /// Written, not yet synced.
-    pending: Vec<Op>,
+    /// Written, not yet synced: whole writes, each durable entire or not at all (as a
+    /// RocksDB write batch is in its write-ahead log).
+    pending: Vec<Vec<Op>>,
     /// Bumped by each crash: an instance holds the generation it started with.
     generation: u64,
     /// Syncs completed, writes lost to crashes (for the trace).
@@ -142,7 +143,7 @@ impl Disk {
         for op in &ops {
             s.current.apply(op);
         }
-        s.pending.extend(ops);
+        s.pending.push(ops);
         Ok(())
     }
 
@@ -166,10 +167,11 @@ impl Disk {
             return Err(DiskError::Crashed);
         }
         // Writes issued while this sync waited are left for the next one (an earlier sync
-        // may have taken some of ours already).
+        // may have taken some of ours already, and then this one takes as many later writes,
+        // each whole).
         let upto = upto.min(s.pending.len());
-        let done: Vec<Op> = s.pending.drain(..upto).collect();
-        for op in &done {
+        let done: Vec<Vec<Op>> = s.pending.drain(..upto).collect();
+        for op in done.iter().flatten() {
             s.durable.apply(op);
         }
         s.syncs += 1;
@@ -180,7 +182,7 @@ impl Disk {
     pub fn crash(&self) {
         let mut s = self.lock();
         s.generation += 1;
-        s.lost += s.pending.len() as u64;
+        s.lost += s.pending.iter().map(|w| w.len() as u64).sum::<u64>();
         s.pending.clear();
         s.current = s.durable.clone();
     }
@@ -235,5 +237,44 @@ mod tests {
         d.crash();
         assert_eq!(w.await.unwrap(), Err(DiskError::Crashed));
         assert!(d.durable().space(Space::Log).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_is_durable_whole_or_not_at_all() {
+        // Two syncs overlap; a two-op write lands after the first drained and before the
+        // second ends. A crash then must keep both ops or neither (a RocksDB write batch is
+        // atomic in its write-ahead log).
+        // (Tokio's timers tick in milliseconds.)
+        let d = Disk::new(1, (10_000, 10_000));
+        let g = d.generation();
+        d.write(g, vec![Op::Put(Space::Rows, b"a".to_vec(), b"1".to_vec())])
+            .unwrap();
+        let first = tokio::spawn({
+            let d = d.clone();
+            async move { d.sync(g).await }
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let second = tokio::spawn({
+            let d = d.clone();
+            async move { d.sync(g).await }
+        });
+        tokio::time::sleep(Duration::from_millis(9)).await;
+        first.await.unwrap().unwrap();
+        d.write(
+            g,
+            vec![
+                Op::Put(Space::Rows, b"b".to_vec(), b"2".to_vec()),
+                Op::Put(Space::SmMeta, b"applied".to_vec(), b"2".to_vec()),
+            ],
+        )
+        .unwrap();
+        second.await.unwrap().unwrap();
+        d.crash();
+        let durable = d.durable();
+        assert_eq!(
+            durable.space(Space::Rows).contains_key(&b"b"[..]),
+            durable.space(Space::SmMeta).contains_key(&b"applied"[..]),
+            "a write torn in two: {durable:?}"
+        );
     }
 }
