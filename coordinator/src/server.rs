@@ -57,7 +57,7 @@ pub struct Config {
     /// Bytes of sealed segments read back against their hashes per second (the scrub), so
     /// that a file that rots on disk is found and fetched again from a peer before an
     /// auditor reads it. At the default, 16 MiB/s (about 1.3 TiB a day, against the 295 GiB of
-    /// segments a day of 100,000 events/s seals), a year of history is read every 76 days. 0
+    /// segments a day of 100,000 events/s seals), a year of history is read every 80 days. 0
     /// turns it off (every read still verifies its segment).
     pub scrub_bytes_per_second: u64,
     /// The leader retires day buckets whose day is over (`RetireDays`, a `day_retired` log
