@@ -559,18 +559,23 @@ fn inject(
             let cut = fw.partition(&t.ips(std::slice::from_ref(edge))?, &t.ips(coordinators)?)?;
             let held = Instant::now();
             let until = held + Duration::from_millis(crate::nemesis::EDGE_KILL_HOLD_MS);
-            let pending = loop {
-                let pending =
-                    metric(&t.node_mut(edge)?.metrics, "edge_notices_pending").unwrap_or(0);
-                if pending > 0 || Instant::now() >= until {
-                    break pending;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            t.node_mut(edge)?.proc.kill()?;
+            let killed = (|| -> Result<i64> {
+                let pending = loop {
+                    let pending =
+                        metric(&t.node_mut(edge)?.metrics, "edge_notices_pending").unwrap_or(0);
+                    if pending > 0 || Instant::now() >= until {
+                        break pending;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                t.node_mut(edge)?.proc.kill()?;
+                Ok(pending)
+            })();
+            // The cut is lifted whatever happened: the restarted edge must reach the region.
             for f in &cut {
                 fw.heal(f)?;
             }
+            let pending = killed?;
             note = format!(
                 "{edge} cut from its coordinators, killed {} ms later with {pending} notices waiting for their batches",
                 held.elapsed().as_millis()
