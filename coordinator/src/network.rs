@@ -297,7 +297,14 @@ impl RaftTransport for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
-        self.reply(&self.raft.install_snapshot(rpc).await)
+        // Served to its end even when the caller gives up (its deadline passed, the request is
+        // dropped): openraft keeps the stream's state across chunks, and a chunk stopped half
+        // way (a file taken for installing, a seek) is not something it expects.
+        let raft = self.raft.clone();
+        let result = tokio::spawn(async move { raft.install_snapshot(rpc).await })
+            .await
+            .map_err(|e| Status::internal(format!("receiving a snapshot chunk: {e}")))?;
+        self.reply(&result)
     }
 
     type FetchSegmentStream = std::pin::Pin<

@@ -23,6 +23,7 @@
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,12 +89,25 @@ pub trait Machine<C: RaftTypeConfig>: Send + Sync + 'static {
 
 /// A snapshot's bytes: a file in the store's snapshot directory, read and written by openraft
 /// as a stream (`SnapshotData`). Declare the type config with `SnapshotData = SnapshotFile`.
+///
+/// Every operation finishes in the poll that starts it: reads and writes are positioned
+/// (`pread`/`pwrite` at the position this handle keeps) and a seek only sets that position.
+/// openraft's receiving side (`Streaming::receive`) remembers the offset it expects next and
+/// seeks only when a chunk starts elsewhere; over `tokio::fs::File`, whose seek runs on a
+/// blocking thread, an RPC dropped while its seek was pending moved the file but not that
+/// offset, and the next chunk was written at the wrong place — a follower then failed to
+/// install the snapshot and stopped (`jepsen run --nemesis all --seed 1`, ap-1).
 pub struct SnapshotFile {
-    file: tokio::fs::File,
+    file: fs::File,
+    pos: u64,
     path: PathBuf,
 }
 
 impl SnapshotFile {
+    fn new(file: fs::File, path: PathBuf) -> Self {
+        SnapshotFile { file, pos: 0, path }
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -109,38 +123,66 @@ impl Debug for SnapshotFile {
 impl AsyncRead for SnapshotFile {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_read(cx, buf)
+        let this = self.get_mut();
+        let n = match crate::blocking(|| this.file.read_at(buf.initialize_unfilled(), this.pos)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        buf.advance(n);
+        this.pos += n as u64;
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for SnapshotFile {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().file).poll_write(cx, buf)
+        let this = self.get_mut();
+        let n = crate::blocking(|| this.file.write_at(buf, this.pos))?;
+        this.pos += n as u64;
+        Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
+    /// The end of a received stream: its bytes reach the disk before it is installed.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        Poll::Ready(crate::blocking(|| this.file.sync_data()))
     }
 }
 
 impl AsyncSeek for SnapshotFile {
     fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        Pin::new(&mut self.get_mut().file).start_seek(position)
+        let this = self.get_mut();
+        let (base, delta) = match position {
+            io::SeekFrom::Start(n) => {
+                this.pos = n;
+                return Ok(());
+            }
+            io::SeekFrom::Current(d) => (this.pos, d),
+            io::SeekFrom::End(d) => (this.file.metadata()?.len(), d),
+        };
+        this.pos = base.checked_add_signed(delta).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )
+        })?;
+        Ok(())
     }
 
-    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        Pin::new(&mut self.get_mut().file).poll_complete(cx)
+    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
     }
 }
 
@@ -172,6 +214,10 @@ pub struct StateStore<C: RaftTypeConfig, M> {
     snapshot_dir: Arc<PathBuf>,
     inner: Arc<Mutex<Inner<C, M>>>,
     receiving: Arc<AtomicU64>,
+    /// Held while the current-snapshot pointer is read and its file opened, or the pointer
+    /// moved and the files it no longer names removed: a file is never removed between a
+    /// reader's look at the pointer and its open (an open handle outlives the removal).
+    files: Arc<Mutex<()>>,
     observer: Option<crate::SyncObserver>,
 }
 
@@ -182,10 +228,14 @@ impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
             snapshot_dir: self.snapshot_dir.clone(),
             inner: self.inner.clone(),
             receiving: self.receiving.clone(),
+            files: self.files.clone(),
             observer: self.observer.clone(),
         }
     }
 }
+
+/// The current snapshot's pointer, and the result of opening the file it names.
+type Opened<C> = (SnapshotPointer<C>, io::Result<fs::File>);
 
 /// What `sm_meta` says of the current snapshot.
 #[derive(Serialize, Deserialize)]
@@ -399,6 +449,7 @@ where
                 last_build: None,
             })),
             receiving: Arc::new(AtomicU64::new(0)),
+            files: Arc::new(Mutex::new(())),
             observer: None,
         })
     }
@@ -407,6 +458,27 @@ where
     pub fn with_sync_observer(mut self, observer: crate::SyncObserver) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    fn files_lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current snapshot's pointer and its file, opened; `Ok(None)` when there is no pointer,
+    /// `Err(NotFound)` when the file it names is gone.
+    fn open_current(&self) -> SResult<C, Option<Opened<C>>> {
+        let _files = self.files_lock();
+        let Some(stored) = self
+            .db
+            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT_FILE)
+            .map_err(io_read::<C>)?
+        else {
+            return Ok(None);
+        };
+        let pointer: SnapshotPointer<C> = serde_json::from_slice(&stored).map_err(io_read::<C>)?;
+        let file = fs::File::open(self.snapshot_dir.join(&pointer.file));
+        Ok(Some((pointer, file)))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<C, M>> {
@@ -518,7 +590,7 @@ where
     /// are taken under the lock, and the file is written from them after it is released, so
     /// that applies wait for neither. (Rows once came from the machine under the lock: with
     /// 100,000 campaigns that held every apply for 0.7 s, `./dev bench scale`.)
-    fn build(&self) -> SResult<C, (Meta<C>, PathBuf)> {
+    fn build(&self) -> SResult<C, Snapshot<C>> {
         let started = std::time::Instant::now();
         let db = self.db.clone();
         let inner = self.lock();
@@ -584,20 +656,37 @@ where
         };
         let (bytes, rows, records) = crate::blocking(write).map_err(io_write::<C>)?;
         drop(view);
-        let pointer = SnapshotPointer::<C> {
-            meta: meta.clone(),
-            file: name.clone(),
-        };
-        self.db
-            .put_cf_opt(
-                cf(&self.db, CF_SM_META),
-                KEY_SNAPSHOT_FILE,
-                serde_json::to_vec(&pointer).map_err(io_write::<C>)?,
-                &synced(),
-            )
-            .map_err(io_write::<C>)?;
-        // Older files go; one still being sent stays readable through its open handle.
-        remove_snapshot_files(dir, Some(&name), false).map_err(io_write::<C>)?;
+        let files = self.files_lock();
+        let file = fs::File::open(&path)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let current: Option<SnapshotPointer<C>> = self
+            .db
+            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT_FILE)
+            .map_err(io_read::<C>)?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(io_read::<C>)?;
+        if current.is_some_and(|c| c.meta.last_log_id > meta.last_log_id) {
+            // A newer snapshot was installed while this one was written: it stays current, and
+            // this one is only handed to whoever asked for it (through the open handle).
+            fs::remove_file(&path).map_err(io_write::<C>)?;
+        } else {
+            let pointer = SnapshotPointer::<C> {
+                meta: meta.clone(),
+                file: name.clone(),
+            };
+            self.db
+                .put_cf_opt(
+                    cf(&self.db, CF_SM_META),
+                    KEY_SNAPSHOT_FILE,
+                    serde_json::to_vec(&pointer).map_err(io_write::<C>)?,
+                    &synced(),
+                )
+                .map_err(io_write::<C>)?;
+            // Older files go; one still being sent stays readable through its open handle.
+            remove_snapshot_files(dir, Some(&name), false).map_err(io_write::<C>)?;
+        }
+        drop(files);
         self.lock().last_build = Some(SnapshotStats {
             bytes,
             rows,
@@ -605,7 +694,10 @@ where
             build_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             index: meta.last_log_id.as_ref().map_or(0, |l| l.index),
         });
-        Ok((meta, path))
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::new(file, path)),
+        })
     }
 }
 
@@ -613,13 +705,15 @@ fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(key.try_into().unwrap_or([0xff; 8]))
 }
 
-/// Removes snapshot files of `dir` other than `keep`: finished ones and unfinished builds, and
-/// with `receiving`, files being received too (only when no stream can be under way: at open).
-fn remove_snapshot_files(dir: &Path, keep: Option<&str>, receiving: bool) -> io::Result<()> {
+/// Removes the finished snapshot files of `dir` other than `keep`, and `at_open` (when no
+/// build, copy or stream can be under way) unfinished ones and files being received too.
+fn remove_snapshot_files(dir: &Path, keep: Option<&str>, at_open: bool) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with("snap-") || (receiving && name.starts_with(RECEIVING_PREFIX));
+        let finished = name.starts_with("snap-") && name.ends_with(&format!(".{SNAPSHOT_EXT}"));
+        let ours = finished
+            || (at_open && (name.starts_with("snap-") || name.starts_with(RECEIVING_PREFIX)));
         if ours && Some(name.as_str()) != keep {
             match fs::remove_file(entry.path()) {
                 Ok(()) => {}
@@ -651,14 +745,7 @@ where
     M: Machine<C>,
 {
     async fn build_snapshot(&mut self) -> SResult<C, Snapshot<C>> {
-        let (meta, path) = self.build()?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(SnapshotFile { file, path }),
-        })
+        self.build()
     }
 }
 
@@ -755,15 +842,14 @@ where
         }
         let n = self.receiving.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{RECEIVING_PREFIX}{n}.tmp"));
-        let file = tokio::fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&path)
-            .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(SnapshotFile { file, path }))
+        Ok(Box::new(SnapshotFile::new(file, path)))
     }
 
     async fn install_snapshot(
@@ -771,9 +857,8 @@ where
         meta: &SnapshotMeta<C::NodeId, C::Node>,
         snapshot: Box<SnapshotFile>,
     ) -> SResult<C, ()> {
-        let SnapshotFile { file, path } = *snapshot;
+        let SnapshotFile { file, path, .. } = *snapshot;
         let bad = |e: &io::Error| StorageIOError::read_snapshot(Some(meta.signature()), e);
-        let file = file.into_std().await;
         let parsed = crate::blocking(|| read_snapshot_file::<C>(file)).map_err(|e| bad(&e))?;
         if parsed.meta.last_log_id != meta.last_log_id {
             return Err(bad(&bad_data(format!(
@@ -847,32 +932,34 @@ where
             KEY_SNAPSHOT_FILE,
             serde_json::to_vec(&pointer).map_err(io_write::<C>)?,
         );
+        let files = self.files_lock();
         crate::blocking(|| db.write_opt(batch, &synced())).map_err(io_write::<C>)?;
         drop(inner);
         remove_snapshot_files(&dir, Some(&name), false).map_err(io_write::<C>)?;
+        drop(files);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<C, Option<Snapshot<C>>> {
-        let Some(stored) = self
-            .db
-            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT_FILE)
-            .map_err(io_read::<C>)?
-        else {
-            return Ok(None);
-        };
-        let pointer: SnapshotPointer<C> = serde_json::from_slice(&stored).map_err(io_read::<C>)?;
-        let path = self.snapshot_dir.join(&pointer.file);
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(Some(Snapshot {
-                meta: pointer.meta,
-                snapshot: Box::new(SnapshotFile { file, path }),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!(file = %path.display(), "the current snapshot's file is missing; a new one will be built");
-                Ok(None)
+        match self.open_current()? {
+            None => Ok(None),
+            Some((pointer, Ok(file))) => {
+                let path = self.snapshot_dir.join(&pointer.file);
+                Ok(Some(Snapshot {
+                    meta: pointer.meta,
+                    snapshot: Box::new(SnapshotFile::new(file, path)),
+                }))
             }
-            Err(e) => Err(StorageIOError::read_snapshot(Some(pointer.meta.signature()), &e).into()),
+            // Files are removed only when the pointer moves (under the same lock), so this one
+            // was lost some other way. Answering "none" would stop openraft (a leader asks for
+            // the snapshot to send it): build one now instead.
+            Some((pointer, Err(e))) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(file = %pointer.file, "the current snapshot's file is missing; building a new one");
+                self.build().map(Some)
+            }
+            Some((pointer, Err(e))) => {
+                Err(StorageIOError::read_snapshot(Some(pointer.meta.signature()), &e).into())
+            }
         }
     }
 }
