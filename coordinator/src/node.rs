@@ -42,6 +42,10 @@ pub struct NodeConfig {
     /// Log entries kept behind a snapshot, for followers that are only a little behind (the
     /// others get the snapshot).
     pub logs_kept_after_snapshot: u64,
+    /// How long one snapshot chunk may take to be sent (and the last, to be installed).
+    pub snapshot_chunk_timeout: Duration,
+    /// Bytes of a snapshot per chunk.
+    pub snapshot_chunk_bytes: u64,
     /// Its clock: proposals' wall-clock stamps and the reclaim timers read it.
     pub clock: Clock,
     /// Source IP of its connections to peers; `None`: the system chooses.
@@ -64,6 +68,8 @@ impl NodeConfig {
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
+            snapshot_chunk_timeout: Duration::from_secs(10),
+            snapshot_chunk_bytes: 1 << 20,
             clock: Clock::system(),
             outgoing: None,
             transport: Transport::Plaintext,
@@ -312,6 +318,8 @@ impl Node {
             election_timeout_max: millis(cfg.election_timeout.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
+            install_snapshot_timeout: millis(cfg.snapshot_chunk_timeout),
+            snapshot_max_chunk_size: cfg.snapshot_chunk_bytes,
             ..Default::default()
         }
         .validate()

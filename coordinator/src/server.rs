@@ -121,6 +121,12 @@ pub struct RaftConfig {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// How long one snapshot chunk may take to reach a follower, and the last one to be
+    /// installed there (openraft's own default, 200 ms, is shorter than installing a large
+    /// region's snapshot: the leader gave up and started again from the first chunk, forever).
+    pub snapshot_chunk_timeout_ms: u64,
+    /// Bytes of a snapshot per chunk.
+    pub snapshot_chunk_bytes: u64,
 }
 
 /// Lease rules (DESIGN §5) for a new region: the first leader of a region records them in its
@@ -202,6 +208,8 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 800,
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
+            snapshot_chunk_timeout_ms: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -259,6 +267,12 @@ impl Config {
         {
             return Err(err(
                 "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            ));
+        }
+        if r.snapshot_chunk_timeout_ms < 100 || r.snapshot_chunk_bytes < 4_096 {
+            return Err(err(
+                "raft: need snapshot_chunk_timeout_ms >= 100 and snapshot_chunk_bytes >= 4096"
                     .into(),
             ));
         }
@@ -340,6 +354,8 @@ impl Config {
         sync.ask_interval = Duration::from_millis(g.ask_interval_ms);
         node.snapshot_every = r.snapshot_every;
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
+        node.snapshot_chunk_timeout = Duration::from_millis(r.snapshot_chunk_timeout_ms);
+        node.snapshot_chunk_bytes = r.snapshot_chunk_bytes;
         Ok(Checked {
             node,
             sync,

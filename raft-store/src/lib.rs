@@ -25,7 +25,10 @@ pub use log_store::LogStore;
 /// made it (`"log"` or `"state"`). Lets the server export a latency histogram without this crate
 /// knowing about metrics.
 pub type SyncObserver = std::sync::Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
-pub use state_store::{Machine, MachineApplied, SnapshotFile, SnapshotStats, StateStore};
+pub use state_store::{
+    Machine, MachineApplied, SnapshotContents, SnapshotFile, SnapshotStats, StateStore,
+    decode_snapshot, encode_snapshot,
+};
 
 /// Every column family the crate uses.
 pub const COLUMN_FAMILIES: &[&str] = &[

@@ -97,26 +97,65 @@ pub trait Machine<C: RaftTypeConfig>: Send + Sync + 'static {
 /// blocking thread, an RPC dropped while its seek was pending moved the file but not that
 /// offset, and the next chunk was written at the wrong place — a follower then failed to
 /// install the snapshot and stopped (`jepsen run --nemesis all --seed 1`, ap-1).
+///
+/// A snapshot may also live in memory ([`SnapshotFile::in_memory`]): the simulation keeps its
+/// snapshots on its simulated disk and streams them through openraft as the real store does.
 pub struct SnapshotFile {
-    file: fs::File,
+    body: Body,
     pos: u64,
     path: PathBuf,
 }
 
+enum Body {
+    File(fs::File),
+    Memory(Vec<u8>),
+}
+
 impl SnapshotFile {
     fn new(file: fs::File, path: PathBuf) -> Self {
-        SnapshotFile { file, pos: 0, path }
+        SnapshotFile {
+            body: Body::File(file),
+            pos: 0,
+            path,
+        }
     }
 
-    /// The file's path.
+    /// A snapshot held in memory (empty to receive one): [`encode_snapshot`]'s bytes.
+    pub fn in_memory(bytes: Vec<u8>) -> Self {
+        SnapshotFile {
+            body: Body::Memory(bytes),
+            pos: 0,
+            path: PathBuf::new(),
+        }
+    }
+
+    /// The bytes of a snapshot held in memory (`None` for a file).
+    pub fn into_memory(self) -> Option<Vec<u8>> {
+        match self.body {
+            Body::Memory(bytes) => Some(bytes),
+            Body::File(_) => None,
+        }
+    }
+
+    /// The file's path (empty for a snapshot in memory).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        match &self.body {
+            Body::File(f) => Ok(f.metadata()?.len()),
+            Body::Memory(b) => Ok(b.len() as u64),
+        }
     }
 }
 
 impl Debug for SnapshotFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SnapshotFile({})", self.path.display())
+        match &self.body {
+            Body::File(_) => write!(f, "SnapshotFile({})", self.path.display()),
+            Body::Memory(b) => write!(f, "SnapshotFile(memory, {} bytes)", b.len()),
+        }
     }
 }
 
@@ -127,12 +166,23 @@ impl AsyncRead for SnapshotFile {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let n = match crate::blocking(|| this.file.read_at(buf.initialize_unfilled(), this.pos)) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return Poll::Ready(Err(e)),
+        let pos = this.pos;
+        let n = match &this.body {
+            Body::File(f) => match crate::blocking(|| f.read_at(buf.initialize_unfilled(), pos)) {
+                Ok(n) => {
+                    buf.advance(n);
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+            Body::Memory(b) => {
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(b.len());
+                let n = buf.remaining().min(b.len() - start);
+                buf.put_slice(&b[start..start + n]);
+                n
+            }
         };
-        buf.advance(n);
         this.pos += n as u64;
         Poll::Ready(Ok(()))
     }
@@ -145,7 +195,21 @@ impl AsyncWrite for SnapshotFile {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = crate::blocking(|| this.file.write_at(buf, this.pos))?;
+        let pos = this.pos;
+        let n = match &mut this.body {
+            Body::File(f) => crate::blocking(|| f.write_at(buf, pos))?,
+            Body::Memory(b) => {
+                let start = usize::try_from(pos)
+                    .map_err(|_| io::Error::other("a snapshot in memory past usize"))?;
+                if b.len() < start {
+                    b.resize(start, 0);
+                }
+                let overlap = (b.len() - start).min(buf.len());
+                b[start..start + overlap].copy_from_slice(&buf[..overlap]);
+                b.extend_from_slice(&buf[overlap..]);
+                buf.len()
+            }
+        };
         this.pos += n as u64;
         Poll::Ready(Ok(n))
     }
@@ -156,8 +220,10 @@ impl AsyncWrite for SnapshotFile {
 
     /// The end of a received stream: its bytes reach the disk before it is installed.
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        Poll::Ready(crate::blocking(|| this.file.sync_data()))
+        match &self.get_mut().body {
+            Body::File(f) => Poll::Ready(crate::blocking(|| f.sync_data())),
+            Body::Memory(_) => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -170,7 +236,7 @@ impl AsyncSeek for SnapshotFile {
                 return Ok(());
             }
             io::SeekFrom::Current(d) => (this.pos, d),
-            io::SeekFrom::End(d) => (this.file.metadata()?.len(), d),
+            io::SeekFrom::End(d) => (this.len()?, d),
         };
         this.pos = base.checked_add_signed(delta).ok_or_else(|| {
             io::Error::new(
@@ -331,18 +397,80 @@ impl<R: Read> CrcReader<R> {
     }
 }
 
-/// A snapshot file read back: its meta, rows and records.
-struct Parsed<C: RaftTypeConfig> {
-    meta: Meta<C>,
-    rows: Rows,
-    records: Rows,
+/// A snapshot read back whole: its meta, rows and records (seq big-endian → record).
+pub struct SnapshotContents<C: RaftTypeConfig> {
+    /// What openraft knows it by.
+    pub meta: SnapshotMeta<C::NodeId, C::Node>,
+    /// The machine's rows.
+    pub rows: Rows,
+    /// The financial-log records it carries.
+    pub records: Rows,
+}
+
+/// A snapshot in this store's format, in memory: what a build writes to its file.
+pub fn encode_snapshot<C: RaftTypeConfig>(
+    meta: &SnapshotMeta<C::NodeId, C::Node>,
+    rows: &[(Vec<u8>, Vec<u8>)],
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> io::Result<Vec<u8>> {
+    let pairs = |v: &'_ [(Vec<u8>, Vec<u8>)]| {
+        v.iter()
+            .map(|(k, v)| Ok((k.clone().into_boxed_slice(), v.clone().into_boxed_slice())))
+            .collect::<Vec<_>>()
+    };
+    let (out, _, _) = write_snapshot::<C, _>(Vec::new(), meta, pairs(rows), pairs(records))?;
+    Ok(out)
+}
+
+/// Reads a snapshot in this store's format, checking its framing and CRC.
+pub fn decode_snapshot<C: RaftTypeConfig>(bytes: &[u8]) -> io::Result<SnapshotContents<C>> {
+    read_snapshot(bytes)
+}
+
+type Pair = (Box<[u8]>, Box<[u8]>);
+
+/// Writes a snapshot to `out`: magic, head, rows, records, end, CRC; with the counts written.
+fn write_snapshot<C: RaftTypeConfig, W: Write>(
+    out: W,
+    meta: &Meta<C>,
+    rows: impl IntoIterator<Item = io::Result<Pair>>,
+    records: impl IntoIterator<Item = io::Result<Pair>>,
+) -> io::Result<(W, u64, u64)> {
+    let head = serde_json::to_vec(&SnapshotHead::<C> { meta: meta.clone() })?;
+    let mut w = CrcWriter {
+        inner: out,
+        crc: crc32fast::Hasher::new(),
+    };
+    w.put(SNAPSHOT_MAGIC)?;
+    w.put_len(&head)?;
+    let mut n_rows = 0u64;
+    for item in rows {
+        let (k, v) = item?;
+        w.pair(TAG_ROW, &k, &v)?;
+        n_rows += 1;
+    }
+    let mut n_records = 0u64;
+    for item in records {
+        let (k, v) = item?;
+        w.pair(TAG_RECORD, &k, &v)?;
+        n_records += 1;
+    }
+    w.put(&[TAG_END])?;
+    let crc = w.crc.clone().finalize();
+    let mut out = w.inner;
+    out.write_all(&crc.to_be_bytes())?;
+    Ok((out, n_rows, n_records))
 }
 
 /// Reads a whole snapshot file from its start, checking its framing and CRC.
-fn read_snapshot_file<C: RaftTypeConfig>(mut file: fs::File) -> io::Result<Parsed<C>> {
+fn read_snapshot_file<C: RaftTypeConfig>(mut file: fs::File) -> io::Result<SnapshotContents<C>> {
     file.rewind()?;
+    read_snapshot(BufReader::with_capacity(1 << 20, file))
+}
+
+fn read_snapshot<C: RaftTypeConfig>(input: impl Read) -> io::Result<SnapshotContents<C>> {
     let mut r = CrcReader {
-        inner: BufReader::with_capacity(1 << 20, file),
+        inner: input,
         crc: crc32fast::Hasher::new(),
     };
     if r.take_array::<8>()? != *SNAPSHOT_MAGIC {
@@ -375,7 +503,7 @@ fn read_snapshot_file<C: RaftTypeConfig>(mut file: fs::File) -> io::Result<Parse
     if r.inner.read(&mut rest)? != 0 {
         return Err(bad_data("bytes after the end"));
     }
-    Ok(Parsed {
+    Ok(SnapshotContents {
         meta: head.meta,
         rows,
         records,
@@ -621,32 +749,15 @@ where
         let dir = self.snapshot_dir.as_path();
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
-        let head =
-            serde_json::to_vec(&SnapshotHead::<C> { meta: meta.clone() }).map_err(io_write::<C>)?;
         let rows_cf = cf(&db, CF_ROWS);
         let write = || -> io::Result<(u64, u64, u64)> {
-            let mut w = CrcWriter {
-                inner: BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?),
-                crc: crc32fast::Hasher::new(),
+            let pairs = |cf| {
+                view.iterator_cf(cf, IteratorMode::Start)
+                    .map(|item| item.map_err(io::Error::other))
             };
-            w.put(SNAPSHOT_MAGIC)?;
-            w.put_len(&head)?;
-            let mut rows = 0u64;
-            for item in view.iterator_cf(rows_cf, IteratorMode::Start) {
-                let (k, v) = item.map_err(io::Error::other)?;
-                w.pair(TAG_ROW, &k, &v)?;
-                rows += 1;
-            }
-            let mut records = 0u64;
-            for item in view.iterator_cf(log_cf, IteratorMode::Start) {
-                let (k, v) = item.map_err(io::Error::other)?;
-                w.pair(TAG_RECORD, &k, &v)?;
-                records += 1;
-            }
-            w.put(&[TAG_END])?;
-            let crc = w.crc.clone().finalize();
-            let mut out = w.inner;
-            out.write_all(&crc.to_be_bytes())?;
+            let out = BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+            let (out, rows, records) =
+                write_snapshot::<C, _>(out, &meta, pairs(rows_cf), pairs(log_cf))?;
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             let bytes = file.metadata()?.len();
@@ -857,8 +968,14 @@ where
         meta: &SnapshotMeta<C::NodeId, C::Node>,
         snapshot: Box<SnapshotFile>,
     ) -> SResult<C, ()> {
-        let SnapshotFile { file, path, .. } = *snapshot;
+        let SnapshotFile { body, path, .. } = *snapshot;
         let bad = |e: &io::Error| StorageIOError::read_snapshot(Some(meta.signature()), e);
+        let Body::File(file) = body else {
+            return Err(bad(&io::Error::other(
+                "a snapshot in memory given to the file store",
+            ))
+            .into());
+        };
         let parsed = crate::blocking(|| read_snapshot_file::<C>(file)).map_err(|e| bad(&e))?;
         if parsed.meta.last_log_id != meta.last_log_id {
             return Err(bad(&bad_data(format!(

@@ -51,6 +51,7 @@ impl Image {
                     m.remove(&k);
                 }
             }
+            Op::Clear(s) => self.0[*s as usize].clear(),
         }
     }
 }
@@ -64,6 +65,8 @@ pub enum Op {
     Delete(Space, Vec<u8>),
     /// Remove `[from, to)`.
     DeleteRange(Space, Vec<u8>, Vec<u8>),
+    /// Remove every key of a space.
+    Clear(Space),
 }
 
 /// Why a disk operation failed.

@@ -61,11 +61,15 @@ mod tests {
 
     #[test]
     fn a_fixed_set_of_seeds_holds_every_invariant() {
+        let mut installed = 0;
         for seed in 1..=4 {
             let o = run_seed(seed, &short()).unwrap();
             assert!(o.faults > 0, "seed {seed}: no fault injected");
             assert!(o.billed > 0, "seed {seed}: nothing billed");
+            assert!(o.snapshots.0 > 0, "seed {seed}: no snapshot built");
             assert!(o.passed(), "seed {seed}: {:#?}", o.verdicts);
+            installed += o.snapshots.1;
         }
+        assert!(installed > 0, "no node of seeds 1..=4 installed a snapshot");
     }
 }

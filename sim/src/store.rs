@@ -3,13 +3,16 @@
 //! an append is acknowledged once synced; a batch of applied entries writes its rows, its
 //! financial-log records and the applied id together, in one synced write.
 //!
-//! Snapshots are not simulated yet: the simulation never purges the log, so no snapshot is
-//! ever built or sent (building one is refused, loudly).
+//! Snapshots are the real store's format ([`raft_store::encode_snapshot`]: meta, rows, records,
+//! CRC), kept whole on the simulated disk beside the applied id, and streamed through openraft's
+//! chunked transport as [`SnapshotFile::in_memory`]: a node behind the leader's purged log is
+//! brought up to date by one, as in a real region.
 
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use coordinator::ledger::{Params, Reply};
@@ -22,7 +25,7 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use raft_store::{Machine, SnapshotFile};
+use raft_store::{Machine, SnapshotFile, decode_snapshot, encode_snapshot};
 use shared::RegionId;
 
 use crate::disk::{Disk, Op, Space};
@@ -34,6 +37,10 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// The current snapshot: its meta and its bytes.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+type Meta = SnapshotMeta<u64, BasicNode>;
 
 fn index_key(i: u64) -> Vec<u8> {
     i.to_be_bytes().to_vec()
@@ -206,18 +213,32 @@ struct Inner {
     membership: StoredMembership<u64, BasicNode>,
 }
 
+/// Snapshots built and installed in a run, over every node.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    /// Built (and made current).
+    pub built: AtomicU64,
+    /// Received from a leader and installed.
+    pub installed: AtomicU64,
+}
+
 /// The state machine of one node instance: the real ledger, persisted on the simulated disk.
 #[derive(Clone)]
 pub struct SimState {
     disk: Disk,
     generation: u64,
     inner: Arc<Mutex<Inner>>,
+    counts: Arc<SnapshotCounts>,
 }
 
 impl SimState {
     /// The state machine of the instance starting now on `disk`: the ledger rebuilt from the
     /// durable rows, as the real store does on restart.
-    pub fn open(disk: &Disk, region: RegionId) -> anyhow::Result<SimState> {
+    pub fn open(
+        disk: &Disk,
+        region: RegionId,
+        counts: Arc<SnapshotCounts>,
+    ) -> anyhow::Result<SimState> {
         let generation = disk.generation();
         let (rows, applied, membership) = disk.read(generation, |i| {
             (
@@ -251,6 +272,7 @@ impl SimState {
                 applied,
                 membership,
             })),
+            counts,
         })
     }
 
@@ -264,13 +286,81 @@ impl SimState {
     }
 }
 
+impl SimState {
+    /// The current snapshot as stored: its meta and bytes.
+    fn stored_snapshot(&self) -> SResult<Option<(Meta, Vec<u8>)>> {
+        let raw = self
+            .disk
+            .read(self.generation, |i| {
+                i.space(Space::SmMeta).get(KEY_SNAPSHOT).cloned()
+            })
+            .map_err(io)?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+}
+
+fn snapshot_io(meta: Option<&Meta>, e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)).into()
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SimState {
+    /// The real store's rules: the state as of one applied id (read under the machine's lock),
+    /// the id named by the applied log id and the first record, stored synced, and a build that
+    /// ends after a newer snapshot was installed leaves that one current.
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
-        Err(StorageIOError::write_snapshot(
-            None,
-            AnyError::error("the simulation builds no snapshots (its log is never purged)"),
-        )
-        .into())
+        let (meta, rows, records) = {
+            let inner = self.lock();
+            let (rows, records) = self
+                .disk
+                .read(self.generation, |i| {
+                    let all = |s: Space| {
+                        i.space(s)
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect::<Vec<_>>()
+                    };
+                    (all(Space::Rows), all(Space::Records))
+                })
+                .map_err(io)?;
+            let id = match &inner.applied {
+                Some(l) => format!("{}-{}", l.leader_id, l.index),
+                None => "empty".to_string(),
+            };
+            let id = match records.first() {
+                Some((k, _)) => format!(
+                    "{id}-r{}",
+                    u64::from_be_bytes(k[..8].try_into().unwrap_or([0xff; 8]))
+                ),
+                None => id,
+            };
+            let meta = SnapshotMeta {
+                last_log_id: inner.applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, rows, records)
+        };
+        let bytes = encode_snapshot::<TypeConfig>(&meta, &rows, &records)
+            .map_err(|e| snapshot_io(Some(&meta), e))?;
+        let newer_installed = self
+            .stored_snapshot()?
+            .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
+        if !newer_installed {
+            let op = Op::Put(
+                Space::SmMeta,
+                KEY_SNAPSHOT.to_vec(),
+                encode(&(&meta, &bytes))?,
+            );
+            self.disk
+                .write_synced(self.generation, vec![op])
+                .await
+                .map_err(io)?;
+            self.counts.built.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::in_memory(bytes)),
+        })
     }
 }
 
@@ -288,7 +378,7 @@ impl RaftStateMachine<TypeConfig> for SimState {
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
-        let (ops, replies) = {
+        let replies = {
             let mut inner = self.lock();
             let mut ops = Vec::new();
             let mut replies = Vec::new();
@@ -329,12 +419,12 @@ impl RaftStateMachine<TypeConfig> for SimState {
                     encode(&inner.membership)?,
                 ));
             }
-            (ops, replies)
+            // Written under the lock, so that what the disk shows always matches `applied`
+            // (a snapshot build reads both under it, as the real store reads RocksDB).
+            self.disk.write(self.generation, ops).map_err(io)?;
+            replies
         };
-        self.disk
-            .write_synced(self.generation, ops)
-            .await
-            .map_err(io)?;
+        self.disk.sync(self.generation).await.map_err(io)?;
         Ok(replies)
     }
 
@@ -343,26 +433,80 @@ impl RaftStateMachine<TypeConfig> for SimState {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> SResult<Box<SnapshotFile>> {
-        Err(StorageIOError::write_snapshot(
-            None,
-            AnyError::error("the simulation receives no snapshots"),
-        )
-        .into())
+        Ok(Box::new(SnapshotFile::in_memory(Vec::new())))
     }
 
+    /// As the real store: the received bytes are checked whole (framing, CRC, the meta they
+    /// carry), the machine rebuilt from them before anything is written, then rows, records,
+    /// applied id, membership and the snapshot replace the old ones in one synced write.
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<u64, BasicNode>,
-        _snapshot: Box<SnapshotFile>,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<SnapshotFile>,
     ) -> SResult<()> {
-        Err(StorageIOError::write_snapshot(
-            None,
-            AnyError::error("the simulation installs no snapshots"),
-        )
-        .into())
+        let bad = |what: String| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(what),
+            ))
+        };
+        let bytes = snapshot
+            .into_memory()
+            .ok_or_else(|| bad("a snapshot file given to the simulated store".into()))?;
+        let parsed = decode_snapshot::<TypeConfig>(&bytes).map_err(|e| bad(e.to_string()))?;
+        if parsed.meta.last_log_id != meta.last_log_id {
+            return Err(bad(format!(
+                "the bytes are snapshot {}, not {}",
+                parsed.meta.snapshot_id, meta.snapshot_id
+            )));
+        }
+        {
+            let mut inner = self.lock();
+            inner
+                .machine
+                .load(parsed.rows.clone(), meta.last_log_id.map_or(0, |l| l.index))
+                .map_err(|e| bad(e.to_string()))?;
+            inner.applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            let mut ops = vec![Op::Clear(Space::Rows), Op::Clear(Space::Records)];
+            ops.extend(
+                parsed
+                    .rows
+                    .into_iter()
+                    .map(|(k, v)| Op::Put(Space::Rows, k, v)),
+            );
+            ops.extend(
+                parsed
+                    .records
+                    .into_iter()
+                    .map(|(k, v)| Op::Put(Space::Records, k, v)),
+            );
+            ops.push(Op::Put(
+                Space::SmMeta,
+                KEY_APPLIED.to_vec(),
+                encode(&inner.applied)?,
+            ));
+            ops.push(Op::Put(
+                Space::SmMeta,
+                KEY_MEMBERSHIP.to_vec(),
+                encode(&inner.membership)?,
+            ));
+            ops.push(Op::Put(
+                Space::SmMeta,
+                KEY_SNAPSHOT.to_vec(),
+                encode(&(meta, &bytes))?,
+            ));
+            self.disk.write(self.generation, ops).map_err(io)?;
+        }
+        self.disk.sync(self.generation).await.map_err(io)?;
+        self.counts.installed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
-        Ok(None)
+        Ok(self.stored_snapshot()?.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::in_memory(bytes)),
+        }))
     }
 }

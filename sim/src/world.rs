@@ -4,6 +4,7 @@
 //! clock, so one seed is one history.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::disk::{Disk, Space};
 use crate::net::{Net, Router, Weather};
-use crate::store::{SimLog, SimState};
+use crate::store::{SimLog, SimState, SnapshotCounts};
 
 /// What a run does.
 #[derive(Clone, Debug)]
@@ -61,6 +62,8 @@ pub struct Outcome {
     pub faults: u64,
     /// Micros the exchange billed.
     pub billed: i64,
+    /// Snapshots built, and installed by a node from a leader.
+    pub snapshots: (u64, u64),
 }
 
 impl Outcome {
@@ -93,6 +96,11 @@ const AUCTION_IDS: u32 = 500;
 /// How long a client keeps proposing one command, and the region may take to bring every
 /// replica level after the load, before the run is failed for want of progress.
 const GIVE_UP: Duration = Duration::from_secs(120);
+/// A snapshot every this many applied entries, this many kept in the log after it, and the
+/// chunk size it travels in (a minute's run applies a few thousand entries).
+const SNAPSHOT_EVERY: u64 = 300;
+const LOGS_KEPT: u64 = 50;
+const CHUNK_BYTES: u64 = 16 * 1024;
 /// How long a client waits for one proposal before trying again.
 const ATTEMPT: Duration = Duration::from_secs(3);
 
@@ -143,6 +151,8 @@ struct Region {
     progress: Arc<Mutex<(u64, Vec<String>)>>,
     /// Woken whenever a proposal gets its answer (the power-loss fault waits for one).
     answered: Arc<tokio::sync::Notify>,
+    /// Snapshots built and installed, every node.
+    snapshots: Arc<SnapshotCounts>,
 }
 
 /// Why a proposal got no answer.
@@ -168,7 +178,7 @@ impl Region {
             (slot.disk.clone(), slot.epoch)
         };
         let log = SimLog::open(&disk);
-        let state = SimState::open(&disk, self.region.clone())?;
+        let state = SimState::open(&disk, self.region.clone(), self.snapshots.clone())?;
         let raft = Raft::new(
             id,
             self.config.clone(),
@@ -484,7 +494,13 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Snapshots as a real region takes them (`snapshot_every`, `logs_kept_after_snapshot`),
+        // scaled to a minute's log: a node that falls behind the purged log gets one, in
+        // small chunks, over the faulty network.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: LOGS_KEPT,
+        purge_batch_size: 16,
+        snapshot_max_chunk_size: CHUNK_BYTES,
         ..Default::default()
     }
     .validate()?;
@@ -510,6 +526,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         base_unix_us: 1_796_083_200_000_000, // 2026-12-01T00:00:00Z
         progress: Arc::default(),
         answered: Arc::default(),
+        snapshots: Arc::default(),
     };
     for id in 1..=scenario.nodes {
         region.start(id).await?;
@@ -610,6 +627,14 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     trace.log(format!("every replica applied {last}"));
+    let snapshots = (
+        region.snapshots.built.load(Ordering::Relaxed),
+        region.snapshots.installed.load(Ordering::Relaxed),
+    );
+    trace.log(format!(
+        "snapshots: {} built, {} installed",
+        snapshots.0, snapshots.1
+    ));
     let verdicts = check(&region, scenario, &billed);
     for v in &verdicts {
         trace.log(format!(
@@ -643,6 +668,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         verdicts,
         faults,
         billed: billed_total,
+        snapshots,
     })
 }
 

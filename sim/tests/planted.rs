@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-/// `(bug, seeds it must be caught within, what catches it)`.
+/// `(bug, seeds it must be caught within, a check that sees it in the first failing seed)`.
 const CAUGHT: &[(&str, u64, &str)] = &[
     // The exchange reuses auction ids: charges are dropped as duplicates, so a replica settles
     // less than the exchange billed.
@@ -15,8 +15,10 @@ const CAUGHT: &[(&str, u64, &str)] = &[
     ("grant-retry-applied-twice", 20, "settled"),
     // Appends acknowledged before they are synced: power lost on every node just after an
     // answer takes entries a majority acknowledged, and the replicas' logs part (openraft
-    // itself stops on a follower whose log went back).
-    ("ack-before-sync", 12, "I4"),
+    // itself stops on a follower whose log went back). Since the simulation takes snapshots,
+    // a replica that lost entries is often made whole again by one before the end (seed 4
+    // no longer shows it; seeds 16, 17, 34, 46 and 57 of 0..60 do, two by I4 first).
+    ("ack-before-sync", 30, "I4"),
 ];
 
 #[test]
@@ -42,10 +44,9 @@ fn each_planted_bug_the_simulation_sees_is_caught_within_its_bound() {
             .lines()
             .find(|l| l.contains(": FAILED"))
             .unwrap_or_else(|| panic!("{bug}: no failing seed named\n{err}"));
-        assert!(
-            first.contains(&format!("FAILED {by}")),
-            "{bug}: caught by another check: {first}"
-        );
+        // `seed N: FAILED a Some(..); b Some(..)`: the check must be among those that broke.
+        let broke = first.contains(&format!("FAILED {by} ")) || first.contains(&format!("; {by} "));
+        assert!(broke, "{bug}: caught by other checks: {first}");
         eprintln!("{bug}: {first}");
     }
 }

@@ -84,9 +84,13 @@ fn main() -> ExitCode {
             let mut failed = Vec::new();
             let total = seeds.1 - seeds.0;
             let mut faults = 0;
+            let mut installed = 0;
             for (n, seed) in (seeds.0..seeds.1).enumerate() {
                 match run_seed(seed, &scenario) {
-                    Ok(o) if o.passed() => faults += o.faults,
+                    Ok(o) if o.passed() => {
+                        faults += o.faults;
+                        installed += o.snapshots.1;
+                    }
                     Ok(o) => {
                         let broken: Vec<String> = o
                             .verdicts
@@ -113,7 +117,7 @@ fn main() -> ExitCode {
             }
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "{total} seeds of {} simulated seconds in {secs:.1} s ({:.1} seeds a minute), {faults} faults; {} failed{}",
+                "{total} seeds of {} simulated seconds in {secs:.1} s ({:.1} seeds a minute), {faults} faults, {installed} snapshots installed; {} failed{}",
                 scenario.secs,
                 total as f64 * 60.0 / secs.max(0.001),
                 failed.len(),
@@ -142,10 +146,12 @@ fn main() -> ExitCode {
                     println!("{l}");
                 }
                 println!(
-                    "seed {seed}: {} ({} faults, {} micros billed)",
+                    "seed {seed}: {} ({} faults, {} micros billed, snapshots {} built {} installed)",
                     if o.passed() { "passed" } else { "FAILED" },
                     o.faults,
-                    o.billed
+                    o.billed,
+                    o.snapshots.0,
+                    o.snapshots.1
                 );
                 if o.passed() {
                     ExitCode::SUCCESS
