@@ -73,6 +73,12 @@ pub enum Kind {
     /// write, with a clear error (it stops, exit 74), and lose nothing: freed and started
     /// again, it catches up.
     DiskFull,
+    /// A coordinator's disk fails its syncs: `fsync` and `fdatasync` return `EIO` (every
+    /// coordinator of runs with this fault loads `libchaos_failsync.so`). What was written since
+    /// the last good sync may be lost, so the coordinator must stop rather than go on as if it
+    /// were durable (exit 74), and lose nothing it acknowledged: on a good disk again and
+    /// started, it catches up.
+    SyncFail,
     /// A byte flips in a sealed segment file of a running coordinator. Its scrub (or a read)
     /// must find it against the segment's hashes, set the file aside and fetch the segment
     /// again from a peer: the file is whole again, byte for byte.
@@ -109,10 +115,11 @@ impl Kind {
     ];
 
     /// The faults of a replica's storage (`--nemesis storage`; all are in `all`).
-    pub const STORAGE: [Kind; 4] = [
+    pub const STORAGE: [Kind; 5] = [
         Kind::Replace,
         Kind::DiskCorrupt,
         Kind::DiskFull,
+        Kind::SyncFail,
         Kind::SegmentCorrupt,
     ];
 
@@ -153,6 +160,7 @@ impl Kind {
             Kind::Replace => "replace",
             Kind::DiskCorrupt => "disk-corrupt",
             Kind::DiskFull => "disk-full",
+            Kind::SyncFail => "sync-fail",
             Kind::SegmentCorrupt => "segment-corrupt",
         }
     }
@@ -385,6 +393,14 @@ pub enum Fault {
         /// The leader at injection, or else a follower.
         leader: bool,
     },
+    /// The syncs of the leader of `coordinators` (or of a follower) fail until it stops, or
+    /// the window ends; then its disk is good again and the node started again.
+    SyncFail {
+        /// The region's coordinators.
+        coordinators: Vec<String>,
+        /// The leader at injection, or else a follower.
+        leader: bool,
+    },
     /// A byte of the newest sealed segment of `node` (a coordinator) flips while it runs.
     SegmentCorrupt {
         /// The coordinator.
@@ -428,6 +444,7 @@ impl Fault {
             Fault::Replace { .. } => Kind::Replace,
             Fault::DiskCorrupt { .. } => Kind::DiskCorrupt,
             Fault::DiskFull { .. } => Kind::DiskFull,
+            Fault::SyncFail { .. } => Kind::SyncFail,
             Fault::SegmentCorrupt { .. } => Kind::SegmentCorrupt,
         }
     }
@@ -462,10 +479,18 @@ impl Fault {
             | Fault::DiskFull {
                 coordinators,
                 leader: false,
+            }
+            | Fault::SyncFail {
+                coordinators,
+                leader: false,
             } => {
                 format!("a follower of {}", coordinators.join(","))
             }
             Fault::DiskFull {
+                coordinators,
+                leader: true,
+            }
+            | Fault::SyncFail {
                 coordinators,
                 leader: true,
             } => format!("leader of {}", coordinators.join(",")),
@@ -629,6 +654,8 @@ fn money_len_ms(kind: Kind) -> Option<(u64, u64)> {
         // Long enough that a full disk is met (a snapshot, a table flush or a log file must
         // be written under load) and the node stops.
         Kind::DiskFull => Some((8_000, 14_000)),
+        // A follower syncs each append it takes: the first fails within a heartbeat.
+        Kind::SyncFail => Some((5_000, 8_000)),
         _ => None,
     }
 }
@@ -646,7 +673,10 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
     if Kind::MONEY.contains(&kind) {
         return draw_money(rng, kind, p);
     }
-    if matches!(kind, Kind::Replace | Kind::DiskCorrupt | Kind::DiskFull) {
+    if matches!(
+        kind,
+        Kind::Replace | Kind::DiskCorrupt | Kind::DiskFull | Kind::SyncFail
+    ) {
         // Removing one of three leaves a majority; a group of fewer cannot lose one.
         if p.coordinators.is_empty() {
             return None;
@@ -660,6 +690,10 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         return Some(match kind {
             Kind::Replace => Fault::Replace { coordinators },
             Kind::DiskCorrupt => Fault::DiskCorrupt { coordinators },
+            Kind::SyncFail => Fault::SyncFail {
+                coordinators,
+                leader: rng.bool(),
+            },
             _ => Fault::DiskFull {
                 coordinators,
                 leader: rng.bool(),
@@ -710,7 +744,8 @@ fn draw(rng: &mut fastrand::Rng, kind: Kind, p: &Params) -> Option<Fault> {
         | Kind::EdgeClock
         | Kind::Replace
         | Kind::DiskCorrupt
-        | Kind::DiskFull => return None,
+        | Kind::DiskFull
+        | Kind::SyncFail => return None,
         Kind::SegmentCorrupt => {
             if p.coordinators.is_empty() {
                 return None;
@@ -1085,10 +1120,16 @@ mod tests {
                 Kind::Replace,
                 Kind::DiskCorrupt,
                 Kind::DiskFull,
+                Kind::SyncFail,
                 Kind::SegmentCorrupt
             ]
         );
-        for k in [Kind::DiskCorrupt, Kind::DiskFull, Kind::SegmentCorrupt] {
+        for k in [
+            Kind::DiskCorrupt,
+            Kind::DiskFull,
+            Kind::SyncFail,
+            Kind::SegmentCorrupt,
+        ] {
             assert!(Kind::all().contains(&k), "{k}");
             assert_eq!(Kind::parse_list(k.as_str()).unwrap(), vec![k]);
         }
@@ -1098,11 +1139,19 @@ mod tests {
     fn disk_faults_hit_a_region_of_three_and_a_full_disk_hits_leaders_and_followers() {
         let (mut leader, mut follower) = (0, 0);
         for seed in 0..100 {
-            let p = params(seed, 300, vec![Kind::DiskCorrupt, Kind::DiskFull]);
+            let p = params(
+                seed,
+                300,
+                vec![Kind::DiskCorrupt, Kind::DiskFull, Kind::SyncFail],
+            );
             for w in Schedule::generate(&p).windows {
                 match w.fault {
                     Fault::DiskCorrupt { coordinators } => assert_eq!(coordinators.len(), 3),
                     Fault::DiskFull {
+                        coordinators,
+                        leader: l,
+                    }
+                    | Fault::SyncFail {
                         coordinators,
                         leader: l,
                     } => {

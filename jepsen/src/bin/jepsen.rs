@@ -30,7 +30,8 @@ enum Command {
     /// measuring utilization beside faulted runs; it is never a chaos pass.
     ///
     /// Needs root (for the namespace and nftables) and the binaries built
-    /// (`cargo build -p coordinator -p edge -p chaos -p jepsen --bins`).
+    /// (`cargo build -p coordinator -p edge -p chaos -p jepsen --bins`, and for the sync-fail
+    /// fault `cargo build -p chaos-failsync`).
     Run {
         /// The whole run in seconds, including a 30 s quiet tail with no faults.
         #[arg(long, default_value_t = 150)]
@@ -48,7 +49,8 @@ enum Command {
         /// the storage faults (storage names them all): replace (a follower wiped and added
         /// back under a new id), disk-corrupt (a follower's database files rot: it must refuse
         /// to start, exit 65), disk-full (a coordinator's 1 GiB disk fills: it must stop, exit
-        /// 74, and catch up once freed), segment-corrupt (a bit flips in a sealed segment: its
+        /// 74, and catch up once freed), sync-fail (a coordinator's fsync and fdatasync fail with
+        /// EIO: it must stop, exit 74, and catch up on a good disk), segment-corrupt (a bit flips in a sealed segment: its
         /// scrub must put back a peer's copy); and with several regions region-partition,
         /// region-isolate, region-kill (all includes these then).
         #[arg(long, default_value = "partition,kill,pause,clock,money")]

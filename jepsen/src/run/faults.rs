@@ -46,6 +46,8 @@ enum Active {
     Damaged(String, bool, String, u64, u64),
     /// A coordinator whose disk was filled, and the file that fills it.
     Full(String, std::path::PathBuf),
+    /// A coordinator whose syncs fail, and the file whose presence makes them fail.
+    SyncFailing(String, std::path::PathBuf),
     /// A coordinator's segment file with a flipped byte: the node, the file, its bytes before,
     /// and the node's count of repaired segments before.
     Rotted(String, std::path::PathBuf, Vec<u8>, i64),
@@ -483,6 +485,21 @@ fn inject(
             note = format!("filled {n}'s disk with {bytes} bytes");
             Active::Full(n, fill)
         }
+        Fault::SyncFail {
+            coordinators,
+            leader,
+        } => {
+            let (l, follower) = leader_and_follower(t, coordinators)?;
+            let n = if *leader { l } else { follower };
+            let trigger = t.node_mut(&n)?.proc.log_path().with_extension("failsync");
+            std::fs::write(
+                &trigger,
+                b"fsync and fdatasync fail with EIO while this file exists\n",
+            )
+            .with_context(|| format!("writing {}", trigger.display()))?;
+            note = format!("{n}'s syncs fail (EIO) from now");
+            Active::SyncFailing(n, trigger)
+        }
         // A clock that ran at a wrong rate in an earlier window keeps the drift it built up
         // (as a real one would until corrected), so the proof is that the clock *moved* by the
         // offset: its reading before is the baseline.
@@ -693,14 +710,81 @@ fn look(
                 ),
             )
         }
-        Active::Net(_) | Active::Delay(_) | Active::Full(..) | Active::Rotted(..) => {
-            (true, String::new())
-        }
+        Active::Net(_)
+        | Active::Delay(_)
+        | Active::Full(..)
+        | Active::SyncFailing(..)
+        | Active::Rotted(..) => (true, String::new()),
     })
 }
 
-/// How long a full disk stays full past its window for a node that has not yet stopped on it.
+/// How long a full or failing disk stays so past its window for a node that has not yet
+/// stopped on it.
 const FULL_GRACE: Duration = Duration::from_secs(30);
+
+/// What went wrong with a coordinator's disk.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// It filled up.
+    Full,
+    /// Its syncs fail (EIO).
+    SyncFails,
+}
+
+/// The end of a storage fault on `n` (`file` fills its disk or makes its syncs fail): it must
+/// have stopped, saying why, with the storage exit status (74); then the disk is good again and
+/// the node is started and must catch up. A quiet follower finds the disk full only at a write
+/// that needs new space (RocksDB writes into log file space it reserved ahead): the fault stays
+/// past its window until the node stops, or `FULL_GRACE` passes. (Freeing it at the window's
+/// end while a write was already failing left a node that stopped a moment later with nobody
+/// to start it again: seed 1 of a long `--nemesis all` run.)
+fn stopped_on_storage(
+    t: &mut Topology,
+    n: &str,
+    file: &std::path::Path,
+    what: Storage,
+) -> Result<(bool, String)> {
+    let (needle, fault, healed) = match what {
+        Storage::Full => ("No space left on device", "a full disk", "space freed"),
+        Storage::SyncFails => ("Input/output error", "failing syncs", "syncs good again"),
+    };
+    let node = t.node_mut(n)?;
+    let grace = Instant::now() + FULL_GRACE;
+    while node.proc.state() != State::Gone && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = node.proc.state();
+    let stopped = match (state, node.proc.exit_status()) {
+        (State::Gone, Some(s)) => Some(s),
+        _ => None,
+    };
+    std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))?;
+    let said = std::fs::read(node.proc.log_path()).unwrap_or_default();
+    let said = String::from_utf8_lossy(&said);
+    let line = said
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .map(|l| l.chars().take(300).collect::<String>());
+    let Some(status) = stopped else {
+        return Ok((
+            false,
+            format!(
+                "{n} still {state:?} on {fault} {} s after the window",
+                FULL_GRACE.as_secs()
+            ),
+        ));
+    };
+    node.proc.restart()?;
+    let (back, how) = replaced_caught_up(t, n)?;
+    Ok((
+        status.code() == Some(74) && line.is_some() && back,
+        format!(
+            "{n} stopped ({status}) saying {}; {healed}, started again: {how}",
+            line.unwrap_or_else(|| format!("nothing of {fault}"))
+        ),
+    ))
+}
 
 /// How long a segment-corrupt fault waits for the node's first sealed segment.
 const SEGMENT_WAIT: Duration = Duration::from_secs(10);
@@ -979,50 +1063,7 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        Active::Full(n, fill) => {
-            let node = t.node_mut(&n)?;
-            // It must have stopped on the full disk, saying so, with the storage exit status.
-            // A quiet follower finds the disk full only at a write that needs new space
-            // (RocksDB writes into the log file space it reserved ahead): the disk stays full
-            // past the window until it stops, or `FULL_GRACE` passes. (Freeing it at the
-            // window's end while a write was already failing left a node that stopped a moment
-            // later with nobody to start it again: seed 1 of a long `--nemesis all` run.)
-            let grace = Instant::now() + FULL_GRACE;
-            while node.proc.state() != State::Gone && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let state = node.proc.state();
-            let stopped = match (state, node.proc.exit_status()) {
-                (State::Gone, Some(s)) => Some(s),
-                _ => None,
-            };
-            std::fs::remove_file(&fill).with_context(|| format!("freeing {}", fill.display()))?;
-            let log = node.proc.log_path().to_path_buf();
-            let said = std::fs::read(&log).unwrap_or_default();
-            let said = String::from_utf8_lossy(&said);
-            let line = said
-                .lines()
-                .rev()
-                .find(|l| l.contains("No space left on device"))
-                .map(|l| l.chars().take(300).collect::<String>());
-            let Some(status) = stopped else {
-                return Ok((
-                    false,
-                    format!(
-                        "{n} still {state:?} on a full disk {} s after the window",
-                        FULL_GRACE.as_secs()
-                    ),
-                ));
-            };
-            node.proc.restart()?;
-            let (back, how) = replaced_caught_up(t, &n)?;
-            (
-                status.code() == Some(74) && line.is_some() && back,
-                format!(
-                    "{n} stopped ({status}) saying {}; space freed, started again: {how}",
-                    line.unwrap_or_else(|| "nothing of a full disk".into())
-                ),
-            )
-        }
+        Active::Full(n, fill) => stopped_on_storage(t, &n, &fill, Storage::Full)?,
+        Active::SyncFailing(n, trigger) => stopped_on_storage(t, &n, &trigger, Storage::SyncFails)?,
     })
 }

@@ -233,6 +233,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             .kinds()
             .contains(&crate::nemesis::Kind::DiskFull)
             .then_some(SMALL_DISK_BYTES),
+        fail_sync: schedule.kinds().contains(&crate::nemesis::Kind::SyncFail),
     })?;
     progress(
         start,

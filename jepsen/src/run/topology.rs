@@ -141,6 +141,9 @@ pub struct Plan<'a> {
     /// Every coordinator's data directory is a tmpfs of this many bytes (runs with the
     /// disk-full fault), instead of a directory of the run's folder.
     pub small_disks: Option<u64>,
+    /// Every coordinator loads `libchaos_failsync.so` (runs with the sync-fail fault): its
+    /// syncs fail while `nodes/<name>.failsync` exists.
+    pub fail_sync: bool,
 }
 
 fn coordinator_ip(region: usize, i: usize) -> Ipv4Addr {
@@ -642,11 +645,32 @@ fn launch(
         name: name.to_string(),
         program: plan.bin_dir.join(program),
         args: vec!["--config".into(), config.into()],
-        env: env(&clock_file, plan.planted_bug, log_filter),
+        env: {
+            let mut env = env(&clock_file, plan.planted_bug, log_filter);
+            if plan.fail_sync && program == "coordinator" {
+                let lib = plan.bin_dir.join(FAIL_SYNC_LIB);
+                anyhow::ensure!(
+                    lib.is_file(),
+                    "{} is missing: build it with `cargo build -p chaos-failsync` (the sync-fail fault loads it into every coordinator)",
+                    lib.display()
+                );
+                env.push(("LD_PRELOAD".into(), lib.into()));
+                env.push((
+                    FAIL_SYNC_ENV.into(),
+                    nodes_dir.join(format!("{name}.failsync")).into(),
+                ));
+            }
+            env
+        },
         log: nodes_dir.join(format!("{name}.log")),
     })?;
     Ok((clock_file, proc))
 }
+
+/// The library that makes a process's syncs fail, and the variable naming its trigger file
+/// (`chaos/failsync`).
+const FAIL_SYNC_LIB: &str = "libchaos_failsync.so";
+const FAIL_SYNC_ENV: &str = "CHAOS_FAIL_SYNC_FILE";
 
 fn env(
     clock_file: &Path,

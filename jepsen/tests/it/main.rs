@@ -504,10 +504,12 @@ fn a_short_run_of_two_regions_under_region_faults_passes() {
 
 /// Disk faults on real processes: a follower whose database rots refuses to start (exit 65,
 /// "damaged") and is replaced; a leader or follower whose disk fills stops with a clear error
-/// (exit 74, "No space left on device") and, given space, comes back; a sealed segment that
-/// rots is found against its hashes and put back from a peer; the region keeps its majority
-/// and no balance read, charge or log record is wrong or lost. (Seed 1 draws all three:
-/// `jepsen schedule --regions 1 --time-limit 80 --nemesis disk-corrupt,disk-full,segment-corrupt`.)
+/// (exit 74, "No space left on device") and, given space, comes back; one whose syncs fail
+/// (EIO) stops too (exit 74, "Input/output error") and comes back on a good disk; a sealed
+/// segment that rots is found against its hashes and put back from a peer; the region keeps
+/// its majority and no balance read, charge or log record is wrong or lost. (The seed draws
+/// all four: `jepsen schedule --regions 1 --time-limit 100 --nemesis storage --seed 1`, less
+/// `replace`, which its own test runs.)
 #[test]
 fn disk_faults_are_refused_and_the_region_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -519,9 +521,9 @@ fn disk_faults_are_refused_and_the_region_loses_nothing() {
             "--regions",
             "1",
             "--time-limit",
-            "80",
+            "100",
             "--nemesis",
-            "disk-corrupt,disk-full,segment-corrupt",
+            "disk-corrupt,disk-full,sync-fail,segment-corrupt",
             "--seed",
             "1",
         ],
@@ -530,7 +532,7 @@ fn disk_faults_are_refused_and_the_region_loses_nothing() {
     assert_passed(
         &o,
         &r,
-        &["disk-corrupt", "disk-full", "segment-corrupt"],
+        &["disk-corrupt", "disk-full", "sync-fail", "segment-corrupt"],
         &["I1", "I2", "I3", "I4", "I6", "I7", "I8", "I9", "I10"],
     );
     let proof = |kind: &str| {
@@ -549,6 +551,9 @@ fn disk_faults_are_refused_and_the_region_loses_nothing() {
     let full = proof("disk-full");
     assert!(full.contains("exit status: 74"), "{full}");
     assert!(full.contains("No space left on device"), "{full}");
+    let failing = proof("sync-fail");
+    assert!(failing.contains("exit status: 74"), "{failing}");
+    assert!(failing.contains("Input/output error"), "{failing}");
     let rotted = proof("segment-corrupt");
     assert!(rotted.contains("byte for byte"), "{rotted}");
 }
