@@ -675,7 +675,8 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
 /// The invariants: I1 (the exchange billed at most the budget), conservation (what the
 /// exchange billed is what every replica settled, nothing lost or counted twice, and nothing
 /// left leased or in doubt once every edge released), I4 (every replica holds the same
-/// financial log, and it verifies), and progress (every command answered).
+/// financial log, and it verifies), I9 (`jepsen::check::conservation`: money conserved at
+/// every entry of every replica's log), and progress (every command answered).
 fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> {
     let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let budgets: BTreeMap<String, i64> =
@@ -751,7 +752,29 @@ fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> 
         }
     }
     let i4 = Verdict::new("I4", checked, log_violations);
+    // I9, the harness's own checker: money adds up after every entry of every replica's log.
+    let mut undecodable = Vec::new();
+    let entries: Vec<(String, Vec<shared::log::Entry>)> = logs
+        .iter()
+        .map(|(id, records)| {
+            let decoded = records
+                .iter()
+                .map_while(|r| match shared::log::record::decode(r) {
+                    Ok((e, _)) => Some(e),
+                    Err(e) => {
+                        undecodable.push(format!("n{id}: a record does not decode: {e}"));
+                        None
+                    }
+                })
+                .collect();
+            (format!("n{id}"), decoded)
+        })
+        .collect();
+    let mut i9 = jepsen::check::conservation::check(&entries);
+    if !undecodable.is_empty() {
+        i9 = Verdict::new("I9", i9.checked, undecodable);
+    }
     let (answered, stuck) = region.lock_progress().clone();
     let progress = Verdict::new("progress", answered, stuck);
-    vec![i1, conservation, i4, progress]
+    vec![i1, conservation, i4, i9, progress]
 }
