@@ -13,7 +13,12 @@ fn library() -> PathBuf {
         .and_then(|d| d.parent())
         .expect("target/<profile>");
     let lib = dir.join("libchaos_failsync.so");
-    assert!(lib.is_file(), "{} not built", lib.display());
+    assert!(
+        lib.is_file(),
+        "{} not built: `cargo build -p chaos-failsync` first (`./dev test` does; `cargo test` \
+         builds no cdylib for a test that only loads it)",
+        lib.display()
+    );
     lib
 }
 
