@@ -367,6 +367,29 @@ impl Config {
 /// How often the leader checks its lease timers.
 pub const RECLAIM_TICK: Duration = Duration::from_millis(200);
 
+/// How long the leader's own loops (reclaims, in-doubt expiry, day retirement, sealing) wait
+/// for one of their proposals. A proposal in flight when leadership moves may never be
+/// answered; a loop that waited for it stopped for good on that node: in a long `jepsen run
+/// --nemesis all` (seed 5) eu-1's node 3 proposed at 15:01:31, lost and later regained the
+/// lead, and neither reclaimed a lease nor returned in-doubt money again (0.33 of a budget
+/// stayed in doubt to the end). A proposal not answered in time is retried at a later tick,
+/// as a failed one is: each is idempotent in the ledger.
+pub const LOOP_PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`Node::propose`] for the leader's loops, given up after [`LOOP_PROPOSE_TIMEOUT`].
+async fn propose_bounded(
+    node: &Node,
+    command: Command,
+) -> Result<(crate::ledger::Reply, u64), String> {
+    match tokio::time::timeout(LOOP_PROPOSE_TIMEOUT, node.propose(command)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer in {} s (leadership may have moved)",
+            LOOP_PROPOSE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// What the leader's timers need of the ledger: open leases with their reclaim waits, in-doubt
 /// parts with theirs (from each lease's own terms).
 type Timed = (Vec<(LeaseId, Duration)>, Vec<(Part, Duration)>);
@@ -448,11 +471,13 @@ pub async fn reclaim_step(
             waits_ms = %waits.join(","),
             "reclaiming leases whose edges never released them"
         );
-        match node
-            .propose(Command::ReclaimLeases {
+        match propose_bounded(
+            node,
+            Command::ReclaimLeases {
                 leases: reclaim.clone(),
-            })
-            .await
+            },
+        )
+        .await
         {
             // Applied: each lease's rest waits from now for the longest hold of its bids.
             Ok(_) => {
@@ -474,11 +499,13 @@ pub async fn reclaim_step(
         tracing::info!(parts = ?expire, "in-doubt waits over: returning what late notices left");
         // The timers keep each part until the ledger no longer holds it: a part whose edges
         // have not all checked in since it fell due stays in doubt, and is named again.
-        if let Err(e) = node
-            .propose(Command::ExpireInDoubt {
+        if let Err(e) = propose_bounded(
+            node,
+            Command::ExpireInDoubt {
                 parts: expire.clone(),
-            })
-            .await
+            },
+        )
+        .await
         {
             tracing::warn!(error = %e, "in-doubt expiry proposal failed; retrying next tick")
         }
@@ -585,7 +612,7 @@ pub async fn retire_loop(
             continue;
         }
         let named = days.len();
-        match node.propose(Command::RetireDays { days }).await {
+        match propose_bounded(&node, Command::RetireDays { days }).await {
             Ok((crate::ledger::Reply::DaysRetired { retired }, index)) => {
                 tracing::info!(
                     named,
@@ -636,7 +663,7 @@ pub async fn archive_loop(
                     };
                     open = Some((sealed, since));
                     if now.saturating_sub(since) >= seal_interval {
-                        match node.propose(Command::SealSegment).await {
+                        match propose_bounded(&node, Command::SealSegment).await {
                             Ok((reply, _)) => tracing::info!(
                                 ?reply,
                                 "the open financial-log segment waited its seal interval: sealed"
