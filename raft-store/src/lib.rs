@@ -27,7 +27,7 @@ pub use log_store::LogStore;
 pub type SyncObserver = std::sync::Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
 pub use state_store::{
     Machine, MachineApplied, SnapshotContents, SnapshotFile, SnapshotStats, StateStore,
-    decode_snapshot, encode_snapshot,
+    decode_snapshot, encode_snapshot, snapshot_id,
 };
 
 /// Every column family the crate uses.

@@ -422,6 +422,22 @@ pub fn encode_snapshot<C: RaftTypeConfig>(
     Ok(out)
 }
 
+/// The id of a snapshot of the state after `applied` whose first financial-log record is
+/// `first`: the first record is part of it, since two builds at one index may differ in it.
+pub fn snapshot_id<C: RaftTypeConfig>(
+    applied: Option<&LogId<C::NodeId>>,
+    first: Option<u64>,
+) -> String {
+    let id = match applied {
+        Some(l) => format!("{}-{}", l.leader_id, l.index),
+        None => "empty".to_string(),
+    };
+    match first {
+        Some(f) => format!("{id}-r{f}"),
+        None => id,
+    }
+}
+
 /// Reads a snapshot in this store's format, checking its framing and CRC.
 pub fn decode_snapshot<C: RaftTypeConfig>(bytes: &[u8]) -> io::Result<SnapshotContents<C>> {
     read_snapshot(bytes)
@@ -731,15 +747,7 @@ where
             Some(item) => Some(seq_of(&item.map_err(io_read::<C>)?.0)),
             None => None,
         };
-        // The first record is part of the id: two builds at one index may differ in it.
-        let id = match &applied {
-            Some(l) => format!("{}-{}", l.leader_id, l.index),
-            None => "empty".to_string(),
-        };
-        let id = match first {
-            Some(f) => format!("{id}-r{f}"),
-            None => id,
-        };
+        let id = snapshot_id::<C>(applied.as_ref(), first);
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,

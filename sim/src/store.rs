@@ -25,7 +25,7 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use raft_store::{Machine, SnapshotFile, decode_snapshot, encode_snapshot};
+use raft_store::{Machine, SnapshotFile, decode_snapshot, encode_snapshot, snapshot_id};
 use shared::RegionId;
 
 use crate::disk::{Disk, Op, Space};
@@ -322,21 +322,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SimState {
                     (all(Space::Rows), all(Space::Records))
                 })
                 .map_err(io)?;
-            let id = match &inner.applied {
-                Some(l) => format!("{}-{}", l.leader_id, l.index),
-                None => "empty".to_string(),
-            };
-            let id = match records.first() {
-                Some((k, _)) => format!(
-                    "{id}-r{}",
-                    u64::from_be_bytes(k[..8].try_into().unwrap_or([0xff; 8]))
-                ),
-                None => id,
-            };
+            let first = records
+                .first()
+                .map(|(k, _)| u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0xff; 8])));
             let meta = SnapshotMeta {
                 last_log_id: inner.applied,
                 last_membership: inner.membership.clone(),
-                snapshot_id: id,
+                snapshot_id: snapshot_id::<TypeConfig>(inner.applied.as_ref(), first),
             };
             (meta, rows, records)
         };

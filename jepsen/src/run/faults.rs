@@ -478,8 +478,7 @@ fn inject(
             coordinators,
             leader,
         } => {
-            let (l, follower) = leader_and_follower(t, coordinators)?;
-            let n = if *leader { l } else { follower };
+            let n = leader_or_follower(t, coordinators, *leader)?;
             let dir = t.node_mut(&n)?.data_dir.clone();
             let (fill, bytes) = fill_disk(&dir)?;
             note = format!("filled {n}'s disk with {bytes} bytes");
@@ -489,8 +488,7 @@ fn inject(
             coordinators,
             leader,
         } => {
-            let (l, follower) = leader_and_follower(t, coordinators)?;
-            let n = if *leader { l } else { follower };
+            let n = leader_or_follower(t, coordinators, *leader)?;
             let trigger = t.node_mut(&n)?.proc.log_path().with_extension("failsync");
             std::fs::write(
                 &trigger,
@@ -802,6 +800,12 @@ fn newest_segment(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .max()
+}
+
+/// The leader of `coordinators` if `leader`, or else its first follower.
+fn leader_or_follower(t: &mut Topology, coordinators: &[String], leader: bool) -> Result<String> {
+    let (l, follower) = leader_and_follower(t, coordinators)?;
+    Ok(if leader { l } else { follower })
 }
 
 /// The leader of `coordinators` and the first follower.
