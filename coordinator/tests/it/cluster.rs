@@ -1353,3 +1353,90 @@ async fn an_open_segment_is_sealed_after_its_interval_however_few_its_entries() 
     assert_eq!(points.iter().next().copied(), Some(summary.entries));
     stop(&mut r).await;
 }
+
+/// A proposal of the reclaim loop that is never answered (here: the leader lost both followers,
+/// so nothing it proposes commits) ends the step after `LOOP_PROPOSE_TIMEOUT`; the loop goes on,
+/// and reclaims once the region has its majority again. (A long `jepsen run` found a leader whose
+/// loop awaited such a proposal for ever and never reclaimed a lease again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reclaim_whose_proposal_is_never_answered_does_not_stop_the_loop() {
+    use coordinator::ledger::LeaseState;
+    use coordinator::reclaim::{Mono, Timers};
+    use coordinator::server::{LOOP_PROPOSE_TIMEOUT, reclaim_step};
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    let leader = region.leader().await;
+    let node = region.nodes[leader].node.clone();
+    let at = |secs: u64| Mono(Duration::from_secs(1_000 + secs));
+    let lease_state = |n: &Node| {
+        n.state
+            .read(|m| m.ledger().lease(LeaseId(1)).map(|l| l.state.clone()))
+    };
+    let mut timers = Timers::new();
+    assert_eq!(
+        reclaim_step(&node, &mut timers, at(0)).await,
+        (vec![], vec![])
+    );
+    // Both followers stop: the leader still leads (nobody can elect another), but nothing it
+    // proposes commits.
+    let mut gone = Vec::new();
+    for i in (0..3).filter(|&i| i != leader).rev() {
+        let mut r = region.nodes.remove(i);
+        stop(&mut r).await;
+        gone.push((r.node.id, r.addr.clone(), r.dir.clone()));
+        drop(r);
+    }
+    let leader = region.leader().await;
+    assert_eq!(region.nodes[leader].node.id, node.id);
+    // The reclaim falls due; its proposal is never answered, and the step ends anyway.
+    let step = tokio::time::timeout(
+        LOOP_PROPOSE_TIMEOUT + Duration::from_secs(20),
+        reclaim_step(&node, &mut timers, at(42)),
+    )
+    .await
+    .expect("a reclaim step waited for ever on a proposal nobody answers");
+    assert_eq!(step, (vec![LeaseId(1)], vec![]));
+    assert_eq!(lease_state(&node), Some(LeaseState::Open));
+    // The followers come back: what the leader proposed commits, or the next steps propose it
+    // again; either way the lease is reclaimed on every replica.
+    for (id, addr, dir) in gone {
+        let listener = TcpListener::bind(&addr).await.unwrap();
+        region.nodes.push(run(id, &dir, listener).await);
+    }
+    let mut secs = 43;
+    while !matches!(lease_state(&node), Some(LeaseState::InDoubt { .. })) {
+        assert!(
+            secs < 43 + 60,
+            "the lease was never reclaimed after the majority returned"
+        );
+        let _ = tokio::time::timeout(
+            LOOP_PROPOSE_TIMEOUT + Duration::from_secs(20),
+            reclaim_step(&node, &mut timers, at(secs)),
+        )
+        .await
+        .expect("a reclaim step waited for ever");
+        node.raft
+            .wait(Some(Duration::from_secs(1)))
+            .applied_index_at_least(
+                Some(node.raft.metrics().borrow().last_log_index.unwrap_or(0)),
+                "applied",
+            )
+            .await
+            .ok();
+        secs += 1;
+    }
+    let index = node.state.applied_index();
+    region.heads_at(index).await;
+    for r in &region.nodes {
+        assert!(
+            matches!(lease_state(&r.node), Some(LeaseState::InDoubt { .. })),
+            "node {}",
+            r.node.id
+        );
+    }
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
