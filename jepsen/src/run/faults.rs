@@ -731,7 +731,9 @@ enum Storage {
 
 /// The end of a storage fault on `n` (`file` fills its disk or makes its syncs fail): it must
 /// have stopped, saying why, with the storage exit status (74); then the disk is good again and
-/// the node is started and must catch up. A quiet follower finds the disk full only at a write
+/// the node is started and must catch up. A node on a full disk may instead have lived through
+/// it, if it said so and seals what it could not once space is freed ([`seals_again`]); a
+/// node whose syncs failed may not. A quiet follower finds the disk full only at a write
 /// that needs new space (RocksDB writes into log file space it reserved ahead): the fault stays
 /// past its window until the node stops, or `FULL_GRACE` passes. (Freeing it at the window's
 /// end while a write was already failing left a node that stopped a moment later with nobody
@@ -765,11 +767,26 @@ fn stopped_on_storage(
         .find(|l| l.contains(needle))
         .map(|l| l.chars().take(300).collect::<String>());
     let Some(status) = stopped else {
+        // A node may live through a full disk: RocksDB writes into log space it reserved ahead,
+        // and a segment seal that fails for space is retried, not fatal (long seed 6: a leader
+        // sealed nothing for 57 s and lost nothing). That is right only if it felt the full
+        // disk, said so, and seals again once space is freed.
+        if let (Storage::Full, State::Live, Some(line)) = (what, state, &line) {
+            let (sealed, how) = seals_again(t, n)?;
+            return Ok((
+                sealed,
+                format!(
+                    "{n} lived through {fault} (still {state:?} {} s after the window), saying {line}; {healed}: {how}",
+                    FULL_GRACE.as_secs()
+                ),
+            ));
+        }
         return Ok((
             false,
             format!(
-                "{n} still {state:?} on {fault} {} s after the window",
-                FULL_GRACE.as_secs()
+                "{n} still {state:?} on {fault} {} s after the window, saying {}",
+                FULL_GRACE.as_secs(),
+                line.unwrap_or_else(|| format!("nothing of {fault}"))
             ),
         ));
     };
@@ -782,6 +799,49 @@ fn stopped_on_storage(
             line.unwrap_or_else(|| format!("nothing of {fault}"))
         ),
     ))
+}
+
+/// How long a node that lived through a full disk may take, once space is freed, to seal a
+/// segment and be a healthy voter with its archive whole.
+const SEAL_AGAIN: Duration = Duration::from_secs(60);
+
+/// After a full disk that `n` lived through, freed now: it must seal every segment that was
+/// full at this moment (a segment holds `SEGMENT_ENTRIES` records at most, so what stays open is
+/// fewer), then be a healthy voter with its archive whole.
+fn seals_again(t: &mut Topology, n: &str) -> Result<(bool, String)> {
+    let began = Instant::now();
+    let metrics = t.node_mut(n)?.metrics.clone();
+    let (Some(head), Some(before)) = (
+        metric(&metrics, "budget_log_head_seq"),
+        metric(&metrics, "budget_log_sealed_next_seq"),
+    ) else {
+        return Ok((false, "its metrics do not answer".into()));
+    };
+    let target = head + 1 - i64::try_from(super::topology::SEGMENT_ENTRIES).unwrap_or(0);
+    loop {
+        let sealed = metric(&metrics, "budget_log_sealed_next_seq").unwrap_or(before);
+        if sealed > target {
+            let at = began.elapsed();
+            let (whole, how) = replaced_caught_up(t, n)?;
+            return Ok((
+                whole,
+                format!(
+                    "log head at seq {head}, sealed to {before}: sealed to {sealed} {} ms after; {how}",
+                    at.as_millis()
+                ),
+            ));
+        }
+        if began.elapsed() >= SEAL_AGAIN {
+            return Ok((
+                false,
+                format!(
+                    "log head at seq {head}: still sealed only to {sealed} {} s after",
+                    SEAL_AGAIN.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// How long a segment-corrupt fault waits for the node's first sealed segment.

@@ -32,6 +32,8 @@ pub const LATE_ACCEPTANCE_MS: u64 = 15_000;
 /// load is retired (over by lease duration + settlement + margin + late acceptance, 23 s) while
 /// the run goes on, so that I5 and I9 see retirement.
 pub const RETIRE_INTERVAL_MS: u64 = 2_000;
+/// Financial-log records per sealed segment file.
+pub const SEGMENT_ENTRIES: u64 = 200;
 /// The `exp` of an impression that has none, seconds (the stand-in, in a run of minutes, for
 /// the 300 s a region defaults to).
 pub const DEFAULT_EXP_S: u64 = 5;
@@ -251,7 +253,7 @@ impl Topology {
                     format!(
                         "region = \"{region}\"\nnode_id = {i}\nlisten = \"{ip}:7001\"\n\
                          metrics_listen = \"{ip}:9101\"\noutgoing_address = \"{ip}\"\n\
-                         data_dir = \"{}\"\nsegment_entries = 200\n\
+                         data_dir = \"{}\"\nsegment_entries = {SEGMENT_ENTRIES}\n\
                          retire_interval_ms = {RETIRE_INTERVAL_MS}\n\n\
                          [raft]\nsnapshot_every = {SNAPSHOT_EVERY}\n\
                          logs_kept_after_snapshot = {LOGS_KEPT_AFTER_SNAPSHOT}\n\n\
