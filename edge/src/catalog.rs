@@ -12,6 +12,7 @@ use std::sync::Arc;
 use shared::proto::v1 as pb;
 use shared::targeting::{Format, Inventory, Targeting, parse_size};
 use shared::{CampaignId, Money};
+use smallvec::SmallVec;
 
 use crate::lease::Slot;
 use crate::openrtb::{BidRequest, Imp};
@@ -249,11 +250,11 @@ impl Catalog {
         req: &BidRequest<'_>,
         imp: &Imp<'_>,
         currencies: &Currencies,
-        out: &mut Vec<Candidate>,
+        out: &mut Candidates,
     ) {
         out.clear();
         let country = req.country().and_then(country_key);
-        let mut found: Vec<(u32, u64)> = Vec::new();
+        let mut found: SmallVec<[(u32, u64); 8]> = SmallVec::new();
         let mut look = |f: Format, sizes: &[u64]| {
             for s in sizes.iter().copied().chain([ANY_SIZE]) {
                 for k in [country, Some(ANY_COUNTRY)].into_iter().flatten() {
@@ -264,7 +265,7 @@ impl Catalog {
             }
         };
         if let Some(b) = &imp.banner {
-            let mut sizes: Vec<u64> = Vec::new();
+            let mut sizes: SmallVec<[u64; 8]> = SmallVec::new();
             if let (Some(w), Some(h)) = (b.w, b.h) {
                 sizes.extend(size_key(w, h));
             }
@@ -276,9 +277,9 @@ impl Catalog {
             look(Format::Banner, &sizes);
         }
         if let Some(v) = &imp.video {
-            let sizes: Vec<u64> = match (v.w, v.h) {
+            let sizes: SmallVec<[u64; 1]> = match (v.w, v.h) {
                 (Some(w), Some(h)) => size_key(w, h).into_iter().collect(),
-                _ => Vec::new(),
+                _ => SmallVec::new(),
             };
             look(Format::Video, &sizes);
         }
@@ -326,35 +327,25 @@ impl Catalog {
         if !t.inventory.is_empty() && !inventory.is_some_and(|i| t.inventory.contains(&i)) {
             return None;
         }
-        let (domain, bundle, cats): (Option<&str>, Option<&str>, Vec<&str>) =
-            match (&req.site, &req.app) {
-                (Some(s), _) => (
-                    s.domain.as_deref(),
-                    None,
-                    s.cat
-                        .iter()
-                        .chain(&s.sectioncat)
-                        .chain(&s.pagecat)
-                        .map(|c| c.as_ref())
-                        .collect(),
-                ),
-                (None, Some(a)) => (
-                    a.domain.as_deref(),
-                    a.bundle.as_deref(),
-                    a.cat
-                        .iter()
-                        .chain(&a.sectioncat)
-                        .chain(&a.pagecat)
-                        .map(|c| c.as_ref())
-                        .collect(),
-                ),
-                (None, None) => (None, None, Vec::new()),
-            };
+        let (domain, bundle, lists) = match (&req.site, &req.app) {
+            (Some(s), _) => (
+                s.domain.as_deref(),
+                None,
+                [&s.cat[..], &s.sectioncat[..], &s.pagecat[..]],
+            ),
+            (None, Some(a)) => (
+                a.domain.as_deref(),
+                a.bundle.as_deref(),
+                [&a.cat[..], &a.sectioncat[..], &a.pagecat[..]],
+            ),
+            (None, None) => (None, None, [&[][..]; 3]),
+        };
         if !t.domains.admits(domain) || !t.bundles.admits(bundle) {
             return None;
         }
         let by_category = !t.categories.allow.is_empty() || !t.categories.deny.is_empty();
-        if by_category && !t.categories.admits_any(cats.iter().copied()) {
+        let cats = lists.into_iter().flatten().map(|c| c.as_ref());
+        if by_category && !t.categories.admits_any(cats) {
             return None;
         }
         if !t.device_types.is_empty() {
@@ -410,6 +401,9 @@ impl Catalog {
     }
 }
 
+/// The candidates of one impression: a few in place, more on the heap.
+pub type Candidates = SmallVec<[Candidate; 4]>;
+
 /// A campaign that may bid on an impression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -447,7 +441,7 @@ mod tests {
 
     fn names(cat: &Catalog, body: &str) -> Vec<(String, i64)> {
         let req = parse(body.as_bytes(), Version::V26).unwrap();
-        let mut out = Vec::new();
+        let mut out = Candidates::new();
         let mut cur = Currencies::only("USD");
         cur.rates_ppm.insert("EUR".into(), 1_100_000);
         cat.candidates(&req, &req.imp[0], &cur, &mut out);

@@ -321,6 +321,17 @@ impl Config {
         } else {
             self.notice_base_url.trim_end_matches('/').to_owned()
         };
+        // Notice URLs are written into answers as they are (JSON strings, no escaping): the base
+        // must be a plain http(s) URL of printable ASCII, without a query or fragment.
+        let plain = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '?' | '#');
+        if !(notice_base.starts_with("http://") || notice_base.starts_with("https://"))
+            || !notice_base.chars().all(plain)
+        {
+            return Err(err(format!(
+                "notice_base_url: {notice_base:?} must be an http:// or https:// URL of printable \
+                 ASCII without quotes, backslashes, spaces, a query or a fragment"
+            )));
+        }
         Ok(Settings {
             config: self.clone(),
             edge,
@@ -380,5 +391,23 @@ mod tests {
         assert!(notice.validate().unwrap_err().0.contains("bid_path"));
         let billing: Result<Config, _> = toml::from_str("[[exchanges]]\nbilling = \"lurl\"\n");
         assert!(billing.unwrap_err().to_string().contains("lurl"));
+        // The notice base goes into answers unescaped: a plain http(s) URL only.
+        for (base, ok) in [
+            ("https://edge-1.example:8443/rtb/", true),
+            ("http://10.0.0.1:8080", true),
+            ("ftp://edge-1", false),
+            ("http://edge \"1\"", false),
+            ("http://edge-1/?x=1", false),
+            ("http://édge-1", false),
+        ] {
+            let c = Config {
+                notice_base_url: base.into(),
+                ..Config::default()
+            };
+            match c.validate() {
+                Ok(s) => assert!(ok, "{base} accepted as {}", s.notice_base),
+                Err(e) => assert!(!ok && e.0.contains("notice_base_url"), "{base}: {}", e.0),
+            }
+        }
     }
 }

@@ -86,14 +86,23 @@ impl Signer {
         }
     }
 
-    fn mac(&self, key: &HmacSha256, fields: &Fields<'_>) -> [u8; SIG_BYTES] {
+    /// The MAC of a bid's `fields`: one for its three notices. `kind` is `Some` only to verify
+    /// a notice signed before the MAC left the kind out (an edge of the version before, during
+    /// an upgrade).
+    fn mac(&self, key: &HmacSha256, fields: &Fields<'_>, kind: Option<Kind>) -> [u8; SIG_BYTES] {
         let mut m = key.clone();
         let (mut lease, mut bid) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (mut number, mut class) = (itoa::Buffer::new(), itoa::Buffer::new());
-        // Length-prefixed fields: no two different notices share the signed bytes.
-        for part in [
-            self.region.as_str(),
-            fields.kind.as_str(),
+        let mut part = |p: &str| {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p.as_bytes());
+        };
+        // Length-prefixed fields: no two different bids share the signed bytes.
+        part(self.region.as_str());
+        if let Some(kind) = kind {
+            part(kind.as_str());
+        }
+        for p in [
             lease.format(fields.lease.0),
             number.format(fields.bid),
             class.format(fields.hold_s),
@@ -104,8 +113,7 @@ impl Signer {
             bid.format(fields.bid_micros),
             if fields.first_price { "1" } else { "2" },
         ] {
-            m.update(&(part.len() as u64).to_be_bytes());
-            m.update(part.as_bytes());
+            part(p);
         }
         let full = m.finalize().into_bytes();
         let mut out = [0u8; SIG_BYTES];
@@ -113,22 +121,31 @@ impl Signer {
         out
     }
 
-    fn verify(&self, fields: &Fields<'_>, sig: &[u8]) -> bool {
+    /// Whether `sig` is a MAC of `fields` by our current or previous key: the MAC of the bid
+    /// (this version's), or of the bid and `kind` (the version before, whose URLs are still
+    /// being called after an upgrade).
+    fn verify(&self, fields: &Fields<'_>, kind: Kind, sig: &[u8]) -> bool {
         let ok = |key: &HmacSha256| {
-            let want = self.mac(key, fields);
-            // Constant time: compare every byte.
-            sig.len() == SIG_BYTES
-                && want.iter().zip(sig).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            [None, Some(kind)].into_iter().any(|k| {
+                let want = self.mac(key, fields, k);
+                // Constant time: compare every byte.
+                sig.len() == SIG_BYTES
+                    && want.iter().zip(sig).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            })
         };
         ok(&self.current) || self.previous.as_ref().is_some_and(ok)
     }
 }
 
-/// The signed fields of a notice.
+/// A bid's signature as its notice URLs carry it (hex): one HMAC for its win, billing and loss
+/// notices alike. The kind is the URL's path, outside the MAC: all three go to the exchange in
+/// one answer, so the only party that could call one kind's URL as another's holds all three
+/// anyway; what a notice settles (lease, bid number, prices, ids, region) is signed.
+pub struct Signature([u8; SIG_BYTES * 2]);
+
+/// The signed fields of a bid's notices.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields<'a> {
-    /// Which notice.
-    pub kind: Kind,
     /// The lease the bid was reserved under.
     pub lease: LeaseId,
     /// Our bid's number under the lease: with the lease, the charge's identity.
@@ -157,44 +174,64 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 impl Fields<'_> {
-    /// The notice URL under `base` (e.g. `http://edge-1:8080`), with the exchange's price (and,
-    /// for a loss, reason) macros appended.
-    pub fn url(&self, base: &str, signer: &Signer) -> String {
-        let sig = signer.mac(&signer.current, self);
+    /// The bid's signature, for all three of its notice URLs.
+    pub fn sign(&self, signer: &Signer) -> Signature {
+        let sig = signer.mac(&signer.current, self, None);
         let mut hex = [0u8; SIG_BYTES * 2];
         hex::encode_to_slice(sig, &mut hex).expect("twice the bytes");
+        Signature(hex)
+    }
+
+    /// Appends the `kind` notice URL under `base` (e.g. `http://edge-1:8080`; the settings
+    /// refuse a base that would need escaping in JSON) to `out`, with the exchange's price
+    /// (and, for a loss, reason) macros. Every value is percent-encoded: the URL is printable
+    /// ASCII with no quote or backslash, so it goes into a JSON string as it is.
+    pub fn write_url(
+        &self,
+        out: &mut Vec<u8>,
+        kind: Kind,
+        base: &str,
+        signer: &Signer,
+        sig: &Signature,
+    ) {
         let mut num = itoa::Buffer::new();
-        let mut u = String::with_capacity(base.len() + 200);
-        u.push_str(base);
-        u.push_str("/notice/");
-        u.push_str(self.kind.as_str());
-        u.push_str("?g=");
-        u.extend(utf8_percent_encode(&signer.region, QUERY));
-        u.push_str("&l=");
-        u.push_str(num.format(self.lease.0));
-        u.push_str("&n=");
-        u.push_str(num.format(self.bid));
-        u.push_str("&h=");
-        u.push_str(num.format(self.hold_s));
+        let mut put = |s: &str| out.extend_from_slice(s.as_bytes());
+        put(base);
+        put("/notice/");
+        put(kind.as_str());
+        put("?g=");
+        utf8_percent_encode(&signer.region, QUERY).for_each(&mut put);
+        put("&l=");
+        put(num.format(self.lease.0));
+        put("&n=");
+        put(num.format(self.bid));
+        put("&h=");
+        put(num.format(self.hold_s));
         for (name, value) in [
             ("&c=", self.campaign),
             ("&x=", self.exchange),
             ("&a=", self.auction),
             ("&i=", self.imp),
         ] {
-            u.push_str(name);
-            u.extend(utf8_percent_encode(value, QUERY));
+            put(name);
+            utf8_percent_encode(value, QUERY).for_each(&mut put);
         }
-        u.push_str("&b=");
-        u.push_str(num.format(self.bid_micros));
-        u.push_str(if self.first_price { "&f=1" } else { "&f=2" });
-        u.push_str("&s=");
-        u.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
-        match self.kind {
-            Kind::Win | Kind::Bill => u.push_str("&p=${AUCTION_PRICE}"),
-            Kind::Loss => u.push_str("&p=${AUCTION_PRICE}&r=${AUCTION_LOSS}"),
+        put("&b=");
+        put(num.format(self.bid_micros));
+        put(if self.first_price { "&f=1" } else { "&f=2" });
+        put("&s=");
+        put(std::str::from_utf8(&sig.0).expect("hex is ASCII"));
+        match kind {
+            Kind::Win | Kind::Bill => put("&p=${AUCTION_PRICE}"),
+            Kind::Loss => put("&p=${AUCTION_PRICE}&r=${AUCTION_LOSS}"),
         }
-        u
+    }
+
+    /// The `kind` notice URL under `base`, signed (tests, the fuzz target).
+    pub fn url(&self, kind: Kind, base: &str, signer: &Signer) -> String {
+        let mut out = Vec::with_capacity(base.len() + 200);
+        self.write_url(&mut out, kind, base, signer, &self.sign(signer));
+        String::from_utf8(out).expect("a URL of ASCII and a UTF-8 base")
     }
 }
 
@@ -354,7 +391,6 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
     };
     let sig = hex::decode(need(7)?).map_err(|_| Refused::BadSignature)?;
     let fields = Fields {
-        kind,
         lease: LeaseId(lease),
         bid: bid_no,
         hold_s,
@@ -365,7 +401,7 @@ pub fn parse(kind: Kind, query: &str, signer: &Signer) -> Result<Notice, Refused
         bid_micros,
         first_price,
     };
-    if !signer.verify(&fields, &sig) {
+    if !signer.verify(&fields, kind, &sig) {
         return Err(Refused::BadSignature);
     }
     // Signed by us: a class we use.
@@ -431,9 +467,8 @@ mod tests {
         Signer::new("eu-1", b"region-key-1".to_vec(), None)
     }
 
-    fn fields(kind: Kind) -> Fields<'static> {
+    fn fields() -> Fields<'static> {
         Fields {
-            kind,
             lease: LeaseId(42),
             bid: 7,
             hold_s: 300,
@@ -448,7 +483,7 @@ mod tests {
 
     /// The query the exchange calls, with its price macro substituted by `price`.
     fn called(kind: Kind, price: &str) -> String {
-        let url = fields(kind).url("http://e:1", &signer());
+        let url = fields().url(kind, "http://e:1", &signer());
         let q = url.split_once('?').unwrap().1;
         q.replace("${AUCTION_PRICE}", price)
             .replace("${AUCTION_LOSS}", "102")
@@ -469,14 +504,10 @@ mod tests {
     }
 
     #[test]
-    fn altered_unsigned_wrong_kind_or_foreign_key_is_refused() {
+    fn altered_unsigned_or_foreign_key_is_refused() {
         let q = called(Kind::Win, "1.75");
         assert_eq!(
             parse(Kind::Win, &q.replace("b=2500", "b=9500"), &signer()).unwrap_err(),
-            Refused::BadSignature
-        );
-        assert_eq!(
-            parse(Kind::Loss, &q, &signer()).unwrap_err(),
             Refused::BadSignature
         );
         let unsigned: String = q
@@ -545,6 +576,47 @@ mod tests {
     }
 
     #[test]
+    fn one_signature_serves_the_bids_three_notices() {
+        let s = signer();
+        let sig = fields().sign(&s);
+        for kind in [Kind::Win, Kind::Bill, Kind::Loss] {
+            let mut url = Vec::new();
+            fields().write_url(&mut url, kind, "http://e:1", &s, &sig);
+            let url = String::from_utf8(url).unwrap();
+            assert_eq!(url, fields().url(kind, "http://e:1", &s));
+            let q = url
+                .split_once('?')
+                .unwrap()
+                .1
+                .replace("${AUCTION_PRICE}", "1.0");
+            let n = parse(kind, &q, &s).unwrap();
+            assert_eq!((n.kind, n.lease, n.bid_no), (kind, LeaseId(42), 7));
+        }
+    }
+
+    /// A URL of the version before, whose MAC covered the kind too (still called after an
+    /// upgrade), verifies as that kind, and as no other.
+    #[test]
+    fn a_notice_signed_with_its_kind_still_verifies() {
+        let s = signer();
+        let old = s.mac(&s.current, &fields(), Some(Kind::Bill));
+        let url = fields().url(Kind::Bill, "http://e:1", &s);
+        let q = url
+            .split_once('?')
+            .unwrap()
+            .1
+            .replace("${AUCTION_PRICE}", "1.0");
+        let mut hex_old = [0u8; SIG_BYTES * 2];
+        hex::encode_to_slice(old, &mut hex_old).unwrap();
+        let sig_new = std::str::from_utf8(&fields().sign(&s).0)
+            .unwrap()
+            .to_owned();
+        let q = q.replace(&sig_new, std::str::from_utf8(&hex_old).unwrap());
+        assert!(parse(Kind::Bill, &q, &s).is_ok());
+        assert_eq!(parse(Kind::Win, &q, &s).unwrap_err(), Refused::BadSignature);
+    }
+
+    #[test]
     fn a_price_above_the_bid_is_refused() {
         let e = parse(Kind::Bill, &called(Kind::Bill, "2.501"), &signer()).unwrap_err();
         assert!(matches!(e, Refused::PriceAboveBid { .. }), "{e}");
@@ -574,9 +646,9 @@ mod tests {
 
     #[test]
     fn first_price_clears_at_the_bid() {
-        let mut f = fields(Kind::Win);
+        let mut f = fields();
         f.first_price = true;
-        let url = f.url("http://e:1", &signer());
+        let url = f.url(Kind::Win, "http://e:1", &signer());
         let q = url
             .split_once('?')
             .unwrap()
@@ -607,10 +679,10 @@ mod props {
         fn a_flipped_byte_never_verifies_as_something_else(at in 0usize..200, to in 0u8..128) {
             let signer = Signer::new("eu-1", b"region-key".to_vec(), None);
             let f = Fields {
-                kind: Kind::Bill, lease: LeaseId(9), bid: 3, hold_s: 60, campaign: "c1", exchange: "sim",
+                lease: LeaseId(9), bid: 3, hold_s: 60, campaign: "c1", exchange: "sim",
                 auction: "a-1", imp: "1", bid_micros: 2500, first_price: false,
             };
-            let url = f.url("http://e", &signer);
+            let url = f.url(Kind::Bill, "http://e", &signer);
             let q = url.split_once('?').unwrap().1.replace("${AUCTION_PRICE}", "1.0");
             let signed_len = q.find("&p=").unwrap();
             let at = at % signed_len;

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 /// A string borrowed from the body when its JSON has no escapes, and copied when it has.
 /// `#[serde(borrow)]` borrows a bare `Cow<str>` field, but one inside an `Option` or a `Vec`
@@ -44,8 +45,13 @@ fn opt_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
-fn vec_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Cow<'a, str>>, D::Error> {
-    Ok(Vec::<Text<'a>>::deserialize(d)?
+/// A list of strings: up to `N` held in place, more on the heap.
+pub type Texts<'a, const N: usize> = SmallVec<[Cow<'a, str>; N]>;
+
+fn vec_text<'de: 'a, 'a, D: serde::Deserializer<'de>, const N: usize>(
+    d: D,
+) -> Result<Texts<'a, N>, D::Error> {
+    Ok(SmallVec::<[Text<'a>; N]>::deserialize(d)?
         .into_iter()
         .map(|t| t.0)
         .collect())
@@ -115,7 +121,7 @@ pub struct BidRequest<'a> {
     pub id: Cow<'a, str>,
     /// Impressions offered.
     #[serde(default)]
-    pub imp: Vec<Imp<'a>>,
+    pub imp: SmallVec<[Imp<'a>; 1]>,
     /// Web inventory.
     #[serde(default, borrow)]
     pub site: Option<Site<'a>>,
@@ -139,7 +145,7 @@ pub struct BidRequest<'a> {
     pub tmax: Option<i64>,
     /// Currencies a bid may be in; empty: any (the exchange's default, USD).
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub cur: Vec<Cow<'a, str>>,
+    pub cur: Texts<'a, 2>,
     /// Regulations.
     #[serde(default)]
     pub regs: Option<Regs>,
@@ -191,7 +197,7 @@ pub struct Banner {
     pub h: Option<i64>,
     /// Allowed sizes.
     #[serde(default)]
-    pub format: Option<Vec<Format>>,
+    pub format: Option<SmallVec<[Format; 4]>>,
 }
 
 /// `imp.banner.format[]`.
@@ -265,7 +271,7 @@ pub struct Pmp<'a> {
     pub private_auction: Option<i64>,
     /// Deals.
     #[serde(default, borrow)]
-    pub deals: Vec<Deal<'a>>,
+    pub deals: SmallVec<[Deal<'a>; 2]>,
 }
 
 /// `imp.pmp.deals[]`.
@@ -296,13 +302,13 @@ pub struct Site<'a> {
     pub domain: Option<Cow<'a, str>>,
     /// IAB categories of the site.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub cat: Vec<Cow<'a, str>>,
+    pub cat: Texts<'a, 4>,
     /// … of the section.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub sectioncat: Vec<Cow<'a, str>>,
+    pub sectioncat: Texts<'a, 4>,
     /// … of the page.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub pagecat: Vec<Cow<'a, str>>,
+    pub pagecat: Texts<'a, 4>,
 }
 
 /// `app`.
@@ -319,13 +325,13 @@ pub struct App<'a> {
     pub domain: Option<Cow<'a, str>>,
     /// IAB categories of the app.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub cat: Vec<Cow<'a, str>>,
+    pub cat: Texts<'a, 4>,
     /// … of the section.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub sectioncat: Vec<Cow<'a, str>>,
+    pub sectioncat: Texts<'a, 4>,
     /// … of the page.
     #[serde(default, borrow, deserialize_with = "vec_text")]
-    pub pagecat: Vec<Cow<'a, str>>,
+    pub pagecat: Texts<'a, 4>,
 }
 
 /// `device`.
@@ -567,7 +573,7 @@ fn validate_imp(i: usize, imp: &Imp<'_>) -> Result<(), Invalid> {
 #[derive(Deserialize)]
 struct NativeRequest {
     #[serde(default)]
-    assets: Vec<NativeAsset>,
+    assets: SmallVec<[NativeAsset; 8]>,
     /// Some exchanges wrap the request in `{"native": {…}}` (Native 1.0).
     #[serde(default)]
     native: Option<Box<NativeRequest>>,
@@ -682,7 +688,7 @@ pub struct Bid<'a> {
     pub id: String,
     /// The impression.
     pub impid: Cow<'a, str>,
-    /// CPM, written from integer micros per impression by [`cpm_number`]: exact, no float.
+    /// CPM, written from integer micros per impression by [`push_cpm`]: exact, no float.
     pub price: Box<RawValue>,
     /// Win notice.
     pub nurl: String,
@@ -710,14 +716,27 @@ pub struct Bid<'a> {
     pub exp: Option<i64>,
 }
 
-/// A price of `micros` per impression as an OpenRTB CPM number: micros per impression / 1000
-/// currency units per thousand, written in decimal (`2500` → `2.500`).
-pub fn cpm_number(micros: i64) -> Box<RawValue> {
-    let sign = if micros < 0 { "-" } else { "" };
+/// Appends a price of `micros` per impression as an OpenRTB CPM number: micros per impression
+/// are currency units per thousand, written in decimal (`2500` → `2.500`), exact, no float.
+pub fn push_cpm(out: &mut Vec<u8>, micros: i64) {
+    if micros < 0 {
+        out.push(b'-');
+    }
     let m = micros.unsigned_abs();
-    let text = format!("{sign}{}.{:03}", m / 1000, m % 1000);
-    // A decimal literal is always valid JSON.
-    RawValue::from_string(text).expect("a decimal literal is JSON")
+    out.extend_from_slice(itoa::Buffer::new().format(m / 1000).as_bytes());
+    let frac = m % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// Appends `s` as a JSON string, quotes included, escaped as serde_json escapes (into the
+/// buffer, no allocation).
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
 #[cfg(test)]
@@ -812,11 +831,36 @@ mod tests {
 
     #[test]
     fn prices_are_written_exactly() {
-        assert_eq!(cpm_number(2500).get(), "2.500");
-        assert_eq!(cpm_number(1).get(), "0.001");
-        assert_eq!(cpm_number(1_234_567).get(), "1234.567");
-        let back = shared::Money::from_cpm_str(cpm_number(1_234_567).get()).unwrap();
+        let cpm = |m: i64| {
+            let mut out = Vec::new();
+            push_cpm(&mut out, m);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(cpm(2500), "2.500");
+        assert_eq!(cpm(1), "0.001");
+        assert_eq!(cpm(0), "0.000");
+        assert_eq!(cpm(-1_050), "-1.050");
+        assert_eq!(cpm(1_234_567), "1234.567");
+        let back = shared::Money::from_cpm_str(&cpm(1_234_567)).unwrap();
         assert_eq!(back.micros(), 1_234_567);
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_reads_them() {
+        for s in [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\nand\ttab\u{1}",
+            "ünï/cödé ✓",
+            "\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            push_json_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s, "{}", String::from_utf8_lossy(&out));
+        }
     }
 
     #[test]

@@ -31,8 +31,9 @@ fuzz_target!(|data: &[u8]| {
     let price = next();
     let kind = [Kind::Win, Kind::Bill, Kind::Loss][usize::from(mode / 2 % 3)];
     let fields = Fields {
-        kind,
         lease: LeaseId(u64::from(mode)),
+        bid: u64::from(mode / 6) + 1,
+        hold_s: edge::lease::EXP_CLASSES_S[usize::from(mode) % edge::lease::EXP_CLASSES_S.len()],
         campaign,
         exchange,
         auction,
@@ -40,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
         bid_micros,
         first_price: mode & 0x80 != 0,
     };
-    let url = fields.url("http://edge", &signer);
+    // One signature for the bid's three notices: the one called is `kind`'s.
+    let url = fields.url(kind, "http://edge", &signer);
     let query = url.split_once('?').expect("a query").1;
     let called = query
         .replace("${AUCTION_PRICE}", price)
@@ -49,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
         Ok(n) => {
             assert_eq!(n.kind, kind);
             assert_eq!(n.lease, fields.lease);
+            assert_eq!(n.bid_no, fields.bid);
+            assert_eq!(edge::lease::EXP_CLASSES_S[n.class], fields.hold_s);
             assert_eq!(n.campaign, campaign);
             assert_eq!(n.key.exchange(), exchange);
             assert_eq!(n.key.auction_id(), auction);

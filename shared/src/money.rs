@@ -105,8 +105,14 @@ impl Money {
         if !cpm.is_finite() || (cpm.is_sign_negative() && cpm != 0.0) {
             return Err(MoneyError::BadPrice(cpm.to_string()));
         }
-        // `Display` for f64 prints the shortest round-trip decimal, never in exponent form.
-        Money::from_cpm_str(&cpm.abs().to_string())
+        // `Display` for f64 prints the shortest round-trip decimal, never in exponent form;
+        // into a buffer on the stack (this is on the edge's bid path, for every floor), on the
+        // heap only for a price too long for it (tiny fractions: hundreds of zeros).
+        let mut buf = StackText::<64>::new();
+        match std::fmt::Write::write_fmt(&mut buf, format_args!("{}", cpm.abs())) {
+            Ok(()) => Money::from_cpm_str(buf.as_str()),
+            Err(_) => Money::from_cpm_str(&cpm.abs().to_string()),
+        }
     }
 
     /// [`Money::from_cpm`] on a price written in decimal (`"2.5"`, `"0.0125"`), with the same
@@ -190,6 +196,36 @@ impl FromStr for Money {
     }
 }
 
+/// Text written into `N` bytes on the stack; a write that does not fit fails.
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let into = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        into.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +275,14 @@ mod tests {
             );
         }
         assert_eq!(Money::from_cpm(1e300), Err(MoneyError::Overflow));
+        // Too long for the stack buffer: the same answer as the text the exchange wrote.
+        for p in [1e-300, 3.1e-60, 123_456_789.123_456_7] {
+            assert_eq!(
+                Money::from_cpm(p),
+                Money::from_cpm_str(&p.to_string()),
+                "{p}"
+            );
+        }
         for s in ["", ".", "1e3", "+1", "1.2.3", " 1", "0x10"] {
             assert!(Money::from_cpm_str(s).is_err(), "{s:?}");
         }
