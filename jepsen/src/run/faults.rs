@@ -481,7 +481,16 @@ fn inject(
             let n = leader_or_follower(t, coordinators, *leader)?;
             let dir = t.node_mut(&n)?.data_dir.clone();
             let (fill, bytes) = fill_disk(&dir)?;
-            note = format!("filled {n}'s disk with {bytes} bytes");
+            // A node may go on for minutes in space it reserved ahead (RocksDB's log files)
+            // when its load is light (long seed 5: a leader felt nothing in 43 s): a snapshot
+            // asked for now is a write it must make and cannot.
+            let addr = t.node_mut(&n)?.addr();
+            let asked =
+                match t.budgetctl_at(&addr, &["cluster", "snapshot"], Duration::from_secs(5)) {
+                    Ok(_) => "a snapshot asked for".to_string(),
+                    Err(e) => format!("a snapshot asked for: {e:#}"),
+                };
+            note = format!("filled {n}'s disk with {bytes} bytes; {asked}");
             Active::Full(n, fill)
         }
         Fault::SyncFail {
