@@ -7,7 +7,8 @@
 //!
 //! Every loop is bounded in count and time. Set `BENCH_SECS` to change the run time (default 10)
 //! `BENCH_REPORTERS` the number of concurrent reporters (default 4), and `BENCH_RATE` an offered
-//! load in events/s (default: as fast as the region takes them).
+//! load in events/s (default: as fast as the region takes them), `BENCH_SPEND_IN_FLIGHT` the
+//! spend reports the leader lets into the log at once (0: no limit).
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // the soak follows leader changes; this bench does not
@@ -41,6 +42,16 @@ fn reporters() -> usize {
 /// as fast as the region takes them.
 fn rate() -> u64 {
     env_u64("BENCH_RATE", 0)
+}
+
+/// Spend reports the leader lets into the Raft log at once (`BENCH_SPEND_IN_FLIGHT`; 0: no
+/// limit, as before the spend lane; default: the node's default).
+fn spend_in_flight() -> usize {
+    usize::try_from(env_u64(
+        "BENCH_SPEND_IN_FLIGHT",
+        coordinator::node::SPEND_IN_FLIGHT as u64,
+    ))
+    .unwrap_or(usize::MAX)
 }
 
 fn secs() -> u64 {
@@ -133,7 +144,8 @@ fn apply_cost() {
 async fn main() {
     apply_cost();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let region = start_region(tmp.path(), |_| {}).await;
+    let in_flight = spend_in_flight();
+    let region = start_region(tmp.path(), |c| c.spend_in_flight = in_flight).await;
     let addr = region.leader.clone();
 
     let deadline = Instant::now() + Duration::from_secs(secs());
@@ -214,7 +226,7 @@ async fn main() {
     lat.sort();
     let total = settled.load(Ordering::Relaxed);
     println!(
-        "spend: {} events settled in {:.1} s = {} events/s (3 nodes, fsync on, {} reporters, batches of {BATCH}, offered {})",
+        "spend: {} events settled in {:.1} s = {} events/s (3 nodes, fsync on, {} reporters, batches of {BATCH}, offered {}, spend in flight {})",
         total,
         elapsed.as_secs_f64(),
         (total as f64 / elapsed.as_secs_f64()) as u64,
@@ -222,6 +234,10 @@ async fn main() {
         match rate() {
             0 => "as fast as taken".to_string(),
             r => format!("{r} events/s"),
+        },
+        match in_flight {
+            0 => "unlimited".to_string(),
+            k => k.to_string(),
         }
     );
     println!(

@@ -76,6 +76,7 @@ pub struct Metrics {
     lease_grants: Counter,
     lease_granted_micros: Counter,
     sync_seconds: Family<StoreLabels, Histogram>,
+    spend_lane_wait: Histogram,
     term: Gauge,
     leader: Gauge,
     last_log_index: Gauge,
@@ -172,6 +173,13 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
         registry.register("storage_sync_seconds", "Duration of fsync'd RocksDB write batches (log: Raft log appends; state: state machine applies)", sync_seconds.clone());
+        let spend_lane_wait = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "spend_lane_wait_seconds",
+            "How long spend reports waited at the leader for a place in the Raft log (grants and \
+             releases do not wait: [raft] spend_in_flight)",
+            spend_lane_wait.clone(),
+        );
         let term = Gauge::default();
         registry.register("raft_term", "Current Raft term", term.clone());
         let leader = Gauge::default();
@@ -379,6 +387,7 @@ impl Metrics {
             lease_grants,
             lease_granted_micros,
             sync_seconds,
+            spend_lane_wait,
             term,
             leader,
             last_log_index,
@@ -540,6 +549,11 @@ impl Metrics {
         self.sync_seconds
             .get_or_create(&StoreLabels { store })
             .observe(took.as_secs_f64());
+    }
+
+    /// Records how long one spend report waited for its place in the log.
+    pub fn spend_lane_waited(&self, took: Duration) {
+        self.spend_lane_wait.observe(took.as_secs_f64());
     }
 
     /// Raft's figures now: term, leader (`None`: none known), last log index, applied index.

@@ -20,6 +20,9 @@ use crate::ledger::{Command, Params, Reply, RequestKey};
 use crate::network::{Network, RaftService};
 use crate::raft::{LedgerMachine, Proposal, TypeConfig};
 
+/// The default of [`NodeConfig::spend_in_flight`].
+pub const SPEND_IN_FLIGHT: usize = 2;
+
 /// What a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -46,6 +49,11 @@ pub struct NodeConfig {
     pub snapshot_chunk_timeout: Duration,
     /// Bytes of a snapshot per chunk.
     pub snapshot_chunk_bytes: u64,
+    /// Spend reports this node has in Raft at once while it leads (0: no limit). Reports past
+    /// it wait at the node, outside the log, so that a lease grant, release or check-in
+    /// proposed meanwhile enters the log behind at most this many reports, not behind all
+    /// that are queued ([`Node::propose`]).
+    pub spend_in_flight: usize,
     /// Its clock: proposals' wall-clock stamps and the reclaim timers read it.
     pub clock: Clock,
     /// Source IP of its connections to peers; `None`: the system chooses.
@@ -70,6 +78,7 @@ impl NodeConfig {
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_timeout: Duration::from_secs(10),
             snapshot_chunk_bytes: 1 << 20,
+            spend_in_flight: SPEND_IN_FLIGHT,
             clock: Clock::system(),
             outgoing: None,
             transport: Transport::Plaintext,
@@ -227,6 +236,8 @@ pub struct Node {
     outgoing: Option<std::net::IpAddr>,
     /// Records below this seq are forgotten by the state store (they are sealed).
     forgotten: AtomicU64,
+    /// Permits for spend reports in Raft at once (`None`: no limit).
+    spend_lane: Option<tokio::sync::Semaphore>,
 }
 
 /// Why [`Node::read_log`] did not answer.
@@ -361,6 +372,8 @@ impl Node {
             init_params: cfg.init_params.clone(),
             outgoing: cfg.outgoing,
             forgotten: AtomicU64::new(0),
+            spend_lane: (cfg.spend_in_flight > 0)
+                .then(|| tokio::sync::Semaphore::new(cfg.spend_in_flight)),
         })
     }
 
@@ -392,6 +405,19 @@ impl Node {
     }
 
     async fn write(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
+        // Spend reports take turns for a few places in the log; everything else (grants,
+        // releases, check-ins: small entries that edges wait on to bid) goes straight in, so
+        // it commits behind at most those few reports. A report's wait here is outside Raft:
+        // nothing is proposed, or acknowledged, before its permit.
+        let _turn = match (&self.spend_lane, &command) {
+            (Some(lane), Command::ReportSpend { .. }) => {
+                let began = std::time::Instant::now();
+                let permit = lane.acquire().await.ok();
+                self.metrics.spend_lane_waited(began.elapsed());
+                permit
+            }
+            _ => None,
+        };
         let time_us = self.clock.wall_us();
         let kind = crate::metrics::command_kind(&command);
         let result = self.raft.client_write(Proposal { time_us, command }).await;
@@ -498,6 +524,11 @@ impl Node {
     ) -> std::io::Result<Vec<PathBuf>> {
         if self.archive_gap()?.is_some() {
             return Ok(Vec::new());
+        }
+        // Applies are written unsynced: the records sealed below must be durable in the store
+        // first, or a crash could leave segments ahead of the state they came from.
+        if self.state.read(|m| m.ledger().chain().next_seq()) > self.archive.sealed().0 {
+            self.state.sync().map_err(std::io::Error::other)?;
         }
         let (until, points) = self.state.read(|m| {
             (

@@ -127,6 +127,10 @@ pub struct RaftConfig {
     pub snapshot_chunk_timeout_ms: u64,
     /// Bytes of a snapshot per chunk.
     pub snapshot_chunk_bytes: u64,
+    /// Spend reports the leader has in the Raft log at once; more wait at the leader, so that
+    /// a lease grant or release (which an edge waits on to bid) commits behind at most this
+    /// many 1,000-event reports. 0: no limit (every report goes straight into the log).
+    pub spend_in_flight: usize,
 }
 
 /// Lease rules (DESIGN §5) for a new region: the first leader of a region records them in its
@@ -210,6 +214,7 @@ impl Default for RaftConfig {
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_timeout_ms: 10_000,
             snapshot_chunk_bytes: 1 << 20,
+            spend_in_flight: crate::node::SPEND_IN_FLIGHT,
         }
     }
 }
@@ -356,6 +361,7 @@ impl Config {
         node.logs_kept_after_snapshot = r.logs_kept_after_snapshot;
         node.snapshot_chunk_timeout = Duration::from_millis(r.snapshot_chunk_timeout_ms);
         node.snapshot_chunk_bytes = r.snapshot_chunk_bytes;
+        node.spend_in_flight = r.spend_in_flight;
         Ok(Checked {
             node,
             sync,

@@ -98,6 +98,9 @@ struct State {
     /// Syncs completed, writes lost to crashes (for the trace).
     syncs: u64,
     lost: u64,
+    /// Writes of the state machine's `applied` id lost to crashes: applies the node made,
+    /// unsynced, and must make again from its log.
+    lost_applies: u64,
 }
 
 /// A node's disk, shared by its stores. Cheap to clone.
@@ -186,6 +189,14 @@ impl Disk {
         let mut s = self.lock();
         s.generation += 1;
         s.lost += s.pending.iter().map(|w| w.len() as u64).sum::<u64>();
+        s.lost_applies += s
+            .pending
+            .iter()
+            .filter(|w| {
+                w.iter()
+                    .any(|op| matches!(op, Op::Put(Space::SmMeta, k, _) if k == b"applied"))
+            })
+            .count() as u64;
         s.pending.clear();
         s.current = s.durable.clone();
     }
@@ -199,6 +210,12 @@ impl Disk {
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();
         (s.syncs, s.lost)
+    }
+
+    /// Applies (batches with their `applied` id) lost to crashes before a sync made them
+    /// durable.
+    pub fn lost_applies(&self) -> u64 {
+        self.lock().lost_applies
     }
 }
 

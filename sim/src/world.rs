@@ -64,6 +64,9 @@ pub struct Outcome {
     pub billed: i64,
     /// Snapshots built, and installed by a node from a leader.
     pub snapshots: (u64, u64),
+    /// Applies lost to crashes (written unsynced, as the real store writes them) and made
+    /// again from the log, every node.
+    pub applies_lost: u64,
 }
 
 impl Outcome {
@@ -635,6 +638,10 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         "snapshots: {} built, {} installed",
         snapshots.0, snapshots.1
     ));
+    let applies_lost: u64 = region.lock().values().map(|n| n.disk.lost_applies()).sum();
+    trace.log(format!(
+        "applies lost to crashes, made again: {applies_lost}"
+    ));
     let verdicts = check(&region, scenario, &billed);
     for v in &verdicts {
         trace.log(format!(
@@ -669,6 +676,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         faults,
         billed: billed_total,
         snapshots,
+        applies_lost,
     })
 }
 
