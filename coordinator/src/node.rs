@@ -238,6 +238,8 @@ pub struct Node {
     forgotten: AtomicU64,
     /// Permits for spend reports in Raft at once (`None`: no limit).
     spend_lane: Option<tokio::sync::Semaphore>,
+    /// Spend reports waiting for a place in the log now.
+    spend_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Why [`Node::read_log`] did not answer.
@@ -374,6 +376,7 @@ impl Node {
             forgotten: AtomicU64::new(0),
             spend_lane: (cfg.spend_in_flight > 0)
                 .then(|| tokio::sync::Semaphore::new(cfg.spend_in_flight)),
+            spend_waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -404,6 +407,11 @@ impl Node {
         self.write(command).await
     }
 
+    /// Spend reports waiting at this node for a place in the log (`spend_in_flight`).
+    pub fn spend_waiting(&self) -> usize {
+        self.spend_waiting.load(Ordering::Relaxed)
+    }
+
     async fn write(&self, command: Command) -> Result<(Reply, u64), ProposeError> {
         // Spend reports take turns for a few places in the log; everything else (grants,
         // releases, check-ins: small entries that edges wait on to bid) goes straight in, so
@@ -412,7 +420,9 @@ impl Node {
         let _turn = match (&self.spend_lane, &command) {
             (Some(lane), Command::ReportSpend { .. }) => {
                 let began = std::time::Instant::now();
+                self.spend_waiting.fetch_add(1, Ordering::Relaxed);
                 let permit = lane.acquire().await.ok();
+                self.spend_waiting.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.spend_lane_waited(began.elapsed());
                 permit
             }

@@ -1440,3 +1440,59 @@ async fn a_reclaim_whose_proposal_is_never_answered_does_not_stop_the_loop() {
         stop(r).await;
     }
 }
+
+/// Spend reports take turns for `spend_in_flight` (2 here) places in the log: a grant proposed
+/// while many wait at the leader enters the log ahead of those still waiting, not behind all
+/// of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_enters_the_log_ahead_of_spend_reports_waiting_their_turn() {
+    let mut region = region().await;
+    for c in setup_commands() {
+        region.propose(c).await;
+    }
+    let leader = region.nodes[region.leader().await].node.clone();
+    let reports: Vec<_> = (1_001..=1_030)
+        .map(|n| {
+            let node = leader.clone();
+            tokio::spawn(async move { node.propose(report(n)).await })
+        })
+        .collect();
+    // Wait (bounded) until most of them wait at the leader for their turn.
+    let began = std::time::Instant::now();
+    while leader.spend_waiting() < 20 {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "only {} reports ever waited for their turn",
+            leader.spend_waiting()
+        );
+        tokio::task::yield_now().await;
+    }
+    let (reply, grant_index) = leader
+        .propose(Command::GrantLease {
+            key: key(100),
+            edge: "e1".parse().unwrap(),
+            campaign: "c1".parse().unwrap(),
+            want: Money::from_micros(1_000),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::LeaseGranted { .. }), "{reply:?}");
+    let mut after = 0;
+    for r in reports {
+        let (reply, index) = r.await.unwrap().unwrap();
+        assert!(
+            matches!(reply, Reply::SpendSettled { settled: 1, .. }),
+            "{reply:?}"
+        );
+        if index > grant_index {
+            after += 1;
+        }
+    }
+    assert!(
+        after >= 15,
+        "the grant (index {grant_index}) went in behind all but {after} of 30 waiting reports"
+    );
+    for r in &mut region.nodes {
+        stop(r).await;
+    }
+}
