@@ -760,6 +760,12 @@ fn stopped_on_storage(
     let node = t.node_mut(n)?;
     let grace = Instant::now() + FULL_GRACE;
     while node.proc.state() != State::Gone && Instant::now() < grace {
+        // A node frees space of its own as it runs (RocksDB deletes files it compacted, old
+        // snapshots go): the disk is filled again, so that its next write that needs space
+        // finds none (long seed 7: a follower sealed segments through a "full" disk).
+        if let Storage::Full = what {
+            let _ = fill_up(file);
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     let state = node.proc.state();
@@ -981,8 +987,17 @@ fn refusal(
 /// Returns the file and how many bytes it took.
 fn fill_disk(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64)> {
     let path = dir.join("jepsen-disk-full.fill");
-    let mut f =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let written = fill_up(&path)?;
+    Ok((path, written))
+}
+
+/// Appends zeros to `path` until its file system is full; returns how many bytes it took.
+fn fill_up(path: &std::path::Path) -> Result<u64> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let chunk = vec![0u8; 1 << 20];
     let mut written = 0u64;
     // Bounded: the disk is 1 GiB (`SMALL_DISK_BYTES`); a limit far past it stops a mistake.
@@ -1001,7 +1016,7 @@ fn fill_disk(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64)> {
             _ => break,
         }
     }
-    Ok((path, written))
+    Ok(written)
 }
 
 /// How long a replacement may take to become a healthy voter with its archive whole, after
