@@ -538,7 +538,11 @@ impl Node {
         // Applies are written unsynced: the records sealed below must be durable in the store
         // first, or a crash could leave segments ahead of the state they came from.
         if self.state.read(|m| m.ledger().chain().next_seq()) > self.archive.sealed().0 {
-            self.state.sync().map_err(std::io::Error::other)?;
+            // Not on a node whose Raft stopped on a storage failure: it writes nothing more.
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return Err(std::io::Error::other("raft stopped: nothing is sealed"));
+            }
+            self.state.sync()?;
         }
         let (until, points) = self.state.read(|m| {
             (

@@ -852,12 +852,18 @@ pub async fn run(
     };
     match &failed {
         None => tracing::info!("shutting down"),
-        Some(why) => tracing::error!(
-            error = %why,
-            "raft stopped on a storage failure: this replica can take no write and vote in no \
-             election any more, so it stops (fail-stop). A full disk: free space and start it \
-             again, it loses nothing. A damaged disk: replace the replica"
-        ),
+        Some(why) => {
+            tracing::error!(
+                error = %why,
+                "raft stopped on a storage failure: this replica can take no write and vote in \
+                 no election any more, so it stops (fail-stop). A full disk: free space and \
+                 start it again, it loses nothing. A damaged disk: replace the replica"
+            );
+            // At once, with the storage status: closing the database would write to a log
+            // that RocksDB holds in an error state (its assertions abort the process then).
+            eprintln!("coordinator: raft stopped on a storage failure: {why}");
+            std::process::exit(74);
+        }
     }
     let _ = stop_tx.send(true);
     let _ = reclaim.await;

@@ -289,6 +289,10 @@ pub struct StateStore<C: RaftTypeConfig, M> {
     /// reader's look at the pointer and its open (an open handle outlives the removal).
     files: Arc<Mutex<()>>,
     observer: Option<crate::SyncObserver>,
+    /// Set when a write of the machine failed: RocksDB's write-ahead log is then in an error
+    /// state, and writing to it again trips an assertion in builds that keep them (Debian's
+    /// librocksdb: SIGABRT); [`StateStore::sync`] refuses instead.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
@@ -300,6 +304,7 @@ impl<C: RaftTypeConfig, M> Clone for StateStore<C, M> {
             receiving: self.receiving.clone(),
             files: self.files.clone(),
             observer: self.observer.clone(),
+            failed: self.failed.clone(),
         }
     }
 }
@@ -597,6 +602,7 @@ where
                 last_build: None,
             })),
             receiving: Arc::new(AtomicU64::new(0)),
+            failed: Arc::default(),
             files: Arc::new(Mutex::new(())),
             observer: None,
         })
@@ -694,12 +700,18 @@ where
     /// Makes every apply so far durable (applies are written unsynced; see `apply`). The
     /// application calls this before it exports applied state that must not run ahead of
     /// what a crash keeps: records sealed into segment files.
-    pub fn sync(&self) -> Result<(), rocksdb::Error> {
-        // A small synced write, not `flush_wal(true)`: after a failed write (a full disk) the
-        // write path answers with the error, where a WAL sync trips an assertion in RocksDB
-        // builds that keep them (Debian's: SIGABRT in a jepsen disk-full run).
+    pub fn sync(&self) -> io::Result<()> {
+        // After a failed write nothing more is written: RocksDB's log is in an error state,
+        // and a write or a WAL sync then trips an assertion in builds that keep them (Debian's:
+        // SIGABRT instead of the storage exit status in a jepsen disk-full run).
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier write of the state machine failed: nothing more is written",
+            ));
+        }
         self.db
             .put_cf_opt(cf(&self.db, CF_SM_META), KEY_SYNCED, [], &synced())
+            .map_err(io::Error::other)
     }
 
     /// Forgets the financial-log records with seq below `seq`: the application calls this once
@@ -958,7 +970,10 @@ where
         // log, which is never purged past a snapshot (and a snapshot's synced pointer makes
         // every apply before it durable). Measured: one fsync of three per entry per replica.
         let started = std::time::Instant::now();
-        crate::blocking(|| db.write_opt(batch, &WriteOptions::default())).map_err(io_write::<C>)?;
+        crate::blocking(|| db.write_opt(batch, &WriteOptions::default())).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            io_write::<C>(e)
+        })?;
         if let Some(o) = &self.observer {
             o("state", started.elapsed());
         }
