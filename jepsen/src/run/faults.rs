@@ -780,7 +780,7 @@ fn stopped_on_storage(
         .lines()
         .rev()
         .find(|l| l.contains(needle))
-        .map(|l| l.chars().take(300).collect::<String>());
+        .map(|l| around(l, needle, 300));
     let Some(status) = stopped else {
         // A node may live through a full disk: RocksDB writes into log space it reserved ahead,
         // and a segment seal that fails for space is retried, not fatal (long seed 6: a leader
@@ -814,6 +814,16 @@ fn stopped_on_storage(
             line.unwrap_or_else(|| format!("nothing of {fault}"))
         ),
     ))
+}
+
+/// At most `max` characters of `line` around the first `needle` in it: a long line (openraft's
+/// errors quote whole messages) is cut so that the quote still shows what was looked for.
+fn around(line: &str, needle: &str, max: usize) -> String {
+    let at = line.find(needle).unwrap_or(0);
+    let before = line[..at].chars().count();
+    let skip = before.saturating_sub(max / 2);
+    let cut: String = line.chars().skip(skip).take(max).collect();
+    if skip > 0 { format!("…{cut}") } else { cut }
 }
 
 /// How long a node that lived through a full disk may take, once space is freed, to seal a
@@ -1154,4 +1164,23 @@ fn heal(active: Active, t: &mut Topology, fw: &mut Firewall) -> Result<(bool, St
         Active::Full(n, fill) => stopped_on_storage(t, &n, &fill, Storage::Full)?,
         Active::SyncFailing(n, trigger) => stopped_on_storage(t, &n, &trigger, Storage::SyncFails)?,
     })
+}
+
+#[cfg(test)]
+mod around_tests {
+    #[test]
+    fn a_long_line_is_cut_around_what_was_looked_for() {
+        let line = format!(
+            "{} No space left on device (os error 28){}",
+            "x".repeat(500),
+            "y".repeat(500)
+        );
+        let quoted = super::around(&line, "No space left on device", 300);
+        assert!(quoted.contains("No space left on device"), "{quoted}");
+        assert!(quoted.chars().count() <= 301);
+        assert_eq!(
+            super::around("short No space", "No space", 300),
+            "short No space"
+        );
+    }
 }
