@@ -850,7 +850,7 @@ pub async fn run(
         () = shutdown => None,
         why = raft_failure(&node) => Some(why),
     };
-    match &failed {
+    match failed {
         None => tracing::info!("shutting down"),
         Some(why) => {
             tracing::error!(
@@ -877,18 +877,9 @@ pub async fn run(
     }
     node.shutdown().await;
     server.await??;
-    if let Some(why) = failed {
-        return Err(StorageFailed(why).into());
-    }
     tracing::info!("stopped cleanly");
     Ok(())
 }
-
-/// Why a running coordinator stopped by itself: Raft met a storage error (a write that
-/// failed, a full disk, a damaged block read) and stopped for good.
-#[derive(Debug, thiserror::Error)]
-#[error("raft stopped on a storage failure: {0}")]
-pub struct StorageFailed(pub String);
 
 /// Resolves, with the reason, once this node's Raft has stopped on a fatal error.
 async fn raft_failure(node: &Node) -> String {

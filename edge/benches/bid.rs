@@ -406,6 +406,20 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// `n` bids on the samples in turn from `first`, each asserted to be a bid.
+fn bid_loop(edge: &Edge, samples: &[Sample], n: usize, first: usize) {
+    for i in 0..n {
+        let s = &samples[(i + first) % samples.len()];
+        let version = if s.version == "2.5" {
+            edge::openrtb::Version::V25
+        } else {
+            edge::openrtb::Version::V26
+        };
+        let out = edge.bid(0, &s.body, version, Instant::now());
+        assert!(matches!(out, edge::bidder::BidOutcome::Bid(_)));
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs us without it: then only a
     // short smoke run, so that the code stays working.
@@ -470,16 +484,7 @@ fn main() {
     // The bid path alone, without HTTP, on the load generator's core.
     let n = if smoke { 10_000 } else { 400_000 };
     let t = Instant::now();
-    for i in 0..n {
-        let s = &samples[i % samples.len()];
-        let version = if s.version == "2.5" {
-            edge::openrtb::Version::V25
-        } else {
-            edge::openrtb::Version::V26
-        };
-        let out = edge.bid(0, &s.body, version, Instant::now());
-        assert!(matches!(out, edge::bidder::BidOutcome::Bid(_)));
-    }
+    bid_loop(&edge, &samples, n, 0);
     let alone = t.elapsed().as_secs_f64() / n as f64;
     println!(
         "the bid path alone (parse, match, reserve, sign, encode; no HTTP): {:.2} us per request",
@@ -495,16 +500,7 @@ fn main() {
                 let (edge, samples) = (&edge, &samples);
                 scope.spawn(move || {
                     pin(cpu);
-                    for i in 0..n {
-                        let s = &samples[(i + cpu * 7) % samples.len()];
-                        let version = if s.version == "2.5" {
-                            edge::openrtb::Version::V25
-                        } else {
-                            edge::openrtb::Version::V26
-                        };
-                        let out = edge.bid(0, &s.body, version, Instant::now());
-                        assert!(matches!(out, edge::bidder::BidOutcome::Bid(_)));
-                    }
+                    bid_loop(edge, samples, n, cpu * 7);
                 })
             })
             .collect();

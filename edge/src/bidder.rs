@@ -118,11 +118,6 @@ struct Reserved {
     exp_s: i64,
 }
 
-/// The campaign id of reservation `r`.
-fn campaign_id<'c>(catalog: &'c Catalog, r: &Reserved) -> &'c str {
-    catalog.campaigns[r.cand.campaign as usize].id.as_str()
-}
-
 /// Why nothing was bid, when nothing was: the most telling reason seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Skipped {
@@ -278,7 +273,7 @@ impl Edge {
         put(&mut out, b",\"bid\":[");
         for (n, r) in reserved.iter().enumerate() {
             let imp_id = req.imp[r.imp].id.as_deref().unwrap_or_default();
-            let campaign = campaign_id(&catalog, r);
+            let campaign = catalog.campaigns[r.cand.campaign as usize].id.as_str();
             let fields = Fields {
                 lease: r.lease.id,
                 bid: r.bid,

@@ -168,19 +168,15 @@ fn main() -> ExitCode {
 }
 
 /// The exit status that tells a supervisor what went wrong (sysexits.h): 65 (`EX_DATAERR`),
-/// the database is damaged and the replica must be replaced; 74 (`EX_IOERR`), a storage
-/// failure while running (a full disk: free space and start again); 1, anything else.
+/// the database is damaged and the replica must be replaced; 1, anything else. (A storage
+/// failure while running exits 74, `EX_IOERR`, at once from `server::run`: closing the
+/// database would write again.)
 fn exit_code(e: &anyhow::Error) -> u8 {
     if matches!(
         e.downcast_ref::<coordinator::node::StartError>(),
         Some(coordinator::node::StartError::Damaged { .. })
     ) {
         65
-    } else if e
-        .downcast_ref::<coordinator::server::StorageFailed>()
-        .is_some()
-    {
-        74
     } else {
         1
     }
