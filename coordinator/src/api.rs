@@ -54,12 +54,9 @@ impl Api {
     /// Confirms leadership with a quorum and waits until everything committed before now is
     /// applied here: what is read next is linearizable. Returns the read index.
     async fn linearizable(&self) -> Result<u64, Status> {
-        match self.node.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
-            Err(e) => Err(Status::unavailable(format!(
-                "not a linearizable reader here: {e}"
-            ))),
-        }
+        crate::raft::read_index(&self.node.raft)
+            .await
+            .map_err(|e| Status::unavailable(format!("not a linearizable reader here: {e}")))
     }
 
     /// The services of `node`, whose side of region sync is `sync`.

@@ -130,6 +130,23 @@ impl openraft::AsyncRuntime for SeededRuntime {
     }
 }
 
+/// The index a linearizable read may be served at on `raft`'s node: leadership confirmed with a
+/// quorum, and everything committed before the call applied here (openraft's
+/// `ensure_linearizable`). What the node's state shows after this returns is linearizable.
+///
+/// The planted bug `stale-read` (test builds only) skips the confirmation: the node serves
+/// whatever it has applied, leader or not, current or not.
+pub async fn read_index(raft: &openraft::Raft<TypeConfig>) -> Result<u64, String> {
+    if shared::planted::active("stale-read") {
+        let applied = raft.metrics().borrow().last_applied;
+        return Ok(applied.map_or(0, |l| l.index));
+    }
+    match raft.ensure_linearizable().await {
+        Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A command as the leader proposes it: stamped with the leader's wall-clock time, which decides
 /// day buckets and guards no money.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

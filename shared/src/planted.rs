@@ -48,11 +48,16 @@
 //!   entry still in its page cache. A killed process loses nothing by it; a region that loses
 //!   power loses entries it acknowledged to clients.
 
+//! - `stale-read` (coordinator): a balance read is served from the node's own state without
+//!   confirming its leadership with a quorum or waiting for what was committed: a follower
+//!   behind, or a leader cut off and already replaced, answers with a balance the region has
+//!   moved past (I7).
+
 /// The variable that names the active bug.
 pub const ENV: &str = "PLANTED_BUG";
 
 /// Every bug there is.
-pub const BUGS: [&str; 13] = [
+pub const BUGS: [&str; 14] = [
     "reclaim-early",
     "reclaim-no-restart",
     "dedup-by-exchange-ids",
@@ -66,6 +71,7 @@ pub const BUGS: [&str; 13] = [
     "release-counts-held",
     "grant-retry-applied-twice",
     "ack-before-sync",
+    "stale-read",
 ];
 
 /// Builds the binaries of `packages` (workspace at `root`) with the planted bugs, with the

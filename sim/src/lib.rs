@@ -9,8 +9,9 @@
 //! - [`store`]: openraft's log and state machine on that disk, with the real store's rules.
 //! - [`net`]: delay, loss, duplication (so reordering), cut links, paused nodes.
 //! - [`world`]: the region, edges that lease, bid, report and release, the exchange's bills,
-//!   the nemesis (among its faults, power lost on every node at once), and the checks (I1,
-//!   settled = billed on every replica, I4).
+//!   a reader of the balance, the nemesis (among its faults, power lost on every node at
+//!   once), and the checks (I1, I2, I3, I7, I9 by the harness's checkers; settled = billed on
+//!   every replica; I4).
 //!
 //! Needs Tokio's unstable runtime seed: the workspace builds with `--cfg tokio_unstable`
 //! (`.cargo/config.toml`).

@@ -11,6 +11,8 @@ use std::time::Duration;
 use coordinator::ledger::{BidPrice, CampaignConfig, Command, Params, Reply, RequestKey};
 use coordinator::raft::{Proposal, TypeConfig};
 use jepsen::check::Verdict;
+use jepsen::check::budget::Escrow;
+use jepsen::history::{Call, Completed, OpType};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use shared::bucket::Bucket;
@@ -115,6 +117,11 @@ struct Trace {
 }
 
 impl Trace {
+    /// Simulated µs since the run started.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
     fn log(&self, what: impl AsRef<str>) {
         let us = self.start.elapsed().as_micros();
         let line = format!(
@@ -127,6 +134,71 @@ impl Trace {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(line);
+    }
+}
+
+/// What the harness's checkers read, as `jepsen run` records it: the exchange's notices (one
+/// per won bid, invoked when the exchange bills it, acknowledged when the edge's report of it
+/// is answered, with the Raft index that settled it) and linearizable balance reads, with the
+/// escrow every read and every replica showed.
+#[derive(Clone, Default)]
+struct Recorded {
+    ops: Arc<Mutex<Vec<Completed>>>,
+    escrow: Arc<Mutex<Vec<Escrow>>>,
+}
+
+impl Recorded {
+    fn op(&self, c: Completed) {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
+    fn escrow(&self, e: Escrow) {
+        self.escrow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
+}
+
+/// A notice of the exchange: `bid` is ours (`REGION/LEASE.N`), `event` the exchange's ids.
+fn notice(bid: String, event: String, amount: i64, index: Option<u64>) -> Call {
+    Call::Notice {
+        bid,
+        event,
+        campaign: CAMPAIGN.into(),
+        amount,
+        index,
+        region: String::new(),
+    }
+}
+
+/// The lifetime bucket's figures in `l`, as the coordinator's balance read gives them.
+fn balance(
+    l: &coordinator::ledger::Ledger,
+    key: &shared::bucket::BucketKey,
+    read_at: u64,
+) -> shared::proto::v1::Balance {
+    let empty = coordinator::ledger::BucketState::new(l.region());
+    let b = l.bucket(key).unwrap_or(&empty);
+    coordinator::wire::balance(l.region(), key, b, read_at)
+}
+
+fn escrow_of(at_us: u64, b: &shared::proto::v1::Balance) -> Escrow {
+    Escrow {
+        at_us,
+        region: REGION.into(),
+        bucket: format!("{CAMPAIGN}/lifetime"),
+        rights: b.rights_micros,
+        settled: b.settled_micros,
+        leased: b.leased_micros,
+        in_doubt: b.in_doubt_micros,
+    }
+}
+
+fn lifetime_key() -> shared::bucket::BucketKey {
+    shared::bucket::BucketKey {
+        campaign: CAMPAIGN.parse().expect("campaign id"),
+        bucket: Bucket::Lifetime,
     }
 }
 
@@ -238,14 +310,14 @@ impl Region {
         self.base_unix_us + elapsed + skew
     }
 
-    async fn propose_once(&self, command: &Command) -> Result<Reply, Propose> {
+    async fn propose_once(&self, command: &Command) -> Result<(Reply, u64), Propose> {
         let (id, raft) = self.leader().ok_or(Propose::NoLeader)?;
         let proposal = Proposal {
             time_us: self.wall_us(id),
             command: command.clone(),
         };
         match tokio::time::timeout(ATTEMPT, raft.client_write(proposal)).await {
-            Ok(Ok(r)) => Ok(r.data),
+            Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(Propose::NoLeader)
             }
@@ -257,6 +329,11 @@ impl Region {
     /// Proposes until a definite answer, the same command (and key) each time; `None` after
     /// [`GIVE_UP`] without one (recorded: the run fails).
     async fn propose(&self, command: Command) -> Option<Reply> {
+        self.propose_indexed(command).await.map(|(r, _)| r)
+    }
+
+    /// [`Region::propose`], with the Raft index of the entry that answered.
+    async fn propose_indexed(&self, command: Command) -> Option<(Reply, u64)> {
         let deadline = Instant::now() + GIVE_UP;
         loop {
             if Instant::now() > deadline {
@@ -291,7 +368,14 @@ fn key(rng: &mut fastrand::Rng) -> [u8; 16] {
 type Billed = Arc<Mutex<Vec<(String, i64)>>>;
 
 /// One edge: lease, bid (the exchange bills the winners at once), report, release, again.
-async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed) {
+async fn edge(
+    region: Region,
+    n: u64,
+    seed: u64,
+    until: Instant,
+    billed: Billed,
+    recorded: Recorded,
+) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let me: EdgeId = format!("edge-{n}").parse().expect("edge id");
     let campaign: CampaignId = CAMPAIGN.parse().expect("campaign id");
@@ -319,11 +403,12 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
         region
             .trace
             .log(format!("{me} lease {} of {amount}", lease.0));
-        let (events, losses, bids) = bid(&mut rng, amount, &buckets, &billed).await;
+        let (events, losses, bids, billed_at) =
+            bid(&mut rng, amount, &buckets, &billed, &region.trace).await;
         let charged: i64 = events.iter().map(|e| e.amount.micros()).sum();
         let lost: i64 = losses.iter().map(|l| l.amount.micros()).sum();
         let settled = region
-            .propose(Command::ReportSpend {
+            .propose_indexed(Command::ReportSpend {
                 batch: BatchId(key(&mut rng)),
                 edge: me.clone(),
                 lease,
@@ -332,10 +417,32 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
                 held: Vec::new(),
             })
             .await;
-        let Some(settled) = settled else { return };
+        let Some((settled, index)) = settled else {
+            return;
+        };
         region
             .trace
             .log(format!("{me} reported {} wins: {settled:?}", events.len()));
+        // The exchange's notices of these wins: acknowledged (with the index that settled
+        // them) if the region settled the report, refused otherwise.
+        let ok = matches!(settled, Reply::SpendSettled { .. });
+        let done_us = region.trace.now_us();
+        for (e, invoked_us) in events.iter().zip(billed_at) {
+            let bid = format!("{REGION}/{}.{}", lease.0, e.bid);
+            let invoked = notice(bid, e.key.to_string(), e.amount.micros(), None);
+            let mut completed = invoked.clone();
+            if let Call::Notice { index: i, .. } = &mut completed {
+                *i = ok.then_some(index);
+            }
+            recorded.op(Completed {
+                process: me.to_string(),
+                invoke_us: invoked_us,
+                complete_us: Some(done_us),
+                outcome: if ok { OpType::Ok } else { OpType::Fail },
+                invoked,
+                completed: Some(completed),
+            });
+        }
         let closed = region
             .propose(Command::ReleaseLease {
                 batch: BatchId(key(&mut rng)),
@@ -355,13 +462,16 @@ async fn edge(region: Region, n: u64, seed: u64, until: Instant, billed: Billed)
 }
 
 /// Bids under a lease until its money runs out: each bid reserves the price; about half win
-/// and are billed at once at a clearing price up to the bid.
+/// and are billed at once at a clearing price up to the bid. Also returns when each win was
+/// billed (simulated µs).
 async fn bid(
     rng: &mut fastrand::Rng,
     amount: Money,
     buckets: &[Bucket],
     billed: &Billed,
-) -> (Vec<SpendEvent>, Vec<BidPrice>, u64) {
+    trace: &Trace,
+) -> (Vec<SpendEvent>, Vec<BidPrice>, u64, Vec<u64>) {
+    let mut billed_at = Vec::new();
     let mut events = Vec::new();
     let mut losses = Vec::new();
     let mut bid = 0u64;
@@ -377,6 +487,7 @@ async fn bid(
             // Exchanges reuse their auction ids (a small pool here): two bids of ours may
             // carry the same ids and are still two charges.
             let auction = rng.u32(..AUCTION_IDS);
+            billed_at.push(trace.now_us());
             events.push(SpendEvent {
                 bid,
                 key: format!("sim/a{auction}/1").parse().expect("event key"),
@@ -389,7 +500,69 @@ async fn bid(
             });
         }
     }
-    (events, losses, bid)
+    (events, losses, bid, billed_at)
+}
+
+/// Reads the campaign's balance every few tens of milliseconds through a node picked at
+/// random, as the API does (`coordinator::raft::read_index`, then that node's state), recording each
+/// read for I7 and its escrow for I2; and every replica's own state, read or not, for I2.
+async fn reader(region: Region, nodes: u64, seed: u64, until: Instant, recorded: Recorded) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let key = lifetime_key();
+    let bucket = format!("{CAMPAIGN}/lifetime");
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..80))).await;
+        let at = region.trace.now_us();
+        let states: Vec<SimState> = region
+            .lock()
+            .values()
+            .filter_map(|s| s.state.clone())
+            .collect();
+        for st in states {
+            let b = st.read(|l| balance(l, &key, 0));
+            recorded.escrow(escrow_of(at, &b));
+        }
+        let id = rng.u64(1..=nodes);
+        let Some((raft, state)) = region
+            .lock()
+            .get(&id)
+            .and_then(|s| Some((s.raft.clone()?, s.state.clone()?)))
+        else {
+            continue;
+        };
+        let invoked = Call::Read {
+            bucket: bucket.clone(),
+            value: None,
+            index: None,
+            region: String::new(),
+        };
+        let invoke_us = region.trace.now_us();
+        let read = tokio::time::timeout(ATTEMPT, coordinator::raft::read_index(&raft)).await;
+        let complete_us = region.trace.now_us();
+        let (outcome, completed) = match read {
+            Ok(Ok(read_at)) => {
+                let b = state.read(|l| balance(l, &key, read_at));
+                recorded.escrow(escrow_of(complete_us, &b));
+                let c = Call::Read {
+                    bucket: bucket.clone(),
+                    value: Some(b.settled_micros),
+                    index: Some(read_at),
+                    region: String::new(),
+                };
+                (OpType::Ok, Some(c))
+            }
+            // Refused (not the leader, no quorum) or unanswered: a read takes no effect.
+            _ => (OpType::Fail, None),
+        };
+        recorded.op(Completed {
+            process: format!("reader-n{id}"),
+            invoke_us,
+            complete_us: Some(complete_us),
+            outcome,
+            invoked,
+            completed,
+        });
+    }
 }
 
 /// The nemesis: a fault every few seconds, each healed before the next: a node cut off, a
@@ -576,6 +749,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
 
     let until = Instant::now() + Duration::from_secs(scenario.secs);
     let billed: Billed = Arc::default();
+    let recorded = Recorded::default();
     let mut edges = Vec::new();
     for n in 1..=scenario.edges {
         edges.push(tokio::spawn(edge(
@@ -584,11 +758,19 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
             root.u64(..),
             until,
             billed.clone(),
+            recorded.clone(),
         )));
     }
     let nemesis = scenario
         .faults
         .then(|| tokio::spawn(nemesis(region.clone(), scenario.nodes, root.u64(..), until)));
+    edges.push(tokio::spawn(reader(
+        region.clone(),
+        scenario.nodes,
+        root.u64(..),
+        until,
+        recorded.clone(),
+    )));
     let faults = match nemesis {
         Some(n) => n.await?,
         None => 0,
@@ -642,7 +824,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     trace.log(format!(
         "applies lost to crashes, made again: {applies_lost}"
     ));
-    let verdicts = check(&region, scenario, &billed);
+    let verdicts = check(&region, scenario, &billed, &recorded);
     for v in &verdicts {
         trace.log(format!(
             "{}: {} ({} checked, {} violations) {:?}",
@@ -685,7 +867,12 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
 /// left leased or in doubt once every edge released), I4 (every replica holds the same
 /// financial log, and it verifies), I9 (`jepsen::check::conservation`: money conserved at
 /// every entry of every replica's log), and progress (every command answered).
-fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> {
+fn check(
+    region: &Region,
+    scenario: &Scenario,
+    billed: &Billed,
+    recorded: &Recorded,
+) -> Vec<Verdict> {
     let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let budgets: BTreeMap<String, i64> =
         BTreeMap::from([(format!("{CAMPAIGN}/lifetime"), scenario.budget_micros)]);
@@ -762,13 +949,13 @@ fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> 
     let i4 = Verdict::new("I4", checked, log_violations);
     // I9, the harness's own checker: money adds up after every entry of every replica's log.
     let mut undecodable = Vec::new();
-    let entries: Vec<(String, Vec<shared::log::Entry>)> = logs
+    let decoded: Vec<(String, Vec<(shared::log::Entry, shared::log::Hash)>)> = logs
         .iter()
         .map(|(id, records)| {
             let decoded = records
                 .iter()
                 .map_while(|r| match shared::log::record::decode(r) {
-                    Ok((e, _)) => Some(e),
+                    Ok(e) => Some(e),
                     Err(e) => {
                         undecodable.push(format!("n{id}: a record does not decode: {e}"));
                         None
@@ -778,11 +965,36 @@ fn check(region: &Region, scenario: &Scenario, billed: &Billed) -> Vec<Verdict> 
             (format!("n{id}"), decoded)
         })
         .collect();
+    let entries: Vec<(String, Vec<shared::log::Entry>)> = decoded
+        .iter()
+        .map(|(n, es)| (n.clone(), es.iter().map(|(e, _)| e.clone()).collect()))
+        .collect();
     let mut i9 = jepsen::check::conservation::check(&entries);
     if !undecodable.is_empty() {
         i9 = Verdict::new("I9", i9.checked, undecodable);
     }
+    // The harness's facts from the longest replica's log (I4 holds them all the same): the
+    // charges for I3, each bucket's settled spend over Raft indexes for I7.
+    let longest = decoded
+        .iter()
+        .max_by_key(|(_, es)| es.len())
+        .map(|(_, es)| es.as_slice())
+        .unwrap_or_default();
+    let facts = jepsen::run::facts(REGION, longest);
+    let ops = recorded
+        .ops
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let i3 = jepsen::check::notices::check(&ops, &facts.events);
+    let i7 = jepsen::check::linear::check(&facts.timelines, &ops);
+    let escrow = recorded
+        .escrow
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let i2 = jepsen::check::budget::escrow_within_rights(&budgets, &escrow);
     let (answered, stuck) = region.lock_progress().clone();
     let progress = Verdict::new("progress", answered, stuck);
-    vec![i1, conservation, i4, i9, progress]
+    vec![i1, i2, i3, conservation, i4, i7, i9, progress]
 }
