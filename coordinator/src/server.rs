@@ -382,13 +382,50 @@ pub const RECLAIM_TICK: Duration = Duration::from_millis(200);
 /// as a failed one is: each is idempotent in the ledger.
 pub const LOOP_PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`Node::propose`] for the leader's loops, given up after [`LOOP_PROPOSE_TIMEOUT`].
+/// What the leader's reclaim loop needs of a node: whether it leads, its ledger, and a way to
+/// propose. [`Node`] is one; the deterministic simulation (`sim`) runs the same loop over its
+/// simulated nodes.
+pub trait LoopHost {
+    /// The node's id, for the logs.
+    fn node_id(&self) -> u64;
+    /// Whether this node believes it leads.
+    fn leads(&self) -> bool;
+    /// Reads the ledger as this node has applied it.
+    fn read_ledger<T>(&self, f: impl FnOnce(&crate::ledger::Ledger) -> T) -> T;
+    /// Proposes `command` through this node, with the reply and the entry's index.
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<(crate::ledger::Reply, u64), String>> + Send;
+}
+
+impl LoopHost for Node {
+    fn node_id(&self) -> u64 {
+        self.id
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    fn read_ledger<T>(&self, f: impl FnOnce(&crate::ledger::Ledger) -> T) -> T {
+        self.state.read(|m| f(m.ledger()))
+    }
+
+    async fn propose(&self, command: Command) -> Result<(crate::ledger::Reply, u64), String> {
+        Node::propose(self, command)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// [`LoopHost::propose`] for the leader's loops, given up after [`LOOP_PROPOSE_TIMEOUT`].
 async fn propose_bounded(
-    node: &Node,
+    node: &impl LoopHost,
     command: Command,
 ) -> Result<(crate::ledger::Reply, u64), String> {
     match tokio::time::timeout(LOOP_PROPOSE_TIMEOUT, node.propose(command)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r,
         Err(_) => Err(format!(
             "no answer in {} s (leadership may have moved)",
             LOOP_PROPOSE_TIMEOUT.as_secs()
@@ -400,11 +437,11 @@ async fn propose_bounded(
 /// parts with theirs (from each lease's own terms).
 type Timed = (Vec<(LeaseId, Duration)>, Vec<(Part, Duration)>);
 
-fn timed(node: &Node) -> Timed {
-    node.state.read(|m| {
+fn timed(node: &impl LoopHost) -> Timed {
+    node.read_ledger(|ledger| {
         let mut open = Vec::new();
         let mut doubt = Vec::new();
-        for (id, l) in m.ledger().leases() {
+        for (id, l) in ledger.leases() {
             match &l.state {
                 LeaseState::Open => {
                     open.push((*id, Duration::from_millis(l.terms.reclaim_wait_ms())))
@@ -426,14 +463,16 @@ fn timed(node: &Node) -> Timed {
 /// while this node leads, and proposes `ReclaimLeases` / `ExpireInDoubt` for what is due.
 /// Returns the leases it proposed to reclaim and the parts it proposed to expire.
 pub async fn reclaim_step(
-    node: &Node,
+    node: &impl LoopHost,
     timers: &mut Timers,
     now: crate::reclaim::Mono,
 ) -> (Vec<LeaseId>, Vec<Part>) {
-    let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
-    if !leading {
+    if !node.leads() {
         if timers.is_leading() {
-            tracing::info!(node = node.id, "no longer leader: lease timers stopped");
+            tracing::info!(
+                node = node.node_id(),
+                "no longer leader: lease timers stopped"
+            );
             timers.stepped_down();
         }
         return (Vec::new(), Vec::new());
@@ -441,7 +480,7 @@ pub async fn reclaim_step(
     let (open, in_doubt) = timed(node);
     if !timers.is_leading() {
         tracing::info!(
-            node = node.id,
+            node = node.node_id(),
             open = open.len(),
             in_doubt = in_doubt.len(),
             mono_ms = mono_ms(now),
@@ -522,13 +561,12 @@ pub async fn reclaim_step(
 /// Of the parts whose waits are over, those worth proposing now: not yet marked due, or marked
 /// at an index every registered edge has checked in past. Logs (once per change) which edges
 /// the others wait for.
-fn ready_to_expire(node: &Node, due: Vec<Part>, timers: &mut Timers) -> Vec<Part> {
+fn ready_to_expire(node: &impl LoopHost, due: Vec<Part>, timers: &mut Timers) -> Vec<Part> {
     if due.is_empty() {
         timers.waiting_for(Vec::new());
         return due;
     }
-    node.state.read(|m| {
-        let ledger = m.ledger();
+    node.read_ledger(|ledger| {
         let covered = ledger.edges_covered();
         let mut held_back = 0usize;
         let mut lowest_mark = u64::MAX;
@@ -585,7 +623,7 @@ pub async fn reclaim_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        reclaim_step(&node, &mut timers, clock.now()).await;
+        reclaim_step(&*node, &mut timers, clock.now()).await;
     }
 }
 
@@ -618,7 +656,7 @@ pub async fn retire_loop(
             continue;
         }
         let named = days.len();
-        match propose_bounded(&node, Command::RetireDays { days }).await {
+        match propose_bounded(&*node, Command::RetireDays { days }).await {
             Ok((crate::ledger::Reply::DaysRetired { retired }, index)) => {
                 tracing::info!(
                     named,
@@ -669,7 +707,7 @@ pub async fn archive_loop(
                     };
                     open = Some((sealed, since));
                     if now.saturating_sub(since) >= seal_interval {
-                        match propose_bounded(&node, Command::SealSegment).await {
+                        match propose_bounded(&*node, Command::SealSegment).await {
                             Ok((reply, _)) => tracing::info!(
                                 ?reply,
                                 "the open financial-log segment waited its seal interval: sealed"

@@ -292,14 +292,7 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
 fn terms_of(l: &pb::Lease) -> Terms {
     let ms = Duration::from_millis;
     match &l.terms {
-        Some(t) => Terms {
-            duration: ms(t.duration_ms),
-            settlement_window: ms(t.settlement_window_ms),
-            margin: ms(t.margin_ms),
-            default_exp: ms(t.default_exp_ms),
-            max_exp: ms(t.max_exp_ms),
-            max_tmax: ms(t.max_tmax_ms),
-        },
+        Some(t) => terms_from_wire(t),
         None => Terms {
             duration: ms(l.duration_ms),
             settlement_window: ms(10_000),
@@ -308,6 +301,19 @@ fn terms_of(l: &pb::Lease) -> Terms {
             max_exp: ms(10_000),
             max_tmax: ms(5_000),
         },
+    }
+}
+
+/// The terms a coordinator sent with a lease.
+pub fn terms_from_wire(t: &pb::LeaseTerms) -> Terms {
+    let ms = Duration::from_millis;
+    Terms {
+        duration: ms(t.duration_ms),
+        settlement_window: ms(t.settlement_window_ms),
+        margin: ms(t.margin_ms),
+        default_exp: ms(t.default_exp_ms),
+        max_exp: ms(t.max_exp_ms),
+        max_tmax: ms(t.max_tmax_ms),
     }
 }
 

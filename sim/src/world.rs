@@ -4,11 +4,11 @@
 //! clock, so one seed is one history.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coordinator::ledger::{BidPrice, CampaignConfig, Command, Params, Reply, RequestKey};
+use coordinator::ledger::{CampaignConfig, Command, Params, Reply, RequestKey};
 use coordinator::raft::{Proposal, TypeConfig};
 use jepsen::check::Verdict;
 use jepsen::check::budget::Escrow;
@@ -17,7 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use shared::bucket::Bucket;
 use shared::log::SpendEvent;
-use shared::{BatchId, CampaignId, EdgeId, Money, RegionId};
+use shared::{BatchId, CampaignId, EdgeId, LeaseId, Money, RegionId};
 use tokio::time::Instant;
 
 use crate::disk::{Disk, Space};
@@ -69,6 +69,8 @@ pub struct Outcome {
     /// Applies lost to crashes (written unsynced, as the real store writes them) and made
     /// again from the log, every node.
     pub applies_lost: u64,
+    /// Leases the leaders' loops proposed to reclaim.
+    pub reclaims: u64,
 }
 
 impl Outcome {
@@ -85,6 +87,11 @@ fn params() -> Params {
         settlement_window_ms: 2_000,
         margin_ms: 1_000,
         late_acceptance_ms: 5_000,
+        // Notices come within seconds here: bids' deadlines a few seconds long keep what a
+        // release or a reclaim holds in doubt for seconds, not the hour real traffic allows.
+        default_exp_ms: 3_000,
+        max_exp_ms: 3_000,
+        max_tmax_ms: 1_000,
         lease_min: Money::from_micros(10_000),
         ..Params::default()
     }
@@ -109,6 +116,11 @@ const CHUNK_BYTES: u64 = 16 * 1024;
 /// How long a client waits for one proposal before trying again.
 const ATTEMPT: Duration = Duration::from_secs(3);
 
+/// Locks `m`, a poisoned lock included (a panicking task fails the run anyway).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The trace, shared by every task.
 #[derive(Clone)]
 struct Trace {
@@ -130,10 +142,7 @@ impl Trace {
             us % 1_000_000,
             what.as_ref()
         );
-        self.lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        locked(&self.lines).push(line);
     }
 }
 
@@ -149,14 +158,11 @@ struct Recorded {
 
 impl Recorded {
     fn op(&self, c: Completed) {
-        self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        locked(&self.ops).push(c);
     }
 
     fn escrow(&self, e: Escrow) {
-        self.escrow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        locked(&self.escrow).push(e);
     }
 }
 
@@ -228,6 +234,55 @@ struct Region {
     answered: Arc<tokio::sync::Notify>,
     /// Snapshots built and installed, every node.
     snapshots: Arc<SnapshotCounts>,
+    /// Set when the run is over: the leaders' loops and the edges' check-ins stop.
+    stopped: Arc<AtomicBool>,
+    /// Every reclaim the leaders' loops proposed: (simulated µs, leases).
+    reclaims: Arc<Mutex<Vec<Reclaim>>>,
+    /// Every lease granted: when its edge asked for it (simulated µs, before the request)
+    /// and its reclaim wait (ms), for the reclaim rule.
+    leases_sent: Arc<Mutex<BTreeMap<LeaseId, (u64, u64)>>>,
+    /// Edges paused by the nemesis, until when.
+    edges_paused: Arc<Mutex<BTreeMap<u64, Instant>>>,
+}
+
+/// A reclaim a leader proposed: when (simulated µs), and which leases.
+type Reclaim = (u64, Vec<LeaseId>);
+
+/// One node as the leader's reclaim loop sees it (`coordinator::server::LoopHost`): the same
+/// loop a coordinator runs, over the simulated node.
+struct SimHost {
+    id: u64,
+    raft: Raft<TypeConfig>,
+    state: SimState,
+    region: Region,
+}
+
+impl coordinator::server::LoopHost for SimHost {
+    fn node_id(&self) -> u64 {
+        self.id
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    fn read_ledger<T>(&self, f: impl FnOnce(&coordinator::ledger::Ledger) -> T) -> T {
+        self.state.read(f)
+    }
+
+    async fn propose(&self, command: Command) -> Result<(Reply, u64), String> {
+        if let Command::ReclaimLeases { leases } = &command {
+            locked(&self.region.reclaims).push((self.region.trace.now_us(), leases.clone()));
+        }
+        let proposal = Proposal {
+            time_us: self.region.wall_us(self.id),
+            command,
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// Why a proposal got no answer.
@@ -242,7 +297,7 @@ enum Propose {
 
 impl Region {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeSlot>> {
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.nodes)
     }
 
     async fn start(&self, id: u64) -> anyhow::Result<()> {
@@ -263,11 +318,43 @@ impl Region {
         )
         .await?;
         self.router.attach(id, epoch, raft.clone());
-        let mut n = self.lock();
-        let slot = n.get_mut(&id).expect("a node of the region");
-        slot.raft = Some(raft);
-        slot.state = Some(state);
+        {
+            let mut n = self.lock();
+            let slot = n.get_mut(&id).expect("a node of the region");
+            slot.raft = Some(raft.clone());
+            slot.state = Some(state.clone());
+        }
+        tokio::spawn(reclaim_loop(
+            SimHost {
+                id,
+                raft,
+                state,
+                region: self.clone(),
+            },
+            epoch,
+        ));
         Ok(())
+    }
+
+    /// Returns once edge `n` is not paused (a paused process does nothing: no bid, no report,
+    /// no release, no check-in).
+    async fn edge_runs(&self, n: u64) {
+        loop {
+            let until = locked(&self.edges_paused).get(&n).copied();
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether instance `epoch` of node `id` still runs.
+    fn alive(&self, id: u64, epoch: u64) -> bool {
+        !self.stopped.load(Ordering::Relaxed)
+            && self
+                .lock()
+                .get(&id)
+                .is_some_and(|s| s.epoch == epoch && s.raft.is_some())
     }
 
     /// The process dies: unsynced writes are lost, its messages stop.
@@ -301,7 +388,7 @@ impl Region {
     }
 
     fn lock_progress(&self) -> std::sync::MutexGuard<'_, (u64, Vec<String>)> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.progress)
     }
 
     fn wall_us(&self, id: u64) -> i64 {
@@ -358,6 +445,28 @@ impl Region {
     }
 }
 
+/// A node instance's reclaim loop: the coordinator's own `reclaim_step` every
+/// `RECLAIM_TICK`, on the instance's monotonic clock (from its start, as a process's), until
+/// the instance dies or the run stops.
+async fn reclaim_loop(host: SimHost, epoch: u64) {
+    let started = Instant::now();
+    let mut timers = coordinator::reclaim::Timers::new();
+    loop {
+        tokio::time::sleep(coordinator::server::RECLAIM_TICK).await;
+        if !host.region.alive(host.id, epoch) {
+            return;
+        }
+        let now = coordinator::reclaim::Mono(started.elapsed());
+        let (reclaimed, expired) = coordinator::server::reclaim_step(&host, &mut timers, now).await;
+        if !reclaimed.is_empty() || !expired.is_empty() {
+            host.region.trace.log(format!(
+                "n{} reclaims leases {reclaimed:?}, returns in-doubt parts {expired:?}",
+                host.id
+            ));
+        }
+    }
+}
+
 fn key(rng: &mut fastrand::Rng) -> [u8; 16] {
     let mut k = [0u8; 16];
     rng.fill(&mut k);
@@ -367,7 +476,70 @@ fn key(rng: &mut fastrand::Rng) -> [u8; 16] {
 /// What the exchange billed: `(bucket, micros)` per won impression.
 type Billed = Arc<Mutex<Vec<(String, i64)>>>;
 
-/// One edge: lease, bid (the exchange bills the winners at once), report, release, again.
+/// An edge's own record of what it accepted, for its check-ins: a check-in covers index `I`
+/// when every notice accepted before the edge learnt `I` was committed is in a committed
+/// spend batch. Notices are numbered as accepted; each index learnt remembers how many had
+/// been accepted by then.
+#[derive(Default)]
+struct EdgeBook {
+    accepted: u64,
+    uncommitted: std::collections::BTreeSet<u64>,
+    learnt: std::collections::VecDeque<(u64, u64)>,
+    covers: u64,
+}
+
+#[derive(Clone)]
+struct Book(Arc<Mutex<EdgeBook>>);
+
+impl Book {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EdgeBook> {
+        locked(&self.0)
+    }
+
+    /// A notice accepted: its number.
+    fn accept(&self) -> u64 {
+        let mut b = self.lock();
+        let n = b.accepted;
+        b.accepted += 1;
+        b.uncommitted.insert(n);
+        n
+    }
+
+    /// An answer at `index`, which committed the notices `settled`.
+    fn learnt(&self, index: u64, settled: &[u64]) {
+        let mut b = self.lock();
+        for n in settled {
+            b.uncommitted.remove(n);
+        }
+        let accepted = b.accepted;
+        b.learnt.push_back((index, accepted));
+        let first_open = b.uncommitted.first().copied().unwrap_or(accepted);
+        while let Some(&(i, before)) = b.learnt.front() {
+            if before > first_open {
+                break;
+            }
+            b.covers = b.covers.max(i);
+            b.learnt.pop_front();
+        }
+    }
+}
+
+/// The edge's terms of a lease from the ledger's, through the wire as the API sends them.
+fn edge_terms(t: &coordinator::ledger::Terms) -> edge::lease::Terms {
+    edge::manager::terms_from_wire(&coordinator::wire::terms_to_wire(t))
+}
+
+/// A request's `tmax`.
+const TMAX: Duration = Duration::from_millis(200);
+
+/// One edge, as the real one spends: it registers (a check-in covering 0) and checks in every
+/// half second; it leases, and bids under the lease with the edge's own `ActiveLease` (one
+/// reservation per bid, only inside the spending window measured from before the grant was
+/// asked for); the exchange answers most bids at once with a win (billed at a clearing price
+/// up to the bid) or a loss, and never answers some (their money waits in doubt at the
+/// release). When a lease's money or window runs out the edge asks for the next, while the
+/// last one's wins are reported and it is released once its settlement window has passed.
+#[allow(clippy::too_many_arguments)]
 async fn edge(
     region: Region,
     n: u64,
@@ -375,25 +547,45 @@ async fn edge(
     until: Instant,
     billed: Billed,
     recorded: Recorded,
+    book: Book,
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let me: EdgeId = format!("edge-{n}").parse().expect("edge id");
     let campaign: CampaignId = CAMPAIGN.parse().expect("campaign id");
+    // Registered before any notice is accepted: in-doubt money waits for this edge's
+    // check-ins from now on.
+    let registered = region
+        .propose(Command::CheckIn {
+            edge: me.clone(),
+            incarnation: 1,
+            covers: 0,
+        })
+        .await;
+    if registered.is_none() {
+        return;
+    }
+    // Checking in goes on after the load, until the run stops: in-doubt money returns only
+    // when every registered edge has checked in past it.
+    tokio::spawn(check_ins(region.clone(), n, me.clone(), book.clone()));
+    let mut done = Vec::new();
     while Instant::now() < until {
+        region.edge_runs(n).await;
+        let sent = region.trace.start.elapsed();
         let reply = region
-            .propose(Command::GrantLease {
+            .propose_indexed(Command::GrantLease {
                 key: RequestKey(key(&mut rng)),
                 edge: me.clone(),
                 campaign: campaign.clone(),
                 want: Money::from_micros(rng.i64(20_000..=80_000)),
             })
             .await;
-        let Some(reply) = reply else { return };
+        let Some((reply, index)) = reply else { break };
+        book.learnt(index, &[]);
         let Reply::LeaseGranted {
             lease,
             amount,
             buckets,
-            ..
+            terms,
         } = reply
         else {
             region.trace.log(format!("{me} no lease: {reply:?}"));
@@ -403,104 +595,371 @@ async fn edge(
         region
             .trace
             .log(format!("{me} lease {} of {amount}", lease.0));
-        let (events, losses, bids, billed_at) =
-            bid(&mut rng, amount, &buckets, &billed, &region.trace).await;
-        let charged: i64 = events.iter().map(|e| e.amount.micros()).sum();
-        let lost: i64 = losses.iter().map(|l| l.amount.micros()).sum();
-        let settled = region
-            .propose_indexed(Command::ReportSpend {
-                batch: BatchId(key(&mut rng)),
-                edge: me.clone(),
-                lease,
-                events: events.clone(),
-                losses,
-                held: Vec::new(),
-            })
-            .await;
-        let Some((settled, index)) = settled else {
-            return;
+        locked(&region.leases_sent).insert(
+            lease,
+            (
+                u64::try_from(sent.as_micros()).unwrap_or(u64::MAX),
+                terms.reclaim_wait_ms(),
+            ),
+        );
+        let held = Arc::new(edge::lease::ActiveLease::new(
+            lease,
+            0,
+            amount,
+            sent,
+            edge_terms(&terms),
+        ));
+        let released = Arc::new(AtomicBool::new(false));
+        let cx = EdgeCtx {
+            region: region.clone(),
+            n,
+            me: me.clone(),
+            buckets,
+            billed: billed.clone(),
+            recorded: recorded.clone(),
+            book: book.clone(),
         };
-        region
-            .trace
-            .log(format!("{me} reported {} wins: {settled:?}", events.len()));
-        // The exchange's notices of these wins: acknowledged (with the index that settled
-        // them) if the region settled the report, refused otherwise.
-        let ok = matches!(settled, Reply::SpendSettled { .. });
-        let done_us = region.trace.now_us();
-        for (e, invoked_us) in events.iter().zip(billed_at) {
-            let bid = format!("{REGION}/{}.{}", lease.0, e.bid);
-            let invoked = notice(bid, e.key.to_string(), e.amount.micros(), None);
-            let mut completed = invoked.clone();
-            if let Call::Notice { index: i, .. } = &mut completed {
-                *i = ok.then_some(index);
-            }
-            recorded.op(Completed {
-                process: me.to_string(),
-                invoke_us: invoked_us,
-                complete_us: Some(done_us),
-                outcome: if ok { OpType::Ok } else { OpType::Fail },
-                invoked,
-                completed: Some(completed),
-            });
-        }
-        let closed = region
-            .propose(Command::ReleaseLease {
-                batch: BatchId(key(&mut rng)),
-                edge: me.clone(),
-                lease,
-                // Every bid is settled or lost: no reservation is held any more.
-                unreserved: Money::from_micros(amount.micros() - charged - lost),
-                bids,
-                in_doubt: Vec::new(),
-            })
-            .await;
-        let Some(closed) = closed else { return };
-        region
-            .trace
-            .log(format!("{me} released {}: {closed:?}", lease.0));
+        let (wins, notices) = bid(&mut rng, &cx, &held, &released).await;
+        done.push(tokio::spawn(finish(
+            region.clone(),
+            n,
+            me.clone(),
+            rng.u64(..),
+            Ending {
+                lease: held,
+                released,
+                wins,
+                notices,
+            },
+            recorded.clone(),
+            book.clone(),
+        )));
+    }
+    for d in done {
+        let _ = d.await;
     }
 }
 
-/// Bids under a lease until its money runs out: each bid reserves the price; about half win
-/// and are billed at once at a clearing price up to the bid. Also returns when each win was
-/// billed (simulated µs).
+/// Wins an edge accepted under a lease, to report: each event, when the exchange billed it
+/// (simulated µs), and the edge's number for it (its book's).
+#[derive(Default)]
+struct Wins {
+    events: Vec<SpendEvent>,
+    billed_at: Vec<u64>,
+    seqs: Vec<u64>,
+}
+
+/// A win whose notice the exchange sends late, within its bid's `exp`: at `at` (from the
+/// run's start), its deadline `deadline`.
+struct Late {
+    at: Duration,
+    deadline: Duration,
+    bid: u64,
+    class: usize,
+    event: SpendEvent,
+}
+
+/// The exchange's bill of a won impression, for every bucket of the lease.
+fn bill(billed: &Billed, buckets: &[Bucket], micros: i64) {
+    let mut b = locked(billed);
+    for k in buckets {
+        b.push((format!("{CAMPAIGN}/{k}"), micros));
+    }
+}
+
+/// Bids under `lease` until its money or its window runs out, a few milliseconds apart.
+/// Half the bids win and are billed at once at a clearing price up to the bid; four in ten
+/// lose; one in twenty wins with its notice late (anywhere within its `exp`, often after the
+/// release: settled against what the release holds in doubt), and one in twenty is never
+/// answered (its price waits in doubt until its deadline has passed).
 async fn bid(
     rng: &mut fastrand::Rng,
-    amount: Money,
-    buckets: &[Bucket],
-    billed: &Billed,
-    trace: &Trace,
-) -> (Vec<SpendEvent>, Vec<BidPrice>, u64, Vec<u64>) {
-    let mut billed_at = Vec::new();
-    let mut events = Vec::new();
-    let mut losses = Vec::new();
-    let mut bid = 0u64;
-    while (bid as i64 + 1) * PRICE <= amount.micros() {
-        bid += 1;
-        tokio::time::sleep(Duration::from_micros(rng.u64(500..3_000))).await;
-        if rng.bool() {
-            let clearing = PRICE - rng.i64(0..=PRICE / 4);
-            let mut b = billed.lock().unwrap_or_else(|p| p.into_inner());
-            for k in buckets {
-                b.push((format!("{CAMPAIGN}/{k}"), clearing));
+    cx: &EdgeCtx,
+    lease: &Arc<edge::lease::ActiveLease>,
+    released: &Arc<AtomicBool>,
+) -> (Wins, Vec<tokio::task::JoinHandle<()>>) {
+    let (region, n, buckets, billed, book) = (&cx.region, cx.n, &cx.buckets, &cx.billed, &cx.book);
+    let trace = &region.trace;
+    let mut wins = Wins::default();
+    let mut late = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_micros(rng.u64(2_000..40_000))).await;
+        region.edge_runs(n).await;
+        let now = trace.start.elapsed();
+        let exp_s = rng.u64(1..=3);
+        let Some(class) = lease.class_of(Some(exp_s as i64)) else {
+            continue;
+        };
+        let Some(bid) = lease.try_reserve(PRICE, now, TMAX, class) else {
+            return (wins, late);
+        };
+        let clearing = PRICE - rng.i64(0..=PRICE / 4);
+        // Exchanges reuse their auction ids (a small pool here): two bids of ours may carry
+        // the same ids and are still two charges.
+        let event = SpendEvent {
+            bid,
+            key: format!("sim/a{}/1", rng.u32(..AUCTION_IDS))
+                .parse()
+                .expect("event key"),
+            amount: Money::from_micros(clearing),
+        };
+        match rng.u8(0..20) {
+            0..10 => {
+                bill(billed, buckets, clearing);
+                wins.seqs.push(book.accept());
+                wins.billed_at.push(trace.now_us());
+                wins.events.push(event);
+                if lease.first_notice(bid) {
+                    lease.reservoir.give_back(PRICE - clearing);
+                    lease.resolved(class, PRICE);
+                }
             }
-            // Exchanges reuse their auction ids (a small pool here): two bids of ours may
-            // carry the same ids and are still two charges.
-            let auction = rng.u32(..AUCTION_IDS);
-            billed_at.push(trace.now_us());
-            events.push(SpendEvent {
-                bid,
-                key: format!("sim/a{auction}/1").parse().expect("event key"),
-                amount: Money::from_micros(clearing),
-            });
-        } else {
-            losses.push(BidPrice {
-                bid,
-                amount: Money::from_micros(PRICE),
-            });
+            10..18 if lease.first_notice(bid) => {
+                lease.reservoir.give_back(PRICE);
+                lease.resolved(class, PRICE);
+            }
+            10..18 => {}
+            18 => {
+                let exp = Duration::from_secs(exp_s);
+                let delay = Duration::from_millis(rng.u64(300..exp_s * 1_000));
+                let l = Late {
+                    at: now + delay,
+                    deadline: now + exp,
+                    bid,
+                    class,
+                    event,
+                };
+                late.push(tokio::spawn(late_notice(
+                    cx.clone(),
+                    lease.clone(),
+                    released.clone(),
+                    l,
+                    rng.u64(..),
+                )));
+            }
+            // No notice, ever: the bid holds its price until the release puts it in doubt.
+            _ => {}
         }
     }
-    (events, losses, bid, billed_at)
+}
+
+/// What one lease's end needs: the lease, whether it is released, the wins to report, and
+/// the tasks of its late notices.
+struct Ending {
+    lease: Arc<edge::lease::ActiveLease>,
+    released: Arc<AtomicBool>,
+    wins: Wins,
+    notices: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a late notice's task needs of its edge.
+#[derive(Clone)]
+struct EdgeCtx {
+    region: Region,
+    n: u64,
+    me: EdgeId,
+    buckets: Vec<Bucket>,
+    billed: Billed,
+    recorded: Recorded,
+    book: Book,
+}
+
+/// A late notice: it comes at its time; the edge takes it if it runs before the deadline (a
+/// paused edge past it is found by nobody, and the exchange bills nothing), and reports it
+/// on its own.
+async fn late_notice(
+    cx: EdgeCtx,
+    lease: Arc<edge::lease::ActiveLease>,
+    released: Arc<AtomicBool>,
+    l: Late,
+    seed: u64,
+) {
+    let region = &cx.region;
+    tokio::time::sleep_until(region.trace.start + l.at).await;
+    region.edge_runs(cx.n).await;
+    if region.trace.start.elapsed() > l.deadline {
+        region.trace.log(format!(
+            "{}: the exchange's late notice of bid {}.{} found the edge paused past its deadline",
+            cx.me, lease.id.0, l.bid
+        ));
+        return;
+    }
+    // Taken back into the lease while this edge still holds it; after the release, the
+    // ledger settles it against what the release held in doubt.
+    if !released.load(Ordering::Relaxed) && lease.first_notice(l.bid) {
+        lease.reservoir.give_back(PRICE - l.event.amount.micros());
+        lease.resolved(l.class, PRICE);
+    }
+    bill(&cx.billed, &cx.buckets, l.event.amount.micros());
+    let wins = Wins {
+        seqs: vec![cx.book.accept()],
+        billed_at: vec![region.trace.now_us()],
+        events: vec![l.event],
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    report(
+        region,
+        &cx.me,
+        &mut rng,
+        lease.id,
+        wins,
+        &cx.recorded,
+        &cx.book,
+    )
+    .await;
+}
+
+/// A lease's end at its edge: its wins reported as one spend batch; each late notice taken
+/// when it comes and reported on its own (one that comes while the edge is paused past its
+/// deadline finds nobody and is not billed); once its settlement window has passed, its
+/// release with what it never reserved and what its unanswered bids hold in doubt. Each
+/// proposal is retried with its key until answered.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    region: Region,
+    n: u64,
+    me: EdgeId,
+    seed: u64,
+    end: Ending,
+    recorded: Recorded,
+    book: Book,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let Ending {
+        lease,
+        released,
+        wins,
+        notices,
+    } = end;
+    region.edge_runs(n).await;
+    if report(&region, &me, &mut rng, lease.id, wins, &recorded, &book).await {
+        tokio::time::sleep_until(region.trace.start + lease.release_at).await;
+        region.edge_runs(n).await;
+        release(&region, &me, &mut rng, &lease, &released, &book).await;
+    }
+    for t in notices {
+        let _ = t.await;
+    }
+}
+
+/// Reports `wins` of `lease` as one spend batch, and records the exchange's notices of them:
+/// acknowledged (with the index that settled them) if the region settled the report, refused
+/// otherwise. False if the region never answered.
+async fn report(
+    region: &Region,
+    me: &EdgeId,
+    rng: &mut fastrand::Rng,
+    lease: LeaseId,
+    wins: Wins,
+    recorded: &Recorded,
+    book: &Book,
+) -> bool {
+    if wins.events.is_empty() {
+        return true;
+    }
+    let settled = region
+        .propose_indexed(Command::ReportSpend {
+            batch: BatchId(key(rng)),
+            edge: me.clone(),
+            lease,
+            events: wins.events.clone(),
+            losses: Vec::new(),
+            held: Vec::new(),
+        })
+        .await;
+    let Some((settled, index)) = settled else {
+        return false;
+    };
+    // Settled or refused, the batch is answered: its notices are done with.
+    book.learnt(index, &wins.seqs);
+    region.trace.log(format!(
+        "{me} reported {} wins of lease {}: {settled:?}",
+        wins.events.len(),
+        lease.0
+    ));
+    let ok = matches!(settled, Reply::SpendSettled { .. });
+    let done_us = region.trace.now_us();
+    for (e, invoked_us) in wins.events.iter().zip(wins.billed_at) {
+        let bid = format!("{REGION}/{}.{}", lease.0, e.bid);
+        let invoked = notice(bid, e.key.to_string(), e.amount.micros(), None);
+        let mut completed = invoked.clone();
+        if let Call::Notice { index: i, .. } = &mut completed {
+            *i = ok.then_some(index);
+        }
+        recorded.op(Completed {
+            process: me.to_string(),
+            invoke_us: invoked_us,
+            complete_us: Some(done_us),
+            outcome: if ok { OpType::Ok } else { OpType::Fail },
+            invoked,
+            completed: Some(completed),
+        });
+    }
+    true
+}
+
+/// Releases `lease`: what it never reserved, how many bids, and what its bids without a notice
+/// hold in doubt. False if the region never answered.
+async fn release(
+    region: &Region,
+    me: &EdgeId,
+    rng: &mut fastrand::Rng,
+    lease: &edge::lease::ActiveLease,
+    released: &AtomicBool,
+    book: &Book,
+) -> bool {
+    let now = region.trace.start.elapsed();
+    // From here on a late notice is the ledger's to settle from what is held in doubt (no
+    // await until the figures are read: no notice is counted both ways).
+    released.store(true, Ordering::Relaxed);
+    let in_doubt = lease
+        .in_doubt(now)
+        .into_iter()
+        .map(|(wait_ms, amount)| shared::log::entry::DoubtPart {
+            wait_ms,
+            amount: Money::from_micros(amount),
+        })
+        .collect();
+    let closed = region
+        .propose_indexed(Command::ReleaseLease {
+            batch: BatchId(key(rng)),
+            edge: me.clone(),
+            lease: lease.id,
+            unreserved: Money::from_micros(lease.reservoir.unreserved()),
+            bids: lease.bids(),
+            in_doubt,
+        })
+        .await;
+    let Some((closed, index)) = closed else {
+        return false;
+    };
+    book.learnt(index, &[]);
+    region
+        .trace
+        .log(format!("{me} released {}: {closed:?}", lease.id.0));
+    true
+}
+
+/// An edge's check-ins: registration first (covering 0, before it accepts any notice), then
+/// every half second what its book covers, until the run stops.
+async fn check_ins(region: Region, n: u64, me: EdgeId, book: Book) {
+    loop {
+        region.edge_runs(n).await;
+        let covers = book.lock().covers;
+        let r = region
+            .propose_indexed(Command::CheckIn {
+                edge: me.clone(),
+                incarnation: 1,
+                covers,
+            })
+            .await;
+        let Some((_, index)) = r else { return };
+        book.learnt(index, &[]);
+        if region.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Reads the campaign's balance every few tens of milliseconds through a node picked at
@@ -568,7 +1027,7 @@ async fn reader(region: Region, nodes: u64, seed: u64, until: Instant, recorded:
 /// The nemesis: a fault every few seconds, each healed before the next: a node cut off, a
 /// crash (often the leader's) that loses its unsynced writes, a pause, bad weather (delay,
 /// loss, duplication), power lost on every node at once just after an answer, a clock off.
-async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
+async fn nemesis(region: Region, nodes: u64, edges: u64, seed: u64, until: Instant) -> u64 {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut faults = 0;
     let ids: Vec<u64> = (1..=nodes).collect();
@@ -578,7 +1037,7 @@ async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
         let victim = ids[rng.usize(..ids.len())];
         let leader = region.leader().map(|(id, _)| id);
         faults += 1;
-        match rng.u8(0..7) {
+        match rng.u8(0..8) {
             0 => {
                 region
                     .trace
@@ -645,6 +1104,17 @@ async fn nemesis(region: Region, nodes: u64, seed: u64, until: Instant) -> u64 {
                     }
                 }
             }
+            7 => {
+                // An edge stops (a long GC pause, SIGSTOP) past its leases' reclaim waits:
+                // the leader reclaims them, and their reports, releases and check-ins come late.
+                let e = rng.u64(1..=edges);
+                let lasts = Duration::from_millis(rng.u64(2_000..30_000));
+                region
+                    .trace
+                    .log(format!("nemesis: pause edge-{e} for {lasts:?}"));
+                locked(&region.edges_paused).insert(e, Instant::now() + lasts);
+                tokio::time::sleep(lasts).await;
+            }
             _ => {
                 let skew = rng.i64(-MAX_SKEW_US..=MAX_SKEW_US);
                 region
@@ -703,6 +1173,10 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         progress: Arc::default(),
         answered: Arc::default(),
         snapshots: Arc::default(),
+        stopped: Arc::default(),
+        reclaims: Arc::default(),
+        leases_sent: Arc::default(),
+        edges_paused: Arc::default(),
     };
     for id in 1..=scenario.nodes {
         region.start(id).await?;
@@ -759,11 +1233,18 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
             until,
             billed.clone(),
             recorded.clone(),
+            Book(Arc::default()),
         )));
     }
-    let nemesis = scenario
-        .faults
-        .then(|| tokio::spawn(nemesis(region.clone(), scenario.nodes, root.u64(..), until)));
+    let nemesis = scenario.faults.then(|| {
+        tokio::spawn(nemesis(
+            region.clone(),
+            scenario.nodes,
+            scenario.edges,
+            root.u64(..),
+            until,
+        ))
+    });
     edges.push(tokio::spawn(reader(
         region.clone(),
         scenario.nodes,
@@ -788,6 +1269,33 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     for e in edges {
         e.await?;
     }
+    // Every lease released or reclaimed, and nothing left in doubt: the leader's loop returns
+    // what the edges' check-ins allow.
+    let deadline = Instant::now() + GIVE_UP;
+    loop {
+        let held = region.leader().and_then(|(id, _)| {
+            let state = region.lock().get(&id).and_then(|s| s.state.clone())?;
+            Some(state.read(|l| {
+                l.leases()
+                    .filter(|(_, lease)| {
+                        !matches!(lease.state, coordinator::ledger::LeaseState::Closed)
+                    })
+                    .count()
+            }))
+        });
+        if held == Some(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let what = format!("{held:?} leases still open or in doubt {GIVE_UP:?} after the load");
+            trace.log(&what);
+            region.lock_progress().1.push(what);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    region.stopped.store(true, Ordering::Relaxed);
+    trace.log("every lease closed; loops stopped");
     // Every replica applies everything.
     let deadline = Instant::now() + GIVE_UP;
     let last = loop {
@@ -839,19 +1347,18 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         let _ = r.shutdown().await;
         trace.log(format!("n{id} stopped"));
     }
-    let billed_total = billed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let billed_total = locked(&billed)
         .iter()
         .filter(|(b, _)| b.ends_with("/lifetime"))
         .map(|(_, m)| *m)
         .sum();
-    let lines = trace
-        .lines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let lines = locked(&trace.lines).clone();
+    let reclaims = locked(&region.reclaims)
+        .iter()
+        .map(|(_, l)| l.len() as u64)
+        .sum();
     Ok(Outcome {
+        reclaims,
         seed,
         trace: lines,
         verdicts,
@@ -873,7 +1380,7 @@ fn check(
     billed: &Billed,
     recorded: &Recorded,
 ) -> Vec<Verdict> {
-    let billed = billed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let billed = locked(billed).clone();
     let budgets: BTreeMap<String, i64> =
         BTreeMap::from([(format!("{CAMPAIGN}/lifetime"), scenario.budget_micros)]);
     let i1 = jepsen::check::budget::billed_within_budget(&budgets, &billed);
@@ -981,20 +1488,49 @@ fn check(
         .map(|(_, es)| es.as_slice())
         .unwrap_or_default();
     let facts = jepsen::run::facts(REGION, longest);
-    let ops = recorded
-        .ops
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let ops = locked(&recorded.ops).clone();
     let i3 = jepsen::check::notices::check(&ops, &facts.events);
     let i7 = jepsen::check::linear::check(&facts.timelines, &ops);
-    let escrow = recorded
-        .escrow
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let escrow = locked(&recorded.escrow).clone();
     let i2 = jepsen::check::budget::escrow_within_rights(&budgets, &escrow);
+    let i8 = reclaim_rule(region);
     let (answered, stuck) = region.lock_progress().clone();
     let progress = Verdict::new("progress", answered, stuck);
-    vec![i1, i2, i3, conservation, i4, i7, i9, progress]
+    vec![i1, i2, i3, conservation, i4, i7, i8, i9, progress]
+}
+
+/// I8, the reclaim rule (DESIGN §5), exact here because every clock is the simulation's: no
+/// leader proposes to reclaim a lease before its reclaim wait (duration + W + margin) has
+/// passed since its edge asked for it. The leader's wait starts when it first sees the lease
+/// open, after the grant was applied, after the edge asked: a reclaim any earlier was timed
+/// wrong, whether or not the edge had released the lease by then.
+fn reclaim_rule(region: &Region) -> Verdict {
+    let sent = locked(&region.leases_sent).clone();
+    let reclaims = locked(&region.reclaims).clone();
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for (at_us, leases) in &reclaims {
+        for lease in leases {
+            checked += 1;
+            let Some((sent_us, wait_ms)) = sent.get(lease) else {
+                violations.push(format!(
+                    "lease {} reclaimed at {at_us} µs, but no edge was ever granted it",
+                    lease.0
+                ));
+                continue;
+            };
+            let due_us = sent_us.saturating_add(wait_ms.saturating_mul(1_000));
+            if *at_us < due_us {
+                violations.push(format!(
+                    "lease {} reclaimed at {at_us} µs, {} ms before its wait of {wait_ms} ms \
+                     from its edge's request ({sent_us} µs) was over",
+                    lease.0,
+                    (due_us - at_us) / 1_000
+                ));
+            }
+        }
+    }
+    // A run without a reclaim has not checked the rule: count the leases instead, so that the
+    // verdict says how much it saw; with no lease at all it fails.
+    Verdict::new("I8", checked.max(sent.len() as u64), violations)
 }

@@ -965,18 +965,18 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
     let mut timers = Timers::new();
     // The leader's first tick sees the open lease: its wait starts now.
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(0)).await,
+        reclaim_step(&*node, &mut timers, at(0)).await,
         (vec![], vec![])
     );
     // 30 s lease + 10 s W + 2 s margin = 42 s: not at 41 s.
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(41)).await,
+        reclaim_step(&*node, &mut timers, at(41)).await,
         (vec![], vec![])
     );
     assert_eq!(lease_state(&node), Some(LeaseState::Open));
     // At 42 s it is reclaimed, through the log: every replica holds it in doubt.
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(42)).await,
+        reclaim_step(&*node, &mut timers, at(42)).await,
         (vec![LeaseId(1)], vec![])
     );
     let index = node.state.applied_index();
@@ -990,18 +990,18 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
     }
     // Its wait (from the reclaim at 42 s) ends `held_secs` later, not a second before.
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(42 + held_secs - 1)).await,
+        reclaim_step(&*node, &mut timers, at(42 + held_secs - 1)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(42 + held_secs)).await,
+        reclaim_step(&*node, &mut timers, at(42 + held_secs)).await,
         (vec![], vec![(LeaseId(1), terms.max_hold_ms())])
     );
     assert_eq!(lease_state(&node), Some(LeaseState::Closed));
     // A follower's step does nothing, whatever its clock says.
     let follower = &region.nodes[(leader + 1) % 3].node;
     assert_eq!(
-        reclaim_step(follower, &mut Timers::new(), at(100_000)).await,
+        reclaim_step(&**follower, &mut Timers::new(), at(100_000)).await,
         (vec![], vec![])
     );
     // A new leader restarts every wait: a fresh lease granted now is not reclaimed by the new
@@ -1016,15 +1016,15 @@ async fn the_leader_reclaims_an_unreleased_lease_only_after_its_full_wait() {
         .await;
     let mut fresh = Timers::new();
     assert_eq!(
-        reclaim_step(&node, &mut fresh, at(50_000)).await,
+        reclaim_step(&*node, &mut fresh, at(50_000)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut fresh, at(50_041)).await,
+        reclaim_step(&*node, &mut fresh, at(50_041)).await,
         (vec![], vec![])
     );
     assert_eq!(
-        reclaim_step(&node, &mut fresh, at(50_042)).await.0,
+        reclaim_step(&*node, &mut fresh, at(50_042)).await.0,
         vec![LeaseId(2)]
     );
     for r in &mut region.nodes {
@@ -1376,7 +1376,7 @@ async fn a_reclaim_whose_proposal_is_never_answered_does_not_stop_the_loop() {
     };
     let mut timers = Timers::new();
     assert_eq!(
-        reclaim_step(&node, &mut timers, at(0)).await,
+        reclaim_step(&*node, &mut timers, at(0)).await,
         (vec![], vec![])
     );
     // Both followers stop: the leader still leads (nobody can elect another), but nothing it
@@ -1393,7 +1393,7 @@ async fn a_reclaim_whose_proposal_is_never_answered_does_not_stop_the_loop() {
     // The reclaim falls due; its proposal is never answered, and the step ends anyway.
     let step = tokio::time::timeout(
         LOOP_PROPOSE_TIMEOUT + Duration::from_secs(20),
-        reclaim_step(&node, &mut timers, at(42)),
+        reclaim_step(&*node, &mut timers, at(42)),
     )
     .await
     .expect("a reclaim step waited for ever on a proposal nobody answers");
@@ -1413,7 +1413,7 @@ async fn a_reclaim_whose_proposal_is_never_answered_does_not_stop_the_loop() {
         );
         let _ = tokio::time::timeout(
             LOOP_PROPOSE_TIMEOUT + Duration::from_secs(20),
-            reclaim_step(&node, &mut timers, at(secs)),
+            reclaim_step(&*node, &mut timers, at(secs)),
         )
         .await
         .expect("a reclaim step waited for ever");
