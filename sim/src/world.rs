@@ -1422,13 +1422,16 @@ fn check(
                 settled_violations.push(format!("n{id}'s ledger is inconsistent: {e}"));
             }
         }
-        let records = slot
-            .disk
-            .durable()
-            .space(Space::Records)
-            .values()
-            .cloned()
-            .collect();
+        // The records as the replica holds them now. Its last applies may not be synced yet
+        // (they are written unsynced, durable at the node's next synced write), and which
+        // ones differs between a leader and its followers; a crash's losses are applied again
+        // from the log before this point.
+        let disk = &slot.disk;
+        let records = disk
+            .read(disk.generation(), |i| {
+                i.space(Space::Records).values().cloned().collect()
+            })
+            .unwrap_or_default();
         logs.push((*id, records));
     }
     let conservation = Verdict::new("settled", nodes.len() as u64, settled_violations);
