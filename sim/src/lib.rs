@@ -12,8 +12,9 @@
 //!   spend through the real edge's `ActiveLease` (register and check in, lease, bid, report,
 //!   take late notices, release with money in doubt), the exchange's bills, a reader of the
 //!   balance, the nemesis (among its faults, power lost on every node at once and edges
-//!   paused), and the checks (I1, I2, I3, I7, I9 by the harness's checkers; I8 on the one
-//!   simulated clock; settled = billed on every replica; I4).
+//!   paused, answers lost, clocks at their own rates), and the checks (I1, I2, I3, I7, I9 by
+//!   the harness's checkers; I8 against the true time; settled = billed on every replica;
+//!   I4).
 //!
 //! Needs Tokio's unstable runtime seed: the workspace builds with `--cfg tokio_unstable`
 //! (`.cargo/config.toml`).

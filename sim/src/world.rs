@@ -89,6 +89,7 @@ fn params() -> Params {
         late_acceptance_ms: 5_000,
         // Notices come within seconds here: bids' deadlines a few seconds long keep what a
         // release or a reclaim holds in doubt for seconds, not the hour real traffic allows.
+        clock_rate_error_ppm: RATE_PPM as u32,
         default_exp_ms: 3_000,
         max_exp_ms: 3_000,
         max_tmax_ms: 1_000,
@@ -101,6 +102,8 @@ const REGION: &str = "sim-1";
 const CAMPAIGN: &str = "c1";
 /// The bid price: 1.00 CPM, 1,000 micros an impression.
 const PRICE: i64 = 1_000;
+/// The monotonic clocks' rate error, at most (ppm): the region's `clock_rate_error_ppm`.
+const RATE_PPM: i64 = 1_000;
 /// A clock offset the nemesis may give a node, at most (µs).
 const MAX_SKEW_US: i64 = 2_000_000;
 /// The exchange's auction ids: drawn from this many, so that they repeat.
@@ -109,9 +112,9 @@ const AUCTION_IDS: u32 = 500;
 /// replica level after the load, before the run is failed for want of progress.
 const GIVE_UP: Duration = Duration::from_secs(120);
 /// A snapshot every this many applied entries, this many kept in the log after it, and the
-/// chunk size it travels in (a minute's run applies a few thousand entries).
-const SNAPSHOT_EVERY: u64 = 300;
-const LOGS_KEPT: u64 = 50;
+/// chunk size it travels in (a minute's run applies about a thousand entries).
+const SNAPSHOT_EVERY: u64 = 100;
+const LOGS_KEPT: u64 = 20;
 const CHUNK_BYTES: u64 = 16 * 1024;
 /// How long a client waits for one proposal before trying again.
 const ATTEMPT: Duration = Duration::from_secs(3);
@@ -243,6 +246,34 @@ struct Region {
     leases_sent: Arc<Mutex<BTreeMap<LeaseId, (u64, u64)>>>,
     /// Edges paused by the nemesis, until when.
     edges_paused: Arc<Mutex<BTreeMap<u64, Instant>>>,
+    /// Each node's and each edge's monotonic clock rate error, ppm (within the region's
+    /// `clock_rate_error_ppm`, drawn from the seed): node `i` at `[i - 1]`, edge `n` at
+    /// `[n - 1]`.
+    node_rate_ppm: Arc<Vec<i64>>,
+    edge_rate_ppm: Arc<Vec<i64>>,
+    /// While the nemesis drops answers: the chance (ppm) that a client's answer is lost on its
+    /// way back, after the command took effect; the client retries it with the same key.
+    answers_lost_ppm: Arc<std::sync::atomic::AtomicU32>,
+    /// Draws for lost answers (seeded: the one thread draws in a fixed order).
+    answer_rng: Arc<Mutex<fastrand::Rng>>,
+}
+
+/// The rate of a clock off by `ppm` (|ppm| < 10⁶), in millionths.
+fn rate(ppm: i64) -> u128 {
+    u128::try_from(1_000_000 + ppm).unwrap_or(1)
+}
+
+/// `d` on a clock whose rate is off by `ppm`.
+fn skewed(d: Duration, ppm: i64) -> Duration {
+    let us = d.as_micros() * rate(ppm) / 1_000_000;
+    Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+}
+
+/// The true duration a clock off by `ppm` reads as `d` (rounded up: that clock reads `d` by
+/// then).
+fn unskewed(d: Duration, ppm: i64) -> Duration {
+    let us = (d.as_micros() * 1_000_000).div_ceil(rate(ppm));
+    Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
 }
 
 /// A reclaim a leader proposed: when (simulated µs), and which leases.
@@ -336,6 +367,27 @@ impl Region {
         Ok(())
     }
 
+    /// Whether the answer now on its way to a client is lost.
+    fn answer_lost(&self) -> bool {
+        let ppm = self.answers_lost_ppm.load(Ordering::Relaxed);
+        ppm > 0 && locked(&self.answer_rng).u32(..1_000_000) < ppm
+    }
+
+    /// Edge `n`'s monotonic clock: from the run's start, at its rate.
+    fn edge_mono(&self, n: u64) -> Duration {
+        skewed(self.trace.start.elapsed(), self.edge_rate(n))
+    }
+
+    /// When edge `n`'s monotonic clock reads `t`.
+    fn edge_instant(&self, n: u64, t: Duration) -> Instant {
+        self.trace.start + unskewed(t, self.edge_rate(n))
+    }
+
+    fn edge_rate(&self, n: u64) -> i64 {
+        let i = usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.edge_rate_ppm.get(i).copied().unwrap_or(0)
+    }
+
     /// Returns once edge `n` is not paused (a paused process does nothing: no bid, no report,
     /// no release, no check-in).
     async fn edge_runs(&self, n: u64) {
@@ -404,6 +456,7 @@ impl Region {
             command: command.clone(),
         };
         match tokio::time::timeout(ATTEMPT, raft.client_write(proposal)).await {
+            Ok(Ok(_)) if self.answer_lost() => Err(Propose::Unknown("answer lost".into())),
             Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(Propose::NoLeader)
@@ -450,13 +503,15 @@ impl Region {
 /// the instance dies or the run stops.
 async fn reclaim_loop(host: SimHost, epoch: u64) {
     let started = Instant::now();
+    let i = usize::try_from(host.id.saturating_sub(1)).unwrap_or(usize::MAX);
+    let rate = host.region.node_rate_ppm.get(i).copied().unwrap_or(0);
     let mut timers = coordinator::reclaim::Timers::new();
     loop {
         tokio::time::sleep(coordinator::server::RECLAIM_TICK).await;
         if !host.region.alive(host.id, epoch) {
             return;
         }
-        let now = coordinator::reclaim::Mono(started.elapsed());
+        let now = coordinator::reclaim::Mono(skewed(started.elapsed(), rate));
         let (reclaimed, expired) = coordinator::server::reclaim_step(&host, &mut timers, now).await;
         if !reclaimed.is_empty() || !expired.is_empty() {
             host.region.trace.log(format!(
@@ -570,7 +625,8 @@ async fn edge(
     let mut done = Vec::new();
     while Instant::now() < until {
         region.edge_runs(n).await;
-        let sent = region.trace.start.elapsed();
+        let sent = region.edge_mono(n);
+        let sent_us = region.trace.now_us();
         let reply = region
             .propose_indexed(Command::GrantLease {
                 key: RequestKey(key(&mut rng)),
@@ -595,13 +651,7 @@ async fn edge(
         region
             .trace
             .log(format!("{me} lease {} of {amount}", lease.0));
-        locked(&region.leases_sent).insert(
-            lease,
-            (
-                u64::try_from(sent.as_micros()).unwrap_or(u64::MAX),
-                terms.reclaim_wait_ms(),
-            ),
-        );
+        locked(&region.leases_sent).insert(lease, (sent_us, terms.reclaim_wait_ms()));
         let held = Arc::new(edge::lease::ActiveLease::new(
             lease,
             0,
@@ -685,7 +735,7 @@ async fn bid(
     loop {
         tokio::time::sleep(Duration::from_micros(rng.u64(2_000..40_000))).await;
         region.edge_runs(n).await;
-        let now = trace.start.elapsed();
+        let now = region.edge_mono(n);
         let exp_s = rng.u64(1..=3);
         let Some(class) = lease.class_of(Some(exp_s as i64)) else {
             continue;
@@ -722,9 +772,11 @@ async fn bid(
             18 => {
                 let exp = Duration::from_secs(exp_s);
                 let delay = Duration::from_millis(rng.u64(300..exp_s * 1_000));
+                // The exchange's times are the true ones.
+                let auction = trace.start.elapsed();
                 let l = Late {
-                    at: now + delay,
-                    deadline: now + exp,
+                    at: auction + delay,
+                    deadline: auction + exp,
                     bid,
                     class,
                     event,
@@ -833,9 +885,9 @@ async fn finish(
     } = end;
     region.edge_runs(n).await;
     if report(&region, &me, &mut rng, lease.id, wins, &recorded, &book).await {
-        tokio::time::sleep_until(region.trace.start + lease.release_at).await;
+        tokio::time::sleep_until(region.edge_instant(n, lease.release_at)).await;
         region.edge_runs(n).await;
-        release(&region, &me, &mut rng, &lease, &released, &book).await;
+        release(&region, &me, &mut rng, &lease, &released, &book, n).await;
     }
     for t in notices {
         let _ = t.await;
@@ -907,8 +959,9 @@ async fn release(
     lease: &edge::lease::ActiveLease,
     released: &AtomicBool,
     book: &Book,
+    n: u64,
 ) -> bool {
-    let now = region.trace.start.elapsed();
+    let now = region.edge_mono(n);
     // From here on a late notice is the ledger's to settle from what is held in doubt (no
     // await until the figures are read: no notice is counted both ways).
     released.store(true, Ordering::Relaxed);
@@ -1037,7 +1090,7 @@ async fn nemesis(region: Region, nodes: u64, edges: u64, seed: u64, until: Insta
         let victim = ids[rng.usize(..ids.len())];
         let leader = region.leader().map(|(id, _)| id);
         faults += 1;
-        match rng.u8(0..8) {
+        match rng.u8(0..9) {
             0 => {
                 region
                     .trace
@@ -1115,6 +1168,17 @@ async fn nemesis(region: Region, nodes: u64, edges: u64, seed: u64, until: Insta
                 locked(&region.edges_paused).insert(e, Instant::now() + lasts);
                 tokio::time::sleep(lasts).await;
             }
+            8 => {
+                // Answers lost on their way back (a connection reset after the leader
+                // answered): clients retry commands that took effect, with the same keys.
+                let ppm = rng.u32(100_000..500_000);
+                region
+                    .trace
+                    .log(format!("nemesis: answers lost ({ppm} ppm) for {lasts:?}"));
+                region.answers_lost_ppm.store(ppm, Ordering::Relaxed);
+                tokio::time::sleep(lasts).await;
+                region.answers_lost_ppm.store(0, Ordering::Relaxed);
+            }
             _ => {
                 let skew = rng.i64(-MAX_SKEW_US..=MAX_SKEW_US);
                 region
@@ -1177,7 +1241,23 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         reclaims: Arc::default(),
         leases_sent: Arc::default(),
         edges_paused: Arc::default(),
+        node_rate_ppm: Arc::new(
+            (0..scenario.nodes)
+                .map(|_| root.i64(-RATE_PPM..=RATE_PPM))
+                .collect(),
+        ),
+        edge_rate_ppm: Arc::new(
+            (0..scenario.edges)
+                .map(|_| root.i64(-RATE_PPM..=RATE_PPM))
+                .collect(),
+        ),
+        answers_lost_ppm: Arc::default(),
+        answer_rng: Arc::new(Mutex::new(fastrand::Rng::with_seed(root.u64(..)))),
     };
+    trace.log(format!(
+        "clock rates (ppm): nodes {:?}, edges {:?}",
+        region.node_rate_ppm, region.edge_rate_ppm
+    ));
     for id in 1..=scenario.nodes {
         region.start(id).await?;
     }
@@ -1502,11 +1582,12 @@ fn check(
     vec![i1, i2, i3, conservation, i4, i7, i8, i9, progress]
 }
 
-/// I8, the reclaim rule (DESIGN §5), exact here because every clock is the simulation's: no
-/// leader proposes to reclaim a lease before its reclaim wait (duration + W + margin) has
-/// passed since its edge asked for it. The leader's wait starts when it first sees the lease
-/// open, after the grant was applied, after the edge asked: a reclaim any earlier was timed
-/// wrong, whether or not the edge had released the lease by then.
+/// I8, the reclaim rule (DESIGN §5), exact here because the simulation knows the true time:
+/// no leader proposes to reclaim a lease before its reclaim wait (duration + W + margin, on a
+/// clock that may run fast by the rate error allowed) has passed since its edge asked for it.
+/// The leader's wait starts when it first sees the lease open, after the grant was applied,
+/// after the edge asked: a reclaim any earlier was timed wrong, whether or not the edge had
+/// released the lease by then.
 fn reclaim_rule(region: &Region) -> Verdict {
     let sent = locked(&region.leases_sent).clone();
     let reclaims = locked(&region.reclaims).clone();
@@ -1522,7 +1603,10 @@ fn reclaim_rule(region: &Region) -> Verdict {
                 ));
                 continue;
             };
-            let due_us = sent_us.saturating_add(wait_ms.saturating_mul(1_000));
+            // The leader's clock may run fast by the rate error the terms allow for.
+            let wait_us = wait_ms.saturating_mul(1_000);
+            let allowed = wait_us * 1_000_000 / (1_000_000 + RATE_PPM as u64);
+            let due_us = sent_us.saturating_add(allowed);
             if *at_us < due_us {
                 violations.push(format!(
                     "lease {} reclaimed at {at_us} µs, {} ms before its wait of {wait_ms} ms \
