@@ -120,6 +120,7 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
+    coordinator::fail_stop::install_storage_abort(&config.data_dir);
     let transport = match shared::tls::Transport::from_config(
         &config.tls,
         args.insecure_plaintext,
