@@ -157,16 +157,7 @@ mod tests {
             // Reached only if the hook did not stop the process: the parent sees exit 0.
             return;
         }
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "fail_stop::tests::a_panic_on_any_thread_stops_the_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
+        let out = child("a_panic_on_any_thread_stops_the_process", CHILD, "1");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.signal(),
@@ -179,6 +170,20 @@ mod tests {
     }
 
     const ABORT_CHILD: &str = "BUDGET_STORAGE_ABORT_CHILD";
+
+    /// Runs this test binary's test `name` alone as a child, with `var` set to `value`.
+    fn child(name: &str, var: &str, value: &str) -> std::process::Output {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("fail_stop::tests::{name}"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(var, value)
+            .output()
+            .unwrap()
+    }
 
     /// With the storage abort handler installed too, an abort from outside our panic hook (as
     /// RocksDB's assertions call it) exits 74 with the storage failure named, and a panic
@@ -195,16 +200,11 @@ mod tests {
             unsafe { libc::abort() };
         }
         let child = |how: &str| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "fail_stop::tests::an_abort_in_the_storage_engine_exits_74_and_a_panic_still_aborts",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(ABORT_CHILD, how)
-                .output()
-                .unwrap()
+            child(
+                "an_abort_in_the_storage_engine_exits_74_and_a_panic_still_aborts",
+                ABORT_CHILD,
+                how,
+            )
         };
         let out = child("abort");
         let stderr = String::from_utf8_lossy(&out.stderr);
