@@ -562,6 +562,9 @@ impl Params {
     }
 }
 
+/// The earliest a segment-corrupt window starts, ms into the run: it needs a sealed segment.
+pub const SEGMENT_CORRUPT_FROM_MS: u64 = 30_000;
+
 /// A whole schedule: windows in time order, never overlapping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
@@ -600,6 +603,14 @@ impl Schedule {
                     t = start;
                     continue;
                 }
+            }
+            if kind == Kind::SegmentCorrupt && start < SEGMENT_CORRUPT_FROM_MS {
+                // No segment is sealed this early (long seed 12: the first, 200 records, came
+                // 14 s into the run, after the fault had waited 10 s for one). The kind goes to
+                // the bottom of the deck, and this slot stays quiet.
+                deck.insert(0, kind);
+                t = start;
+                continue;
             }
             if let Some((lo, hi)) = money_len_ms(kind) {
                 len = rng.u64(lo..=hi);
@@ -1171,6 +1182,27 @@ mod tests {
         let mut one = params(1, 300, vec![Kind::DiskCorrupt, Kind::DiskFull]);
         one.coordinators.truncate(1);
         assert!(Schedule::generate(&one).windows.is_empty());
+    }
+
+    #[test]
+    fn a_segment_is_corrupted_only_once_one_can_be_sealed() {
+        let mut seen = 0;
+        for seed in 0..200 {
+            let p = params(seed, 600, Kind::all());
+            for w in Schedule::generate(&p).windows {
+                if w.fault.kind() == Kind::SegmentCorrupt {
+                    seen += 1;
+                    assert!(w.start_ms >= SEGMENT_CORRUPT_FROM_MS, "seed {seed}: {w:?}");
+                }
+            }
+        }
+        assert!(
+            seen >= 200,
+            "segment-corrupt drawn {seen} times in 200 schedules"
+        );
+        // Alone, it still comes, once the time has come.
+        let alone = Schedule::generate(&params(12, 120, vec![Kind::SegmentCorrupt]));
+        assert!(!alone.windows.is_empty());
     }
 
     #[test]
