@@ -19,6 +19,10 @@
 //!    latency is measured from the request's scheduled time, not from when a connection got
 //!    free to send it. A stalled server therefore shows up in the histogram instead of slowing
 //!    the generator down (no coordinated omission). Latencies go into an HDR histogram.
+//! 3. **Workers**: the closed loop against the edge and the bare server each on a runtime of
+//!    one tokio worker and of two, nothing pinned, the load generator sharing the two cores
+//!    with them: how the bid path scales across cores on one machine (the generator's thread
+//!    takes most of a core of its own).
 //!
 //! Environment: `BENCH_SECS` (default 5) per round, `BENCH_ROUNDS` (3), `BENCH_CONNS` (32);
 //! `BENCH_PROFILE=edge` (or `bare`) loads that one server for `BENCH_SECS` and stops, for
@@ -334,6 +338,103 @@ fn pin(cpu: usize) -> bool {
     }
 }
 
+/// Lets the calling thread run on any of the first `cores` CPUs again (a new thread inherits
+/// the mask of the thread that made it).
+fn unpin(cores: usize) -> bool {
+    // SAFETY: as in `pin`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cores {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The HTTP edge on one tokio worker and on two, and the bare server likewise, under the
+/// closed loop, every thread free to run on either core: the load generator's own thread
+/// included, which is what a single machine allows (it takes most of a core at these rates).
+/// Rounds alternate the four servers. Each runs in its own runtime and has its own edge (the
+/// same campaign and lease terms), so nothing but the worker count differs.
+fn workers(
+    load: &tokio::runtime::Runtime,
+    cores: usize,
+    samples: &Arc<Vec<Sample>>,
+    conns: usize,
+    secs: u64,
+    rounds: usize,
+) {
+    unpin(cores);
+    let runtime = |n: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .on_thread_start(move || {
+                unpin(cores);
+            })
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (runtime(1), runtime(2));
+    let (edge1, edge1_addr) = one.block_on(start_edge());
+    let (edge2, edge2_addr) = two.block_on(start_edge());
+    let bare1 = one.block_on(start_bare());
+    let bare2 = two.block_on(start_bare());
+    load.block_on(closed_loop(&edge1_addr, samples, conns, 1));
+    load.block_on(closed_loop(&edge2_addr, samples, conns, 1));
+    println!(
+        "workers: the same closed loop, no thread pinned (servers and the load generator share both cores); per round bids or answers/s and CPU busy core 0 / core 1"
+    );
+    let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        let mut line = format!("  round {round}:");
+        for (k, (name, addr)) in [
+            ("bare 1 worker", &bare1),
+            ("edge 1 worker", &edge1_addr),
+            ("bare 2 workers", &bare2),
+            ("edge 2 workers", &edge2_addr),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = cpu_times();
+            let (rate, st) = load.block_on(closed_loop(addr, samples, conns, secs));
+            let after = cpu_times();
+            if name.starts_with("edge") {
+                assert_eq!(
+                    st.ok,
+                    st.total(),
+                    "{name} did not bid on every request: {st:?}"
+                );
+            } else {
+                assert_eq!(st.no_content, st.total(), "{name}: {st:?}");
+            }
+            line += &format!(
+                "  {name} {rate:>7.0} ({:>3} %/{:>3} %)",
+                busy(&before, &after, 0),
+                busy(&before, &after, 1)
+            );
+            rates[k].push(rate);
+        }
+        println!("{line}");
+    }
+    let m: Vec<f64> = rates.iter().map(|r| median(r)).collect();
+    println!(
+        "  median: bare {:.0} -> {:.0} req/s ({:.2}x), edge {:.0} -> {:.0} bids/s ({:.2}x) from 1 to 2 workers; edge/bare {:.1} % on 1, {:.1} % on 2",
+        m[0],
+        m[2],
+        m[2] / m[0],
+        m[1],
+        m[3],
+        m[3] / m[1],
+        m[1] / m[0] * 100.0,
+        m[3] / m[2] * 100.0
+    );
+    drop((edge1, edge2));
+    one.shutdown_timeout(Duration::from_secs(1));
+    two.shutdown_timeout(Duration::from_secs(1));
+}
+
 /// Busy and total jiffies of each CPU, from `/proc/stat`.
 fn cpu_times() -> Vec<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -608,6 +709,7 @@ fn main() {
             );
         }
     }
+    workers(&load, cores, &samples, conns, secs, rounds);
     let m = &edge.metrics;
     println!(
         "edge counters: {} reservations taken, {} refused for no lease, {} for too little left",
