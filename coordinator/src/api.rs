@@ -43,6 +43,18 @@ fn indefinite(e: ProposeError) -> Status {
     Status::unavailable(e.to_string())
 }
 
+/// A proposal's outcome as the services answer it: applied, refused by a follower (with the
+/// leader it knows), or indefinite (an error status: the client retries with the same key).
+type Proposed = Result<Result<(Reply, u64), Option<(u64, String)>>, Status>;
+
+fn proposed(r: Result<(Reply, u64), ProposeError>) -> Proposed {
+    match r {
+        Ok(r) => Ok(Ok(r)),
+        Err(ProposeError::NotLeader { leader }) => Ok(Err(leader)),
+        Err(e) => Err(indefinite(e)),
+    }
+}
+
 /// The services of one node.
 #[derive(Clone)]
 pub struct Api {
@@ -64,15 +76,8 @@ impl Api {
         Api { node, sync }
     }
 
-    async fn propose(
-        &self,
-        command: Command,
-    ) -> Result<Result<(Reply, u64), Option<(u64, String)>>, Status> {
-        match self.node.propose(command).await {
-            Ok(r) => Ok(Ok(r)),
-            Err(ProposeError::NotLeader { leader }) => Ok(Err(leader)),
-            Err(e) => Err(indefinite(e)),
-        }
+    async fn propose(&self, command: Command) -> Proposed {
+        proposed(self.node.propose(command).await)
     }
 
     /// An admin command that names one campaign (pause, resume).
@@ -105,8 +110,75 @@ impl Api {
     }
 }
 
+/// What the lease API needs of the node it runs on. [`Node`] is one; the simulation's nodes
+/// (crate `sim`) are others, so that simulated edges talk to the API real edges talk to.
+pub trait LeaseHost: Send + Sync + 'static {
+    /// Proposes `command` through this node ([`Node::propose`]): the reply and the entry's
+    /// index, once applied here.
+    fn write(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<(Reply, u64), ProposeError>> + Send;
+    /// Reads the ledger as this node has applied it.
+    fn ledger<T>(&self, f: impl FnOnce(&crate::ledger::Ledger) -> T) -> T;
+    /// This node's monotonic clock.
+    fn mono(&self) -> std::time::Duration;
+    /// Counts what a spend report found that contradicts the ledger (the node's metrics).
+    fn report_findings(&self, anomalies: u32, conflicts: u32, unknown_bids: u32);
+}
+
+impl LeaseHost for Node {
+    fn write(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<(Reply, u64), ProposeError>> + Send {
+        self.propose(command)
+    }
+
+    fn ledger<T>(&self, f: impl FnOnce(&crate::ledger::Ledger) -> T) -> T {
+        self.state.read(|m| f(m.ledger()))
+    }
+
+    fn mono(&self) -> std::time::Duration {
+        self.clock.mono()
+    }
+
+    fn report_findings(&self, anomalies: u32, conflicts: u32, unknown_bids: u32) {
+        self.metrics
+            .report_findings(anomalies, conflicts, unknown_bids);
+    }
+}
+
+/// The lease API (edges: grants, spend reports, releases, check-ins, the campaign list) of one
+/// node.
+pub struct LeaseService<H> {
+    host: Arc<H>,
+    sync: Arc<crate::region::Sync>,
+}
+
+impl<H> Clone for LeaseService<H> {
+    fn clone(&self) -> Self {
+        LeaseService {
+            host: self.host.clone(),
+            sync: self.sync.clone(),
+        }
+    }
+}
+
+impl<H: LeaseHost> LeaseService<H> {
+    /// The lease API of `host`, whose side of region sync is `sync` (it learns where edges
+    /// want leases).
+    pub fn new(host: Arc<H>, sync: Arc<crate::region::Sync>) -> LeaseService<H> {
+        LeaseService { host, sync }
+    }
+
+    async fn propose(&self, command: Command) -> Proposed {
+        proposed(self.host.write(command).await)
+    }
+}
+
 #[tonic::async_trait]
-impl pb::lease_api_server::LeaseApi for Api {
+impl<H: LeaseHost> pb::lease_api_server::LeaseApi for LeaseService<H> {
     async fn grant_lease(
         &self,
         request: Request<pb::GrantLeaseRequest>,
@@ -117,7 +189,7 @@ impl pb::lease_api_server::LeaseApi for Api {
             .parse()
             .map_err(crate::wire::id_err("campaign"))?;
         // Where edges want leases is where rights are wanted (region sync's rebalancing).
-        self.sync.asked(&campaign, self.node.clock.mono());
+        self.sync.asked(&campaign, self.host.mono());
         let command = Command::GrantLease {
             key: wire::request_key(r.idempotency_key.as_ref())?,
             edge: r
@@ -143,16 +215,14 @@ impl pb::lease_api_server::LeaseApi for Api {
                 // the lease's reclaim wait, for the harness's check of the rule. A retried
                 // request answered from memory was applied before (maybe under another
                 // leader): not logged, its time would be later than the grant's.
-                let fresh = self.node.state.read(|m| {
-                    m.ledger()
-                        .lease(lease)
-                        .is_some_and(|l| l.granted_at_index == index)
-                });
+                let fresh = self
+                    .host
+                    .ledger(|l| l.lease(lease).is_some_and(|l| l.granted_at_index == index));
                 if fresh {
                     tracing::debug!(
                         target: "budget::timeline",
                         lease = lease.0,
-                        mono_ms = u64::try_from(self.node.clock.mono().as_millis())
+                        mono_ms = u64::try_from(self.host.mono().as_millis())
                             .unwrap_or(u64::MAX),
                         "lease granted"
                     );
@@ -221,8 +291,7 @@ impl pb::lease_api_server::LeaseApi for Api {
                 },
                 index,
             )) => {
-                self.node
-                    .metrics
+                self.host
                     .report_findings(anomalies, conflicts, unknown_bids);
                 if conflicts > 0 || unknown_bids > 0 {
                     tracing::warn!(
@@ -331,8 +400,7 @@ impl pb::lease_api_server::LeaseApi for Api {
         let request = request.into_inner();
         let known = request.known_version;
         let known_spend = Some(request.known_spend_version).filter(|v| *v > 0);
-        let reply = self.node.state.read(|m| {
-            let ledger = m.ledger();
+        let reply = self.host.ledger(|ledger| {
             let version = ledger.campaigns_version();
             let unchanged = known != 0 && known == version;
             // The newest day bucket of each campaign whose day spend (or daily budget) changed
@@ -1033,7 +1101,7 @@ pub async fn serve(
             t.guard_in_region(ACCESS.raft, node.region.as_str()),
         ))
         .add_service(Guarded::new(
-            LeaseApiServer::new(api.clone()),
+            LeaseApiServer::new(LeaseService::new(node.clone(), sync.clone())),
             // Leases only to this region's edges (operators name no region).
             t.guard_in_region(ACCESS.lease, node.region.as_str()),
         ))
