@@ -373,6 +373,11 @@ fn retire(edge: &Arc<Edge>) {
             }
             true
         });
+        // In lease order, not the map's: which leases are kept when the list is full, and the
+        // order releases leave in, are then the same in every run of a simulation's seed.
+        done.sort_unstable_by_key(|(id, _)| *id);
+        released.sort_unstable_by_key(|r: &crate::bidder::LeaseRecord| r.lease);
+        hold.sort_unstable_by_key(|(id, _, _)| *id);
         // Still under the `leases` lock: a notice handler finds the lease in one map or the
         // other.
         let mut kept = edge.released_held.lock().unwrap_or_else(|p| p.into_inner());

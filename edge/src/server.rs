@@ -38,6 +38,16 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
         settings.outgoing,
         settings.transport.clone(),
     ));
+    start_with(settings, clock, coords)
+}
+
+/// [`start`] with the coordinators reached through `coords` (a simulation's nodes, say).
+pub fn start_with(
+    settings: Settings,
+    clock: Clock,
+    coords: Arc<Coordinators>,
+) -> (Arc<Edge>, tokio::sync::watch::Sender<bool>) {
+    let cfg = &settings.config;
     let metrics = Arc::new(Metrics::new());
     let settler = Settler::start(
         settings.edge.clone(),
@@ -47,6 +57,7 @@ pub fn start(settings: Settings, clock: Clock) -> (Arc<Edge>, tokio::sync::watch
             max_delay: Duration::from_millis(cfg.batch_max_delay_ms),
         },
         metrics.clone(),
+        &clock,
     );
     let (ask_tx, ask_rx) = tokio::sync::mpsc::channel(ASK_QUEUE);
     let edge = Arc::new(Edge {

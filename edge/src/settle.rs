@@ -22,7 +22,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock for every decision here (batch age, a check-in's patience): the same as the
+// system's in a process, and a simulation's virtual time under a paused runtime.
+use tokio::time::Instant;
 
 use shared::log::SpendEvent;
 use shared::proto::v1 as pb;
@@ -136,6 +140,7 @@ impl Settler {
         coords: Arc<Coordinators>,
         limits: BatchLimits,
         metrics: Arc<Metrics>,
+        clock: &shared::clock::Clock,
     ) -> Settler {
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -143,7 +148,7 @@ impl Settler {
             gate: tokio::sync::RwLock::new(()),
             outstanding: tokio::sync::watch::Sender::new(BTreeSet::new()),
             registered: AtomicBool::new(false),
-            incarnation: AtomicU64::new(first_incarnation()),
+            incarnation: AtomicU64::new(first_incarnation(clock)),
         });
         tokio::spawn(run(rx, edge, coords, limits, metrics, shared.clone()));
         Settler { tx, shared }
@@ -219,7 +224,7 @@ impl Settler {
         let deadline = Instant::now() + patience;
         let mut outstanding = self.shared.outstanding.subscribe();
         let settled = outstanding.wait_for(|o| o.first().is_none_or(|first| *first > sealed));
-        tokio::time::timeout_at(deadline.into(), settled)
+        tokio::time::timeout_at(deadline, settled)
             .await
             .ok()?
             .ok()?;
@@ -328,10 +333,8 @@ impl Pending {
 /// A new process's incarnation: its start in microseconds of wall time, so that a restart is
 /// (almost always) above the process before it. When it is not (a clock set back), the region
 /// says so and the process starts above the registered one: nothing here relies on clocks.
-fn first_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+fn first_incarnation(clock: &shared::clock::Clock) -> u64 {
+    u64::try_from(clock.wall_us()).unwrap_or(1).max(1)
 }
 
 async fn run(
