@@ -1036,11 +1036,25 @@ pub(crate) fn cluster(endpoint: &str, cmd: ClusterCommand) -> ExitCode {
                 let mut c = AdminClient::new(channel(&leader).await?);
                 c.add_node(pb::AddNodeRequest {
                     node: id,
-                    addr,
+                    addr: addr.clone(),
                     voter: !learner,
                 })
                 .await
-                .map_err(status_error)?;
+                .map_err(|s| match s.code() {
+                    // The leader answered nothing in time: it waits for the learner to catch
+                    // up (a snapshot, then the log) before making it a voter.
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => (
+                        EXIT_FAILED,
+                        format!(
+                            "node {id} was not made a {} in time ({}): it is most likely a \
+                             learner still catching up (`budgetctl status` shows it); run \
+                             `cluster add {id} {addr}` again to finish",
+                            if learner { "learner" } else { "voter" },
+                            s.message()
+                        ),
+                    ),
+                    _ => status_error(s),
+                })?;
                 Ok(format!(
                     "node {id} added as a {}",
                     if learner { "learner" } else { "voter" }

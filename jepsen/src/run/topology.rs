@@ -56,6 +56,9 @@ pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 50;
 /// The longest one step of a replacement (removing the node, adding the new one) may take.
 const REPLACE_STEP: Duration = Duration::from_secs(60);
 
+/// Tries of `cluster add` for a replacement node.
+const ADD_TRIES: u32 = 3;
+
 /// The names of the regions of a run of `n`.
 pub fn region_names(n: usize) -> Vec<String> {
     if n <= 1 {
@@ -444,11 +447,24 @@ impl Topology {
             .with_context(|| format!("writing {}", config.display()))?;
         node.node_id = new;
         node.proc.restart()?;
-        self.budgetctl_at(
-            &via,
-            &["cluster", "add", &new.to_string(), &addr],
-            REPLACE_STEP,
-        )?;
+        // `cluster add` waits for the learner to catch up before it makes it a voter, and
+        // budgetctl gives up after 30 s; the learner stays, and the operator runs it again
+        // (long seed 15: one add timed out on a loaded machine, and the region was left with
+        // two voters, one of which a disk-full then stopped). So does the harness, twice more.
+        let add = ["cluster", "add", &new.to_string(), &addr];
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.budgetctl_at(&via, &add, REPLACE_STEP) {
+                Ok(_) => break,
+                Err(e) if tries < ADD_TRIES => {
+                    eprintln!(
+                        "jepsen: cluster add of {name} failed ({tries} of {ADD_TRIES}): {e:#}; again"
+                    );
+                }
+                Err(e) => return Err(e.context(format!("{tries} tries"))),
+            }
+        }
         Ok(new)
     }
 
