@@ -121,6 +121,14 @@ impl Router {
         self.lock().paused_until.insert(id, until);
     }
 
+    /// Returns once `id` is not paused (at once if it is not).
+    pub async fn wait_unpaused(&self, id: u64) {
+        let until = self.lock().paused_until.get(&id).copied();
+        if let Some(u) = until.filter(|u| *u > Instant::now()) {
+            tokio::time::sleep_until(u).await;
+        }
+    }
+
     /// From now on, messages meet `w`.
     pub fn set_weather(&self, w: Weather) {
         self.lock().weather = w;

@@ -217,6 +217,8 @@ struct NodeSlot {
     state: Option<SimState>,
     epoch: u64,
     skew_us: i64,
+    /// When the running instance started (its monotonic clock's origin).
+    started: Instant,
 }
 
 /// The region: its nodes, the network, the clocks.
@@ -316,6 +318,138 @@ impl coordinator::server::LoopHost for SimHost {
     }
 }
 
+/// The lease API real edges call, served by a simulated node instance: proposals through its
+/// Raft, reads of its state, its own monotonic clock (from the instance's start, at the node's
+/// rate).
+impl coordinator::api::LeaseHost for SimHost {
+    async fn write(
+        &self,
+        command: Command,
+    ) -> Result<(Reply, u64), coordinator::node::ProposeError> {
+        use coordinator::node::ProposeError;
+        let proposal = Proposal {
+            time_us: self.region.wall_us(self.id),
+            command,
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(e) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    fn ledger<T>(&self, f: impl FnOnce(&coordinator::ledger::Ledger) -> T) -> T {
+        self.state.read(f)
+    }
+
+    fn mono(&self) -> Duration {
+        let i = usize::try_from(self.id.saturating_sub(1)).unwrap_or(usize::MAX);
+        let rate = self.region.node_rate_ppm.get(i).copied().unwrap_or(0);
+        let started = self.region.lock().get(&self.id).map(|s| s.started);
+        skewed(started.map_or(Duration::ZERO, |t| t.elapsed()), rate)
+    }
+
+    fn report_findings(&self, _anomalies: u32, _conflicts: u32, _unknown_bids: u32) {}
+}
+
+/// The real edge's link to the simulated nodes. Only the tests use it yet: the world's edges
+/// move onto the real edge's manager and settler through it next (issue 23).
+#[cfg(test)]
+mod link {
+    use super::*;
+
+    /// How a real edge's gRPC calls reach the simulated nodes (`edge::coord::Dial`): node `nI`'s
+    /// lease API, served by whichever instance of it runs when the call arrives. A call takes a
+    /// millisecond each way; a node that is down refuses it, a paused one holds it, and while the
+    /// nemesis loses answers the answer may be lost after the command took effect (the edge tries
+    /// again with the same key). The link runs in the one simulated thread, so a seed stays one
+    /// history.
+    pub(super) fn lease_dial(region: &Region) -> edge::coord::Dial {
+        let region = region.clone();
+        Arc::new(move |addr: &str| {
+            let id: u64 = addr
+                .strip_prefix('n')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("no simulated node at {addr}"))?;
+            Ok(edge::coord::Link::new(SimLink {
+                region: region.clone(),
+                id,
+            }))
+        })
+    }
+
+    /// One edge's link to node `id` ([`lease_dial`]).
+    #[derive(Clone)]
+    struct SimLink {
+        region: Region,
+        id: u64,
+    }
+
+    type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+    type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+    impl tower::Service<HttpRequest> for SimLink {
+        type Response = HttpResponse;
+        type Error = edge::coord::LinkError;
+        type Future = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<HttpResponse, edge::coord::LinkError>>
+                    + Send,
+            >,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: HttpRequest) -> Self::Future {
+            let (region, id) = (self.region.clone(), self.id);
+            Box::pin(async move {
+                let fail = |why: &str| edge::coord::LinkError(why.to_owned().into());
+                tokio::time::sleep(LINK_DELAY).await;
+                region.router.wait_unpaused(id).await;
+                let host = {
+                    let n = region.lock();
+                    let slot = n.get(&id).ok_or_else(|| fail("no such node"))?;
+                    match (&slot.raft, &slot.state) {
+                        (Some(raft), Some(state)) => SimHost {
+                            id,
+                            raft: raft.clone(),
+                            state: state.clone(),
+                            region: region.clone(),
+                        },
+                        _ => return Err(fail("connection refused")),
+                    }
+                };
+                let sync = Arc::new(coordinator::region::Sync::alone(region.region.clone()));
+                let api = shared::proto::v1::lease_api_server::LeaseApiServer::new(
+                    coordinator::api::LeaseService::new(Arc::new(host), sync),
+                );
+                let answer = tower::ServiceExt::oneshot(api, request)
+                    .await
+                    .map_err(|e| edge::coord::LinkError(e.into()))?;
+                if region.answer_lost() {
+                    return Err(fail("connection reset: the answer was lost"));
+                }
+                tokio::time::sleep(LINK_DELAY).await;
+                Ok(answer)
+            })
+        }
+    }
+
+    /// Each way of a call from an edge to a node.
+    const LINK_DELAY: Duration = Duration::from_millis(1);
+}
+#[cfg(test)]
+use link::lease_dial;
+
 /// Why a proposal got no answer.
 #[derive(Debug)]
 enum Propose {
@@ -354,6 +488,7 @@ impl Region {
             let slot = n.get_mut(&id).expect("a node of the region");
             slot.raft = Some(raft.clone());
             slot.state = Some(state.clone());
+            slot.started = Instant::now();
         }
         tokio::spawn(reclaim_loop(
             SimHost {
@@ -1193,13 +1328,13 @@ async fn nemesis(region: Region, nodes: u64, edges: u64, seed: u64, until: Insta
     faults
 }
 
-/// Runs `scenario` under `seed` to its end and checks what happened.
-pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
-    let mut root = fastrand::Rng::with_seed(seed);
-    let trace = Trace {
-        start: Instant::now(),
-        lines: Arc::new(Mutex::new(Vec::new())),
-    };
+/// The region of `scenario`, started and initialized, its rules recorded and the campaign
+/// and its budget set; every draw from `root`, in the run's order.
+async fn build(
+    root: &mut fastrand::Rng,
+    scenario: &Scenario,
+    trace: &Trace,
+) -> anyhow::Result<Region> {
     let config = openraft::Config {
         heartbeat_interval: 100,
         election_timeout_min: 400,
@@ -1224,6 +1359,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
                 state: None,
                 epoch: 0,
                 skew_us: 0,
+                started: Instant::now(),
             },
         );
     }
@@ -1269,7 +1405,7 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
     trace.log("initialized");
 
     // The region's rules, the campaign and its budget.
-    let mut k = || RequestKey(key(&mut root));
+    let mut k = || RequestKey(key(root));
     let setup = [
         Command::SetParams {
             key: k(),
@@ -1301,6 +1437,17 @@ pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
         );
     }
 
+    Ok(region)
+}
+
+/// Runs `scenario` under `seed` to its end and checks what happened.
+pub async fn run(seed: u64, scenario: &Scenario) -> anyhow::Result<Outcome> {
+    let mut root = fastrand::Rng::with_seed(seed);
+    let trace = Trace {
+        start: Instant::now(),
+        lines: Arc::new(Mutex::new(Vec::new())),
+    };
+    let region = build(&mut root, scenario, &trace).await?;
     let until = Instant::now() + Duration::from_secs(scenario.secs);
     let billed: Billed = Arc::default();
     let recorded = Recorded::default();
@@ -1620,4 +1767,64 @@ fn reclaim_rule(region: &Region) -> Verdict {
     // A run without a reclaim has not checked the rule: count the leases instead, so that the
     // verdict says how much it saw; with no lease at all it fails.
     Verdict::new("I8", checked.max(sent.len() as u64), violations)
+}
+
+#[cfg(test)]
+mod lease_api_tests {
+    use super::*;
+    use edge::coord::{Answer, Coordinators, hint};
+    use shared::proto::v1 as pb;
+
+    /// The real edge's client reaches the simulated region through the coordinator's own
+    /// lease API: it asks node 1, follows a redirect to the leader if node 1 does not lead,
+    /// and is granted a lease the leader's ledger holds for it; the same key asked again is
+    /// the same lease.
+    #[test]
+    fn the_edge_client_is_granted_a_lease_through_the_simulated_lease_api() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut root = fastrand::Rng::with_seed(3);
+            let trace = Trace {
+                start: Instant::now(),
+                lines: Arc::default(),
+            };
+            let scenario = Scenario::default();
+            let region = build(&mut root, &scenario, &trace).await.unwrap();
+            let names = (1..=scenario.nodes).map(|i| format!("n{i}")).collect();
+            let coords = Coordinators::dialing(names, lease_dial(&region));
+            let grant = || {
+                coords.call(|mut c| async move {
+                    let reply = c
+                        .grant_lease(pb::GrantLeaseRequest {
+                            idempotency_key: Some(pb::IdempotencyKey { key: vec![7; 16] }),
+                            edge: "edge-1".into(),
+                            campaign: CAMPAIGN.into(),
+                            want_micros: 50_000,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok(match reply.result {
+                        Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(l),
+                        Some(pb::grant_lease_reply::Result::NotLeader(n)) => {
+                            Answer::NotLeader(hint(&n))
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                })
+            };
+            let lease = grant().await.unwrap();
+            assert_eq!(lease.amount_micros, 50_000, "{lease:?}");
+            let again = grant().await.unwrap();
+            assert_eq!(again.lease_id, lease.lease_id, "a retry is the same lease");
+            let leader_id = region.leader().unwrap().0;
+            let state = region.lock()[&leader_id].state.clone().unwrap();
+            let edge_of =
+                state.read(|l| l.lease(LeaseId(lease.lease_id)).map(|l| l.edge.to_string()));
+            assert_eq!(edge_of.as_deref(), Some("edge-1"));
+        });
+    }
 }
