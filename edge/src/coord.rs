@@ -244,6 +244,17 @@ fn network_link(
         .connect_lazy())
 }
 
+/// A grant's reply as [`Coordinators::call`] takes it: the lease, or the refusal's code, from
+/// the leader; a redirect from a follower.
+pub fn granted(reply: pb::GrantLeaseReply) -> Answer<Result<pb::Lease, i32>> {
+    match reply.result {
+        Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(Ok(l)),
+        Some(pb::grant_lease_reply::Result::Refused(r)) => Answer::Done(Err(r)),
+        Some(pb::grant_lease_reply::Result::NotLeader(n)) => Answer::NotLeader(hint(&n)),
+        None => Answer::NotLeader(None),
+    }
+}
+
 /// 20 ms, doubling, at most 500 ms.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((20u64 << attempt.min(5)).min(500))
@@ -343,15 +354,10 @@ mod link_tests {
                     })
                     .await?
                     .into_inner();
-                Ok(match reply.result {
-                    Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(l),
-                    Some(pb::grant_lease_reply::Result::NotLeader(n)) => {
-                        Answer::NotLeader(hint(&n))
-                    }
-                    _ => Answer::NotLeader(None),
-                })
+                Ok(granted(reply))
             })
             .await
+            .unwrap()
             .unwrap();
         assert_eq!((lease.lease_id, lease.amount_micros), (7, want));
         let refused = c

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::bidder::Edge;
 use crate::catalog::Catalog;
-use crate::coord::{Answer, Coordinators, hint};
+use crate::coord::Coordinators;
 use crate::lease::{ActiveLease, Terms};
 use crate::metrics::Outcome;
 use crate::settle::Release;
@@ -205,15 +205,9 @@ async fn grant(edge: Arc<Edge>, coords: Arc<Coordinators>, index: u32) {
                 *attempt_sent.lock().unwrap_or_else(|p| p.into_inner()) = edge.clock.mono();
             }
             async move {
-                let reply = c.grant_lease(request).await?.into_inner();
-                Ok(match reply.result {
-                    Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(Ok(l)),
-                    Some(pb::grant_lease_reply::Result::Refused(r)) => Answer::Done(Err(r)),
-                    Some(pb::grant_lease_reply::Result::NotLeader(n)) => {
-                        Answer::NotLeader(hint(&n))
-                    }
-                    None => Answer::NotLeader(None),
-                })
+                Ok(crate::coord::granted(
+                    c.grant_lease(request).await?.into_inner(),
+                ))
             }
         })
         .await;

@@ -1772,7 +1772,7 @@ fn reclaim_rule(region: &Region) -> Verdict {
 #[cfg(test)]
 mod lease_api_tests {
     use super::*;
-    use edge::coord::{Answer, Coordinators, hint};
+    use edge::coord::{Coordinators, granted};
     use shared::proto::v1 as pb;
 
     /// The real edge's client reaches the simulated region through the coordinator's own
@@ -1807,18 +1807,12 @@ mod lease_api_tests {
                         })
                         .await?
                         .into_inner();
-                    Ok(match reply.result {
-                        Some(pb::grant_lease_reply::Result::Lease(l)) => Answer::Done(l),
-                        Some(pb::grant_lease_reply::Result::NotLeader(n)) => {
-                            Answer::NotLeader(hint(&n))
-                        }
-                        other => panic!("{other:?}"),
-                    })
+                    Ok(granted(reply))
                 })
             };
-            let lease = grant().await.unwrap();
+            let lease = grant().await.unwrap().unwrap();
             assert_eq!(lease.amount_micros, 50_000, "{lease:?}");
-            let again = grant().await.unwrap();
+            let again = grant().await.unwrap().unwrap();
             assert_eq!(again.lease_id, lease.lease_id, "a retry is the same lease");
             let leader_id = region.leader().unwrap().0;
             let state = region.lock()[&leader_id].state.clone().unwrap();
